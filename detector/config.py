@@ -1,0 +1,121 @@
+"""One validated run configuration (pydantic, ``extra="forbid"``).
+
+A YAML file (``configs/*.yaml``) may hold every setting; CLI flags override it. The
+resolved config is stored in the output's ``runs`` table, so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from detector.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExclusionLayer(_Strict):
+    """An OGR vector file (any CRS) whose polygons explain away a candidate."""
+
+    path: Path
+    kind: Literal["permitted", "known_building"]
+    action: Literal["drop", "tag"] = "tag"
+    min_overlap: float = Field(0.3, ge=0, le=1, description="fraction of the candidate's area covered")
+    valid_from_field: Optional[str] = "valid_from"  # permits only: dates compared to current_date
+    valid_to_field: Optional[str] = "valid_to"
+    id_field: Optional[str] = None
+
+
+class DetectConfig(_Strict):
+    conf: Optional[float] = Field(None, ge=0, le=1, description="None = the model's recommendation")
+    iou: Optional[float] = Field(None, ge=0, le=1)
+    overlap_px: Optional[int] = Field(None, ge=0, description="None = the model's recommendation")
+    batch_size: int = Field(4, ge=1)
+    providers: list[str] = ["CPUExecutionProvider"]
+    intra_op_threads: int = Field(1, ge=1)
+
+
+class AlignConfig(_Strict):
+    enabled: bool = True
+    max_shift_m: float = Field(3.0, ge=0)
+    min_quality: float = Field(0.05, ge=0, le=1)
+
+
+class ChangeConfig(_Strict):
+    min_area_m2: float = Field(4.0, ge=0)
+    max_area_m2: float = Field(5000.0, gt=0)
+    edge_margin_px: int = Field(2, ge=0, description="drop detections touching nodata or the mosaic edge")
+    merge_iou: float = Field(0.3, ge=0, le=1)
+    merge_ioa: float = Field(0.6, ge=0, le=1)
+    # single-epoch (3-channel) models: a current structure is new when the baseline has no
+    # structure overlapping it by more than this IoU and the pixels inside it changed.
+    baseline_match_iou: float = Field(0.2, ge=0, le=1)
+    min_pixel_change: float = Field(0.15, ge=0, le=1)
+    exclusions: list[ExclusionLayer] = []
+
+
+class CasesConfig(_Strict):
+    registry: Optional[Path] = None  # cases.gpkg; None = do not update a case registry
+    district_prefix: str = ""
+    boundaries: Optional[Path] = None  # communities/grids, any OGR format and CRS
+    boundary_name_field: str = "name"
+    boundary_unit_field: Optional[str] = "unit"
+    match_iou: float = Field(0.2, ge=0, le=1)
+    evidence: bool = True
+    report: bool = True
+
+
+class RunConfig(_Strict):
+    baseline: Optional[Path] = None
+    current: Optional[Path] = None
+    out: Optional[Path] = None
+    model: Optional[Path] = None  # None = the shipped default model
+    baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME or file time
+    current_date: Optional[date] = None
+    workers: int = Field(2, ge=1)
+    resume: bool = True
+    progress: bool = True
+    detect: DetectConfig = DetectConfig()
+    align: AlignConfig = AlignConfig()
+    change: ChangeConfig = ChangeConfig()
+    cases: CasesConfig = CasesConfig()
+
+    @field_validator("workers")
+    @classmethod
+    def _cap_workers(cls, v: int) -> int:
+        return v
+
+
+def load_config(path: Path | str | None, overrides: dict | None = None) -> RunConfig:
+    """Read a YAML config (optional) and apply CLI overrides (None values are ignored)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        base = path.parent
+        for key in ("baseline", "current", "out", "model"):  # relative paths are relative to the file
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str(base / data[key])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}setting '{loc}': {first['msg']} ({exc.error_count()} problem(s) in all)") from None

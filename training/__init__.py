@@ -1,0 +1,1 @@
+"""buildwatch training: datasets, ultralytics training, evaluation and ONNX export (extra ``train``)."""
