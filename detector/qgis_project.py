@@ -1,0 +1,357 @@
+"""QGIS review setup: the cases layer's default style (QML) and a ``.qgs`` project.
+
+The QML (stored in the GeoPackage's ``layer_styles`` table with ``useAsDefault=1``, so QGIS
+applies it whenever the layer is added) holds
+
+* a categorised renderer on ``status`` (one colour per review status);
+* labels: case ID and area (m²);
+* the attribute form: a drop-down value map on ``status``, a date/time picker on
+  ``reviewed_at`` (defaults to now on every edit, reviewer to the QGIS user's name), the
+  ``evidence`` field shown as an image (ExternalResource, document viewer = image), and
+  the run-owned fields read-only.
+
+The project opens the cases over the current and baseline orthomosaics, with paths relative
+to the project file so the folder can be copied to a reviewer's laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Optional
+
+# status -> (label in the form and legend, RGB fill colour)
+STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "new": ("New (not reviewed)", (228, 26, 28)),
+    "confirmed_illegal": ("Confirmed illegal", (152, 0, 67)),
+    "referred": ("Referred", (255, 127, 0)),
+    "permitted": ("Permitted", (77, 175, 74)),
+    "false_positive": ("False positive", (150, 150, 150)),
+    "demolished": ("Demolished", (55, 126, 184)),
+}
+LABEL_EXPRESSION = "\"case_id\" || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
+EDITABLE_FIELDS = ("status", "reviewer", "reviewed_at", "note")
+HIDDEN_FIELDS = ("run_geom_hash", "detected_wkb")
+READ_ONLY_FIELDS = (
+    "fid", "case_id", "class", "area_m2", "lon", "lat", "community", "unit", "first_seen", "last_seen",
+    "times_seen", "max_confidence", "last_confidence", "evidence", "tags", "candidate_id", "first_run_id",
+    "last_run_id", "model_name", "geometry_edited",
+)
+ALIASES = {
+    "case_id": "Case ID", "status": "Review status", "reviewer": "Reviewer", "reviewed_at": "Reviewed at",
+    "note": "Note", "class": "Class", "area_m2": "Area (m²)", "community": "Community", "unit": "Responsible unit",
+    "first_seen": "First seen", "last_seen": "Last seen", "times_seen": "Nights seen",
+    "max_confidence": "Max confidence", "evidence": "Evidence (before | after)",
+    "geometry_edited": "Geometry edited by operator",
+}
+
+
+def _option(parent: ET.Element, name: Optional[str], value, type_: str = "QString") -> ET.Element:
+    attrs = {"type": type_}
+    if name is not None:
+        attrs["name"] = name
+    if value is not None:
+        attrs["value"] = str(value)
+    return ET.SubElement(parent, "Option", attrs)
+
+
+def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int]) -> None:
+    symbol = ET.SubElement(parent, "symbol", {"type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"})
+    layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
+    options = ET.SubElement(layer, "Option", {"type": "Map"})
+    r, g, b = rgb
+    for key, value in (
+        ("color", f"{r},{g},{b},70"),
+        ("outline_color", f"{r},{g},{b},255"),
+        ("outline_style", "solid"),
+        ("outline_width", "0.7"),
+        ("outline_width_unit", "MM"),
+        ("style", "solid"),
+        ("joinstyle", "miter"),
+    ):
+        _option(options, key, value)
+
+
+def _renderer(root: ET.Element) -> None:
+    renderer = ET.SubElement(
+        root, "renderer-v2",
+        {"type": "categorizedSymbol", "attr": "status", "symbollevels": "0", "enableorderby": "0", "forceraster": "0"},
+    )
+    categories = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    for index, (status, (label, rgb)) in enumerate(STATUS_STYLE.items()):
+        ET.SubElement(categories, "category", {"render": "true", "symbol": str(index), "value": status, "label": label})
+        _fill_symbol(symbols, str(index), rgb)
+    other = str(len(STATUS_STYLE))
+    ET.SubElement(categories, "category", {"render": "true", "symbol": other, "value": "", "label": "other"})
+    _fill_symbol(symbols, other, (255, 255, 0))
+
+
+def _labeling(root: ET.Element) -> None:
+    labeling = ET.SubElement(root, "labeling", {"type": "simple"})
+    settings = ET.SubElement(labeling, "settings", {"calloutType": "simple"})
+    ET.SubElement(settings, "text-style", {
+        "fieldName": LABEL_EXPRESSION, "isExpression": "1", "fontSize": "9", "fontSizeUnit": "Point",
+        "fontWeight": "75", "textColor": "20,20,20,255", "textOpacity": "1",
+    })
+    ET.SubElement(settings, "text-buffer", {
+        "bufferDraw": "1", "bufferSize": "1", "bufferSizeUnits": "MM", "bufferColor": "255,255,255,255",
+        "bufferOpacity": "0.9", "bufferNoFill": "1",
+    })
+    ET.SubElement(settings, "text-format", {"multilineAlign": "1", "wrapChar": ""})
+    ET.SubElement(settings, "placement", {"placement": "1", "centroidInside": "1", "fitInPolygonOnly": "0", "dist": "0"})
+    ET.SubElement(settings, "rendering", {"drawLabels": "1", "obstacle": "1", "displayAll": "0", "scaleVisibility": "0"})
+
+
+def _value_map_widget(field: ET.Element) -> None:
+    widget = ET.SubElement(field, "editWidget", {"type": "ValueMap"})
+    config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
+    entries = ET.SubElement(config, "Option", {"type": "List", "name": "map"})
+    for status, (label, _) in STATUS_STYLE.items():
+        _option(ET.SubElement(entries, "Option", {"type": "Map"}), label, status)
+
+
+def _image_widget(field: ET.Element) -> None:
+    widget = ET.SubElement(field, "editWidget", {"type": "ExternalResource"})
+    config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
+    _option(config, "DocumentViewer", 1, "int")  # 1 = image
+    _option(config, "DocumentViewerHeight", 280, "int")
+    _option(config, "DocumentViewerWidth", 520, "int")
+    _option(config, "FileWidget", "true", "bool")
+    _option(config, "FileWidgetButton", "false", "bool")
+    _option(config, "RelativeStorage", 1, "int")  # relative to the project (next to cases.gpkg)
+    _option(config, "StorageMode", 0, "int")
+
+
+def _datetime_widget(field: ET.Element) -> None:
+    widget = ET.SubElement(field, "editWidget", {"type": "DateTime"})
+    config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
+    _option(config, "allow_null", "true", "bool")
+    _option(config, "calendar_popup", "true", "bool")
+    _option(config, "display_format", "yyyy-MM-dd HH:mm")
+    _option(config, "field_format", "yyyy-MM-ddTHH:mm:ss")
+    _option(config, "field_iso_format", "true", "bool")
+
+
+def _simple_widget(field: ET.Element, widget_type: str) -> None:
+    widget = ET.SubElement(field, "editWidget", {"type": widget_type})
+    ET.SubElement(ET.SubElement(widget, "config"), "Option")
+
+
+def _form(root: ET.Element, field_names: list[str]) -> None:
+    configuration = ET.SubElement(root, "fieldConfiguration")
+    for name in field_names:
+        field = ET.SubElement(configuration, "field", {"name": name, "configurationFlags": "None"})
+        if name == "status":
+            _value_map_widget(field)
+        elif name == "evidence":
+            _image_widget(field)
+        elif name == "reviewed_at":
+            _datetime_widget(field)
+        elif name == "note":
+            widget = ET.SubElement(field, "editWidget", {"type": "TextEdit"})
+            config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
+            _option(config, "IsMultiline", "true", "bool")
+            _option(config, "UseHtml", "false", "bool")
+        elif name in HIDDEN_FIELDS:
+            _simple_widget(field, "Hidden")
+        elif name == "geometry_edited":
+            widget = ET.SubElement(field, "editWidget", {"type": "CheckBox"})
+            config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
+            _option(config, "CheckedState", "1")
+            _option(config, "UncheckedState", "0")
+        else:
+            _simple_widget(field, "TextEdit")
+    aliases = ET.SubElement(root, "aliases")
+    for index, name in enumerate(field_names):
+        ET.SubElement(aliases, "alias", {"index": str(index), "field": name, "name": ALIASES.get(name, "")})
+    defaults = ET.SubElement(root, "defaults")
+    for name in field_names:
+        expression, on_update = {
+            "reviewed_at": ("now()", "1"),
+            "reviewer": ("coalesce(@user_full_name, @user_account_name)", "1"),
+        }.get(name, ("", "0"))
+        ET.SubElement(defaults, "default", {"field": name, "expression": expression, "applyOnUpdate": on_update})
+    ET.SubElement(root, "editform", {"tolerant": "1"})
+    ET.SubElement(root, "editorlayout").text = "generatedlayout"
+    editable = ET.SubElement(root, "editable")
+    for name in field_names:
+        ET.SubElement(editable, "field", {"name": name, "editable": "1" if name in EDITABLE_FIELDS else "0"})
+    ET.SubElement(root, "previewExpression").text = '"case_id"'
+    ET.SubElement(root, "mapTip").text = (
+        '<b>[% "case_id" %]</b> [% "status" %]<br>[% "class" %], [% format_number("area_m2", 0) %] m²<br>'
+        'seen [% "times_seen" %]× ([% "first_seen" %] – [% "last_seen" %])'
+    )
+
+
+def _style_elements(field_names: list[str]) -> list[ET.Element]:
+    """The children of a QML ``<qgis>`` root (also embedded in the project's maplayer)."""
+    holder = ET.Element("holder")
+    _renderer(holder)
+    _labeling(holder)
+    ET.SubElement(holder, "blendMode").text = "0"
+    ET.SubElement(holder, "featureBlendMode").text = "0"
+    ET.SubElement(holder, "layerOpacity").text = "1"
+    _form(holder, field_names)
+    ET.SubElement(holder, "layerGeometryType").text = "2"
+    return list(holder)
+
+
+def cases_field_names() -> list[str]:
+    """Field names of the cases layer as QGIS lists them (fid first, geometry excluded)."""
+    from detector.cases import CASE_COLUMNS
+
+    return ["fid", *[name for name, _ in CASE_COLUMNS]]
+
+
+def cases_layer_qml() -> str:
+    """The cases layer's QGIS style as a QML document (renderer, labels, attribute form).
+
+    Returns
+    -------
+    str
+        QML text for the ``styleQML`` column of ``layer_styles`` or a ``.qml`` file.
+    """
+    root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
+    root.extend(_style_elements(cases_field_names()))
+    ET.indent(root, space=" ")
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+
+
+# --------------------------------------------------------------------------- project
+
+
+def _spatialrefsys(parent: ET.Element, crs) -> None:
+    srs = ET.SubElement(parent, "spatialrefsys")
+    ET.SubElement(srs, "wkt").text = crs.to_wkt()
+    authority = crs.to_authority()
+    ET.SubElement(srs, "authid").text = f"{authority[0]}:{authority[1]}" if authority else ""
+    ET.SubElement(srs, "description").text = crs.name
+    ET.SubElement(srs, "geographicflag").text = "true" if crs.is_geographic else "false"
+
+
+def _relative(target: Path, start: Path) -> str:
+    relative = os.path.relpath(Path(target).resolve(), Path(start).resolve())
+    return relative if relative.startswith("..") else "./" + relative
+
+
+def _raster_layer(layers: ET.Element, layer_id: str, name: str, source: str, crs) -> None:
+    layer = ET.SubElement(layers, "maplayer", {"type": "raster", "hasScaleBasedVisibilityFlag": "0"})
+    ET.SubElement(layer, "id").text = layer_id
+    ET.SubElement(layer, "datasource").text = source
+    ET.SubElement(layer, "layername").text = name
+    _spatialrefsys(ET.SubElement(layer, "srs"), crs)
+    ET.SubElement(layer, "provider").text = "gdal"
+
+
+def _raster_crs(path: Path):
+    import rasterio
+    from pyproj import CRS
+
+    with rasterio.open(path) as src:
+        return CRS.from_wkt(src.crs.to_wkt()), src.bounds, src.crs
+
+
+def write_qgis_project(
+    path: Path, *, registry: Path, crs, baseline_path: Path, current_path: Path, title: str = "buildwatch cases"
+) -> Path:
+    """Write a QGIS project: the cases layer (styled) over the current and baseline orthomosaics.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.qgs`` file (normally next to ``cases.gpkg``).
+    registry : Path
+        The case registry GeoPackage.
+    crs : pyproj.CRS
+        The registry CRS (also the project CRS).
+    baseline_path, current_path : Path
+        Orthomosaics; referenced by paths relative to the project file.
+    title : str
+        Project title.
+
+    Returns
+    -------
+    Path
+    """
+    from rasterio.warp import transform_bounds
+
+    path = Path(path)
+    project_dir = path.parent
+    root = ET.Element("qgis", {"projectname": title, "version": "3.22.0"})
+    ET.SubElement(root, "homePath", {"path": ""})
+    ET.SubElement(root, "title").text = title
+    _spatialrefsys(ET.SubElement(root, "projectCrs"), crs)
+
+    suffix = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(registry).resolve())).hex[:12]
+    cases_id, current_id, baseline_id = f"cases_{suffix}", f"current_{suffix}", f"baseline_{suffix}"
+    cases_source = f"{_relative(registry, project_dir)}|layername=cases"
+    rasters = [(current_id, f"current ({Path(current_path).name})", current_path, True),
+               (baseline_id, f"baseline ({Path(baseline_path).name})", baseline_path, False)]
+
+    tree = ET.SubElement(root, "layer-tree-group")
+    ET.SubElement(tree, "layer-tree-layer", {"id": cases_id, "name": "cases", "source": cases_source,
+                                             "providerKey": "ogr", "checked": "Qt::Checked", "expanded": "1"})
+    for layer_id, name, raster, visible in rasters:
+        ET.SubElement(tree, "layer-tree-layer", {
+            "id": layer_id, "name": name, "source": _relative(raster, project_dir), "providerKey": "gdal",
+            "checked": "Qt::Checked" if visible else "Qt::Unchecked", "expanded": "0"})
+
+    extent = None
+    layers = ET.SubElement(root, "projectlayers")
+    vector = ET.SubElement(layers, "maplayer", {"type": "vector", "geometry": "Polygon", "wkbType": "Polygon",
+                                                "labelsEnabled": "1", "hasScaleBasedVisibilityFlag": "0"})
+    ET.SubElement(vector, "id").text = cases_id
+    ET.SubElement(vector, "datasource").text = cases_source
+    ET.SubElement(vector, "layername").text = "cases"
+    _spatialrefsys(ET.SubElement(vector, "srs"), crs)
+    ET.SubElement(vector, "provider", {"encoding": "UTF-8"}).text = "ogr"
+    vector.extend(_style_elements(cases_field_names()))
+    for layer_id, name, raster, _ in rasters:
+        raster_crs, bounds, rio_crs = _raster_crs(Path(raster))
+        _raster_layer(layers, layer_id, name, _relative(raster, project_dir), raster_crs)
+        if extent is None:
+            extent = transform_bounds(rio_crs, crs.to_wkt(), *bounds)
+
+    order = ET.SubElement(root, "layerorder")
+    for layer_id in (cases_id, current_id, baseline_id):
+        ET.SubElement(order, "layer", {"id": layer_id})
+    canvas = ET.SubElement(root, "mapcanvas", {"name": "theMapCanvas", "annotationsVisible": "1"})
+    ET.SubElement(canvas, "units").text = "degrees" if crs.is_geographic else "meters"
+    if extent is not None:
+        box = ET.SubElement(canvas, "extent")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), extent):
+            ET.SubElement(box, key).text = repr(float(value))
+    _spatialrefsys(ET.SubElement(canvas, "destinationsrs"), crs)
+
+    properties = ET.SubElement(root, "properties")
+    paths = ET.SubElement(ET.SubElement(properties, "Paths"), "Absolute", {"type": "bool"})
+    paths.text = "false"
+    ET.indent(root, space=" ")
+    text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+    _write_text_atomic(path, text)
+    return path
+
+
+def _readable_mode() -> int:
+    """0o666 minus the umask (mkstemp creates 0o600 files, which a reviewer's account could not read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp_name, _readable_mode())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
