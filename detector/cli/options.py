@@ -1,0 +1,23 @@
+"""Shared click options and callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def existing_file(ctx, param, value):
+    """Callback: the path must exist and be a file (clear message naming the option)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.exists():
+        raise click.BadParameter(f"{path}: file not found", ctx=ctx, param=param)
+    if path.is_dir():
+        raise click.BadParameter(f"{path}: is a folder, expected a file", ctx=ctx, param=param)
+    return path
+
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                             help="YAML run configuration (see configs/); flags override it.")

@@ -1,0 +1,42 @@
+"""``buildwatch run``: the nightly job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from detector.cli.options import config_option
+
+
+@click.command(name="run")
+@click.option("--baseline", type=click.Path(path_type=Path), help="Baseline orthomosaic (GeoTIFF/COG).")
+@click.option("--current", type=click.Path(path_type=Path), help="Tonight's orthomosaic (GeoTIFF/COG).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (candidates.gpkg, log, work/).")
+@click.option("--model", type=click.Path(path_type=Path), help="ONNX model; default: the shipped model.")
+@config_option
+@click.option("--workers", type=int, help="Worker processes (default 2).")
+@click.option("--conf", type=float, help="Confidence threshold (default: the model's).")
+@click.option("--cases", "cases_registry", type=click.Path(path_type=Path),
+              help="Case registry cases.gpkg to update (overrides cases.registry).")
+@click.option("--no-resume", is_flag=True, help="Recompute every tile even if a previous run finished it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for cron logs).")
+def run(baseline, current, out, model, config_path, workers, conf, cases_registry, no_resume, no_progress):
+    """Find newly built structures between BASELINE and CURRENT; write OUT/candidates.gpkg."""
+    from detector.config import load_config
+    from detector.pipeline import run_pipeline
+
+    overrides = {"baseline": baseline, "current": current, "out": out, "model": model, "workers": workers}
+    if no_resume:
+        overrides["resume"] = False
+    if no_progress:
+        overrides["progress"] = False
+    cfg = load_config(config_path, overrides)
+    if conf is not None:
+        cfg.detect.conf = conf
+    if cases_registry is not None:
+        cfg.cases.registry = cases_registry
+    summary = run_pipeline(cfg)
+    click.echo(summary.text())
+    if summary.cases is not None:
+        click.echo(f"cases: {summary.cases}")

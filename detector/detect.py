@@ -1,0 +1,141 @@
+"""Run the ONNX model on tiles: preprocessing from the model's metadata, decoding, NMS.
+
+Supports both ultralytics output layouts:
+
+* end-to-end (YOLO26 default): ``[B, K, 6 + (task == obb)]`` rows of
+  ``cx, cy, w, h, score, class[, angle]`` for ``obb`` or ``x1, y1, x2, y2, score, class`` for ``detect``;
+* raw: ``[B, 4 + nc (+1 angle), N]`` columns of ``cx, cy, w, h, class scores[, angle]``,
+  followed here by class-aware rotated NMS.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from detector.model import ModelSpec
+from detector.types import Detection
+
+log = logging.getLogger(__name__)
+
+
+def make_session(spec: ModelSpec, providers: list[str] | None = None, threads: int = 1):
+    """One ONNX Runtime session (one per worker process)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(spec.path), opts, providers=wanted)
+
+
+def to_input(images: list[np.ndarray]) -> np.ndarray:
+    """HWC uint8 images (3 or 6 channels) -> NCHW float32 in [0, 1]."""
+    batch = np.stack(images).astype(np.float32) / 255.0
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def rotated_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between rotated boxes given as (N, 5) cx, cy, w, h, angle (radians)."""
+    import shapely
+
+    pa = shapely.polygons(boxes_to_corners(a))
+    pb = shapely.polygons(boxes_to_corners(b))
+    inter = shapely.area(shapely.intersection(pa[:, None], pb[None, :]))
+    union = shapely.area(pa)[:, None] + shapely.area(pb)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def boxes_to_corners(boxes: np.ndarray) -> np.ndarray:
+    """(N, 5) cx, cy, w, h, angle -> (N, 4, 2) corners (same order as Detection.corners)."""
+    cx, cy, w, h, ang = (boxes[:, i] for i in range(5))
+    c, s = np.cos(ang), np.sin(ang)
+    hx = np.array([-1, 1, 1, -1])[None, :] * (w / 2)[:, None]
+    hy = np.array([-1, -1, 1, 1])[None, :] * (h / 2)[:, None]
+    xs = cx[:, None] + hx * c[:, None] - hy * s[:, None]
+    ys = cy[:, None] + hx * s[:, None] + hy * c[:, None]
+    return np.stack([xs, ys], axis=-1)
+
+
+def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Class-aware greedy NMS over rotated boxes; returns kept indices (by descending score)."""
+    order = np.argsort(-scores)
+    if order.size == 0:
+        return order
+    ious = rotated_iou_matrix(boxes[order], boxes[order])
+    same = classes[order][:, None] == classes[order][None, :]
+    keep: list[int] = []
+    suppressed = np.zeros(order.size, dtype=bool)
+    for i in range(order.size):
+        if suppressed[i]:
+            continue
+        keep.append(order[i])
+        suppressed |= (ious[i] > iou) & same[i]
+    return np.asarray(keep, dtype=int)
+
+
+def decode(output: np.ndarray, spec: ModelSpec, conf: float, iou: float) -> list[list[Detection]]:
+    """Model output for a batch -> detections per image, in model-input pixels."""
+    names = spec.names
+    nc = len(names)
+    obb = spec.task == "obb"
+    results: list[list[Detection]] = []
+    end2end = output.ndim == 3 and output.shape[2] in (6, 7) and output.shape[1] != 4 + nc + int(obb)
+    for item in output:
+        if end2end:
+            rows = item[item[:, 4] >= conf]
+            if obb:
+                boxes = np.column_stack([rows[:, 0:4], rows[:, 6]])
+            else:  # x1 y1 x2 y2 -> cx cy w h
+                x1, y1, x2, y2 = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+                boxes = np.column_stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, np.zeros(len(rows))])
+            scores, classes = rows[:, 4], rows[:, 5].astype(int)
+            keep = nms_rotated(boxes, scores, classes, max(iou, 0.7))  # light clean-up of NMS-free output
+        else:
+            cols = item.T  # (N, 4 + nc [+1])
+            cls_scores = cols[:, 4 : 4 + nc]
+            classes = cls_scores.argmax(1)
+            scores = cls_scores[np.arange(len(cols)), classes]
+            sel = scores >= conf
+            cols, scores, classes = cols[sel], scores[sel], classes[sel]
+            angle = cols[:, 4 + nc] if obb else np.zeros(len(cols))
+            boxes = np.column_stack([cols[:, 0:4], angle])
+            keep = nms_rotated(boxes, scores, classes, iou)
+        dets = [
+            Detection(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4]), float(scores[k]),
+                      names.get(int(classes[k]), str(int(classes[k]))))
+            for k in keep
+            for b in [boxes[k]]
+            if b[2] > 0 and b[3] > 0
+        ]
+        results.append(dets)
+    return results
+
+
+class OnnxDetector:
+    """Detections for batches of model inputs, configured from the model's metadata."""
+
+    def __init__(self, spec: ModelSpec, providers: list[str] | None = None, threads: int = 1,
+                 batch_size: int = 4):
+        self.spec = spec
+        self.session = make_session(spec, providers, threads)
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self.batch_size = batch_size if not isinstance(batch_dim, int) else batch_dim
+
+    def __call__(self, images: list[np.ndarray], conf: float, iou: float) -> list[list[Detection]]:
+        h, w = self.spec.imgsz
+        out: list[list[Detection]] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            for img in chunk:
+                if img.shape[:2] != (h, w) or img.shape[2] != self.spec.channels:
+                    raise ValueError(f"model expects {h}x{w}x{self.spec.channels}, got {img.shape}")
+            pad = self.batch_size - len(chunk) if self.batch_size > 1 else 0
+            batch = to_input(chunk + [np.zeros_like(chunk[0])] * pad)
+            raw = self.session.run(None, {self.spec.input_name: batch})[0]
+            out.extend(decode(raw[: len(chunk)], self.spec, conf, iou))
+        return out

@@ -1,0 +1,76 @@
+"""Tile pixels -> map polygons, areas, WGS84 centroids, location-derived IDs, and merging
+of duplicates from overlapping tiles."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from detector.mosaic import WorkingGrid
+from detector.types import Tile
+
+CLASS_CODES = {"new_building": "NB", "extension": "EX", "temporary_structure": "TS", "construction_site": "CS"}
+
+
+def pixel_to_map(tile: Tile, gsd: float, corners: np.ndarray) -> np.ndarray:
+    """(N, 2) tile pixel-corner coordinates -> working-CRS map coordinates."""
+    left, _, _, top = tile.bounds
+    return np.column_stack([left + corners[:, 0] * gsd, top - corners[:, 1] * gsd])
+
+
+def candidate_id(class_name: str, x: float, y: float, crs_wkt: str) -> str:
+    """Location-derived ID: the same structure at the same place gets the same ID on a rerun."""
+    key = f"{crs_wkt}|{class_name}|{x:.1f}|{y:.1f}".encode()
+    return f"{CLASS_CODES.get(class_name, 'XX')}-{hashlib.sha1(key).hexdigest()[:10]}"
+
+
+def merge_duplicates(geoms: list, classes: list[str], scores: list[float], iou: float, ioa: float) -> list[int]:
+    """Greedy class-aware merge in map coordinates: keep the most confident of each overlapping group.
+
+    Two polygons are duplicates when IoU > ``iou`` or intersection over the smaller area > ``ioa``.
+    Returns the indices kept.
+    """
+    import shapely
+
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    if len(order) == 0:
+        return []
+    arr = np.asarray(geoms, dtype=object)
+    tree = shapely.STRtree(arr)
+    areas = shapely.area(arr)
+    removed = np.zeros(len(arr), dtype=bool)
+    kept: list[int] = []
+    for i in order:
+        if removed[i]:
+            continue
+        kept.append(int(i))
+        for j in tree.query(arr[i], predicate="intersects"):
+            if j == i or removed[j] or classes[j] != classes[i]:
+                continue
+            inter = shapely.area(shapely.intersection(arr[i], arr[j]))
+            union = areas[i] + areas[j] - inter
+            if inter / max(union, 1e-9) > iou or inter / max(min(areas[i], areas[j]), 1e-9) > ioa:
+                removed[j] = True
+    return kept
+
+
+def to_output(geoms_work: list, grid: WorkingGrid):
+    """Working-CRS polygons -> (polygons in the baseline CRS, lon array, lat array, area_m2 array)."""
+    import shapely
+    from pyproj import CRS, Transformer
+
+    arr = np.asarray(geoms_work, dtype=object)
+    areas = shapely.area(arr) if len(arr) else np.zeros(0)
+    cents = shapely.centroid(arr) if len(arr) else np.zeros(0, dtype=object)
+    work = CRS.from_wkt(grid.crs_wkt)
+    out = CRS.from_wkt(grid.output_crs_wkt)
+    to_ll = Transformer.from_crs(work, "EPSG:4326", always_xy=True)
+    cx, cy = (shapely.get_x(cents), shapely.get_y(cents)) if len(arr) else (np.zeros(0), np.zeros(0))
+    lon, lat = to_ll.transform(cx, cy)
+    if work == out:
+        out_geoms = arr
+    else:
+        to_out = Transformer.from_crs(work, out, always_xy=True)
+        out_geoms = shapely.transform(arr, lambda xy: np.column_stack(to_out.transform(xy[:, 0], xy[:, 1])))
+    return list(out_geoms), np.asarray(lon), np.asarray(lat), np.asarray(areas)

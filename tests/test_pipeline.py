@@ -1,0 +1,215 @@
+"""End-to-end tests of the nightly run on tiny rasters with exact truth.
+
+The network is replaced by an exact difference "oracle" (tests/pipeline_util.py) so that these
+tests check the geometry of the pipeline — windows, warps, tiling, ownership, merging and
+georeferencing — to the pixel. The real model is exercised in test_model_runtime.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from affine import Affine
+from pyproj import Geod, Transformer
+
+from detector.config import RunConfig
+from detector.pipeline import run_pipeline
+from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
+
+GEOD = Geod(ellps="WGS84")
+SRC_GSD = 0.1  # metres, drone-like source
+SIZE = 1400  # source pixels (140 m)
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    import detector.detect
+
+    monkeypatch.setattr(detector.detect, "OnnxDetector", OracleDetector)
+
+
+@pytest.fixture
+def model(tmp_path):
+    return make_contract_model(tmp_path / "contract.onnx", channels=6, imgsz=256, gsd=0.25, overlap=64)
+
+
+def _transform_for(crs: str, lon=114.25, lat=22.72):
+    """North-up transform of a SIZE x SIZE raster centred on (lon, lat) with SRC_GSD ground pixels."""
+    if crs == "EPSG:4326":
+        dlat = SRC_GSD / 110574.0
+        dlon = SRC_GSD / (111320.0 * math.cos(math.radians(lat)))
+        return Affine(dlon, 0, lon - dlon * SIZE / 2, 0, -dlat, lat + dlat * SIZE / 2)
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    x, y = round(x), round(y)
+    return Affine(SRC_GSD, 0, x - SRC_GSD * SIZE / 2, 0, -SRC_GSD, y + SRC_GSD * SIZE / 2)
+
+
+# (col, row, width, height) in source pixels: 6 m x 4 m up to 12 m x 9 m structures
+PLANTED = [(200, 200, 60, 40), (700, 300, 120, 90), (1000, 1100, 80, 80), (300, 900, 100, 60)]
+
+
+def _scene(tmp_path, crs: str, current_crs: str | None = None, shift_px=(0, 0), planted=PLANTED):
+    rgb = textured_image(SIZE, SIZE, seed=1)
+    transform = _transform_for(crs)
+    base = write_geotiff(tmp_path / "baseline.tif", rgb, crs, transform, date="2026:05:01 00:00:00")
+    cur_rgb = plant(np.roll(rgb, shift_px, axis=(0, 1)), planted)
+    cur = write_geotiff(tmp_path / "current_native.tif", cur_rgb, crs, transform, date="2026:05:02 00:00:00")
+    if current_crs:
+        cur = _reproject(cur, tmp_path / "current.tif", current_crs)
+    truth = []
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    for c, r, w, h in planted:
+        x, y = transform * (c + w / 2, r + h / 2)
+        truth.append(to_ll.transform(x, y))
+    return base, cur, truth
+
+
+def _reproject(src_path, dst_path, dst_crs):
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(src_path) as src:
+        transform, width, height = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds)
+        profile = src.profile | {"crs": dst_crs, "transform": transform, "width": width, "height": height, "nodata": 0}
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b), resampling=Resampling.bilinear)
+            dst.update_tags(**src.tags())
+    return dst_path
+
+
+def _run(tmp_path, base, cur, model, **kw):
+    cfg = RunConfig(baseline=base, current=cur, out=tmp_path / "out", model=model, workers=1, progress=False, **kw)
+    return run_pipeline(cfg)
+
+
+def _errors_m(gdf, truth):
+    errs = []
+    for lon, lat in truth:
+        d = [GEOD.inv(lon, lat, a, b)[2] for a, b in zip(gdf["lon"], gdf["lat"])]
+        errs.append(min(d) if d else np.inf)
+    return np.array(errs)
+
+
+@pytest.mark.parametrize("crs,current_crs", [
+    ("EPSG:4547", None),
+    ("EPSG:32650", None),
+    ("EPSG:4326", None),
+    ("EPSG:4547", "EPSG:32650"),
+])
+def test_planted_structures_come_back_within_one_pixel(tmp_path, oracle, model, crs, current_crs):
+    base, cur, truth = _scene(tmp_path, crs, current_crs)
+    summary = _run(tmp_path, base, cur, model)
+    gdf = gpd.read_file(summary.candidates_path, layer="candidates")
+    assert len(gdf) == len(PLANTED)
+    errs = _errors_m(gdf, truth)
+    assert errs.max() <= 0.25, errs  # one pixel of the 0.25 m working GSD
+    expected_area = sorted(w * h * SRC_GSD**2 for _, _, w, h in PLANTED)
+    assert np.allclose(sorted(gdf["area_m2"]), expected_area, rtol=0.12)
+    assert (gdf["status"] == "new").all()
+    assert set(gdf["baseline_date"]) == {"2026-05-01"} and set(gdf["current_date"]) == {"2026-05-02"}
+
+
+def test_output_crs_is_the_baseline_crs(tmp_path, oracle, model):
+    base, cur, _ = _scene(tmp_path, "EPSG:4326", "EPSG:32650")
+    gdf = gpd.read_file(_run(tmp_path, base, cur, model).candidates_path, layer="candidates")
+    assert gdf.crs.to_epsg() == 4326
+
+
+def test_structure_straddling_tile_boundary_yields_one_candidate(tmp_path, oracle, model):
+    # tile cells are (256 - 64) * 0.25 = 48 m wide, anchored at map x = k * 48 m
+    transform = _transform_for("EPSG:32650")
+    x0 = transform.c
+    k = math.ceil((x0 + 40) / 48.0)
+    boundary_col = int(round((k * 48.0 - x0) / SRC_GSD))
+    y_bound = transform.f
+    kr = math.floor((y_bound - 40) / 48.0)
+    boundary_row = int(round((y_bound - kr * 48.0) / SRC_GSD))
+    straddler = [(boundary_col - 50, boundary_row - 40, 100, 80)]  # 10 m x 8 m across a tile corner
+    base, cur, truth = _scene(tmp_path, "EPSG:32650", planted=straddler)
+    summary = _run(tmp_path, base, cur, model)
+    gdf = gpd.read_file(summary.candidates_path, layer="candidates")
+    assert len(gdf) == 1
+    assert _errors_m(gdf, truth).max() <= 0.25
+    assert gdf["area_m2"].iloc[0] == pytest.approx(80.0, rel=0.1)
+
+
+def test_misregistered_current_is_corrected(tmp_path, oracle, model):
+    base, cur, truth = _scene(tmp_path, "EPSG:32650", shift_px=(12, -15))  # 1.2 m / 1.5 m shift
+    summary = _run(tmp_path, base, cur, model)
+    gdf = gpd.read_file(summary.candidates_path, layer="candidates")
+    tiles = gpd.read_file(summary.candidates_path, layer="tiles")
+    done = tiles[tiles.status == "done"]
+    assert (done.shift_m - math.hypot(1.2, 1.5)).abs().max() < 0.2
+    assert len(gdf) == len(PLANTED)  # no false changes from the shift itself
+    # the planted boxes moved with the current epoch: compare against the shifted positions
+    assert _errors_m(gdf, truth).max() <= math.hypot(1.2, 1.5) + 0.25
+
+
+def test_rerun_resumes_and_gives_same_ids(tmp_path, oracle, model):
+    base, cur, _ = _scene(tmp_path, "EPSG:4547")
+    first = _run(tmp_path, base, cur, model)
+    ids1 = sorted(gpd.read_file(first.candidates_path, layer="candidates")["candidate_id"])
+    second = _run(tmp_path, base, cur, model)
+    ids2 = sorted(gpd.read_file(second.candidates_path, layer="candidates")["candidate_id"])
+    assert second.tiles_resumed == second.tiles_total - second.tiles_nodata or second.tiles_resumed == second.tiles_total
+    assert ids1 == ids2 and len(ids1) == len(PLANTED)
+
+
+def test_geopackage_layout(tmp_path, oracle, model):
+    base, cur, _ = _scene(tmp_path, "EPSG:4547")
+    path = _run(tmp_path, base, cur, model).candidates_path
+    con = sqlite3.connect(path)
+    assert con.execute("pragma user_version").fetchone()[0] == 10200  # GeoPackage 1.2
+    contents = dict(con.execute("select table_name, data_type from gpkg_contents").fetchall())
+    assert contents == {"candidates": "features", "tiles": "features", "runs": "attributes"}
+    assert con.execute("select count(*) from sqlite_master where name like 'rtree_candidates_geom%'").fetchone()[0] > 0
+    cols = [r[1] for r in con.execute("pragma table_info(candidates)")]
+    for field in ["candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date",
+                  "current_date", "shift_m", "model_name", "model_sha256", "run_id", "status"]:
+        assert field in cols
+    run = con.execute("select baseline_sha256, candidates, tiles_total from runs").fetchone()
+    assert len(run[0]) == 64 and run[1] == len(PLANTED) and run[2] > 0
+    assert not list(path.parent.glob(".*.tmp*"))
+
+
+def test_nodata_tiles_are_skipped_and_counted(tmp_path, oracle, model):
+    rgb = textured_image(SIZE, SIZE, seed=3)
+    alpha = np.full((SIZE, SIZE), 255, np.uint8)
+    alpha[:, : SIZE // 2] = 0  # western half has no data in the current epoch
+    transform = _transform_for("EPSG:32650")
+    base = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:32650", transform)
+    cur_rgb = plant(rgb, [(200, 200, 60, 40), (1000, 600, 80, 80)])
+    cur = write_geotiff(tmp_path / "c.tif", cur_rgb, "EPSG:32650", transform, alpha=alpha)
+    summary = _run(tmp_path, base, cur, model)
+    gdf = gpd.read_file(summary.candidates_path, layer="candidates")
+    assert summary.tiles_nodata > 0
+    assert len(gdf) == 1  # the structure in the no-data half is not reported
+
+
+def test_exclusion_layer_tags_and_drops(tmp_path, oracle, model):
+    from shapely.geometry import box
+
+    from detector.config import ChangeConfig, ExclusionLayer
+
+    base, cur, truth = _scene(tmp_path, "EPSG:4547")
+    to_4326 = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    x, y = to_4326.transform(*truth[1])  # a permit (in another CRS) over the second structure
+    permits = gpd.GeoDataFrame({"permit": ["P-17"], "valid_from": ["2026-01-01"], "valid_to": ["2026-12-31"]},
+                               geometry=[box(x - 10, y - 10, x + 10, y + 10)], crs="EPSG:3857")
+    permits.to_file(tmp_path / "permits.gpkg")
+    layer = ExclusionLayer(path=tmp_path / "permits.gpkg", kind="permitted", action="tag", id_field="permit")
+    s = _run(tmp_path, base, cur, model, change=ChangeConfig(exclusions=[layer]))
+    gdf = gpd.read_file(s.candidates_path, layer="candidates")
+    assert (gdf["tags"] == "permitted:P-17").sum() == 1 and len(gdf) == len(PLANTED)
+    layer_drop = ExclusionLayer(path=tmp_path / "permits.gpkg", kind="permitted", action="drop")
+    s = _run(tmp_path, base, cur, model, change=ChangeConfig(exclusions=[layer_drop]))
+    assert len(gpd.read_file(s.candidates_path, layer="candidates")) == len(PLANTED) - 1
+    expired = ExclusionLayer(path=tmp_path / "permits.gpkg", kind="permitted", action="drop",
+                             valid_to_field="valid_from")  # "valid until" 2026-01-01: expired by May
+    s = _run(tmp_path, base, cur, model, change=ChangeConfig(exclusions=[expired]))
+    assert len(gpd.read_file(s.candidates_path, layer="candidates")) == len(PLANTED)
