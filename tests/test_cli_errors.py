@@ -1,0 +1,135 @@
+"""Bad input gets exit code 2, one clear line naming the file, and no partial GeoPackage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from detector.cli import main
+from pipeline_util import make_contract_model, textured_image, write_geotiff
+
+T = Affine(0.1, 0, 500000, 0, -0.1, 2513000)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    rgb = textured_image(600, 600)
+    b = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:4547", T)
+    c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", T)
+    m = make_contract_model(tmp_path / "m.onnx")
+    return b, c, m
+
+
+def _run(capsys, tmp_path, b, c, m, *extra):
+    out = tmp_path / "out"
+    code = main(["run", "--baseline", str(b), "--current", str(c), "--out", str(out), "--model", str(m),
+                 "--workers", "1", "--no-progress", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err, out
+
+
+def _assert_clean_failure(code, err, out, needle):
+    assert code == 2, err
+    assert len(err) == 1 and needle in err[0], err
+    assert "Traceback" not in err[0]
+    assert not (out / "candidates.gpkg").exists()
+    assert not list(out.glob(".*.tmp*")) if out.exists() else True
+
+
+def test_good_pair_runs(capsys, tmp_path, pair):
+    code, err, out = _run(capsys, tmp_path, *pair)
+    assert code == 0
+    assert (out / "candidates.gpkg").exists()
+
+
+def test_missing_file(capsys, tmp_path, pair):
+    b, c, m = pair
+    code, err, out = _run(capsys, tmp_path, tmp_path / "nope.tif", c, m)
+    _assert_clean_failure(code, err, out, "nope.tif: baseline mosaic not found")
+
+
+def test_not_a_raster(capsys, tmp_path, pair):
+    b, c, m = pair
+    bad = tmp_path / "notes.tif"
+    bad.write_text("this is not a raster")
+    code, err, out = _run(capsys, tmp_path, b, bad, m)
+    _assert_clean_failure(code, err, out, "notes.tif")
+
+
+def test_no_crs(capsys, tmp_path, pair):
+    import rasterio
+
+    b, c, m = pair
+    nocrs = tmp_path / "nocrs.tif"
+    with rasterio.open(nocrs, "w", driver="GTiff", width=100, height=100, count=3, dtype="uint8", transform=T) as d:
+        d.write(np.zeros((3, 100, 100), np.uint8))
+    code, err, out = _run(capsys, tmp_path, b, nocrs, m)
+    _assert_clean_failure(code, err, out, "has no CRS")
+
+
+def test_no_overlap(capsys, tmp_path, pair):
+    b, c, m = pair
+    far = write_geotiff(tmp_path / "far.tif", textured_image(100, 100), "EPSG:4547", Affine(0.1, 0, 600000, 0, -0.1, 2513000))
+    code, err, out = _run(capsys, tmp_path, b, far, m)
+    _assert_clean_failure(code, err, out, "does not overlap")
+
+
+def test_band_count_mismatch(capsys, tmp_path, pair):
+    import rasterio
+
+    b, c, m = pair
+    two = tmp_path / "two.tif"
+    with rasterio.open(two, "w", driver="GTiff", width=100, height=100, count=2, dtype="uint8", transform=T,
+                       crs="EPSG:4547") as d:
+        d.write(np.zeros((2, 100, 100), np.uint8))
+    code, err, out = _run(capsys, tmp_path, b, two, m)
+    _assert_clean_failure(code, err, out, "2 band(s)")
+
+
+def test_truncated_tiff(capsys, tmp_path, pair):
+    b, c, m = pair
+    cut = tmp_path / "cut.tif"
+    data = c.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    code, err, out = _run(capsys, tmp_path, b, cut, m)
+    _assert_clean_failure(code, err, out, "cut.tif")
+
+
+def test_all_nodata_runs_with_zero_candidates(capsys, tmp_path, pair):
+    b, c, m = pair
+    empty = write_geotiff(tmp_path / "empty.tif", np.zeros((600, 600, 3), np.uint8), "EPSG:4547", T, nodata=0)
+    code, err, out = _run(capsys, tmp_path, b, empty, m)
+    assert code == 0
+    import geopandas as gpd
+
+    assert len(gpd.read_file(out / "candidates.gpkg", layer="candidates")) == 0
+    tiles = gpd.read_file(out / "candidates.gpkg", layer="tiles")
+    assert (tiles.status == "nodata").all()
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("missing", "model file not found"),
+    ("not_onnx", "not a readable ONNX model"),
+    ("no_metadata", "lacks buildwatch metadata"),
+    ("wrong_channels", "model has 4 input channels"),
+])
+def test_bad_model(capsys, tmp_path, pair, kind, needle):
+    b, c, _ = pair
+    m = tmp_path / "bad.onnx"
+    if kind == "not_onnx":
+        m.write_bytes(b"\x00garbage")
+    elif kind == "no_metadata":
+        make_contract_model(m, drop_keys=("buildwatch_gsd_m",))
+    elif kind == "wrong_channels":
+        make_contract_model(m, channels=4)
+    code, err, out = _run(capsys, tmp_path, b, c, m)
+    _assert_clean_failure(code, err, out, needle)
+
+
+def test_bad_config(capsys, tmp_path, pair):
+    b, c, m = pair
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("detect:\n  conff: 0.3\n")
+    code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
+    _assert_clean_failure(code, err, out, "detect.conff")
