@@ -62,9 +62,11 @@ class OrthoConfig(BaseModel):
     refine: bool = True
     refine_gsd_m: Optional[float] = Field(None, gt=0, description="working GSD for matching; None = automatic")
     refine_max_px: int = Field(1000, ge=200, description="longest side of the frame at the working GSD (automatic GSD)")
+    retry_flipped_yaw: bool = Field(True, description="when matching fails, try the yaw + 180 deg (frames rotated after capture)")
     refine_model: Literal["similarity", "affine", "homography"] = "similarity"
     features: Literal["orb", "sift"] = "orb"
     min_inliers: int = Field(15, ge=4)
+    min_match_side_px: int = Field(500, ge=50, description="windows smaller than this are upsampled (up to 4x) for matching")
     max_residual_px: float = Field(2.0, gt=0, description="inlier RMS in working pixels above which a fit is refused")
     max_correction_m: float = Field(10.0, gt=0, description="largest position correction accepted")
     max_rotation_deg: float = Field(10.0, gt=0)
@@ -544,7 +546,7 @@ def _detector(kind: str):
 
     if kind == "sift":
         return cv2.SIFT_create(nfeatures=3000), cv2.NORM_L2
-    return cv2.ORB_create(nfeatures=5000, fastThreshold=10), cv2.NORM_HAMMING
+    return cv2.ORB_create(nfeatures=5000, fastThreshold=10, edgeThreshold=15, patchSize=31), cv2.NORM_HAMMING
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
@@ -564,11 +566,18 @@ def match_to_baseline(frame_rgb: np.ndarray, frame_valid: np.ndarray, base_rgb: 
     import cv2
 
     detector, norm = _detector(cfg.features)
+    # small windows (a coarse baseline) give too few features: match on upsampled copies
+    up = int(min(4, max(1, math.ceil(cfg.min_match_side_px / max(1, min(grid.width, grid.height))))))
     erode = np.ones((5, 5), np.uint8)
-    fmask = cv2.erode(frame_valid.astype(np.uint8) * 255, erode)
-    bmask = cv2.erode(base_valid.astype(np.uint8) * 255, erode)
-    kf, df = detector.detectAndCompute(_gray(frame_rgb), fmask)
-    kb, db = detector.detectAndCompute(_gray(base_rgb), bmask)
+    images = []
+    for rgb, valid in ((frame_rgb, frame_valid), (base_rgb, base_valid)):
+        gray, mask = _gray(rgb), cv2.erode(valid.astype(np.uint8) * 255, erode)
+        if up > 1:
+            gray = cv2.resize(gray, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
+            mask = cv2.resize(mask, None, fx=up, fy=up, interpolation=cv2.INTER_NEAREST)
+        images.append((gray, mask))
+    kf, df = detector.detectAndCompute(*images[0])
+    kb, db = detector.detectAndCompute(*images[1])
     if df is None or db is None or len(kf) < cfg.min_inliers or len(kb) < cfg.min_inliers:
         return Refinement(ok=False, reason=f"too few features (frame {len(kf)}, baseline {len(kb)})")
     matcher = cv2.BFMatcher(norm)
@@ -580,6 +589,7 @@ def match_to_baseline(frame_rgb: np.ndarray, frame_valid: np.ndarray, base_rgb: 
         if len(pair) < 2 or pair[0].distance > 0.85 * pair[1].distance:
             continue
         p, q = kf[pair[0].queryIdx].pt, kb[pair[0].trainIdx].pt
+        p, q = ((p[0] + 0.5) / up - 0.5, (p[1] + 0.5) / up - 0.5), ((q[0] + 0.5) / up - 0.5, (q[1] + 0.5) / up - 0.5)
         if math.hypot(q[0] - p[0], q[1] - p[1]) <= max_shift_px:
             src.append(p)
             dst.append(q)
@@ -678,9 +688,30 @@ def working_res(grid: Grid, cfg: OrthoConfig, baseline: Baseline) -> float:
     return max(baseline.grid.res_x, grid.res_x, span / cfg.refine_max_px)
 
 
+def _refine_camera(camera: Camera, path: Path, grid: Grid, baseline: Baseline, world: WorldFrame, ground,
+                   cfg: OrthoConfig) -> Refinement:
+    """Orthorectify a frame at the working GSD and match it to the baseline.
+
+    Raises
+    ------
+    FrameSkipped
+        The frame does not overlap the baseline's valid data, or cannot be decoded.
+    """
+    work_grid = grid.resampled(working_res(grid, cfg, baseline))
+    work_reduce = choose_reduction(camera, work_grid.res_x * baseline.metre_per_unit)
+    image = load_frame_pixels(path, work_reduce)
+    rgb, valid = orthorectify(image, work_reduce, camera, ground, world, work_grid, None, cfg.max_view_angle_deg)
+    if not valid.any():
+        raise FrameSkipped("frame footprint is outside the baseline")
+    base_rgb, base_valid = baseline.read(work_grid)
+    if not (base_valid & valid).any():
+        raise FrameSkipped("frame footprint is outside the baseline's valid data")
+    return match_to_baseline(rgb, valid, base_rgb, base_valid, work_grid, cfg, baseline.metre_per_unit)
+
+
 def prepare_frame(pose: FramePose, baseline: Baseline, out_grid: Grid, world: WorldFrame, ground,
-                  cfg: OrthoConfig) -> tuple[PreparedFrame, Optional[np.ndarray]]:
-    """Georeference and (optionally) refine one frame; returns it and its decoded pixels.
+                  cfg: OrthoConfig) -> PreparedFrame:
+    """Georeference and (optionally) refine one frame against the baseline.
 
     Raises
     ------
@@ -701,22 +732,21 @@ def prepare_frame(pose: FramePose, baseline: Baseline, out_grid: Grid, world: Wo
     report = FrameReport(name=pose.path.name, status="direct")
     prepared = PreparedFrame(pose=pose, camera=camera, grid=grid, nadir_xy=(float(nadir[0][0]), float(nadir[1][0])),
                              correction=None, report=report, reduce=reduce)
-    image = None
     if cfg.refine:
-        work_grid = grid.resampled(working_res(grid, cfg, baseline))
-        work_reduce = choose_reduction(camera, work_grid.res_x * baseline.metre_per_unit)
-        image = load_frame_pixels(pose.path, work_reduce)
-        rgb, valid = orthorectify(image, work_reduce, camera, ground, world, work_grid, None, cfg.max_view_angle_deg)
-        if not valid.any():
-            raise FrameSkipped("frame footprint is outside the baseline")
-        base_rgb, base_valid = baseline.read(work_grid)
-        if not (base_valid & valid).any():
-            raise FrameSkipped("frame footprint is outside the baseline's valid data")
-        ref = match_to_baseline(rgb, valid, base_rgb, base_valid, work_grid, cfg, baseline.metre_per_unit)
-        report.shift_m, report.inliers = ref.shift_m, ref.inliers
+        yaw_offsets = (0.0, 180.0) if cfg.retry_flipped_yaw else (0.0,)
+        first: Optional[Refinement] = None
+        for yaw_offset in yaw_offsets:
+            cam = camera if not yaw_offset else camera_for_pose(replace(pose, yaw_deg=pose.yaw_deg + yaw_offset), world, ground, cfg)
+            ref = _refine_camera(cam, pose.path, grid, baseline, world, ground, cfg)
+            first = first or ref
+            if ref.ok:
+                break
         if ref.ok:
-            prepared.correction = ref.correction
-            report.status, report.residual_m = "refined", ref.residual_m
+            prepared.camera, prepared.correction = cam, ref.correction
+            report.status, report.residual_m, report.shift_m, report.inliers = "refined", ref.residual_m, ref.shift_m, ref.inliers
+            if yaw_offset:
+                report.reason = ("yaw corrected by 180 deg: the pixels are rotated against the recorded gimbal yaw "
+                                 "(image rotated or re-saved after capture?)")
             # the frame has moved: its output window moves with it
             corners = np.array([[footprint[0], footprint[1], 1], [footprint[2], footprint[1], 1],
                                 [footprint[2], footprint[3], 1], [footprint[0], footprint[3], 1]], float) @ ref.correction.T
@@ -726,11 +756,10 @@ def prepare_frame(pose: FramePose, baseline: Baseline, out_grid: Grid, world: Wo
                 raise FrameSkipped("refined frame footprint is outside the baseline")
             prepared.grid = moved
         else:
-            report.reason = f"not refined: {ref.reason}"
-        if work_reduce != reduce:
-            image = None
+            report.shift_m, report.inliers = first.shift_m, first.inliers
+            report.reason = f"not refined: {first.reason}"
     report.seconds = time.perf_counter() - start
-    return prepared, image
+    return prepared
 
 
 # --- mosaicking -------------------------------------------------------------------------------
@@ -888,10 +917,10 @@ def orthomosaic(frames: list[str | Path], baseline_path: str | Path, out: str | 
             reports.append(FrameReport(name=pose.path.name, status="skipped", reason=str(exc)))
             log.warning("%s: skipped: %s", pose.path.name, exc)
             continue
-        rep = item[0].report
+        rep = item.report
         log.info("%s: %s, offset %.2f m, residual %.2f m, %d inliers%s", rep.name, rep.status, rep.shift_m,
                  rep.residual_m, rep.inliers, f" ({rep.reason})" if rep.reason else "")
-        prepared.append((item[0], None))  # pixels are decoded again at output resolution (keeps memory flat)
+        prepared.append((item, None))  # pixels are decoded again at output resolution (keeps memory flat)
     if not prepared:
         raise InputError(f"no usable frame among {len(paths)}: " + "; ".join(f"{r.name}: {r.reason}" for r in reports[:3]))
     left = min(p.grid.left for p, _ in prepared)
