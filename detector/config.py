@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detector.errors import ConfigError
 
@@ -86,10 +86,24 @@ class RunConfig(_Strict):
     change: ChangeConfig = ChangeConfig()
     cases: CasesConfig = CasesConfig()
 
-    @field_validator("workers")
-    @classmethod
-    def _cap_workers(cls, v: int) -> int:
-        return v
+
+def _resolve_relative_paths(data: dict, base: Path) -> None:
+    """Paths in a config file are relative to the file, wherever the command is run from."""
+
+    def fix(mapping: dict, key: str) -> None:
+        value = mapping.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            mapping[key] = str(base / value)
+
+    for key in ("baseline", "current", "out", "model"):
+        fix(data, key)
+    if isinstance(data.get("cases"), dict):
+        for key in ("registry", "boundaries"):
+            fix(data["cases"], key)
+    if isinstance(data.get("change"), dict):
+        for layer in data["change"].get("exclusions") or []:
+            if isinstance(layer, dict):
+                fix(layer, "path")
 
 
 def load_config(path: Path | str | None, overrides: dict | None = None) -> RunConfig:
@@ -105,10 +119,7 @@ def load_config(path: Path | str | None, overrides: dict | None = None) -> RunCo
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-        base = path.parent
-        for key in ("baseline", "current", "out", "model"):  # relative paths are relative to the file
-            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str(base / data[key])
+        _resolve_relative_paths(data, path.parent)
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
