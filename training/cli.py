@@ -1,0 +1,124 @@
+"""Click commands ``build-dataset``, ``train``, ``export``, ``evaluate`` (registered in detector.cli).
+
+Heavy imports (ultralytics, torch, rasterio) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _overrides(**kwargs) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@click.command("build-dataset")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="configs/train/<name>.yaml")
+@click.option("--out", type=click.Path(path_type=Path), help="dataset folder (overrides data.root)")
+@click.option("--data-root", type=click.Path(path_type=Path), help="../shared/data (real sets; needs rasterio)")
+@click.option("--pack", type=click.Path(path_type=Path), help="read real sets from a source pack instead")
+@click.option("--pack-sources", type=click.Path(path_type=Path),
+              help="only write the real sources as a compact pack (JPEG + JSON) into this folder and stop")
+@click.option("--workers", type=int, help="processes for synthetic scenes")
+def build_dataset(config_path, out, data_root, pack, pack_sources, workers):
+    """Write a YOLO OBB dataset (6-channel pair TIFFs or 3-channel PNGs) from synthetic + real data."""
+    from training.config import load_train_config
+
+    cfg = load_train_config(config_path, _overrides(**{"data.root": out and str(out), "data.data_root": data_root and str(data_root),
+                                                       "data.pack": pack and str(pack), "data.workers": workers}))
+    if pack_sources:
+        from training.sources import load_sources, save_pack
+
+        if cfg.data.data_root is None:
+            raise click.UsageError("--pack-sources needs --data-root (or data.data_root in the config)")
+        folder = save_pack(load_sources(cfg.data.data_root, cfg.data.real_sets, cfg.gsd_m), pack_sources)
+        click.echo(f"source pack written to {folder}")
+        return
+    from training.build import build_dataset as build
+
+    summary = build(cfg)
+    click.echo(json.dumps({"data_yaml": str(summary.data_yaml), "counts": summary.counts,
+                           "class_counts": summary.class_counts, "seconds": summary.seconds}))
+
+
+@click.command("train")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--data", "data_yaml", type=click.Path(path_type=Path), help="data.yaml (default: <data.root>/data.yaml)")
+@click.option("--epochs", type=int)
+@click.option("--device", type=str, help="cpu (default) or a CUDA index such as 0")
+@click.option("--batch", type=int)
+@click.option("--time-hours", type=float, help="stop training after this many hours")
+@click.option("--project", type=click.Path(path_type=Path), help="folder holding run folders (default runs/train)")
+@click.option("--workers", type=int, help="dataloader workers")
+def train(config_path, data_yaml, epochs, device, batch, time_hours, project, workers):
+    """Train a YOLO OBB model from its YAML (no downloaded weights), offline and seeded."""
+    from training.config import load_train_config
+    from training.train import train_model
+
+    cfg = load_train_config(config_path, _overrides(**{"train.epochs": epochs, "train.device": device, "train.batch": batch,
+                                                       "train.time_hours": time_hours,
+                                                       "train.project": project and str(project),
+                                                       "train.workers": workers}))
+    result = train_model(cfg, data_yaml)
+    click.echo(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best), "seconds": round(result.seconds, 1),
+                           "metrics": result.metrics}))
+
+
+@click.command("export")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="best.pt of a training run")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="ONNX file to write")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="training config (GSD, thresholds, name)")
+@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), help="evaluation report JSON to embed")
+@click.option("--provenance", "provenance_path", type=click.Path(path_type=Path), help="JSON with training data / command / time")
+@click.option("--int8", "int8_out", type=click.Path(path_type=Path), help="also write a static QDQ int8 copy here")
+@click.option("--fp16", "fp16_out", type=click.Path(path_type=Path), help="also write an fp16 copy here")
+def export(weights, out, config_path, metrics_path, provenance_path, int8_out, fp16_out):
+    """Export weights to ONNX with buildwatch + Deepness metadata and a sha256 sidecar."""
+    from detector.errors import InputError
+    from training.config import load_train_config
+    from training.export import export_onnx
+
+    def read_json(path):
+        if path is None:
+            return {}
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+
+    cfg = load_train_config(config_path) if config_path else None
+    kwargs = {}
+    if cfg is not None:
+        kwargs = dict(gsd_m=cfg.gsd_m, conf=cfg.export.conf, iou=cfg.export.iou, overlap_px=cfg.export.overlap_px,
+                      model_name=cfg.export.model_name)
+    metrics = read_json(metrics_path)
+    path = export_onnx(weights, out, provenance=read_json(provenance_path), metrics=metrics.get("summary", metrics), **kwargs)
+    click.echo(f"wrote {path} and {path.name}.sha256")
+    if fp16_out:
+        from training.export import convert_fp16
+
+        click.echo(f"wrote {convert_fp16(path, fp16_out)}")
+    if int8_out:
+        from training.export import quantize_int8
+        from training.evaluate import calibration_inputs
+
+        click.echo(f"wrote {quantize_int8(path, int8_out, calibration_inputs(path))}")
+
+
+@click.command("evaluate")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help="ONNX model (default: the shipped one)")
+@click.option("--pairs", type=click.Path(path_type=Path), required=True, help="folder of labelled pairs")
+@click.option("--layout", type=click.Choice(["synth", "levir"]), default="synth", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="report path (.json; a .md is written beside it)")
+@click.option("--gsd", type=float, help="pixel size of a levir layout in metres (default 0.5)")
+@click.option("--conf", type=float, help="confidence threshold (default: the model's)")
+@click.option("--limit", type=int, help="evaluate only the first N pairs")
+def evaluate(model_path, pairs, layout, out, gsd, conf, limit):
+    """Object-level P/R/F1 (IoU 0.3, 0.5) and pixel F1/IoU of the runtime over labelled pairs."""
+    from training.evaluate import evaluate_pairs
+
+    report = evaluate_pairs(model_path, pairs, layout, out, gsd_m=gsd, conf=conf, limit=limit)
+    click.echo(json.dumps(report["summary"], indent=1))

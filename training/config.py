@@ -1,0 +1,102 @@
+"""Training configuration (``configs/train/<name>.yaml``), validated with pydantic (``extra="forbid"``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from detector.errors import ConfigError
+from detector.types import CHANGE_CLASSES
+
+SINGLE_CLASSES = ("building",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the training chips come from and where the YOLO dataset goes."""
+
+    root: Path = Path("runs/datasets/default")  # dataset folder written by build-dataset
+    data_root: Optional[Path] = None  # ../shared/data (real sets, needs rasterio)
+    pack: Optional[Path] = None  # or a source pack (JPEG + JSON, numpy/cv2 only)
+    real_sets: list[str] = ["oam_banepa_fair", "oam_kampala_fair", "spacenet1_rio", "negatives_deepforest"]
+    chip_stride: int = Field(256, ge=32)
+    pairs_per_chip: int = Field(3, ge=1, description="copy-paste pairs made from each real chip (channels 6)")
+    synthetic_train_seeds: tuple[int, int] = (0, 200)  # [start, stop) of generate_scene seeds
+    synthetic_val_seeds: tuple[int, int] = (500000, 500016)
+    synthetic_size: int = Field(1024, ge=64)
+    seed: int = 0
+    workers: int = Field(2, ge=1)
+
+
+class TrainSettings(_Strict):
+    """Arguments handed to ultralytics ``model.train`` (plus any ``extra`` ones)."""
+
+    model: str = "yolo26n-obb.yaml"
+    epochs: int = Field(30, ge=1)
+    batch: int = Field(16, ge=1)
+    device: str = "cpu"
+    workers: int = Field(2, ge=0)
+    seed: int = 0
+    patience: int = 100
+    project: Path = Path("runs/train")
+    time_hours: Optional[float] = Field(None, gt=0, description="stop after this many hours (ultralytics 'time')")
+    extra: dict = {}
+
+
+class ExportSettings(_Strict):
+    conf: float = Field(0.25, ge=0, le=1)
+    iou: float = Field(0.5, ge=0, le=1)
+    overlap_px: int = Field(64, ge=0)
+    model_name: str = "buildwatch-pair-v1"
+
+
+class TrainConfig(_Strict):
+    name: str
+    channels: Literal[3, 6] = 6
+    imgsz: int = Field(512, ge=64)
+    gsd_m: float = Field(0.25, gt=0)
+    data: DataConfig = DataConfig()
+    train: TrainSettings = TrainSettings()
+    export: ExportSettings = ExportSettings()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return CHANGE_CLASSES if self.channels == 6 else SINGLE_CLASSES
+
+
+def load_train_config(path: Path | str | None, overrides: dict | None = None) -> TrainConfig:
+    """Read a training YAML; relative paths inside it are relative to the current directory.
+
+    ``overrides`` maps dotted keys (``"train.epochs"``) to values; None values are ignored.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: training config not found (see configs/train/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path or 'training config'}: setting '{loc}': {first['msg']}") from None

@@ -1,0 +1,150 @@
+"""ONNX export with the buildwatch contract metadata (``buildwatch export``).
+
+ultralytics writes the graph and its own keys (task, channels, imgsz, names, end2end);
+:func:`write_metadata` then adds the ``buildwatch_*`` and Deepness keys, and
+:func:`write_sha256` the ``<model>.onnx.sha256`` sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from detector.errors import InputError
+from detector.model import CONTRACT_VERSION, INPUT_NORMALISATION, deepness_metadata, file_sha256, load_model_spec
+
+
+def write_metadata(onnx_path: Path, extra: dict[str, str]) -> None:
+    """Add or replace ``metadata_props`` of an ONNX file (atomic rewrite)."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in extra.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, str(value)
+    tmp = onnx_path.with_name(f".part-{onnx_path.name}")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, onnx_path)
+
+
+def read_metadata(onnx_path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+
+
+def write_sha256(onnx_path: Path) -> Path:
+    """Write ``<model>.onnx.sha256`` (``<hex>  <file name>``) and return its path."""
+    onnx_path = Path(onnx_path)
+    sidecar = onnx_path.with_name(onnx_path.name + ".sha256")
+    tmp = sidecar.with_name(f".part-{sidecar.name}")
+    tmp.write_text(f"{file_sha256(onnx_path)}  {onnx_path.name}\n")
+    os.replace(tmp, sidecar)
+    return sidecar
+
+
+def buildwatch_metadata(channels: int, names: dict[int, str], imgsz: int, gsd_m: float, conf: float, iou: float,
+                        overlap_px: int, model_name: str, provenance: dict, metrics: dict) -> dict[str, str]:
+    """The ``buildwatch_*`` keys plus the Deepness keys for one model."""
+    meta = {
+        "buildwatch_contract": CONTRACT_VERSION,
+        "buildwatch_gsd_m": f"{gsd_m:g}",
+        "buildwatch_input": INPUT_NORMALISATION,
+        "buildwatch_tile_overlap_px": str(int(overlap_px)),
+        "buildwatch_conf": f"{conf:g}",
+        "buildwatch_iou": f"{iou:g}",
+        "buildwatch_model_name": model_name,
+        "buildwatch_provenance": json.dumps(provenance, sort_keys=True),
+        "buildwatch_metrics": json.dumps(metrics, sort_keys=True),
+    }
+    meta.update(deepness_metadata(channels, names, gsd_m, imgsz, overlap_px, conf, iou))
+    return meta
+
+
+def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.25, iou: float = 0.5,
+                overlap_px: int = 64, model_name: str | None = None, provenance: dict | None = None,
+                metrics: dict | None = None, imgsz: int | None = None, opset: int = 17) -> Path:
+    """Export ultralytics weights to ONNX at ``out`` with the full buildwatch contract.
+
+    Parameters
+    ----------
+    weights : ``best.pt`` of a ``buildwatch train`` run.
+    out : the ONNX file to write (its folder is created); ``<out>.sha256`` is written beside it.
+    gsd_m, conf, iou, overlap_px, model_name : the runtime's recommendations stored in metadata.
+    provenance, metrics : JSON-able dicts stored as ``buildwatch_provenance`` / ``buildwatch_metrics``.
+    imgsz : export input size (default: the training size).
+
+    Returns
+    -------
+    Path
+        ``out``, verified with :func:`detector.model.load_model_spec`.
+    """
+    weights, out = Path(weights), Path(out)
+    if not weights.exists():
+        raise InputError(f"{weights}: weights file not found (use runs/train/<name>/weights/best.pt)")
+    from training.train import prepare_offline
+
+    prepare_offline()
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(str(weights), task="obb")
+    except Exception as exc:  # noqa: BLE001 - torch/pickle errors of a broken file
+        raise InputError(f"{weights}: not readable ultralytics weights ({type(exc).__name__})") from None
+    channels = int(model.model.yaml.get("channels", getattr(model.model, "channels", 3)))
+    train_imgsz = int(model.ckpt.get("train_args", {}).get("imgsz", 512)) if getattr(model, "ckpt", None) else 512
+    imgsz = imgsz or train_imgsz
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_weights = Path(tmp) / "model.pt"
+        shutil.copyfile(weights, tmp_weights)
+        model = YOLO(str(tmp_weights), task="obb")
+        exported = Path(model.export(format="onnx", imgsz=imgsz, opset=opset, simplify=False, dynamic=False,
+                                     batch=1, device="cpu"))
+        names = {int(k): str(v) for k, v in model.names.items()}
+        meta = buildwatch_metadata(channels, names, imgsz, gsd_m, conf, iou, overlap_px,
+                                   model_name or out.stem, provenance or {}, metrics or {})
+        write_metadata(exported, meta)
+        os.replace(exported, out)
+    write_sha256(out)
+    load_model_spec(out)  # raises ModelError when the contract is not met
+    return out
+
+
+def quantize_int8(onnx_path: Path, out: Path, calibration: list) -> Path:
+    """Static QDQ int8 copy of a model, calibrated on a list of (1, C, H, W) float32 arrays."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnx_path, out = Path(onnx_path), Path(out)
+    input_name = load_model_spec(onnx_path).input_name
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{input_name: x} for x in calibration])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
+            shutil.copyfile(onnx_path, pre)
+        part = Path(tmp) / "q.onnx"
+        quantize_static(str(pre), str(part), _Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        write_metadata(part, read_metadata(onnx_path) | {"buildwatch_model_name": read_metadata(onnx_path).get(
+            "buildwatch_model_name", out.stem) + "-int8"})
+        os.replace(part, out)
+    write_sha256(out)
+    return out

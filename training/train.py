@@ -1,0 +1,109 @@
+"""Offline, seeded ultralytics training (``buildwatch train``).
+
+Nothing touches the network: ``YOLO_OFFLINE=true``, a project-local ``YOLO_CONFIG_DIR``
+holding matplotlib's DejaVuSans as ``Arial.ttf`` / ``Arial.Unicode.ttf`` (ultralytics looks
+there before downloading a font), settings ``sync=False``, ``plots=False``, ``amp=False``
+(the AMP check would fetch weights), and the model is built from its YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from detector.errors import InputError
+from training.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best: Path
+    last: Path
+    seconds: float
+    metrics: dict
+
+
+def prepare_offline(config_dir: Path | str = ".yolo") -> Path:
+    """Set the environment so that ultralytics never downloads; call BEFORE importing ultralytics."""
+    config_dir = Path(config_dir).resolve()
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_OFFLINE"] = "true"
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    os.environ.setdefault("YOLO_VERBOSE", "true")
+    font = _find_dejavu()
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = config_dir / name
+        if font is not None and not target.exists():
+            shutil.copyfile(font, target)
+    return config_dir
+
+
+def _find_dejavu() -> Path | None:
+    try:
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return path if path.exists() else None
+    except ImportError:
+        return None
+
+
+def _quiet_settings() -> None:
+    from ultralytics.utils import SETTINGS
+
+    SETTINGS.update({"sync": False})
+
+
+def train_args(cfg: TrainConfig, data_yaml: Path, name: str | None = None) -> dict:
+    """The keyword arguments handed to ``YOLO(model).train``."""
+    args = dict(
+        data=str(Path(data_yaml).resolve()), epochs=cfg.train.epochs, imgsz=cfg.imgsz, batch=cfg.train.batch,
+        device=cfg.train.device, workers=cfg.train.workers, seed=cfg.train.seed, deterministic=True,
+        project=str(Path(cfg.train.project).resolve()), name=name or cfg.name, exist_ok=True,
+        amp=False, plots=False, patience=cfg.train.patience, verbose=False, val=True, pretrained=False,
+        # the pair's two epochs are one stack: no colour jitter on 6 channels (ultralytics skips it anyway)
+        hsv_h=0.0 if cfg.channels == 6 else 0.015, hsv_s=0.0 if cfg.channels == 6 else 0.5,
+        hsv_v=0.0 if cfg.channels == 6 else 0.3, degrees=0.0, flipud=0.5, fliplr=0.5, mosaic=1.0,
+        scale=0.25, translate=0.1,
+    )
+    if cfg.train.time_hours:
+        args["time"] = cfg.train.time_hours
+    args.update(cfg.train.extra)
+    return args
+
+
+def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | None = None) -> TrainResult:
+    """Train ``cfg.train.model`` from scratch on the dataset; returns the run folder and weights.
+
+    Raises
+    ------
+    InputError
+        When the dataset's ``data.yaml`` is missing or has a different channel count.
+    """
+    data_yaml = Path(data_yaml or Path(cfg.data.root) / "data.yaml")
+    if not data_yaml.exists():
+        raise InputError(f"{data_yaml}: dataset not found; run 'buildwatch build-dataset --config ...' first")
+    import yaml
+
+    declared = int(yaml.safe_load(data_yaml.read_text()).get("channels", 3))
+    if declared != cfg.channels:
+        raise InputError(f"{data_yaml}: dataset has {declared} channels but the config asks for {cfg.channels}")
+    prepare_offline()
+    from ultralytics import YOLO
+
+    _quiet_settings()
+    model = YOLO(cfg.train.model, task="obb")
+    start = time.time()
+    model.train(**train_args(cfg, data_yaml, name))
+    seconds = time.time() - start
+    run_dir = Path(model.trainer.save_dir)
+    metrics = {k: float(v) for k, v in (model.trainer.metrics or {}).items() if isinstance(v, (int, float))}
+    summary = {"config": json.loads(cfg.model_dump_json()), "seconds": round(seconds, 1), "metrics": metrics,
+               "data": str(data_yaml)}
+    (run_dir / "buildwatch_train.json").write_text(json.dumps(summary, indent=1))
+    return TrainResult(run_dir, run_dir / "weights" / "best.pt", run_dir / "weights" / "last.pt", seconds, metrics)
