@@ -63,7 +63,7 @@ def _scene(tmp_path, crs: str, current_crs: str | None = None, shift_px=(0, 0), 
     truth = []
     to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     for c, r, w, h in planted:
-        x, y = transform * (c + w / 2, r + h / 2)
+        x, y = transform @ (c + w / 2, r + h / 2)
         truth.append(to_ll.transform(x, y))
     return base, cur, truth
 
@@ -213,3 +213,15 @@ def test_exclusion_layer_tags_and_drops(tmp_path, oracle, model):
                              valid_to_field="valid_from")  # "valid until" 2026-01-01: expired by May
     s = _run(tmp_path, base, cur, model, change=ChangeConfig(exclusions=[expired]))
     assert len(gpd.read_file(s.candidates_path, layer="candidates")) == len(PLANTED)
+
+
+def test_two_worker_processes_give_the_same_tiles(tmp_path, model):
+    base, cur, _ = _scene(tmp_path, "EPSG:4547")
+    one = run_pipeline(RunConfig(baseline=base, current=cur, out=tmp_path / "w1", model=model, workers=1,
+                                 progress=False))
+    two = run_pipeline(RunConfig(baseline=base, current=cur, out=tmp_path / "w2", model=model, workers=2,
+                                 progress=False))
+    t1 = gpd.read_file(one.candidates_path, layer="tiles").sort_values("tile_id")
+    t2 = gpd.read_file(two.candidates_path, layer="tiles").sort_values("tile_id")
+    assert list(t1.tile_id) == list(t2.tile_id) and two.tiles_total == one.tiles_total
+    assert np.allclose(t1.shift_m, t2.shift_m)
