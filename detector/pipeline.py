@@ -110,10 +110,10 @@ def detect_tile(detector, spec: ModelSpec, baseline: np.ndarray, current: np.nda
     """(current-epoch or change detections, baseline detections) for one co-registered tile."""
     if spec.is_pair:
         return detector([np.concatenate([baseline, current], axis=2)], conf, iou)[0], []
-    cur, base = detector([current, baseline], conf, iou)
+    cur = detector([current], conf, iou)[0]
     # Ask the baseline generously: weak baseline evidence of a structure still explains it away.
-    base_low = detector([baseline], conf * 0.5, iou)[0] if conf > 0 else base
-    return cur, base_low
+    base = detector([baseline], conf * 0.5, iou)[0]
+    return cur, base
 
 
 def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, detector) -> TileResult:
