@@ -738,7 +738,8 @@ def _match_candidates(geometries: list[BaseGeometry], confidences: np.ndarray, c
 
 
 def _reading_order(geometry: BaseGeometry) -> tuple[float, float]:
-    point = geometry.representative_point()
+    """Sort key for numbering new cases: north to south, then west to east (by centroid)."""
+    point = geometry.centroid
     return (-round(point.y, 6), round(point.x, 6))
 
 
