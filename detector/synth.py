@@ -151,7 +151,7 @@ def _clip_to_square(poly: np.ndarray, side: float) -> np.ndarray:
                 out.append(tuple(prev[k] + t * (cur[k] - prev[k]) for k in range(2)))
             if cur_in:
                 out.append(cur)
-    return np.array(out, dtype=np.float64).reshape(-1, 2)
+    return np.clip(np.array(out, dtype=np.float64).reshape(-1, 2), 0.0, side)
 
 
 class _Occupancy:
@@ -206,7 +206,7 @@ def _roof_colour(rng: np.random.Generator, style: str) -> tuple[float, float, fl
     if style == "white_steel":
         g = rng.uniform(205, 232)
         return (g, g + 2, g + 4)
-    return (170.0, 112.0, 78.0)  # construction site soil
+    return (rng.uniform(185, 205), rng.uniform(100, 115), rng.uniform(52, 66))  # red-brown cleared soil
 
 
 def _contrasting_style(rng: np.random.Generator, parent: _Structure) -> str:
@@ -252,6 +252,7 @@ class _Planner:
         self.car_lanes: list = []
         self.yard_slots: list = []  # rects left empty in dense blocks
         self.graded_block = None
+        self.gardens: list = []  # (u0, v0, u1, v1) of garden blocks; construction sites clear them
         self.angle = float(rng.choice([0.0, rng.uniform(-0.35, 0.35)]))
 
     # ---- helpers
@@ -335,7 +336,7 @@ class _Planner:
         rng = self.rng
         style = style or str(rng.choice(_ROOF_STYLES, p=_ROOF_WEIGHTS))
         if height is None:
-            height = 3.0 * int(rng.integers(2, 8)) + rng.uniform(0, 1)
+            height = 3.0 * int(rng.choice([2, 3, 4, 5, 6, 7], p=[0.2, 0.25, 0.25, 0.15, 0.1, 0.05])) + rng.uniform(0, 1)
         clutter = _make_clutter(rng, w, l) if style in ("concrete", "dark") and kind == "building" else []
         return self._add(kind=kind, rect=(cx, cy, w, l, angle), height=height, base=base, roof=style,
                          colour=_roof_colour(rng, style), born=born, parent=parent,
@@ -369,6 +370,7 @@ class _Planner:
 
     def _garden_block(self, u0, v0, u1, v1, poly) -> None:
         self.surfaces.append((poly, "garden", 0, None))
+        self.gardens.append((u0, v0, u1, v1))
         rng = self.rng
         for _ in range(int(rng.integers(0, 3))):  # a few detached houses
             w, l = rng.uniform(7, 13), rng.uniform(7, 12)
@@ -406,11 +408,14 @@ class _Planner:
             self._promote_sites(night)
             self._demolish(night)
 
-    def _free_rect(self, w_range, l_range, tries=250, margin=1.0, buffer=0.8, slots_first=True):
+    def _free_rect(self, w_range, l_range, tries=250, margin=1.0, buffer=0.8, slots_first=True, in_gardens=False):
         rng = self.rng
         for k in range(tries):
             w, l = rng.uniform(*w_range), rng.uniform(*l_range)
-            if slots_first and self.yard_slots and k < 40:
+            if in_gardens and self.gardens and k < tries // 2:
+                u0, v0, u1, v1 = self.gardens[int(rng.integers(len(self.gardens)))]
+                cx, cy = self._to_world(rng.uniform(u0, u1), rng.uniform(v0, v1))
+            elif slots_first and self.yard_slots and k < 40:
                 sx, sy, sw, sl = self.yard_slots[int(rng.integers(len(self.yard_slots)))]
                 cx, cy = sx + rng.normal(0, 1.5), sy + rng.normal(0, 1.5)
             else:
@@ -430,8 +435,11 @@ class _Planner:
         if got is None:
             return False
         cx, cy, w, l, a = got
-        self._building(cx, cy, w, l, a, born=night, truth_class="new_building",
-                       style=str(self.rng.choice(("concrete", "terracotta", "dark", "white_steel"))))
+        style = str(self.rng.choice(("concrete", "terracotta", "dark", "white_steel")))
+        st = self._building(cx, cy, w, l, a, born=night, truth_class="new_building", style=style)
+        if style == "concrete":  # a fresh concrete roof is brighter than the yard it replaces
+            g = self.rng.uniform(188, 210)
+            st.colour = (g, g, g - 3)
         self.occ.mark(_rect_polygon(cx, cy, w, l, a), _STRUCTURE)
         return True
 
@@ -504,9 +512,9 @@ class _Planner:
         return self._place_rooftop(night, "extension", None, (3, 8), 3.0)
 
     def _place_site(self, night: int) -> bool:
-        got = self._free_rect((10, 30), (10, 24), tries=300, buffer=0.5, slots_first=False)
+        got = self._free_rect((10, 30), (10, 24), tries=300, buffer=0.5, slots_first=False, in_gardens=True)
         if got is None:
-            got = self._free_rect((10, 13), (10, 12), tries=300, buffer=0.3)
+            got = self._free_rect((10, 13), (10, 12), tries=300, buffer=0.3, in_gardens=True)
         if got is None:
             return False
         cx, cy, w, l, a = got
@@ -602,10 +610,20 @@ class _Textures:
     mid: np.ndarray  # ~1.5 m
     coarse: np.ndarray  # ~8 m
     huge: np.ndarray  # ~40 m
+    ground: np.ndarray  # (H, W, 3) bare ground colour
+    grass: np.ndarray  # (H, W) grass cover 0..1
+    grass_detail: np.ndarray  # (H, W) grass brightness texture
+    detail: np.ndarray  # (H, W) fine + mid noise used to texture painted surfaces
 
 
 def _make_textures(rng: np.random.Generator, size: int, gsd: float) -> _Textures:
-    return _Textures(*(_noise_field(rng, size, s / gsd) for s in (0.3, 1.5, 8.0, 40.0)))
+    fine, mid, coarse, huge = (_noise_field(rng, size, s / gsd) for s in (0.3, 1.5, 8.0, 40.0))
+    lum = coarse * 7 + mid * 5 + fine * 5 + huge * 6
+    ground = np.empty((size, size, 3), np.float32)
+    ground[:] = np.array([146, 138, 122], np.float32)
+    ground += lum[..., None]
+    grass = np.clip((huge * 0.7 + coarse * 0.5 - 0.6) * 1.4, 0, 1)
+    return _Textures(fine, mid, coarse, huge, ground, grass, mid * 10 + fine * 8, fine * 0.6 + mid * 0.4)
 
 
 class _Canvas:
@@ -637,17 +655,19 @@ class _Canvas:
         if got is None:
             return
         roi, m = got
-        fill = np.empty(m.shape + (3,), np.float32)
-        fill[:] = np.asarray(colour, np.float32)
         if noise_amp:
-            n = self.tex.fine[roi] * 0.6 + self.tex.mid[roi] * 0.4
-            fill += (n * noise_amp)[..., None]
+            fill = (self.tex.detail[roi] * noise_amp)[..., None] + np.asarray(colour, np.float32)
+        else:
+            fill = np.broadcast_to(np.asarray(colour, np.float32), m.shape + (3,))
         if pattern is not None:
-            fill *= pattern(roi)[..., None]
-        a = (m * alpha)[..., None]
-        self.img[roi] = self.img[roi] * (1 - a) + fill * a
+            fill = fill * pattern(roi)[..., None]
+        if alpha != 1.0:
+            m *= alpha
+        target = self.img[roi]
+        fill = np.ascontiguousarray(fill, np.float32)
+        target[:] = cv2.blendLinear(np.ascontiguousarray(target), fill, 1.0 - m, m)
 
-    def darken(self, poly_m: np.ndarray, factors=(0.42, 0.47, 0.58)) -> None:
+    def darken(self, poly_m: np.ndarray, factors=(0.48, 0.53, 0.64)) -> None:
         got = self.mask(poly_m, pad=2)
         if got is None:
             return
@@ -701,16 +721,12 @@ _SURFACES = {
 }
 
 
-def _paint_ground(canvas: _Canvas, rng_base: tuple, look: _EpochLook) -> None:
+def _paint_ground(canvas: _Canvas, look: _EpochLook) -> None:
+    """Bare/paved ground with noise at several scales, grass patches in season colour."""
     t = canvas.tex
-    base = np.array([146, 138, 122], np.float32)
-    lum = t.coarse * 7 + t.mid * 5 + t.fine * 5 + t.huge * 6
-    img = canvas.img
-    img[:] = base + lum[..., None]
-    # soil / grass patches driven by the large-scale noise (fixed in space)
-    grass = np.clip((t.huge * 0.7 + t.coarse * 0.5 - 0.6) * 1.4, 0, 1)[..., None]
-    green = _veg_colour(look, ground=True) + (t.mid * 10 + t.fine * 8)[..., None]
-    img[:] = img * (1 - grass) + green * grass
+    green = _veg_colour(look, ground=True)
+    green_img = t.grass_detail[..., None] + green
+    canvas.img[:] = cv2.blendLinear(t.ground, green_img, 1.0 - t.grass, t.grass)
 
 
 def _veg_colour(look: _EpochLook, ground: bool = False) -> np.ndarray:
@@ -725,7 +741,7 @@ def _paint_surface(canvas: _Canvas, poly: np.ndarray, surface: str, look: _Epoch
         return
     colour, amp = _SURFACES[surface]
     if surface == "graded":
-        cx, cy = poly.mean(0)
+        cx, cy = np.vstack(poly).mean(0) if isinstance(poly, list) else poly.mean(0)
         rect = (cx, cy, 1, 1, (seed % 628) / 100.0)
         canvas.paint(poly, colour, amp, pattern=canvas.stripes(rect, 2.6, 0.05))
     elif surface == "rubble":
@@ -790,13 +806,13 @@ def _paint_site(canvas: _Canvas, st: _Structure) -> None:
     du, dv = rng.uniform(-(w - fw) / 2 + 1, (w - fw) / 2 - 1), rng.uniform(-(l - fl) / 2 + 1, (l - fl) / 2 - 1)
     c, s = math.cos(a), math.sin(a)
     fx, fy = cx + c * du - s * dv, cy + s * du + c * dv
-    canvas.paint(_rect_polygon(fx, fy, fw, fl, a), (168, 166, 160), 6.0)
+    canvas.paint(_rect_polygon(fx, fy, fw, fl, a), (104, 102, 98), 6.0)  # wet concrete slab
     # rebar / formwork grid inside the foundation, scaffold mesh band along two sides
     step = 1.5
     for t in np.arange(-fw / 2 + step, fw / 2, step):
-        canvas.paint(_rect_polygon(fx + c * t, fy + s * t, max(0.08, canvas.gsd * 0.9), fl, a), (70, 64, 58), 0.0)
+        canvas.paint(_rect_polygon(fx + c * t, fy + s * t, max(0.08, canvas.gsd * 0.9), fl, a), (150, 120, 95), 0.0)
     for t in np.arange(-fl / 2 + step, fl / 2, step):
-        canvas.paint(_rect_polygon(fx - s * t, fy + c * t, fw, max(0.08, canvas.gsd * 0.9), a), (70, 64, 58), 0.0)
+        canvas.paint(_rect_polygon(fx - s * t, fy + c * t, fw, max(0.08, canvas.gsd * 0.9), a), (150, 120, 95), 0.0)
     band = 1.3
     for du2, dv2, bw, bl in ((0, -fl / 2 - band / 2, fw + 2 * band, band), (-fw / 2 - band / 2, 0, band, fl)):
         bx, by = fx + c * du2 - s * dv2, fy + s * du2 + c * dv2
@@ -814,11 +830,10 @@ def _paint_tree(canvas: _Canvas, tree: _Tree, look: _EpochLook) -> None:
     circles = [np.stack([x + rr * np.cos(angles), y + rr * np.sin(angles)], 1) for x, y, rr in lobes]
     canvas.darken([circ + off for circ in circles], (0.5, 0.55, 0.62))
     sun_dir = -np.array([math.cos(look.sun_azimuth), math.sin(look.sun_azimuth)])
-    for circ, (x, y, rr) in zip(circles, lobes):
-        canvas.paint(circ, colour * 0.8, 10.0)
-        hl = np.stack([x + sun_dir[0] * rr * 0.25 + rr * 0.6 * np.cos(angles),
-                       y + sun_dir[1] * rr * 0.25 + rr * 0.6 * np.sin(angles)], 1)
-        canvas.paint(hl, colour * 1.2, 12.0, alpha=0.7)
+    canvas.paint(circles, colour * 0.8, 10.0)
+    highlights = [np.stack([x + sun_dir[0] * rr * 0.25 + rr * 0.6 * np.cos(angles),
+                            y + sun_dir[1] * rr * 0.25 + rr * 0.6 * np.sin(angles)], 1) for x, y, rr in lobes]
+    canvas.paint(highlights, colour * 1.2, 12.0, alpha=0.7)
 
 
 def _paint_cars(canvas: _Canvas, plan: _Plan, rng: np.random.Generator, look: _EpochLook) -> None:
@@ -847,15 +862,17 @@ def _present(st: _Structure, epoch: int) -> bool:
 def _render_epoch(plan: _Plan, epoch: int, look: _EpochLook, tex: _Textures, size: int, gsd: float,
                   seed: int) -> np.ndarray:
     canvas = _Canvas(np.empty((size, size, 3), np.float32), gsd, tex)
-    _paint_ground(canvas, (seed,), look)
+    _paint_ground(canvas, look)
+    layers: dict[str, list] = {}
     for poly, surface, born, died in plan.surfaces:
-        if surface != "rubble" and surface != "new_lane" and born <= epoch and (died is None or died > epoch):
-            _paint_surface(canvas, poly, surface, look, seed)
+        if born <= epoch and (died is None or died > epoch):
+            layers.setdefault(surface, []).append(poly)
     for poly, surface in plan.roads:
-        _paint_surface(canvas, poly, surface, look, seed)
-    for poly, surface, born, died in plan.surfaces:
-        if surface in ("rubble", "new_lane") and born <= epoch:
-            _paint_surface(canvas, poly, surface, look, seed)
+        layers.setdefault(surface, []).append(poly)
+    for surface in ("garden", "yard", "graded", "lane", "asphalt", "new_lane", "rubble"):
+        for poly in (layers.get(surface, []) if surface in ("graded", "rubble") else [layers.get(surface)]):
+            if poly is not None and len(poly):
+                _paint_surface(canvas, poly, surface, look, seed)
     for st in plan.structures:
         if st.kind == "construction_site" and _present(st, epoch):
             _paint_site(canvas, st)
@@ -873,15 +890,19 @@ def _render_epoch(plan: _Plan, epoch: int, look: _EpochLook, tex: _Textures, siz
 
 def _finish(img: np.ndarray, look: _EpochLook, rng: np.random.Generator) -> np.ndarray:
     """Illumination, misregistration, sensor noise and JPEG artefacts."""
-    img = np.clip(img, 0, 255) / 255.0
-    img = np.power(img, look.gamma) * np.asarray(look.gains, np.float32) * 255.0 + look.offset
+    out = np.empty(img.shape, np.uint8)
+    np.clip(img + 0.5, 0, 255, out=img)
+    out[:] = img
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    lut = np.stack([np.power(levels, look.gamma) * g * 255.0 + look.offset for g in look.gains], 1)
+    out = cv2.LUT(out, np.clip(lut + 0.5, 0, 255).astype(np.uint8).reshape(256, 1, 3))
     dx, dy = look.shift
     if dx or dy:
         m = np.float32([[1, 0, dx], [0, 1, dy]])
-        img = cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR,
+        out = cv2.warpAffine(out, m, (out.shape[1], out.shape[0]), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT)
-    img += rng.standard_normal(img.shape[:2], dtype=np.float32)[..., None] * look.noise_sigma
-    out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    noise = (rng.standard_normal(out.shape[:2], dtype=np.float32) * look.noise_sigma).astype(np.int16)
+    out = np.clip(out.astype(np.int16) + noise[..., None], 0, 255).astype(np.uint8)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, look.jpeg_quality])
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
@@ -897,7 +918,7 @@ def _epoch_looks(rng: np.random.Generator, epochs: int, max_shift_px: float) -> 
         else:
             shift = (0.0, 0.0)
         looks.append(_EpochLook(
-            sun_azimuth=float(azimuth), sun_elevation=float(np.radians(rng.uniform(52, 76))),
+            sun_azimuth=float(azimuth), sun_elevation=float(np.radians(rng.uniform(58, 80))),
             veg_season=float(rng.uniform(0, 0.8)), veg_growth=float(1 + 0.03 * e + rng.uniform(0, 0.03)),
             gamma=float(rng.uniform(0.85, 1.15)), gains=tuple(float(g) for g in rng.uniform(0.93, 1.07, 3)),
             offset=float(rng.uniform(-8, 8)), noise_sigma=float(rng.uniform(1.5, 3.0)),
