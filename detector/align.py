@@ -12,6 +12,8 @@ import numpy as np
 
 from detector.types import Registration
 
+MIN_SIDE_PX = 48  # smallest valid extent (pixels) on which a shift is still estimated
+
 
 def _gradient(image: np.ndarray) -> np.ndarray:
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -38,12 +40,16 @@ def estimate_shift(baseline: np.ndarray, current: np.ndarray, valid: np.ndarray,
     Registration
         ``dx_px, dy_px``: the current image content sits at (x + dx, y + dy) of the baseline's (x, y).
     """
-    if valid.mean() < 0.2:
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    if rows.size < MIN_SIDE_PX or cols.size < MIN_SIDE_PX or valid.sum() < MIN_SIDE_PX**2:
         return Registration(0.0, 0.0, 0.0, 0.0, False, "too little valid overlap to register")
-    a = _gradient(baseline)
-    b = _gradient(current)
-    a[~valid] = 0
-    b[~valid] = 0
+    # correlate on the valid bounding box only: tiles at the mosaic edge are mostly empty
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    a = _gradient(baseline[box])
+    b = _gradient(current[box])
+    a[~valid[box]] = 0
+    b[~valid[box]] = 0
     window = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
     (dx, dy), response = cv2.phaseCorrelate(a, b, window)
     shift_m = float(np.hypot(dx, dy) * gsd)
