@@ -37,7 +37,7 @@ class DetectConfig(_Strict):
     iou: Optional[float] = Field(None, ge=0, le=1)
     overlap_px: Optional[int] = Field(None, ge=0, description="None = the model's recommendation")
     batch_size: int = Field(4, ge=1)
-    providers: list[str] = ["CPUExecutionProvider"]
+    providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # those available are used
     intra_op_threads: int = Field(1, ge=1)
 
 
