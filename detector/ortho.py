@@ -440,7 +440,15 @@ def projection_maps(camera: Camera, ground, world: WorldFrame, grid: Grid, corre
         Column and row in the frame; -1 where the pixel is not seen.
     usable : bool array (H, W)
     """
-    bx, by = grid.pixel_centres()
+    import cv2
+
+    # the projection is smooth: evaluate it every `step` pixels and interpolate bilinearly
+    step = 8 if min(grid.width, grid.height) > 64 else 1
+    cols = np.arange(0, grid.width - 1 + step, step, dtype=np.float64)
+    rows = np.arange(0, grid.height - 1 + step, step, dtype=np.float64)
+    cc, rr = np.meshgrid(cols, rows)
+    bx = grid.left + (cc + 0.5) * grid.res_x
+    by = grid.top - (rr + 0.5) * grid.res_y
     if correction is not None:
         inv = np.linalg.inv(correction)
         den = inv[2, 0] * bx + inv[2, 1] * by + inv[2, 2]
@@ -449,8 +457,16 @@ def projection_maps(camera: Camera, ground, world: WorldFrame, grid: Grid, corre
     wz = ground.height(wx, wy)
     u, v, depth = camera.project(wx, wy, wz)
     horizontal = np.hypot(wx - camera.center[0], wy - camera.center[1])
-    steep_enough = horizontal <= (camera.center[2] - wz) * math.tan(math.radians(max_view_angle_deg))
-    usable = (depth > 0) & steep_enough & (u >= -0.5) & (v >= -0.5) & (u <= camera.width - 0.5) & (v <= camera.height - 0.5)
+    steep_margin = (camera.center[2] - wz) * math.tan(math.radians(max_view_angle_deg)) - horizontal
+    seen = np.minimum(depth, steep_margin)
+    bad = ~np.isfinite(u) | ~np.isfinite(v) | (seen <= 0)
+    coarse = [np.where(bad, -1e6, a).astype(np.float32) for a in (u, v, seen)]
+    if step > 1:
+        fc, fr = np.meshgrid(np.arange(grid.width, dtype=np.float32) / step, np.arange(grid.height, dtype=np.float32) / step)
+        u, v, seen = (cv2.remap(a, fc, fr, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for a in coarse)
+    else:
+        u, v, seen = coarse
+    usable = (seen > 0) & (u >= -0.5) & (v >= -0.5) & (u <= camera.width - 0.5) & (v <= camera.height - 0.5)
     u = np.where(usable, u, -1).astype(np.float32)
     v = np.where(usable, v, -1).astype(np.float32)
     return u, v, usable
