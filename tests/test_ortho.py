@@ -104,6 +104,7 @@ def test_exact_poses_land_within_half_a_metre_without_refinement(scene, tmp_path
     assert [f.status for f in result.frames] == ["direct"] * 3
     rmse, blocks = _misregistration_m(out, scene["baseline"])
     assert blocks >= 20
+    print(f"direct RMSE {rmse:.3f} m over {blocks} blocks")
     assert rmse <= 0.5, f"direct georeferencing RMSE {rmse:.2f} m"
 
 
@@ -119,6 +120,7 @@ def test_pose_errors_are_corrected_to_one_working_pixel(scene, tmp_path):
     after, blocks = _misregistration_m(refined, scene["baseline"])
     assert before > 2.0  # the pose errors really displaced the frames
     assert blocks >= 20
+    print(f"misregistration before {before:.3f} m, after {after:.3f} m")
     assert after <= RES, f"after refinement {after:.2f} m (working GSD {RES} m); before {before:.2f} m"
     for rep in result.frames:
         assert 2.0 < rep.shift_m < 10.0  # the reported offset before refinement is the injected error
