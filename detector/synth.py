@@ -299,8 +299,9 @@ class _Planner:
         inside = [k for k in order if self._inside(blocks[k][4], 2.0)
                   and blocks[k][2] - blocks[k][0] >= 24 and blocks[k][3] - blocks[k][1] >= 22]
         graded = inside[0] if inside and self.side >= 110 and self.options.get("block_development", True) else None
-        n_open = max(1, int(round(len(blocks) * 0.2)))
-        open_blocks = [k for k in order if k != graded][:n_open]
+        n_open = max(1, int(round(len(blocks) * 0.12)))
+        centred = [k for k in order if k != graded and self._inside(blocks[k][4].mean(0, keepdims=True), 8.0)]
+        open_blocks = (centred + [k for k in order if k != graded and k not in centred])[:n_open]
         for k, (u0, v0, u1, v1, poly) in enumerate(blocks):
             if k == graded:
                 self._graded_block(u0, v0, u1, v1, poly)
@@ -365,14 +366,15 @@ class _Planner:
                     elif self.occ.is_free(poly, (_FREE,)):
                         self._building(cx, cy, w_b, l_b, self.angle + jitter)
                         self.occ.mark(poly, _STRUCTURE)
-                u += width + rng.uniform(0.6, 2.2)
-            v += depth + rng.uniform(1.0, 3.2)
+                u += width + rng.uniform(0.3, 1.4)
+            v += depth + rng.uniform(0.8, 2.6)
 
     def _garden_block(self, u0, v0, u1, v1, poly) -> None:
         self.surfaces.append((poly, "garden", 0, None))
         self.gardens.append((u0, v0, u1, v1))
         rng = self.rng
-        for _ in range(int(rng.integers(0, 3))):  # a few detached houses
+        houses = int(rng.integers(0, 3)) if len(self.gardens) > 1 else 0  # the first garden stays open
+        for _ in range(houses):  # a few detached houses
             w, l = rng.uniform(7, 13), rng.uniform(7, 12)
             cu, cv = rng.uniform(u0 + w / 2 + 1, u1 - w / 2 - 1), rng.uniform(v0 + l / 2 + 1, v1 - l / 2 - 1)
             cx, cy = self._to_world(cu, cv)
@@ -572,7 +574,7 @@ class _Planner:
     # ---- vegetation
     def plant_trees(self) -> None:
         rng = self.rng
-        target = int(self.side ** 2 / 170)
+        target = int(self.side ** 2 / 240)
         planted, tries = 0, 0
         while planted < target and tries < target * 12:
             tries += 1
