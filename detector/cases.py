@@ -848,12 +848,13 @@ def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, re
     geometries = [g if g.is_valid else shapely.make_valid(g) for g in frame.geometry]
     confidences = frame["confidence"].to_numpy(dtype=float) if len(frame) else np.zeros(0)
     matches, groups = _match_candidates(geometries, confidences, cases, config.match_iou)
+    lonlats = lonlat_of(geometries, crs)
     night_iso = night.isoformat()
 
     for case_index, sightings in sorted(matches.items()):
         case = cases[case_index]
         suppressed = case.status in SUPPRESSING_STATUSES
-        _update_case(conn, case, frame, geometries, sightings, crs, srs_id, boundaries, run_id, night_iso)
+        _update_case(conn, case, frame, geometries, lonlats, sightings, crs, srs_id, boundaries, run_id, night_iso)
         _record_sightings(conn, case.case_id, frame, sightings, run_id, night_iso, "suppressed" if suppressed else "updated")
         (result.suppressed_ids if suppressed else result.updated_ids).append(case.case_id)
 
@@ -862,7 +863,7 @@ def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, re
     for group in sorted(groups, key=lambda g: _reading_order(geometries[g[0].candidate_index])):
         case_id = format_case_id(config.district_prefix, night, sequence)
         sequence += 1
-        _insert_case(conn, case_id, frame, geometries, group, crs, srs_id, boundaries, run_id, night_iso)
+        _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, boundaries, run_id, night_iso)
         _record_sightings(conn, case_id, frame, group, run_id, night_iso, "opened")
         result.opened_ids.append(case_id)
 
@@ -876,9 +877,9 @@ def _strongest(frame, sightings: list[Sighting]) -> Sighting:
     return max(sightings, key=lambda s: (float(frame["confidence"].iloc[s.candidate_index]), s.iou))
 
 
-def _run_fields(geometry, crs, boundaries, frame, index, srs_id) -> dict:
-    """Run-owned fields derived from one geometry and its candidate."""
-    lon, lat = lonlat_of([geometry], crs)[0]
+def _run_fields(geometry, lonlat, crs, boundaries, frame, index, srs_id) -> dict:
+    """Run-owned fields derived from one candidate's geometry (``lonlat``: its WGS84 point)."""
+    lon, lat = lonlat
     fields = {
         GEOMETRY_COLUMN: encode_gpkg_geometry(geometry, srs_id),
         "run_geom_hash": geometry_hash(geometry),
@@ -892,7 +893,8 @@ def _run_fields(geometry, crs, boundaries, frame, index, srs_id) -> dict:
     return fields
 
 
-def _update_case(conn, case: CaseRow, frame, geometries, sightings, crs, srs_id, boundaries, run_id, night_iso) -> None:
+def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs, srs_id, boundaries, run_id,
+                 night_iso) -> None:
     strongest = _strongest(frame, sightings)
     index = strongest.candidate_index
     confidence = float(frame["confidence"].iloc[index])
@@ -914,17 +916,17 @@ def _update_case(conn, case: CaseRow, frame, geometries, sightings, crs, srs_id,
         if boundaries is not None and not case.community:
             fields["community"], fields["unit"] = boundaries.locate(case.geometry)
     else:
-        fields.update(_run_fields(geometries[index], crs, boundaries, frame, index, srs_id))
+        fields.update(_run_fields(geometries[index], lonlats[index], crs, boundaries, frame, index, srs_id))
         fields["geometry_edited"] = 0
     assignments = ", ".join(f'"{name}" = ?' for name in fields)
     conn.execute(f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?', (*fields.values(), case.fid))
 
 
-def _insert_case(conn, case_id, frame, geometries, group, crs, srs_id, boundaries, run_id, night_iso) -> None:
+def _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, boundaries, run_id, night_iso) -> None:
     strongest = _strongest(frame, group)
     index = strongest.candidate_index
     confidence = float(frame["confidence"].iloc[index])
-    fields = _run_fields(geometries[index], crs, boundaries, frame, index, srs_id)
+    fields = _run_fields(geometries[index], lonlats[index], crs, boundaries, frame, index, srs_id)
     fields.update(
         {
             "case_id": case_id,

@@ -106,7 +106,8 @@ def show_case(registry: Path, case_id: str) -> None:
     for name in frame.columns:
         if name == "geometry":
             continue
-        click.echo(f"{name:16s} {_cell(record[name])}")
+        value = f"{record[name]:.7f}" if name in ("lon", "lat") else _cell(record[name])
+        click.echo(f"{name:16s} {value}")
     geo_uri, osm_url = map_links(float(record["lat"]), float(record["lon"]))
     click.echo(f"{'geometry':16s} {record.geometry.wkt}")
     click.echo(f"{'evidence_file':16s} {Path(registry).parent / str(record['evidence'])}")
