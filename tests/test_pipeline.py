@@ -225,3 +225,18 @@ def test_two_worker_processes_give_the_same_tiles(tmp_path, model):
     t2 = gpd.read_file(two.candidates_path, layer="tiles").sort_values("tile_id")
     assert list(t1.tile_id) == list(t2.tile_id) and two.tiles_total == one.tiles_total
     assert np.allclose(t1.shift_m, t2.shift_m)
+
+
+def test_run_updates_the_case_registry_across_nights(tmp_path, oracle, model):
+    from detector.config import CasesConfig
+
+    base, cur, _ = _scene(tmp_path, "EPSG:4547")
+    reg = tmp_path / "cases.gpkg"
+    cfg = dict(cases=CasesConfig(registry=reg, evidence=True, report=True))
+    first = _run(tmp_path, base, cur, model, **cfg)
+    assert first.cases.opened == len(PLANTED) and first.cases.updated == 0
+    second = _run(tmp_path, base, cur, model, **cfg)  # the same structures seen again
+    assert second.cases.opened == 0 and second.cases.updated == len(PLANTED)
+    cases = gpd.read_file(reg, layer="cases")
+    assert len(cases) == len(PLANTED)
+    assert first.cases.report_html is not None and first.cases.report_html.exists()

@@ -38,5 +38,9 @@ def run(baseline, current, out, model, config_path, workers, conf, cases_registr
         cfg.cases.registry = cases_registry
     summary = run_pipeline(cfg)
     click.echo(summary.text())
-    if summary.cases is not None:
-        click.echo(f"cases: {summary.cases}")
+    c = summary.cases
+    if c is not None:
+        click.echo(f"cases: {c.opened} opened, {c.updated} updated, {c.suppressed} suppressed (rejected before); "
+                   f"{c.total} in {c.registry}")
+        if c.report_html:
+            click.echo(f"report: {c.report_html}")
