@@ -6,7 +6,8 @@ applies it whenever the layer is added) holds
 * a categorised renderer on ``status`` (one colour per review status);
 * labels: case ID and area (m²);
 * the attribute form: a drop-down value map on ``status``, a date/time picker on
-  ``reviewed_at`` (defaults to now on every edit, reviewer to the QGIS user's name), the
+  ``reviewed_at`` (set to now on every edit; reviewer filled with the QGIS user's name when
+  empty), the
   ``evidence`` field shown as an image (ExternalResource, document viewer = image), and
   the run-owned fields read-only.
 
@@ -172,7 +173,7 @@ def _form(root: ET.Element, field_names: list[str]) -> None:
     for name in field_names:
         expression, on_update = {
             "reviewed_at": ("now()", "1"),
-            "reviewer": ("coalesce(@user_full_name, @user_account_name)", "1"),
+            "reviewer": ("coalesce(\"reviewer\", @user_full_name, @user_account_name)", "1"),
         }.get(name, ("", "0"))
         ET.SubElement(defaults, "default", {"field": name, "expression": expression, "applyOnUpdate": on_update})
     ET.SubElement(root, "editform", {"tolerant": "1"})

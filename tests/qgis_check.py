@@ -59,6 +59,27 @@ def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, li
     return facts, problems
 
 
+def edit_like_a_reviewer(layer, statuses, moves) -> list[str]:
+    """Edit the layer through QGIS's own editing buffer and commit, as a reviewer does."""
+    from qgis.core import QgsFeatureRequest
+
+    fields = layer.fields()
+    layer.startEditing()
+    for case_id, status in statuses:
+        for feature in layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'")):
+            layer.changeAttributeValue(feature.id(), fields.indexOf("status"), status)
+            layer.changeAttributeValue(feature.id(), fields.indexOf("reviewer"), "qgis-check")
+    for case_id, dx, dy in moves:
+        for feature in layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'")):
+            geometry = feature.geometry()
+            geometry.translate(float(dx), float(dy))
+            layer.changeGeometry(feature.id(), geometry)
+    ok = layer.commitChanges()
+    errors = [] if ok else [f"QGIS could not commit the edits: {layer.commitErrors()}"]
+    del layer
+    return errors
+
+
 def check_project(project, path: str) -> tuple[dict, list[str]]:
     """Read a .qgs project: three valid layers, the cases layer styled."""
     problems: list[str] = []
@@ -90,6 +111,10 @@ def main() -> int:
     parser.add_argument("--crs", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--project")
+    parser.add_argument("--set-status", nargs=2, metavar=("CASE_ID", "STATUS"), action="append", default=[],
+                        help="edit in QGIS first: set a case's review status (and reviewer 'qgis-check')")
+    parser.add_argument("--move", nargs=3, metavar=("CASE_ID", "DX", "DY"), action="append", default=[],
+                        help="edit in QGIS first: translate a case's geometry by DX, DY map units")
     args = parser.parse_args()
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -99,6 +124,9 @@ def main() -> int:
     app.initQgis()
     report: dict = {"qgis": Qgis.QGIS_VERSION}
     problems: list[str] = []
+    if args.set_status or args.move:
+        problems += edit_like_a_reviewer(QgsVectorLayer(f"{args.registry}|layername=cases", "edit", "ogr"),
+                                         args.set_status, args.move)
     layer = QgsVectorLayer(f"{args.registry}|layername=cases", "cases", "ogr")
     report["layer"], layer_problems = check_layer(layer, args.crs, args.count)
     problems += layer_problems
