@@ -74,8 +74,7 @@ def train(config_path, data_yaml, epochs, device, batch, time_hours, project, wo
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), help="evaluation report JSON to embed")
 @click.option("--provenance", "provenance_path", type=click.Path(path_type=Path), help="JSON with training data / command / time")
 @click.option("--int8", "int8_out", type=click.Path(path_type=Path), help="also write a static QDQ int8 copy here")
-@click.option("--fp16", "fp16_out", type=click.Path(path_type=Path), help="also write an fp16 copy here")
-def export(weights, out, config_path, metrics_path, provenance_path, int8_out, fp16_out):
+def export(weights, out, config_path, metrics_path, provenance_path, int8_out):
     """Export weights to ONNX with buildwatch + Deepness metadata and a sha256 sidecar."""
     from detector.errors import InputError
     from training.config import load_train_config
@@ -97,10 +96,6 @@ def export(weights, out, config_path, metrics_path, provenance_path, int8_out, f
     metrics = read_json(metrics_path)
     path = export_onnx(weights, out, provenance=read_json(provenance_path), metrics=metrics.get("summary", metrics), **kwargs)
     click.echo(f"wrote {path} and {path.name}.sha256")
-    if fp16_out:
-        from training.export import convert_fp16
-
-        click.echo(f"wrote {convert_fp16(path, fp16_out)}")
     if int8_out:
         from training.export import quantize_int8
         from training.evaluate import calibration_inputs
