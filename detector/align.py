@@ -71,3 +71,32 @@ def apply_shift(image: np.ndarray, valid: np.ndarray, reg: Registration) -> tupl
     moved_valid = cv2.warpAffine(valid.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST,
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
     return moved, moved_valid
+
+
+COARSE_MAX_SIDE = 2048  # pixels of the coarse whole-mosaic read used for the fallback shift
+
+
+def estimate_mosaic_shift(baseline_info, current_info, grid, stretches=(None, None),
+                          max_shift_m: float = 3.0, min_quality: float = 0.05) -> Registration:
+    """One shift for the whole pair, from a coarse read of both mosaics (bounded memory).
+
+    Tiles whose own correlation is weak — typically because most of the tile changed, as in a
+    whole-block development — fall back to this estimate instead of being dropped. The shift is
+    returned in pixels of the *working* grid.
+    """
+    from dataclasses import replace
+
+    from detector.mosaic import EpochReader
+
+    factor = max(1.0, max(grid.width, grid.height) / COARSE_MAX_SIDE)
+    coarse = replace(grid, gsd=grid.gsd * factor, width=max(1, int(grid.width / factor)),
+                     height=max(1, int(grid.height / factor)))
+    readers = [EpochReader(baseline_info, coarse, stretches[0]), EpochReader(current_info, coarse, stretches[1])]
+    try:
+        (b, vb), (c, vc) = (r.read(0, 0, coarse.width, coarse.height) for r in readers)
+    finally:
+        for r in readers:
+            r.close()
+    reg = estimate_shift(b, c, vb & vc, coarse.gsd, max_shift_m, min_quality)
+    return Registration(reg.dx_px * factor, reg.dy_px * factor, reg.shift_m, reg.quality, reg.ok, reg.reason,
+                        source="mosaic")

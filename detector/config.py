@@ -44,7 +44,7 @@ class DetectConfig(_Strict):
 class AlignConfig(_Strict):
     enabled: bool = True
     max_shift_m: float = Field(3.0, ge=0)
-    min_quality: float = Field(0.05, ge=0, le=1)
+    min_quality: float = Field(0.1, ge=0, le=1)
 
 
 class ChangeConfig(_Strict):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from detector import __version__
-from detector.align import apply_shift, estimate_shift
+from detector.align import apply_shift, estimate_mosaic_shift, estimate_shift
 from detector.change import change_fraction, difference_image, invalid_fraction, new_in_current
 from detector.config import RunConfig
 from detector.errors import ConfigError, InputError, ModelError
@@ -30,12 +30,13 @@ from detector.georef import candidate_id, merge_duplicates, pixel_to_map, to_out
 from detector.model import ModelSpec, file_sha256, load_model_spec
 from detector.mosaic import EpochReader, MosaicInfo, WorkingGrid, make_grid, open_mosaic
 from detector.tiles import iter_tiles, tile_layout, tile_window
-from detector.types import Detection, Tile
+from detector.types import Detection, Registration, Tile
 
 log = logging.getLogger("detector.pipeline")
 
 MIN_VALID_FRACTION = 0.02  # tiles with less valid overlap than this are skipped as nodata
 MAX_INVALID_IN_BOX = 0.10  # detections with more nodata inside are edge artefacts
+CONFIDENT_QUALITY = 0.2  # phase-correlation peak above which a tile's own shift estimate is trusted
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RunContext:
     iou: float
     stretch_baseline: tuple | None = None
     stretch_current: tuple | None = None
+    mosaic_registration: Registration | None = None  # fallback for tiles whose own correlation is weak
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TileResult:
     reason: str = ""
     candidates: list[dict] = field(default_factory=list)  # wkt in the working CRS + attributes
     seconds: float = 0.0
+    registration: str = "tile"  # "tile" | "mosaic" (fallback) | "none" (alignment disabled)
 
 
 @dataclass
@@ -135,6 +138,13 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
 
     if cfg.align.enabled:
         reg = estimate_shift(b, c, valid, gsd, cfg.align.max_shift_m, cfg.align.min_quality)
+        fallback = ctx.mosaic_registration
+        # A weak or implausible local estimate (most of the tile changed) falls back to the mosaic's
+        # shift; only a confident local shift beyond the maximum flags the tile.
+        doubtful = reg.quality < CONFIDENT_QUALITY
+        if not reg.ok and doubtful and fallback is not None and fallback.ok:
+            reg = Registration(fallback.dx_px, fallback.dy_px, fallback.shift_m, fallback.quality, True,
+                               f"{reg.reason}; mosaic-level shift used", "mosaic")
         if not reg.ok:
             return TileResult(tile.tile_id, "unregistered", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd,
                               reg.shift_m, reg.quality, reg.reason, seconds=time.perf_counter() - start)
@@ -142,9 +152,7 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
         c[~vc] = 0
         valid = vb & vc
     else:
-        from detector.types import Registration
-
-        reg = Registration(0.0, 0.0, 0.0, 1.0, True)
+        reg = Registration(0.0, 0.0, 0.0, 1.0, True, "alignment disabled", "none")
 
     dets, base_dets = detect_tile(detector, ctx.spec, b, c, ctx.conf, ctx.iou)
     matched = {id(d): 0.0 for d in dets}
@@ -178,7 +186,7 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
             "baseline_iou": round(matched.get(id(d), 0.0), 3),
         })
     return TileResult(tile.tile_id, "done", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd, reg.shift_m,
-                      reg.quality, "", out, time.perf_counter() - start)
+                      reg.quality, reg.reason, out, time.perf_counter() - start, reg.source)
 
 
 _WORKER: dict = {}
@@ -259,6 +267,13 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
         ctx.stretch_baseline = EpochReader(baseline, grid).percentile_stretch()
     if current.dtype != "uint8":
         ctx.stretch_current = EpochReader(current, grid).percentile_stretch()
+    if cfg.align.enabled:
+        ctx.mosaic_registration = estimate_mosaic_shift(baseline, current, grid, (ctx.stretch_baseline,
+                                                        ctx.stretch_current), cfg.align.max_shift_m,
+                                                        cfg.align.min_quality)
+        log.info("mosaic-level shift %.2f m (quality %.3f%s)", ctx.mosaic_registration.shift_m,
+                 ctx.mosaic_registration.quality, "" if ctx.mosaic_registration.ok else
+                 f", not usable: {ctx.mosaic_registration.reason}")
     tiles = list(iter_tiles(grid, size, overlap))
     return ctx, tiles
 
@@ -410,7 +425,8 @@ def _tiles_frame(results: list[TileResult], by_id: dict[str, Tile], ctx: RunCont
 
     rows = [{"tile_id": r.tile_id, "status": r.status, "valid_fraction": round(r.valid_fraction, 4),
              "shift_m": round(r.shift_m, 3), "dx_m": round(r.dx_m, 3), "dy_m": round(r.dy_m, 3),
-             "quality": round(r.quality, 4), "reason": r.reason, "candidates": len(r.candidates),
+             "quality": round(r.quality, 4), "registration": r.registration, "reason": r.reason,
+             "candidates": len(r.candidates),
              "seconds": round(r.seconds, 3)} for r in sorted(results, key=lambda r: r.tile_id)]
     geoms = [_tile_polygon(by_id[row["tile_id"]]) for row in rows]
     out_geoms = to_output(geoms, ctx.grid)[0] if geoms else []

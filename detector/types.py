@@ -49,6 +49,7 @@ class Registration:
     quality: float  # 0..1 (phase-correlation response); low = unreliable
     ok: bool  # False: could not be registered -> tile flagged, no change candidates from it
     reason: str = ""
+    source: str = "tile"  # "tile": estimated on this tile; "mosaic": the whole-mosaic estimate was used
 
 
 @dataclass

@@ -240,3 +240,30 @@ def test_run_updates_the_case_registry_across_nights(tmp_path, oracle, model):
     cases = gpd.read_file(reg, layer="cases")
     assert len(cases) == len(PLANTED)
     assert first.cases.report_html is not None and first.cases.report_html.exists()
+
+
+def test_mosaic_level_shift_matches_the_applied_shift(tmp_path, model):
+    from detector.align import estimate_mosaic_shift
+    from detector.mosaic import make_grid, open_mosaic
+
+    base, cur, _ = _scene(tmp_path, "EPSG:32650", shift_px=(12, -15))  # rows +1.2 m south, cols -1.5 m
+    b, c = open_mosaic(base, "baseline"), open_mosaic(cur, "current")
+    grid = make_grid(b, c, 0.25)
+    reg = estimate_mosaic_shift(b, c, grid)
+    assert reg.ok and reg.source == "mosaic"
+    assert reg.dx_px * 0.25 == pytest.approx(-1.5, abs=0.15)
+    assert reg.dy_px * 0.25 == pytest.approx(1.2, abs=0.15)
+
+
+def test_fully_changed_tile_falls_back_to_the_mosaic_shift(tmp_path, oracle, model):
+    """A tile where everything changed (block development) cannot register on its own."""
+    rgb = textured_image(SIZE, SIZE, seed=1)
+    transform = _transform_for("EPSG:32650")
+    base = write_geotiff(tmp_path / "baseline.tif", rgb, "EPSG:32650", transform)
+    cur_rgb = rgb.copy()
+    cur_rgb[600:1400, 600:1400] = textured_image(800, 800, seed=99)  # an 80 m block redeveloped
+    cur = write_geotiff(tmp_path / "current.tif", cur_rgb, "EPSG:32650", transform)
+    s = _run(tmp_path, base, cur, model)
+    tiles = gpd.read_file(s.candidates_path, layer="tiles")
+    assert s.tiles_unregistered == 0
+    assert (tiles.registration == "mosaic").any()
