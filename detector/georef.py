@@ -25,10 +25,14 @@ def candidate_id(class_name: str, x: float, y: float, crs_wkt: str) -> str:
     return f"{CLASS_CODES.get(class_name, 'XX')}-{hashlib.sha1(key).hexdigest()[:10]}"
 
 
-def merge_duplicates(geoms: list, classes: list[str], scores: list[float], iou: float, ioa: float) -> list[int]:
-    """Greedy class-aware merge in map coordinates: keep the most confident of each overlapping group.
+def merge_duplicates(geoms: list, classes: list[str], scores: list[float], iou: float, ioa: float,
+                     cross_class_iou: float = 0.6) -> list[int]:
+    """Greedy merge in map coordinates: keep the most confident of each overlapping group.
 
-    Two polygons are duplicates when IoU > ``iou`` or intersection over the smaller area > ``ioa``.
+    Two polygons of the same class are duplicates when IoU > ``iou`` or intersection over the
+    smaller area > ``ioa`` (the same structure seen from two tiles). Polygons of different classes
+    are kept apart (an extension touching its parent building is two findings) unless they are
+    the same outline, IoU > ``cross_class_iou``: one structure whose class the model hesitated on.
     Returns the indices kept.
     """
     import shapely
@@ -46,11 +50,13 @@ def merge_duplicates(geoms: list, classes: list[str], scores: list[float], iou: 
             continue
         kept.append(int(i))
         for j in tree.query(arr[i], predicate="intersects"):
-            if j == i or removed[j] or classes[j] != classes[i]:
+            if j == i or removed[j]:
                 continue
             inter = shapely.area(shapely.intersection(arr[i], arr[j]))
-            union = areas[i] + areas[j] - inter
-            if inter / max(union, 1e-9) > iou or inter / max(min(areas[i], areas[j]), 1e-9) > ioa:
+            overlap = inter / max(areas[i] + areas[j] - inter, 1e-9)
+            if classes[j] != classes[i]:
+                removed[j] = overlap > cross_class_iou
+            elif overlap > iou or inter / max(min(areas[i], areas[j]), 1e-9) > ioa:
                 removed[j] = True
     return kept
 

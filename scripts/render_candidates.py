@@ -25,7 +25,7 @@ def read_on_grid(path: Path, crs, transform, width: int, height: int) -> np.ndar
     if img.max() > 255:
         lo, hi = np.percentile(img[img > 0], [1, 99]) if (img > 0).any() else (0, 1)
         img = (img - lo) * 255 / max(hi - lo, 1)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
 def draw(img: np.ndarray, gdf, transform, colour, label: bool) -> None:

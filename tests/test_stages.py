@@ -101,8 +101,16 @@ def test_merge_duplicates_is_class_aware():
 
     geoms = [box(0, 0, 10, 10), box(1, 0, 11, 10), box(0, 0, 10, 10), box(50, 50, 60, 60), box(2, 2, 6, 6)]
     classes = ["new_building", "new_building", "extension", "new_building", "new_building"]
-    kept = merge_duplicates(geoms, classes, [0.5, 0.9, 0.6, 0.4, 0.3], iou=0.3, ioa=0.6)
+    kept = merge_duplicates(geoms, classes, [0.5, 0.9, 0.6, 0.4, 0.3], iou=0.3, ioa=0.6, cross_class_iou=0.95)
     assert sorted(kept) == [1, 2, 3]  # 0 duplicates 1 (IoU), 4 lies inside 1 (IoA)
+
+
+def test_merge_duplicates_joins_one_outline_predicted_as_two_classes():
+    from shapely.geometry import box
+
+    geoms = [box(0, 0, 10, 10), box(0.5, 0, 10.5, 10), box(10, 0, 14, 10)]  # 2 = an extension beside it
+    classes = ["temporary_structure", "extension", "extension"]
+    assert sorted(merge_duplicates(geoms, classes, [0.4, 0.3, 0.8], iou=0.3, ioa=0.6)) == [0, 2]
 
 
 @pytest.mark.parametrize("meta,needle", [

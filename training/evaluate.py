@@ -217,7 +217,10 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
             for name, a, b, lab in items:
                 results.append(_score_levir_pair(name, a, b, lab, model, gsd_m or 0.5, conf, Path(tmp)))
         elif layout == "synth":
-            scenes = sorted(p for p in pairs_dir.iterdir() if (p / "baseline.tif").exists())[:limit]
+            if (pairs_dir / "baseline.tif").exists():  # one scene folder, e.g. sample_tiles/
+                scenes = [pairs_dir]
+            else:
+                scenes = sorted(p for p in pairs_dir.iterdir() if (p / "baseline.tif").exists())[:limit]
             if not scenes:
                 raise InputError(f"{pairs_dir}: no <scene>/baseline.tif found (synth layout); make some with 'buildwatch synth'")
             for scene in scenes:
