@@ -10,10 +10,10 @@ from datetime import date
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detector.errors import ConfigError
+from detector.fileio import read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -111,14 +111,7 @@ def load_config(path: Path | str | None, overrides: dict | None = None) -> RunCo
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data = read_yaml_mapping(path)
         _resolve_relative_paths(data, path.parent)
     for key, value in (overrides or {}).items():
         if value is not None:

@@ -8,15 +8,13 @@ overviews instead of reading full-resolution pixels only to throw them away.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
 from detector.errors import InputError
-from detector.qgis_project import _readable_mode
+from detector.fileio import atomic_write_bytes
 
 CHIP_PANEL_PX = 256
 HEADER_PX = 22
@@ -152,18 +150,7 @@ def write_png_atomic(path: Path, image_bgr: np.ndarray) -> Path:
     ok, encoded = cv2.imencode(".png", image_bgr)
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 BGR
         raise RuntimeError(f"could not encode {path} as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
-        os.chmod(tmp_name, _readable_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    return atomic_write_bytes(path, encoded.tobytes())
 
 
 def write_evidence_chip(

@@ -8,8 +8,9 @@ failed or killed run never leaves a half-written file. GeoPackage 1.2 (QGIS 3.22
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from detector.fileio import atomic_path
 
 CANDIDATE_FIELDS = [
     "candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date",
@@ -23,12 +24,8 @@ def write_geopackage(path: Path, candidates, tiles, run_record: dict) -> Path:
     import pandas as pd
     import pyogrio
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # the GPKG driver creates the file itself
         pyogrio.write_dataframe(candidates, tmp, layer="candidates", driver="GPKG",
                                 dataset_options={"VERSION": "1.2"}, layer_options={"SPATIAL_INDEX": "YES"},
                                 promote_to_multi=False, geometry_type="Polygon")
@@ -36,15 +33,5 @@ def write_geopackage(path: Path, candidates, tiles, run_record: dict) -> Path:
                                 geometry_type="Polygon")
         row = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v) for k, v in run_record.items()}
         pyogrio.write_dataframe(pd.DataFrame([row]), tmp, layer="runs", driver="GPKG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

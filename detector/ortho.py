@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -36,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from detector.errors import ConfigError, InputError
+from detector.fileio import read_yaml_mapping
 from detector.pose import FramePose, PoseError, pose_with_flight_log, read_flight_log, read_pose
 
 log = logging.getLogger("buildwatch.ortho")
@@ -84,21 +84,12 @@ def load_ortho_config(path: str | Path | None, overrides: dict | None = None) ->
     ConfigError
         Missing file, invalid YAML or an invalid setting (one line naming it).
     """
-    import yaml
     from pydantic import ValidationError
 
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-        data = data.get("ortho", data)
+        raw = read_yaml_mapping(path)
+        data = raw.get("ortho", raw)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return OrthoConfig.model_validate(data)
@@ -834,17 +825,13 @@ def _write_cog(src_path: Path, out: Path, compress: str) -> None:
     """Copy a tiled GeoTIFF to a COG (overviews, internal mask) atomically at ``out``."""
     import rasterio.shutil
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.tif", dir=out.parent)
-    os.close(fd)
-    try:
-        opts = {"compress": compress.upper(), "overview_resampling": "average", "blocksize": 512, "bigtiff": "IF_SAFER"}
-        if compress == "jpeg":
-            opts["quality"] = 90
-        rasterio.shutil.copy(str(src_path), tmp, driver="COG", **opts)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from detector.fileio import atomic_path
+
+    opts = {"compress": compress.upper(), "overview_resampling": "average", "blocksize": 512, "bigtiff": "IF_SAFER"}
+    if compress == "jpeg":
+        opts["quality"] = 90
+    with atomic_path(out, suffix=".tif") as tmp:
+        rasterio.shutil.copy(str(src_path), str(tmp), driver="COG", **opts)
 
 
 def _frame_datetime(path: Path) -> str:

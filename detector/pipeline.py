@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from detector.align import apply_shift, estimate_mosaic_shift, estimate_shift
 from detector.change import change_fraction, difference_image, invalid_fraction, new_in_current
 from detector.config import RunConfig
 from detector.errors import ConfigError, InputError, ModelError
+from detector.fileio import atomic_write_text
 from detector.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
 from detector.model import ModelSpec, file_sha256, load_model_spec
 from detector.mosaic import EpochReader, MosaicInfo, WorkingGrid, make_grid, open_mosaic
@@ -227,9 +227,7 @@ def _load_done(work_dir: Path) -> dict[str, TileResult]:
 
 
 def _save_tile(work_dir: Path, result: TileResult) -> None:
-    tmp = work_dir / f".{result.tile_id}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(asdict(result)))
-    os.replace(tmp, work_dir / f"{result.tile_id}.json")
+    atomic_write_text(work_dir / f"{result.tile_id}.json", json.dumps(asdict(result)))
 
 
 def _attach_log(out_dir: Path) -> tuple[logging.Handler, Path]:

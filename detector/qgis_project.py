@@ -18,11 +18,12 @@ to the project file so the folder can be copied to a reviewer's laptop.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
+
+from detector.fileio import atomic_write_text
 
 # status -> (label in the form and legend, RGB fill colour)
 STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
@@ -333,26 +334,7 @@ def write_qgis_project(
     paths.text = "false"
     ET.indent(root, space=" ")
     text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
-    _write_text_atomic(path, text)
+    atomic_write_text(path, text)
     return path
 
 
-def _readable_mode() -> int:
-    """0o666 minus the umask (mkstemp creates 0o600 files, which a reviewer's account could not read)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp_name, _readable_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise

@@ -186,7 +186,7 @@ def write_report(
         The HTML and CSV paths.
     """
     from detector.cases import read_cases_frame
-    from detector.qgis_project import _write_text_atomic
+    from detector.fileio import atomic_write_text
 
     registry = Path(registry)
     out_dir = Path(out_dir)
@@ -200,10 +200,10 @@ def write_report(
     for row in table:
         writer.writerow([night.isoformat(), row.community, row.unit, row.new_tonight, row.confirmed_illegal,
                          row.open_backlog, "" if row.oldest_open_days is None else row.oldest_open_days])
-    _write_text_atomic(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
 
     html_path = out_dir / "report.html"
-    _write_text_atomic(html_path, _render_html(cases, table, registry, night, run_id, current_path, update))
+    atomic_write_text(html_path, _render_html(cases, table, registry, night, run_id, current_path, update))
     return html_path, csv_path
 
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from detector.fileio import atomic_path, atomic_write_bytes
 
 CHANGE_CLASSES = ("new_building", "extension", "temporary_structure", "construction_site")
 BASELINE_DATE = date(2026, 5, 1)  # epoch e is dated BASELINE_DATE + e days
@@ -998,24 +998,6 @@ def _footprints(plan: _Plan, epoch: int, size: int, gsd: float) -> list[Footprin
 
 
 # --------------------------------------------------------------------------- writers
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, _umask_mode())
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def scene_transform(size: int, gsd: float, crs: str = DEFAULT_CRS, center_lonlat=DEFAULT_CENTER_LONLAT):
@@ -1060,21 +1042,13 @@ def _write_geotiff(path: Path, image: np.ndarray, transform, crs: str, when: dat
     profile = dict(driver="GTiff", width=image.shape[1], height=image.shape[0], count=3, dtype="uint8",
                    crs=crs, transform=transform, tiled=True, blockxsize=256, blockysize=256,
                    compress="JPEG", photometric="YCBCR", jpeg_quality=90, interleave="pixel")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tif")
-    os.close(fd)
-    os.chmod(tmp, _umask_mode())
-    try:
+    with atomic_path(path, suffix=".tif") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(np.moveaxis(image, 2, 0))
             dst.update_tags(TIFFTAG_DATETIME=f"{when:%Y:%m:%d} {EPOCH_TIME}", TIFFTAG_SOFTWARE="buildwatch synth")
             factors = [f for f in (2, 4, 8, 16) if image.shape[0] // f >= 128]
             if factors:
                 dst.build_overviews(factors, Resampling.average)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _geojson_bytes(features: list[tuple[np.ndarray, dict]], transform, crs: str, gsd: float) -> bytes:
@@ -1131,7 +1105,7 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
 
     def vec(name: str, features) -> None:
         paths[name] = outdir / f"{name}.geojson"
-        _atomic_write_bytes(paths[name], _geojson_bytes(features, transform, crs, scene.gsd))
+        atomic_write_bytes(paths[name], _geojson_bytes(features, transform, crs, scene.gsd))
 
     def truth_features(t: int):
         return [(c.polygon, {"class": c.cls, "structure_id": c.structure_id}) for c in scene.changes[t]]
@@ -1160,7 +1134,7 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
         "frame": "all polygons in the baseline (epoch 0) pixel frame; epoch e content is shifted by shifts_px[e]",
     }
     paths["scene"] = outdir / "scene.json"
-    _atomic_write_bytes(paths["scene"], (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write_bytes(paths["scene"], (json.dumps(meta, indent=1) + "\n").encode())
     return paths
 
 

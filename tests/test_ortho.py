@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import cv2
 import numpy as np

@@ -128,14 +128,11 @@ def export_frame(frame, registry: Path):
 def write_export(frame, out: Path, fmt: str) -> Path:
     """Write the export atomically (temp file in the same folder + rename)."""
     import csv
-    import os
-    import tempfile
+
+    from detector.fileio import atomic_path
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or f".{fmt}", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=out.suffix or f".{fmt}") as tmp_name:
         if fmt == "csv":
             with open(tmp_name, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
@@ -144,17 +141,9 @@ def write_export(frame, out: Path, fmt: str) -> Path:
                     writer.writerow([_cell(record[c]) if c not in ("lon", "lat") else f"{record[c]:.7f}"
                                      for c in EXPORT_COLUMNS] + [geometry.wkt])
         else:
-            os.unlink(tmp_name)
+            tmp_name.unlink()
             options = {"dataset_options": {"NameField": "case_id", "DescriptionField": "osm_url"}} if fmt == "kml" else {}
             frame.to_file(tmp_name, driver=FORMATS[fmt], layer="cases", **options)
-        from detector.qgis_project import _readable_mode
-
-        os.chmod(tmp_name, _readable_mode())
-        os.replace(tmp_name, out)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
     return out
 
 
