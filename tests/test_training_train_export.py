@@ -45,3 +45,32 @@ def test_tiny_train_export_onnxruntime(tmp_path, monkeypatch, channels):
     (output,) = sess.run(None, {spec.input_name: np.random.rand(1, channels, 128, 128).astype(np.float32)})
     assert output.shape[0] == 1 and output.ndim == 3
     assert len(spec.names) + 5 in output.shape  # 4 box + classes + angle per anchor (raw OBB head)
+
+
+@pytest.mark.slow
+def test_int8_copy_keeps_class_scores_and_metadata(tmp_path):
+    """Static QDQ int8 of the shipped model: the decode tail stays float, scores track fp32."""
+    import onnx
+    import onnxruntime as ort
+
+    from detector.model import DEFAULT_MODEL_PATH, load_model_spec
+    from training.evaluate import calibration_inputs
+    from training.export import decode_tail_nodes, quantize_int8, read_metadata
+
+    tail = decode_tail_nodes(onnx.load(str(DEFAULT_MODEL_PATH)))
+    assert tail[-1].endswith("Conv") and any(n.endswith("Concat_5") for n in tail)  # last concat = output0
+    calib = calibration_inputs(DEFAULT_MODEL_PATH, count=4)
+    out = quantize_int8(DEFAULT_MODEL_PATH, tmp_path / "q.onnx", calib)
+    spec = load_model_spec(out)
+    assert spec.model_name.endswith("-int8") and spec.channels == 6
+    assert read_metadata(out)["buildwatch_gsd_m"] == "0.25"
+    assert out.stat().st_size < DEFAULT_MODEL_PATH.stat().st_size / 2
+    assert (tmp_path / "q.onnx.sha256").read_text().split()[0] == spec.sha256
+    x = calibration_inputs(DEFAULT_MODEL_PATH, count=4, seed=990100)[0]
+    runs = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, {spec.input_name: x})[0]
+            for m in (DEFAULT_MODEL_PATH, out)]
+    scores = [r[0, 4:4 + len(spec.names)].max(axis=0) for r in runs]  # best class score per anchor
+    assert scores[1].max() > 0.25  # a quantized tail used to zero every score
+    assert np.abs(scores[0] - scores[1]).max() < 0.15
+    boxes = [r[0, :4, scores[0] > 0.25] for r in runs]
+    assert np.abs(boxes[0] - boxes[1]).max() < 12  # px, on confident anchors

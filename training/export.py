@@ -119,8 +119,39 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
     return out
 
 
-def quantize_int8(onnx_path: Path, out: Path, calibration: list) -> Path:
-    """Static QDQ int8 copy of a model, calibrated on a list of (1, C, H, W) float32 arrays."""
+def decode_tail_nodes(model, include_last_convs: bool = True) -> list[str]:
+    """Names of the box-decoding nodes after the detection head's last convolutions.
+
+    These are the nodes from which no ``Conv`` can be reached (reshape/concat/split, the
+    rotated-box decode and the final ``Concat`` that puts pixel coordinates (0..512) and class
+    scores (0..1) into one tensor: quantized to one uint8 scale, the scores all become 0).
+    With ``include_last_convs`` the convolutions feeding them (raw box / class / angle
+    outputs) are listed too.
+    """
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            consumers.setdefault(name, []).append(i)
+    reaches_conv = [False] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):  # graph nodes are topologically sorted
+        reaches_conv[i] = any(nodes[j].op_type == "Conv" or reaches_conv[j]
+                              for o in nodes[i].output for j in consumers.get(o, []))
+    tail = {i for i, n in enumerate(nodes) if not reaches_conv[i] and n.op_type != "Conv"}
+    names = [nodes[i].name for i in sorted(tail)]
+    if include_last_convs:
+        names += [n.name for i, n in enumerate(nodes) if n.op_type == "Conv" and not reaches_conv[i]]
+    return [n for n in names if n]
+
+
+def quantize_int8(onnx_path: Path, out: Path, calibration: list, exclude_decode: bool = True) -> Path:
+    """Static QDQ int8 copy of a model, calibrated on a list of (1, C, H, W) float32 arrays.
+
+    The box-decoding tail (:func:`decode_tail_nodes`) stays float32 unless ``exclude_decode``
+    is False: quantizing it zeroes every class score.
+    """
+    import onnx
+
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -141,8 +172,10 @@ def quantize_int8(onnx_path: Path, out: Path, calibration: list) -> Path:
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
             shutil.copyfile(onnx_path, pre)
         part = Path(tmp) / "q.onnx"
+        exclude = decode_tail_nodes(onnx.load(str(pre))) if exclude_decode else []
         quantize_static(str(pre), str(part), _Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_exclude=exclude)
         write_metadata(part, read_metadata(onnx_path) | {"buildwatch_model_name": read_metadata(onnx_path).get(
             "buildwatch_model_name", out.stem) + "-int8"})
         os.replace(part, out)
