@@ -320,10 +320,16 @@ def _tile_polygon(tile: Tile):
     return box(*tile.bounds)
 
 
+GDAL_CACHE_MB = 128  # per process; GDAL's default (5 % of RAM per process) would grow with the mosaic
+
+
 def run_pipeline(cfg: RunConfig) -> RunSummary:
     """Run one night end to end and write ``cfg.out / candidates.gpkg``."""
     import geopandas as gpd
     import shapely
+
+    # Workers inherit the environment; GDAL reads it when it first needs its block cache.
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
 
     t0 = time.perf_counter()
     ctx, tiles = prepare(cfg)
