@@ -155,6 +155,32 @@ def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingG
                        width=width, height=height)
 
 
+def source_gsd_m(info: MosaicInfo) -> float:
+    """The mosaic's pixel size in metres (geographic CRSs converted at the mosaic's centre)."""
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(info.crs_wkt)
+    res = min(abs(info.res[0]), abs(info.res[1]))
+    if crs.is_projected:
+        return res * crs.axis_info[0].unit_conversion_factor
+    lat = (info.bounds[1] + info.bounds[3]) / 2
+    return res * 111_320.0 * max(math.cos(math.radians(lat)), 1e-6)
+
+
+def choose_overview_level(info: MosaicInfo, gsd: float) -> int | None:
+    """Index of the coarsest overview still at least as fine as ``gsd`` (None: full resolution)."""
+    import rasterio
+
+    with rasterio.open(info.path) as src:
+        factors = src.overviews(1)
+    native = source_gsd_m(info)
+    best = None
+    for level, factor in enumerate(factors):
+        if native * factor <= gsd * 1.001:
+            best = level
+    return best
+
+
 class EpochReader:
     """Reads windows of one epoch on the working grid (RGB uint8 + validity mask)."""
 
@@ -165,7 +191,11 @@ class EpochReader:
 
         self.info = info
         self.grid = grid
-        self._src = rasterio.open(info.path)
+        self.overview_level = choose_overview_level(info, grid.gsd)
+        if self.overview_level is None:
+            self._src = rasterio.open(info.path)
+        else:  # read a pyramid level at or just finer than the working GSD, not the full resolution
+            self._src = rasterio.open(info.path, overview_level=self.overview_level)
         self._vrt = WarpedVRT(
             self._src,
             crs=grid.crs_wkt,
