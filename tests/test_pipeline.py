@@ -267,3 +267,25 @@ def test_fully_changed_tile_falls_back_to_the_mosaic_shift(tmp_path, oracle, mod
     tiles = gpd.read_file(s.candidates_path, layer="tiles")
     assert s.tiles_unregistered == 0
     assert (tiles.registration == "mosaic").any()
+
+
+def test_overviews_are_used_and_georeferencing_stays_exact(tmp_path, oracle, model):
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from detector.mosaic import EpochReader, choose_overview_level, make_grid, open_mosaic
+
+    base, cur, truth = _scene(tmp_path, "EPSG:32650")
+    for p in (base, cur):
+        with rasterio.open(p, "r+") as ds:
+            ds.build_overviews([2, 4, 8], Resampling.average)
+    info = open_mosaic(base, "baseline")
+    assert choose_overview_level(info, 0.25) == 0  # 0.2 m overview for the 0.25 m working grid
+    assert choose_overview_level(info, 0.8) == 2
+    assert choose_overview_level(info, 0.15) is None
+    reader = EpochReader(info, make_grid(info, open_mosaic(cur, "current"), 0.25))
+    assert reader.overview_level == 0
+    reader.close()
+    gdf = gpd.read_file(_run(tmp_path, base, cur, model).candidates_path, layer="candidates")
+    assert len(gdf) == len(PLANTED)
+    assert _errors_m(gdf, truth).max() <= 0.25
