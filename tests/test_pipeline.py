@@ -289,3 +289,17 @@ def test_overviews_are_used_and_georeferencing_stays_exact(tmp_path, oracle, mod
     gdf = gpd.read_file(_run(tmp_path, base, cur, model).candidates_path, layer="candidates")
     assert len(gdf) == len(PLANTED)
     assert _errors_m(gdf, truth).max() <= 0.25
+
+
+def test_single_epoch_model_reports_only_structures_absent_from_the_baseline(tmp_path, oracle):
+    """A 3-channel model runs on both epochs; a structure in both is not new."""
+    model3 = make_contract_model(tmp_path / "single.onnx", channels=3, names=("building",), imgsz=256, overlap=64)
+    rgb = textured_image(SIZE, SIZE, seed=1)
+    transform = _transform_for("EPSG:32650")
+    existing = [(100, 1000, 80, 60), (900, 900, 70, 70)]
+    base = write_geotiff(tmp_path / "baseline.tif", plant(rgb, existing), "EPSG:32650", transform)
+    cur = write_geotiff(tmp_path / "current.tif", plant(rgb, existing + PLANTED), "EPSG:32650", transform)
+    gdf = gpd.read_file(_run(tmp_path, base, cur, model3).candidates_path, layer="candidates")
+    assert len(gdf) == len(PLANTED)
+    assert set(gdf["class"]) == {"new_building"}
+    assert (gdf["baseline_iou"] < 0.2).all()
