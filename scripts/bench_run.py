@@ -58,7 +58,7 @@ class RssSampler(threading.Thread):
         self.peak_main = 0.0
         self.peak_child = 0.0
         self.peak_total = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     @staticmethod
     def _rss_mb(pid: int) -> float:
@@ -82,7 +82,7 @@ class RssSampler(threading.Thread):
         return kids
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             main = self._rss_mb(os.getpid())
             kids = [self._rss_mb(k) for k in self._children()]
             self.peak_main = max(self.peak_main, main)
@@ -91,7 +91,7 @@ class RssSampler(threading.Thread):
             time.sleep(0.2)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
@@ -101,22 +101,27 @@ def main() -> None:
     ap.add_argument("--gsd", type=float, default=0.1, help="source GSD in metres (drone: 0.02-0.1)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None, help="folder for temporary files")
+    ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the generated mosaics in this folder")
     args = ap.parse_args()
 
     from detector.config import RunConfig
     from detector.pipeline import run_pipeline
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
+        tmp = Path(args.keep) if args.keep else Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        # Generate in a child process so that the numbers below are the run's alone.
-        with ProcessPoolExecutor(1) as pool:
-            list(pool.map(write_big, [tmp / "baseline.tif", tmp / "current.tif"], [args.size] * 2, [args.gsd] * 2,
-                          [1, 1], [False, True]))
-        print(f"wrote two {args.size}x{args.size} mosaics at {args.gsd} m in {time.perf_counter() - t0:.1f} s "
-              f"({(tmp / 'baseline.tif').stat().st_size / 1e6:.0f} MB each on disk)")
-        cfg = RunConfig(baseline=tmp / "baseline.tif", current=tmp / "current.tif", out=tmp / "out",
+        if not ((tmp / "baseline.tif").exists() and (tmp / "current.tif").exists()):
+            # Generate in a child process so that the numbers below are the run's alone.
+            with ProcessPoolExecutor(1) as pool:
+                list(pool.map(write_big, [tmp / "baseline.tif", tmp / "current.tif"], [args.size] * 2,
+                              [args.gsd] * 2, [1, 1], [False, True]))
+            print(f"wrote two {args.size}x{args.size} mosaics at {args.gsd} m in {time.perf_counter() - t0:.1f} s "
+                  f"({(tmp / 'baseline.tif').stat().st_size / 1e6:.0f} MB each on disk)")
+        else:
+            print(f"reusing the mosaics in {tmp}")
+        cfg = RunConfig(baseline=tmp / "baseline.tif", current=tmp / "current.tif", out=Path(scratch) / "out",
                         model=args.model, workers=args.workers, progress=True)
         sampler = RssSampler()
         sampler.start()
