@@ -303,3 +303,25 @@ def test_single_epoch_model_reports_only_structures_absent_from_the_baseline(tmp
     assert len(gdf) == len(PLANTED)
     assert set(gdf["class"]) == {"new_building"}
     assert (gdf["baseline_iou"] < 0.2).all()
+
+
+def test_internal_mask_is_respected(tmp_path, oracle, model):
+    """COGs from `buildwatch ortho` and other tools mark no-data with an internal mask band."""
+    import rasterio
+
+    rgb = textured_image(SIZE, SIZE, seed=3)
+    transform = _transform_for("EPSG:32650")
+    base = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:32650", transform)
+    cur_path = tmp_path / "c.tif"
+    cur_rgb = plant(rgb, [(200, 200, 60, 40), (1000, 600, 80, 80)])
+    mask = np.full((SIZE, SIZE), 255, np.uint8)
+    mask[:, : SIZE // 2] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(cur_path, "w", driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8",
+                           crs="EPSG:32650", transform=transform, tiled=True) as dst:
+            dst.write(np.moveaxis(cur_rgb, -1, 0))
+            dst.write_mask(mask)
+    s = _run(tmp_path, base, cur_path, model)
+    gdf = gpd.read_file(s.candidates_path, layer="candidates")
+    assert s.tiles_nodata > 0
+    assert len(gdf) == 1
