@@ -55,6 +55,7 @@ def test_sigkill_mid_run_then_rerun_completes(tmp_path, big_pair):
             break
         time.sleep(0.02)
     if proc.poll() is not None:
+        assert proc.returncode == 0, "the run crashed before it could be killed"
         pytest.skip("the run finished before it could be killed (machine too fast for this check)")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -20,4 +20,15 @@ def model_info(model):
         "channels": spec.channels, "mode": "pair (6-channel)" if spec.is_pair else "single epoch (3-channel)",
         "imgsz": list(spec.imgsz), "names": spec.names, "gsd_m": spec.gsd_m, "end2end": spec.end2end,
         "conf": spec.conf, "iou": spec.iou, "tile_overlap_px": spec.overlap_px,
+        "provenance": _json_or_text(spec.metadata.get("buildwatch_provenance")),
+        "metrics": _json_or_text(spec.metadata.get("buildwatch_metrics")),
     }, indent=2))
+
+
+def _json_or_text(value: str | None):
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
