@@ -145,6 +145,12 @@ def load_model_spec(path: str | Path | None = None) -> ModelSpec:
         hint = "the shipped default model is missing from the installation" if path == DEFAULT_MODEL_PATH else "check --model"
         raise ModelError(f"{path}: model file not found ({hint})")
     sha = file_sha256(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.exists():
+        recorded = sidecar.read_text().split()[0].strip().lower() if sidecar.read_text().strip() else ""
+        if recorded != sha:
+            raise ModelError(f"{path}: sha256 {sha[:12]}… does not match {sidecar.name} ({recorded[:12]}…); "
+                             "the file changed since export: re-export it or restore the original")
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

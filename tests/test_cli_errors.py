@@ -133,3 +133,10 @@ def test_bad_config(capsys, tmp_path, pair):
     cfg.write_text("detect:\n  conff: 0.3\n")
     code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
     _assert_clean_failure(code, err, out, "detect.conff")
+
+
+def test_model_not_matching_its_sha256_sidecar(capsys, tmp_path, pair):
+    b, c, m = pair
+    m.with_name(m.name + ".sha256").write_text("0" * 64 + "  m.onnx\n")
+    code, err, out = _run(capsys, tmp_path, b, c, m)
+    _assert_clean_failure(code, err, out, "does not match m.onnx.sha256")
