@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.model import DEFAULT_MODEL_PATH, load_model_spec  # noqa: E402
+from detector.model import DEFAULT_MODEL_PATH, load_model_spec
 
 
 def make_fp16(src: Path, out: Path) -> Path:

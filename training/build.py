@@ -24,7 +24,7 @@ import numpy as np
 
 from training.config import TrainConfig
 from training.copypaste import synthesize_pair
-from training.datasets import ChipSample, DatasetWriter, OrientedBox, chip_samples, polygon_to_obb
+from training.datasets import ChipSample, DatasetWriter, OrientedBox, chip_samples, iter_windows, polygon_to_obb
 from training.sources import ATTRIBUTIONS, SourceImage
 
 SINGLE_KINDS = ("building", "extension", "temporary_structure")
@@ -65,11 +65,17 @@ def _polygons_in_window(polygons, x0, y0, size):
     return out
 
 
-def real_samples(src: SourceImage, cfg: TrainConfig, rng: np.random.Generator) -> list[ChipSample]:
-    """Chips of one real source: copy-paste pairs (channels 6) or footprint-labelled singles (channels 3)."""
+def real_samples(src: SourceImage, cfg: TrainConfig, rng: np.random.Generator,
+                 chips: tuple[int, int] | None = None) -> list[ChipSample]:
+    """Chips of one real source: copy-paste pairs (channels 6) or footprint-labelled singles (channels 3).
+
+    ``chips`` = (start, stop) limits the work to those chips of the source (window order).
+    """
     size = cfg.imgsz
     boxes = [OrientedBox(0, polygon_to_obb(p)) for p in src.polygons]
     singles = chip_samples(src.rgb, boxes, size, cfg.data.chip_stride, src.name)
+    if chips is not None:
+        singles = singles[chips[0]:chips[1]]
     if cfg.channels == 3:
         return singles
     out = []
@@ -97,6 +103,52 @@ def _load_real(cfg: TrainConfig) -> list[SourceImage]:
     return []
 
 
+_FORKED_SOURCES: list[SourceImage] = []  # set before the pool forks (parallel_real)
+REAL_CHUNK = 12  # chips per worker job
+
+
+def _write_job(cfg_json: str, kind: str, args: tuple) -> tuple[dict, dict]:
+    """Worker (parallel_real): make one job's chips and write them; return the counts written."""
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    writer = DatasetWriter(cfg.data.root, cfg.channels, cfg.names)
+    if kind == "real":
+        index, start, stop = args
+        src = _FORKED_SOURCES[index]
+        rng = np.random.default_rng([cfg.data.seed, index, start])
+        for sample in real_samples(src, cfg, rng, (start, stop)):
+            writer.add(src.split, sample)
+    else:
+        split, seed = args
+        for sample in _scene_samples(seed, cfg.channels, cfg.data.synthetic_size, cfg.gsd_m, cfg.imgsz, cfg.names):
+            writer.add(split, sample)
+    return writer.counts, writer.class_counts
+
+
+def _build_parallel(cfg: TrainConfig, writer: DatasetWriter, sources: list[SourceImage], jobs: list) -> None:
+    import multiprocessing as mp
+
+    global _FORKED_SOURCES
+    _FORKED_SOURCES = sources
+    work = []
+    for index, src in enumerate(sources):
+        h, w = src.rgb.shape[:2]
+        n = len(list(iter_windows(h, w, cfg.imgsz, cfg.data.chip_stride)))
+        work += [("real", (index, start, min(n, start + REAL_CHUNK))) for start in range(0, n, REAL_CHUNK)]
+    work.sort(key=lambda job: -(job[1][2] - job[1][1]))  # big real chunks first, then scenes
+    work += [("syn", job) for job in jobs]
+    cfg_json = cfg.model_dump_json()
+    try:
+        with ProcessPoolExecutor(max_workers=cfg.data.workers, mp_context=mp.get_context("fork")) as pool:
+            for fut in [pool.submit(_write_job, cfg_json, kind, args) for kind, args in work]:
+                counts, class_counts = fut.result()
+                for split in counts:
+                    writer.counts[split]["images"] += counts[split]["images"]
+                    writer.counts[split]["boxes"] += counts[split]["boxes"]
+                    writer.class_counts[split] = [a + b for a, b in zip(writer.class_counts[split], class_counts[split])]
+    finally:
+        _FORKED_SOURCES = []
+
+
 def build_dataset(cfg: TrainConfig, progress: bool = True) -> BuildSummary:
     """Write the YOLO OBB dataset described by ``cfg.data`` and return what was written.
 
@@ -114,13 +166,17 @@ def build_dataset(cfg: TrainConfig, progress: bool = True) -> BuildSummary:
     writer = DatasetWriter(cfg.data.root, cfg.channels, cfg.names)
     rng = np.random.default_rng(cfg.data.seed)
     sources = _load_real(cfg)
-    for src in sources:
-        for sample in real_samples(src, cfg, rng):
-            writer.add(src.split, sample)
-    if progress:
-        print(f"real: {len(sources)} sources -> {writer.counts}", flush=True)
     jobs = [("train", s) for s in range(*cfg.data.synthetic_train_seeds)] + \
            [("val", s) for s in range(*cfg.data.synthetic_val_seeds)]
+    if cfg.data.parallel_real:
+        _build_parallel(cfg, writer, sources, jobs)
+        jobs = []
+    else:
+        for src in sources:
+            for sample in real_samples(src, cfg, rng):
+                writer.add(src.split, sample)
+        if progress:
+            print(f"real: {len(sources)} sources -> {writer.counts}", flush=True)
     args = (cfg.channels, cfg.data.synthetic_size, cfg.gsd_m, cfg.imgsz, cfg.names)
     if jobs:
         with ProcessPoolExecutor(max_workers=cfg.data.workers) as pool:

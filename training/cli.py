@@ -53,7 +53,8 @@ def build_dataset(config_path, out, data_root, pack, pack_sources, workers):
 @click.option("--time-hours", type=float, help="stop training after this many hours")
 @click.option("--project", type=click.Path(path_type=Path), help="folder holding run folders (default runs/train)")
 @click.option("--workers", type=int, help="dataloader workers")
-def train(config_path, data_yaml, epochs, device, batch, time_hours, project, workers):
+@click.option("--weights", type=click.Path(path_type=Path), help="fine-tune from these weights (a best.pt of ours)")
+def train(config_path, data_yaml, epochs, device, batch, time_hours, project, workers, weights):
     """Train a YOLO OBB model from its YAML (no downloaded weights), offline and seeded."""
     from training.config import load_train_config
     from training.train import train_model
@@ -61,7 +62,8 @@ def train(config_path, data_yaml, epochs, device, batch, time_hours, project, wo
     cfg = load_train_config(config_path, _overrides(**{"train.epochs": epochs, "train.device": device, "train.batch": batch,
                                                        "train.time_hours": time_hours,
                                                        "train.project": project and str(project),
-                                                       "train.workers": workers}))
+                                                       "train.workers": workers,
+                                                       "train.weights": weights and str(weights)}))
     result = train_model(cfg, data_yaml)
     click.echo(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best), "seconds": round(result.seconds, 1),
                            "metrics": result.metrics}))

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detector.errors import ConfigError
 from detector.types import CHANGE_CLASSES
+from training.augment import PairAugParams
 
 SINGLE_CLASSES = ("building",)
 
@@ -32,6 +33,9 @@ class DataConfig(_Strict):
     synthetic_size: int = Field(1024, ge=64)
     seed: int = 0
     workers: int = Field(2, ge=1)
+    parallel_real: bool = Field(False, description="copy-paste pairs in worker processes too (chunks of chips, "
+                                "one seeded generator per chunk: a different draw than the serial build), "
+                                "and every chip written by its worker")
 
 
 class TrainSettings(_Strict):
@@ -46,6 +50,8 @@ class TrainSettings(_Strict):
     patience: int = 100
     project: Path = Path("runs/train")
     time_hours: Optional[float] = Field(None, gt=0, description="stop after this many hours (ultralytics 'time')")
+    weights: Optional[Path] = Field(None, description="fine-tune from these ultralytics weights (our own best.pt) instead of 'model'")
+    pair_aug: Optional[PairAugParams] = Field(None, description="batch augmentation of 6-channel pairs (training.augment)")
     extra: dict = {}
 
 

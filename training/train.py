@@ -77,8 +77,26 @@ def train_args(cfg: TrainConfig, data_yaml: Path, name: str | None = None) -> di
     return args
 
 
+def pair_aug_trainer(params):
+    """An ultralytics OBB trainer class that applies :func:`training.augment.augment_pair_batch`
+    to every training batch (on the training device, after ultralytics' own augmentation)."""
+    from ultralytics.models.yolo.obb import OBBTrainer
+
+    from training.augment import augment_pair_batch
+
+    class PairAugTrainer(OBBTrainer):
+        pair_aug = params
+
+        def preprocess_batch(self, batch):
+            batch = super().preprocess_batch(batch)
+            batch["img"] = augment_pair_batch(batch["img"], self.pair_aug)
+            return batch
+
+    return PairAugTrainer
+
+
 def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | None = None) -> TrainResult:
-    """Train ``cfg.train.model`` from scratch on the dataset; returns the run folder and weights.
+    """Train ``cfg.train.model`` from scratch (or fine-tune ``cfg.train.weights``); returns the run folder and weights.
 
     Raises
     ------
@@ -97,9 +115,16 @@ def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | Non
     from ultralytics import YOLO
 
     _quiet_settings()
-    model = YOLO(cfg.train.model, task="obb")
+    if cfg.train.weights is not None and not Path(cfg.train.weights).exists():
+        raise InputError(f"{cfg.train.weights}: start weights for fine-tuning not found")
+    model = YOLO(str(cfg.train.weights) if cfg.train.weights else cfg.train.model, task="obb")
+    args = train_args(cfg, data_yaml, name)
+    if cfg.train.weights:
+        args["pretrained"] = True  # with False, ultralytics 8.4 drops the loaded weights and starts from the YAML
+    if cfg.train.pair_aug is not None and cfg.channels == 6:
+        args["trainer"] = pair_aug_trainer(cfg.train.pair_aug)
     start = time.time()
-    model.train(**train_args(cfg, data_yaml, name))
+    model.train(**args)
     seconds = time.time() - start
     run_dir = Path(model.trainer.save_dir)
     metrics = {k: float(v) for k, v in (model.trainer.metrics or {}).items() if isinstance(v, (int, float))}
