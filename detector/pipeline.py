@@ -122,6 +122,8 @@ def detect_tile(detector, spec: ModelSpec, baseline: np.ndarray, current: np.nda
 
 def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, detector) -> TileResult:
     """Read, register, detect and decide one tile. Pure in (inputs, tile, model, config)."""
+    from shapely.geometry import Polygon
+
     start = time.perf_counter()
     cfg = ctx.config
     gsd = ctx.grid.gsd
@@ -177,8 +179,6 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
             continue
         class_name = d.class_name if ctx.spec.is_pair else "new_building"
         ring = pixel_to_map(tile, gsd, corners)
-        from shapely.geometry import Polygon
-
         out.append({
             "wkt": Polygon(ring).wkt,
             "class": class_name,
@@ -425,8 +425,6 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
 
 def _tiles_frame(results: list[TileResult], by_id: dict[str, Tile], ctx: RunContext):
     import geopandas as gpd
-
-    from detector.georef import to_output
 
     rows = [{"tile_id": r.tile_id, "status": r.status, "valid_fraction": round(r.valid_fraction, 4),
              "shift_m": round(r.shift_m, 3), "dx_m": round(r.dx_m, 3), "dy_m": round(r.dy_m, 3),
