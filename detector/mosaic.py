@@ -118,16 +118,32 @@ def open_mosaic(path: Path | str, role: str) -> MosaicInfo:
     return info
 
 
+MAX_SCALE_ERROR = 0.005  # a projected CRS whose metre is off by more than this is not used as the grid
+
+
+def _centre_lonlat(info: MosaicInfo) -> tuple[float, float]:
+    from pyproj import Transformer
+
+    left, bottom, right, top = info.bounds
+    to_ll = Transformer.from_crs(info.crs_wkt, "EPSG:4326", always_xy=True)
+    return to_ll.transform((left + right) / 2, (bottom + top) / 2)
+
+
 def working_crs_for(info: MosaicInfo) -> str:
-    """The baseline's CRS when projected, else the UTM zone of its centre (metres)."""
-    from pyproj import CRS, Transformer
+    """The baseline's CRS when its units are true ground metres there, else the UTM zone of its centre.
+
+    Geographic CRSs (degrees), feet-based state planes and Web Mercator (metres that grow with
+    latitude) would make the model's GSD, areas and shift limits wrong by their scale factor.
+    """
+    from pyproj import CRS, Proj
 
     crs = CRS.from_wkt(info.crs_wkt)
-    if crs.is_projected:
-        return info.crs_wkt
-    left, bottom, right, top = info.bounds
-    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_ll.transform((left + right) / 2, (bottom + top) / 2)
+    lon, lat = _centre_lonlat(info)
+    if crs.is_projected and crs.axis_info[0].unit_name in ("metre", "meter"):
+        factors = Proj(crs).get_factors(lon, lat)
+        scale = max(abs(factors.meridional_scale - 1), abs(factors.parallel_scale - 1))
+        if scale <= MAX_SCALE_ERROR:
+            return info.crs_wkt
     zone = int(math.floor((lon + 180) / 6) + 1)
     epsg = (32600 if lat >= 0 else 32700) + zone
     return CRS.from_epsg(epsg).to_wkt()
@@ -156,15 +172,19 @@ def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingG
 
 
 def source_gsd_m(info: MosaicInfo) -> float:
-    """The mosaic's pixel size in metres (geographic CRSs converted at the mosaic's centre)."""
-    from pyproj import CRS
+    """The mosaic's coarser pixel side on the ground in metres, measured geodesically at its centre.
 
-    crs = CRS.from_wkt(info.crs_wkt)
-    res = min(abs(info.res[0]), abs(info.res[1]))
-    if crs.is_projected:
-        return res * crs.axis_info[0].unit_conversion_factor
-    lat = (info.bounds[1] + info.bounds[3]) / 2
-    return res * 111_320.0 * max(math.cos(math.radians(lat)), 1e-6)
+    Works for any CRS: metres, feet, degrees or Web Mercator.
+    """
+    from pyproj import Geod, Transformer
+
+    left, bottom, right, top = info.bounds
+    cx, cy = (left + right) / 2, (bottom + top) / 2
+    rx, ry = abs(info.res[0]), abs(info.res[1])
+    to_ll = Transformer.from_crs(info.crs_wkt, "EPSG:4326", always_xy=True)
+    (lon0, lon1, lon2), (lat0, lat1, lat2) = to_ll.transform([cx, cx + rx, cx], [cy, cy, cy + ry])
+    geod = Geod(ellps="WGS84")
+    return max(geod.inv(lon0, lat0, lon1, lat1)[2], geod.inv(lon0, lat0, lon2, lat2)[2])
 
 
 def choose_overview_level(info: MosaicInfo, gsd: float) -> int | None:

@@ -325,3 +325,32 @@ def test_internal_mask_is_respected(tmp_path, oracle, model):
     gdf = gpd.read_file(s.candidates_path, layer="candidates")
     assert s.tiles_nodata > 0
     assert len(gdf) == 1
+
+
+@pytest.mark.parametrize("crs,lon,lat", [("EPSG:3857", 114.25, 45.0), ("EPSG:2263", -73.95, 40.75)])
+def test_crs_whose_units_are_not_ground_metres(tmp_path, oracle, model, crs, lon, lat):
+    """Web Mercator (scale 1/cos(lat)) and US-feet state plane: areas and GSD must be true metres."""
+    from shapely.geometry import box
+    from shapely.ops import transform as shp_transform
+
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    unit = 0.1 if crs == "EPSG:3857" else 0.3  # CRS units per source pixel
+    transform = Affine(unit, 0, x - unit * SIZE / 2, 0, -unit, y + unit * SIZE / 2)
+    rgb = textured_image(SIZE, SIZE, seed=1)
+    base = write_geotiff(tmp_path / "baseline.tif", rgb, crs, transform)
+    planted = [(200, 200, 60, 40), (700, 300, 120, 90)]
+    cur = write_geotiff(tmp_path / "current.tif", plant(rgb, planted), crs, transform)
+    gdf = gpd.read_file(_run(tmp_path, base, cur, model).candidates_path, layer="candidates")
+    assert len(gdf) == len(planted)
+    to_utm = Transformer.from_crs(crs, "EPSG:32618" if lon < 0 else "EPSG:32650", always_xy=True)
+    truth_areas = []
+    truth_ll = []
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    for c, r, w, h in planted:
+        x0, y0 = transform @ (c, r)
+        x1, y1 = transform @ (c + w, r + h)
+        poly = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        truth_areas.append(shp_transform(to_utm.transform, poly).area)
+        truth_ll.append(to_ll.transform(*transform @ (c + w / 2, r + h / 2)))
+    assert np.allclose(sorted(gdf["area_m2"]), sorted(truth_areas), rtol=0.12)
+    assert _errors_m(gdf, truth_ll).max() <= 0.3
