@@ -50,7 +50,7 @@ class AlignConfig(_Strict):
 class ChangeConfig(_Strict):
     min_area_m2: float = Field(4.0, ge=0)
     max_area_m2: float = Field(5000.0, gt=0)
-    edge_margin_px: int = Field(2, ge=0, description="drop detections touching nodata or the mosaic edge")
+    max_structure_m: float = Field(32.0, gt=0, description="largest structure expected; the tile overlap covers it")
     merge_iou: float = Field(0.3, ge=0, le=1)
     merge_ioa: float = Field(0.6, ge=0, le=1)
     # single-epoch (3-channel) models: a current structure is new when the baseline has no
@@ -76,7 +76,7 @@ class RunConfig(_Strict):
     current: Optional[Path] = None
     out: Optional[Path] = None
     model: Optional[Path] = None  # None = the shipped default model
-    baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME or file time
+    baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
     current_date: Optional[date] = None
     workers: int = Field(2, ge=1)
     resume: bool = True

@@ -124,7 +124,8 @@ class OnnxDetector:
         self.spec = spec
         self.session = make_session(spec, providers, threads)
         batch_dim = self.session.get_inputs()[0].shape[0]
-        self.batch_size = batch_size if not isinstance(batch_dim, int) else batch_dim
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None  # ultralytics exports batch 1
+        self.batch_size = self.fixed_batch or batch_size
 
     def __call__(self, images: list[np.ndarray], conf: float, iou: float) -> list[list[Detection]]:
         h, w = self.spec.imgsz
@@ -134,7 +135,7 @@ class OnnxDetector:
             for img in chunk:
                 if img.shape[:2] != (h, w) or img.shape[2] != self.spec.channels:
                     raise ValueError(f"model expects {h}x{w}x{self.spec.channels}, got {img.shape}")
-            pad = self.batch_size - len(chunk) if self.batch_size > 1 else 0
+            pad = self.fixed_batch - len(chunk) if self.fixed_batch else 0
             batch = to_input(chunk + [np.zeros_like(chunk[0])] * pad)
             raw = self.session.run(None, {self.spec.input_name: batch})[0]
             out.extend(decode(raw[: len(chunk)], self.spec, conf, iou))

@@ -36,6 +36,14 @@ class MosaicInfo:
     has_alpha: bool
     acquired: date | None
 
+    @property
+    def colour_bands(self) -> int:
+        return self.count - (1 if self.has_alpha else 0)
+
+    @property
+    def is_rgb(self) -> bool:
+        return self.colour_bands >= 3
+
 
 @dataclass(frozen=True)
 class WorkingGrid:
@@ -74,6 +82,7 @@ def open_mosaic(path: Path | str, role: str) -> MosaicInfo:
     import rasterio
     from rasterio.enums import ColorInterp
     from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
 
     path = Path(path)
     if not path.exists():
@@ -93,9 +102,13 @@ def open_mosaic(path: Path | str, role: str) -> MosaicInfo:
             colour_bands = src.count - (1 if has_alpha else 0)
             if colour_bands == 2 or colour_bands < 1:
                 raise InputError(f"{path}: {role} mosaic has {src.count} band(s); need RGB (3+ bands) or one panchromatic band")
-            # Touch the data once at low resolution: catches truncated / corrupt files early.
+            # Touch the data once: a low-resolution read (overviews) and the last full-resolution
+            # block, which is what a truncated file (COGs store overviews first) is missing.
             step = max(1, max(src.width, src.height) // 256)
             src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
+            bh, bw = src.block_shapes[0]
+            last = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
+            src.read(window=last)
             info = MosaicInfo(
                 path=path,
                 crs_wkt=src.crs.to_wkt(),
@@ -112,7 +125,8 @@ def open_mosaic(path: Path | str, role: str) -> MosaicInfo:
         raise
     except RasterioIOError as exc:
         msg = str(exc).splitlines()[0][:160]
-        raise InputError(f"{path}: cannot read {role} mosaic as a raster ({msg}); is it a complete GeoTIFF?") from None
+        raise InputError(f"{path}: {role} mosaic cannot be read ({msg}); it is not a raster, or it is truncated or "
+                         "corrupt: export or copy it again") from None
     except Exception as exc:  # GDAL errors on truncated files surface as several types
         raise InputError(f"{path}: {role} mosaic is unreadable or truncated ({type(exc).__name__}: {str(exc)[:160]})") from None
     return info
@@ -228,7 +242,7 @@ class EpochReader:
         )
         colour = [i + 1 for i, ci in enumerate(self._src.colorinterp) if ci.name != "alpha"]
         self._bands = colour[:3] if len(colour) >= 3 else [colour[0]] * 3
-        self._stretch = stretch if stretch is not None else (None if info.dtype == "uint8" else self.percentile_stretch())
+        self.stretch = stretch if stretch is not None else (None if info.dtype == "uint8" else self.percentile_stretch())
 
     def percentile_stretch(self, low: float = 1.0, high: float = 99.0):
         """Per-band 1–99 % stretch to uint8, estimated from a decimated read (uses overviews)."""
@@ -264,8 +278,8 @@ class EpochReader:
         win = Window(c0, r0, c1 - c0, r1 - r0)
         data = self._vrt.read(self._bands, window=win)
         mask = self._vrt.dataset_mask(window=win) > 0
-        if self._stretch is not None:
-            lo, hi = self._stretch
+        if self.stretch is not None:
+            lo, hi = self.stretch
             data = (data.astype(np.float32) - lo[:, None, None]) * (255.0 / (hi - lo))[:, None, None]
             data = np.clip(data, 0, 255)
         data = data.astype(np.uint8)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -20,12 +21,13 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from rasterio.errors import RasterioError
 
 from detector import __version__
 from detector.align import apply_shift, estimate_mosaic_shift, estimate_shift
 from detector.change import change_fraction, difference_image, invalid_fraction, new_in_current
 from detector.config import RunConfig
-from detector.errors import ConfigError, InputError, ModelError
+from detector.errors import BuildwatchError, ConfigError, InputError, ModelError
 from detector.fileio import atomic_write_text
 from detector.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
 from detector.model import ModelSpec, file_sha256, load_model_spec
@@ -37,7 +39,6 @@ log = logging.getLogger("detector.pipeline")
 
 MIN_VALID_FRACTION = 0.02  # tiles with less valid overlap than this are skipped as nodata
 MAX_INVALID_IN_BOX = 0.10  # detections with more nodata inside are edge artefacts
-CONFIDENT_QUALITY = 0.2  # phase-correlation peak above which a tile's own shift estimate is trusted
 
 
 @dataclass
@@ -142,10 +143,9 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
     if cfg.align.enabled:
         reg = estimate_shift(b, c, valid, gsd, cfg.align.max_shift_m, cfg.align.min_quality)
         fallback = ctx.mosaic_registration
-        # A weak or implausible local estimate (most of the tile changed) falls back to the mosaic's
-        # shift; only a confident local shift beyond the maximum flags the tile.
-        doubtful = reg.quality < CONFIDENT_QUALITY
-        if not reg.ok and doubtful and fallback is not None and fallback.ok:
+        # A weak or implausible local estimate (typically: most of the tile changed, as in a block
+        # development) falls back to the mosaic's shift; without a usable one the tile is flagged.
+        if not reg.ok and fallback is not None and fallback.ok:
             reg = Registration(fallback.dx_px, fallback.dy_px, fallback.shift_m, fallback.quality, True,
                                f"{reg.reason}; mosaic-level shift used", "mosaic")
         if not reg.ok:
@@ -213,7 +213,8 @@ def _work(tiles: list[Tile]) -> list[TileResult]:
 def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
     relevant = cfg.model_dump(mode="json", exclude={"out", "workers", "resume", "progress", "cases", "baseline",
                                                      "current", "model"})
-    key = json.dumps({"inputs": hashes, "model": spec.sha256, "config": relevant}, sort_keys=True)
+    key = json.dumps({"inputs": hashes, "model": spec.sha256, "config": relevant, "software": __version__},
+                     sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -249,32 +250,60 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
         raise ConfigError("need --baseline, --current and --out (or the same keys in --config)")
     baseline = open_mosaic(cfg.baseline, "baseline")
     current = open_mosaic(cfg.current, "current")
+    if baseline.is_rgb != current.is_rgb:
+        raise InputError(f"{current.path}: current mosaic has {current.colour_bands} colour band(s) but the baseline "
+                         f"{baseline.path.name} has {baseline.colour_bands}: both epochs must be RGB, or both panchromatic")
     spec = load_model_spec(cfg.model)
     size = spec.imgsz[0]
     if spec.imgsz[0] != spec.imgsz[1]:
         raise ModelError(f"{spec.path}: non-square input {spec.imgsz} is not supported")
-    overlap = cfg.detect.overlap_px if cfg.detect.overlap_px is not None else spec.overlap_px
+    if cfg.detect.overlap_px is not None:
+        overlap = cfg.detect.overlap_px
+    else:  # a structure is seen whole by the tile owning its centre only if it fits in the overlap
+        overlap = min(max(spec.overlap_px, math.ceil(cfg.change.max_structure_m / spec.gsd_m)), size // 2 - 1)
     if not 0 <= overlap < size // 2:
         raise ConfigError(f"detect.overlap_px={overlap} must be between 0 and half the tile size ({size // 2})")
+    if overlap * spec.gsd_m < cfg.change.max_structure_m:
+        log.warning("tile overlap %.1f m is smaller than change.max_structure_m %.1f m: larger structures may be "
+                    "cut at tile borders", overlap * spec.gsd_m, cfg.change.max_structure_m)
+    _check_exclusions(cfg, cfg.current_date or current.acquired)
     grid = make_grid(baseline, current, spec.gsd_m)
     ctx = RunContext(
         baseline=baseline, current=current, grid=grid, spec=spec, config=cfg, size=size, overlap=overlap,
         conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
         iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou,
     )
-    if baseline.dtype != "uint8":
-        ctx.stretch_baseline = EpochReader(baseline, grid).percentile_stretch()
-    if current.dtype != "uint8":
-        ctx.stretch_current = EpochReader(current, grid).percentile_stretch()
+    for info, attr in ((baseline, "stretch_baseline"), (current, "stretch_current")):
+        if info.dtype != "uint8":  # computed once here, handed to every worker
+            reader = EpochReader(info, grid)
+            setattr(ctx, attr, reader.stretch)
+            reader.close()
     if cfg.align.enabled:
         ctx.mosaic_registration = estimate_mosaic_shift(baseline, current, grid, (ctx.stretch_baseline,
                                                         ctx.stretch_current), cfg.align.max_shift_m,
                                                         cfg.align.min_quality)
-        log.info("mosaic-level shift %.2f m (quality %.3f%s)", ctx.mosaic_registration.shift_m,
-                 ctx.mosaic_registration.quality, "" if ctx.mosaic_registration.ok else
-                 f", not usable: {ctx.mosaic_registration.reason}")
     tiles = list(iter_tiles(grid, size, overlap))
     return ctx, tiles
+
+
+def _check_exclusions(cfg: RunConfig, current_date: date | None) -> None:
+    """Fail before any tile is processed when an exclusion layer is unusable."""
+    import pyogrio
+
+    for layer in cfg.change.exclusions:
+        if not layer.path.exists():
+            raise InputError(f"{layer.path}: exclusion layer ({layer.kind}) not found; fix change.exclusions in the config")
+        try:
+            info = pyogrio.read_info(layer.path)
+        except Exception as exc:  # pyogrio DataSourceError and friends
+            raise InputError(f"{layer.path}: cannot read exclusion layer ({str(exc).splitlines()[0][:120]})") from None
+        if not info.get("crs"):
+            raise InputError(f"{layer.path}: exclusion layer has no CRS; save it with one (e.g. EPSG:4547)")
+        dated = layer.kind == "permitted" and any(
+            f and f in list(info["fields"]) for f in (layer.valid_from_field, layer.valid_to_field))
+        if dated and current_date is None:
+            raise ConfigError(f"{cfg.current}: the current mosaic has no acquisition date (TIFFTAG_DATETIME), so "
+                              f"permit validity in {layer.path.name} cannot be checked; set current_date in the config")
 
 
 def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool) -> list[TileResult]:
@@ -333,7 +362,11 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
 
     t0 = time.perf_counter()
-    ctx, tiles = prepare(cfg)
+    try:
+        ctx, tiles = prepare(cfg)
+    except RasterioError as exc:
+        raise InputError(f"reading {cfg.baseline} / {cfg.current} failed ({str(exc).splitlines()[0][:120]}); "
+                         "a file is truncated or corrupt") from None
     out_dir = Path(cfg.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -354,7 +387,15 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
         log.info("run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
                  run_id, len(tiles), len(done), ctx.spec.model_name, ctx.spec.sha256[:12], ctx.grid.gsd,
                  ctx.size, ctx.overlap)
-        results = list(done.values()) + _run_tiles(ctx, todo, work_dir, cfg.progress)
+        if ctx.mosaic_registration is not None:
+            m = ctx.mosaic_registration
+            log.info("mosaic-level shift %.2f m (quality %.3f%s)", m.shift_m, m.quality,
+                     "" if m.ok else f", not usable: {m.reason}")
+        try:
+            results = list(done.values()) + _run_tiles(ctx, todo, work_dir, cfg.progress)
+        except RasterioError as exc:
+            raise InputError(f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
+                             f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt") from None
 
         # Merge duplicates across tiles in map coordinates.
         rows = [(r.tile_id, c) for r in results for c in r.candidates]
@@ -418,6 +459,12 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
             summary.cases = _update_cases(cand, cfg, run_id, c_date, ctx, out_dir)
         log.info("finished: %s", summary.text().replace("\n", "; "))
         return summary
+    except BuildwatchError as exc:
+        log.error("%s", exc)
+        raise
+    except Exception:
+        log.exception("internal error")
+        raise
     finally:
         logging.getLogger("detector").removeHandler(handler)
         handler.close()

@@ -140,3 +140,49 @@ def test_model_not_matching_its_sha256_sidecar(capsys, tmp_path, pair):
     m.with_name(m.name + ".sha256").write_text("0" * 64 + "  m.onnx\n")
     code, err, out = _run(capsys, tmp_path, b, c, m)
     _assert_clean_failure(code, err, out, "does not match m.onnx.sha256")
+
+
+def test_truncated_cog(capsys, tmp_path, pair):
+    """COGs keep overviews first: a cut file still opens and shows its overviews."""
+    import rasterio.shutil
+
+    b, c, m = pair
+    cog = tmp_path / "cog.tif"
+    rasterio.shutil.copy(str(c), str(cog), driver="COG", compress="DEFLATE", blocksize=256)
+    cut = tmp_path / "cog_cut.tif"
+    data = cog.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    code, err, out = _run(capsys, tmp_path, b, cut, m)
+    _assert_clean_failure(code, err, out, "cog_cut.tif: current mosaic cannot be read")
+
+
+def test_rgb_baseline_with_panchromatic_current(capsys, tmp_path, pair):
+    b, c, m = pair
+    pan = write_geotiff(tmp_path / "pan.tif", textured_image(600, 600)[..., :1], "EPSG:4547", T)
+    code, err, out = _run(capsys, tmp_path, b, pan, m)
+    _assert_clean_failure(code, err, out, "pan.tif: current mosaic has 1 colour band(s) but the baseline")
+
+
+def test_dated_permits_need_a_current_date(capsys, tmp_path, pair):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    b, c, m = pair  # neither mosaic carries TIFFTAG_DATETIME
+    gpd.GeoDataFrame({"valid_to": ["2020-01-01"]}, geometry=[box(500000, 2512990, 500010, 2513000)],
+                     crs="EPSG:4547").to_file(tmp_path / "permits.gpkg")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("change:\n  exclusions:\n    - path: permits.gpkg\n      kind: permitted\n      action: drop\n")
+    code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
+    _assert_clean_failure(code, err, out, "has no acquisition date")
+    cfg.write_text(cfg.read_text() + "current_date: 2026-05-02\n")
+    code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
+    assert code == 0, err
+
+
+def test_missing_exclusion_layer_fails_before_any_tile(capsys, tmp_path, pair):
+    b, c, m = pair
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("change:\n  exclusions:\n    - path: nowhere.gpkg\n      kind: known_building\n")
+    code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
+    _assert_clean_failure(code, err, out, "nowhere.gpkg: exclusion layer (known_building) not found")
+    assert not (out / "work").exists()

@@ -131,7 +131,13 @@ def test_structure_straddling_tile_boundary_yields_one_candidate(tmp_path, oracl
     boundary_row = int(round((y_bound - kr * 48.0) / SRC_GSD))
     straddler = [(boundary_col - 50, boundary_row - 40, 100, 80)]  # 10 m x 8 m across a tile corner
     base, cur, truth = _scene(tmp_path, "EPSG:32650", planted=straddler)
-    summary = _run(tmp_path, base, cur, model)
+    from detector.config import ChangeConfig, DetectConfig
+
+    summary = _run(tmp_path, base, cur, model, detect=DetectConfig(overlap_px=64),
+                   change=ChangeConfig(max_structure_m=16.0))
+    tiles = gpd.read_file(summary.candidates_path, layer="tiles")
+    cells = {(int(t.split("_")[0][1:]), int(t.split("_")[1][1:])) for t in tiles.tile_id}
+    assert {(k - 1, -kr - 1), (k, -kr - 1), (k - 1, -kr), (k, -kr)} <= cells  # the four tiles meeting at the corner
     gdf = gpd.read_file(summary.candidates_path, layer="candidates")
     assert len(gdf) == 1
     assert _errors_m(gdf, truth).max() <= 0.25
@@ -354,3 +360,20 @@ def test_crs_whose_units_are_not_ground_metres(tmp_path, oracle, model, crs, lon
         truth_ll.append(to_ll.transform(*transform @ (c + w / 2, r + h / 2)))
     assert np.allclose(sorted(gdf["area_m2"]), sorted(truth_areas), rtol=0.12)
     assert _errors_m(gdf, truth_ll).max() <= 0.3
+
+
+def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle, model):
+    """A 25 m building (larger than the model's own 16 m overlap) across a border: one, whole."""
+    from detector.tiles import tile_layout
+
+    overlap = 127  # the default rule: max(model 64 px, 32 m / 0.25 m), capped below half the 256 px tile
+    cell = tile_layout(256, overlap)[0] * 0.25
+    transform = _transform_for("EPSG:32650")
+    k = math.ceil((transform.c + 60) / cell)
+    col = int(round((k * cell - transform.c) / SRC_GSD))
+    big = [(col - 125, 600, 250, 120)]  # 25 m x 12 m, centred on the border
+    base, cur, truth = _scene(tmp_path, "EPSG:32650", planted=big)
+    gdf = gpd.read_file(_run(tmp_path, base, cur, model).candidates_path, layer="candidates")
+    assert len(gdf) == 1
+    assert gdf["area_m2"].iloc[0] == pytest.approx(300.0, rel=0.08)
+    assert _errors_m(gdf, truth).max() <= 0.25

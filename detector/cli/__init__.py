@@ -58,6 +58,8 @@ def cli(verbose: int) -> None:
     """buildwatch: find newly built structures between two drone orthomosaics."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the run's log file gets INFO; the terminal only this
+        handler.setLevel(level)
 
 
 def main(argv=None) -> int:
