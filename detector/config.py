@@ -113,9 +113,14 @@ def load_config(path: Path | str | None, overrides: dict | None = None) -> RunCo
         path = Path(path)
         data = read_yaml_mapping(path)
         _resolve_relative_paths(data, path.parent)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
+    for key, value in (overrides or {}).items():  # "detect.conf" sets a nested setting
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        target = data
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

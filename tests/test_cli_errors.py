@@ -186,3 +186,9 @@ def test_missing_exclusion_layer_fails_before_any_tile(capsys, tmp_path, pair):
     code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
     _assert_clean_failure(code, err, out, "nowhere.gpkg: exclusion layer (known_building) not found")
     assert not (out / "work").exists()
+
+
+def test_conf_flag_is_validated(capsys, tmp_path, pair):
+    b, c, m = pair
+    code, err, out = _run(capsys, tmp_path, b, c, m, "--conf", "1.5")
+    _assert_clean_failure(code, err, out, "detect.conf")

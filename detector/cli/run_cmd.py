@@ -26,16 +26,13 @@ def run(baseline, current, out, model, config_path, workers, conf, cases_registr
     from detector.config import load_config
     from detector.pipeline import run_pipeline
 
-    overrides = {"baseline": baseline, "current": current, "out": out, "model": model, "workers": workers}
+    overrides = {"baseline": baseline, "current": current, "out": out, "model": model, "workers": workers,
+                 "detect.conf": conf, "cases.registry": cases_registry}
     if no_resume:
         overrides["resume"] = False
     if no_progress:
         overrides["progress"] = False
     cfg = load_config(config_path, overrides)
-    if conf is not None:
-        cfg.detect.conf = conf
-    if cases_registry is not None:
-        cfg.cases.registry = cases_registry
     summary = run_pipeline(cfg)
     click.echo(summary.text())
     c = summary.cases
