@@ -847,6 +847,9 @@ def _frame_datetime(path: Path) -> str:
         return ""
 
 
+IN_MEMORY_MOSAIC_PX = 64_000_000  # above this the per-pixel nadir distance lives in a disk-backed array
+
+
 def orthomosaic(frames: list[str | Path], baseline_path: str | Path, out: str | Path, dem: str | Path | None = None,
                 flight_log: str | Path | None = None, cfg: OrthoConfig | None = None, progress: bool = False) -> OrthoResult:
     """Orthorectify raw frames, refine them against the baseline and mosaic them to a COG.
@@ -937,10 +940,16 @@ def orthomosaic(frames: list[str | Path], baseline_path: str | Path, out: str | 
         profile = dict(driver="GTiff", width=mosaic_grid.width, height=mosaic_grid.height, count=3, dtype="uint8",
                        crs=mosaic_grid.crs, transform=mosaic_grid.transform, tiled=True, blockxsize=256, blockysize=256,
                        compress="deflate", bigtiff="IF_SAFER", photometric="RGB")
-        best = np.full((mosaic_grid.height, mosaic_grid.width), np.inf, np.float32) if mosaic_grid.width * mosaic_grid.height <= 400_000_000 else None
-        if best is None:
-            raise InputError(f"{out}: mosaic of {mosaic_grid.width}x{mosaic_grid.height} px is too large for one run; "
-                             f"set gsd_m coarser or split the flight")
+        # Distance of each mosaic pixel to the nadir of the frame that painted it. Small mosaics keep it
+        # in memory; large ones on disk beside the work file, so memory does not grow with the flight.
+        shape = (mosaic_grid.height, mosaic_grid.width)
+        if shape[0] * shape[1] <= IN_MEMORY_MOSAIC_PX:
+            best = np.full(shape, np.inf, np.float32)
+        else:
+            best = np.lib.format.open_memmap(Path(tmpdir) / "nadir_distance.npy", mode="w+", dtype=np.float32,
+                                             shape=shape)
+            for r0 in range(0, shape[0], 1024):
+                best[r0 : r0 + 1024] = np.inf
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(work, "w+", **profile) as dst:
             for prep, _ in prepared:
                 _paint_frame(dst, prep, mosaic_grid, best, world, ground, cfg)

@@ -107,6 +107,23 @@ def test_exact_poses_land_within_half_a_metre_without_refinement(scene, tmp_path
     assert rmse <= 0.5, f"direct georeferencing RMSE {rmse:.2f} m"
 
 
+def test_large_mosaic_path_gives_the_same_pixels(scene, tmp_path, monkeypatch):
+    """Above IN_MEMORY_MOSAIC_PX the nadir-distance array lives on disk; the mosaic is identical."""
+    import rasterio
+
+    import detector.ortho as ortho
+
+    frames = [scene["frame"]("m1.jpg", LEFT + 130, TOP - 140, 80.0, 40.0, -90.0),
+              scene["frame"]("m2.jpg", LEFT + 165, TOP - 160, 100.0, -70.0, -85.0)]
+    small, large = tmp_path / "small.tif", tmp_path / "large.tif"
+    orthomosaic(frames, scene["baseline"], small, cfg=OrthoConfig(refine=False))
+    monkeypatch.setattr(ortho, "IN_MEMORY_MOSAIC_PX", 0)
+    orthomosaic(frames, scene["baseline"], large, cfg=OrthoConfig(refine=False))
+    with rasterio.open(small) as a, rasterio.open(large) as b:
+        assert np.array_equal(a.read(), b.read())
+        assert np.array_equal(a.dataset_mask(), b.dataset_mask())
+
+
 def test_pose_errors_are_corrected_to_one_working_pixel(scene, tmp_path):
     errors = [(3.0, -2.0, 2.0), (-3.0, 3.0, -2.0)]  # dx, dy (m), dyaw (deg)
     frames = [scene["frame"]("e1.jpg", LEFT + 130, TOP - 140, 80.0, 40.0, -90.0, pose_error=errors[0]),
