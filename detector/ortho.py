@@ -51,6 +51,9 @@ class OrthoConfig(BaseModel):
     gsd_m: Optional[float] = Field(None, gt=0, description="output GSD in CRS units; None = the baseline's")
     flight_altitude_m: Optional[float] = Field(None, gt=0, description="height above ground when a frame has no RelativeAltitude")
     altitude_source: Literal["relative", "absolute"] = "relative"
+    takeoff_height_m: Optional[float] = Field(
+        None, description="ground height of the take-off point in the DEM's datum: relative altitudes (DJI "
+        "RelativeAltitude) are above it. None: above the ground below each frame (exact on flat ground)")
     altitude_offset_m: float = Field(0.0, description="added to absolute altitudes (geoid/ellipsoid vs DEM datum)")
     sensor_width_mm: Optional[float] = Field(None, gt=0)
     focal_px: Optional[float] = Field(None, gt=0)
@@ -377,7 +380,9 @@ def camera_for_pose(pose: FramePose, world: WorldFrame, ground, cfg: OrthoConfig
             raise FrameSkipped("no relative altitude (DJI RelativeAltitude or flight log); set flight_altitude_m in the config")
         if agl <= 1.0:
             raise FrameSkipped(f"relative altitude {agl:.1f} m is not above ground (frame taken on the ground?)")
-        z = float(ground.height(np.array([x]), np.array([y]))[0]) + agl
+        base = (cfg.takeoff_height_m if cfg.takeoff_height_m is not None
+                else float(ground.height(np.array([x]), np.array([y]))[0]))
+        z = base + agl
     return Camera(center=np.array([x, y, z]), rotation=camera_rotation(pose.yaw_deg, pose.pitch_deg, pose.roll_deg),
                   focal_px=pose.focal_px, width=pose.width, height=pose.height, k1=cfg.k1, k2=cfg.k2)
 

@@ -213,3 +213,43 @@ def test_brighton_beach_against_webodm_orthophoto(shared_data, tmp_path):
     check = match_to_baseline(mosaic, valid, ref, ref_valid, grid, OrthoConfig(retry_flipped_yaw=False))
     assert check.ok, check.reason
     assert check.shift_m < 2.0 and check.residual_m < 2.0
+
+
+class _Ramp:
+    """Terrain rising 0.15 m per metre eastwards (0 m at LEFT, 45 m at the eastern edge)."""
+
+    def height(self, x, y):
+        return 0.15 * (np.asarray(x, dtype=float) - LEFT)
+
+
+@pytest.mark.parametrize("altitude", [dict(altitude_source="absolute"), dict(takeoff_height_m=0.0)])
+def test_dem_removes_terrain_parallax(scene, tmp_path, altitude):
+    """Frames over sloping ground: a DEM puts them in place, a flat plane does not."""
+    grid = Grid(crs=rasterio.crs.CRS.from_string(CRS), left=LEFT, top=TOP, res_x=RES, res_y=RES, width=SIZE,
+                height=SIZE)
+    world = WorldFrame(grid.crs, True, 114.0, 22.6)
+    to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    frames = []
+    for name, x, y, yaw in (("d1.jpg", LEFT + 150, TOP - 140, 30.0), ("d2.jpg", LEFT + 180, TOP - 165, -60.0)):
+        alt = 100.0  # above the take-off point, which is at terrain height 0 (x = LEFT)
+        fpx = 24 / 36 * 800
+        cam = Camera(center=np.array([x, y, alt]), rotation=camera_rotation(yaw, -90.0, 0.0), focal_px=fpx,
+                     width=800, height=600)
+        img = render_frame_from_orthophoto(scene["rgb"], grid, cam, world, _Ramp())
+        lon, lat = to_lonlat.transform(x, y)
+        path = tmp_path / name
+        write_frame_jpeg(path, img, lat, lon, alt, yaw, -90.0, 0.0, abs_alt_m=alt, focal_px=fpx, quality=95)
+        frames.append(path)
+    dem = tmp_path / "dem.tif"
+    cols = np.arange(400) * 1.0 + 0.5
+    with rasterio.open(dem, "w", driver="GTiff", width=400, height=400, count=1, dtype="float32", crs=CRS,
+                       transform=from_origin(LEFT, TOP, 1.0, 1.0)) as dst:
+        dst.write(np.tile(0.15 * cols, (400, 1)).astype(np.float32)[None])
+    flat, with_dem = tmp_path / "flat.tif", tmp_path / "dem_ortho.tif"
+    orthomosaic(frames, scene["baseline"], flat, cfg=OrthoConfig(refine=False))
+    orthomosaic(frames, scene["baseline"], with_dem, dem=dem, cfg=OrthoConfig(refine=False, **altitude))
+    err_flat, _ = _misregistration_m(flat, scene["baseline"])
+    err_dem, blocks = _misregistration_m(with_dem, scene["baseline"])
+    print(f"terrain parallax: flat plane {err_flat:.2f} m, with DEM {err_dem:.2f} m over {blocks} blocks")
+    assert blocks >= 10
+    assert err_dem <= 0.5 and err_flat > 2 * err_dem
