@@ -84,6 +84,23 @@ def _as_date(value) -> date | None:
         return None
 
 
+def exclusion_layer_info(layer) -> dict:
+    """Check that an exclusion layer exists, is readable and has a CRS; return pyogrio's info."""
+    import pyogrio
+
+    from detector.errors import InputError
+
+    if not layer.path.exists():
+        raise InputError(f"{layer.path}: exclusion layer ({layer.kind}) not found; fix change.exclusions in the config")
+    try:
+        info = pyogrio.read_info(layer.path)
+    except Exception as exc:  # pyogrio DataSourceError and friends
+        raise InputError(f"{layer.path}: cannot read exclusion layer ({str(exc).splitlines()[0][:120]})") from None
+    if not info.get("crs"):
+        raise InputError(f"{layer.path}: exclusion layer has no CRS; save it with one (e.g. EPSG:4547)")
+    return info
+
+
 def apply_exclusions(candidates, layers, current_date: date | None, out_crs):
     """Tag or drop candidates explained by permitted construction or known buildings.
 
@@ -100,20 +117,12 @@ def apply_exclusions(candidates, layers, current_date: date | None, out_crs):
     """
     import geopandas as gpd
 
-    from detector.errors import InputError
-
     dropped = 0
     for layer in layers:
         if len(candidates) == 0:
             break
-        if not layer.path.exists():
-            raise InputError(f"{layer.path}: exclusion layer ({layer.kind}) not found; fix change.exclusions in the config")
-        try:
-            ex = gpd.read_file(layer.path)
-        except Exception as exc:  # pyogrio DataSourceError and friends
-            raise InputError(f"{layer.path}: cannot read exclusion layer ({str(exc).splitlines()[0][:120]})") from None
-        if ex.crs is None:
-            raise InputError(f"{layer.path}: exclusion layer has no CRS; save it with one (e.g. EPSG:4547)")
+        exclusion_layer_info(layer)
+        ex = gpd.read_file(layer.path)
         ex = ex[ex.geometry.notna()].to_crs(out_crs)
         ex["geometry"] = ex.geometry.make_valid()
         if layer.kind == "permitted" and current_date is not None:

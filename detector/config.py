@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detector.errors import ConfigError
-from detector.fileio import read_yaml_mapping
+from detector.fileio import apply_dotted_overrides, read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -113,14 +113,7 @@ def load_config(path: Path | str | None, overrides: dict | None = None) -> RunCo
         path = Path(path)
         data = read_yaml_mapping(path)
         _resolve_relative_paths(data, path.parent)
-    for key, value in (overrides or {}).items():  # "detect.conf" sets a nested setting
-        if value is None:
-            continue
-        *parents, leaf = key.split(".")
-        target = data
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = value
+    apply_dotted_overrides(data, overrides)  # "detect.conf" sets a nested setting
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -54,13 +54,26 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_yaml_mapping(path: Path | str, what: str = "config file") -> dict:
+def apply_dotted_overrides(data: dict, overrides: dict | None) -> dict:
+    """Set ``{"detect.conf": 0.3}``-style overrides into nested ``data`` (None values are skipped)."""
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return data
+
+
+def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "") -> dict:
     """A YAML file's top-level mapping; :class:`ConfigError` naming the file otherwise."""
     import yaml
 
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: {what} not found")
+        raise ConfigError(f"{path}: {what} not found{hint}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

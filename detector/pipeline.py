@@ -288,17 +288,10 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
 
 def _check_exclusions(cfg: RunConfig, current_date: date | None) -> None:
     """Fail before any tile is processed when an exclusion layer is unusable."""
-    import pyogrio
+    from detector.change import exclusion_layer_info
 
     for layer in cfg.change.exclusions:
-        if not layer.path.exists():
-            raise InputError(f"{layer.path}: exclusion layer ({layer.kind}) not found; fix change.exclusions in the config")
-        try:
-            info = pyogrio.read_info(layer.path)
-        except Exception as exc:  # pyogrio DataSourceError and friends
-            raise InputError(f"{layer.path}: cannot read exclusion layer ({str(exc).splitlines()[0][:120]})") from None
-        if not info.get("crs"):
-            raise InputError(f"{layer.path}: exclusion layer has no CRS; save it with one (e.g. EPSG:4547)")
+        info = exclusion_layer_info(layer)
         dated = layer.kind == "permitted" and any(
             f and f in list(info["fields"]) for f in (layer.valid_from_field, layer.valid_to_field))
         if dated and current_date is None:

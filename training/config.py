@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detector.errors import ConfigError
+from detector.fileio import apply_dotted_overrides, read_yaml_mapping
 from detector.types import CHANGE_CLASSES
 from training.augment import PairAugParams
 
@@ -81,25 +81,8 @@ def load_train_config(path: Path | str | None, overrides: dict | None = None) ->
 
     ``overrides`` maps dotted keys (``"train.epochs"``) to values; None values are ignored.
     """
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: training config not found (see configs/train/)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    data = read_yaml_mapping(path, "training config", " (see configs/train/)") if path is not None else {}
+    apply_dotted_overrides(data, overrides)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
