@@ -114,10 +114,15 @@ def load_config(path: Path | str | None, overrides: dict | None = None) -> RunCo
         data = read_yaml_mapping(path)
         _resolve_relative_paths(data, path.parent)
     apply_dotted_overrides(data, overrides)  # "detect.conf" sets a nested setting
+    return validate_settings(RunConfig, data, path)
+
+
+def validate_settings(model: type[BaseModel], data: dict, source: Path | str | None):
+    """``model.model_validate(data)``, with the first problem as one :class:`ConfigError` line."""
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        where = f"{path}: " if path else ""
+        where = f"{source}: " if source else ""
         raise ConfigError(f"{where}setting '{loc}': {first['msg']} ({exc.error_count()} problem(s) in all)") from None

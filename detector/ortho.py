@@ -34,7 +34,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from detector.errors import ConfigError, InputError
+from detector.errors import InputError
 from detector.fileio import read_yaml_mapping
 from detector.pose import FramePose, PoseError, pose_with_flight_log, read_flight_log, read_pose
 
@@ -87,19 +87,15 @@ def load_ortho_config(path: str | Path | None, overrides: dict | None = None) ->
     ConfigError
         Missing file, invalid YAML or an invalid setting (one line naming it).
     """
-    from pydantic import ValidationError
 
     data: dict = {}
     if path is not None:
         raw = read_yaml_mapping(path)
         data = raw.get("ortho", raw)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return OrthoConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path or 'ortho config'}: setting '{loc}': {first['msg']}") from None
+    from detector.config import validate_settings
+
+    return validate_settings(OrthoConfig, data, path or "ortho config")
 
 
 # --- camera model ----------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from detector.errors import ConfigError
+from detector.config import validate_settings
 from detector.fileio import apply_dotted_overrides, read_yaml_mapping
 from detector.types import CHANGE_CLASSES
 from training.augment import PairAugParams
@@ -83,9 +83,4 @@ def load_train_config(path: Path | str | None, overrides: dict | None = None) ->
     """
     data = read_yaml_mapping(path, "training config", " (see configs/train/)") if path is not None else {}
     apply_dotted_overrides(data, overrides)
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path or 'training config'}: setting '{loc}': {first['msg']}") from None
+    return validate_settings(TrainConfig, data, path or "training config")
