@@ -249,24 +249,25 @@ def test_reviewer_writing_during_a_run_loses_nothing(scene):
 
     errors: list[BaseException] = []
     written: list[str] = []
-    write_times: list[float] = []
-    start = threading.Event()
+    write_times: list[float] = []  # when each write *started*
+    first_written = threading.Event()
 
     def reviewer():
         try:
-            start.wait()
             for case_id in case_ids:
+                write_times.append(time.monotonic())
                 qgis_like_edit(registry, case_id, note=f"checked {case_id}", reviewer="zhao")
                 written.append(case_id)
-                write_times.append(time.monotonic())
+                first_written.set()
                 time.sleep(0.002)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
+            first_written.set()
 
     thread = threading.Thread(target=reviewer)
-    thread.start()
     more = grid + [shapely.affinity.translate(g, 100, 100) for g in grid]  # 40 seen again + 40 new
-    start.set()
+    thread.start()
+    first_written.wait(timeout=30)  # the reviewer is mid-way through its edits when the run starts
     run_started = time.monotonic()
     result = reg.update_registry(frame_of(more), config, run_id="n2", night=date(2024, 5, 2),
                                  baseline_path=baseline, current_path=current, out_dir=root)
