@@ -158,7 +158,7 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
         reg = Registration(0.0, 0.0, 0.0, 1.0, True, "alignment disabled", "none")
 
     dets, base_dets = detect_tile(detector, ctx.spec, b, c, ctx.conf, ctx.iou)
-    matched = {id(d): 0.0 for d in dets}
+    matched: dict[int, float] = {}
     if not ctx.spec.is_pair:
         new = new_in_current(dets, base_dets, cfg.change.baseline_match_iou)
         matched = {id(d): iou for d, iou in new}
