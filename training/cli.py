@@ -23,12 +23,29 @@ def _overrides(**kwargs) -> dict:
 @click.option("--pack-sources", type=click.Path(path_type=Path),
               help="only write the real sources as a compact pack (JPEG + JSON) into this folder and stop")
 @click.option("--workers", type=int, help="processes for synthetic scenes")
-def build_dataset(config_path, out, data_root, pack, pack_sources, workers):
-    """Write a YOLO OBB dataset (6-channel pair TIFFs or 3-channel PNGs) from synthetic + real data."""
+@click.option("--from-cases", "registry", type=click.Path(path_type=Path),
+              help="add chips labelled by operators' reviews in this cases.gpkg (needs --baseline/--current)")
+@click.option("--baseline", type=click.Path(path_type=Path), help="with --from-cases: the night's baseline mosaic")
+@click.option("--current", type=click.Path(path_type=Path), help="with --from-cases: the night's current mosaic")
+def build_dataset(config_path, out, data_root, pack, pack_sources, workers, registry, baseline, current):
+    """Write a YOLO OBB dataset (6-channel pair TIFFs or 3-channel PNGs) from synthetic + real data,
+    or (--from-cases) add chips labelled by the operators' reviews to it."""
     from training.config import load_train_config
 
     cfg = load_train_config(config_path, _overrides(**{"data.root": out and str(out), "data.data_root": data_root and str(data_root),
                                                        "data.pack": pack and str(pack), "data.workers": workers}))
+    if registry is not None:
+        from training.reviews import review_samples, write_review_dataset
+
+        if baseline is None or current is None:
+            raise click.UsageError("--from-cases needs --baseline and --current (the mosaics of that night)")
+        if cfg.channels != 6:
+            raise click.UsageError("--from-cases makes 6-channel pair chips: use a pair config")
+        chips = review_samples(registry, baseline, current, cfg.gsd_m, cfg.imgsz)
+        data_yaml = write_review_dataset(Path(cfg.data.root), chips)
+        click.echo(json.dumps({"data_yaml": str(data_yaml), "positives": chips.positives, "negatives": chips.negatives,
+                               "skipped_unreviewed": chips.skipped_unreviewed}))
+        return
     if pack_sources:
         from training.sources import load_sources, save_pack
 
