@@ -3,7 +3,7 @@
 Per community ("zero increment" is the headline): cases new tonight, confirmed illegal,
 open backlog (status new / confirmed_illegal / referred) and the age in days of the oldest
 open case. The HTML adds a summary, a map image of the cases over the current orthomosaic
-and before/after thumbnails of tonight's new cases, all inline (base64 PNG; no external URL).
+and before/after thumbnails of tonight's new cases, all inline (base64 JPEG; no external URL).
 """
 
 from __future__ import annotations
@@ -136,19 +136,21 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
     return background
 
 
-def _png_data_uri(image_bgr: np.ndarray) -> str:
+def _jpeg_data_uri(image_bgr: np.ndarray, quality: int = 82) -> str:
+    """Imagery inline as JPEG: the report stays small enough to mail every night."""
     import cv2
 
-    ok, encoded = cv2.imencode(".png", image_bgr)
+    ok, encoded = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover
-        raise RuntimeError("could not encode the report map")
-    return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+        raise RuntimeError("could not encode a report image")
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
 def _file_data_uri(path: Path) -> Optional[str]:
-    if not path.exists():
-        return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.exists() else None
+    return None if image is None else _jpeg_data_uri(image)
 
 
 # --------------------------------------------------------------------------- writing
@@ -254,7 +256,7 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
         import pyproj
 
         crs = pyproj.CRS.from_user_input(cases.crs)
-        map_uri = _png_data_uri(render_map(cases, crs, current_path, night))
+        map_uri = _jpeg_data_uri(render_map(cases, crs, current_path, night))
         parts.append("<h2>Map</h2><p>Outline colour = review status; numbers = tonight's new cases.</p>")
         parts.append(f"<img alt='map of cases' src='{map_uri}' style='max-width:100%'>")
     parts.append(f"<h2>New tonight ({len(new_tonight)})</h2>")

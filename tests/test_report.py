@@ -50,7 +50,7 @@ def test_report_html_is_self_contained_with_map_and_thumbnails(scene):  # noqa: 
     assert "http://" not in text and "https://" not in text and "file:" not in text
     sources = re.findall(r"src='([^']*)'", text)
     assert len(sources) == 2  # the map + one thumbnail (D is the only new case on night 2)
-    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert all(s.startswith("data:image/jpeg;base64,") for s in sources)
     images = [cv2.imdecode(np.frombuffer(base64.b64decode(s.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR) for s in sources]
     assert all(img is not None and img.size > 0 for img in images)
     assert images[1].shape == (278, 516, 3)  # evidence chip: header + two 256 px panels
