@@ -116,6 +116,7 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
     if current_path is not None:
         try:
             background = np.ascontiguousarray(read_rgb(current_path, crs, bounds, width, height)[:, :, ::-1])
+            background[background.max(axis=2) == 0] = 235  # outside the mosaic: paper, not black
         except InputError as exc:
             log.warning("report map without imagery: %s", exc)
     night_iso = night.isoformat()
