@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 from detector.fileio import atomic_path
+from detector.qgis_project import (CANDIDATE_LABEL, CLASS_STYLE, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml,
+                                   write_default_styles)
 
 CANDIDATE_FIELDS = [
     "candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date",
@@ -33,5 +35,9 @@ def write_geopackage(path: Path, candidates, tiles, run_record: dict) -> Path:
                                 geometry_type="Polygon")
         row = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v) for k, v in run_record.items()}
         pyogrio.write_dataframe(pd.DataFrame([row]), tmp, layer="runs", driver="GPKG")
+        write_default_styles(tmp, {
+            "candidates": ("buildwatch candidates", simple_layer_qml("class", CLASS_STYLE, CANDIDATE_LABEL)),
+            "tiles": ("buildwatch tiles", simple_layer_qml("status", TILE_STATUS_STYLE, TILE_LABEL)),
+        })
     return path
 

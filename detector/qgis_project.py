@@ -77,26 +77,27 @@ def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int]) -> No
         _option(options, key, value)
 
 
-def _renderer(root: ET.Element) -> None:
+def _renderer(root: ET.Element, attr: str = "status",
+              styles: dict[str, tuple[str, tuple[int, int, int]]] = STATUS_STYLE) -> None:
     renderer = ET.SubElement(
         root, "renderer-v2",
-        {"type": "categorizedSymbol", "attr": "status", "symbollevels": "0", "enableorderby": "0", "forceraster": "0"},
+        {"type": "categorizedSymbol", "attr": attr, "symbollevels": "0", "enableorderby": "0", "forceraster": "0"},
     )
     categories = ET.SubElement(renderer, "categories")
     symbols = ET.SubElement(renderer, "symbols")
-    for index, (status, (label, rgb)) in enumerate(STATUS_STYLE.items()):
-        ET.SubElement(categories, "category", {"render": "true", "symbol": str(index), "value": status, "label": label})
+    for index, (value, (label, rgb)) in enumerate(styles.items()):
+        ET.SubElement(categories, "category", {"render": "true", "symbol": str(index), "value": value, "label": label})
         _fill_symbol(symbols, str(index), rgb)
-    other = str(len(STATUS_STYLE))
+    other = str(len(styles))
     ET.SubElement(categories, "category", {"render": "true", "symbol": other, "value": "", "label": "other"})
     _fill_symbol(symbols, other, (255, 255, 0))
 
 
-def _labeling(root: ET.Element) -> None:
+def _labeling(root: ET.Element, expression: str = LABEL_EXPRESSION) -> None:
     labeling = ET.SubElement(root, "labeling", {"type": "simple"})
     settings = ET.SubElement(labeling, "settings", {"calloutType": "simple"})
     ET.SubElement(settings, "text-style", {
-        "fieldName": LABEL_EXPRESSION, "isExpression": "1", "fontSize": "9", "fontSizeUnit": "Point",
+        "fieldName": expression, "isExpression": "1", "fontSize": "9", "fontSizeUnit": "Point",
         "fontWeight": "75", "textColor": "20,20,20,255", "textOpacity": "1",
     })
     ET.SubElement(settings, "text-buffer", {
@@ -221,6 +222,65 @@ def cases_layer_qml() -> str:
     root.extend(_style_elements(cases_field_names()))
     ET.indent(root, space=" ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+
+
+# class -> (legend label, RGB) for the nightly candidates layer; tile status for the tiles layer
+CLASS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "new_building": ("New building", (228, 26, 28)),
+    "extension": ("Extension / rooftop addition", (255, 127, 0)),
+    "temporary_structure": ("Temporary structure (steel sheet)", (55, 126, 184)),
+    "construction_site": ("Construction site", (152, 78, 163)),
+}
+TILE_STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "done": ("Processed", (120, 120, 120)),
+    "nodata": ("No data in an epoch", (200, 200, 200)),
+    "unregistered": ("Not registered: not checked tonight", (255, 127, 0)),
+}
+CANDIDATE_LABEL = "\"class\" || ' ' || format_number(\"confidence\", 2) || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
+TILE_LABEL = "\"tile_id\" || CASE WHEN \"status\" = 'unregistered' THEN '\\n' || \"reason\" ELSE '' END"
+
+
+def simple_layer_qml(attr: str, styles: dict, label_expression: str) -> str:
+    """A QML with a categorised renderer on ``attr`` and one label expression (no form)."""
+    root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
+    _renderer(root, attr, styles)
+    _labeling(root, label_expression)
+    ET.SubElement(root, "layerGeometryType").text = "2"
+    ET.indent(root, space=" ")
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+
+
+LAYER_STYLES_DDL = """
+CREATE TABLE IF NOT EXISTS "layer_styles" (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
+    f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT,
+    styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
+    update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
+"""
+
+
+def write_default_styles(gpkg: Path, styles: dict[str, tuple[str, str]], geometry_column: str = "geom") -> None:
+    """Store QGIS default styles in a GeoPackage's ``layer_styles`` table.
+
+    ``styles`` maps a layer name to (style name, QML). QGIS applies them when the layer is added.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(str(gpkg))
+    try:
+        with conn:
+            conn.executescript(LAYER_STYLES_DDL)
+            conn.execute("INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description) "
+                         "VALUES ('layer_styles', 'attributes', 'layer_styles', 'QGIS layer styles')")
+            for layer, (name, qml) in styles.items():
+                conn.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
+                conn.execute(
+                    "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
+                    "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
+                    "VALUES ('', '', ?, ?, ?, ?, '', 1, ?, 'buildwatch', '')",
+                    (layer, geometry_column, name, qml, f"buildwatch default style for {layer}"))
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- project

@@ -74,3 +74,39 @@ def test_qgis_loads_cases_with_default_style_form_and_project(scene):  # noqa: F
     assert (layer["status_widget"], layer["evidence_widget"], layer["evidence_viewer"]) == ("ValueMap", "ExternalResource", 1)
     assert sorted(name for name, _, valid in report["project"]["layers"] if valid) == [
         "baseline (baseline.tif)", "cases", "current (current.tif)"]
+
+
+@pytest.mark.slow
+def test_qgis_applies_the_candidates_and_tiles_default_styles(tmp_path):
+    """Dragging the nightly candidates.gpkg into QGIS shows classes and flagged tiles styled."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "night"
+    proc = subprocess.run([sys.executable, "-m", "detector", "run", "--baseline", str(root / "sample_tiles" / "baseline.tif"),
+                           "--current", str(root / "sample_tiles" / "current.tif"), "--out", str(out), "--no-progress",
+                           "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    script = f"""
+import json
+from qgis.core import QgsApplication, QgsVectorLayer
+app = QgsApplication([], False); app.initQgis()
+report = {{}}
+for name in ("candidates", "tiles"):
+    layer = QgsVectorLayer(r"{out / 'candidates.gpkg'}|layername=" + name, name, "ogr")
+    r = layer.renderer()
+    report[name] = [layer.isValid(), layer.featureCount(), r.type(), getattr(r, "classAttribute", lambda: "")(),
+                    layer.crs().authid(), layer.labelsEnabled()]
+    del layer
+print(json.dumps(report))
+app.exitQgis()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    res = subprocess.run([str(SYSTEM_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    assert lines, res.stderr[-2000:]
+    report = json.loads(lines[-1])
+    assert report["candidates"][0] and report["candidates"][1] > 0
+    assert report["candidates"][2:6] == ["categorizedSymbol", "class", "EPSG:4547", True]
+    assert report["tiles"][2:4] == ["categorizedSymbol", "status"]

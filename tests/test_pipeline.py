@@ -172,7 +172,10 @@ def test_geopackage_layout(tmp_path, oracle, model):
     con = sqlite3.connect(path)
     assert con.execute("pragma user_version").fetchone()[0] == 10200  # GeoPackage 1.2
     contents = dict(con.execute("select table_name, data_type from gpkg_contents").fetchall())
-    assert contents == {"candidates": "features", "tiles": "features", "runs": "attributes"}
+    assert contents == {"candidates": "features", "tiles": "features", "runs": "attributes",
+                        "layer_styles": "attributes"}
+    styles = dict(con.execute("select f_table_name, useAsDefault from layer_styles").fetchall())
+    assert styles == {"candidates": 1, "tiles": 1}
     assert con.execute("select count(*) from sqlite_master where name like 'rtree_candidates_geom%'").fetchone()[0] > 0
     cols = [r[1] for r in con.execute("pragma table_info(candidates)")]
     for field in ["candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date",
