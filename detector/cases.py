@@ -45,6 +45,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from detector.errors import InputError
+from detector.qgis_project import LAYER_STYLES_DDL
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas
@@ -386,12 +387,8 @@ def _create_schema(conn: sqlite3.Connection, crs) -> None:
             fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, night DATE NOT NULL, run_id TEXT NOT NULL,
             candidates INTEGER, opened INTEGER, updated INTEGER, suppressed INTEGER, total INTEGER,
             baseline TEXT, current TEXT, finished_at DATETIME);
-        CREATE TABLE "{STYLES_TABLE}" (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
-            f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT,
-            styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
-            update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
         """
+        + LAYER_STYLES_DDL
     )
     for table, description in (
         (SIGHTINGS_TABLE, "every night a case was seen"),
