@@ -8,8 +8,11 @@
 # Usage: bash scripts/device_train.sh [training minutes] [configs, comma-separated] [start weights]
 #   round 1 (from the YAML):   bash scripts/device_train.sh 5.5
 #   round 2 (fine-tune pair):  bash scripts/device_train.sh 3 pair-v2 .devdata/start/pair_best.pt
-# Results in $OUT: <design>_best.pt, <design>_last.pt, <design>_results.csv, <design>_train.json,
-# <design>.log (design = pair | single). While training runs, best/last are copied to $OUT every
+#   a CPU recipe's exact schedule on the GPU (its quality, fast):
+#                              EPOCHS=20 BATCH=16 bash scripts/device_train.sh 9 pair-cpu
+# A config is a name under configs/train/ or a path to a .yaml. EPOCHS=N trains exactly N epochs
+# (no time limit); "pair-cpu@20" trains that config for 20 epochs as run "pair-cpu-e20". Results in $OUT: <config>_best.pt, <config>_last.pt, <config>_results.csv,
+# <config>_train.json, <config>.log. While training runs, best/last are copied to $OUT every
 # 15 s, so a call cut short still returns usable weights.
 set -u
 MINUTES=${1:-5.5}
@@ -31,14 +34,20 @@ echo "setup +$(( $(date +%s) - T0 )) s"
 IFS=, read -ra NAMES <<< "$CONFIGS"
 WORKERS=$(( 14 / ${#NAMES[@]} ))
 PIDS=()
-for c in "${NAMES[@]}"; do
-  n=${c%%-*}
+yaml_of() { local c=${1%@*}; case "$c" in *.yaml) echo "$c" ;; *) echo "configs/train/$c.yaml" ;; esac; }
+name_of() { local b; b=$(basename "${1%@*}" .yaml); case "$1" in *@*) echo "$b-e${1##*@}" ;; *) echo "$b" ;; esac; }
+schedule_of() {
+  case "$1" in *@*) echo "--epochs ${1##*@} --time-hours 0" ;; *)
+    if [ -n "${EPOCHS:-}" ]; then echo "--epochs $EPOCHS --time-hours 0"; else echo "--time-hours $HOURS --epochs 200"; fi ;; esac
+}
+for cfg in "${NAMES[@]}"; do
+  c=$(name_of "$cfg"); y=$(yaml_of "$cfg"); n=$c; SCHEDULE=$(schedule_of "$cfg")
   (
     set -o pipefail
-    python3 -m detector build-dataset --config configs/train/$c.yaml --pack .devdata/pack --workers $WORKERS --out /tmp/ds/$c
+    python3 -m detector build-dataset --config "$y" --pack .devdata/pack --workers $WORKERS --out /tmp/ds/$c
     echo "dataset built at +$(( $(date +%s) - T0 )) s"
-    python3 -m detector train --config configs/train/$c.yaml --data /tmp/ds/$c/data.yaml --device $DEVICE --batch ${BATCH:-32} \
-      --workers $WORKERS --time-hours "$HOURS" --epochs 200 --project /tmp/runs ${WEIGHTS:+--weights "$WEIGHTS"}
+    python3 -m detector train --config "$y" --name "$c" --data /tmp/ds/$c/data.yaml --device $DEVICE --batch ${BATCH:-32} \
+      --workers $WORKERS $SCHEDULE --project /tmp/runs ${WEIGHTS:+--weights "$WEIGHTS"}
     echo "trained at +$(( $(date +%s) - T0 )) s"
     cp /tmp/runs/$c/weights/best.pt "$OUT/${n}_best.pt"
     cp /tmp/runs/$c/weights/last.pt "$OUT/${n}_last.pt"
@@ -49,10 +58,11 @@ for c in "${NAMES[@]}"; do
 done
 (
   while sleep 15; do
-    for c in "${NAMES[@]}"; do
+    for cfg in "${NAMES[@]}"; do
+      c=$(name_of "$cfg")
       for w in best last; do
         f=/tmp/runs/$c/weights/$w.pt
-        [ -f "$f" ] && cp "$f" "$OUT/.${c%%-*}_$w.part" && mv "$OUT/.${c%%-*}_$w.part" "$OUT/${c%%-*}_$w.pt"
+        [ -f "$f" ] && cp "$f" "$OUT/.${c}_$w.part" && mv "$OUT/.${c}_$w.part" "$OUT/${c}_$w.pt"
       done
     done
   done

@@ -92,3 +92,20 @@ def test_pair_v2_config_fine_tunes_with_pair_aug():
     assert str(cfg.train.weights) == "x.pt"
     args = train_args(cfg, root / "configs" / "train" / "pair-v2.yaml")
     assert args["optimizer"] == "AdamW" and args["hsv_s"] == 0.0
+
+
+def test_pair_cpu_config_is_a_timed_recipe_exported_for_512_tiles():
+    from pathlib import Path
+
+    from training.config import load_train_config
+    from training.train import train_args
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_train_config(root / "configs" / "train" / "pair-cpu.yaml")
+    args = train_args(cfg, root / "configs" / "train" / "pair-cpu.yaml")
+    assert (args["imgsz"], cfg.export.imgsz, cfg.gsd_m) == (320, 512, 0.25)
+    assert args["time"] == 1.25 and args["cache"] == "ram" and args["epochs"] > 10
+    assert cfg.train.weights is None  # from the YAML: the whole recipe runs on CPU
+    no_limit = train_args(load_train_config(root / "configs" / "train" / "pair-cpu.yaml", {"train.time_hours": 0}),
+                          root / "configs" / "train" / "pair-cpu.yaml")
+    assert "time" not in no_limit

@@ -45,6 +45,12 @@ def test_tiny_train_export_onnxruntime(tmp_path, monkeypatch, channels):
     (output,) = sess.run(None, {spec.input_name: np.random.rand(1, channels, 128, 128).astype(np.float32)})
     assert output.shape[0] == 1 and output.ndim == 3
     assert len(spec.names) + 5 in output.shape  # 4 box + classes + angle per anchor (raw OBB head)
+    if channels == 6:  # trained on 128-px chips, exported for larger runtime tiles (configs/train/pair-cpu.yaml)
+        wide = load_model_spec(export_onnx(result.best, tmp_path / "wide.onnx", imgsz=192, model_name="tiny"))
+        assert wide.imgsz == (192, 192) and wide.channels == 6
+        sess = ort.InferenceSession(str(tmp_path / "wide.onnx"), providers=["CPUExecutionProvider"])
+        (wide_out,) = sess.run(None, {wide.input_name: np.random.rand(1, 6, 192, 192).astype(np.float32)})
+        assert wide_out.shape[1:] in {(9, 756), (756, 9)}  # 4 box + 4 classes + angle; 24² + 12² + 6² anchors
     if channels == 6:  # round 2 recipe: fine-tune these weights with the pair batch augmentation
         tuned = load_train_config(None, cfg.model_dump() | {"name": "tiny6ft", "train": cfg.train.model_dump() | {
             "weights": str(result.best), "pair_aug": {"resolution_prob": 1.0, "season_prob": 1.0}}})

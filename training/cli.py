@@ -67,11 +67,12 @@ def build_dataset(config_path, out, data_root, pack, pack_sources, workers, regi
 @click.option("--epochs", type=int)
 @click.option("--device", type=str, help="cpu (default) or a CUDA index such as 0")
 @click.option("--batch", type=int)
-@click.option("--time-hours", type=float, help="stop training after this many hours")
+@click.option("--time-hours", type=float, help="stop training after this many hours (0: no limit, train --epochs)")
 @click.option("--project", type=click.Path(path_type=Path), help="folder holding run folders (default runs/train)")
 @click.option("--workers", type=int, help="dataloader workers")
 @click.option("--weights", type=click.Path(path_type=Path), help="fine-tune from these weights (a best.pt of ours)")
-def train(config_path, data_yaml, epochs, device, batch, time_hours, project, workers, weights):
+@click.option("--name", "run_name", help="run folder name under --project (default: the config's name)")
+def train(config_path, data_yaml, epochs, device, batch, time_hours, project, workers, weights, run_name):
     """Train a YOLO OBB model from its YAML (no downloaded weights), offline and seeded."""
     from training.config import load_train_config
     from training.train import train_model
@@ -81,7 +82,7 @@ def train(config_path, data_yaml, epochs, device, batch, time_hours, project, wo
                                                        "train.project": project and str(project),
                                                        "train.workers": workers,
                                                        "train.weights": weights and str(weights)}))
-    result = train_model(cfg, data_yaml)
+    result = train_model(cfg, data_yaml, name=run_name)
     click.echo(json.dumps({"run_dir": str(result.run_dir), "best": str(result.best), "seconds": round(result.seconds, 1),
                            "metrics": result.metrics}))
 
@@ -111,7 +112,7 @@ def export(weights, out, config_path, metrics_path, provenance_path, int8_out):
     kwargs = {}
     if cfg is not None:
         kwargs = dict(gsd_m=cfg.gsd_m, conf=cfg.export.conf, iou=cfg.export.iou, overlap_px=cfg.export.overlap_px,
-                      model_name=cfg.export.model_name)
+                      model_name=cfg.export.model_name, imgsz=cfg.export.imgsz)
     metrics = read_json(metrics_path)
     path = export_onnx(weights, out, provenance=read_json(provenance_path), metrics=metrics.get("summary", metrics), **kwargs)
     click.echo(f"wrote {path} and {path.name}.sha256")

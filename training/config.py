@@ -49,7 +49,9 @@ class TrainSettings(_Strict):
     seed: int = 0
     patience: int = 100
     project: Path = Path("runs/train")
-    time_hours: Optional[float] = Field(None, gt=0, description="stop after this many hours (ultralytics 'time')")
+    time_hours: Optional[float] = Field(None, ge=0, description="stop after this many hours (ultralytics 'time', "
+                                        "which fits the learning-rate schedule to the epochs that fit); 0: no limit, "
+                                        "train 'epochs'")
     weights: Optional[Path] = Field(None, description="fine-tune from these ultralytics weights (our own best.pt) instead of 'model'")
     pair_aug: Optional[PairAugParams] = Field(None, description="batch augmentation of 6-channel pairs (training.augment)")
     extra: dict = {}
@@ -60,6 +62,9 @@ class ExportSettings(_Strict):
     iou: float = Field(0.5, ge=0, le=1)
     overlap_px: int = Field(64, ge=0)
     model_name: str = "buildwatch-pair-v1"
+    imgsz: Optional[int] = Field(None, ge=64, description="input size of the exported model, i.e. the runtime tile "
+                                 "in pixels (default: the training chip size). The network is fully "
+                                 "convolutional, so chips smaller than the runtime tile train faster at the same GSD")
 
 
 class TrainConfig(_Strict):
