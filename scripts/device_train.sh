@@ -7,12 +7,12 @@
 #
 # Usage: bash scripts/device_train.sh [training minutes] [configs, comma-separated] [start weights]
 #   round 1 (from the YAML):   bash scripts/device_train.sh 5.5
-#   round 2 (fine-tune pair):  bash scripts/device_train.sh 3 pair-v2 .devdata/start/pair_best.pt
-#   a CPU recipe's exact schedule on the GPU (its quality, fast):
-#                              EPOCHS=20 BATCH=16 bash scripts/device_train.sh 9 pair-cpu
-# A config is a name under configs/train/ or a path to a .yaml. EPOCHS=N trains exactly N epochs
-# (no time limit); "pair-cpu@20" trains that config for 20 epochs as run "pair-cpu-e20". Results in $OUT: <config>_best.pt, <config>_last.pt, <config>_results.csv,
-# <config>_train.json, <config>.log. While training runs, best/last are copied to $OUT every
+#   round 2 (fine-tune pair):  bash scripts/device_train.sh 3 pair-v2 .devdata/start/pair-v1_best.pt
+#   a CPU recipe's schedule on the GPU (its quality, fast):
+#                              BATCH=16 bash scripts/device_train.sh 9 pair-cpu@10,pair-cpu@20
+# A config is a name under configs/train/ or a path to a .yaml; "pair-cpu@20" trains it for exactly
+# 20 epochs (no time limit) as run "pair-cpu-e20". Results in $OUT: <run>_best.pt, <run>_last.pt,
+# <run>_results.csv, <run>_train.json, <run>.log. While training runs, best/last are copied to $OUT every
 # 15 s, so a call cut short still returns usable weights.
 set -u
 MINUTES=${1:-5.5}
@@ -36,12 +36,9 @@ WORKERS=$(( 14 / ${#NAMES[@]} ))
 PIDS=()
 yaml_of() { local c=${1%@*}; case "$c" in *.yaml) echo "$c" ;; *) echo "configs/train/$c.yaml" ;; esac; }
 name_of() { local b; b=$(basename "${1%@*}" .yaml); case "$1" in *@*) echo "$b-e${1##*@}" ;; *) echo "$b" ;; esac; }
-schedule_of() {
-  case "$1" in *@*) echo "--epochs ${1##*@} --time-hours 0" ;; *)
-    if [ -n "${EPOCHS:-}" ]; then echo "--epochs $EPOCHS --time-hours 0"; else echo "--time-hours $HOURS --epochs 200"; fi ;; esac
-}
+schedule_of() { case "$1" in *@*) echo "--epochs ${1##*@} --time-hours 0" ;; *) echo "--time-hours $HOURS --epochs 200" ;; esac; }
 for cfg in "${NAMES[@]}"; do
-  c=$(name_of "$cfg"); y=$(yaml_of "$cfg"); n=$c; SCHEDULE=$(schedule_of "$cfg")
+  c=$(name_of "$cfg"); y=$(yaml_of "$cfg"); SCHEDULE=$(schedule_of "$cfg")
   (
     set -o pipefail
     python3 -m detector build-dataset --config "$y" --pack .devdata/pack --workers $WORKERS --out /tmp/ds/$c
@@ -49,11 +46,11 @@ for cfg in "${NAMES[@]}"; do
     python3 -m detector train --config "$y" --name "$c" --data /tmp/ds/$c/data.yaml --device $DEVICE --batch ${BATCH:-32} \
       --workers $WORKERS $SCHEDULE --project /tmp/runs ${WEIGHTS:+--weights "$WEIGHTS"}
     echo "trained at +$(( $(date +%s) - T0 )) s"
-    cp /tmp/runs/$c/weights/best.pt "$OUT/${n}_best.pt"
-    cp /tmp/runs/$c/weights/last.pt "$OUT/${n}_last.pt"
-    cp /tmp/runs/$c/results.csv "$OUT/${n}_results.csv"
-    cp /tmp/runs/$c/buildwatch_train.json "$OUT/${n}_train.json"
-  ) > "$OUT/$n.log" 2>&1 &
+    cp /tmp/runs/$c/weights/best.pt "$OUT/${c}_best.pt"
+    cp /tmp/runs/$c/weights/last.pt "$OUT/${c}_last.pt"
+    cp /tmp/runs/$c/results.csv "$OUT/${c}_results.csv"
+    cp /tmp/runs/$c/buildwatch_train.json "$OUT/${c}_train.json"
+  ) > "$OUT/$c.log" 2>&1 &
   PIDS+=($!)
 done
 (

@@ -109,3 +109,13 @@ def test_pair_cpu_config_is_a_timed_recipe_exported_for_512_tiles():
     no_limit = train_args(load_train_config(root / "configs" / "train" / "pair-cpu.yaml", {"train.time_hours": 0}),
                           root / "configs" / "train" / "pair-cpu.yaml")
     assert "time" not in no_limit
+
+
+def test_export_size_must_fit_the_network_stride():
+    import pytest
+
+    from detector.errors import BuildwatchError
+    from training.config import load_train_config
+
+    with pytest.raises(BuildwatchError, match="export.imgsz.*multiple of 32"):
+        load_train_config(None, {"name": "t", "export.imgsz": 500})

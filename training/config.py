@@ -62,7 +62,7 @@ class ExportSettings(_Strict):
     iou: float = Field(0.5, ge=0, le=1)
     overlap_px: int = Field(64, ge=0)
     model_name: str = "buildwatch-pair-v1"
-    imgsz: Optional[int] = Field(None, ge=64, description="input size of the exported model, i.e. the runtime tile "
+    imgsz: Optional[int] = Field(None, ge=64, multiple_of=32, description="input size of the exported model, i.e. the runtime tile "
                                  "in pixels (default: the training chip size). The network is fully "
                                  "convolutional, so chips smaller than the runtime tile train faster at the same GSD")
 
