@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.model import DEFAULT_MODEL_PATH, load_model_spec
+from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
 
 
 def make_fp16(src: Path, out: Path) -> Path:
@@ -62,7 +62,7 @@ def tile_inputs(pairs: Path, spec, count: int) -> list[np.ndarray]:
     """Real model inputs: tiles cut from the held-out scenes (baseline, current)."""
     import rasterio
 
-    from detector.detect import to_input
+    from detector.night.detect import to_input
 
     h, w = spec.imgsz
     tiles = []
@@ -85,7 +85,7 @@ def latencies_ms(models: dict[str, Path], inputs: list[np.ndarray], threads: int
     The models take turns for ``rounds`` rounds (a shared machine's load hits all alike);
     each model's number is its best round's median.
     """
-    from detector.detect import make_session
+    from detector.night.detect import make_session
 
     sessions = {}
     for name, path in models.items():

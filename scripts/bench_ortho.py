@@ -1,7 +1,7 @@
 """Benchmark: one 12 MP frame orthorectified and refined against a baseline (prints seconds).
 
 Makes a synthetic textured baseline (0.05 m GSD) and renders a 4000x3000 frame over it at
-80 m with a 3 m / 2 deg pose error, then times :func:`detector.ortho.orthomosaic` on it.
+80 m with a 3 m / 2 deg pose error, then times :func:`detector.flight.ortho.orthomosaic` on it.
 Usage: python scripts/bench_ortho.py [--features orb|sift] [--repeat 3]
 """
 
@@ -18,9 +18,9 @@ import rasterio
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from detector.ortho import Camera, Grid, GroundPlane, OrthoConfig, WorldFrame, camera_rotation, orthomosaic, \
+from detector.flight.ortho import Camera, Grid, GroundPlane, OrthoConfig, WorldFrame, camera_rotation, orthomosaic, \
     render_frame_from_orthophoto
-from detector.pose import write_frame_jpeg
+from detector.flight.pose import write_frame_jpeg
 
 CRS, LEFT, TOP, RES, SIZE = "EPSG:32650", 500_000.0, 2_500_200.0, 0.05, 4000  # 200 m x 200 m
 

@@ -106,7 +106,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from detector.config import RunConfig
-    from detector.pipeline import run_pipeline
+    from detector.night.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         tmp = Path(args.keep) if args.keep else Path(scratch)

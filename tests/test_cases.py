@@ -18,7 +18,7 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-from detector import cases as reg
+from detector.review import registry as reg
 from detector.config import CasesConfig
 from detector.errors import InputError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import shapely
 
-from detector import cases as reg
+from detector.review import registry as reg
 
 from test_cases import STRUCTURES, run_night, scene  # noqa: F401 - fixture reused (tests/ is on sys.path)
 

@@ -10,7 +10,7 @@ from rasterio.warp import reproject, Resampling
 
 from detector.cli import main
 from detector.errors import InputError
-from detector.ingest import ingest
+from detector.flight.ingest import ingest
 
 LEFT, TOP, RES, N = 500_000.0, 2_500_200.0, 0.5, 200  # EPSG:32650, 100 m x 100 m
 

@@ -12,9 +12,9 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 
 from detector.cli import main
-from detector.ortho import (Camera, Grid, GroundPlane, OrthoConfig, WorldFrame, camera_rotation, match_to_baseline,
+from detector.flight.ortho import (Camera, Grid, GroundPlane, OrthoConfig, WorldFrame, camera_rotation, match_to_baseline,
                             open_baseline, orthomosaic, render_frame_from_orthophoto)
-from detector.pose import write_frame_jpeg
+from detector.flight.pose import write_frame_jpeg
 
 CRS = "EPSG:32650"  # UTM 50N (Shenzhen)
 LEFT, TOP, RES, SIZE = 500_000.0, 2_500_300.0, 0.2, 1500  # 300 m x 300 m at 0.2 m
@@ -111,7 +111,7 @@ def test_large_mosaic_path_gives_the_same_pixels(scene, tmp_path, monkeypatch):
     """Above IN_MEMORY_MOSAIC_PX the nadir-distance array lives on disk; the mosaic is identical."""
     import rasterio
 
-    import detector.ortho as ortho
+    import detector.flight.ortho as ortho
 
     frames = [scene["frame"]("m1.jpg", LEFT + 130, TOP - 140, 80.0, 40.0, -90.0),
               scene["frame"]("m2.jpg", LEFT + 165, TOP - 160, 100.0, -70.0, -85.0)]

@@ -17,7 +17,7 @@ from affine import Affine
 from pyproj import Geod, Transformer
 
 from detector.config import RunConfig
-from detector.pipeline import run_pipeline
+from detector.night.pipeline import run_pipeline
 from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
 
 GEOD = Geod(ellps="WGS84")
@@ -27,9 +27,9 @@ SIZE = 1400  # source pixels (140 m)
 
 @pytest.fixture
 def oracle(monkeypatch):
-    import detector.detect
+    import detector.night.detect
 
-    monkeypatch.setattr(detector.detect, "OnnxDetector", OracleDetector)
+    monkeypatch.setattr(detector.night.detect, "OnnxDetector", OracleDetector)
 
 
 @pytest.fixture
@@ -252,8 +252,8 @@ def test_run_updates_the_case_registry_across_nights(tmp_path, oracle, model):
 
 
 def test_mosaic_level_shift_matches_the_applied_shift(tmp_path, model):
-    from detector.align import estimate_mosaic_shift
-    from detector.mosaic import make_grid, open_mosaic
+    from detector.night.align import estimate_mosaic_shift
+    from detector.night.mosaic import make_grid, open_mosaic
 
     base, cur, _ = _scene(tmp_path, "EPSG:32650", shift_px=(12, -15))  # rows +1.2 m south, cols -1.5 m
     b, c = open_mosaic(base, "baseline"), open_mosaic(cur, "current")
@@ -282,7 +282,7 @@ def test_overviews_are_used_and_georeferencing_stays_exact(tmp_path, oracle, mod
     import rasterio
     from rasterio.enums import Resampling
 
-    from detector.mosaic import EpochReader, choose_overview_level, make_grid, open_mosaic
+    from detector.night.mosaic import EpochReader, choose_overview_level, make_grid, open_mosaic
 
     base, cur, truth = _scene(tmp_path, "EPSG:32650")
     for p in (base, cur):
@@ -367,7 +367,7 @@ def test_crs_whose_units_are_not_ground_metres(tmp_path, oracle, model, crs, lon
 
 def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle, model):
     """A 25 m building (larger than the model's own 16 m overlap) across a border: one, whole."""
-    from detector.tiles import tile_layout
+    from detector.night.tiles import tile_layout
 
     overlap = 127  # the default rule: max(model 64 px, 32 m / 0.25 m), capped below half the 256 px tile
     cell = tile_layout(256, overlap)[0] * 0.25

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from detector.errors import InputError
-from detector.pose import (PoseError, parse_coordinate, pose_with_flight_log, read_flight_log, read_pose,
+from detector.flight.pose import (PoseError, parse_coordinate, pose_with_flight_log, read_flight_log, read_pose,
                            write_frame_jpeg)
 
 

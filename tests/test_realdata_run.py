@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from detector.config import RunConfig
-from detector.pipeline import run_pipeline
+from detector.night.pipeline import run_pipeline
 from realdata_pairs import erase_buildings_pair
 
 pytestmark = pytest.mark.realdata

@@ -11,7 +11,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from detector.report import NO_COMMUNITY, community_table, write_report
+from detector.review.report import NO_COMMUNITY, community_table, write_report
 from test_cases import run_night, scene  # noqa: F401 - fixture reused (tests/ is on sys.path)
 
 

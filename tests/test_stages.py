@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.align import apply_shift, estimate_shift
-from detector.detect import decode, nms_rotated
-from detector.georef import merge_duplicates
-from detector.model import parse_metadata
-from detector.mosaic import WorkingGrid
-from detector.tiles import core_bounds, iter_tiles
+from detector.night.align import apply_shift, estimate_shift
+from detector.night.detect import decode, nms_rotated
+from detector.night.georef import merge_duplicates
+from detector.night.model import parse_metadata
+from detector.night.mosaic import WorkingGrid
+from detector.night.tiles import core_bounds, iter_tiles
 from pipeline_util import textured_image
 
 META = {"task": "obb", "channels": "6", "imgsz": "[256, 256]", "buildwatch_gsd_m": "0.25",

@@ -1,4 +1,4 @@
-"""Tests of the synthetic scene generator (detector.synth) and ``buildwatch synth``."""
+"""Tests of the synthetic scene generator (detector.synth.scene) and ``buildwatch synth``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.synth import (
+from detector.synth.scene import (
     CHANGE_CLASSES,
     derive_seed,
     generate,

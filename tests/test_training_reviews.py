@@ -8,9 +8,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from detector.cases import connect
+from detector.review.registry import connect
 from detector.config import CasesConfig
-from detector.synth import generate_scene, write_scene
+from detector.synth.scene import generate_scene, write_scene
 from training.datasets import convex_area, read_obb_labels
 from training.reviews import review_samples, write_review_dataset
 
@@ -19,7 +19,7 @@ GSD = 0.25
 
 @pytest.fixture
 def reviewed_night(tmp_path):
-    from detector import cases as reg
+    from detector.review import registry as reg
 
     scene = generate_scene(11, size=1024, gsd=GSD)
     paths = write_scene(scene, tmp_path / "scene")

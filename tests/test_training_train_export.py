@@ -13,7 +13,7 @@ pytest.importorskip("ultralytics", reason="training extra not installed (pip ins
 def test_tiny_train_export_onnxruntime(tmp_path, monkeypatch, channels):
     import onnxruntime as ort
 
-    from detector.model import load_model_spec
+    from detector.night.model import load_model_spec
     from training.build import build_dataset
     from training.config import load_train_config
     from training.export import read_metadata
@@ -66,7 +66,7 @@ def test_int8_copy_keeps_class_scores_and_metadata(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from detector.model import DEFAULT_MODEL_PATH, load_model_spec
+    from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
     from training.evaluate import calibration_inputs
     from training.export import decode_tail_nodes, quantize_int8, read_metadata
 

@@ -2,7 +2,7 @@
 
 numpy + OpenCV only at import (and for packs), so a GPU machine without GDAL can run it.
 
-- channels 6: synthetic pairs (``detector.synth``, all four change classes, labels in the
+- channels 6: synthetic pairs (``detector.synth.scene``, all four change classes, labels in the
   baseline frame) + copy-paste pairs from real chips (``new_building``).
 - channels 3: synthetic epochs with their footprints (building, extension, temporary
   structure -> ``building``; construction sites are not buildings) + real chips with footprints.
@@ -41,7 +41,7 @@ class BuildSummary:
 
 
 def _scene_samples(seed: int, channels: int, size: int, gsd: float, imgsz: int, names: tuple[str, ...]) -> list[ChipSample]:
-    from detector.synth import generate_scene
+    from detector.synth.scene import generate_scene
 
     scene = generate_scene(seed, size=size, gsd=gsd)
     if channels == 6:
@@ -193,7 +193,7 @@ def build_dataset(cfg: TrainConfig, progress: bool = True) -> BuildSummary:
         "seconds": summary.seconds, "real_sources": [{"name": s.name, "dataset": s.dataset, "split": s.split,
                                                       "buildings": len(s.polygons)} for s in sources],
         "attributions": {k: ATTRIBUTIONS[k] for k in summary.sources},
-        "synthetic": {"generator": "detector.synth.generate_scene", "train_seeds": list(cfg.data.synthetic_train_seeds),
+        "synthetic": {"generator": "detector.synth.scene.generate_scene", "train_seeds": list(cfg.data.synthetic_train_seeds),
                       "val_seeds": list(cfg.data.synthetic_val_seeds), "size": cfg.data.synthetic_size},
     }
     tmp = Path(cfg.data.root) / ".manifest.json.part"

@@ -1,4 +1,4 @@
-"""``buildwatch evaluate``: score the runtime (``detector.pipeline.run_pipeline``) on labelled pairs.
+"""``buildwatch evaluate``: score the runtime (``detector.night.pipeline.run_pipeline``) on labelled pairs.
 
 Layouts
     ``synth``  ``DIR/<scene>/baseline.tif, current.tif, truth.geojson`` (as ``buildwatch synth``
@@ -50,7 +50,7 @@ def _run_runtime(baseline: Path, current: Path, model: Path | None, work: Path, 
     import geopandas as gpd
 
     from detector.config import load_config
-    from detector.pipeline import run_pipeline
+    from detector.night.pipeline import run_pipeline
 
     overrides = {"baseline": str(baseline), "current": str(current), "out": str(work), "model": model and str(model),
                  "progress": False, "resume": False, "workers": 1}
@@ -203,7 +203,7 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
     dict
         The report (``summary`` holds the totals).
     """
-    from detector.model import load_model_spec
+    from detector.night.model import load_model_spec
 
     pairs_dir, out = Path(pairs_dir), Path(out)
     if not pairs_dir.is_dir():
@@ -241,8 +241,8 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
 
 def calibration_inputs(model: Path, count: int = 16, seed: int = 990000) -> list[np.ndarray]:
     """Model inputs for int8 calibration, cut from synthetic scenes (never evaluation seeds)."""
-    from detector.model import load_model_spec
-    from detector.synth import generate_scene
+    from detector.night.model import load_model_spec
+    from detector.synth.scene import generate_scene
 
     spec = load_model_spec(model)
     h, w = spec.imgsz

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from detector.errors import InputError
-from detector.model import CONTRACT_VERSION, INPUT_NORMALISATION, deepness_metadata, file_sha256, load_model_spec
+from detector.night.model import CONTRACT_VERSION, INPUT_NORMALISATION, deepness_metadata, file_sha256, load_model_spec
 
 
 def write_metadata(onnx_path: Path, extra: dict[str, str]) -> None:
@@ -85,7 +85,7 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
     Returns
     -------
     Path
-        ``out``, verified with :func:`detector.model.load_model_spec`.
+        ``out``, verified with :func:`detector.night.model.load_model_spec`.
     """
     weights, out = Path(weights), Path(out)
     if not weights.exists():

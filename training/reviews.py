@@ -51,8 +51,8 @@ def review_samples(registry: Path, baseline: Path, current: Path, gsd_m: float =
     import geopandas as gpd
     import shapely
 
-    from detector.align import apply_shift, estimate_shift
-    from detector.mosaic import EpochReader, make_grid, open_mosaic
+    from detector.night.align import apply_shift, estimate_shift
+    from detector.night.mosaic import EpochReader, make_grid, open_mosaic
 
     registry = Path(registry)
     if not registry.exists():

@@ -38,7 +38,7 @@ def map_links(lat: float, lon: float) -> tuple[str, str]:
 
 def select_cases(registry: Path, status: tuple[str, ...] = (), community: str | None = None, since: str | None = None):
     """The registry's cases filtered by status (any of), community and first_seen >= since."""
-    from detector.cases import read_cases_frame
+    from detector.review.registry import read_cases_frame
 
     frame = read_cases_frame(registry)
     if status:
@@ -51,7 +51,7 @@ def select_cases(registry: Path, status: tuple[str, ...] = (), community: str | 
 
 
 def _filters(func):
-    from detector.cases import REVIEW_STATUSES
+    from detector.review.registry import REVIEW_STATUSES
 
     func = click.option("--status", multiple=True, type=click.Choice(REVIEW_STATUSES),
                         help="Only cases with this review status (repeatable).")(func)

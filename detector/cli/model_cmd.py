@@ -12,7 +12,7 @@ import click
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 def model_info(model):
     """Print the contract of MODEL (default: the shipped model)."""
-    from detector.model import load_model_spec
+    from detector.night.model import load_model_spec
 
     spec = load_model_spec(model)
     click.echo(json.dumps({

@@ -38,7 +38,7 @@ def ortho(frames, baseline, out, dem, flight_log, config_path, gsd_m, no_refine)
     """
     import logging
 
-    from detector.ortho import load_ortho_config, orthomosaic
+    from detector.flight.ortho import load_ortho_config, orthomosaic
 
     overrides = {"gsd_m": gsd_m}
     if no_refine:
@@ -65,7 +65,7 @@ def ortho(frames, baseline, out, dem, flight_log, config_path, gsd_m, no_refine)
               help="Refuse a mosaic covering less than this fraction of the baseline.")
 def ingest(mosaic, baseline, out, min_coverage):
     """Reproject an orthomosaic from another tool (ODM, DJI Terra, Pix4D) into the baseline's grid."""
-    from detector.ingest import ingest as run_ingest
+    from detector.flight.ingest import ingest as run_ingest
 
     rep = run_ingest(mosaic, baseline, out, min_coverage=min_coverage)
     click.echo(f"wrote {rep.out} ({rep.width}x{rep.height} px): source {rep.source_crs} at {rep.source_gsd_m:.3f} m, "

@@ -24,7 +24,7 @@ from detector.cli.options import config_option
 def run(baseline, current, out, model, config_path, workers, conf, cases_registry, no_resume, no_progress):
     """Find newly built structures between BASELINE and CURRENT; write OUT/candidates.gpkg."""
     from detector.config import load_config
-    from detector.pipeline import run_pipeline
+    from detector.night.pipeline import run_pipeline
 
     overrides = {"baseline": baseline, "current": current, "out": out, "model": model, "workers": workers,
                  "detect.conf": conf, "cases.registry": cases_registry}

@@ -26,7 +26,7 @@ def synth(outdir: Path, seed: int, scenes: int, size: int, gsd: float, crs: str,
     later epochs are deliberately misregistered by up to 3 pixels (see scene.json).
     """
     from detector.errors import ConfigError
-    from detector.synth import generate
+    from detector.synth.scene import generate
 
     if scenes < 1:
         raise ConfigError(f"--scenes {scenes}: must be at least 1")

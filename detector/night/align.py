@@ -86,7 +86,7 @@ def estimate_mosaic_shift(baseline_info, current_info, grid, stretches=(None, No
     """
     from dataclasses import replace
 
-    from detector.mosaic import EpochReader
+    from detector.night.mosaic import EpochReader
 
     factor = max(1.0, max(grid.width, grid.height) / COARSE_MAX_SIDE)
     coarse = replace(grid, gsd=grid.gsd * factor, width=max(1, int(grid.width / factor)),

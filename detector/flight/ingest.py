@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import InputError
-from detector.ortho import _write_cog, open_baseline
+from detector.flight.ortho import _write_cog, open_baseline
 
 log = logging.getLogger("buildwatch.ingest")
 

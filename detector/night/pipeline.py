@@ -24,18 +24,18 @@ import numpy as np
 from rasterio.errors import RasterioError
 
 from detector import __version__
-from detector.align import apply_shift, estimate_mosaic_shift, estimate_shift
-from detector.change import change_fraction, difference_image, invalid_fraction, new_in_current
+from detector.night.align import apply_shift, estimate_mosaic_shift, estimate_shift
+from detector.night.change import change_fraction, difference_image, invalid_fraction, new_in_current
 from detector.config import RunConfig
 from detector.errors import BuildwatchError, ConfigError, InputError, ModelError
 from detector.fileio import atomic_write_text
-from detector.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
-from detector.model import ModelSpec, file_sha256, load_model_spec
-from detector.mosaic import EpochReader, MosaicInfo, WorkingGrid, make_grid, open_mosaic
-from detector.tiles import iter_tiles, tile_layout, tile_window
+from detector.night.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
+from detector.night.model import ModelSpec, file_sha256, load_model_spec
+from detector.night.mosaic import EpochReader, MosaicInfo, WorkingGrid, make_grid, open_mosaic
+from detector.night.tiles import iter_tiles, tile_layout, tile_window
 from detector.types import Detection, Registration, Tile
 
-log = logging.getLogger("detector.pipeline")
+log = logging.getLogger("detector.night.pipeline")
 
 MIN_VALID_FRACTION = 0.02  # tiles with less valid overlap than this are skipped as nodata
 MAX_INVALID_IN_BOX = 0.10  # detections with more nodata inside are edge artefacts
@@ -194,7 +194,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(ctx: RunContext) -> None:
-    from detector.detect import OnnxDetector
+    from detector.night.detect import OnnxDetector
 
     _WORKER["ctx"] = ctx
     _WORKER["b"] = EpochReader(ctx.baseline, ctx.grid, ctx.stretch_baseline)
@@ -288,7 +288,7 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
 
 def _check_exclusions(cfg: RunConfig, current_date: date | None) -> None:
     """Fail before any tile is processed when an exclusion layer is unusable."""
-    from detector.change import exclusion_layer_info
+    from detector.night.change import exclusion_layer_info
 
     for layer in cfg.change.exclusions:
         info = exclusion_layer_info(layer)
@@ -414,13 +414,13 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
                 "model_sha256": ctx.spec.sha256, "run_id": run_id, "status": "new", "tags": "",
                 "pixel_change": c["pixel_change"], "baseline_iou": c["baseline_iou"],
             })
-        from detector.export import CANDIDATE_FIELDS
+        from detector.night.export import CANDIDATE_FIELDS
 
         cand = gpd.GeoDataFrame(records, columns=CANDIDATE_FIELDS, geometry=out_geoms if records else [],
                                 crs=ctx.grid.output_crs_wkt)
         dropped = 0
         if cfg.change.exclusions and len(cand):
-            from detector.change import apply_exclusions
+            from detector.night.change import apply_exclusions
 
             cand, dropped = apply_exclusions(cand, cfg.change.exclusions, c_date, ctx.grid.output_crs_wkt)
 
@@ -443,7 +443,7 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
             "tile_seconds_sum": round(sum(r.seconds for r in results), 2),
         }
         path = out_dir / "candidates.gpkg"
-        from detector.export import write_geopackage
+        from detector.night.export import write_geopackage
 
         write_geopackage(path, cand, tiles_gdf, record)
         summary = RunSummary(run_id, path, log_path, len(tiles), counts["done"], counts["nodata"],
@@ -477,7 +477,7 @@ def _tiles_frame(results: list[TileResult], by_id: dict[str, Tile], ctx: RunCont
 
 
 def _update_cases(cand, cfg: RunConfig, run_id: str, night: date | None, ctx: RunContext, out_dir: Path):
-    from detector import cases
+    from detector.review import registry
 
-    return cases.update_registry(cand, cfg.cases, run_id=run_id, night=night or date.today(),
+    return registry.update_registry(cand, cfg.cases, run_id=run_id, night=night or date.today(),
                                  baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir)

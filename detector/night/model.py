@@ -41,7 +41,7 @@ from detector.errors import ModelError
 
 CONTRACT_VERSION = "1"
 INPUT_NORMALISATION = "rgb_uint8_div255"
-DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "buildwatch-default.onnx"
+DEFAULT_MODEL_PATH = Path(__file__).parents[1] / "models" / "buildwatch-default.onnx"
 
 BUILDWATCH_KEYS = (
     "buildwatch_contract",

@@ -55,7 +55,7 @@ def community_table(cases, night: date) -> list[CommunityRow]:
     -------
     list[CommunityRow]
     """
-    from detector.cases import OPEN_STATUSES
+    from detector.review.registry import OPEN_STATUSES
 
     night_iso = night.isoformat()
     groups: dict[str, list] = {}
@@ -102,8 +102,8 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
     """
     import cv2
 
-    from detector.evidence import draw_outline, read_rgb
-    from detector.qgis_project import STATUS_STYLE
+    from detector.review.evidence import draw_outline, read_rgb
+    from detector.review.qgis import STATUS_STYLE
 
     bounds = _map_bounds(cases, crs)
     left, bottom, right, top = bounds
@@ -180,7 +180,7 @@ def write_report(
         The run's ID, shown in the summary.
     current_path : Path, optional
         The current orthomosaic, used as the map background.
-    update : detector.cases.RegistryUpdate, optional
+    update : detector.review.registry.RegistryUpdate, optional
         Tonight's counts (opened / updated / suppressed) for the summary.
 
     Returns
@@ -188,7 +188,7 @@ def write_report(
     (Path, Path)
         The HTML and CSV paths.
     """
-    from detector.cases import read_cases_frame
+    from detector.review.registry import read_cases_frame
     from detector.fileio import atomic_write_text
 
     registry = Path(registry)

@@ -20,8 +20,8 @@ QGIS reviewer can save edits while a run is writing. The SQL functions the R-tre
 need (``ST_IsEmpty``, ``ST_MinX`` ...) are registered on every connection this module opens
 (GDAL/QGIS register their own).
 
-After the transaction: evidence chips (:mod:`detector.evidence`), the QGIS project
-(:mod:`detector.qgis_project`) and the nightly report (:mod:`detector.report`).
+After the transaction: evidence chips (:mod:`detector.review.evidence`), the QGIS project
+(:mod:`detector.review.qgis`) and the nightly report (:mod:`detector.review.report`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from detector.errors import InputError
-from detector.qgis_project import LAYER_STYLES_DDL
+from detector.review.qgis import LAYER_STYLES_DDL
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas
@@ -444,7 +444,7 @@ def create_registry(path: Path, crs) -> None:
     crs : pyproj.CRS
         The registry's CRS (the baseline CRS of the first night); later nights are reprojected.
     """
-    from detector.qgis_project import cases_layer_qml
+    from detector.review.qgis import cases_layer_qml
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -809,14 +809,14 @@ def update_registry(
     finally:
         conn.close()
 
-    from detector.qgis_project import write_qgis_project
+    from detector.review.qgis import write_qgis_project
 
     result.project_path = write_qgis_project(
         registry.with_suffix(".qgs"), registry=registry, crs=crs, baseline_path=Path(baseline_path),
         current_path=Path(current_path),
     )
     if config.report:
-        from detector.report import write_report
+        from detector.review.report import write_report
 
         result.report_html, result.report_csv = write_report(
             registry, Path(out_dir), night=night, run_id=run_id, current_path=Path(current_path), update=result
@@ -962,7 +962,7 @@ def _record_sightings(conn, case_id, frame, sightings, run_id, night_iso, outcom
 
 def _write_evidence(conn, registry: Path, crs, result: RegistryUpdate, baseline_path, current_path) -> list[Path]:
     """Before/after chips for the cases opened tonight and any case whose chip is missing."""
-    from detector.evidence import write_evidence_chip
+    from detector.review.evidence import write_evidence_chip
 
     written = []
     night_label = result.night.isoformat()

@@ -61,7 +61,7 @@ def new_in_current(current: list[Detection], baseline: list[Detection], match_io
 
     Returns (detection, best IoU with any baseline detection) for the ones considered new.
     """
-    from detector.detect import rotated_iou_matrix
+    from detector.night.detect import rotated_iou_matrix
 
     if not current:
         return []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from detector.mosaic import WorkingGrid
+from detector.night.mosaic import WorkingGrid
 from detector.types import Tile
 
 

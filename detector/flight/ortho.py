@@ -2,7 +2,7 @@
 
 Pipeline per frame (see :func:`orthomosaic`):
 
-1. pose from EXIF/XMP or a flight log (:mod:`detector.pose`);
+1. pose from EXIF/XMP or a flight log (:mod:`detector.flight.pose`);
 2. **direct georeferencing**: a pinhole camera (optional radial distortion k1, k2) at the
    GPS position, looking along the gimbal angles; every output ground pixel (on a plane at
    the take-off height, or on a DEM) is projected into the image and sampled with
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from detector.errors import InputError
 from detector.fileio import read_yaml_mapping
-from detector.pose import FramePose, PoseError, pose_with_flight_log, read_flight_log, read_pose
+from detector.flight.pose import FramePose, PoseError, pose_with_flight_log, read_flight_log, read_pose
 
 log = logging.getLogger("buildwatch.ortho")
 

@@ -205,7 +205,7 @@ def _style_elements(field_names: list[str]) -> list[ET.Element]:
 
 def cases_field_names() -> list[str]:
     """Field names of the cases layer as QGIS lists them (fid first, geometry excluded)."""
-    from detector.cases import CASE_COLUMNS
+    from detector.review.registry import CASE_COLUMNS
 
     return ["fid", *[name for name, _ in CASE_COLUMNS]]
 

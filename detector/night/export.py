@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from detector.fileio import atomic_path
-from detector.qgis_project import (CANDIDATE_LABEL, CLASS_STYLE, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml,
+from detector.review.qgis import (CANDIDATE_LABEL, CLASS_STYLE, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml,
                                    write_default_styles)
 
 CANDIDATE_FIELDS = [

@@ -7,7 +7,7 @@ import hashlib
 
 import numpy as np
 
-from detector.mosaic import WorkingGrid
+from detector.night.mosaic import WorkingGrid
 from detector.types import Tile
 
 CLASS_CODES = {"new_building": "NB", "extension": "EX", "temporary_structure": "TS", "construction_site": "CS"}

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from detector.model import ModelSpec
+from detector.night.model import ModelSpec
 from detector.types import Detection
 
 log = logging.getLogger(__name__)
