@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.synth.scene import generate_scene, write_scene  # noqa: E402
+from detector.synth.scene import generate_scene  # noqa: E402
+from detector.synth.write import write_scene  # noqa: E402
 
 
 def main() -> None:

@@ -1,0 +1,98 @@
+"""Polygon helpers shared by the planner, the painters and the writers.
+
+Polygons are ``(N, 2)`` float64 arrays of ``(x, y)``, in metres while planning and in
+pixels (corner convention) once divided by the ground sample distance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def rect_polygon(cx: float, cy: float, w: float, l: float, angle: float) -> np.ndarray:
+    """Corners of a rotated rectangle: ``w`` along the angle's axis, ``l`` across it.
+
+    Parameters
+    ----------
+    cx, cy : float
+        Centre.
+    w, l : float
+        Side along the direction ``angle`` and side across it.
+    angle : float
+        Rotation in radians (x towards y).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(4, 2)`` float64 corners.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    u = np.array([c, s]) * (w / 2)
+    v = np.array([-s, c]) * (l / 2)
+    centre = np.array([cx, cy])
+    return np.array([centre - u - v, centre + u - v, centre + u + v, centre - u + v], dtype=np.float64)
+
+
+def signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a ring; positive when counter-clockwise in an x-right, y-up frame.
+
+    Parameters
+    ----------
+    ring : numpy.ndarray
+        ``(N, 2)`` vertices, not closed (the first vertex is not repeated).
+
+    Returns
+    -------
+    float
+    """
+    x, y = ring[:, 0], ring[:, 1]
+    return float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
+
+
+def polygon_area(poly: np.ndarray) -> float:
+    """Unsigned area of a polygon, in squared units of its coordinates.
+
+    Parameters
+    ----------
+    poly : numpy.ndarray
+        ``(N, 2)`` vertices, not closed.
+
+    Returns
+    -------
+    float
+    """
+    return abs(signed_area(poly))
+
+
+def clip_to_square(poly: np.ndarray, side: float) -> np.ndarray:
+    """Sutherland-Hodgman clip of a polygon to ``[0, side]^2``.
+
+    Parameters
+    ----------
+    poly : numpy.ndarray
+        ``(N, 2)`` vertices of a convex or simple polygon.
+    side : float
+        Side of the square.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(M, 2)`` float64 vertices of the clipped polygon (``M`` is 0 when nothing is inside).
+    """
+    out = [tuple(p) for p in poly]
+    for axis, limit, keep_below in ((0, 0.0, False), (0, side, True), (1, 0.0, False), (1, side, True)):
+        src, out = out, []
+        if not src:
+            break
+        for i, cur in enumerate(src):
+            prev = src[i - 1]
+            cur_in = cur[axis] <= limit if keep_below else cur[axis] >= limit
+            prev_in = prev[axis] <= limit if keep_below else prev[axis] >= limit
+            if cur_in != prev_in:
+                t = (limit - prev[axis]) / (cur[axis] - prev[axis])
+                out.append(tuple(prev[k] + t * (cur[k] - prev[k]) for k in range(2)))
+            if cur_in:
+                out.append(cur)
+    return np.clip(np.array(out, dtype=np.float64).reshape(-1, 2), 0.0, side)
