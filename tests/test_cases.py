@@ -18,7 +18,9 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
+from detector.review import gpkg, nightly
 from detector.review import registry as reg
+from detector.review.geometry import area_m2, iou
 from detector.config import CasesConfig
 from detector.errors import InputError
 
@@ -84,8 +86,8 @@ def scene(tmp_path):
 
 def run_night(scene_, names, night: date, **kwargs):
     baseline, current, config, root = scene_
-    return reg.update_registry(candidates(names, **kwargs), config, run_id=f"run-{night}", night=night,
-                               baseline_path=baseline, current_path=current, out_dir=root / f"out-{night}")
+    return nightly.update_cases(candidates(names, **kwargs), config, run_id=f"run-{night}", night=night,
+                                baseline_path=baseline, current_path=current, out_dir=root / f"out-{night}")
 
 
 def cases_by_id(path: Path) -> dict:
@@ -98,7 +100,7 @@ def case_id_of(path: Path, name: str) -> str:
     target = shapely.box(*STRUCTURES[name])
     for case_id, row in cases_by_id(path).items():
         detected = shapely.from_wkb(bytes(row["detected_wkb"]))
-        if reg.iou(detected, target) > 0.5:
+        if iou(detected, target) > 0.5:
             return case_id
     raise AssertionError(f"no case for {name}")
 
@@ -106,7 +108,7 @@ def case_id_of(path: Path, name: str) -> str:
 def qgis_like_edit(path: Path, case_id: str, **fields) -> None:
     """Edit a case the way QGIS/GDAL does: its own connection, GPKG SQL functions, one transaction."""
     conn = sqlite3.connect(str(path), timeout=30)
-    reg.register_gpkg_functions(conn)
+    gpkg.register_gpkg_functions(conn)
     with conn:
         for name, value in fields.items():
             conn.execute(f'UPDATE cases SET "{name}" = ? WHERE case_id = ?', (value, case_id))
@@ -118,18 +120,18 @@ def qgis_like_edit(path: Path, case_id: str, **fields) -> None:
 
 def test_gpkg_blob_roundtrip_and_envelope():
     polygon = shapely.box(10, 20, 13, 27)
-    blob = reg.encode_gpkg_geometry(polygon, 4547)
+    blob = gpkg.encode_gpkg_geometry(polygon, 4547)
     assert blob[:2] == b"GP" and blob[3] == 0b11
     assert struct.unpack_from("<i4d", blob, 4) == (4547, 10.0, 13.0, 20.0, 27.0)
-    assert reg.decode_gpkg_geometry(blob).equals(polygon)
-    assert [reg._st_bound(i)(blob) for i in range(4)] == [10.0, 13.0, 20.0, 27.0]
-    assert reg._st_is_empty(blob) == 0
+    assert gpkg.decode_gpkg_geometry(blob).equals(polygon)
+    assert [gpkg._st_bound(i)(blob) for i in range(4)] == [10.0, 13.0, 20.0, 27.0]
+    assert gpkg._st_is_empty(blob) == 0
     # big-endian header, no envelope (as other writers may produce): bounds come from the WKB
     wkb = shapely.to_wkb(polygon, byte_order=0)
     foreign = b"GP" + bytes([0, 0]) + struct.pack(">i", 4547) + wkb
-    assert reg.decode_gpkg_geometry(foreign).equals(polygon)
-    assert reg._st_bound(3)(foreign) == 27.0
-    assert reg._st_is_empty(reg.encode_gpkg_geometry(shapely.Polygon(), 4547)) == 1
+    assert gpkg.decode_gpkg_geometry(foreign).equals(polygon)
+    assert gpkg._st_bound(3)(foreign) == 27.0
+    assert gpkg._st_is_empty(gpkg.encode_gpkg_geometry(shapely.Polygon(), 4547)) == 1
 
 
 def test_case_id_format():
@@ -141,7 +143,7 @@ def test_area_in_geographic_crs_is_metres():
     from pyproj import CRS
 
     square = candidates(["A"], crs="EPSG:4326").geometry.iloc[0]
-    assert reg.area_m2(square, CRS.from_epsg(4326)) == pytest.approx(100.0, rel=2e-3)
+    assert area_m2(square, CRS.from_epsg(4326)) == pytest.approx(100.0, rel=2e-3)
 
 
 # --------------------------------------------------------------------------- three nights
@@ -163,7 +165,7 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     srs_id = 4547
     qgis_like_edit(registry, ids["A"], status="false_positive", reviewer="li", reviewed_at="2024-05-01T09:00:00",
                    note="shadow of a tree")
-    qgis_like_edit(registry, ids["B"], geom=reg.encode_gpkg_geometry(moved_b, srs_id), reviewer="wang")
+    qgis_like_edit(registry, ids["B"], geom=gpkg.encode_gpkg_geometry(moved_b, srs_id), reviewer="wang")
     qgis_like_edit(registry, ids["C"], status="confirmed_illegal", reviewer="wang", note="no permit")
 
     second = run_night(scene, ["A", "B", "C", "D", "E"], date(2024, 5, 2), jitter_m=0.3)
@@ -224,9 +226,40 @@ def test_same_structure_twice_in_one_night_is_one_case(scene):
     frame = candidates(["A", "A"])
     frame.loc[1, "geometry"] = shapely.affinity.translate(frame.geometry.iloc[1], 0.5, 0.0)
     result = reg.update_registry(frame, config, run_id="r", night=date(2024, 5, 1), baseline_path=baseline,
-                                 current_path=current, out_dir=root / "out")
+                                 current_path=current)
     assert (result.opened, result.total) == (1, 1)
     assert cases_by_id(config.registry)["LG20240501-0001"]["max_confidence"] == pytest.approx(0.81)
+
+
+def test_registry_update_only_writes_the_registry_and_nightly_writes_the_rest(scene):
+    baseline, current, config, root = scene
+    registry = config.registry
+    result = reg.update_registry(candidates(["A", "B"]), config, run_id="r", night=date(2024, 5, 1),
+                                 baseline_path=baseline, current_path=current)
+    assert (result.opened, result.total) == (2, 2)
+    assert sorted(p.name for p in registry.parent.iterdir() if not p.name.startswith("cases.gpkg")) == []
+    assert not (root / "out").exists()
+
+    night2 = nightly.update_cases(candidates(["A", "B", "C"]), config, run_id="r2", night=date(2024, 5, 2),
+                                  baseline_path=baseline, current_path=current, out_dir=root / "out")
+    assert isinstance(night2, reg.RegistryUpdate) and (night2.opened, night2.updated, night2.total) == (1, 2, 3)
+    # the missing chips of night 1 are written too
+    assert sorted(p.name for p in night2.evidence_paths) == [
+        "LG20240501-0001.png", "LG20240501-0002.png", "LG20240502-0001.png"]
+    assert night2.project_path == registry.with_suffix(".qgs") and night2.project_path.exists()
+    assert night2.report_html.exists() and night2.report_csv.exists()
+
+
+def test_review_statuses_are_defined_once():
+    from detector.cli.cases_cmd import list_cases
+    from detector.review import qgis, vocab
+    from training import reviews
+
+    assert set(qgis.STATUS_STYLE) == set(vocab.REVIEW_STATUSES)
+    status_option = next(p for p in list_cases.params if p.name == "status")
+    assert tuple(status_option.type.choices) == vocab.REVIEW_STATUSES
+    assert set(reviews.POSITIVE_STATUSES + reviews.NEGATIVE_STATUSES) < set(vocab.REVIEW_STATUSES)
+    assert qgis.cases_field_names() == ["fid", *[name for name, _ in vocab.CASE_COLUMNS]]
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -243,7 +276,7 @@ def test_reviewer_writing_during_a_run_loses_nothing(scene):
         return gpd.GeoDataFrame({"candidate_id": [f"g{i}" for i in range(len(geoms))], "class": "new_building",
                                  "confidence": 0.7, "tags": ""}, geometry=geoms, crs="EPSG:4547")
     reg.update_registry(frame_of(grid), config, run_id="n1", night=date(2024, 5, 1), baseline_path=baseline,
-                        current_path=current, out_dir=root)
+                        current_path=current)
     case_ids = sorted(cases_by_id(registry))
     assert len(case_ids) == 40
 
@@ -270,7 +303,7 @@ def test_reviewer_writing_during_a_run_loses_nothing(scene):
     first_written.wait(timeout=30)  # the reviewer is mid-way through its edits when the run starts
     run_started = time.monotonic()
     result = reg.update_registry(frame_of(more), config, run_id="n2", night=date(2024, 5, 2),
-                                 baseline_path=baseline, current_path=current, out_dir=root)
+                                 baseline_path=baseline, current_path=current)
     run_finished = time.monotonic()
     thread.join(timeout=60)
     assert not errors and len(written) == 40
@@ -296,8 +329,8 @@ def test_boundaries_in_another_crs_give_community_and_unit(scene):
                                   geometry=[west, east], crs="EPSG:4547").to_crs("EPSG:4326")
     boundaries.to_file(root / "communities.geojson", driver="GeoJSON")
     config = config.model_copy(update={"boundaries": root / "communities.geojson"})
-    reg.update_registry(candidates(["A", "B", "D", "E"]), config, run_id="r", night=date(2024, 5, 1),
-                        baseline_path=baseline, current_path=current, out_dir=root / "out")
+    nightly.update_cases(candidates(["A", "B", "D", "E"]), config, run_id="r", night=date(2024, 5, 1),
+                         baseline_path=baseline, current_path=current, out_dir=root / "out")
     located = {row["case_id"]: (row["community"], row["unit"]) for row in cases_by_id(config.registry).values()}
     by_name = {name: located[case_id_of(config.registry, name)] for name in "ABDE"}
     assert by_name == {"A": ("Xinsheng", "team 1"), "B": ("Longdong", "team 2"),
@@ -309,7 +342,7 @@ def test_boundaries_in_another_crs_give_community_and_unit(scene):
     bad = config.model_copy(update={"boundary_name_field": "shequ"})
     with pytest.raises(InputError, match="no field 'shequ'"):
         reg.update_registry(candidates(["A"]), bad, run_id="r", night=date(2024, 5, 2), baseline_path=baseline,
-                            current_path=current, out_dir=root / "out")
+                            current_path=current)
 
 
 def test_bad_inputs_are_one_line_input_errors(scene, tmp_path):
@@ -317,15 +350,15 @@ def test_bad_inputs_are_one_line_input_errors(scene, tmp_path):
     no_crs = candidates(["A"]).set_crs(None, allow_override=True)
     with pytest.raises(InputError, match="no CRS"):
         reg.update_registry(no_crs, config, run_id="r", night=date(2024, 5, 1), baseline_path=baseline,
-                            current_path=current, out_dir=root)
+                            current_path=current)
     not_gpkg = tmp_path / "notes.gpkg"
     not_gpkg.write_text("hello")
     with pytest.raises(InputError, match="not a GeoPackage"):
         reg.update_registry(candidates(["A"]), config.model_copy(update={"registry": not_gpkg}), run_id="r",
-                            night=date(2024, 5, 1), baseline_path=baseline, current_path=current, out_dir=root)
+                            night=date(2024, 5, 1), baseline_path=baseline, current_path=current)
     with pytest.raises(InputError, match="missing column"):
         reg.update_registry(candidates(["A"]).drop(columns="confidence"), config, run_id="r",
-                            night=date(2024, 5, 1), baseline_path=baseline, current_path=current, out_dir=root)
+                            night=date(2024, 5, 1), baseline_path=baseline, current_path=current)
 
 
 @pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="ogrinfo not installed (apt-get install gdal-bin; CI has it)")

@@ -6,6 +6,11 @@ from pathlib import Path
 
 import click
 
+from detector.errors import InputError
+from detector.fileio import atomic_path
+from detector.review.registry import read_cases_frame
+from detector.review.vocab import REVIEW_STATUSES
+
 REGISTRY_OPTION = click.option(
     "--registry", "registry", required=True, type=click.Path(path_type=Path),
     help="The case registry GeoPackage (cases.gpkg).",
@@ -37,9 +42,23 @@ def map_links(lat: float, lon: float) -> tuple[str, str]:
 
 
 def select_cases(registry: Path, status: tuple[str, ...] = (), community: str | None = None, since: str | None = None):
-    """The registry's cases filtered by status (any of), community and first_seen >= since."""
-    from detector.review.registry import read_cases_frame
+    """The registry's cases filtered by status (any of), community and first_seen >= since.
 
+    Parameters
+    ----------
+    registry : Path
+        The case registry.
+    status : tuple of str
+        Keep cases with any of these review statuses (all when empty).
+    community : str, optional
+        Keep cases in this community.
+    since : str, optional
+        Keep cases first seen on or after this ISO date.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+    """
     frame = read_cases_frame(registry)
     if status:
         frame = frame[frame["status"].isin(status)]
@@ -51,8 +70,6 @@ def select_cases(registry: Path, status: tuple[str, ...] = (), community: str | 
 
 
 def _filters(func):
-    from detector.review.registry import REVIEW_STATUSES
-
     func = click.option("--status", multiple=True, type=click.Choice(REVIEW_STATUSES),
                         help="Only cases with this review status (repeatable).")(func)
     func = click.option("--community", help="Only cases in this community.")(func)
@@ -96,8 +113,6 @@ def list_cases(registry: Path, status, community, since) -> None:
 @click.argument("case_id")
 def show_case(registry: Path, case_id: str) -> None:
     """All fields of one case, with map links."""
-    from detector.errors import InputError
-
     frame = select_cases(registry)
     match = frame[frame["case_id"] == case_id]
     if match.empty:
@@ -129,8 +144,6 @@ def write_export(frame, out: Path, fmt: str) -> Path:
     """Write the export atomically (temp file in the same folder + rename)."""
     import csv
 
-    from detector.fileio import atomic_path
-
     out = Path(out)
     with atomic_path(out, suffix=out.suffix or f".{fmt}") as tmp_name:
         if fmt == "csv":
@@ -155,8 +168,6 @@ def write_export(frame, out: Path, fmt: str) -> Path:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
 def export_cases(registry: Path, status, community, since, fmt, out: Path) -> None:
     """Export cases for field teams (GeoJSON / CSV / KML, WGS84, with lon/lat and map links)."""
-    from detector.errors import InputError
-
     if fmt is None:
         fmt = {".geojson": "geojson", ".json": "geojson", ".csv": "csv", ".kml": "kml"}.get(out.suffix.lower())
         if fmt is None:

@@ -24,19 +24,23 @@ from pathlib import Path
 from typing import Optional
 
 from detector.fileio import atomic_write_text
+from detector.review.gpkg import write_default_styles  # noqa: F401 - re-exported for detector.night.export
+from detector.review.vocab import (CONFIRMED_ILLEGAL, DEMOLISHED, FALSE_POSITIVE, INTERNAL_COLUMNS, NEW, PERMITTED,
+                                   REFERRED, REVIEW_FIELDS, cases_field_names)
 
-# status -> (label in the form and legend, RGB fill colour)
+# review status -> (label in the form and legend, RGB fill colour), in form/legend order; one
+# entry for every status of vocab.REVIEW_STATUSES
 STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
-    "new": ("New (not reviewed)", (228, 26, 28)),
-    "confirmed_illegal": ("Confirmed illegal", (152, 0, 67)),
-    "referred": ("Referred", (255, 127, 0)),
-    "permitted": ("Permitted", (77, 175, 74)),
-    "false_positive": ("False positive", (150, 150, 150)),
-    "demolished": ("Demolished", (55, 126, 184)),
+    NEW: ("New (not reviewed)", (228, 26, 28)),
+    CONFIRMED_ILLEGAL: ("Confirmed illegal", (152, 0, 67)),
+    REFERRED: ("Referred", (255, 127, 0)),
+    PERMITTED: ("Permitted", (77, 175, 74)),
+    FALSE_POSITIVE: ("False positive", (150, 150, 150)),
+    DEMOLISHED: ("Demolished", (55, 126, 184)),
 }
 LABEL_EXPRESSION = "\"case_id\" || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
-EDITABLE_FIELDS = ("status", "reviewer", "reviewed_at", "note")
-HIDDEN_FIELDS = ("run_geom_hash", "detected_wkb")
+EDITABLE_FIELDS = REVIEW_FIELDS
+HIDDEN_FIELDS = INTERNAL_COLUMNS
 READ_ONLY_FIELDS = (
     "fid", "case_id", "class", "area_m2", "lon", "lat", "community", "unit", "first_seen", "last_seen",
     "times_seen", "max_confidence", "last_confidence", "evidence", "tags", "candidate_id", "first_run_id",
@@ -203,13 +207,6 @@ def _style_elements(field_names: list[str]) -> list[ET.Element]:
     return list(holder)
 
 
-def cases_field_names() -> list[str]:
-    """Field names of the cases layer as QGIS lists them (fid first, geometry excluded)."""
-    from detector.review.registry import CASE_COLUMNS
-
-    return ["fid", *[name for name, _ in CASE_COLUMNS]]
-
-
 def cases_layer_qml() -> str:
     """The cases layer's QGIS style as a QML document (renderer, labels, attribute form).
 
@@ -248,39 +245,6 @@ def simple_layer_qml(attr: str, styles: dict, label_expression: str) -> str:
     ET.SubElement(root, "layerGeometryType").text = "2"
     ET.indent(root, space=" ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
-
-
-LAYER_STYLES_DDL = """
-CREATE TABLE IF NOT EXISTS "layer_styles" (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
-    f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT,
-    styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
-    update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
-"""
-
-
-def write_default_styles(gpkg: Path, styles: dict[str, tuple[str, str]], geometry_column: str = "geom") -> None:
-    """Store QGIS default styles in a GeoPackage's ``layer_styles`` table.
-
-    ``styles`` maps a layer name to (style name, QML). QGIS applies them when the layer is added.
-    """
-    import sqlite3
-
-    conn = sqlite3.connect(str(gpkg))
-    try:
-        with conn:
-            conn.executescript(LAYER_STYLES_DDL)
-            conn.execute("INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description) "
-                         "VALUES ('layer_styles', 'attributes', 'layer_styles', 'QGIS layer styles')")
-            for layer, (name, qml) in styles.items():
-                conn.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
-                conn.execute(
-                    "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
-                    "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
-                    "VALUES ('', '', ?, ?, ?, ?, '', 1, ?, 'buildwatch', '')",
-                    (layer, geometry_column, name, qml, f"buildwatch default style for {layer}"))
-    finally:
-        conn.close()
 
 
 # --------------------------------------------------------------------------- project

@@ -21,6 +21,11 @@ from typing import Optional
 import numpy as np
 
 from detector.errors import InputError
+from detector.fileio import atomic_write_text
+from detector.review.evidence import draw_outline, read_rgb
+from detector.review.qgis import STATUS_STYLE
+from detector.review.registry import RegistryUpdate, read_cases_frame
+from detector.review.vocab import CONFIRMED_ILLEGAL, OPEN_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,6 @@ def community_table(cases, night: date) -> list[CommunityRow]:
     -------
     list[CommunityRow]
     """
-    from detector.review.registry import OPEN_STATUSES
-
     night_iso = night.isoformat()
     groups: dict[str, list] = {}
     for row in cases.itertuples(index=False):
@@ -79,7 +82,7 @@ def _community_row(name, rows, night, night_iso, open_statuses) -> CommunityRow:
         community=name,
         unit=", ".join(units),
         new_tonight=sum(1 for r in rows if r.first_seen == night_iso),
-        confirmed_illegal=sum(1 for r in rows if r.status == "confirmed_illegal"),
+        confirmed_illegal=sum(1 for r in rows if r.status == CONFIRMED_ILLEGAL),
         open_backlog=sum(1 for r in rows if r.status in open_statuses),
         oldest_open_days=max(open_ages) if open_ages else None,
     )
@@ -101,9 +104,6 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
     Tonight's new cases get a numbered marker (their order in the thumbnail list).
     """
     import cv2
-
-    from detector.review.evidence import draw_outline, read_rgb
-    from detector.review.qgis import STATUS_STYLE
 
     bounds = _map_bounds(cases, crs)
     left, bottom, right, top = bounds
@@ -164,7 +164,7 @@ def write_report(
     night: date,
     run_id: str = "",
     current_path: Optional[Path] = None,
-    update=None,
+    update: Optional[RegistryUpdate] = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.csv`` for one night from the registry.
 
@@ -188,9 +188,6 @@ def write_report(
     (Path, Path)
         The HTML and CSV paths.
     """
-    from detector.review.registry import read_cases_frame
-    from detector.fileio import atomic_write_text
-
     registry = Path(registry)
     out_dir = Path(out_dir)
     cases = read_cases_frame(registry)

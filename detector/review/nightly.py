@@ -1,0 +1,136 @@
+"""The review side of a nightly run: update the case registry, then write what reviewers read.
+
+:func:`update_cases` is what the nightly pipeline calls when ``cases.registry`` is set. In order:
+
+1. :func:`detector.review.registry.update_registry` folds the night's candidates into
+   ``cases.gpkg`` and returns what changed;
+2. before/after evidence chips (:mod:`detector.review.evidence`) for the cases opened tonight and
+   any case whose chip is missing (``cases.evidence``);
+3. the QGIS project ``cases.qgs`` next to the registry (:mod:`detector.review.qgis`);
+4. ``report.html`` / ``report.csv`` in the run's folder (:mod:`detector.review.report`,
+   ``cases.report``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from detector.errors import InputError
+from detector.review.evidence import write_evidence_chip
+from detector.review.qgis import write_qgis_project
+from detector.review.registry import CaseRow, RegistryUpdate, open_registry, read_cases, registry_crs, update_registry
+from detector.review.report import write_report
+
+if TYPE_CHECKING:  # pragma: no cover
+    import geopandas
+
+    from detector.config import CasesConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NightlyCases(RegistryUpdate):
+    """What one night did to the registry (:class:`RegistryUpdate`) and the files written for reviewers."""
+
+    evidence_paths: list[Path] = field(default_factory=list)
+    project_path: Optional[Path] = None
+    report_html: Optional[Path] = None
+    report_csv: Optional[Path] = None
+
+
+def update_cases(
+    candidates: "geopandas.GeoDataFrame",
+    config: "CasesConfig",
+    *,
+    run_id: str,
+    night: date,
+    baseline_path: Path,
+    current_path: Path,
+    out_dir: Path,
+) -> NightlyCases:
+    """Fold one night's candidates into the case registry, then write evidence, project and report.
+
+    Parameters
+    ----------
+    candidates : geopandas.GeoDataFrame
+        The run's ``candidates`` layer (any CRS; reprojected to the registry CRS).
+    config : CasesConfig
+        ``config.registry`` must be set; ``config.evidence`` and ``config.report`` switch those
+        products on or off.
+    run_id : str
+        The run's ID (stored on every case it touches).
+    night : datetime.date
+        The night of the survey (the current mosaic's date); gives new case IDs their date.
+    baseline_path, current_path : Path
+        The orthomosaics, for evidence chips and the QGIS project.
+    out_dir : Path
+        The run's output folder: ``report.html`` and ``report.csv`` go there.
+
+    Returns
+    -------
+    NightlyCases
+    """
+    update = update_registry(candidates, config, run_id=run_id, night=night, baseline_path=baseline_path,
+                             current_path=current_path)
+    result = NightlyCases(**vars(update))
+    conn = open_registry(update.registry)
+    try:
+        crs = registry_crs(conn)
+        cases = read_cases(conn) if config.evidence else []
+    finally:
+        conn.close()
+    if config.evidence:
+        result.evidence_paths = write_case_evidence(cases, update, crs, Path(baseline_path), Path(current_path))
+    result.project_path = write_qgis_project(
+        update.registry.with_suffix(".qgs"), registry=update.registry, crs=crs, baseline_path=Path(baseline_path),
+        current_path=Path(current_path),
+    )
+    if config.report:
+        result.report_html, result.report_csv = write_report(
+            update.registry, Path(out_dir), night=night, run_id=run_id, current_path=Path(current_path), update=update
+        )
+    return result
+
+
+def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, baseline_path: Path,
+                        current_path: Path) -> list[Path]:
+    """Before/after chips for the cases opened tonight and any case whose chip is missing.
+
+    Parameters
+    ----------
+    cases : list[CaseRow]
+        Every case of the registry (after tonight's update).
+    update : RegistryUpdate
+        Tonight's update (which cases were opened).
+    crs : pyproj.CRS
+        The registry CRS.
+    baseline_path, current_path : Path
+        The orthomosaics.
+
+    Returns
+    -------
+    list[Path]
+        The chips written. A chip that cannot be read from the mosaics is logged and skipped.
+    """
+    written = []
+    night_label = update.night.isoformat()
+    for case in cases:
+        if not case.evidence:
+            continue
+        target = update.registry.parent / case.evidence
+        if case.case_id not in update.opened_ids and target.exists():
+            continue
+        try:
+            write_evidence_chip(
+                target, case.geometry, crs, baseline_path, current_path,
+                title=f"{case.case_id}  first seen {case.first_seen or night_label}",
+            )
+            written.append(target)
+        except InputError as exc:
+            log.warning("evidence for %s not written: %s", case.case_id, exc)
+    return written

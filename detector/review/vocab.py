@@ -1,0 +1,85 @@
+"""The review vocabulary: review statuses, the cases layer's columns and the registry's table names.
+
+Defined here once and imported by the registry (:mod:`detector.review.registry`), the QGIS style
+(:mod:`detector.review.qgis`), the nightly report, the ``buildwatch cases`` commands and the
+retraining from reviews (:mod:`training.reviews`). This module imports nothing from the project.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------- review statuses
+
+NEW = "new"  # not reviewed yet (every case opens with it)
+CONFIRMED_ILLEGAL = "confirmed_illegal"
+PERMITTED = "permitted"  # a legal decision: the structure is real and new, but allowed
+FALSE_POSITIVE = "false_positive"  # no new structure there
+DEMOLISHED = "demolished"
+REFERRED = "referred"  # handed to another authority
+
+REVIEW_STATUSES = (NEW, CONFIRMED_ILLEGAL, PERMITTED, FALSE_POSITIVE, DEMOLISHED, REFERRED)
+# statuses on which a new sighting of the same structure is suppressed (never reopened)
+SUPPRESSING_STATUSES = (FALSE_POSITIVE, PERMITTED)
+# statuses that still need action: the "open backlog"
+OPEN_STATUSES = (NEW, CONFIRMED_ILLEGAL, REFERRED)
+# statuses saying a reviewer saw a real new structure there (labelled examples for retraining)
+REAL_STRUCTURE_STATUSES = (CONFIRMED_ILLEGAL, REFERRED, PERMITTED)
+# statuses saying the detection was wrong (hard negatives for retraining)
+REJECTED_STATUSES = (FALSE_POSITIVE,)
+
+# --------------------------------------------------------------------------- the registry's tables
+
+CASES_TABLE = "cases"
+GEOMETRY_COLUMN = "geom"
+SIGHTINGS_TABLE = "case_sightings"
+NIGHTS_TABLE = "registry_nights"
+STYLES_TABLE = "layer_styles"  # QGIS's own name for its default-style table
+CASES_STYLE_NAME = "buildwatch review"
+CASES_STYLE_DESCRIPTION = "categorised by review status; labels: case id and area; review form"
+
+# the fields an operator owns; a nightly run never writes them
+REVIEW_FIELDS = ("status", "reviewer", "reviewed_at", "note")
+# run bookkeeping: hidden in the QGIS form, dropped when the cases are read for people
+INTERNAL_COLUMNS = ("run_geom_hash", "detected_wkb")
+
+# (name, SQL type) of the attribute columns of the cases layer, in order. Run-owned unless
+# listed in REVIEW_FIELDS.
+CASE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("case_id", "TEXT NOT NULL UNIQUE"),
+    ("status", f"TEXT NOT NULL DEFAULT '{NEW}'"),
+    ("reviewer", "TEXT"),
+    ("reviewed_at", "DATETIME"),
+    ("note", "TEXT"),
+    ("class", "TEXT"),
+    ("area_m2", "REAL"),
+    ("lon", "REAL"),
+    ("lat", "REAL"),
+    ("community", "TEXT"),
+    ("unit", "TEXT"),
+    ("first_seen", "DATE"),
+    ("last_seen", "DATE"),
+    ("times_seen", "INTEGER NOT NULL DEFAULT 1"),
+    ("max_confidence", "REAL"),
+    ("last_confidence", "REAL"),
+    ("evidence", "TEXT"),
+    ("tags", "TEXT"),
+    ("candidate_id", "TEXT"),
+    ("first_run_id", "TEXT"),
+    ("last_run_id", "TEXT"),
+    ("model_name", "TEXT"),
+    ("geometry_edited", "BOOLEAN NOT NULL DEFAULT 0"),
+    ("run_geom_hash", "TEXT"),
+    ("detected_wkb", "BLOB"),
+)
+
+# the columns of a run's ``candidates`` layer the registry needs
+REQUIRED_CANDIDATE_COLUMNS = ("candidate_id", "class", "confidence", "geometry")
+
+
+def cases_field_names() -> list[str]:
+    """Field names of the cases layer as QGIS lists them (``fid`` first, geometry excluded).
+
+    Returns
+    -------
+    list[str]
+    """
+    return ["fid", *[name for name, _ in CASE_COLUMNS]]
