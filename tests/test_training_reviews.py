@@ -8,7 +8,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from detector.review.registry import connect
+from detector.review import registry as reg
+from detector.review.gpkg import connect
 from detector.config import CasesConfig
 from detector.synth.scene import generate_scene, write_scene
 from training.datasets import convex_area, read_obb_labels
@@ -19,8 +20,6 @@ GSD = 0.25
 
 @pytest.fixture
 def reviewed_night(tmp_path):
-    from detector.review import registry as reg
-
     scene = generate_scene(11, size=1024, gsd=GSD)
     paths = write_scene(scene, tmp_path / "scene")
     truth = gpd.read_file(paths["truth"] if "truth" in paths else tmp_path / "scene" / "truth.geojson")
@@ -28,8 +27,8 @@ def reviewed_night(tmp_path):
     config = CasesConfig(registry=tmp_path / "cases.gpkg", evidence=False, report=False)
     reg.update_registry(frame, config, run_id="r1", night=date(2026, 5, 2),
                         baseline_path=tmp_path / "scene" / "baseline.tif",
-                        current_path=tmp_path / "scene" / "current.tif", out_dir=tmp_path)
-    con = reg.connect(config.registry)
+                        current_path=tmp_path / "scene" / "current.tif")
+    con = connect(config.registry)
     ids = [r[0] for r in con.execute("SELECT case_id FROM cases ORDER BY case_id")]
     rejected = ids[0]
     con.execute("UPDATE cases SET status = 'confirmed_illegal', reviewer = 'li'")
@@ -43,6 +42,7 @@ def test_reviews_become_labelled_chips(reviewed_night):
     root, registry, rejected, n_cases = reviewed_night
     chips = review_samples(registry, root / "scene" / "baseline.tif", root / "scene" / "current.tif", GSD, 256)
     assert chips.positives == n_cases - 1 and chips.negatives == 1 and chips.skipped_unreviewed == 0
+    assert chips.skipped_unregistered == 0  # registered as the nightly run registers its tiles
     cases = gpd.read_file(registry, layer="cases").set_index("case_id")
     for split, sample in chips.samples:
         assert split in ("train", "val") and sample.image.shape == (256, 256, 6)
