@@ -1,2 +1,6 @@
-"""The review side: the case registry across nights (``registry``), evidence chips, the QGIS
-project and the nightly report."""
+"""The review side: the case registry across nights and what reviewers read.
+
+``vocab`` (statuses, case columns, table names) -> ``gpkg`` (GeoPackage storage engine),
+``geometry``, ``boundaries``, ``matching`` -> ``registry`` (the night's update; returns what
+changed) -> ``evidence`` (before/after chips), ``qgis`` (style, form, project), ``report`` ->
+``nightly`` (:func:`~detector.review.nightly.update_cases`, what the nightly run calls)."""
