@@ -42,9 +42,20 @@ class DetectConfig(_Strict):
 
 
 class AlignConfig(_Strict):
-    enabled: bool = True
-    max_shift_m: float = Field(3.0, ge=0)
-    min_quality: float = Field(0.1, ge=0, le=1)
+    """Co-registration of tonight's mosaic with the baseline (see ``detector/night/align.py``)."""
+
+    enabled: bool = Field(True, description="off only for comparisons: users' runs register")
+    max_shift_m: float = Field(3.0, ge=0, description="largest displacement between the epochs corrected")
+    tile_tolerance_m: float = Field(0.75, ge=0, description="a tile's own estimate further than this from the "
+                                    "mosaic model is not trusted; the model is used")
+    min_quality: float = Field(0.1, ge=0, le=1, description="peak distinctiveness (0..1) a tile's own estimate "
+                               "needs to refine the mosaic model")
+    min_inliers: int = Field(4, ge=2, description="blocks that must agree for the mosaic model to be used")
+    min_spread: float = Field(0.25, ge=0, le=1, description="share of the pair's extent the agreeing blocks "
+                              "must span to fix a rotation (else a pure shift)")
+    on_failure: Literal["flag", "georef"] = Field(
+        "flag", description="a tile with neither a usable own estimate nor a mosaic model: 'flag' it (no "
+        "candidates) or trust the georeferencing ('georef': processed unshifted, for RTK/PPK or GCP flights)")
 
 
 class ChangeConfig(_Strict):

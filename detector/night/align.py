@@ -1,91 +1,268 @@
-"""Per-tile co-registration: the residual shift of the current epoch against the baseline.
+"""Co-registration of tonight's mosaic with the baseline, robust to season and content change.
 
-Phase correlation on gradient magnitude (robust to illumination and season shifts between
-epochs), windowed to suppress edge effects. A tile whose shift is larger than allowed or whose
-correlation peak is weak is *flagged* rather than turned into false changes.
+Two levels, both matching a *structure image* (the doubled-angle orientation of the intensity
+gradient: it ignores brightness, contrast, colour and even contrast reversal between epochs,
+and keeps the outlines of roofs, roads and fields that survive a season):
+
+1. **Mosaic model** (:func:`estimate_mosaic_model`): both mosaics read once at a coarse
+   overview, cut into overlapping blocks; each block's displacement is found by normalised
+   cross-correlation (``cv2.matchTemplate``) within ``align.max_shift_m``, and a similarity
+   transform (shift + rotation + scale) is fitted to the block displacements with RANSAC
+   (``cv2.estimateAffinePartial2D``). The model is accepted only when enough blocks agree
+   (``min_inliers``) and they are spread over the pair (``min_spread``) -- not because one
+   correlation peak looks strong.
+2. **Tile refinement** (:func:`register_tile`): at the working GSD, each tile's own
+   translation is measured the same way. A tile estimate that is distinct enough and agrees
+   with the mosaic model within ``align.tile_tolerance_m`` refines it; otherwise the tile uses
+   the model. A tile is left unregistered only when neither is usable, and then either flagged
+   or processed unshifted (``align.on_failure: georef``) for flights with trusted
+   georeferencing (RTK/PPK, ground control).
+
+Sign convention: a :class:`~detector.types.Registration` says that the current epoch's content
+at baseline pixel (x, y) sits at ``matrix @ (x, y, 1)`` (``dx_px, dy_px``: the same at the tile
+centre); :func:`apply_registration` resamples the current tile onto the baseline's pixels.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from detector.types import Registration
 
+log = logging.getLogger(__name__)
+
 MIN_SIDE_PX = 48  # smallest valid extent (pixels) on which a shift is still estimated
+STRUCTURE_SIGMA_PX = 1.5  # smoothing before the gradient: season texture (grass, crops) is finer
+COARSE_MAX_SIDE = 2048  # longest side (pixels) of the coarse whole-mosaic read for the mosaic model
+BLOCK_PX = 384  # block side on the coarse grid (mosaic model)
+MIN_BLOCK_PX = 128  # blocks are never smaller than this, even on a small pair
+MIN_BLOCK_VALID = 0.6  # a block is matched only if this share of it is valid in both epochs
+PEAK_EXCLUDE_PX = 2  # around the correlation peak, excluded from the side-lobe statistics
 
 
-def _gradient(image: np.ndarray) -> np.ndarray:
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    gray = cv2.GaussianBlur(gray, (0, 0), 1.0)
-    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    return cv2.magnitude(gx, gy)
+# ---------------------------------------------------------------- structure image and matching
 
-
-def estimate_shift(baseline: np.ndarray, current: np.ndarray, valid: np.ndarray, gsd: float,
-                   max_shift_m: float = 3.0, min_quality: float = 0.05) -> Registration:
-    """Estimate how far ``current`` is displaced from ``baseline`` (pixels and metres).
+def structure_image(rgb: np.ndarray, valid: np.ndarray | None = None, sigma: float = STRUCTURE_SIGMA_PX) -> np.ndarray:
+    """Doubled-angle gradient orientation, an (H, W, 2) float32 image invariant to brightness.
 
     Parameters
     ----------
-    baseline, current : (H, W, 3) uint8 arrays on the same grid.
-    valid : (H, W) bool, pixels valid in both epochs.
-    gsd : metres per pixel.
-    max_shift_m : shifts larger than this are not corrected; the tile is flagged.
-    min_quality : minimum phase-correlation peak response (0..1).
+    rgb : (H, W, 3) uint8 image.
+    valid : (H, W) bool, optional. Invalid pixels (and a 2-pixel rim around them, where the
+        gradient sees the nodata edge) are zero.
+    sigma : Gaussian smoothing in pixels before the gradient.
 
     Returns
     -------
-    Registration
-        ``dx_px, dy_px``: the current image content sits at (x + dx, y + dy) of the baseline's (x, y).
+    (H, W, 2) float32 array ``(cos 2θ, sin 2θ)`` of the gradient direction θ, weighted by
+    ``m / (m + median m)`` so that flat areas (noise) weigh little and every real edge about the
+    same, whatever its contrast.
     """
-    rows = np.flatnonzero(valid.any(axis=1))
-    cols = np.flatnonzero(valid.any(axis=0))
-    if rows.size < MIN_SIDE_PX or cols.size < MIN_SIDE_PX or valid.sum() < MIN_SIDE_PX**2:
-        return Registration(0.0, 0.0, 0.0, 0.0, False, "too little valid overlap to register")
-    # correlate on the valid bounding box only: tiles at the mosaic edge are mostly empty
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    a = _gradient(baseline[box])
-    b = _gradient(current[box])
-    a[~valid[box]] = 0
-    b[~valid[box]] = 0
-    window = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
-    (dx, dy), response = cv2.phaseCorrelate(a, b, window)
-    shift_m = float(np.hypot(dx, dy) * gsd)
-    if not np.isfinite(response) or response < min_quality:
-        return Registration(dx, dy, shift_m, float(response), False, f"weak correlation ({response:.3f})")
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gray = cv2.GaussianBlur(gray, (0, 0), sigma)
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    m2 = gx * gx + gy * gy
+    m = np.sqrt(m2)
+    ref = float(np.median(m[valid])) if valid is not None and valid.any() else float(np.median(m))
+    weight = m / (m + max(ref, 1e-3))
+    inv = 1.0 / np.maximum(m2, 1e-6)
+    out = np.empty((*gray.shape, 2), np.float32)
+    out[..., 0] = (gx * gx - gy * gy) * inv * weight
+    out[..., 1] = 2.0 * gx * gy * inv * weight
+    if valid is not None and not valid.all():
+        inner = cv2.erode(valid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        out[~inner] = 0
+    return out
+
+
+@dataclass(frozen=True)
+class Match:
+    """Translation of one block: the current block's content sits at (x + dx, y + dy)."""
+
+    dx: float
+    dy: float
+    peak: float  # normalised cross-correlation at the peak
+    quality: float  # peak distinctiveness in 0..1: 1 - (best side lobe / peak); 0 = ambiguous
+
+    @property
+    def ok(self) -> bool:
+        return np.isfinite(self.dx) and self.quality > 0
+
+
+def _subpixel(surface: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    """Peak position refined by a parabola through the peak and its two neighbours, per axis."""
+
+    def vertex(a: float, b: float, c: float) -> float:
+        d = a - 2 * b + c
+        return 0.0 if d >= 0 else float(np.clip(0.5 * (a - c) / d, -0.5, 0.5))
+
+    h, w = surface.shape
+    fy = vertex(surface[y - 1, x], surface[y, x], surface[y + 1, x]) if 0 < y < h - 1 else 0.0
+    fx = vertex(surface[y, x - 1], surface[y, x], surface[y, x + 1]) if 0 < x < w - 1 else 0.0
+    return x + fx, y + fy
+
+
+def match_translation(base: np.ndarray, cur: np.ndarray, search_px: int) -> Match:
+    """Translation of ``cur`` against ``base`` (structure images of the same size), within ±search_px.
+
+    The centre of ``base`` (minus a ``search_px`` margin) is correlated with ``cur`` by
+    ``cv2.matchTemplate`` (normalised cross-correlation summed over both channels); the peak
+    is refined to sub-pixel precision. A peak on the border of the search range (the true
+    shift may lie beyond it) is reported with quality 0.
+    """
+    s = int(search_px)
+    h, w = base.shape[:2]
+    if h <= 2 * s + MIN_SIDE_PX // 2 or w <= 2 * s + MIN_SIDE_PX // 2:
+        return Match(np.nan, np.nan, 0.0, 0.0)
+    template = base[s : h - s, s : w - s]
+    if not np.any(template) or not np.any(cur):
+        return Match(np.nan, np.nan, 0.0, 0.0)
+    surface = cv2.matchTemplate(cur, template, cv2.TM_CCORR_NORMED)
+    _, peak, _, (x, y) = cv2.minMaxLoc(surface)
+    fx, fy = _subpixel(surface, y, x)
+    if peak <= 0 or not np.isfinite(peak):
+        return Match(np.nan, np.nan, 0.0, 0.0)
+    on_border = x in (0, surface.shape[1] - 1) or y in (0, surface.shape[0] - 1)
+    side = surface.copy()
+    side[max(0, y - PEAK_EXCLUDE_PX) : y + PEAK_EXCLUDE_PX + 1, max(0, x - PEAK_EXCLUDE_PX) : x + PEAK_EXCLUDE_PX + 1] = -1
+    second = float(side.max()) if side.size > (2 * PEAK_EXCLUDE_PX + 1) ** 2 else 0.0
+    quality = 0.0 if on_border else float(np.clip(1.0 - max(second, 0.0) / peak, 0.0, 1.0))
+    return Match(fx - s, fy - s, float(peak), quality)
+
+
+# ---------------------------------------------------------------- the mosaic model
+
+@dataclass(frozen=True)
+class MosaicModel:
+    """A similarity transform between the epochs over the whole pair, in working-grid pixels.
+
+    ``matrix`` (2×3) maps a baseline pixel (x, y) of the working grid to where the same ground
+    is in the current epoch.
+    """
+
+    matrix: tuple[tuple[float, float, float], tuple[float, float, float]]
+    ok: bool
+    inliers: int  # blocks that agree with the model
+    blocks: int  # blocks that could be matched
+    spread: float  # share of the pair's extent (bounding box of the agreeing blocks)
+    residual_m: float  # RMS distance of the agreeing blocks from the model
+    reason: str = ""
+
+    def at(self, x: float, y: float) -> tuple[float, float]:
+        """Displacement (dx, dy) in working pixels at working-grid pixel (x, y)."""
+        m = np.asarray(self.matrix)
+        px, py = m @ (x, y, 1.0)
+        return float(px - x), float(py - y)
+
+    @property
+    def rotation_deg(self) -> float:
+        m = np.asarray(self.matrix)
+        return float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+
+
+IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+
+
+def fit_mosaic_model(base: np.ndarray, cur: np.ndarray, gsd: float, max_shift_m: float, *, block: int = BLOCK_PX,
+                     min_inliers: int = 4, min_spread: float = 0.25, min_block_quality: float = 0.05,
+                     valid: np.ndarray | None = None) -> MosaicModel:
+    """Fit the mosaic model to two co-gridded structure images (see :func:`structure_image`).
+
+    Parameters
+    ----------
+    base, cur : (H, W, 2) float32 structure images of the two epochs on the same grid.
+    gsd : metres per pixel of that grid.
+    max_shift_m : largest displacement searched.
+    block : block side in pixels; blocks overlap by half.
+    min_inliers, min_spread : acceptance: blocks agreeing with the model, and the share of the
+        pair's extent their bounding box covers (both axes).
+    min_block_quality : blocks whose correlation peak is less distinct are not used.
+    valid : (H, W) bool, optional: pixels valid in both epochs.
+    """
+    h, w = base.shape[:2]
+    search = max(2, int(np.ceil(max_shift_m / gsd)) + 2)
+    # small pairs: smaller blocks, so that a model can still be fitted to several of them
+    block = int(min(block, max(MIN_BLOCK_PX, min(h, w) // 3)))
+    size = min(block + 2 * search, h, w)
+    step = max(1, (size - 2 * search) // 2)
+    src, dst, q = [], [], []
+    tried = 0
+    for y0 in _starts(h, size, step):
+        for x0 in _starts(w, size, step):
+            if valid is not None and valid[y0 : y0 + size, x0 : x0 + size].mean() < MIN_BLOCK_VALID:
+                continue
+            tried += 1
+            m = match_translation(base[y0 : y0 + size, x0 : x0 + size], cur[y0 : y0 + size, x0 : x0 + size], search)
+            if m.ok and m.quality >= min_block_quality:
+                cx, cy = x0 + (size - 1) / 2, y0 + (size - 1) / 2
+                src.append((cx, cy))
+                dst.append((cx + m.dx, cy + m.dy))
+                q.append(m.quality)
+    n = len(src)
+    if n < max(2, min_inliers):
+        return MosaicModel(IDENTITY, False, 0, n, 0.0, 0.0,
+                           f"only {n} of {tried} blocks matched distinctly (need {min_inliers})")
+    src_a, dst_a = np.float32(src), np.float32(dst)
+    threshold = max(1.0, 0.5 / gsd)  # blocks within 0.5 m (or a pixel) of the model agree with it
+    matrix, inl = cv2.estimateAffinePartial2D(src_a, dst_a, method=cv2.RANSAC, ransacReprojThreshold=threshold,
+                                              maxIters=4000, confidence=0.999, refineIters=20)
+    if matrix is None:
+        return MosaicModel(IDENTITY, False, 0, n, 0.0, 0.0, "no consistent model among the block shifts")
+    inl = inl.ravel().astype(bool)
+    k = int(inl.sum())
+    pts = src_a[inl]
+    spread = float(min(np.ptp(pts[:, 0]) / max(w - size, 1), np.ptp(pts[:, 1]) / max(h - size, 1))) if k else 0.0
+    if w <= size or h <= size:  # a pair no larger than one block: spread cannot be judged
+        spread = 1.0
+    pred = src_a[inl] @ matrix[:, :2].T + matrix[:, 2]
+    residual = float(np.sqrt(np.mean(np.sum((pred - dst_a[inl]) ** 2, axis=1)))) * gsd if k else 0.0
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    if k < 2 or (n >= min_inliers and k < min_inliers):
+        return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
+                           f"only {k} of {n} matched blocks agree (need {min_inliers})")
+    if k < 3 or spread < min_spread:
+        # Too few or too clustered to fix a rotation: a pure shift from the agreeing blocks.
+        d = np.median(dst_a[inl] - src_a[inl], axis=0)
+        matrix = np.float64([[1, 0, d[0]], [0, 1, d[1]]])
+        if k < min_inliers:
+            return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
+                               f"only {k} of {n} matched blocks agree (need {min_inliers})")
+    if abs(scale - 1) > 0.01:
+        return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
+                           f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid")
+    model = MosaicModel(_as_tuple(matrix), True, k, n, spread, residual)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    shift_m = float(np.hypot(*model.at(cx, cy))) * gsd
     if shift_m > max_shift_m:
-        return Registration(dx, dy, shift_m, float(response), False,
-                            f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum")
-    return Registration(float(dx), float(dy), shift_m, float(response), True)
+        return replace(model, ok=False, reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum")
+    return model
 
 
-def apply_shift(image: np.ndarray, valid: np.ndarray, reg: Registration) -> tuple[np.ndarray, np.ndarray]:
-    """Move ``image`` by (-dx, -dy) so that it lines up with the baseline; returns image and validity."""
-    if not reg.ok or (abs(reg.dx_px) < 0.05 and abs(reg.dy_px) < 0.05):
-        return image, valid
-    m = np.float32([[1, 0, -reg.dx_px], [0, 1, -reg.dy_px]])
-    h, w = valid.shape
-    moved = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    moved_valid = cv2.warpAffine(valid.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
-    return moved, moved_valid
+def _starts(n: int, size: int, step: int) -> list[int]:
+    if n <= size:
+        return [0]
+    starts = list(range(0, n - size + 1, step))
+    if starts[-1] != n - size:
+        starts.append(n - size)
+    return starts
 
 
-COARSE_MAX_SIDE = 2048  # pixels of the coarse whole-mosaic read used for the fallback shift
+def _as_tuple(matrix) -> tuple:
+    m = np.asarray(matrix, dtype=float)
+    return (tuple(float(v) for v in m[0]), tuple(float(v) for v in m[1]))
 
 
-def estimate_mosaic_shift(baseline_info, current_info, grid, stretches=(None, None),
-                          max_shift_m: float = 3.0, min_quality: float = 0.05) -> Registration:
-    """One shift for the whole pair, from a coarse read of both mosaics (bounded memory).
+def estimate_mosaic_model(baseline_info, current_info, grid, stretches=(None, None), *, max_shift_m: float = 3.0,
+                          min_inliers: int = 4, min_spread: float = 0.25) -> MosaicModel:
+    """The mosaic model from a coarse read of both mosaics (overviews; bounded memory).
 
-    Tiles whose own correlation is weak — typically because most of the tile changed, as in a
-    whole-block development — fall back to this estimate instead of being dropped. The shift is
-    returned in pixels of the *working* grid.
+    Returned in pixels of the *working* grid (the coarse fit is scaled back).
     """
-    from dataclasses import replace
-
     from detector.night.mosaic import EpochReader
 
     factor = max(1.0, max(grid.width, grid.height) / COARSE_MAX_SIDE)
@@ -97,6 +274,123 @@ def estimate_mosaic_shift(baseline_info, current_info, grid, stretches=(None, No
     finally:
         for r in readers:
             r.close()
-    reg = estimate_shift(b, c, vb & vc, coarse.gsd, max_shift_m, min_quality)
-    return Registration(reg.dx_px * factor, reg.dy_px * factor, reg.shift_m, reg.quality, reg.ok, reg.reason,
-                        source="mosaic")
+    valid = vb & vc
+    model = fit_mosaic_model(structure_image(b, vb), structure_image(c, vc), coarse.gsd, max_shift_m,
+                             min_inliers=min_inliers, min_spread=min_spread, valid=valid)
+    # coarse pixel p_c = p_w / factor (pixel-corner convention): M_w = S M_c S^-1
+    m = np.asarray(model.matrix, dtype=float)
+    m_w = np.array([[m[0, 0], m[0, 1], m[0, 2] * factor], [m[1, 0], m[1, 1], m[1, 2] * factor]])
+    return replace(model, matrix=_as_tuple(m_w))
+
+
+# ---------------------------------------------------------------- per tile
+
+def local_matrix(model: MosaicModel, col_off: int, row_off: int) -> np.ndarray:
+    """The mosaic model in the pixel frame of a tile whose upper-left is (col_off, row_off)."""
+    m = np.asarray(model.matrix, dtype=float)
+    a, t = m[:, :2], m[:, 2]
+    o = np.array([col_off, row_off], dtype=float)
+    return np.hstack([a, (a @ o + t - o)[:, None]])
+
+
+def register_tile(baseline: np.ndarray, current: np.ndarray, valid: np.ndarray, gsd: float, *,
+                  model: MosaicModel | None = None, offset: tuple[int, int] = (0, 0), max_shift_m: float = 3.0,
+                  tile_tolerance_m: float = 0.75, min_quality: float = 0.1, on_failure: str = "flag") -> Registration:
+    """Register one tile: its own estimate where it is distinct and agrees with the mosaic model,
+    else the mosaic model, else (``on_failure``) flagged or processed unshifted ("georef").
+
+    Parameters
+    ----------
+    baseline, current : (H, W, 3) uint8 tile pixels on the working grid.
+    valid : (H, W) bool, pixels valid in both epochs.
+    gsd : metres per pixel.
+    model : the mosaic model (working-grid pixels), or None.
+    offset : (col_off, row_off) of the tile on the working grid.
+    max_shift_m : largest displacement corrected.
+    tile_tolerance_m : a tile estimate further than this from the mosaic model is not trusted.
+    min_quality : peak distinctiveness below which a tile's own estimate is not trusted.
+    on_failure : ``"flag"`` (no candidates from the tile) or ``"georef"`` (trust the georeferencing).
+    """
+    h, w = valid.shape
+    centre = ((w - 1) / 2, (h - 1) / 2)
+    use_model = model is not None and model.ok
+    base_m = local_matrix(model, *offset) if use_model else None
+    prior = np.array(base_m @ (*centre, 1.0)) - centre if use_model else np.zeros(2)
+
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    own: Match | None = None
+    why = "too little valid overlap to register"
+    if rows.size >= MIN_SIDE_PX and cols.size >= MIN_SIDE_PX and valid.sum() >= MIN_SIDE_PX**2:
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        b_s = structure_image(baseline[box], valid[box])
+        c_s = structure_image(current[box], valid[box])
+        if use_model:  # search around the model's prediction
+            rx, ry = int(round(prior[0])), int(round(prior[1]))
+            search = max(2, int(np.ceil(tile_tolerance_m / gsd)) + 1)
+            c_s = _translate(c_s, -rx, -ry)
+            m = match_translation(b_s, c_s, search)
+            own = Match(m.dx + rx, m.dy + ry, m.peak, m.quality) if m.ok else m
+        else:  # search twice the allowed range: a larger true shift is then seen (and refused), not aliased
+            own = match_translation(b_s, c_s, max(2, int(np.ceil(2 * max_shift_m / gsd)) + 1))
+        why = f"weak or ambiguous correlation (quality {own.quality:.2f})"
+
+    def shift_only(dx: float, dy: float) -> tuple:
+        return ((1.0, 0.0, float(dx)), (0.0, 1.0, float(dy)))
+
+    own_good = own is not None and own.ok and own.quality >= min_quality
+    if use_model:
+        if own_good:
+            residual = float(np.hypot(own.dx - prior[0], own.dy - prior[1])) * gsd
+            if residual <= tile_tolerance_m:
+                m = base_m.copy()
+                m[:, 2] += (own.dx - prior[0], own.dy - prior[1])
+                return _registration(m, centre, gsd, own.quality, "tile", residual_m=residual,
+                                     inliers=model.inliers)
+            why = f"tile estimate {residual:.2f} m from the mosaic model"
+        return _registration(base_m, centre, gsd, own.quality if own else 0.0, "mosaic",
+                             reason=f"{why}; mosaic model used", inliers=model.inliers)
+    if own_good:
+        reg = _registration(np.asarray(shift_only(own.dx, own.dy)), centre, gsd, own.quality, "tile")
+        if reg.shift_m <= max_shift_m:
+            return reg
+        why = f"shift {reg.shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+    model_why = f"; mosaic model unusable ({model.reason})" if model is not None and model.reason else ""
+    if on_failure == "georef":
+        return Registration(0.0, 0.0, 0.0, 0.0, True, f"{why}{model_why}; georeferencing trusted", "georef")
+    quality = own.quality if own is not None else 0.0
+    dx, dy = (own.dx, own.dy) if own is not None and own.ok else (0.0, 0.0)
+    return Registration(dx, dy, float(np.hypot(dx, dy)) * gsd, quality, False, f"{why}{model_why}", "tile")
+
+
+def _translate(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Integer translation with zero fill: content at (x, y) moves to (x + dx, y + dy)."""
+    out = np.zeros_like(image)
+    h, w = image.shape[:2]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = image[ys, xs]
+    return out
+
+
+def _registration(matrix: np.ndarray, centre, gsd: float, quality: float, source: str, *, reason: str = "",
+                  residual_m: float = 0.0, inliers: int = 0) -> Registration:
+    dx, dy = np.asarray(matrix) @ (*centre, 1.0) - centre
+    return Registration(float(dx), float(dy), float(np.hypot(dx, dy)) * gsd, float(quality), True, reason, source,
+                        matrix=_as_tuple(matrix), residual_m=round(float(residual_m), 3), inliers=int(inliers))
+
+
+def apply_registration(image: np.ndarray, valid: np.ndarray, reg: Registration) -> tuple[np.ndarray, np.ndarray]:
+    """Resample the current tile onto the baseline's pixels; returns image and validity."""
+    if not reg.ok:
+        return image, valid
+    m = np.asarray(reg.matrix if reg.matrix is not None else ((1, 0, reg.dx_px), (0, 1, reg.dy_px)), dtype=np.float64)
+    if np.allclose(m, IDENTITY, atol=1e-3):
+        return image, valid
+    h, w = valid.shape
+    flags = cv2.WARP_INVERSE_MAP
+    moved = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=0)
+    moved_valid = cv2.warpAffine(valid.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST | flags,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return moved, moved_valid
