@@ -18,9 +18,10 @@ import rasterio
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from detector.flight.ortho import Camera, Grid, GroundPlane, OrthoConfig, WorldFrame, camera_rotation, orthomosaic, \
-    render_frame_from_orthophoto
-from detector.flight.pose import write_frame_jpeg
+from detector.flight.baseline import Grid, WorldFrame
+from detector.flight.camera import Camera, GroundPlane, camera_rotation
+from detector.flight.ortho import OrthoConfig, orthomosaic
+from detector.synth.frames import render_frame_from_orthophoto, write_frame_jpeg
 
 CRS, LEFT, TOP, RES, SIZE = "EPSG:32650", 500_000.0, 2_500_200.0, 0.05, 4000  # 200 m x 200 m
 
@@ -52,7 +53,7 @@ def main() -> None:
                            transform=from_origin(LEFT, TOP, RES, RES), tiled=True, compress="deflate") as dst:
             dst.write(np.moveaxis(rgb, -1, 0))
         grid = Grid(crs=rasterio.crs.CRS.from_string(CRS), left=LEFT, top=TOP, res_x=RES, res_y=RES, width=SIZE, height=SIZE)
-        world = WorldFrame(grid.crs, True, 114.0, 22.6)
+        world = WorldFrame(grid.crs, 114.0, 22.6)
         x, y, alt, w, h = LEFT + 100, TOP - 100, 80.0, 4000, 3000
         fpx = 24 / 36 * w
         cam = Camera(center=np.array([x, y, alt]), rotation=camera_rotation(30, -90, 0), focal_px=fpx, width=w, height=h)

@@ -16,24 +16,25 @@ import numpy as np
 import rasterio
 from rasterio.vrt import WarpedVRT
 
+from detector.geo.grid import grid_for_bounds, map_to_pixel
+from detector.geo.raster import apply_stretch, raster_stretch, rgb_bands
+
 
 def read_on_grid(path: Path, crs, transform, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) uint8 of a mosaic on the panel grid, wider types with the project's stretch."""
     with rasterio.open(path) as src, WarpedVRT(src, crs=crs, transform=transform, width=width, height=height) as vrt:
-        bands = [1, 2, 3] if src.count >= 3 else [1, 1, 1]
+        bands = list(rgb_bands(src.colorinterp, src.count) or (1, 1, 1))
         img = vrt.read(bands)
-    img = np.moveaxis(img, 0, -1).astype(np.float32)
-    if img.max() > 255:
-        lo, hi = np.percentile(img[img > 0], [1, 99]) if (img > 0).any() else (0, 1)
-        img = (img - lo) * 255 / max(hi - lo, 1)
-    return np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8))
+    return np.ascontiguousarray(np.moveaxis(apply_stretch(img, raster_stretch(path, bands)), 0, -1))
 
 
 def draw(img: np.ndarray, gdf, transform, colour, label: bool) -> None:
-    inv = ~transform
     for _, row in gdf.iterrows():
         geom = row.geometry
         for poly in getattr(geom, "geoms", [geom]):
-            pts = np.array([inv * xy for xy in poly.exterior.coords], dtype=np.float64)
+            xy = np.asarray(poly.exterior.coords)[:, :2]
+            rows, cols = map_to_pixel(transform, xy[:, 0], xy[:, 1])
+            pts = np.column_stack([cols, rows])
             cv2.polylines(img, [np.round(pts).astype(np.int32)], True, colour, 2, cv2.LINE_AA)
             if label and "class" in row:
                 x, y = pts.min(axis=0)
@@ -54,9 +55,7 @@ def main() -> None:
     cand = gpd.read_file(args.candidates, layer="candidates")
     with rasterio.open(args.baseline) as src:
         crs, bounds = src.crs, src.bounds
-    scale = (bounds.right - bounds.left) / args.width
-    height = int(round((bounds.top - bounds.bottom) / scale))
-    transform = rasterio.transform.from_origin(bounds.left, bounds.top, scale, scale)
+    transform, height = grid_for_bounds(tuple(bounds), args.width)
     panels = [read_on_grid(p, crs, transform, args.width, height) for p in (args.baseline, args.current)]
     cand = cand.to_crs(crs)
     truth = gpd.read_file(args.truth).to_crs(crs) if args.truth else None

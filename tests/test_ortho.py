@@ -12,9 +12,11 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 
 from detector.cli import main
-from detector.flight.ortho import (Camera, Grid, GroundPlane, OrthoConfig, WorldFrame, camera_rotation, match_to_baseline,
-                            open_baseline, orthomosaic, render_frame_from_orthophoto)
-from detector.flight.pose import write_frame_jpeg
+from detector.flight.baseline import Grid, WorldFrame, open_baseline
+from detector.flight.camera import Camera, GroundPlane, camera_rotation
+from detector.flight.ortho import OrthoConfig, orthomosaic
+from detector.flight.refine import match_to_baseline
+from detector.synth.frames import render_frame_from_orthophoto, write_frame_jpeg
 
 CRS = "EPSG:32650"  # UTM 50N (Shenzhen)
 LEFT, TOP, RES, SIZE = 500_000.0, 2_500_300.0, 0.2, 1500  # 300 m x 300 m at 0.2 m
@@ -44,7 +46,7 @@ def scene(tmp_path_factory):
                        transform=from_origin(LEFT, TOP, RES, RES), tiled=True) as dst:
         dst.write(np.moveaxis(rgb, -1, 0))
     grid = Grid(crs=rasterio.crs.CRS.from_string(CRS), left=LEFT, top=TOP, res_x=RES, res_y=RES, width=SIZE, height=SIZE)
-    world = WorldFrame(grid.crs, True, 114.0, 22.6)
+    world = WorldFrame(grid.crs, 114.0, 22.6)
     to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
 
     def frame(name, x, y, alt, yaw, pitch, roll=0.0, width=800, height=600, f35=24, pose_error=(0.0, 0.0, 0.0),
@@ -111,13 +113,13 @@ def test_large_mosaic_path_gives_the_same_pixels(scene, tmp_path, monkeypatch):
     """Above IN_MEMORY_MOSAIC_PX the nadir-distance array lives on disk; the mosaic is identical."""
     import rasterio
 
-    import detector.flight.ortho as ortho
+    import detector.flight.blend as blend
 
     frames = [scene["frame"]("m1.jpg", LEFT + 130, TOP - 140, 80.0, 40.0, -90.0),
               scene["frame"]("m2.jpg", LEFT + 165, TOP - 160, 100.0, -70.0, -85.0)]
     small, large = tmp_path / "small.tif", tmp_path / "large.tif"
     orthomosaic(frames, scene["baseline"], small, cfg=OrthoConfig(refine=False))
-    monkeypatch.setattr(ortho, "IN_MEMORY_MOSAIC_PX", 0)
+    monkeypatch.setattr(blend, "IN_MEMORY_MOSAIC_PX", 0)
     orthomosaic(frames, scene["baseline"], large, cfg=OrthoConfig(refine=False))
     with rasterio.open(small) as a, rasterio.open(large) as b:
         assert np.array_equal(a.read(), b.read())
@@ -227,7 +229,7 @@ def test_dem_removes_terrain_parallax(scene, tmp_path, altitude):
     """Frames over sloping ground: a DEM puts them in place, a flat plane does not."""
     grid = Grid(crs=rasterio.crs.CRS.from_string(CRS), left=LEFT, top=TOP, res_x=RES, res_y=RES, width=SIZE,
                 height=SIZE)
-    world = WorldFrame(grid.crs, True, 114.0, 22.6)
+    world = WorldFrame(grid.crs, 114.0, 22.6)
     to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
     frames = []
     for name, x, y, yaw in (("d1.jpg", LEFT + 150, TOP - 140, 30.0), ("d2.jpg", LEFT + 180, TOP - 165, -60.0)):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from detector.errors import InputError
-from detector.flight.pose import (PoseError, parse_coordinate, pose_with_flight_log, read_flight_log, read_pose,
-                           write_frame_jpeg)
+from detector.flight.pose import PoseError, parse_coordinate, pose_with_flight_log, read_flight_log, read_pose
+from detector.synth.frames import with_offsets, write_frame_jpeg
 
 
 def _image(h=90, w=120):
@@ -51,6 +51,19 @@ def test_corrupt_file_is_a_pose_error(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0not a jpeg at all")
     with pytest.raises(PoseError, match="not a readable image"):
         read_pose(bad)
+
+
+def test_with_offsets_moves_the_pose_on_the_ground(tmp_path):
+    from pyproj import Geod
+
+    path = write_frame_jpeg(tmp_path / "f.jpg", _image(), lat=45.0, lon=7.0, rel_alt_m=50, yaw_deg=10, pitch_deg=-90,
+                            focal_px=80)
+    pose = read_pose(path)
+    moved = with_offsets(pose, yaw_deg=2.0, dx_m=30.0, dy_m=-40.0)
+    az, _, dist = Geod(ellps="WGS84").inv(pose.lon, pose.lat, moved.lon, moved.lat)
+    assert dist == pytest.approx(50.0, abs=1e-6)
+    assert az == pytest.approx(180 - 36.8699, abs=1e-3)  # east 30, south 40
+    assert moved.yaw_deg == pytest.approx(12.0)
 
 
 def test_parse_coordinate_forms():

@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 
 from detector.errors import InputError
+from detector.geo.crs import pixel_size_m, unit_lengths_m
+from detector.geo.raster import apply_stretch, rgb_bands, stretch_from_array
 
 ATTRIBUTIONS = {
     "oam_banepa_fair": "OpenAerialMap imagery (HOTOSM, CC-BY-4.0) with building footprints © OpenStreetMap contributors (ODbL), via hotosm/fAIr-models",
@@ -80,12 +82,6 @@ def _geojson_rings(path: Path) -> list[np.ndarray]:
     return rings
 
 
-def _degree_pixel_m(lat_deg: float) -> tuple[float, float]:
-    """Metres per degree of longitude and of latitude at a latitude (spherical, <0.5 % error)."""
-    m_per_deg = math.pi * EARTH_RADIUS_M / 180.0
-    return m_per_deg * math.cos(math.radians(lat_deg)), m_per_deg
-
-
 def load_banepa(root: Path, gsd_m: float = 0.25, val_rows_from: int = 220247) -> list[SourceImage]:
     """Mosaic the Banepa chips (EPSG:4326 grid in ``.aux.xml``) per split; footprints from OSM."""
     import rasterio
@@ -111,7 +107,7 @@ def load_banepa(root: Path, gsd_m: float = 0.25, val_rows_from: int = 220247) ->
         for t, img in infos:
             x, y = int(round((t.c - lon0) / dlon)), int(round((lat0 - t.f) / dlat))
             mosaic[y:y + img.shape[0], x:x + img.shape[1]] = img
-        mx, my = _degree_pixel_m(lat0)
+        mx, my = unit_lengths_m("EPSG:4326", lon0, lat0)  # metres per degree of longitude, latitude
         sx, sy = dlon * mx / gsd_m, dlat * my / gsd_m
         polys = [np.column_stack([(r[:, 0] - lon0) / dlon * sx, (lat0 - r[:, 1]) / dlat * sy]) for r in rings]
         polys = [p for p in polys if _inside(p, width * sx, height * sy)]
@@ -189,31 +185,18 @@ def load_kampala(root: Path, gsd_m: float = 0.25) -> list[SourceImage]:
     return out
 
 
-def _pixel_size_m(ds) -> tuple[float, float]:
-    """Ground size in metres of one pixel at the raster's centre, for any CRS."""
-    from pyproj import Geod
-    from rasterio.warp import transform as warp_transform
-
-    cx, cy = ds.width / 2, ds.height / 2
-    xs, ys = zip(*[ds.transform * (cx, cy), ds.transform * (cx + 1, cy), ds.transform * (cx, cy + 1)])
-    lons, lats = warp_transform(ds.crs, "EPSG:4326", list(xs), list(ys))
-    geod = Geod(ellps="WGS84")
-    dx = geod.inv(lons[0], lats[0], lons[1], lats[1])[2]
-    dy = geod.inv(lons[0], lats[0], lons[2], lats[2])[2]
-    return dx, dy
-
-
 def _read_rgb_resampled(path: Path, gsd_m: float) -> tuple[np.ndarray, float, float]:
     import rasterio
 
     with rasterio.open(path) as ds:
-        if ds.count < 3:
+        bands = rgb_bands(ds.colorinterp, ds.count)
+        if bands is None or bands[0] == bands[1]:
             raise InputError(f"{path}: needs 3 bands (RGB), has {ds.count}")
-        rgb = ds.read([1, 2, 3])
-        if rgb.dtype != np.uint8:
-            rgb = np.clip(rgb / max(1.0, float(np.percentile(rgb, 99.5))) * 255, 0, 255)
+        rgb = ds.read(list(bands))
+        if rgb.dtype != np.uint8:  # the nightly run's stretch (per band 1-99 %), so chips look like inference
+            rgb = apply_stretch(rgb, stretch_from_array(rgb, ds.dataset_mask() > 0))
         rgb = rgb.astype(np.uint8).transpose(1, 2, 0)
-        dx, dy = _pixel_size_m(ds)
+        dx, dy = pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
     sx, sy = dx / gsd_m, dy / gsd_m
     return _resize(rgb, sx, sy), sx, sy
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import InputError
-from detector.flight.ortho import _write_cog, open_baseline
+from detector.flight.baseline import open_baseline
+from detector.geo.crs import source_gsd_m
+from detector.geo.raster import apply_stretch, estimate_stretch, open_raster, write_cog
 
-log = logging.getLogger("buildwatch.ingest")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,27 +35,6 @@ class IngestReport:
     width: int
     height: int
     warnings: list[str] = field(default_factory=list)
-
-
-def _gsd_m(crs, transform, lat: float) -> float:
-    """Pixel size in metres (geographic CRSs: at latitude ``lat``)."""
-    if crs.is_geographic:
-        return abs(transform.a) * 111_320.0 * math.cos(math.radians(lat))
-    return abs(transform.a) * (crs.linear_units_factor[1] if crs.is_projected else 1.0)
-
-
-def _rgb_bands(src) -> list[int]:
-    """Band indexes holding RGB (skipping alpha), or raise if there are not three colour bands."""
-    from rasterio.enums import ColorInterp
-
-    colour = [i + 1 for i, c in enumerate(src.colorinterp) if c not in (ColorInterp.alpha, ColorInterp.undefined)]
-    if src.count >= 3:
-        by_name = {c: i + 1 for i, c in enumerate(src.colorinterp)}
-        if all(c in by_name for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
-            return [by_name[ColorInterp.red], by_name[ColorInterp.green], by_name[ColorInterp.blue]]
-        return [1, 2, 3]
-    raise InputError(f"{src.name}: has {src.count} band(s) ({len(colour)} colour); an orthomosaic needs RGB "
-                     f"(3 bands, optionally + alpha)")
 
 
 def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_coverage: float = 0.01,
@@ -90,25 +70,14 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
 
     mosaic, out = Path(mosaic), Path(out)
     base = open_baseline(baseline)
-    if not mosaic.exists():
-        raise InputError(f"{mosaic}: mosaic not found; check the path")
     if not out.parent.exists():
         raise InputError(f"{out}: output folder does not exist")
-    try:
-        src = rasterio.open(mosaic)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"{mosaic}: not a readable raster ({str(exc).splitlines()[0][:120]})") from None
+    info = open_raster(mosaic, "mosaic", allow_pan=False)
+    bands = list(info.bands)
     warnings: list[str] = []
-    with src:
-        if src.crs is None:
-            raise InputError(f"{mosaic}: has no CRS (not georeferenced); export it as a GeoTIFF with a CRS, "
-                             f"or assign one with gdal_edit.py -a_srs")
-        bands = _rgb_bands(src)
-        if src.dtypes[0] not in ("uint8", "uint16"):
-            raise InputError(f"{mosaic}: pixel type {src.dtypes[0]} is not an image (need uint8 or uint16 RGB)")
-        lon0, lat0, lon1, lat1 = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
-        src_gsd = _gsd_m(src.crs, src.transform, (lat0 + lat1) / 2)
-        base_gsd = _gsd_m(base.grid.crs, base.grid.transform, (lat0 + lat1) / 2)
+    with rasterio.open(mosaic) as src:
+        src_gsd = source_gsd_m(src.crs, src.transform, src.width, src.height)
+        base_gsd = source_gsd_m(base.grid.crs, base.grid.transform, base.grid.width, base.grid.height)
         in_base = transform_bounds(src.crs, base.grid.crs, *src.bounds, densify_pts=21)
         grid = base.grid.sub_grid(in_base)
         if grid is None:
@@ -123,19 +92,15 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
                            transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                            photometric="RGB", bigtiff="IF_SAFER")
             valid_px = 0
-            scale = None
-            if src.dtypes[0] == "uint16":
-                scale = _uint16_scale(src, bands)
+            stretch = estimate_stretch(src, bands) if info.dtype != "uint8" else None
             with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out.parent) as tmpdir:
                 work = Path(tmpdir) / "current.tif"
                 with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(work, "w", **profile) as dst:
                     for _, window in dst.block_windows(1):
                         data = vrt.read(bands, window=window)
                         mask = vrt.read_masks(1, window=window)
-                        if scale is not None:
-                            data = np.clip(data.astype(np.float32) * scale, 0, 255).astype(np.uint8)
                         valid_px += int(np.count_nonzero(mask))
-                        dst.write(data.astype(np.uint8), window=window)
+                        dst.write(apply_stretch(data, stretch), window=window)
                         dst.write_mask(mask, window=window)
                     coverage = valid_px / float(base.grid.width * base.grid.height)
                     if valid_px == 0:
@@ -149,18 +114,9 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
                     date = src.tags().get("TIFFTAG_DATETIME")
                     if date:
                         dst.update_tags(TIFFTAG_DATETIME=date)
-                with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-                    _write_cog(work, out, compress)
+                write_cog(work, out, compress)
     for w in warnings:
         log.warning("%s: %s", mosaic.name, w)
     return IngestReport(out=out, source_crs=src.crs.to_string(), source_gsd_m=src_gsd, baseline_gsd_m=base_gsd,
                         coverage=coverage, width=grid.width, height=grid.height, warnings=warnings)
 
-
-def _uint16_scale(src, bands: list[int]) -> float:
-    """Factor mapping a uint16 mosaic to uint8 (its 99.5th percentile -> 255), from an overview-sized read."""
-    factor = max(1, int(max(src.width, src.height) / 1024))
-    data = src.read(bands, out_shape=(len(bands), max(1, src.height // factor), max(1, src.width // factor)), masked=True)
-    values = data.compressed()
-    hi = float(np.percentile(values, 99.5)) if values.size else 255.0
-    return 255.0 / max(hi, 1.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from detector.night.mosaic import WorkingGrid
+from detector.geo.grid import WorkingGrid, window_at
 from detector.types import Tile
 
 
@@ -49,9 +49,7 @@ def iter_tiles(grid: WorkingGrid, size: int, overlap: int) -> Iterator[Tile]:
 
 def tile_window(grid: WorkingGrid, tile: Tile) -> tuple[int, int]:
     """(col_off, row_off) of the tile's upper-left pixel in the working grid (may be negative)."""
-    col_off = round((tile.bounds[0] - grid.left) / grid.gsd)
-    row_off = round((grid.top - tile.bounds[3]) / grid.gsd)
-    return col_off, row_off
+    return window_at(grid.transform, tile.bounds[0], tile.bounds[3])
 
 
 def core_bounds(tile: Tile, size: int, overlap: int, gsd: float) -> tuple[float, float, float, float]:

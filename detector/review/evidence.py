@@ -15,6 +15,9 @@ from shapely.geometry.base import BaseGeometry
 
 from detector.errors import InputError
 from detector.fileio import atomic_write_bytes
+from detector.geo.crs import unit_lengths_m
+from detector.geo.grid import map_to_pixel
+from detector.geo.raster import apply_stretch, raster_stretch, rgb_bands
 
 CHIP_PANEL_PX = 256
 HEADER_PX = 22
@@ -63,7 +66,8 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
         with rasterio.open(raster_path) as src:
             if src.crs is None:
                 raise InputError(f"{raster_path}: raster has no CRS; georeference it first")
-            indexes = [1, 2, 3] if src.count >= 3 else [1, 1, 1]
+            indexes = list(rgb_bands(src.colorinterp, src.count) or (1, 1, 1))
+            stretch = raster_stretch(raster_path, indexes)
             nodata = src.nodata
             with WarpedVRT(src, crs=target_crs, transform=transform, width=width, height=height,
                            resampling=Resampling.bilinear, nodata=nodata) as vrt:
@@ -71,21 +75,12 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
                 valid = vrt.dataset_mask() > 0
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"{raster_path}: cannot read the orthomosaic ({exc}); check the file") from None
-    return _to_uint8_rgb(pixels, valid)
+    return _to_uint8_rgb(pixels, valid, stretch)
 
 
-def _to_uint8_rgb(pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(3, H, W) any dtype -> (H, W, 3) uint8; wider types stretched to their 2-98 % range."""
-    rgb = np.moveaxis(pixels, 0, -1)
-    if rgb.dtype != np.uint8:
-        values = rgb[valid].astype(np.float64)
-        if values.size:
-            low, high = np.percentile(values, [2, 98])
-        else:
-            low, high = 0.0, 1.0
-        scale = 255.0 / max(high - low, 1e-9)
-        rgb = np.clip((rgb.astype(np.float64) - low) * scale, 0, 255).astype(np.uint8)
-    rgb = np.ascontiguousarray(rgb)
+def _to_uint8_rgb(pixels: np.ndarray, valid: np.ndarray, stretch=None) -> np.ndarray:
+    """(3, H, W) -> (H, W, 3) uint8; wider types with the mosaic's stretch (:mod:`detector.geo.raster`)."""
+    rgb = np.ascontiguousarray(np.moveaxis(apply_stretch(pixels, stretch), 0, -1))
     rgb[~valid] = 0
     return rgb
 
@@ -95,28 +90,27 @@ def chip_bounds(geometry: BaseGeometry, crs) -> tuple[float, float, float, float
     minx, miny, maxx, maxy = geometry.bounds
     cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
     half = max(maxx - minx, maxy - miny)  # = twice the half-size: one polygon size of context
-    metres_per_unit = 111_320.0 if crs.is_geographic else (crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0)
-    half = max(half, MIN_CONTEXT_M / metres_per_unit)
-    if crs.is_geographic:  # keep the chip square on the ground
-        lat_scale = max(np.cos(np.radians(cy)), 1e-6)
-        return cx - half / lat_scale, cy - half, cx + half / lat_scale, cy + half
-    return cx - half, cy - half, cx + half, cy + half
+    east_m, north_m = unit_lengths_m(crs, cx, cy)
+    half = max(half, MIN_CONTEXT_M / north_m)
+    half_x = half * north_m / max(east_m, 1e-9)  # square on the ground (degrees of longitude are shorter)
+    return cx - half_x, cy - half, cx + half_x, cy + half
 
 
 def draw_outline(image: np.ndarray, geometry: BaseGeometry, bounds, colour: tuple[int, int, int], thickness: int = 2) -> None:
     """Draw a polygon's rings (map coordinates inside ``bounds``) onto an (H, W, 3) image in place."""
     import cv2
 
-    left, bottom, right, top = bounds
+    from rasterio.transform import from_bounds
+
     height, width = image.shape[:2]
+    transform = from_bounds(*bounds, width, height)
     polygons = getattr(geometry, "geoms", [geometry])
     for polygon in polygons:
         if polygon.is_empty or not hasattr(polygon, "exterior"):
             continue
         for ring in [polygon.exterior, *polygon.interiors]:
             xy = np.asarray(ring.coords)[:, :2]
-            cols = (xy[:, 0] - left) / (right - left) * width
-            rows = (top - xy[:, 1]) / (top - bottom) * height
+            rows, cols = map_to_pixel(transform, xy[:, 0], xy[:, 1])
             points = np.round(np.column_stack([cols, rows])).astype(np.int32)
             cv2.polylines(image, [points], isClosed=True, color=colour, thickness=thickness, lineType=cv2.LINE_AA)
 

@@ -22,6 +22,8 @@ import numpy as np
 
 from detector.errors import InputError
 from detector.fileio import atomic_write_text
+from detector.geo.crs import unit_lengths_m
+from detector.geo.grid import map_to_pixel
 from detector.review.evidence import draw_outline, read_rgb
 from detector.review.qgis import STATUS_STYLE
 from detector.review.registry import RegistryUpdate, read_cases_frame
@@ -93,7 +95,7 @@ def _community_row(name, rows, night, night_iso, open_statuses) -> CommunityRow:
 
 def _map_bounds(cases, crs) -> tuple[float, float, float, float]:
     minx, miny, maxx, maxy = cases.total_bounds
-    metres = 111_320.0 if crs.is_geographic else 1.0
+    metres = min(unit_lengths_m(crs, (minx + maxx) / 2, (miny + maxy) / 2))  # ground metres per CRS unit
     pad = max((maxx - minx) * 0.1, (maxy - miny) * 0.1, 30.0 / metres)
     return minx - pad, miny - pad, maxx + pad, maxy + pad
 
@@ -104,12 +106,13 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
     Tonight's new cases get a numbered marker (their order in the thumbnail list).
     """
     import cv2
+    from rasterio.transform import from_bounds
 
     bounds = _map_bounds(cases, crs)
     left, bottom, right, top = bounds
     aspect = (right - left) / max(top - bottom, 1e-12)
-    if crs.is_geographic:
-        aspect *= np.cos(np.radians((top + bottom) / 2))
+    east_m, north_m = unit_lengths_m(crs, (left + right) / 2, (bottom + top) / 2)
+    aspect *= east_m / north_m  # on the ground (degrees of longitude are shorter)
     width = MAP_MAX_PX if aspect >= 1 else max(int(MAP_MAX_PX * aspect), 50)
     height = max(int(width / aspect), 50) if aspect >= 1 else MAP_MAX_PX
     background = np.full((height, width, 3), 235, dtype=np.uint8)
@@ -126,8 +129,8 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
         colour = (rgb[2], rgb[1], rgb[0])
         draw_outline(background, row.geometry, bounds, colour, thickness=2)
         point = row.geometry.representative_point()
-        col = int((point.x - left) / (right - left) * width)
-        r = int((top - point.y) / (top - bottom) * height)
+        rows, cols = map_to_pixel(from_bounds(*bounds, width, height), [point.x], [point.y])
+        col, r = int(cols[0]), int(rows[0])
         cv2.circle(background, (col, r), 4, colour, -1, cv2.LINE_AA)
         if row.first_seen == night_iso:
             new_number += 1

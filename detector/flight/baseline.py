@@ -1,0 +1,146 @@
+"""The ortho baseline: its north-up pixel grid, how to read it, and the metric world frame.
+
+The output of ``buildwatch ortho`` / ``ingest`` lies on the baseline's pixel grid (its CRS,
+pixel size and alignment). The cameras live in a local metric *world frame*: the baseline's
+CRS when its unit is a true ground metre, else the UTM zone of the flight
+(:func:`detector.geo.crs.working_crs`, the same rule as the nightly run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from detector.geo import grid as windows
+from detector.geo.crs import as_crs, metres_per_unit, working_crs
+from detector.geo.raster import Stretch, apply_stretch, open_raster, raster_stretch
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid in the baseline CRS: origin (upper-left corner), pixel size, shape."""
+
+    crs: object
+    left: float
+    top: float
+    res_x: float
+    res_y: float  # positive; rows go south
+    width: int
+    height: int
+
+    @property
+    def transform(self):
+        from rasterio.transform import from_origin
+
+        return from_origin(self.left, self.top, self.res_x, self.res_y)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return self.left, self.top - self.height * self.res_y, self.left + self.width * self.res_x, self.top
+
+    def pixel_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        xs = self.left + (np.arange(self.width) + 0.5) * self.res_x
+        ys = self.top - (np.arange(self.height) + 0.5) * self.res_y
+        return np.meshgrid(xs, ys)
+
+    def window_of(self, other: "Grid"):
+        """The window (:class:`rasterio.windows.Window`) ``other`` (same pixel size, aligned) covers in this grid."""
+        from rasterio.windows import Window
+
+        col, row = windows.window_at(self.transform, other.left, other.top)
+        return Window(col, row, other.width, other.height)
+
+    def sub_grid(self, bounds: tuple[float, float, float, float]) -> Optional["Grid"]:
+        """The part of this grid covering ``bounds`` (snapped outwards to pixels), or None if disjoint."""
+        win = windows.sub_window(self.transform, self.width, self.height, bounds)
+        if win is None:
+            return None
+        xs, ys = windows.pixel_to_map(self.transform, [win.row_off], [win.col_off])
+        return replace(self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height))
+
+    def resampled(self, res: float) -> "Grid":
+        """The same area on a grid of pixel size ``res`` (anchored at the same corner)."""
+        import math
+
+        left, bottom, right, top = self.bounds
+        return replace(self, res_x=res, res_y=res, width=max(1, int(math.ceil((right - left) / res))),
+                       height=max(1, int(math.ceil((top - bottom) / res))))
+
+
+@dataclass
+class Baseline:
+    """The reference orthomosaic: its grid and how to read it."""
+
+    path: Path
+    grid: Grid
+    metre_per_unit: float  # ground metres per CRS unit at the baseline's centre
+    bands: tuple[int, int, int] = (1, 2, 3)
+    stretch: Optional[Stretch] = None  # the project's stretch to uint8 (None: uint8 already)
+
+    def read(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 (H, W, 3) and a validity mask of the baseline resampled onto ``grid``."""
+        import rasterio
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        with rasterio.open(self.path) as src, WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                                        height=grid.height, resampling=Resampling.bilinear) as vrt:
+            rgb = apply_stretch(vrt.read(list(self.bands)), self.stretch)
+            mask = vrt.read_masks(1) > 0
+        return np.ascontiguousarray(np.moveaxis(rgb, 0, -1)), mask
+
+
+def open_baseline(path: str | Path) -> Baseline:
+    """Open and check the baseline GeoTIFF (:func:`detector.geo.raster.open_raster`, north-up).
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, without CRS, not uint8/uint16, not RGB or panchromatic, or rotated.
+    """
+    from rasterio.crs import CRS
+
+    info = open_raster(path, "baseline", allow_pan=True, north_up=True)
+    t = info.transform
+    crs = CRS.from_wkt(info.crs_wkt)
+    grid = Grid(crs=crs, left=t.c, top=t.f, res_x=t.a, res_y=-t.e, width=info.width, height=info.height)
+    left, bottom, right, top = grid.bounds
+    mpu = metres_per_unit(info.crs_wkt, (left + right) / 2, (bottom + top) / 2)
+    stretch = raster_stretch(info.path, info.bands) if info.dtype != "uint8" else None
+    return Baseline(path=info.path, grid=grid, metre_per_unit=mpu, bands=info.bands, stretch=stretch)
+
+
+class WorldFrame:
+    """Converts between the baseline CRS and the local metric world frame of the cameras.
+
+    The world frame is :func:`detector.geo.crs.working_crs` at the flight's position: the
+    baseline's CRS when it is true metres there (then conversions are the identity), else UTM.
+    """
+
+    def __init__(self, baseline_crs, lon: float, lat: float):
+        from pyproj import Transformer
+
+        base = as_crs(baseline_crs)
+        self.crs = working_crs(base, lon, lat)
+        self.identity = self.crs is base
+        self._to_world = Transformer.from_crs(base, self.crs, always_xy=True)
+        self._from_world = Transformer.from_crs(self.crs, base, always_xy=True)
+        self._from_lonlat = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
+
+    def lonlat_to_world(self, lon: float, lat: float) -> tuple[float, float]:
+        return self._from_lonlat.transform(lon, lat)
+
+    def to_world(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.identity:
+            return x, y
+        wx, wy = self._to_world.transform(np.ravel(x), np.ravel(y))
+        return np.reshape(wx, np.shape(x)), np.reshape(wy, np.shape(y))
+
+    def from_world(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.identity:
+            return x, y
+        bx, by = self._from_world.transform(np.ravel(x), np.ravel(y))
+        return np.reshape(bx, np.shape(x)), np.reshape(by, np.shape(y))

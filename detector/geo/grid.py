@@ -1,0 +1,147 @@
+"""The working grid and window arithmetic, done with :mod:`rasterio.windows` and affine transforms.
+
+A *window* is a :class:`rasterio.windows.Window` (col_off, row_off, width, height) on a grid
+given by its affine transform. Map bounds become windows with
+:func:`rasterio.windows.from_bounds`, windows are clipped with
+:meth:`~rasterio.windows.Window.intersection`, map points become pixel positions with the
+inverse transform (:func:`map_to_pixel`). No module divides by a pixel size by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from detector.errors import InputError
+from detector.geo.crs import working_crs_wkt
+from detector.geo.raster import MosaicInfo
+
+SNAP_EPS = 1e-6  # pixel fractions below this are rounding noise, not a partial pixel
+
+
+@dataclass(frozen=True)
+class WorkingGrid:
+    """The north-up pixel grid all tiles are cut from."""
+
+    crs_wkt: str  # working (metric) CRS
+    output_crs_wkt: str  # the baseline's CRS: candidates are written in it
+    gsd: float  # metres per pixel
+    left: float
+    top: float
+    width: int
+    height: int
+
+    @property
+    def transform(self):
+        from affine import Affine
+
+        return Affine(self.gsd, 0.0, self.left, 0.0, -self.gsd, self.top)
+
+
+def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingGrid:
+    """The working grid over the baseline's footprint, in the metric working CRS
+    (:func:`detector.geo.crs.working_crs`), anchored to a world grid of whole pixels so that
+    the same ground gets the same pixels every night.
+
+    Raises
+    ------
+    InputError
+        The two mosaics do not overlap.
+    """
+    from rasterio.warp import transform_bounds
+
+    work_crs = working_crs_wkt(baseline.crs_wkt, baseline.bounds)
+    b = transform_bounds(baseline.crs_wkt, work_crs, *baseline.bounds, densify_pts=21)
+    c = transform_bounds(current.crs_wkt, work_crs, *current.bounds, densify_pts=21)
+    inter = (max(b[0], c[0]), max(b[1], c[1]), min(b[2], c[2]), min(b[3], c[3]))
+    if inter[0] >= inter[2] or inter[1] >= inter[3]:
+        raise InputError(
+            f"{current.path}: current mosaic does not overlap the baseline {baseline.path}; "
+            "check that both cover the same area and carry the right CRS"
+        )
+    left = math.floor(b[0] / gsd) * gsd
+    top = math.ceil(b[3] / gsd) * gsd
+    width = int(math.ceil((b[2] - left) / gsd))
+    height = int(math.ceil((top - b[1]) / gsd))
+    return WorkingGrid(crs_wkt=work_crs, output_crs_wkt=baseline.crs_wkt, gsd=gsd, left=left, top=top,
+                       width=width, height=height)
+
+
+def window_at(transform, left: float, top: float) -> tuple[int, int]:
+    """(col_off, row_off) of the pixel whose upper-left corner is the map point (left, top)
+    (rounded; may be negative or past the grid)."""
+    rows, cols = map_to_pixel(transform, [left], [top])
+    return int(round(float(cols[0]))), int(round(float(rows[0])))
+
+
+def bounds_window(transform, bounds: tuple[float, float, float, float]):
+    """The window (float offsets and sizes) covering map ``bounds`` on the grid of ``transform``."""
+    from rasterio.windows import from_bounds
+
+    return from_bounds(*bounds, transform=transform)
+
+
+def snap_outwards(window):
+    """The smallest whole-pixel window containing ``window`` (noise below :data:`SNAP_EPS` ignored)."""
+    from rasterio.windows import Window
+
+    c0 = math.floor(window.col_off + SNAP_EPS)
+    r0 = math.floor(window.row_off + SNAP_EPS)
+    c1 = math.ceil(window.col_off + window.width - SNAP_EPS)
+    r1 = math.ceil(window.row_off + window.height - SNAP_EPS)
+    return Window(c0, r0, max(0, c1 - c0), max(0, r1 - r0))
+
+
+def clip_window(window, width: int, height: int):
+    """``window`` clipped to a ``width`` x ``height`` grid, or None when they do not overlap."""
+    from rasterio.errors import WindowError
+    from rasterio.windows import Window
+
+    try:
+        inter = window.intersection(Window(0, 0, width, height))
+    except WindowError:
+        return None
+    return inter if inter.width > 0 and inter.height > 0 else None
+
+
+def inner_slices(outer, inner) -> tuple[slice, slice]:
+    """(rows, cols) slices that place window ``inner`` inside an array covering window ``outer``."""
+    r0, c0 = int(inner.row_off - outer.row_off), int(inner.col_off - outer.col_off)
+    return slice(r0, r0 + int(inner.height)), slice(c0, c0 + int(inner.width))
+
+
+def map_to_pixel(transform, xs, ys) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) as floats of map points on the grid of ``transform`` (0, 0 = the upper-left
+    corner of the first pixel; pixel centres are at +0.5)."""
+    from rasterio.transform import rowcol
+
+    rows, cols = rowcol(transform, np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), op=float)
+    return np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
+
+
+def pixel_to_map(transform, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, ys) map coordinates of pixel positions (rows, cols as floats; 0, 0 = the upper-left
+    corner of the first pixel) on the grid of ``transform``."""
+    from rasterio.transform import xy
+
+    xs, ys = xy(transform, np.asarray(rows, dtype=float), np.asarray(cols, dtype=float), offset="ul")
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def grid_for_bounds(bounds: tuple[float, float, float, float], width: int):
+    """(transform, height) of a north-up grid ``width`` pixels wide over ``bounds`` with square pixels."""
+    from rasterio.transform import from_origin
+
+    left, bottom, right, top = bounds
+    res = (right - left) / width
+    height = max(1, int(round((top - bottom) / res)))
+    return from_origin(left, top, res, res), height
+
+
+def sub_window(transform, width: int, height: int, bounds: tuple[float, float, float, float]) -> Optional[object]:
+    """The whole-pixel part of a ``width`` x ``height`` grid covering map ``bounds`` (snapped
+    outwards), or None when disjoint."""
+    return clip_window(snap_outwards(bounds_window(transform, bounds)), width, height)

@@ -1,0 +1,279 @@
+"""Rasters done one way: open + validate, the one stretch to uint8, COG write, acquisition date.
+
+* :func:`open_raster` validates an input orthomosaic for every role (nightly baseline/current,
+  the ortho baseline, a foreign mosaic to ingest) with one set of rules and one wording; the
+  role-specific options are whether a single panchromatic band is accepted and whether the
+  grid must be north-up.
+* :func:`rgb_bands` is the one band rule: red/green/blue by colour interpretation when the
+  file labels them, else the first three non-alpha bands, else one band repeated (panchromatic).
+* :func:`raster_stretch` / :func:`stretch_from_array` + :func:`apply_stretch` are the one
+  stretch of wider pixel types (uint16, ...) to uint8: per band, the ``low``–``high``
+  percentiles (1–99 %) of the valid, non-zero pixels are mapped linearly to 0–255; estimated
+  once per raster from a decimated read (overviews), so every window of one raster — nightly
+  tile, evidence chip, ortho matching window, ingested block — gets the same mapping.
+* :func:`write_cog` turns a tiled GeoTIFF into a COG atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from detector.errors import InputError
+
+SUPPORTED_DTYPES = ("uint8", "uint16")
+STRETCH_LOW, STRETCH_HIGH = 1.0, 99.0  # percentiles mapped to 0 and 255
+STRETCH_SAMPLE_SIDE = 1024  # the stretch is estimated from a read at most this many pixels on a side
+
+
+@dataclass(frozen=True)
+class MosaicInfo:
+    """What the run needs to know about one input raster (validated by :func:`open_raster`)."""
+
+    path: Path
+    crs_wkt: str
+    bounds: tuple[float, float, float, float]  # in its own CRS
+    width: int
+    height: int
+    count: int
+    dtype: str
+    res: tuple[float, float]
+    has_alpha: bool
+    acquired: Optional[date]
+    transform: object = None  # affine.Affine
+    bands: tuple[int, int, int] = (1, 2, 3)  # the band indexes read as R, G, B (see rgb_bands)
+
+    @property
+    def colour_bands(self) -> int:
+        return self.count - (1 if self.has_alpha else 0)
+
+    @property
+    def is_rgb(self) -> bool:
+        return self.colour_bands >= 3
+
+
+def acquisition_date(tags: dict) -> Optional[date]:
+    """The acquisition date in a raster's metadata (``TIFFTAG_DATETIME``, ``ACQUISITIONDATETIME``,
+    ``DATE``; EXIF ``YYYY:MM:DD HH:MM:SS`` or ISO forms), or None."""
+    raw = tags.get("TIFFTAG_DATETIME") or tags.get("ACQUISITIONDATETIME") or tags.get("DATE")
+    if raw:
+        text = raw.strip()
+        for fmt, n in (("%Y:%m:%d %H:%M:%S", 19), ("%Y-%m-%d %H:%M:%S", 19), ("%Y-%m-%dT%H:%M:%S", 19),
+                       ("%Y-%m-%d", 10), ("%Y:%m:%d", 10)):
+            try:
+                return datetime.strptime(text[:n], fmt).date()
+            except ValueError:
+                continue
+    return None
+
+
+def rgb_bands(colorinterp, count: int) -> Optional[tuple[int, int, int]]:
+    """Band indexes (1-based) to read as R, G, B; None when the raster has 2 colour bands or none.
+
+    Parameters
+    ----------
+    colorinterp : sequence of rasterio.enums.ColorInterp
+        The raster's colour interpretation per band.
+    count : int
+        Number of bands.
+    """
+    from rasterio.enums import ColorInterp
+
+    interp = list(colorinterp) + [ColorInterp.undefined] * (count - len(colorinterp))
+    by_name = {c: i + 1 for i, c in enumerate(interp)}
+    if all(c in by_name for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+        return by_name[ColorInterp.red], by_name[ColorInterp.green], by_name[ColorInterp.blue]
+    colour = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha]
+    if len(colour) >= 3:
+        return colour[0], colour[1], colour[2]
+    if len(colour) == 1:
+        return colour[0], colour[0], colour[0]
+    return None
+
+
+def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up: bool = False) -> MosaicInfo:
+    """Validate an input orthomosaic; raise :class:`InputError` naming the file and the fix.
+
+    Checks: the file exists and is a raster GDAL reads to its end (a decimated read, which uses
+    the overviews, and the last full-resolution block, which a truncated COG lacks), it has a
+    CRS and a geotransform, uint8 or uint16 pixels, and RGB bands (:func:`rgb_bands`).
+
+    Parameters
+    ----------
+    path : path
+        The GeoTIFF / COG.
+    what : str
+        How messages name it, e.g. ``"baseline mosaic"``, ``"mosaic"``.
+    allow_pan : bool
+        Accept a single (panchromatic) band, read as grey RGB. The nightly run does; ``ingest``
+        and ``ortho`` need colour.
+    north_up : bool
+        Refuse rotated or south-up geotransforms (``ortho`` works on the baseline's pixel grid).
+
+    Returns
+    -------
+    MosaicInfo
+
+    Raises
+    ------
+    InputError
+        One line: the file, what is wrong, what to do.
+    """
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: {what} is a folder; give a GeoTIFF file")
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise InputError(f"{path}: {what} has no CRS (not georeferenced); assign one "
+                                 "(e.g. gdal_edit.py -a_srs EPSG:4547) and rerun")
+            t = src.transform
+            if t.is_identity:
+                raise InputError(f"{path}: {what} has no georeferencing (identity geotransform)")
+            if north_up and (t.b != 0 or t.d != 0 or t.e >= 0):
+                raise InputError(f"{path}: {what} is not a north-up grid; warp it first (gdalwarp)")
+            dtype = src.dtypes[0]
+            if dtype not in SUPPORTED_DTYPES:
+                raise InputError(f"{path}: {what} has pixel type {dtype}; buildwatch reads uint8 or uint16 imagery")
+            has_alpha = ColorInterp.alpha in src.colorinterp
+            bands = rgb_bands(src.colorinterp, src.count)
+            if bands is None or (not allow_pan and bands[0] == bands[1]):
+                colour = src.count - (1 if has_alpha else 0)
+                pan = " or one panchromatic band" if allow_pan else ""
+                raise InputError(f"{path}: {what} has {src.count} band(s) ({colour} colour); needs RGB "
+                                 f"(3+ bands, optionally + alpha){pan}")
+            # Touch the data once: a low-resolution read (overviews) and the last full-resolution
+            # block, which is what a truncated file (COGs store overviews first) is missing.
+            step = max(1, max(src.width, src.height) // 256)
+            src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
+            bh, bw = src.block_shapes[0]
+            last = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
+            src.read(window=last)
+            info = MosaicInfo(path=path, crs_wkt=src.crs.to_wkt(), bounds=tuple(src.bounds), width=src.width,
+                              height=src.height, count=src.count, dtype=dtype, res=src.res, has_alpha=has_alpha,
+                              acquired=acquisition_date(src.tags()), transform=t, bands=bands)
+    except InputError:
+        raise
+    except RasterioIOError as exc:
+        msg = str(exc).splitlines()[0][:160] if str(exc).strip() else "unreadable"
+        raise InputError(f"{path}: {what} is not a readable raster ({msg}); it is not a raster, or it is truncated "
+                         "or corrupt: export or copy it again") from None
+    except Exception as exc:  # GDAL errors on truncated files surface as several types
+        raise InputError(f"{path}: {what} is unreadable or truncated ({type(exc).__name__}: {str(exc)[:160]})") from None
+    return info
+
+
+# --- the one stretch to uint8 -----------------------------------------------------------------
+
+Stretch = tuple[np.ndarray, np.ndarray]  # per-band (low, high) values mapped to 0 and 255
+
+
+def stretch_from_array(data: np.ndarray, valid: Optional[np.ndarray] = None, low: float = STRETCH_LOW,
+                       high: float = STRETCH_HIGH) -> Stretch:
+    """Per-band stretch of ``data`` (bands, H, W): the ``low``/``high`` percentiles of its valid,
+    non-zero pixels (a band with none: 0–1). ``high`` is at least ``low + 1``.
+
+    Parameters
+    ----------
+    data : numpy array or masked array, (bands, H, W)
+    valid : bool array (H, W), optional
+        Pixels to use (in addition to the mask of a masked array).
+    low, high : float
+        Percentiles (0–100).
+
+    Returns
+    -------
+    (lo, hi) : two float arrays of length ``bands``
+    """
+    n = data.shape[0]
+    lo, hi = np.zeros(n), np.ones(n)
+    masked = np.ma.isMaskedArray(data)
+    for i in range(n):
+        skip = np.ma.getmaskarray(data[i]) if masked else np.zeros(data.shape[1:], bool)
+        if valid is not None:
+            skip = skip | ~valid
+        vals = np.asarray(np.ma.getdata(data[i]))[~skip]
+        vals = vals[vals > 0]
+        if vals.size:
+            lo[i], hi[i] = np.percentile(vals, [low, high])
+            hi[i] = max(hi[i], lo[i] + 1)
+    return lo, hi
+
+
+def estimate_stretch(src, bands, low: float = STRETCH_LOW, high: float = STRETCH_HIGH,
+                     max_side: int = STRETCH_SAMPLE_SIDE) -> Stretch:
+    """:func:`stretch_from_array` of an open rasterio dataset, from a read decimated to about
+    ``max_side`` pixels on a side (GDAL serves it from the overviews)."""
+    step = max(1, max(src.width, src.height) // max_side)
+    shape = (max(1, src.height // step), max(1, src.width // step))
+    data = src.read(list(bands), out_shape=(len(bands), *shape), masked=True)
+    return stretch_from_array(data, low=low, high=high)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_stretch(path: str, mtime_ns: int, bands: tuple[int, ...], low: float, high: float) -> Stretch:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return estimate_stretch(src, bands, low, high)
+
+
+def raster_stretch(path: Path | str, bands=None, low: float = STRETCH_LOW, high: float = STRETCH_HIGH) -> Optional[Stretch]:
+    """The stretch of a raster file (None for uint8, which is used as is); cached per file version.
+
+    ``bands`` defaults to :func:`rgb_bands`.
+    """
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if src.dtypes[0] == "uint8":
+            return None
+        bands = tuple(bands) if bands is not None else rgb_bands(src.colorinterp, src.count) or (1, 1, 1)
+    return _cached_stretch(str(Path(path).resolve()), Path(path).stat().st_mtime_ns, tuple(bands), low, high)
+
+
+def apply_stretch(data: np.ndarray, stretch: Optional[Stretch]) -> np.ndarray:
+    """Map (bands, H, W) pixels to uint8 with ``stretch`` (None: already uint8, cast only)."""
+    if stretch is None:
+        return np.asarray(data).astype(np.uint8)
+    lo, hi = (np.asarray(a, dtype=np.float64) for a in stretch)
+    out = (np.asarray(data).astype(np.float32) - lo[:, None, None]) * (255.0 / (hi - lo))[:, None, None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+def write_cog(src_path: Path | str, out: Path | str, compress: str = "deflate") -> None:
+    """Copy a tiled GeoTIFF to a COG (overviews, internal mask) atomically at ``out``.
+
+    Parameters
+    ----------
+    src_path : path
+        The finished work file (tiled GeoTIFF, with its mask).
+    out : path
+        The COG; written to a temporary file beside it and renamed.
+    compress : str
+        ``deflate``, ``lzw``, ``zstd`` or ``jpeg`` (quality 90).
+    """
+    import rasterio
+    import rasterio.shutil
+
+    from detector.fileio import atomic_path
+
+    opts = {"compress": compress.upper(), "overview_resampling": "average", "blocksize": 512, "bigtiff": "IF_SAFER"}
+    if compress == "jpeg":
+        opts["quality"] = 90
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), atomic_path(Path(out), suffix=".tif") as tmp:
+        rasterio.shutil.copy(str(src_path), str(tmp), driver="COG", **opts)
