@@ -8,7 +8,8 @@ GSD unless a name says otherwise; map coordinates are in the baseline's CRS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -19,37 +20,38 @@ CHANGE_CLASSES = ("new_building", "extension", "temporary_structure", "construct
 
 @dataclass(frozen=True)
 class Tile:
-    """One cell of the fixed map grid anchored to the baseline (stable across nights)."""
+    """One tile of the fixed grid anchored at the map origin of the working CRS (stable across
+    nights; see :mod:`detector.night.tiles`)."""
 
-    tile_id: str  # "r{row}_c{col}" in the grid anchored at the baseline's upper-left corner
+    tile_id: str  # "c{col}_r{row}": world cell indices from the working CRS's origin (rows count southwards)
     row: int
     col: int
-    bounds: tuple[float, float, float, float]  # (left, bottom, right, top) in the baseline CRS
+    bounds: tuple[float, float, float, float]  # (left, bottom, right, top) in the working CRS, incl. the overlap
     width: int  # pixels at the working GSD
     height: int
 
 
 @dataclass
-class TilePair:
-    """Pixels of one tile in both epochs at the working GSD, plus their validity masks."""
-
-    tile: Tile
-    baseline: np.ndarray  # (H, W, 3) uint8
-    current: np.ndarray  # (H, W, 3) uint8
-    valid: np.ndarray  # (H, W) bool, valid in both epochs
-
-
-@dataclass
 class Registration:
-    """Residual shift of current vs baseline for one tile (current moved by -shift to align)."""
+    """How one tile's current epoch lines up with the baseline (see :mod:`detector.night.align`).
+
+    The current epoch's content at baseline tile pixel (x, y) sits at ``matrix @ (x, y, 1)``;
+    ``dx_px, dy_px`` is that displacement at the tile centre.
+    """
 
     dx_px: float
     dy_px: float
     shift_m: float
-    quality: float  # 0..1 (phase-correlation response); low = unreliable
+    quality: float  # 0..1: distinctiveness of the tile's own correlation peak; low = unreliable
     ok: bool  # False: could not be registered -> tile flagged, no change candidates from it
     reason: str = ""
-    source: str = "tile"  # "tile": estimated on this tile; "mosaic": the whole-mosaic estimate was used
+    # "tile": the tile's own estimate (checked against the mosaic model); "mosaic": the mosaic
+    # model; "georef": nothing usable, the georeferencing is trusted (align.on_failure: georef);
+    # "none": alignment disabled
+    source: str = "tile"
+    matrix: tuple | None = None  # 2x3 affine in tile pixels; None = pure shift (dx_px, dy_px)
+    residual_m: float = 0.0  # the tile's own estimate minus the mosaic model, at the tile centre
+    inliers: int = 0  # blocks that agree with the mosaic model (0: no model)
 
 
 @dataclass
@@ -72,15 +74,114 @@ class Detection:
         return half @ rot.T + [self.cx, self.cy]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Candidate:
-    """A change candidate in map coordinates, ready for merging and export."""
+    """A change candidate: one row of the ``candidates`` layer of ``candidates.gpkg``.
 
-    geometry: object  # shapely Polygon in the baseline CRS
-    class_name: str
+    The one candidate schema: the fields, in order, are the layer's columns
+    (:data:`CANDIDATE_COLUMNS`; ``class_name`` is written as ``class``), plus the geometry.
+    A tile worker fills the detection fields (``geometry`` in the working CRS, ``class_name``,
+    ``confidence``, ``pixel_change``, ``baseline_iou``, ``tile_id``); the run fills the rest
+    when it turns the merged candidates into output rows (``geometry`` then in the baseline CRS).
+
+    Attributes
+    ----------
+    candidate_id : str
+        Derived from class and location: the same structure gets the same ID on a rerun.
+    class_name : str
+        One of :data:`CHANGE_CLASSES`; column ``class``.
+    confidence : float
+        Model confidence, rounded to 4 decimals.
+    area_m2, lon, lat : float
+        Footprint area and WGS84 centroid.
+    tile_id : str
+        The tile that owns the detection's centre.
+    baseline_date, current_date : str
+        ISO dates of the epochs, ``""`` when unknown.
+    shift_m : float
+        Registration shift applied to the tile.
+    model_name, model_sha256, run_id : str
+        Provenance.
+    status : str
+        ``"new"``.
+    tags : str
+        Comma-separated, e.g. ``"permitted:P-17,known_building"`` (set by exclusion layers).
+    pixel_change : float
+        Share of the footprint whose pixels changed.
+    baseline_iou : float
+        Single-epoch models: best overlap with a baseline structure.
+    geometry : object
+        shapely Polygon (not a column: the layer's geometry).
+    """
+
+    candidate_id: str = ""
+    class_name: str = field(metadata={"column": "class"})
     confidence: float
+    area_m2: float = 0.0
+    lon: float = 0.0
+    lat: float = 0.0
+    tile_id: str = ""
+    baseline_date: str = ""
+    current_date: str = ""
+    shift_m: float = 0.0
+    model_name: str = ""
+    model_sha256: str = ""
+    run_id: str = ""
+    status: str = "new"
+    tags: str = ""
+    pixel_change: float = 0.0
+    baseline_iou: float = 0.0
+    geometry: object = field(default=None, metadata={"column": None})
+
+    def row(self) -> dict:
+        """Attributes keyed by column name, in column order (no geometry)."""
+        return {col: getattr(self, name) for name, col in _CANDIDATE_COLUMN_OF.items()}
+
+    @classmethod
+    def from_row(cls, row: dict, geometry=None) -> "Candidate":
+        """Inverse of :meth:`row`; columns absent from ``row`` keep their defaults."""
+        return cls(geometry=geometry, **{name: row[col] for name, col in _CANDIDATE_COLUMN_OF.items() if col in row})
+
+
+# field name -> column name, in column order
+_CANDIDATE_COLUMN_OF = {f.name: f.metadata.get("column", f.name) for f in fields(Candidate)
+                        if f.metadata.get("column", f.name) is not None}
+
+#: Columns of the ``candidates`` layer, in order (derived from :class:`Candidate`).
+CANDIDATE_COLUMNS: tuple[str, ...] = tuple(_CANDIDATE_COLUMN_OF.values())
+
+
+@dataclass
+class TileResult:
+    """What processing one tile gives: its status, registration and candidates (working CRS)."""
+
     tile_id: str
-    shift_m: float
-    registration_ok: bool = True
-    tags: list[str] = field(default_factory=list)  # e.g. "known_building", "permitted:P-17"
-    evidence: dict = field(default_factory=dict)  # e.g. pixel-change score, baseline score
+    status: str  # "done" | "nodata" | "unregistered"
+    valid_fraction: float
+    covered_m2: float
+    dx_m: float = 0.0
+    dy_m: float = 0.0
+    shift_m: float = 0.0
+    quality: float = 0.0
+    reason: str = ""
+    candidates: list[Candidate] = field(default_factory=list)  # detection fields filled, geometry in the working CRS
+    seconds: float = 0.0
+    registration: str = "tile"  # Registration.source: "tile" | "mosaic" | "georef" | "none" (alignment disabled)
+    residual_m: float = 0.0  # the tile's own estimate minus the mosaic model
+    inliers: int = 0  # blocks agreeing with the mosaic model (0: no model)
+
+    def to_json(self) -> str:
+        """The per-tile work file: attributes, candidates as their rows plus ``wkt``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["candidates"] = [{"wkt": c.geometry.wkt, **c.row()} for c in self.candidates]
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TileResult":
+        """Inverse of :meth:`to_json`."""
+        import shapely
+
+        data = json.loads(text)
+        data["candidates"] = [Candidate.from_row({"tile_id": data["tile_id"], **row}, shapely.from_wkt(row["wkt"]))
+                              for row in data.get("candidates", [])]
+        return cls(**data)

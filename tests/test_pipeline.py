@@ -18,6 +18,7 @@ from pyproj import Geod, Transformer
 
 from detector.config import RunConfig
 from detector.night.pipeline import run_pipeline
+from detector.types import CANDIDATE_COLUMNS
 from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
 
 GEOD = Geod(ellps="WGS84")
@@ -177,10 +178,11 @@ def test_geopackage_layout(tmp_path, oracle, model):
     styles = dict(con.execute("select f_table_name, useAsDefault from layer_styles").fetchall())
     assert styles == {"candidates": 1, "tiles": 1}
     assert con.execute("select count(*) from sqlite_master where name like 'rtree_candidates_geom%'").fetchone()[0] > 0
-    cols = [r[1] for r in con.execute("pragma table_info(candidates)")]
-    for field in ["candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date",
-                  "current_date", "shift_m", "model_name", "model_sha256", "run_id", "status"]:
-        assert field in cols
+    cols = [r[1] for r in con.execute("pragma table_info(candidates)") if r[1] not in ("fid", "geom")]
+    # the README's "Output schema", in order; the one schema is detector.types.Candidate
+    assert cols == list(CANDIDATE_COLUMNS) == [
+        "candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date", "current_date",
+        "shift_m", "model_name", "model_sha256", "run_id", "status", "tags", "pixel_change", "baseline_iou"]
     run = con.execute("select baseline_sha256, candidates, tiles_total from runs").fetchone()
     assert len(run[0]) == 64 and run[1] == len(PLANTED) and run[2] > 0
     assert not list(path.parent.glob(".*.tmp*"))
@@ -251,17 +253,18 @@ def test_run_updates_the_case_registry_across_nights(tmp_path, oracle, model):
     assert first.cases.report_html is not None and first.cases.report_html.exists()
 
 
-def test_mosaic_level_shift_matches_the_applied_shift(tmp_path, model):
-    from detector.night.align import estimate_mosaic_shift
+def test_mosaic_model_matches_the_applied_shift(tmp_path, model):
+    from detector.night.align import estimate_mosaic_model
     from detector.night.mosaic import make_grid, open_mosaic
 
     base, cur, _ = _scene(tmp_path, "EPSG:32650", shift_px=(12, -15))  # rows +1.2 m south, cols -1.5 m
     b, c = open_mosaic(base, "baseline"), open_mosaic(cur, "current")
     grid = make_grid(b, c, 0.25)
-    reg = estimate_mosaic_shift(b, c, grid)
-    assert reg.ok and reg.source == "mosaic"
-    assert reg.dx_px * 0.25 == pytest.approx(-1.5, abs=0.15)
-    assert reg.dy_px * 0.25 == pytest.approx(1.2, abs=0.15)
+    m = estimate_mosaic_model(b, c, grid)
+    assert m.ok, m.reason
+    dx, dy = m.at(grid.width / 2, grid.height / 2)
+    assert dx * 0.25 == pytest.approx(-1.5, abs=0.05)
+    assert dy * 0.25 == pytest.approx(1.2, abs=0.05)
 
 
 def test_fully_changed_tile_falls_back_to_the_mosaic_shift(tmp_path, oracle, model):
@@ -380,3 +383,27 @@ def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle,
     assert len(gdf) == 1
     assert gdf["area_m2"].iloc[0] == pytest.approx(300.0, rel=0.08)
     assert _errors_m(gdf, truth).max() <= 0.25
+
+
+def test_one_logging_root_reaches_the_run_log(tmp_path):
+    """Every project module logs under ``detector`` (getLogger(__name__)), so the run log gets them all."""
+    import logging
+    import re
+    from pathlib import Path
+
+    import detector.night.pipeline as pipeline
+
+    root = Path(pipeline.__file__).parents[2]
+    names = [m for f in [*root.glob("detector/**/*.py"), *root.glob("training/**/*.py")]
+             for m in re.findall(r"getLogger\(([^)]*)\)", f.read_text())]
+    named = {n for n in names if n not in ("__name__", "", "LOG_ROOT")}  # "": the root logger's handlers
+    assert names and all(n.strip("\"'").split(".")[0] == pipeline.LOG_ROOT for n in named), named
+    handler, path = pipeline._attach_log(tmp_path)
+    try:
+        for name in ("detector.flight.ortho", "detector.flight.ingest", "detector.cli", "detector.review.registry"):
+            logging.getLogger(name).warning("hello from %s", name)
+    finally:
+        pipeline._detach_log(handler)
+    text = path.read_text()
+    assert all(f"hello from {n}" in text for n in ("detector.flight.ortho", "detector.flight.ingest", "detector.cli",
+                                                   "detector.review.registry"))

@@ -70,3 +70,25 @@ def test_sigkill_mid_run_then_rerun_completes(tmp_path, big_pair):
     runs = gpd.read_file(out / "candidates.gpkg", layer="runs")
     assert runs["tiles_resumed"].iloc[0] == resumed
     assert len(gpd.read_file(out / "candidates.gpkg", layer="candidates")) == 0  # the contract model finds nothing
+
+
+def test_tile_work_file_round_trip():
+    import json
+    from dataclasses import replace
+
+    from shapely.geometry import box
+
+    from detector.types import Candidate, TileResult
+
+    cand = Candidate(class_name="extension", confidence=0.5, pixel_change=0.25, baseline_iou=0.125, tile_id="c1_r2",
+                     geometry=box(0.1, 0.2, 1.3, 2.7))
+    result = TileResult("c1_r2", "done", 1.0, 9.0, 0.1, -0.2, 0.3, 0.4, "", [cand], 0.5, "mosaic")
+    back = TileResult.from_json(result.to_json())
+    assert back.candidates[0].geometry.equals_exact(cand.geometry, 0)
+    assert replace(back, candidates=[]) == replace(result, candidates=[])
+    assert replace(back.candidates[0], geometry=None) == replace(cand, geometry=None)
+    # a work file from before candidates had a type (wkt + the detection keys, no tile_id) still resumes
+    old = json.loads(result.to_json())
+    old["candidates"] = [{"wkt": cand.geometry.wkt, "class": "extension", "confidence": 0.5, "pixel_change": 0.25,
+                          "baseline_iou": 0.125}]
+    assert replace(TileResult.from_json(json.dumps(old)).candidates[0], geometry=None) == replace(cand, geometry=None)

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.night.align import apply_shift, estimate_shift
+from detector.night.align import apply_registration, register_tile
 from detector.night.detect import decode, nms_rotated
 from detector.night.georef import merge_duplicates
 from detector.night.model import parse_metadata
@@ -54,22 +54,22 @@ def test_nms_rotated_keeps_disjoint_boxes():
 
 
 @pytest.mark.parametrize("dx,dy", [(0, 0), (3.0, -2.0), (-5.5, 4.25), (7, 7)])
-def test_estimate_shift_recovers_known_shift(dx, dy):
+def test_tile_registration_recovers_known_shift_under_illumination_change(dx, dy):
     img = textured_image(256, 256, seed=4)
     moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (256, 256), borderMode=cv2.BORDER_REFLECT)
     moved = np.clip(moved * 0.7 + 30, 0, 255).astype(np.uint8)  # illumination change
-    reg = estimate_shift(img, moved, np.ones((256, 256), bool), gsd=0.25, max_shift_m=3.0)
-    assert reg.ok
-    assert reg.dx_px == pytest.approx(dx, abs=0.3) and reg.dy_px == pytest.approx(dy, abs=0.3)
-    back, valid = apply_shift(moved, np.ones((256, 256), bool), reg)
+    reg = register_tile(img, moved, np.ones((256, 256), bool), 0.25, max_shift_m=3.0)
+    assert reg.ok and reg.source == "tile"
+    assert reg.dx_px == pytest.approx(dx, abs=0.1) and reg.dy_px == pytest.approx(dy, abs=0.1)
+    back, valid = apply_registration(moved, np.ones((256, 256), bool), reg)
     assert valid[20:-20, 20:-20].all()
 
 
 def test_shift_beyond_maximum_is_flagged():
     img = textured_image(256, 256, seed=5)
     moved = np.roll(img, (0, 20), axis=(0, 1))  # 20 px = 5 m at 0.25 m
-    reg = estimate_shift(img, moved, np.ones((256, 256), bool), gsd=0.25, max_shift_m=3.0)
-    assert not reg.ok and "exceeds" in reg.reason
+    reg = register_tile(img, moved, np.ones((256, 256), bool), 0.25, max_shift_m=3.0)
+    assert not reg.ok and reg.reason
 
 
 def grid(left, top, w, h, gsd=0.25):

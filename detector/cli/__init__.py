@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # click's --help / --version
         return exc.code if isinstance(exc.code, int) else 0
     except Exception as exc:  # noqa: BLE001 - last resort, logged with traceback in the log file
-        logging.getLogger("buildwatch").exception("internal error")
+        logging.getLogger(__name__).exception("internal error")
         click.echo(f"internal error: {type(exc).__name__}: {exc} (please report; see the log)", err=True)
         return 1
     return 0

@@ -46,7 +46,7 @@ def ortho(frames, baseline, out, dem, flight_log, config_path, gsd_m, no_refine)
     cfg = load_ortho_config(config_path, overrides)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO)
-    logging.getLogger("buildwatch.ortho").setLevel(logging.INFO)
+    logging.getLogger("detector.flight").setLevel(logging.INFO)
     result = orthomosaic(list(frames), baseline, out, dem=dem, flight_log=flight_log, cfg=cfg, progress=True)
     click.echo(f"wrote {result.out} ({result.width}x{result.height} px) from {len(result.used)} of "
                f"{len(result.frames)} frames in {result.seconds:.1f} s")

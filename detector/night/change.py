@@ -51,9 +51,77 @@ def change_fraction(diff: np.ndarray, valid: np.ndarray, corners: np.ndarray) ->
 
 
 def invalid_fraction(valid: np.ndarray, corners: np.ndarray) -> float:
+    """Fraction of the polygon's pixels that are nodata (1.0 for a polygon covering no pixel centre)."""
     inside = polygon_mask(valid.shape, corners)
     n = int(inside.sum())
     return 1.0 if n == 0 else float((~valid[inside]).mean())
+
+
+MAX_INVALID_IN_BOX = 0.10  # detections with more nodata than this inside their box are edge artefacts
+
+
+def owns_centre(d: Detection, margin: int, stride: int) -> bool:
+    """Whether the tile reports ``d``: its centre lies in the tile's core cell.
+
+    Tiles overlap; each owns the core ``[margin, margin + stride)`` in both axes (pixels), and the
+    cores partition the map, so a structure seen by several tiles is reported by exactly one.
+    """
+    return margin <= d.cx < margin + stride and margin <= d.cy < margin + stride
+
+
+def keep_detection(d: Detection, diff: np.ndarray, valid: np.ndarray, gsd: float, rules, margin: int,
+                   stride: int) -> float | None:
+    """Apply the change rules to one detection of a co-registered tile.
+
+    Parameters
+    ----------
+    d : Detection
+        In tile pixels.
+    diff : numpy.ndarray
+        (H, W) per-pixel change magnitude (:func:`difference_image`).
+    valid : numpy.ndarray
+        (H, W) bool, valid in both epochs.
+    gsd : float
+        Metres per pixel.
+    rules : detector.config.ChangeConfig
+        ``min_area_m2``, ``max_area_m2``, ``min_pixel_change``.
+    margin, stride : int
+        The tile's core cell (:func:`owns_centre`).
+
+    Returns
+    -------
+    float or None
+        The share of the box's valid pixels that changed, or None when a rule rejects it:
+        centre outside the core, area outside ``[min_area_m2, max_area_m2]``, more than
+        :data:`MAX_INVALID_IN_BOX` nodata inside the box, or less than ``min_pixel_change``
+        of its pixels changed.
+    """
+    if not owns_centre(d, margin, stride):
+        return None  # another tile owns this centre
+    area = d.w * d.h * gsd * gsd
+    if not (rules.min_area_m2 <= area <= rules.max_area_m2):
+        return None
+    corners = d.corners()
+    if invalid_fraction(valid, corners) > MAX_INVALID_IN_BOX:
+        return None
+    changed = change_fraction(diff, valid, corners)
+    if changed < rules.min_pixel_change:
+        return None
+    return changed
+
+
+def changes_in_tile(dets: list[Detection], diff: np.ndarray, valid: np.ndarray, gsd: float, rules, margin: int,
+                    stride: int) -> list[tuple[Detection, float]]:
+    """The detections that are changes this tile reports, with their pixel-change share.
+
+    See :func:`keep_detection` for the parameters and rules; order is preserved.
+    """
+    out = []
+    for d in dets:
+        changed = keep_detection(d, diff, valid, gsd, rules, margin, stride)
+        if changed is not None:
+            out.append((d, changed))
+    return out
 
 
 def new_in_current(current: list[Detection], baseline: list[Detection], match_iou: float) -> list[tuple[Detection, float]]:

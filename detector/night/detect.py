@@ -140,3 +140,14 @@ class OnnxDetector:
             raw = self.session.run(None, {self.spec.input_name: batch})[0]
             out.extend(decode(raw[: len(chunk)], self.spec, conf, iou))
         return out
+
+
+def detect_tile(detector, spec: ModelSpec, baseline: np.ndarray, current: np.ndarray, conf: float, iou: float
+                ) -> tuple[list[Detection], list[Detection]]:
+    """(current-epoch or change detections, baseline detections) for one co-registered tile."""
+    if spec.is_pair:
+        return detector([np.concatenate([baseline, current], axis=2)], conf, iou)[0], []
+    cur = detector([current], conf, iou)[0]
+    # Ask the baseline generously: weak baseline evidence of a structure still explains it away.
+    base = detector([baseline], conf * 0.5, iou)[0]
+    return cur, base

@@ -13,12 +13,52 @@ from pathlib import Path
 from detector.fileio import atomic_path
 from detector.review.qgis import (CANDIDATE_LABEL, CLASS_STYLE, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml,
                                    write_default_styles)
+from detector.types import CANDIDATE_COLUMNS, Candidate, Tile, TileResult
 
-CANDIDATE_FIELDS = [
-    "candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date",
-    "current_date", "shift_m", "model_name", "model_sha256", "run_id", "status", "tags",
-    "pixel_change", "baseline_iou",
-]
+#: Columns of the ``candidates`` layer (the one schema: :class:`detector.types.Candidate`).
+CANDIDATE_FIELDS = list(CANDIDATE_COLUMNS)
+
+
+def candidates_frame(candidates: list[Candidate], crs):
+    """The ``candidates`` layer as a GeoDataFrame: one row per :class:`Candidate`, columns in schema order.
+
+    Parameters
+    ----------
+    candidates : list of Candidate
+        Finished candidates, geometry in ``crs``.
+    crs : str or pyproj.CRS
+        The output (baseline) CRS.
+    """
+    import geopandas as gpd
+
+    return gpd.GeoDataFrame([c.row() for c in candidates], columns=CANDIDATE_FIELDS,
+                            geometry=[c.geometry for c in candidates], crs=crs)
+
+
+def tiles_frame(results: list[TileResult], tiles: dict[str, Tile], grid):
+    """The ``tiles`` layer as a GeoDataFrame: every processed tile with its status, in the output CRS.
+
+    Parameters
+    ----------
+    results : list of TileResult
+    tiles : dict
+        Tile ID -> :class:`Tile` (its bounds in the working CRS).
+    grid : detector.night.mosaic.WorkingGrid
+    """
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from detector.night.georef import to_output
+
+    rows = [{"tile_id": r.tile_id, "status": r.status, "valid_fraction": round(r.valid_fraction, 4),
+             "shift_m": round(r.shift_m, 3), "dx_m": round(r.dx_m, 3), "dy_m": round(r.dy_m, 3),
+             "quality": round(r.quality, 4), "registration": r.registration,
+             "residual_m": round(r.residual_m, 3), "inliers": r.inliers, "reason": r.reason,
+             "candidates": len(r.candidates),
+             "seconds": round(r.seconds, 3)} for r in sorted(results, key=lambda r: r.tile_id)]
+    geoms = [box(*tiles[row["tile_id"]].bounds) for row in rows]
+    out_geoms = to_output(geoms, grid)[0] if geoms else []
+    return gpd.GeoDataFrame(rows, geometry=out_geoms, crs=grid.output_crs_wkt)
 
 
 def write_geopackage(path: Path, candidates, tiles, run_record: dict) -> Path:

@@ -1,7 +1,19 @@
 """The nightly run: orthomosaic pair -> tiles -> detections -> change candidates -> GeoPackage.
 
-``run_pipeline(config)`` is what ``buildwatch run`` and ``buildwatch evaluate`` call. Tile
-processing (:func:`process_tile`) is a pure function of (inputs, tile, model, config); its
+``run_pipeline(config)`` is what ``buildwatch run`` and ``buildwatch evaluate`` call. It is a
+list of named steps::
+
+    prepare          inputs, model, working grid, tile list          (:func:`prepare`)
+    open the night   output folder, log file, fingerprint, resume    (:func:`_open_night`)
+    run tiles        every tile not finished yet                     (:func:`_process_tiles`)
+    merge            duplicates from overlapping tiles               (:func:`_merge`)
+    to candidates    ids, areas, WGS84 centroids, provenance         (:func:`_finish_candidates`)
+    exclusions       permits and known buildings                     (:func:`_apply_exclusions`)
+    write            candidates.gpkg                                 (:func:`_write_outputs`)
+    cases            the case registry, when configured              (:func:`_update_cases`)
+
+Tile processing (:func:`process_tile`) is itself a list of steps (read, coverage, register,
+detect, change rules, candidates) and a pure function of (inputs, tile, model, config); its
 results are kept per tile under ``OUT/work/<fingerprint>/`` so that a rerun of the same night
 (same inputs, model and config) skips finished tiles, and a distributed engine can later run
 tiles on many machines without a redesign.
@@ -12,11 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -24,55 +35,29 @@ import numpy as np
 from rasterio.errors import RasterioError
 
 from detector import __version__
-from detector.night.align import apply_shift, estimate_mosaic_shift, estimate_shift
-from detector.night.change import change_fraction, difference_image, invalid_fraction, new_in_current
 from detector.config import RunConfig
-from detector.errors import BuildwatchError, ConfigError, InputError, ModelError
+from detector.errors import BuildwatchError, InputError
 from detector.fileio import atomic_write_text
+from detector.night.align import apply_registration, register_tile
+from detector.night.change import changes_in_tile, difference_image, new_in_current
+from detector.night.context import NightRun, RunContext, prepare
+from detector.night.detect import detect_tile
 from detector.night.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
-from detector.night.model import ModelSpec, file_sha256, load_model_spec
-from detector.night.mosaic import EpochReader, MosaicInfo, WorkingGrid, make_grid, open_mosaic
-from detector.night.tiles import iter_tiles, tile_layout, tile_window
-from detector.types import Detection, Registration, Tile
+from detector.night.model import ModelSpec, file_sha256
+from detector.night.mosaic import EpochReader
+from detector.night.tiles import tile_layout, tile_window
+from detector.types import Candidate, Detection, Registration, Tile, TileResult
 
-log = logging.getLogger("detector.night.pipeline")
+__all__ = ["RunContext", "RunSummary", "TileResult", "prepare", "process_tile", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+#: Every module logs to ``logging.getLogger(__name__)``, i.e. under this root; the run's
+#: ``buildwatch.log`` is attached to it.
+LOG_ROOT = "detector"
 
 MIN_VALID_FRACTION = 0.02  # tiles with less valid overlap than this are skipped as nodata
-MAX_INVALID_IN_BOX = 0.10  # detections with more nodata inside are edge artefacts
-
-
-@dataclass
-class RunContext:
-    """Everything a worker needs to process any tile (picklable)."""
-
-    baseline: MosaicInfo
-    current: MosaicInfo
-    grid: WorkingGrid
-    spec: ModelSpec
-    config: RunConfig
-    size: int
-    overlap: int
-    conf: float
-    iou: float
-    stretch_baseline: tuple | None = None
-    stretch_current: tuple | None = None
-    mosaic_registration: Registration | None = None  # fallback for tiles whose own correlation is weak
-
-
-@dataclass
-class TileResult:
-    tile_id: str
-    status: str  # "done" | "nodata" | "unregistered"
-    valid_fraction: float
-    covered_m2: float
-    dx_m: float = 0.0
-    dy_m: float = 0.0
-    shift_m: float = 0.0
-    quality: float = 0.0
-    reason: str = ""
-    candidates: list[dict] = field(default_factory=list)  # wkt in the working CRS + attributes
-    seconds: float = 0.0
-    registration: str = "tile"  # "tile" | "mosaic" (fallback) | "none" (alignment disabled)
+GDAL_CACHE_MB = 128  # per process; GDAL's default (5 % of RAM per process) would grow with the mosaic
 
 
 @dataclass
@@ -110,84 +95,124 @@ class RunSummary:
 
 # ---------------------------------------------------------------- tile processing (workers)
 
-def detect_tile(detector, spec: ModelSpec, baseline: np.ndarray, current: np.ndarray, conf: float, iou: float
-                ) -> tuple[list[Detection], list[Detection]]:
-    """(current-epoch or change detections, baseline detections) for one co-registered tile."""
-    if spec.is_pair:
-        return detector([np.concatenate([baseline, current], axis=2)], conf, iou)[0], []
-    cur = detector([current], conf, iou)[0]
-    # Ask the baseline generously: weak baseline evidence of a structure still explains it away.
-    base = detector([baseline], conf * 0.5, iou)[0]
-    return cur, base
-
-
 def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, detector) -> TileResult:
-    """Read, register, detect and decide one tile. Pure in (inputs, tile, model, config)."""
-    from shapely.geometry import Polygon
+    """Read, register, detect and decide one tile. Pure in (inputs, tile, model, config).
 
+    Parameters
+    ----------
+    ctx : RunContext
+    tile : Tile
+    baseline_reader, current_reader : EpochReader
+        Windows of each epoch on the working grid.
+    detector : callable
+        ``detector(images, conf, iou) -> list[list[Detection]]`` (an :class:`OnnxDetector`).
+
+    Returns
+    -------
+    TileResult
+        ``"nodata"`` (too little valid overlap), ``"unregistered"`` (flagged, no candidates)
+        or ``"done"`` with the tile's candidates.
+    """
     start = time.perf_counter()
-    cfg = ctx.config
     gsd = ctx.grid.gsd
+    b, vb, c, vc = _read_tile(ctx, tile, baseline_reader, current_reader)
+    valid = vb & vc
+    frac, covered = _coverage(ctx, valid)
+    if frac < MIN_VALID_FRACTION or covered == 0.0:
+        return TileResult(tile.tile_id, "nodata", frac, 0.0, seconds=time.perf_counter() - start)
+    reg, c, vc, valid = _register(ctx, b, c, vc, valid, vb, tile_window(ctx.grid, tile))
+    if not reg.ok:
+        return TileResult(tile.tile_id, "unregistered", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd,
+                          reg.shift_m, reg.quality, reg.reason, seconds=time.perf_counter() - start,
+                          registration=reg.source, residual_m=reg.residual_m, inliers=reg.inliers)
+    dets, baseline_iou = _detect(ctx, detector, b, c)
+    stride, margin = tile_layout(ctx.size, ctx.overlap)
+    changes = changes_in_tile(dets, difference_image(b, c, valid), valid, gsd, ctx.config.change, margin, stride)
+    out = [_tile_candidate(ctx, tile, d, changed, baseline_iou.get(id(d), 0.0)) for d, changed in changes]
+    return TileResult(tile.tile_id, "done", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd, reg.shift_m,
+                      reg.quality, reg.reason, out, time.perf_counter() - start, reg.source, reg.residual_m,
+                      reg.inliers)
+
+
+def _read_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader):
+    """(baseline pixels, baseline valid, current pixels, current valid) of one tile window."""
     col_off, row_off = tile_window(ctx.grid, tile)
     b, vb = baseline_reader.read(col_off, row_off, tile.width, tile.height)
     c, vc = current_reader.read(col_off, row_off, tile.width, tile.height)
-    valid = vb & vc
+    return b, vb, c, vc
+
+
+def _coverage(ctx: RunContext, valid: np.ndarray) -> tuple[float, float]:
+    """(share of the tile valid in both epochs, valid ground in the tile's core cell in m²)."""
     stride, margin = tile_layout(ctx.size, ctx.overlap)
     core = np.zeros_like(valid)
     core[margin : margin + stride, margin : margin + stride] = True
-    covered = float((valid & core).sum()) * gsd * gsd
-    frac = float(valid.mean())
-    if frac < MIN_VALID_FRACTION or not (valid & core).any():
-        return TileResult(tile.tile_id, "nodata", frac, 0.0, seconds=time.perf_counter() - start)
+    gsd = ctx.grid.gsd
+    return float(valid.mean()), float((valid & core).sum()) * gsd * gsd
 
-    if cfg.align.enabled:
-        reg = estimate_shift(b, c, valid, gsd, cfg.align.max_shift_m, cfg.align.min_quality)
-        fallback = ctx.mosaic_registration
-        # A weak or implausible local estimate (typically: most of the tile changed, as in a block
-        # development) falls back to the mosaic's shift; without a usable one the tile is flagged.
-        if not reg.ok and fallback is not None and fallback.ok:
-            reg = Registration(fallback.dx_px, fallback.dy_px, fallback.shift_m, fallback.quality, True,
-                               f"{reg.reason}; mosaic-level shift used", "mosaic")
-        if not reg.ok:
-            return TileResult(tile.tile_id, "unregistered", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd,
-                              reg.shift_m, reg.quality, reg.reason, seconds=time.perf_counter() - start)
-        c, vc = apply_shift(c, vc, reg)
-        c[~vc] = 0
-        valid = vb & vc
-    else:
-        reg = Registration(0.0, 0.0, 0.0, 1.0, True, "alignment disabled", "none")
 
+def _register(ctx: RunContext, b: np.ndarray, c: np.ndarray, vc: np.ndarray, valid: np.ndarray, vb: np.ndarray,
+              offset: tuple[int, int] = (0, 0)):
+    """Co-register the current tile to the baseline tile (the registration seam).
+
+    Parameters
+    ----------
+    ctx : RunContext
+    b, c : numpy.ndarray
+        Baseline and current pixels.
+    vc, valid, vb : numpy.ndarray
+        Validity of the current epoch, of both epochs, of the baseline.
+    offset : (col_off, row_off) of the tile on the working grid (where the mosaic model is evaluated).
+
+    Returns
+    -------
+    (Registration, c, vc, valid)
+        The shifted current pixels and masks. When ``reg.ok`` is False the tile could not be
+        registered (no usable tile estimate nor mosaic model, ``align.on_failure: flag``): the
+        caller flags it "unregistered" and ``c, vc, valid`` are returned unchanged.
+    """
+    a = ctx.config.align
+    if not a.enabled:
+        return Registration(0.0, 0.0, 0.0, 1.0, True, "alignment disabled", "none"), c, vc, valid
+    reg = register_tile(b, c, valid, ctx.grid.gsd, model=ctx.mosaic_model, offset=offset, max_shift_m=a.max_shift_m,
+                        tile_tolerance_m=a.tile_tolerance_m, min_quality=a.min_quality, on_failure=a.on_failure)
+    if not reg.ok:
+        return reg, c, vc, valid
+    c, vc = apply_registration(c, vc, reg)
+    c[~vc] = 0
+    valid = vb & vc
+    return reg, c, vc, valid
+
+
+def _detect(ctx: RunContext, detector, b: np.ndarray, c: np.ndarray) -> tuple[list[Detection], dict[int, float]]:
+    """Change detections of one tile, and (single-epoch models) their best IoU with a baseline structure.
+
+    Returns
+    -------
+    (list of Detection, dict)
+        The dict maps ``id(detection)`` to its baseline IoU (empty for pair models).
+    """
     dets, base_dets = detect_tile(detector, ctx.spec, b, c, ctx.conf, ctx.iou)
     matched: dict[int, float] = {}
     if not ctx.spec.is_pair:
-        new = new_in_current(dets, base_dets, cfg.change.baseline_match_iou)
+        new = new_in_current(dets, base_dets, ctx.config.change.baseline_match_iou)
         matched = {id(d): iou for d, iou in new}
         dets = [d for d, _ in new]
-    diff = difference_image(b, c, valid)
-    out: list[dict] = []
-    for d in dets:
-        if not (margin <= d.cx < margin + stride and margin <= d.cy < margin + stride):
-            continue  # another tile owns this centre
-        area = d.w * d.h * gsd * gsd
-        if not (cfg.change.min_area_m2 <= area <= cfg.change.max_area_m2):
-            continue
-        corners = d.corners()
-        if invalid_fraction(valid, corners) > MAX_INVALID_IN_BOX:
-            continue
-        changed = change_fraction(diff, valid, corners)
-        if changed < cfg.change.min_pixel_change:
-            continue
-        class_name = d.class_name if ctx.spec.is_pair else "new_building"
-        ring = pixel_to_map(tile, gsd, corners)
-        out.append({
-            "wkt": Polygon(ring).wkt,
-            "class": class_name,
-            "confidence": round(d.confidence, 4),
-            "pixel_change": round(changed, 3),
-            "baseline_iou": round(matched.get(id(d), 0.0), 3),
-        })
-    return TileResult(tile.tile_id, "done", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd, reg.shift_m,
-                      reg.quality, reg.reason, out, time.perf_counter() - start, reg.source)
+    return dets, matched
+
+
+def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, baseline_iou: float) -> Candidate:
+    """A kept detection as a :class:`Candidate` in the working CRS (detection fields only)."""
+    from shapely.geometry import Polygon
+
+    return Candidate(
+        geometry=Polygon(pixel_to_map(tile, ctx.grid.gsd, d.corners())),
+        class_name=d.class_name if ctx.spec.is_pair else "new_building",
+        confidence=round(d.confidence, 4),
+        pixel_change=round(changed, 3),
+        baseline_iou=round(baseline_iou, 3),
+        tile_id=tile.tile_id,
+    )
 
 
 _WORKER: dict = {}
@@ -208,7 +233,105 @@ def _work(tiles: list[Tile]) -> list[TileResult]:
     return [process_tile(w["ctx"], t, w["b"], w["c"], w["det"]) for t in tiles]
 
 
-# ---------------------------------------------------------------- orchestration
+# ---------------------------------------------------------------- the night (main process)
+
+def run_pipeline(cfg: RunConfig) -> RunSummary:
+    """Run one night end to end and write ``cfg.out / candidates.gpkg``.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+
+    Returns
+    -------
+    RunSummary
+    """
+    # Workers inherit the environment; GDAL reads it when it first needs its block cache.
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
+    t0 = time.perf_counter()
+    ctx, tiles = _prepare_inputs(cfg)
+    out_dir = _make_out_dir(cfg)
+    handler, log_path = _attach_log(out_dir)
+    try:
+        night = _open_night(cfg, ctx, tiles, out_dir, log_path, t0)
+        results = _process_tiles(night)
+        candidates = _finish_candidates(night, results, _merge(night, results))
+        frame, dropped = _apply_exclusions(night, candidates)
+        summary = _write_outputs(night, results, frame, dropped)
+        if cfg.cases.registry is not None:
+            summary.cases = _update_cases(frame, cfg, night.run_id, night.current_date, ctx, out_dir)
+        log.info("finished: %s", summary.text().replace("\n", "; "))
+        return summary
+    except BuildwatchError as exc:
+        log.error("%s", exc)
+        raise
+    except Exception:
+        log.exception("internal error")
+        raise
+    finally:
+        _detach_log(handler)
+
+
+def _prepare_inputs(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
+    """Step *prepare*: :func:`prepare`, a corrupt raster reported as bad input."""
+    try:
+        return prepare(cfg)
+    except RasterioError as exc:
+        raise InputError(f"reading {cfg.baseline} / {cfg.current} failed ({str(exc).splitlines()[0][:120]}); "
+                         "a file is truncated or corrupt") from None
+
+
+def _make_out_dir(cfg: RunConfig) -> Path:
+    out_dir = Path(cfg.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    return out_dir
+
+
+def _attach_log(out_dir: Path) -> tuple[logging.Handler, Path]:
+    """Send INFO and above from every project logger (all under :data:`LOG_ROOT`) to ``buildwatch.log``."""
+    path = out_dir / "buildwatch.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger(LOG_ROOT)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler, path
+
+
+def _detach_log(handler: logging.Handler) -> None:
+    logging.getLogger(LOG_ROOT).removeHandler(handler)
+    handler.close()
+
+
+def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Path, log_path: Path,
+                t0: float) -> NightRun:
+    """Step *open the night*: fingerprint, run ID, work folder, and the tiles an earlier run finished."""
+    hashes = {"baseline": file_sha256(ctx.baseline.path), "current": file_sha256(ctx.current.path)}
+    fp = _fingerprint(cfg, ctx.spec, hashes)
+    started = datetime.now(timezone.utc)
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{fp[:8]}"
+    work_dir = out_dir / "work" / fp
+    work_dir.mkdir(parents=True, exist_ok=True)
+    done = _load_done(work_dir) if cfg.resume else {}
+    ids = {t.tile_id for t in tiles}
+    done = {k: v for k, v in done.items() if k in ids}
+    todo = [t for t in tiles if t.tile_id not in done]
+    log.info("run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
+             run_id, len(tiles), len(done), ctx.spec.model_name, ctx.spec.sha256[:12], ctx.grid.gsd,
+             ctx.size, ctx.overlap)
+    if ctx.mosaic_model is not None:
+        m = ctx.mosaic_model
+        cx, cy = m.at((ctx.grid.width - 1) / 2, (ctx.grid.height - 1) / 2)
+        log.info("mosaic registration model: shift %.2f m at the centre, rotation %.3f°, %d of %d blocks agree "
+                 "(RMS %.2f m, spread %.2f)%s", np.hypot(cx, cy) * ctx.grid.gsd, m.rotation_deg, m.inliers, m.blocks,
+                 m.residual_m, m.spread, "" if m.ok else f"; not usable: {m.reason}")
+    return NightRun(cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo)
+
 
 def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
     relevant = cfg.model_dump(mode="json", exclude={"out", "workers", "resume", "progress", "cases", "baseline",
@@ -219,85 +342,32 @@ def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
 
 
 def _load_done(work_dir: Path) -> dict[str, TileResult]:
+    from shapely.errors import ShapelyError
+
     done = {}
     for p in work_dir.glob("*.json"):
         try:
-            done[p.stem] = TileResult(**json.loads(p.read_text()))
-        except (ValueError, TypeError):
+            done[p.stem] = TileResult.from_json(p.read_text())
+        except (ValueError, TypeError, KeyError, AttributeError, ShapelyError):
             p.unlink(missing_ok=True)  # a torn file from a killed run: redo that tile
     return done
 
 
 def _save_tile(work_dir: Path, result: TileResult) -> None:
-    atomic_write_text(work_dir / f"{result.tile_id}.json", json.dumps(asdict(result)))
+    atomic_write_text(work_dir / f"{result.tile_id}.json", result.to_json())
 
 
-def _attach_log(out_dir: Path) -> tuple[logging.Handler, Path]:
-    path = out_dir / "buildwatch.log"
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger("detector")
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    return handler, path
+def _process_tiles(night: NightRun) -> list[TileResult]:
+    """Step *run tiles*: the resumed results plus every tile still to do."""
+    ctx = night.ctx
+    try:
+        return list(night.resumed.values()) + _run_tiles(ctx, night.todo, night.work_dir, night.cfg.progress)
+    except RasterioError as exc:
+        raise InputError(f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
+                         f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt") from None
 
 
-def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
-    """Validate inputs and model, build the working grid and the tile list."""
-    if cfg.baseline is None or cfg.current is None or cfg.out is None:
-        raise ConfigError("need --baseline, --current and --out (or the same keys in --config)")
-    baseline = open_mosaic(cfg.baseline, "baseline")
-    current = open_mosaic(cfg.current, "current")
-    if baseline.is_rgb != current.is_rgb:
-        raise InputError(f"{current.path}: current mosaic has {current.colour_bands} colour band(s) but the baseline "
-                         f"{baseline.path.name} has {baseline.colour_bands}: both epochs must be RGB, or both panchromatic")
-    spec = load_model_spec(cfg.model)
-    size = spec.imgsz[0]
-    if spec.imgsz[0] != spec.imgsz[1]:
-        raise ModelError(f"{spec.path}: non-square input {spec.imgsz} is not supported")
-    if cfg.detect.overlap_px is not None:
-        overlap = cfg.detect.overlap_px
-    else:  # a structure is seen whole by the tile owning its centre only if it fits in the overlap
-        overlap = min(max(spec.overlap_px, math.ceil(cfg.change.max_structure_m / spec.gsd_m)), size // 2 - 1)
-    if not 0 <= overlap < size // 2:
-        raise ConfigError(f"detect.overlap_px={overlap} must be between 0 and half the tile size ({size // 2})")
-    if overlap * spec.gsd_m < cfg.change.max_structure_m:
-        log.warning("tile overlap %.1f m is smaller than change.max_structure_m %.1f m: larger structures may be "
-                    "cut at tile borders", overlap * spec.gsd_m, cfg.change.max_structure_m)
-    _check_exclusions(cfg, cfg.current_date or current.acquired)
-    grid = make_grid(baseline, current, spec.gsd_m)
-    ctx = RunContext(
-        baseline=baseline, current=current, grid=grid, spec=spec, config=cfg, size=size, overlap=overlap,
-        conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
-        iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou,
-    )
-    for info, attr in ((baseline, "stretch_baseline"), (current, "stretch_current")):
-        if info.dtype != "uint8":  # computed once here, handed to every worker
-            reader = EpochReader(info, grid)
-            setattr(ctx, attr, reader.stretch)
-            reader.close()
-    if cfg.align.enabled:
-        ctx.mosaic_registration = estimate_mosaic_shift(baseline, current, grid, (ctx.stretch_baseline,
-                                                        ctx.stretch_current), cfg.align.max_shift_m,
-                                                        cfg.align.min_quality)
-    tiles = list(iter_tiles(grid, size, overlap))
-    return ctx, tiles
-
-
-def _check_exclusions(cfg: RunConfig, current_date: date | None) -> None:
-    """Fail before any tile is processed when an exclusion layer is unusable."""
-    from detector.night.change import exclusion_layer_info
-
-    for layer in cfg.change.exclusions:
-        info = exclusion_layer_info(layer)
-        dated = layer.kind == "permitted" and any(
-            f and f in list(info["fields"]) for f in (layer.valid_from_field, layer.valid_to_field))
-        if dated and current_date is None:
-            raise ConfigError(f"{cfg.current}: the current mosaic has no acquisition date (TIFFTAG_DATETIME), so "
-                              f"permit validity in {layer.path.name} cannot be checked; set current_date in the config")
-
+# ---------------------------------------------------------------- steps
 
 def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool) -> list[TileResult]:
     from tqdm import tqdm
@@ -337,147 +407,88 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
     return results
 
 
-def _tile_polygon(tile: Tile):
-    from shapely.geometry import box
+def _merge(night: NightRun, results: list[TileResult]) -> list[Candidate]:
+    """Step *merge*: one candidate per structure seen by several tiles, in map coordinates.
 
-    return box(*tile.bounds)
-
-
-GDAL_CACHE_MB = 128  # per process; GDAL's default (5 % of RAM per process) would grow with the mosaic
-
-
-def run_pipeline(cfg: RunConfig) -> RunSummary:
-    """Run one night end to end and write ``cfg.out / candidates.gpkg``."""
-    import geopandas as gpd
-    import shapely
-
-    # Workers inherit the environment; GDAL reads it when it first needs its block cache.
-    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
-
-    t0 = time.perf_counter()
-    try:
-        ctx, tiles = prepare(cfg)
-    except RasterioError as exc:
-        raise InputError(f"reading {cfg.baseline} / {cfg.current} failed ({str(exc).splitlines()[0][:120]}); "
-                         "a file is truncated or corrupt") from None
-    out_dir = Path(cfg.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
-    handler, log_path = _attach_log(out_dir)
-    try:
-        hashes = {"baseline": file_sha256(ctx.baseline.path), "current": file_sha256(ctx.current.path)}
-        fp = _fingerprint(cfg, ctx.spec, hashes)
-        started = datetime.now(timezone.utc)
-        run_id = f"{started:%Y%m%dT%H%M%SZ}-{fp[:8]}"
-        work_dir = out_dir / "work" / fp
-        work_dir.mkdir(parents=True, exist_ok=True)
-        done = _load_done(work_dir) if cfg.resume else {}
-        by_id = {t.tile_id: t for t in tiles}
-        done = {k: v for k, v in done.items() if k in by_id}
-        todo = [t for t in tiles if t.tile_id not in done]
-        log.info("run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
-                 run_id, len(tiles), len(done), ctx.spec.model_name, ctx.spec.sha256[:12], ctx.grid.gsd,
-                 ctx.size, ctx.overlap)
-        if ctx.mosaic_registration is not None:
-            m = ctx.mosaic_registration
-            log.info("mosaic-level shift %.2f m (quality %.3f%s)", m.shift_m, m.quality,
-                     "" if m.ok else f", not usable: {m.reason}")
-        try:
-            results = list(done.values()) + _run_tiles(ctx, todo, work_dir, cfg.progress)
-        except RasterioError as exc:
-            raise InputError(f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
-                             f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt") from None
-
-        # Merge duplicates across tiles in map coordinates.
-        rows = [(r.tile_id, c) for r in results for c in r.candidates]
-        geoms = [shapely.from_wkt(c["wkt"]) for _, c in rows]
-        kept = merge_duplicates(geoms, [c["class"] for _, c in rows], [c["confidence"] for _, c in rows],
-                                cfg.change.merge_iou, cfg.change.merge_ioa)
-        kept.sort(key=lambda i: (rows[i][0], -rows[i][1]["confidence"]))
-        tile_shift = {r.tile_id: r.shift_m for r in results}
-        out_geoms, lon, lat, area = to_output([geoms[i] for i in kept], ctx.grid)
-        b_date = cfg.baseline_date or ctx.baseline.acquired
-        c_date = cfg.current_date or ctx.current.acquired
-        records = []
-        for k, i in enumerate(kept):
-            tile_id, c = rows[i]
-            cent = geoms[i].centroid
-            records.append({
-                "candidate_id": candidate_id(c["class"], cent.x, cent.y, ctx.grid.crs_wkt),
-                "class": c["class"], "confidence": c["confidence"], "area_m2": round(float(area[k]), 2),
-                "lon": round(float(lon[k]), 8), "lat": round(float(lat[k]), 8), "tile_id": tile_id,
-                "baseline_date": b_date.isoformat() if b_date else "",
-                "current_date": c_date.isoformat() if c_date else "",
-                "shift_m": round(tile_shift.get(tile_id, 0.0), 3), "model_name": ctx.spec.model_name,
-                "model_sha256": ctx.spec.sha256, "run_id": run_id, "status": "new", "tags": "",
-                "pixel_change": c["pixel_change"], "baseline_iou": c["baseline_iou"],
-            })
-        from detector.night.export import CANDIDATE_FIELDS
-
-        cand = gpd.GeoDataFrame(records, columns=CANDIDATE_FIELDS, geometry=out_geoms if records else [],
-                                crs=ctx.grid.output_crs_wkt)
-        dropped = 0
-        if cfg.change.exclusions and len(cand):
-            from detector.night.change import apply_exclusions
-
-            cand, dropped = apply_exclusions(cand, cfg.change.exclusions, c_date, ctx.grid.output_crs_wkt)
-
-        tiles_gdf = _tiles_frame(results, by_id, ctx)
-        counts = Counter(r.status for r in results)
-        km2 = sum(r.covered_m2 for r in results) / 1e6
-        seconds = time.perf_counter() - t0
-        per_class = dict(Counter(cand["class"])) if len(cand) else {}
-        record = {
-            "run_id": run_id, "started_utc": started.isoformat(), "software": f"buildwatch {__version__}",
-            "baseline": str(ctx.baseline.path), "baseline_sha256": hashes["baseline"],
-            "current": str(ctx.current.path), "current_sha256": hashes["current"],
-            "baseline_date": b_date.isoformat() if b_date else "", "current_date": c_date.isoformat() if c_date else "",
-            "model": str(ctx.spec.path), "model_name": ctx.spec.model_name, "model_sha256": ctx.spec.sha256,
-            "config": cfg.model_dump(mode="json"), "fingerprint": fp,
-            "tiles_total": len(tiles), "tiles_done": counts["done"], "tiles_nodata": counts["nodata"],
-            "tiles_unregistered": counts["unregistered"], "tiles_resumed": len(done),
-            "candidates": len(cand), "per_class": per_class, "dropped_by_exclusions": dropped,
-            "km2": round(km2, 6), "seconds": round(seconds, 2),
-            "tile_seconds_sum": round(sum(r.seconds for r in results), 2),
-        }
-        path = out_dir / "candidates.gpkg"
-        from detector.night.export import write_geopackage
-
-        write_geopackage(path, cand, tiles_gdf, record)
-        summary = RunSummary(run_id, path, log_path, len(tiles), counts["done"], counts["nodata"],
-                             counts["unregistered"], len(done), len(cand), per_class, km2, seconds, dropped)
-        if cfg.cases.registry is not None:
-            summary.cases = _update_cases(cand, cfg, run_id, c_date, ctx, out_dir)
-        log.info("finished: %s", summary.text().replace("\n", "; "))
-        return summary
-    except BuildwatchError as exc:
-        log.error("%s", exc)
-        raise
-    except Exception:
-        log.exception("internal error")
-        raise
-    finally:
-        logging.getLogger("detector").removeHandler(handler)
-        handler.close()
+    Returns the kept candidates ordered by tile, then by decreasing confidence.
+    """
+    cands = [c for r in results for c in r.candidates]
+    change = night.cfg.change
+    kept = merge_duplicates([c.geometry for c in cands], [c.class_name for c in cands],
+                            [c.confidence for c in cands], change.merge_iou, change.merge_ioa)
+    kept.sort(key=lambda i: (cands[i].tile_id, -cands[i].confidence))
+    return [cands[i] for i in kept]
 
 
-def _tiles_frame(results: list[TileResult], by_id: dict[str, Tile], ctx: RunContext):
-    import geopandas as gpd
+def _finish_candidates(night: NightRun, results: list[TileResult], kept: list[Candidate]) -> list[Candidate]:
+    """Step *to candidates*: IDs, areas, WGS84 centroids, dates and provenance; geometry in the output CRS."""
+    ctx = night.ctx
+    tile_shift = {r.tile_id: r.shift_m for r in results}
+    out_geoms, lon, lat, area = to_output([c.geometry for c in kept], ctx.grid)
+    b_date, c_date = night.baseline_date, night.current_date
+    out = []
+    for k, c in enumerate(kept):
+        cent = c.geometry.centroid
+        out.append(replace(
+            c, candidate_id=candidate_id(c.class_name, cent.x, cent.y, ctx.grid.crs_wkt),
+            area_m2=round(float(area[k]), 2), lon=round(float(lon[k]), 8), lat=round(float(lat[k]), 8),
+            baseline_date=b_date.isoformat() if b_date else "", current_date=c_date.isoformat() if c_date else "",
+            shift_m=round(tile_shift.get(c.tile_id, 0.0), 3), model_name=ctx.spec.model_name,
+            model_sha256=ctx.spec.sha256, run_id=night.run_id, status="new", tags="", geometry=out_geoms[k]))
+    return out
 
-    rows = [{"tile_id": r.tile_id, "status": r.status, "valid_fraction": round(r.valid_fraction, 4),
-             "shift_m": round(r.shift_m, 3), "dx_m": round(r.dx_m, 3), "dy_m": round(r.dy_m, 3),
-             "quality": round(r.quality, 4), "registration": r.registration, "reason": r.reason,
-             "candidates": len(r.candidates),
-             "seconds": round(r.seconds, 3)} for r in sorted(results, key=lambda r: r.tile_id)]
-    geoms = [_tile_polygon(by_id[row["tile_id"]]) for row in rows]
-    out_geoms = to_output(geoms, ctx.grid)[0] if geoms else []
-    return gpd.GeoDataFrame(rows, geometry=out_geoms, crs=ctx.grid.output_crs_wkt)
+
+def _apply_exclusions(night: NightRun, candidates: list[Candidate]):
+    """Step *exclusions*: the candidates as the output frame, tagged or dropped by the exclusion layers.
+
+    Returns
+    -------
+    (GeoDataFrame, int)
+        The ``candidates`` layer and the number of candidates dropped.
+    """
+    from detector.night.export import candidates_frame
+
+    frame = candidates_frame(candidates, night.ctx.grid.output_crs_wkt)
+    layers = night.cfg.change.exclusions
+    if not layers or not len(frame):
+        return frame, 0
+    from detector.night.change import apply_exclusions
+
+    return apply_exclusions(frame, layers, night.current_date, night.ctx.grid.output_crs_wkt)
+
+
+def _write_outputs(night: NightRun, results: list[TileResult], cand, dropped: int) -> RunSummary:
+    """Step *write*: ``candidates.gpkg`` (candidates, tiles, the ``runs`` record) and the summary."""
+    from detector.night.export import tiles_frame, write_geopackage
+
+    cfg, ctx = night.cfg, night.ctx
+    tiles_gdf = tiles_frame(results, {t.tile_id: t for t in night.tiles}, ctx.grid)
+    counts = Counter(r.status for r in results)
+    km2 = sum(r.covered_m2 for r in results) / 1e6
+    seconds = time.perf_counter() - night.t0
+    per_class = dict(Counter(cand["class"])) if len(cand) else {}
+    b_date, c_date = night.baseline_date, night.current_date
+    record = {
+        "run_id": night.run_id, "started_utc": night.started.isoformat(), "software": f"buildwatch {__version__}",
+        "baseline": str(ctx.baseline.path), "baseline_sha256": night.hashes["baseline"],
+        "current": str(ctx.current.path), "current_sha256": night.hashes["current"],
+        "baseline_date": b_date.isoformat() if b_date else "", "current_date": c_date.isoformat() if c_date else "",
+        "model": str(ctx.spec.path), "model_name": ctx.spec.model_name, "model_sha256": ctx.spec.sha256,
+        "config": cfg.model_dump(mode="json"), "fingerprint": night.fingerprint,
+        "tiles_total": len(night.tiles), "tiles_done": counts["done"], "tiles_nodata": counts["nodata"],
+        "tiles_unregistered": counts["unregistered"], "tiles_resumed": len(night.resumed),
+        "candidates": len(cand), "per_class": per_class, "dropped_by_exclusions": dropped,
+        "km2": round(km2, 6), "seconds": round(seconds, 2),
+        "tile_seconds_sum": round(sum(r.seconds for r in results), 2),
+    }
+    path = night.out_dir / "candidates.gpkg"
+    write_geopackage(path, cand, tiles_gdf, record)
+    return RunSummary(night.run_id, path, night.log_path, len(night.tiles), counts["done"], counts["nodata"],
+                      counts["unregistered"], len(night.resumed), len(cand), per_class, km2, seconds, dropped)
 
 
 def _update_cases(cand, cfg: RunConfig, run_id: str, night: date | None, ctx: RunContext, out_dir: Path):
-    from detector.review import registry
+    from detector.review.nightly import update_cases
 
-    return registry.update_registry(cand, cfg.cases, run_id=run_id, night=night or date.today(),
-                                 baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir)
+    return update_cases(cand, cfg.cases, run_id=run_id, night=night or date.today(),
+                        baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir)
