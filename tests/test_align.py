@@ -181,3 +181,57 @@ def test_real_pair_every_tile_registered_and_consistent_with_the_model():
             want = np.array(model.at(col + 255.5, row + 255.5))
             assert np.hypot(reg.dx_px - want[0], reg.dy_px - want[1]) * GSD <= 0.75 + 1e-6
     assert len(sources) == 25 and "tile" in sources
+
+
+# ---------------------------------------------------------------- through the nightly run
+
+def _shifted_copy(src_path: Path, dst_path: Path, dx_m: float, dy_m: float) -> Path:
+    """The same pixels georeferenced (dx_m, dy_m) away: a 'second flight' with a GNSS offset."""
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(src_path) as src:
+        profile, data, t = src.profile, src.read(), src.transform
+    profile["transform"] = Affine(t.a, t.b, t.c + dx_m, t.d, t.e, t.f + dy_m)
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+    return dst_path
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_no_change_pair_with_half_metre_residual_gives_no_candidates(tmp_path, align):
+    """The shipped model tolerates the residual misregistration registration may leave (0.5 m)."""
+    from detector.config import load_config
+    from detector.night.pipeline import run_pipeline
+
+    root = Path(__file__).resolve().parents[1] / "sample_tiles"
+    cur = _shifted_copy(root / "baseline.tif", tmp_path / "again.tif", 0.35, -0.35)  # 0.49 m diagonal
+    cfg = load_config(None, {"baseline": str(root / "baseline.tif"), "current": str(cur), "out": str(tmp_path / "o"),
+                             "workers": 1, "progress": False, "align.enabled": align})
+    s = run_pipeline(cfg)
+    assert s.tiles_done == s.tiles_total and s.candidates == 0
+
+
+@pytest.mark.parametrize("on_failure, status, registration", [("flag", "unregistered", "tile"),
+                                                                ("georef", "done", "georef")])
+def test_on_failure_setting_flags_or_trusts_unregistrable_tiles(tmp_path, on_failure, status, registration):
+    import geopandas as gpd
+
+    from detector.config import load_config
+    from detector.night.pipeline import run_pipeline
+    from pipeline_util import make_contract_model, textured_image, write_geotiff
+
+    from rasterio.transform import from_origin
+
+    t = from_origin(500000.0, 2500000.0, 0.2, 0.2)
+    base = write_geotiff(tmp_path / "b.tif", textured_image(900, 900, seed=1), "EPSG:32650", t)
+    blank = np.full((900, 900, 3), 140, np.uint8)  # nothing to register on (cleared ground, cloud, overexposure)
+    cur = write_geotiff(tmp_path / "c.tif", blank, "EPSG:32650", t)
+    model = make_contract_model(tmp_path / "m.onnx")
+    cfg = load_config(None, {"baseline": str(base), "current": str(cur), "out": str(tmp_path / "o"), "model": str(model),
+                             "workers": 1, "progress": False, "align.on_failure": on_failure})
+    s = run_pipeline(cfg)
+    tiles = gpd.read_file(s.candidates_path, layer="tiles")
+    assert set(tiles.status) == {status} and set(tiles.registration) == {registration}
+    assert tiles.reason.str.len().min() > 0  # every tile says why
+    assert s.tiles_unregistered == (len(tiles) if on_failure == "flag" else 0)

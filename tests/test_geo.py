@@ -209,7 +209,7 @@ def test_open_raster_refusals(tmp_path):
         graster.open_raster(south_up, "baseline", north_up=True)
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\0garbage")
-    with pytest.raises(InputError, match="not a readable raster"):
+    with pytest.raises(InputError, match="cannot be read"):
         graster.open_raster(bad, "mosaic")
 
 

@@ -92,7 +92,7 @@ def test_cli_ingest_exit_codes(tmp_path, baseline, capsys):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\0garbage")
     assert main(["ingest", str(bad), "--baseline", str(baseline), "--out", str(tmp_path / "d.tif")]) == 2
-    assert "not a readable raster" in capsys.readouterr().err
+    assert "cannot be read" in capsys.readouterr().err
 
 
 @pytest.mark.realdata

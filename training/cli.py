@@ -131,9 +131,10 @@ def export(weights, out, config_path, metrics_path, provenance_path, int8_out):
 @click.option("--gsd", type=float, help="pixel size of a levir layout in metres (default 0.5)")
 @click.option("--conf", type=float, help="confidence threshold (default: the model's)")
 @click.option("--limit", type=int, help="evaluate only the first N pairs")
-def evaluate(model_path, pairs, layout, out, gsd, conf, limit):
+@click.option("--no-align", is_flag=True, help="skip co-registration (for a comparison only: users' runs register)")
+def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align):
     """Object-level P/R/F1 (IoU 0.3, 0.5) and pixel F1/IoU of the runtime over labelled pairs."""
     from training.evaluate import evaluate_pairs
 
-    report = evaluate_pairs(model_path, pairs, layout, out, gsd_m=gsd, conf=conf, limit=limit)
+    report = evaluate_pairs(model_path, pairs, layout, out, gsd_m=gsd, conf=conf, limit=limit, align=not no_align)
     click.echo(json.dumps(report["summary"], indent=1))

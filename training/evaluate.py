@@ -84,7 +84,7 @@ def _levir_items(folder: Path):
         yield a.stem, a, b, lab
 
 
-def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path) -> dict:
+def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path, align: bool = True) -> dict:
     import cv2
 
     imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in (a, b)]
@@ -99,9 +99,8 @@ def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path) -> dict:
     _write_levir_geotiff(work / "current.tif", imgs[1][:, :, ::-1], gsd_m)
     from rasterio.transform import from_origin
 
-    # LEVIR pairs are co-registered already, and their season change defeats phase correlation
-    # (most tiles would be flagged "not registered" and yield nothing): alignment is off here.
-    cands = _run_runtime(work / "baseline.tif", work / "current.tif", model, work / "out", conf, align=False)
+    # Registered as a user's run registers them (LEVIR pairs are years and seasons apart).
+    cands = _run_runtime(work / "baseline.tif", work / "current.tif", model, work / "out", conf, align=align)
     shape = label.shape
     preds = polygon_masks(_geoms_to_pixel_polys(cands.geometry, from_origin(500000.0, 2500000.0, gsd_m, gsd_m)), shape)
     truths = mask_components(label, MIN_TRUTH_AREA_M2 / gsd_m ** 2)
@@ -109,7 +108,7 @@ def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path) -> dict:
             "pixel": pixel_scores(union_mask(preds, shape), label > 0), "n_pred": len(preds), "n_truth": len(truths)}
 
 
-def _score_synth_scene(scene_dir: Path, model, conf, tmp: Path) -> dict:
+def _score_synth_scene(scene_dir: Path, model, conf, tmp: Path, align: bool = True) -> dict:
     import geopandas as gpd
     import rasterio
 
@@ -122,7 +121,7 @@ def _score_synth_scene(scene_dir: Path, model, conf, tmp: Path) -> dict:
     truth = gpd.read_file(truth_path)
     if truth.crs is not None and crs is not None and truth.crs != crs:
         truth = truth.to_crs(crs)
-    cands = _run_runtime(base, cur, model, tmp / scene_dir.name, conf)
+    cands = _run_runtime(base, cur, model, tmp / scene_dir.name, conf, align=align)
     if len(cands) and cands.crs is not None and crs is not None and cands.crs != crs:
         cands = cands.to_crs(crs)
     out = {"name": scene_dir.name, "per_class": {}, "n_pred": len(cands), "n_truth": len(truth)}
@@ -185,7 +184,7 @@ def _jsonable(obj):
 
 
 def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, gsd_m: float | None = None,
-                   conf: float | None = None, limit: int | None = None) -> dict:
+                   conf: float | None = None, limit: int | None = None, align: bool = True) -> dict:
     """Run the runtime over labelled pairs and write ``out`` (JSON) and ``out`` with ``.md``.
 
     Parameters
@@ -197,6 +196,7 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
     gsd_m : pixel size for the levir layout (default 0.5 m).
     conf : confidence threshold override (default: the model's recommendation).
     limit : evaluate only the first N pairs.
+    align : co-register the epochs as ``buildwatch run`` does (default); False only to compare.
 
     Returns
     -------
@@ -215,7 +215,7 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
         if layout == "levir":
             items = list(_levir_items(pairs_dir))[:limit]
             for name, a, b, lab in items:
-                results.append(_score_levir_pair(name, a, b, lab, model, gsd_m or 0.5, conf, Path(tmp)))
+                results.append(_score_levir_pair(name, a, b, lab, model, gsd_m or 0.5, conf, Path(tmp), align))
         elif layout == "synth":
             if (pairs_dir / "baseline.tif").exists():  # one scene folder, e.g. sample_tiles/
                 scenes = [pairs_dir]
@@ -224,11 +224,11 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
             if not scenes:
                 raise InputError(f"{pairs_dir}: no <scene>/baseline.tif found (synth layout); make some with 'buildwatch synth'")
             for scene in scenes:
-                results.append(_score_synth_scene(scene, model, conf, Path(tmp)))
+                results.append(_score_synth_scene(scene, model, conf, Path(tmp), align))
         else:
             raise InputError(f"{pairs_dir}: unknown layout '{layout}' (synth or levir)")
     report = {"model": str(spec.path), "model_name": spec.model_name, "model_sha256": spec.sha256,
-              "channels": spec.channels, "layout": layout, "pairs_dir": str(pairs_dir), "conf": conf or spec.conf,
+              "channels": spec.channels, "layout": layout, "align": align, "pairs_dir": str(pairs_dir), "conf": conf or spec.conf,
               "seconds": round(time.time() - start, 1), "summary": _summarise(results, layout),
               "pairs": _jsonable(results)}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,7 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
         raise
     except RasterioIOError as exc:
         msg = str(exc).splitlines()[0][:160] if str(exc).strip() else "unreadable"
-        raise InputError(f"{path}: {what} is not a readable raster ({msg}); it is not a raster, or it is truncated "
+        raise InputError(f"{path}: {what} cannot be read ({msg}); it is not a raster, or it is truncated "
                          "or corrupt: export or copy it again") from None
     except Exception as exc:  # GDAL errors on truncated files surface as several types
         raise InputError(f"{path}: {what} is unreadable or truncated ({type(exc).__name__}: {str(exc)[:160]})") from None

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Optional
 
 from detector.fileio import atomic_write_text
-from detector.review.gpkg import write_default_styles  # noqa: F401 - re-exported for detector.night.export
 from detector.review.vocab import (CONFIRMED_ILLEGAL, DEMOLISHED, FALSE_POSITIVE, INTERNAL_COLUMNS, NEW, PERMITTED,
                                    REFERRED, REVIEW_FIELDS, cases_field_names)
 
