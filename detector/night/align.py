@@ -222,16 +222,13 @@ def fit_mosaic_model(base: np.ndarray, cur: np.ndarray, gsd: float, max_shift_m:
     pred = src_a[inl] @ matrix[:, :2].T + matrix[:, 2]
     residual = float(np.sqrt(np.mean(np.sum((pred - dst_a[inl]) ** 2, axis=1)))) * gsd if k else 0.0
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
-    if k < 2 or (n >= min_inliers and k < min_inliers):
+    if k < min_inliers:  # (n >= min_inliers >= 2 here)
         return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
                            f"only {k} of {n} matched blocks agree (need {min_inliers})")
     if k < 3 or spread < min_spread:
         # Too few or too clustered to fix a rotation: a pure shift from the agreeing blocks.
         d = np.median(dst_a[inl] - src_a[inl], axis=0)
         matrix = np.float64([[1, 0, d[0]], [0, 1, d[1]]])
-        if k < min_inliers:
-            return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
-                               f"only {k} of {n} matched blocks agree (need {min_inliers})")
     if abs(scale - 1) > 0.01:
         return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
                            f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid")
