@@ -14,7 +14,7 @@ import pytest
 
 from detector.config import RunConfig
 from detector.night.pipeline import run_pipeline
-from realdata_pairs import erase_buildings_pair
+from training.realpairs import erase_buildings_pair
 
 pytestmark = pytest.mark.realdata
 
