@@ -19,9 +19,10 @@ the run adds a height step to every tile:
    ``height.noise_floor_m``). A pixel's noise grows at edges, where a horizontal smear of
    ``height.edge_tolerance_m`` makes a height error of slope × tolerance:
    ``σ_px = sqrt(σ² + (tolerance × slope)²)``. Gain seeds are pixels with
-   ``d ≥ noise_k × σ_px`` and ``d ≥ min_gain_m / 2``; they grow back over the edge band into
-   pixels with ``d ≥ min_gain_m / 2``; connected regions of at least ``height.min_area_m2``
-   whose median seed gain is at least ``height.min_gain_m`` are kept.
+   ``d ≥ noise_k × σ_px`` and ``d ≥ min_gain_m / 2``; a region is a connected patch of
+   ``d ≥ min_gain_m / 2`` holding seeds (so it reaches over the noisy edge band to the true
+   outline); regions of at least ``height.min_area_m2`` whose median seed gain is at least
+   ``height.min_gain_m`` are kept.
 3. **Fusion** (:func:`fuse`): an image candidate over a region of gain is confirmed (tag
    ``height_confirmed``, confidence ``1 − (1 − c)(1 − confirm_boost)``); an image candidate of
    ``no_change_classes`` the DSMs cover with no gain is down-weighted (× ``no_change_weight``,
@@ -229,9 +230,14 @@ def prepare_dsms(cfg, grid: WorkingGrid) -> DsmPair | None:
                          f"unchanged ground (height.max_vertical_offset_m {h.max_vertical_offset_m:g}); check the "
                          "vertical datum and units of both, or raise the limit")
     pair = DsmPair(b, c, bs, cs, float(offset), float(noise), float(valid.mean()))
-    log.info("DSMs: vertical offset %+.2f m (current - baseline, removed), noise %.2f m, %.0f %% of the grid covered",
-             offset, noise, 100 * pair.coverage)
     return pair
+
+
+def describe(pair: DsmPair) -> str:
+    """One log line about the run's DSM pair."""
+    return (f"DSMs {pair.baseline.path.name} / {pair.current.path.name}: vertical offset {pair.offset_m:+.2f} m "
+            f"(current - baseline, removed), noise {pair.noise_m:.2f} m, {100 * pair.coverage:.0f} % of the grid "
+            "covered")
 
 
 def _check_overlap(info: MosaicInfo, grid: WorkingGrid) -> None:
@@ -333,9 +339,10 @@ def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray,
     half = 0.5 * rules.min_gain_m
     loose = valid & (d >= half)
     seeds = loose & (d >= rules.noise_k * sigma)
-    grown = cv2.dilate(seeds.astype(np.uint8), kernel).astype(bool) & loose
-    n, labels, stats, cents = cv2.connectedComponentsWithStats(grown.astype(np.uint8), connectivity=8)
-    for k in range(1, n):
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(loose.astype(np.uint8), connectivity=8)
+    for k in np.unique(labels[seeds]):
+        if k == 0:
+            continue
         area = stats[k, cv2.CC_STAT_AREA] * gsd * gsd
         if area < rules.min_area_m2:
             continue

@@ -375,6 +375,10 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
         log.info("mosaic registration model: shift %.2f m at the centre, rotation %.3f°, %d of %d blocks agree "
                  "(RMS %.2f m, spread %.2f)%s", np.hypot(cx, cy) * ctx.grid.gsd, m.rotation_deg, m.inliers, m.blocks,
                  m.residual_m, m.spread, "" if m.ok else f"; not usable: {m.reason}")
+    if ctx.dsm is not None:
+        from detector.night.height import describe
+
+        log.info("%s", describe(ctx.dsm))
     return NightRun(cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo)
 
 
