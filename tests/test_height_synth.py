@@ -54,6 +54,7 @@ def test_storeys_and_new_buildings_found_from_height(tmp_path):
         false += sum(_best_iou(g, tall.geometry) < 0.3 for g in gdf.geometry)
         assert set(gdf["tags"]) <= {"height_only"}
         assert (gdf["height_gain_m"] >= 2.5).all()
+    print(f"storeys {storeys_hit}/{storeys}, new buildings {new_hit}/{new}, false {false}")
     assert storeys >= 4 and new >= 8
     assert storeys_hit / storeys >= 0.9, (storeys_hit, storeys)
     assert new_hit / new >= 0.95, (new_hit, new)

@@ -59,6 +59,7 @@ MIN_HEIGHT_M = -1000.0  # heights below this are nodata (an undeclared -9999 / -
 SAMPLE_SIDE = 512  # the run's offset is estimated on a grid at most this many pixels on a side
 FLAT_SLOPE = 0.3  # m/m: "flat" ground and roofs used for offsets and noise
 MIN_FLAT_PIXELS = 200  # a tile with fewer flat pixels uses the run's offset and noise
+ROBUST_SAMPLE = 20000  # a tile's offset and noise come from at most about this many flat pixels (evenly spaced)
 GROUND_MARGIN_M = 10.0
 FOOT_RATIO = (0.45, 2.2)  # height range ratio outside this: one DSM in feet, the other in metres
 MIN_RELIEF_M = 3.0  # the ratio test needs at least this much relief
@@ -270,9 +271,10 @@ def slope(h: np.ndarray, gsd: float) -> np.ndarray:
     return np.sqrt(gx * gx + gy * gy)
 
 
-def _flat(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float) -> np.ndarray:
+def _flat(sb: np.ndarray, sc: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Valid pixels (not at the border of the valid area) whose slope is small in both epochs."""
     inner = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    return inner & (slope(hb, gsd) < FLAT_SLOPE) & (slope(hc, gsd) < FLAT_SLOPE)
+    return inner & (sb < FLAT_SLOPE) & (sc < FLAT_SLOPE)
 
 
 def _robust(x: np.ndarray, floor: float = 0.05) -> tuple[float, float]:
@@ -291,7 +293,7 @@ def _robust(x: np.ndarray, floor: float = 0.05) -> tuple[float, float]:
 
 def ground_offset(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float) -> tuple[float, float]:
     """(offset, noise): robust median and σ of ``hc - hb`` over unchanged flat pixels."""
-    flat = _flat(hb, hc, valid, gsd)
+    flat = _flat(slope(hb, gsd), slope(hc, gsd), valid)
     pick = flat if flat.sum() >= 50 else valid
     return _robust((hc - hb)[pick])
 
@@ -319,11 +321,13 @@ def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray,
     TileHeights
     """
     valid = vb & vc
-    flat = _flat(hb, hc, valid, gsd)
+    sb, sc = slope(hb, gsd), slope(hc, gsd)
+    flat = _flat(sb, sc, valid)
     raw = hc - hb
     near = flat & (np.abs(raw - pair.offset_m) < max(1.0, 3 * pair.noise_m))
     if near.sum() >= MIN_FLAT_PIXELS:
-        offset, noise = _robust(raw[near])
+        x = raw[near]
+        offset, noise = _robust(x[:: max(1, x.size // ROBUST_SAMPLE)])
     else:
         offset, noise = pair.offset_m, pair.noise_m
     noise = max(noise, rules.noise_floor_m)
@@ -334,7 +338,7 @@ def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray,
         return out
     r_px = max(1, math.ceil(rules.edge_tolerance_m / gsd))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r_px + 1, 2 * r_px + 1))
-    steep = cv2.dilate(np.maximum(slope(hb, gsd), slope(cur, gsd)), kernel)
+    steep = cv2.dilate(np.maximum(sb, sc), kernel)  # the offset does not change the slope
     sigma = np.sqrt(noise * noise + (rules.edge_tolerance_m * steep) ** 2)
     half = 0.5 * rules.min_gain_m
     loose = valid & (d >= half)
