@@ -71,6 +71,32 @@ class ChangeConfig(_Strict):
     exclusions: list[ExclusionLayer] = []
 
 
+HeightUnit = Literal["auto", "metre", "foot", "us_survey_foot"]
+
+
+class HeightConfig(_Strict):
+    """Height change from a DSM pair (``baseline_dsm`` / ``current_dsm``; see ``detector/night/height.py``)."""
+
+    min_gain_m: float = Field(2.5, gt=0, description="height gain that counts as a new storey or structure")
+    min_area_m2: float = Field(6.0, ge=0, description="smallest region of gain reported")
+    noise_k: float = Field(3.0, gt=0, description="a pixel's gain must exceed this many times its noise")
+    noise_floor_m: float = Field(0.1, gt=0, description="lower bound of the DSM noise estimated per tile")
+    edge_tolerance_m: float = Field(0.5, ge=0, description="horizontal DSM smear / residual misregistration: at "
+                                    "steep edges the noise grows by slope x this")
+    max_vertical_offset_m: float = Field(150.0, gt=0, description="largest datum offset between the surveys accepted")
+    existing_roof_m: float = Field(2.0, ge=0, description="baseline height above ground that makes a region of gain "
+                                   "an extension of an existing roof (else a new building)")
+    confirm_boost: float = Field(0.5, ge=0, le=1, description="an image candidate with height gain: confidence "
+                                 "1 - (1 - c) * (1 - boost)")
+    no_change_weight: float = Field(0.5, ge=0, le=1, description="an image candidate with no height change where "
+                                    "the DSMs cover it: confidence times this (1 = off)")
+    no_change_classes: list[str] = ["new_building", "extension"]
+    max_greenness: float = Field(0.5, ge=0, le=1, description="share of green pixels (current image) above which "
+                                 "a region of gain is vegetation growth, not a structure")
+    baseline_units: HeightUnit = "auto"  # auto = what the file declares, else metres
+    current_units: HeightUnit = "auto"
+
+
 class CasesConfig(_Strict):
     registry: Optional[Path] = None  # cases.gpkg; None = do not update a case registry
     district_prefix: str = ""
@@ -89,6 +115,8 @@ class RunConfig(_Strict):
     model: Optional[Path] = None  # None = the shipped default model
     baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
     current_date: Optional[date] = None
+    baseline_dsm: Optional[Path] = None  # DSM of the baseline survey (optional; both or neither)
+    current_dsm: Optional[Path] = None
     workers: int = Field(2, ge=1)
     resume: bool = True
     progress: bool = True
@@ -96,6 +124,7 @@ class RunConfig(_Strict):
     align: AlignConfig = AlignConfig()
     change: ChangeConfig = ChangeConfig()
     cases: CasesConfig = CasesConfig()
+    height: HeightConfig = HeightConfig()
 
 
 def _resolve_relative_paths(data: dict, base: Path) -> None:
@@ -106,7 +135,7 @@ def _resolve_relative_paths(data: dict, base: Path) -> None:
         if isinstance(value, str) and value and not Path(value).is_absolute():
             mapping[key] = str(base / value)
 
-    for key in ("baseline", "current", "out", "model"):
+    for key in ("baseline", "current", "out", "model", "baseline_dsm", "current_dsm"):
         fix(data, key)
     if isinstance(data.get("cases"), dict):
         for key in ("registry", "boundaries"):

@@ -110,6 +110,10 @@ class Candidate:
         Share of the footprint whose pixels changed.
     baseline_iou : float
         Single-epoch models: best overlap with a baseline structure.
+    height_gain_m, baseline_height_m, current_height_m : float
+        With a DSM pair (:mod:`detector.night.height`): median height gain over the footprint,
+        and its height above the ground before and now, metres; None (NULL) without DSMs or
+        where they do not cover the candidate.
     geometry : object
         shapely Polygon (not a column: the layer's geometry).
     """
@@ -131,6 +135,9 @@ class Candidate:
     tags: str = ""
     pixel_change: float = 0.0
     baseline_iou: float = 0.0
+    height_gain_m: float | None = None
+    baseline_height_m: float | None = None
+    current_height_m: float | None = None
     geometry: object = field(default=None, metadata={"column": None})
 
     def row(self) -> dict:
@@ -149,6 +156,9 @@ _CANDIDATE_COLUMN_OF = {f.name: f.metadata.get("column", f.name) for f in fields
 
 #: Columns of the ``candidates`` layer, in order (derived from :class:`Candidate`).
 CANDIDATE_COLUMNS: tuple[str, ...] = tuple(_CANDIDATE_COLUMN_OF.values())
+
+#: Real-valued columns that may be NULL (written as REAL even when every row is NULL).
+NULLABLE_REAL_COLUMNS: tuple[str, ...] = ("height_gain_m", "baseline_height_m", "current_height_m")
 
 
 @dataclass

@@ -11,6 +11,8 @@
   percentiles (1–99 %) of the valid, non-zero pixels are mapped linearly to 0–255; estimated
   once per raster from a decimated read (overviews), so every window of one raster — nightly
   tile, evidence chip, ortho matching window, ingested block — gets the same mapping.
+* :func:`open_raster` with ``elevation=True`` validates a DSM (one band of heights, any
+  numeric type) with the same checks and wording; :func:`vertical_unit` reads its height unit.
 * :func:`write_cog` turns a tiled GeoTIFF into a COG atomically.
 """
 
@@ -47,6 +49,8 @@ class MosaicInfo:
     acquired: Optional[date]
     transform: object = None  # affine.Affine
     bands: tuple[int, int, int] = (1, 2, 3)  # the band indexes read as R, G, B (see rgb_bands)
+    nodata: Optional[float] = None  # the file's nodata value (elevation rasters)
+    z_unit: str = ""  # elevation rasters: the height unit the file declares ("" = not declared)
 
     @property
     def colour_bands(self) -> int:
@@ -96,7 +100,8 @@ def rgb_bands(colorinterp, count: int) -> Optional[tuple[int, int, int]]:
     return None
 
 
-def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up: bool = False) -> MosaicInfo:
+def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up: bool = False,
+                elevation: bool = False) -> MosaicInfo:
     """Validate an input orthomosaic; raise :class:`InputError` naming the file and the fix.
 
     Checks: the file exists and is a raster GDAL reads to its end (a decimated read, which uses
@@ -114,6 +119,9 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
         and ``ortho`` need colour.
     north_up : bool
         Refuse rotated or south-up geotransforms (``ortho`` works on the baseline's pixel grid).
+    elevation : bool
+        A DSM: band 1 holds heights of any numeric pixel type (no RGB rule, no uint8/uint16
+        rule); its nodata value and declared height unit (:func:`vertical_unit`) are recorded.
 
     Returns
     -------
@@ -145,10 +153,14 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
             if north_up and (t.b != 0 or t.d != 0 or t.e >= 0):
                 raise InputError(f"{path}: {what} is not a north-up grid; warp it first (gdalwarp)")
             dtype = src.dtypes[0]
-            if dtype not in SUPPORTED_DTYPES:
+            if elevation:
+                if dtype in ("complex64", "complex128", "complex_int16") or dtype.startswith("c"):
+                    raise InputError(f"{path}: {what} has pixel type {dtype}; a DSM holds real heights "
+                                     "(float32, int16, ...)")
+            elif dtype not in SUPPORTED_DTYPES:
                 raise InputError(f"{path}: {what} has pixel type {dtype}; buildwatch reads uint8 or uint16 imagery")
             has_alpha = ColorInterp.alpha in src.colorinterp
-            bands = rgb_bands(src.colorinterp, src.count)
+            bands = (1, 1, 1) if elevation else rgb_bands(src.colorinterp, src.count)
             if bands is None or (not allow_pan and bands[0] == bands[1]):
                 colour = src.count - (1 if has_alpha else 0)
                 pan = " or one panchromatic band" if allow_pan else ""
@@ -163,7 +175,9 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
             src.read(window=last)
             info = MosaicInfo(path=path, crs_wkt=src.crs.to_wkt(), bounds=tuple(src.bounds), width=src.width,
                               height=src.height, count=src.count, dtype=dtype, res=src.res, has_alpha=has_alpha,
-                              acquired=acquisition_date(src.tags()), transform=t, bands=bands)
+                              acquired=acquisition_date(src.tags()), transform=t, bands=bands,
+                              nodata=src.nodata if elevation else None,
+                              z_unit=vertical_unit(src) if elevation else "")
     except InputError:
         raise
     except RasterioIOError as exc:
@@ -173,6 +187,31 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
     except Exception as exc:  # GDAL errors on truncated files surface as several types
         raise InputError(f"{path}: {what} is unreadable or truncated ({type(exc).__name__}: {str(exc)[:160]})") from None
     return info
+
+
+def vertical_unit(src) -> str:
+    """The height unit a DSM declares: ``"metre"``, ``"foot"``, ``"us_survey_foot"`` or ``""`` (none).
+
+    Read from the band's unit (``src.units``, e.g. ``"m"``, ``"ft"``, ``"US survey foot"``),
+    else from the vertical axis of a compound CRS.
+    """
+    names = [str(u).strip().lower() for u in (src.units or ()) if u]
+    if not names and src.crs is not None:
+        try:
+            from pyproj import CRS
+
+            crs = CRS.from_wkt(src.crs.to_wkt())
+            names = [a.unit_name.lower() for a in crs.axis_info if a.direction == "up"]
+        except Exception:  # noqa: BLE001 - an odd CRS just means "not declared"
+            names = []
+    for name in names[:1]:
+        if "survey" in name and ("foot" in name or "feet" in name or "ft" in name):
+            return "us_survey_foot"
+        if name in ("ft", "foot", "feet", "international foot", "foot (international)") or "foot" in name:
+            return "foot"
+        if name in ("m", "metre", "meter", "metres", "meters"):
+            return "metre"
+    return ""
 
 
 # --- the one stretch to uint8 -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from detector.config import RunConfig
 from detector.errors import ConfigError, InputError, ModelError
 from detector.night.align import MosaicModel, estimate_mosaic_model
+from detector.night.height import DsmPair, prepare_dsms
 from detector.night.model import ModelSpec, load_model_spec
 from detector.night.mosaic import EpochReader, MosaicInfo, WorkingGrid, make_grid, open_mosaic
 from detector.night.tiles import iter_tiles
@@ -41,6 +42,7 @@ class RunContext:
     stretch_baseline: tuple | None = None
     stretch_current: tuple | None = None
     mosaic_model: MosaicModel | None = None  # the epochs' similarity transform; tiles refine it or fall back to it
+    dsm: DsmPair | None = None  # the DSM pair (detector.night.height), when the run has one
 
 
 def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
@@ -72,6 +74,7 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
         conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
         iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou,
     )
+    ctx.dsm = prepare_dsms(cfg, grid)
     for info, attr in ((baseline, "stretch_baseline"), (current, "stretch_current")):
         if info.dtype != "uint8":  # computed once here, handed to every worker
             reader = EpochReader(info, grid)

@@ -13,7 +13,7 @@ from pathlib import Path
 from detector.fileio import atomic_path
 from detector.review.gpkg import write_default_styles
 from detector.review.qgis import CANDIDATE_LABEL, CLASS_STYLE, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml
-from detector.types import CANDIDATE_COLUMNS, Candidate, Tile, TileResult
+from detector.types import CANDIDATE_COLUMNS, NULLABLE_REAL_COLUMNS, Candidate, Tile, TileResult
 
 #: Columns of the ``candidates`` layer (the one schema: :class:`detector.types.Candidate`).
 CANDIDATE_FIELDS = list(CANDIDATE_COLUMNS)
@@ -31,8 +31,11 @@ def candidates_frame(candidates: list[Candidate], crs):
     """
     import geopandas as gpd
 
-    return gpd.GeoDataFrame([c.row() for c in candidates], columns=CANDIDATE_FIELDS,
-                            geometry=[c.geometry for c in candidates], crs=crs)
+    frame = gpd.GeoDataFrame([c.row() for c in candidates], columns=CANDIDATE_FIELDS,
+                             geometry=[c.geometry for c in candidates], crs=crs)
+    for col in NULLABLE_REAL_COLUMNS:  # None -> NaN, written as NULL in a REAL column
+        frame[col] = frame[col].astype(float)
+    return frame
 
 
 def tiles_frame(results: list[TileResult], tiles: dict[str, Tile], grid):

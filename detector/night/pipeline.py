@@ -6,6 +6,7 @@ list of named steps::
     prepare          inputs, model, working grid, tile list          (:func:`prepare`)
     open the night   output folder, log file, fingerprint, resume    (:func:`_open_night`)
     run tiles        every tile not finished yet                     (:func:`_process_tiles`)
+                     (with a DSM pair, each tile adds a height step:  :func:`_height_step`)
     merge            duplicates from overlapping tiles               (:func:`_merge`)
     to candidates    ids, areas, WGS84 centroids, provenance         (:func:`_finish_candidates`)
     exclusions       permits and known buildings                     (:func:`_apply_exclusions`)
@@ -13,7 +14,7 @@ list of named steps::
     cases            the case registry, when configured              (:func:`_update_cases`)
 
 Tile processing (:func:`process_tile`) is itself a list of steps (read, coverage, register,
-detect, change rules, candidates) and a pure function of (inputs, tile, model, config); its
+detect, change rules, candidates, and with DSMs height change + fusion) and a pure function of (inputs, tile, model, config); its
 results are kept per tile under ``OUT/work/<fingerprint>/`` so that a rerun of the same night
 (same inputs, model and config) skips finished tiles, and a distributed engine can later run
 tiles on many machines without a redesign.
@@ -95,7 +96,8 @@ class RunSummary:
 
 # ---------------------------------------------------------------- tile processing (workers)
 
-def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, detector) -> TileResult:
+def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, detector,
+                 dsm_readers=None) -> TileResult:
     """Read, register, detect and decide one tile. Pure in (inputs, tile, model, config).
 
     Parameters
@@ -106,6 +108,8 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
         Windows of each epoch on the working grid.
     detector : callable
         ``detector(images, conf, iou) -> list[list[Detection]]`` (an :class:`OnnxDetector`).
+    dsm_readers : (DsmReader, DsmReader), optional
+        The baseline and current DSM on the working grid (``ctx.dsm`` set): adds the height step.
 
     Returns
     -------
@@ -129,6 +133,8 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
     stride, margin = tile_layout(ctx.size, ctx.overlap)
     changes = changes_in_tile(dets, difference_image(b, c, valid), valid, gsd, ctx.config.change, margin, stride)
     out = [_tile_candidate(ctx, tile, d, changed, baseline_iou.get(id(d), 0.0)) for d, changed in changes]
+    if dsm_readers is not None and ctx.dsm is not None:
+        out = _height_step(ctx, tile, dsm_readers, reg, changes, out, b, c, valid)
     return TileResult(tile.tile_id, "done", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd, reg.shift_m,
                       reg.quality, reg.reason, out, time.perf_counter() - start, reg.source, reg.residual_m,
                       reg.inliers)
@@ -215,6 +221,38 @@ def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, b
     )
 
 
+def _height_step(ctx: RunContext, tile: Tile, dsm_readers, reg: Registration, changes, cands: list[Candidate],
+                 b: np.ndarray, c: np.ndarray, valid: np.ndarray) -> list[Candidate]:
+    """Height change of the tile (current DSM registered like the imagery) fused with its image candidates.
+
+    See :mod:`detector.night.height`: candidates over a region of gain are confirmed, those the
+    DSMs cover without gain down-weighted, and unexplained regions added as candidates.
+    """
+    from shapely.geometry import Polygon
+
+    from detector.night.change import change_fraction, polygon_mask
+    from detector.night.height import fuse, tile_heights
+
+    col_off, row_off = tile_window(ctx.grid, tile)
+    hb, vb = dsm_readers[0].read(col_off, row_off, tile.width, tile.height)
+    hc, vc = dsm_readers[1].read(col_off, row_off, tile.width, tile.height)
+    if ctx.config.align.enabled:
+        hc, vc = apply_registration(hc, vc, reg)
+    gsd = ctx.grid.gsd
+    th = tile_heights(hb, vb & valid, hc, vc, gsd, ctx.dsm, ctx.config.height)
+    stride, margin = tile_layout(ctx.size, ctx.overlap)
+    fused, extra = fuse(changes, th, c, ctx.config.height, margin, stride, polygon_mask)
+    out = [replace(cand, confidence=f.confidence, tags=",".join(f.tags), height_gain_m=f.gain_m,
+                   baseline_height_m=f.baseline_m, current_height_m=f.current_m) for cand, f in zip(cands, fused)]
+    diff = difference_image(b, c, valid) if extra else None
+    for f in extra:
+        out.append(Candidate(geometry=Polygon(pixel_to_map(tile, gsd, f.corners)), class_name=f.class_name,
+                             confidence=f.confidence, pixel_change=round(change_fraction(diff, valid, f.corners), 3),
+                             tile_id=tile.tile_id, tags=",".join(f.tags), height_gain_m=f.gain_m,
+                             baseline_height_m=f.baseline_m, current_height_m=f.current_m))
+    return out
+
+
 _WORKER: dict = {}
 
 
@@ -226,11 +264,16 @@ def _init_worker(ctx: RunContext) -> None:
     _WORKER["c"] = EpochReader(ctx.current, ctx.grid, ctx.stretch_current)
     det = ctx.config.detect
     _WORKER["det"] = OnnxDetector(ctx.spec, det.providers, det.intra_op_threads, det.batch_size)
+    if ctx.dsm is not None:
+        from detector.night.height import DsmReader
+
+        _WORKER["dsm"] = (DsmReader.on_grid(ctx.dsm.baseline, ctx.grid, ctx.dsm.baseline_scale),
+                          DsmReader.on_grid(ctx.dsm.current, ctx.grid, ctx.dsm.current_scale))
 
 
 def _work(tiles: list[Tile]) -> list[TileResult]:
     w = _WORKER
-    return [process_tile(w["ctx"], t, w["b"], w["c"], w["det"]) for t in tiles]
+    return [process_tile(w["ctx"], t, w["b"], w["c"], w["det"], w.get("dsm")) for t in tiles]
 
 
 # ---------------------------------------------------------------- the night (main process)
@@ -312,6 +355,8 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
                 t0: float) -> NightRun:
     """Step *open the night*: fingerprint, run ID, work folder, and the tiles an earlier run finished."""
     hashes = {"baseline": file_sha256(ctx.baseline.path), "current": file_sha256(ctx.current.path)}
+    if ctx.dsm is not None:
+        hashes.update(baseline_dsm=file_sha256(ctx.dsm.baseline.path), current_dsm=file_sha256(ctx.dsm.current.path))
     fp = _fingerprint(cfg, ctx.spec, hashes)
     started = datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{fp[:8]}"
@@ -330,12 +375,16 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
         log.info("mosaic registration model: shift %.2f m at the centre, rotation %.3f°, %d of %d blocks agree "
                  "(RMS %.2f m, spread %.2f)%s", np.hypot(cx, cy) * ctx.grid.gsd, m.rotation_deg, m.inliers, m.blocks,
                  m.residual_m, m.spread, "" if m.ok else f"; not usable: {m.reason}")
+    if ctx.dsm is not None:
+        from detector.night.height import describe
+
+        log.info("%s", describe(ctx.dsm))
     return NightRun(cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo)
 
 
 def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
     relevant = cfg.model_dump(mode="json", exclude={"out", "workers", "resume", "progress", "cases", "baseline",
-                                                     "current", "model"})
+                                                     "current", "model", "baseline_dsm", "current_dsm"})
     key = json.dumps({"inputs": hashes, "model": spec.sha256, "config": relevant, "software": __version__},
                      sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -403,6 +452,8 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
         if workers <= 1 and "b" in _WORKER:
             _WORKER["b"].close()
             _WORKER["c"].close()
+            for r in _WORKER.get("dsm") or ():
+                r.close()
             _WORKER.clear()
     return results
 
@@ -434,7 +485,7 @@ def _finish_candidates(night: NightRun, results: list[TileResult], kept: list[Ca
             area_m2=round(float(area[k]), 2), lon=round(float(lon[k]), 8), lat=round(float(lat[k]), 8),
             baseline_date=b_date.isoformat() if b_date else "", current_date=c_date.isoformat() if c_date else "",
             shift_m=round(tile_shift.get(c.tile_id, 0.0), 3), model_name=ctx.spec.model_name,
-            model_sha256=ctx.spec.sha256, run_id=night.run_id, status="new", tags="", geometry=out_geoms[k]))
+            model_sha256=ctx.spec.sha256, run_id=night.run_id, status="new", tags=c.tags, geometry=out_geoms[k]))
     return out
 
 

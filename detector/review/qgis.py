@@ -233,6 +233,8 @@ TILE_STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
     "unregistered": ("Not registered: not checked tonight", (255, 127, 0)),
 }
 CANDIDATE_LABEL = "\"class\" || ' ' || format_number(\"confidence\", 2) || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
+# with a DSM pair: the height gain as a third line ("Δh 3.1 m")
+CANDIDATE_LABEL += " || if(\"height_gain_m\" IS NULL, '', '\\nΔh ' || format_number(\"height_gain_m\", 1) || ' m')"
 TILE_LABEL = "\"tile_id\" || CASE WHEN \"status\" = 'unregistered' THEN '\\n' || \"reason\" ELSE '' END"
 
 

@@ -89,7 +89,9 @@ def generate_scene(seed: int, size: int = 1024, gsd: float = 0.1, nights: int = 
         Number of transitions T; the scene has T + 1 epochs.
     **options
         ``max_shift_px`` (float, default 3.0): largest misregistration of epochs >= 1;
-        ``block_development`` (bool, default True): allow graded land -> houses + lane.
+        ``block_development`` (bool, default True): allow graded land -> houses + lane;
+        ``dsm`` (bool, default False): also render a DSM per epoch (:mod:`detector.synth.dsm`)
+        into ``Scene.dsms``; the images and truth are the same with or without it.
 
     Returns
     -------
@@ -99,7 +101,7 @@ def generate_scene(seed: int, size: int = 1024, gsd: float = 0.1, nights: int = 
     """
     if size < 64 or gsd <= 0 or nights < 1:
         raise ValueError(f"generate_scene: need size >= 64, gsd > 0, nights >= 1 (got {size}, {gsd}, {nights})")
-    unknown = set(options) - {"max_shift_px", "block_development"}
+    unknown = set(options) - {"max_shift_px", "block_development", "dsm"}
     if unknown:
         raise ValueError(f"generate_scene: unknown options {sorted(unknown)}")
     rng = np.random.default_rng([int(seed), 1])
@@ -115,10 +117,15 @@ def generate_scene(seed: int, size: int = 1024, gsd: float = 0.1, nights: int = 
                         for st in plan.structures if st.born == night and st.truth_class])
         demolished.append([Footprint(st.sid, st.kind, rect_polygon(*st.rect) / gsd)
                            for st in plan.structures if st.died == night])
+    dsms = []
+    if options.get("dsm"):
+        from detector.synth.dsm import render_dsm
+
+        dsms = [render_dsm(plan, e, looks[e], size, gsd, int(seed)) for e in range(nights + 1)]
     return Scene(seed=int(seed), size=size, gsd=gsd, epochs=epochs, footprints=footprints, changes=changes,
                  demolished=demolished, shifts=[lk.shift for lk in looks],
                  sun=[(math.degrees(lk.sun_azimuth) % 360, math.degrees(lk.sun_elevation)) for lk in looks],
-                 dates=[BASELINE_DATE + timedelta(days=e) for e in range(nights + 1)])
+                 dates=[BASELINE_DATE + timedelta(days=e) for e in range(nights + 1)], dsms=dsms)
 
 
 def _footprints(plan: Plan, epoch: int, size: int, gsd: float) -> list[Footprint]:
@@ -134,7 +141,7 @@ def _footprints(plan: Plan, epoch: int, size: int, gsd: float) -> list[Footprint
 
 
 def generate(outdir, seed: int, scenes: int = 1, size: int = 1024, gsd: float = 0.1, crs: str = DEFAULT_CRS,
-             nights: int = 1) -> list[Path]:
+             nights: int = 1, dsm: bool = False) -> list[Path]:
     """Generate and write ``scenes`` scenes into ``outdir/scene_000`` ... (what the CLI calls).
 
     Scene ``k`` uses ``derive_seed(seed, k)``, so adding scenes never changes earlier ones.
@@ -151,6 +158,8 @@ def generate(outdir, seed: int, scenes: int = 1, size: int = 1024, gsd: float = 
         As for :func:`generate_scene`.
     crs : str
         As for :func:`write_scene`.
+    dsm : bool
+        Also write a DSM per epoch (``dsm_baseline.tif``, ``dsm_current.tif``, ...).
 
     Returns
     -------
@@ -160,7 +169,7 @@ def generate(outdir, seed: int, scenes: int = 1, size: int = 1024, gsd: float = 
     outdir = Path(outdir)
     folders = []
     for k in range(scenes):
-        scene = generate_scene(derive_seed(seed, k), size=size, gsd=gsd, nights=nights)
+        scene = generate_scene(derive_seed(seed, k), size=size, gsd=gsd, nights=nights, dsm=dsm)
         folder = outdir / f"scene_{k:03d}"
         write_scene(scene, folder, crs=crs)
         folders.append(folder)

@@ -44,3 +44,4 @@ class Scene:
     shifts: list[tuple[float, float]] = field(default_factory=list)  # per epoch, pixels
     sun: list[tuple[float, float]] = field(default_factory=list)  # per epoch (azimuth deg, elevation deg)
     dates: list[date] = field(default_factory=list)  # per epoch
+    dsms: list[np.ndarray] = field(default_factory=list)  # per epoch (size, size) float32 metres; opt-in (dsm=True)

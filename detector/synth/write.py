@@ -84,6 +84,24 @@ def _write_geotiff(path: Path, image: np.ndarray, transform, crs: str, when: dat
                 dst.build_overviews(factors, Resampling.average)
 
 
+def _write_dsm(path: Path, dsm: np.ndarray, transform, crs: str, when: date) -> None:
+    """A tiled float32 DSM GeoTIFF (metres, nodata -9999) with overviews, dated like its epoch."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    profile = dict(driver="GTiff", width=dsm.shape[1], height=dsm.shape[0], count=1, dtype="float32", crs=crs,
+                   transform=transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                   predictor=3, nodata=-9999.0)
+    with atomic_path(path, suffix=".tif") as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(dsm.astype(np.float32), 1)
+            dst.units = ("metre",)
+            dst.update_tags(TIFFTAG_DATETIME=f"{when:%Y:%m:%d} {EPOCH_TIME}", TIFFTAG_SOFTWARE="buildwatch synth")
+            factors = [f for f in (2, 4, 8, 16) if dsm.shape[0] // f >= 128]
+            if factors:
+                dst.build_overviews(factors, Resampling.average)
+
+
 def _geojson_bytes(features: list[tuple[np.ndarray, dict]], transform, crs: str, gsd: float) -> bytes:
     """A compact GeoJSON FeatureCollection of pixel polygons mapped through ``transform``."""
     from pyproj import CRS
@@ -116,7 +134,9 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
     ``footprints_current.geojson`` and ``scene.json`` (seed, shifts, sun, dates). With more than
     one night also ``epoch_00.tif`` ..., ``truth_01.geojson`` ... (t-1 -> t) and
     ``footprints_00.geojson`` .... Every epoch shares the baseline's georeference; its
-    ``TIFFTAG_DATETIME`` is ``2026:05:01 10:00:00`` + epoch days.
+    ``TIFFTAG_DATETIME`` is ``2026:05:01 10:00:00`` + epoch days. A scene with DSMs
+    (``Scene.dsms``) also gets ``dsm_baseline.tif`` / ``dsm_current.tif`` (float32 metres; with
+    more than one night ``dsm_00.tif`` ...) and their survey offsets in ``scene.json``.
 
     Parameters
     ----------
@@ -157,9 +177,18 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
     vec("truth", truth_features(0))
     vec("footprints_baseline", footprint_features(0))
     vec("footprints_current", footprint_features(1))
+    def dsm(name: str, e: int) -> None:
+        paths[name] = outdir / f"{name}.tif"
+        _write_dsm(paths[name], scene.dsms[e], transform, crs, scene.dates[e])
+
+    if scene.dsms:
+        dsm("dsm_baseline", 0)
+        dsm("dsm_current", 1)
     if nights >= 2:
         for e in range(nights + 1):
             tif(f"epoch_{e:02d}", e)
+            if scene.dsms:
+                dsm(f"dsm_{e:02d}", e)
             vec(f"footprints_{e:02d}", footprint_features(e))
             if e:
                 vec(f"truth_{e:02d}", truth_features(e - 1))
@@ -172,6 +201,10 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
         "demolished_structure_ids": [[f.structure_id for f in d] for d in scene.demolished],
         "frame": "all polygons in the baseline (epoch 0) pixel frame; epoch e content is shifted by shifts_px[e]",
     }
+    if scene.dsms:
+        from detector.synth.dsm import survey_offset
+
+        meta["dsm_survey_offsets_m"] = [round(survey_offset(scene.seed, e), 4) for e in range(nights + 1)]
     paths["scene"] = outdir / "scene.json"
     atomic_write_bytes(paths["scene"], (json.dumps(meta, indent=1) + "\n").encode())
     return paths
