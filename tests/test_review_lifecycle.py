@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import sqlite3
 from datetime import date, datetime, timezone
 
@@ -73,7 +74,8 @@ def test_demolition_verified_across_three_nights(scene):  # noqa: F811
     text = third.report_html.read_text(encoding="utf-8")
     attention = text.split("<h2>Needs attention", 1)[1].split("<h2>", 1)[0]
     assert b in attention and "demolition due date 2024-05-02" in attention
-    assert third.report_csv.read_text().splitlines()[-1].split(",")[-2:] == ["1", "1"]  # 1 alert, backlog 1 (B)
+    total = list(csv.DictReader(third.report_csv.open(encoding="utf-8-sig")))[-1]
+    assert (total["alerts"], total["open_backlog"], total["oldest_open_days"]) == ("1", "1", "2")  # B, open 2 days
 
 
 def test_alert_kept_when_tonights_mosaic_does_not_cover_the_case(scene):  # noqa: F811
