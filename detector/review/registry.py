@@ -49,7 +49,7 @@ from detector.review.matching import Sighting, match_candidates, reading_order
 from detector.review.qgis import cases_layer_qml
 from detector.review.triggers import ensure_schema
 from detector.review.vocab import (CASE_COLUMNS, CASES_STYLE_DESCRIPTION, CASES_STYLE_NAME, CASES_TABLE,
-                                   DEMOLITION_ORDERED, GEOMETRY_COLUMN, INTERNAL_COLUMNS, MUST_BE_GONE_STATUSES, NEW,
+                                   DEMOLITION_ORDERED, GEOMETRY_COLUMN, HISTORY_TABLE, INTERNAL_COLUMNS, MUST_BE_GONE_STATUSES, NEW,
                                    NIGHTS_TABLE, ORIGIN_DETECTOR, PERMITTED, REQUIRED_CANDIDATE_COLUMNS,
                                    SIGHTINGS_TABLE, SUPPRESSING_STATUSES)
 
@@ -325,6 +325,32 @@ def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> "geopa
     if not keep_internal:
         frame = frame.drop(columns=list(INTERNAL_COLUMNS))
     return gpd.GeoDataFrame(frame, geometry=geometries, crs=crs)
+
+
+def read_history(path: Path | str, case_id: Optional[str] = None) -> list[dict]:
+    """The append-only history (oldest first), of one case or of all; empty for an older registry.
+
+    Parameters
+    ----------
+    path : Path
+        The registry.
+    case_id : str, optional
+
+    Returns
+    -------
+    list[dict]
+        ``case_id, changed_at, changed_by, change, old_status, new_status, old_alert, new_alert``
+        (geometries left out).
+    """
+    conn = open_registry(path)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (HISTORY_TABLE,)).fetchone():
+            return []
+        query = (f'SELECT case_id, changed_at, changed_by, change, old_status, new_status, old_alert, new_alert '
+                 f'FROM "{HISTORY_TABLE}"' + (" WHERE case_id = ?" if case_id else "") + " ORDER BY fid")
+        return [dict(row) for row in conn.execute(query, (case_id,) if case_id else ())]
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- the night's update
