@@ -6,7 +6,8 @@
    ``cases.gpkg`` and returns what changed;
 2. before/after evidence chips (:mod:`detector.review.evidence`) for the cases opened tonight and
    any case whose chip is missing (``cases.evidence``);
-3. the QGIS project ``cases.qgs`` next to the registry (:mod:`detector.review.qgis`);
+3. the QGIS project ``cases.qgs`` next to the registry, created once and then only updated in
+   the parts buildwatch owns (:mod:`detector.review.project`);
 4. ``report.html`` / ``report.csv`` in the run's folder (:mod:`detector.review.report`,
    ``cases.report``).
 """
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 
 from detector.errors import InputError
 from detector.review.evidence import write_evidence_chip
-from detector.review.qgis import write_qgis_project
+from detector.review.project import write_qgis_project
 from detector.review.registry import CaseRow, RegistryUpdate, open_registry, read_cases, registry_crs, update_registry
 from detector.review.report import write_report
 

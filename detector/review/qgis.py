@@ -16,20 +16,14 @@ applies it whenever the layer is added) holds
 * default values so that a drawn polygon becomes a case (``case_id`` ``pending-...``, replaced
   by the registry) and so that ``area_m2``, ``lon``, ``lat`` follow every outline edit.
 
-The project (:func:`write_qgis_project`) is created once and then only updated in the parts
-buildwatch owns; it has the registry's CRS and relative paths (the mosaics are linked into the
-cases folder) so the folder can be copied to a reviewer's laptop.
+The QGIS project that shows these layers is :mod:`detector.review.project`.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Optional
 
-from detector.fileio import atomic_write_text
 from detector.review.vocab import (CONFIRMED_ILLEGAL, DEMOLISHED, DEMOLITION_ORDERED, FALSE_POSITIVE,
                                    INTERNAL_COLUMNS, NEW, ORIGIN_OPERATOR, PENDING_ID_PREFIX, PERMITTED, REFERRED,
                                    VERIFIED, cases_field_names)
@@ -266,7 +260,7 @@ def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
     )
 
 
-def _style_elements(field_names: list[str], crs=None) -> list[ET.Element]:
+def style_elements(field_names: list[str], crs=None) -> list[ET.Element]:
     """The children of a QML ``<qgis>`` root (also embedded in the project's maplayer)."""
     holder = ET.Element("holder")
     _renderer(holder)
@@ -293,7 +287,7 @@ def cases_layer_qml(crs=None) -> str:
         QML text for the ``styleQML`` column of ``layer_styles`` or a ``.qml`` file.
     """
     root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
-    root.extend(_style_elements(cases_field_names(), crs))
+    root.extend(style_elements(cases_field_names(), crs))
     ET.indent(root, space=" ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
 
@@ -332,120 +326,3 @@ def simple_layer_qml(attr: str, styles: dict, label_expression: str, fill_alpha:
     ET.SubElement(root, "layerGeometryType").text = "2"
     ET.indent(root, space=" ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
-
-
-# --------------------------------------------------------------------------- project
-
-
-def _spatialrefsys(parent: ET.Element, crs) -> None:
-    srs = ET.SubElement(parent, "spatialrefsys")
-    ET.SubElement(srs, "wkt").text = crs.to_wkt()
-    authority = crs.to_authority()
-    ET.SubElement(srs, "authid").text = f"{authority[0]}:{authority[1]}" if authority else ""
-    ET.SubElement(srs, "description").text = crs.name
-    ET.SubElement(srs, "geographicflag").text = "true" if crs.is_geographic else "false"
-
-
-def _relative(target: Path, start: Path) -> str:
-    relative = os.path.relpath(Path(target).resolve(), Path(start).resolve())
-    return relative if relative.startswith("..") else "./" + relative
-
-
-def _raster_layer(layers: ET.Element, layer_id: str, name: str, source: str, crs) -> None:
-    layer = ET.SubElement(layers, "maplayer", {"type": "raster", "hasScaleBasedVisibilityFlag": "0"})
-    ET.SubElement(layer, "id").text = layer_id
-    ET.SubElement(layer, "datasource").text = source
-    ET.SubElement(layer, "layername").text = name
-    _spatialrefsys(ET.SubElement(layer, "srs"), crs)
-    ET.SubElement(layer, "provider").text = "gdal"
-
-
-def _raster_crs(path: Path):
-    import rasterio
-    from pyproj import CRS
-
-    with rasterio.open(path) as src:
-        return CRS.from_wkt(src.crs.to_wkt()), src.bounds, src.crs
-
-
-def write_qgis_project(
-    path: Path, *, registry: Path, crs, baseline_path: Path, current_path: Path, title: str = "buildwatch cases"
-) -> Path:
-    """Write a QGIS project: the cases layer (styled) over the current and baseline orthomosaics.
-
-    Parameters
-    ----------
-    path : Path
-        The ``.qgs`` file (normally next to ``cases.gpkg``).
-    registry : Path
-        The case registry GeoPackage.
-    crs : pyproj.CRS
-        The registry CRS (also the project CRS).
-    baseline_path, current_path : Path
-        Orthomosaics; referenced by paths relative to the project file.
-    title : str
-        Project title.
-
-    Returns
-    -------
-    Path
-    """
-    from rasterio.warp import transform_bounds
-
-    path = Path(path)
-    project_dir = path.parent
-    root = ET.Element("qgis", {"projectname": title, "version": "3.22.0"})
-    ET.SubElement(root, "homePath", {"path": ""})
-    ET.SubElement(root, "title").text = title
-    _spatialrefsys(ET.SubElement(root, "projectCrs"), crs)
-
-    suffix = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(registry).resolve())).hex[:12]
-    cases_id, current_id, baseline_id = f"cases_{suffix}", f"current_{suffix}", f"baseline_{suffix}"
-    cases_source = f"{_relative(registry, project_dir)}|layername=cases"
-    rasters = [(current_id, f"current ({Path(current_path).name})", current_path, True),
-               (baseline_id, f"baseline ({Path(baseline_path).name})", baseline_path, False)]
-
-    tree = ET.SubElement(root, "layer-tree-group")
-    ET.SubElement(tree, "layer-tree-layer", {"id": cases_id, "name": "cases", "source": cases_source,
-                                             "providerKey": "ogr", "checked": "Qt::Checked", "expanded": "1"})
-    for layer_id, name, raster, visible in rasters:
-        ET.SubElement(tree, "layer-tree-layer", {
-            "id": layer_id, "name": name, "source": _relative(raster, project_dir), "providerKey": "gdal",
-            "checked": "Qt::Checked" if visible else "Qt::Unchecked", "expanded": "0"})
-
-    extent = None
-    layers = ET.SubElement(root, "projectlayers")
-    vector = ET.SubElement(layers, "maplayer", {"type": "vector", "geometry": "Polygon", "wkbType": "Polygon",
-                                                "labelsEnabled": "1", "hasScaleBasedVisibilityFlag": "0"})
-    ET.SubElement(vector, "id").text = cases_id
-    ET.SubElement(vector, "datasource").text = cases_source
-    ET.SubElement(vector, "layername").text = "cases"
-    _spatialrefsys(ET.SubElement(vector, "srs"), crs)
-    ET.SubElement(vector, "provider", {"encoding": "UTF-8"}).text = "ogr"
-    vector.extend(_style_elements(cases_field_names()))
-    for layer_id, name, raster, _ in rasters:
-        raster_crs, bounds, rio_crs = _raster_crs(Path(raster))
-        _raster_layer(layers, layer_id, name, _relative(raster, project_dir), raster_crs)
-        if extent is None:
-            extent = transform_bounds(rio_crs, crs.to_wkt(), *bounds)
-
-    order = ET.SubElement(root, "layerorder")
-    for layer_id in (cases_id, current_id, baseline_id):
-        ET.SubElement(order, "layer", {"id": layer_id})
-    canvas = ET.SubElement(root, "mapcanvas", {"name": "theMapCanvas", "annotationsVisible": "1"})
-    ET.SubElement(canvas, "units").text = "degrees" if crs.is_geographic else "meters"
-    if extent is not None:
-        box = ET.SubElement(canvas, "extent")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), extent):
-            ET.SubElement(box, key).text = repr(float(value))
-    _spatialrefsys(ET.SubElement(canvas, "destinationsrs"), crs)
-
-    properties = ET.SubElement(root, "properties")
-    paths = ET.SubElement(ET.SubElement(properties, "Paths"), "Absolute", {"type": "bool"})
-    paths.text = "false"
-    ET.indent(root, space=" ")
-    text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
-    atomic_write_text(path, text)
-    return path
-
-

@@ -54,7 +54,7 @@ CASES_STYLE_DESCRIPTION = "categorised by review status; labels: case id and are
 # the fields an operator owns; a nightly run never writes them
 REVIEW_FIELDS = ("status", "demolition_due", "reviewer", "reviewed_at", "note")
 # run bookkeeping: hidden in the QGIS form, dropped when the cases are read for people
-INTERNAL_COLUMNS = ("run_geom_hash", "detected_wkb", "evidence_hash")
+INTERNAL_COLUMNS = ("run_geom_hash", "detected_wkb", "evidence_hash", "logged_geom")
 
 # (name, SQL type) of the attribute columns of the cases layer, in order. Run-owned unless
 # listed in REVIEW_FIELDS.
@@ -89,6 +89,7 @@ CASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_geom_hash", "TEXT"),
     ("detected_wkb", "BLOB"),
     ("evidence_hash", "TEXT"),
+    ("logged_geom", "BLOB"),  # the geometry as last written to the history (see review.triggers)
 )
 
 # the columns of a run's ``candidates`` layer the registry needs
