@@ -13,6 +13,9 @@ Steps
 "delete": [case_id, ...], "add": [wkt, ...]}``
     Edit through QGIS's editing buffer with the layer's default style (so its default values
     apply, as in the attribute form), commit; report success and errors.
+``{"op": "evidence", "registry": p}``
+    The GeoPackage added alone: the root path the evidence widget resolves (data-defined) and
+    each case's chip path under it.
 ``{"op": "project", "path": p, "add_layers": [[path, name], ...], "save": bool, "render": bool}``
     Read the project; report its CRS, every layer (name, valid, source, CRS) and each layer's
     extent in the project CRS; optionally add layers and save (as an operator would), optionally
@@ -57,6 +60,24 @@ def _edit(step) -> dict:
     result["errors"] = [str(e) for e in layer.commitErrors()]
     if not result["committed"]:
         layer.rollBack()
+    del layer
+    return result
+
+
+def _evidence(step) -> dict:
+    """The GeoPackage added alone (no project): where the form's evidence widget looks for each chip."""
+    from qgis.core import QgsPropertyCollection, QgsVectorLayer
+    from qgis.gui import QgsWidgetWrapper
+
+    layer = QgsVectorLayer(f"{step['registry']}|layername=cases", "cases", "ogr")
+    setup = layer.editorWidgetSetup(layer.fields().indexOf("evidence"))
+    config = setup.config()
+    collection = QgsPropertyCollection()
+    collection.loadVariant(config.get("PropertyCollection", {}), QgsWidgetWrapper.propertyDefinitions())
+    context = layer.createExpressionContext()
+    root, _ = collection.valueAsString(QgsWidgetWrapper.RootPath, context, "")
+    result = {"widget": setup.type(), "relative_storage": config.get("RelativeStorage"), "root": root,
+              "paths": {f["case_id"]: os.path.join(root, f["evidence"]) for f in layer.getFeatures()}}
     del layer
     return result
 
@@ -117,7 +138,7 @@ def main() -> int:
     app = QgsApplication([], True)  # GUI on (offscreen): labels need fonts
     app.initQgis()
     for step in json.loads(sys.argv[1]):
-        result = _edit(step) if step["op"] == "edit" else _project(step)
+        result = {"edit": _edit, "project": _project, "evidence": _evidence}[step["op"]](step)
         result["qgis"] = Qgis.QGIS_VERSION
         print(json.dumps(result, default=str), flush=True)
     app.exitQgis()

@@ -149,7 +149,11 @@ def test_qgis_project_crs_wgs84_layer_labels_with_tiles_added_layer_kept_and_cop
     shutil.copytree(registry.parent, laptop)
     os.remove(wgs84)
     os.rename(root / "current.tif", root / "current.gone")
-    copied, = qgis({"op": "project", "path": laptop / "cases.qgs"})
+    copied, evidence = qgis({"op": "project", "path": laptop / "cases.qgs"},
+                            {"op": "evidence", "registry": laptop / "cases.gpkg"})
     valid = {name: ok for name, ok, _, _ in copied["layers"]}
     assert valid == {"baseline (baseline.tif)": True, "cases": True, "current (current-0502.tif)": True,
                      "field export": False}
+    # the GeoPackage added alone, without the project: the evidence widget finds every chip beside it
+    assert (evidence["widget"], evidence["relative_storage"], evidence["root"]) == ("ExternalResource", 2, str(laptop))
+    assert len(evidence["paths"]) == 4 and all(Path(p).is_file() for p in evidence["paths"].values())

@@ -62,6 +62,7 @@ ALIASES = {
     "times_seen": "Nights seen", "max_confidence": "Max confidence", "evidence": "Evidence (before | after)",
     "geometry_edited": "Geometry edited by operator", "origin": "Origin (detector / operator)",
 }
+EVIDENCE_ROOT_EXPRESSION = "file_path(layer_property(@layer, 'path'))"  # the folder of cases.gpkg
 USER_EXPRESSION = "if(length(@user_full_name) > 0, @user_full_name, @user_account_name)"
 
 
@@ -147,8 +148,18 @@ def _image_widget(field: ET.Element) -> None:
     _option(config, "DocumentViewerWidth", 520, "int")
     _option(config, "FileWidget", "true", "bool")
     _option(config, "FileWidgetButton", "false", "bool")
-    _option(config, "RelativeStorage", 1, "int")  # relative to the project (next to cases.gpkg)
+    # relative to a root path computed per layer: the GeoPackage's own folder, so the chip shows in
+    # cases.qgs, with the GeoPackage added alone to any project, and in a copied folder
+    _option(config, "RelativeStorage", 2, "int")
     _option(config, "StorageMode", 0, "int")
+    collection = ET.SubElement(config, "Option", {"type": "Map", "name": "PropertyCollection"})
+    _option(collection, "name", "")
+    properties = ET.SubElement(collection, "Option", {"type": "Map", "name": "properties"})
+    root_path = ET.SubElement(properties, "Option", {"type": "Map", "name": "propertyRootPath"})
+    _option(root_path, "active", "true", "bool")
+    _option(root_path, "expression", EVIDENCE_ROOT_EXPRESSION)
+    _option(root_path, "type", 3, "int")  # expression-based property
+    _option(collection, "type", "collection")
 
 
 def _datetime_widget(field: ET.Element) -> None:
