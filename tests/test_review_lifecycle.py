@@ -206,3 +206,21 @@ def test_a_registry_from_an_older_version_is_upgraded(scene):  # noqa: F811
     assert case["origin"] == "detector" and blank(case["alert"])
     gdal_like_update(registry, "LG20240501-0001", status="false_positive", edited_by="li")
     assert history(registry, "LG20240501-0001")[-1]["changed_by"] == "li"
+
+
+def test_evidence_redrawn_after_an_outline_edit_when_seen_again(scene):  # noqa: F811
+    import cv2
+
+    registry = scene[2].registry
+    run_night(scene, ["A", "B"], date(2024, 5, 1))
+    chip = registry.parent / "evidence" / "LG20240501-0001.png"
+    first = cv2.imread(str(chip))
+    run_night(scene, ["A", "B"], date(2024, 5, 2))
+    assert np.array_equal(cv2.imread(str(chip)), first)  # nothing changed: not redrawn
+    bigger = shapely.box(500_018, 2_500_148, 500_034, 2_500_162)
+    qgis_like_edit(registry, "LG20240501-0001", geom=gpkg.encode_gpkg_geometry(bigger, 4547))
+    third = run_night(scene, ["A", "B"], date(2024, 5, 3))
+    assert [p.name for p in third.evidence_paths] == ["LG20240501-0001.png"]
+    redrawn = cv2.imread(str(chip))
+    assert redrawn.shape == first.shape and not np.array_equal(redrawn, first)
+    assert cases_by_id(registry)["LG20240501-0001"]["evidence_hash"].startswith(reg.geometry_hash(bigger)[:12])
