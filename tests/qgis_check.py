@@ -17,7 +17,8 @@ import json
 import os
 import sys
 
-STATUSES = {"new", "confirmed_illegal", "permitted", "false_positive", "demolished", "referred"}
+STATUSES = {"new", "confirmed_illegal", "demolition_ordered", "demolished", "demolition_verified", "permitted",
+            "false_positive", "referred"}
 
 
 def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, list[str]]:
@@ -46,9 +47,9 @@ def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, li
         problems.append(f"crs {facts['crs']} != {expected_crs}")
     if facts["count"] != expected_count:
         problems.append(f"feature count {facts['count']} != {expected_count}")
-    if facts["renderer"] != "categorizedSymbol" or facts["renderer_attr"] != "status":
+    if facts["renderer"] != "categorizedSymbol" or '"status"' not in (facts["renderer_attr"] or ""):
         problems.append(f"renderer {facts['renderer']} on {facts['renderer_attr']}, expected categorizedSymbol on status")
-    if not STATUSES <= set(facts["categories"]):
+    if not STATUSES | {"alert"} <= set(facts["categories"]):
         problems.append(f"categories {facts['categories']} miss some statuses")
     if not facts["labels"]:
         problems.append("labels not enabled")

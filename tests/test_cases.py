@@ -207,8 +207,8 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     # evidence chips exist for every case; report of night 3 counts F as the only new case
     for case_id in ids.values():
         assert (registry.parent / "evidence" / f"{case_id}.png").exists()
-    csv_text = (root / "out-2024-05-03" / "report.csv").read_text().splitlines()
-    assert csv_text[-1] == "2024-05-03,all communities,,1,1,5,2"  # new 1, confirmed 1, open 5 (not A), oldest 2 days
+    csv_text = (root / "out-2024-05-03" / "report.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert csv_text[-1] == "2024-05-03,all communities,,1,1,5,2,0"  # new 1, confirmed 1, open 5 (not A), oldest 2 days
 
 
 def test_candidates_in_another_crs_match_existing_cases(scene):
@@ -335,9 +335,11 @@ def test_boundaries_in_another_crs_give_community_and_unit(scene):
     by_name = {name: located[case_id_of(config.registry, name)] for name in "ABDE"}
     assert by_name == {"A": ("Xinsheng", "team 1"), "B": ("Longdong", "team 2"),
                        "D": ("Xinsheng", "team 1"), "E": ("Longdong", "team 2")}
-    rows = (root / "out" / "report.csv").read_text().splitlines()
-    assert rows[1:] == ["2024-05-01,Longdong,team 2,2,0,2,0", "2024-05-01,Xinsheng,team 1,2,0,2,0",
-                        "2024-05-01,all communities,\"team 1, team 2\",4,0,4,0"]
+    raw = (root / "out" / "report.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # BOM: Excel in a Chinese locale reads UTF-8, not GBK
+    rows = raw.decode("utf-8-sig").splitlines()
+    assert rows[1:] == ["2024-05-01,Longdong,team 2,2,0,2,0,0", "2024-05-01,Xinsheng,team 1,2,0,2,0,0",
+                        "2024-05-01,all communities,\"team 1, team 2\",4,0,4,0,0"]
 
     bad = config.model_copy(update={"boundary_name_field": "shequ"})
     with pytest.raises(InputError, match="no field 'shequ'"):

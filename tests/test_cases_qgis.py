@@ -62,15 +62,15 @@ def test_qgis_loads_cases_with_default_style_form_and_project(scene):  # noqa: F
     cases = reg.read_cases_frame(registry).set_index("case_id")
     assert cases.loc["LG20240501-0001", "status"] == "false_positive"
     assert cases.loc["LG20240501-0001", "reviewer"] == "qgis-check"
-    assert cases.loc["LG20240501-0001", "reviewed_at"] >= "2020"  # the form's default: now() on every edit
+    assert cases.loc["LG20240501-0001", "reviewed_at"] >= "2020"  # set by the registry on the status change
     assert cases.geometry["LG20240501-0002"].equals(moved_b)  # QGIS-written geometry detected as an edit, kept
     assert cases.loc["LG20240501-0002", "geometry_edited"] == 1
 
     report = _qgis_check(registry, 4, "--project", str(registry.with_suffix(".qgs")))
     assert report["problems"] == [], report
     layer = report["layer"]
-    assert (layer["crs"], layer["count"], layer["renderer"], layer["renderer_attr"]) == (
-        "EPSG:4547", 4, "categorizedSymbol", "status")
+    assert (layer["crs"], layer["count"], layer["renderer"]) == ("EPSG:4547", 4, "categorizedSymbol")
+    assert layer["renderer_attr"].startswith("CASE WHEN \"alert\"") and layer["renderer_attr"].endswith('"status" END')
     assert (layer["status_widget"], layer["evidence_widget"], layer["evidence_viewer"]) == ("ValueMap", "ExternalResource", 1)
     assert sorted(name for name, _, valid in report["project"]["layers"] if valid) == [
         "baseline (baseline.tif)", "cases", "current (current.tif)"]

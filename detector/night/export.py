@@ -12,7 +12,8 @@ from pathlib import Path
 
 from detector.fileio import atomic_path
 from detector.review.gpkg import write_default_styles
-from detector.review.qgis import CANDIDATE_LABEL, CLASS_STYLE, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml
+from detector.review.qgis import (CANDIDATE_LABEL, CLASS_STYLE, TILE_FILL_ALPHA, TILE_LABEL, TILE_STATUS_STYLE,
+                                 simple_layer_qml)
 from detector.types import CANDIDATE_COLUMNS, NULLABLE_REAL_COLUMNS, Candidate, Tile, TileResult
 
 #: Columns of the ``candidates`` layer (the one schema: :class:`detector.types.Candidate`).
@@ -80,7 +81,7 @@ def write_geopackage(path: Path, candidates, tiles, run_record: dict) -> Path:
         pyogrio.write_dataframe(pd.DataFrame([row]), tmp, layer="runs", driver="GPKG")
         write_default_styles(tmp, {
             "candidates": ("buildwatch candidates", simple_layer_qml("class", CLASS_STYLE, CANDIDATE_LABEL)),
-            "tiles": ("buildwatch tiles", simple_layer_qml("status", TILE_STATUS_STYLE, TILE_LABEL)),
+            "tiles": ("buildwatch tiles", simple_layer_qml("status", TILE_STATUS_STYLE, TILE_LABEL, TILE_FILL_ALPHA)),
         })
     return path
 

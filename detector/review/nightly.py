@@ -6,7 +6,8 @@
    ``cases.gpkg`` and returns what changed;
 2. before/after evidence chips (:mod:`detector.review.evidence`) for the cases opened tonight and
    any case whose chip is missing (``cases.evidence``);
-3. the QGIS project ``cases.qgs`` next to the registry (:mod:`detector.review.qgis`);
+3. the QGIS project ``cases.qgs`` next to the registry, created once and then only updated in
+   the parts buildwatch owns (:mod:`detector.review.project`);
 4. ``report.html`` / ``report.csv`` in the run's folder (:mod:`detector.review.report`,
    ``cases.report``).
 """
@@ -21,9 +22,11 @@ from typing import TYPE_CHECKING, Optional
 
 from detector.errors import InputError
 from detector.review.evidence import write_evidence_chip
-from detector.review.qgis import write_qgis_project
+from detector.review.gpkg import write_transaction
+from detector.review.project import write_qgis_project
 from detector.review.registry import CaseRow, RegistryUpdate, open_registry, read_cases, registry_crs, update_registry
 from detector.review.report import write_report
+from detector.review.vocab import CASES_TABLE
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas
@@ -99,14 +102,19 @@ def update_cases(
 
 def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, baseline_path: Path,
                         current_path: Path) -> list[Path]:
-    """Before/after chips for the cases opened tonight and any case whose chip is missing.
+    """Before/after chips for the cases opened tonight, any case whose chip is missing, and edited cases.
+
+    A case whose outline or class changed since its chip was drawn (``evidence_hash`` differs
+    from :attr:`CaseRow.evidence_key`) gets a new chip when it was seen tonight (tonight's
+    imagery still shows it); the hash is stored in the registry. A registry from an older version
+    (no hash yet) records the hash without redrawing.
 
     Parameters
     ----------
     cases : list[CaseRow]
         Every case of the registry (after tonight's update).
     update : RegistryUpdate
-        Tonight's update (which cases were opened).
+        Tonight's update (which cases were opened and seen).
     crs : pyproj.CRS
         The registry CRS.
     baseline_path, current_path : Path
@@ -118,19 +126,35 @@ def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, basel
         The chips written. A chip that cannot be read from the mosaics is logged and skipped.
     """
     written = []
+    hashes: dict[int, str] = {}
     night_label = update.night.isoformat()
+    seen_tonight = set(update.opened_ids) | set(update.updated_ids) | set(update.suppressed_ids)
     for case in cases:
         if not case.evidence:
             continue
         target = update.registry.parent / case.evidence
-        if case.case_id not in update.opened_ids and target.exists():
+        key = case.evidence_key
+        edited = case.evidence_hash is not None and case.evidence_hash != key and case.case_id in seen_tonight
+        if case.case_id not in update.opened_ids and target.exists() and not edited:
+            if case.evidence_hash is None:
+                hashes[case.fid] = key
             continue
+        note = f"  (redrawn {night_label}: outline/class edited)" if edited else ""
         try:
             write_evidence_chip(
                 target, case.geometry, crs, baseline_path, current_path,
-                title=f"{case.case_id}  first seen {case.first_seen or night_label}",
+                title=f"{case.case_id}  first seen {case.first_seen or night_label}{note}",
             )
             written.append(target)
+            hashes[case.fid] = key
         except InputError as exc:
             log.warning("evidence for %s not written: %s", case.case_id, exc)
+    if hashes:
+        conn = open_registry(update.registry)
+        try:
+            with write_transaction(conn):
+                conn.executemany(f'UPDATE "{CASES_TABLE}" SET evidence_hash = ? WHERE fid = ?',
+                                 [(key, fid) for fid, key in hashes.items()])
+        finally:
+            conn.close()
     return written

@@ -3,55 +3,67 @@
 The QML (stored in the GeoPackage's ``layer_styles`` table with ``useAsDefault=1``, so QGIS
 applies it whenever the layer is added) holds
 
-* a categorised renderer on ``status`` (one colour per review status);
-* labels: case ID and area (m²);
-* the attribute form: a drop-down value map on ``status``, a date/time picker on
-  ``reviewed_at`` (set to now on every edit; reviewer filled with the QGIS user's name when
-  empty), the
-  ``evidence`` field shown as an image (ExternalResource, document viewer = image), and
-  the run-owned fields read-only.
+* a categorised renderer on the status, with one more category ``alert`` (a demolition
+  alert: the structure is still standing) drawn over everything else;
+* labels: case ID and area (m²), ``!`` before the ID of a case with an alert; labels of
+  neighbouring cases do not block each other (polygons are not label obstacles);
+* the attribute form: a drop-down value map on ``status`` (the enforcement lifecycle), a date
+  picker on ``demolition_due``, the ``evidence`` field shown as an image (ExternalResource,
+  document viewer = image, path relative to the GeoPackage's folder), the run-owned fields
+  read-only. ``reviewer`` / ``reviewed_at`` are set by the registry when the status changes
+  (:mod:`detector.review.triggers`); QGIS stamps ``edited_by`` with the user's name on every
+  edit;
+* default values so that a drawn polygon becomes a case (``case_id`` ``pending-...``, replaced
+  by the registry) and so that ``area_m2``, ``lon``, ``lat`` follow every outline edit.
 
-The project opens the cases over the current and baseline orthomosaics, with paths relative
-to the project file so the folder can be copied to a reviewer's laptop.
+The QGIS project that shows these layers is :mod:`detector.review.project`.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Optional
 
-from detector.fileio import atomic_write_text
-from detector.review.vocab import (CONFIRMED_ILLEGAL, DEMOLISHED, FALSE_POSITIVE, INTERNAL_COLUMNS, NEW, PERMITTED,
-                                   REFERRED, REVIEW_FIELDS, cases_field_names)
+from detector.review.vocab import (CONFIRMED_ILLEGAL, DEMOLISHED, DEMOLITION_ORDERED, FALSE_POSITIVE,
+                                   INTERNAL_COLUMNS, NEW, ORIGIN_OPERATOR, PENDING_ID_PREFIX, PERMITTED, REFERRED,
+                                   VERIFIED, cases_field_names)
 
-# review status -> (label in the form and legend, RGB fill colour), in form/legend order; one
-# entry for every status of vocab.REVIEW_STATUSES
+# review status -> (label in the form and legend, RGB fill colour), in lifecycle order; one entry
+# for every status of vocab.REVIEW_STATUSES. "new" (needs a look) and "confirmed illegal" (needs
+# action) must never share a colour.
 STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
-    NEW: ("New (not reviewed)", (228, 26, 28)),
-    CONFIRMED_ILLEGAL: ("Confirmed illegal", (152, 0, 67)),
-    REFERRED: ("Referred", (255, 127, 0)),
+    NEW: ("New (not reviewed)", (255, 200, 0)),
+    CONFIRMED_ILLEGAL: ("Confirmed illegal", (215, 25, 28)),
+    DEMOLITION_ORDERED: ("Demolition ordered", (253, 110, 0)),
+    DEMOLISHED: ("Demolished (to verify)", (44, 123, 182)),
+    VERIFIED: ("Demolition verified", (0, 70, 120)),
     PERMITTED: ("Permitted", (77, 175, 74)),
     FALSE_POSITIVE: ("False positive", (150, 150, 150)),
-    DEMOLISHED: ("Demolished", (55, 126, 184)),
+    REFERRED: ("Referred", (152, 78, 163)),
 }
-LABEL_EXPRESSION = "\"case_id\" || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
-EDITABLE_FIELDS = REVIEW_FIELDS
-HIDDEN_FIELDS = INTERNAL_COLUMNS
+ALERT = "alert"
+ALERT_STYLE = ("ALERT: still standing after demolition", (255, 0, 255))
+# the renderer's category: the status, or 'alert' while the run reports the structure still standing
+CATEGORY_EXPRESSION = "CASE WHEN \"alert\" IS NOT NULL AND \"alert\" <> '' THEN 'alert' ELSE \"status\" END"
+LABEL_EXPRESSION = ("CASE WHEN \"alert\" IS NOT NULL AND \"alert\" <> '' THEN '! ' ELSE '' END || \"case_id\" || "
+                    "'\\n' || format_number(\"area_m2\", 0) || ' m²'")
+EDITABLE_FIELDS = ("status", "demolition_due", "note")
+HIDDEN_FIELDS = (*INTERNAL_COLUMNS, "edited_by")
 READ_ONLY_FIELDS = (
-    "fid", "case_id", "class", "area_m2", "lon", "lat", "community", "unit", "first_seen", "last_seen",
-    "times_seen", "max_confidence", "last_confidence", "evidence", "tags", "candidate_id", "first_run_id",
-    "last_run_id", "model_name", "geometry_edited",
+    "fid", "case_id", "reviewer", "reviewed_at", "alert", "class", "area_m2", "lon", "lat", "community", "unit",
+    "first_seen", "last_seen", "times_seen", "max_confidence", "last_confidence", "evidence", "tags", "candidate_id",
+    "first_run_id", "last_run_id", "model_name", "geometry_edited", "origin",
 )
 ALIASES = {
-    "case_id": "Case ID", "status": "Review status", "reviewer": "Reviewer", "reviewed_at": "Reviewed at",
-    "note": "Note", "class": "Class", "area_m2": "Area (m²)", "community": "Community", "unit": "Responsible unit",
-    "first_seen": "First seen", "last_seen": "Last seen", "times_seen": "Nights seen",
-    "max_confidence": "Max confidence", "evidence": "Evidence (before | after)",
-    "geometry_edited": "Geometry edited by operator",
+    "case_id": "Case ID", "status": "Review status", "reviewer": "Reviewer (set on status change)",
+    "reviewed_at": "Reviewed at (UTC)", "note": "Note", "demolition_due": "Demolition due",
+    "alert": "ALERT (demolition verification)", "class": "Class", "area_m2": "Area (m²)",
+    "community": "Community", "unit": "Responsible unit", "first_seen": "First seen", "last_seen": "Last seen",
+    "times_seen": "Nights seen", "max_confidence": "Max confidence", "evidence": "Evidence (before | after)",
+    "geometry_edited": "Geometry edited by operator", "origin": "Origin (detector / operator)",
 }
+EVIDENCE_ROOT_EXPRESSION = "file_path(layer_property(@layer, 'path'))"  # the folder of cases.gpkg
+USER_EXPRESSION = "if(length(@user_full_name) > 0, @user_full_name, @user_account_name)"
 
 
 def _option(parent: ET.Element, name: Optional[str], value, type_: str = "QString") -> ET.Element:
@@ -63,16 +75,17 @@ def _option(parent: ET.Element, name: Optional[str], value, type_: str = "QStrin
     return ET.SubElement(parent, "Option", attrs)
 
 
-def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int]) -> None:
+def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int], fill_alpha: int = 70,
+                 outline_width: float = 0.7) -> None:
     symbol = ET.SubElement(parent, "symbol", {"type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"})
     layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
     options = ET.SubElement(layer, "Option", {"type": "Map"})
     r, g, b = rgb
     for key, value in (
-        ("color", f"{r},{g},{b},70"),
+        ("color", f"{r},{g},{b},{fill_alpha}"),
         ("outline_color", f"{r},{g},{b},255"),
         ("outline_style", "solid"),
-        ("outline_width", "0.7"),
+        ("outline_width", str(outline_width)),
         ("outline_width_unit", "MM"),
         ("style", "solid"),
         ("joinstyle", "miter"),
@@ -80,8 +93,11 @@ def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int]) -> No
         _option(options, key, value)
 
 
-def _renderer(root: ET.Element, attr: str = "status",
-              styles: dict[str, tuple[str, tuple[int, int, int]]] = STATUS_STYLE) -> None:
+def _renderer(root: ET.Element, attr: str = CATEGORY_EXPRESSION,
+              styles: dict[str, tuple[str, tuple[int, int, int]]] | None = None,
+              fill_alpha: dict[str, int] | int = 70) -> None:
+    if styles is None:
+        styles = {ALERT: ALERT_STYLE, **STATUS_STYLE}
     renderer = ET.SubElement(
         root, "renderer-v2",
         {"type": "categorizedSymbol", "attr": attr, "symbollevels": "0", "enableorderby": "0", "forceraster": "0"},
@@ -90,13 +106,15 @@ def _renderer(root: ET.Element, attr: str = "status",
     symbols = ET.SubElement(renderer, "symbols")
     for index, (value, (label, rgb)) in enumerate(styles.items()):
         ET.SubElement(categories, "category", {"render": "true", "symbol": str(index), "value": value, "label": label})
-        _fill_symbol(symbols, str(index), rgb)
+        alpha = fill_alpha.get(value, 70) if isinstance(fill_alpha, dict) else fill_alpha
+        _fill_symbol(symbols, str(index), rgb, alpha, 1.4 if value == ALERT else 0.7)
     other = str(len(styles))
     ET.SubElement(categories, "category", {"render": "true", "symbol": other, "value": "", "label": "other"})
     _fill_symbol(symbols, other, (255, 255, 0))
 
 
-def _labeling(root: ET.Element, expression: str = LABEL_EXPRESSION) -> None:
+def _labeling(root: ET.Element, expression: str = LABEL_EXPRESSION, obstacle: bool = False) -> None:
+    """Simple labels; ``obstacle`` False: the layer's polygons never push other labels away."""
     labeling = ET.SubElement(root, "labeling", {"type": "simple"})
     settings = ET.SubElement(labeling, "settings", {"calloutType": "simple"})
     ET.SubElement(settings, "text-style", {
@@ -109,7 +127,9 @@ def _labeling(root: ET.Element, expression: str = LABEL_EXPRESSION) -> None:
     })
     ET.SubElement(settings, "text-format", {"multilineAlign": "1", "wrapChar": ""})
     ET.SubElement(settings, "placement", {"placement": "1", "centroidInside": "1", "fitInPolygonOnly": "0", "dist": "0"})
-    ET.SubElement(settings, "rendering", {"drawLabels": "1", "obstacle": "1", "displayAll": "0", "scaleVisibility": "0"})
+    ET.SubElement(settings, "rendering", {"drawLabels": "1", "obstacle": "1" if obstacle else "0",
+                                          "obstacleFactor": "1", "obstacleType": "0", "displayAll": "0",
+                                          "scaleVisibility": "0", "upsidedownLabels": "0", "labelPerPart": "0"})
 
 
 def _value_map_widget(field: ET.Element) -> None:
@@ -128,8 +148,18 @@ def _image_widget(field: ET.Element) -> None:
     _option(config, "DocumentViewerWidth", 520, "int")
     _option(config, "FileWidget", "true", "bool")
     _option(config, "FileWidgetButton", "false", "bool")
-    _option(config, "RelativeStorage", 1, "int")  # relative to the project (next to cases.gpkg)
+    # relative to a root path computed per layer: the GeoPackage's own folder, so the chip shows in
+    # cases.qgs, with the GeoPackage added alone to any project, and in a copied folder
+    _option(config, "RelativeStorage", 2, "int")
     _option(config, "StorageMode", 0, "int")
+    collection = ET.SubElement(config, "Option", {"type": "Map", "name": "PropertyCollection"})
+    _option(collection, "name", "")
+    properties = ET.SubElement(collection, "Option", {"type": "Map", "name": "properties"})
+    root_path = ET.SubElement(properties, "Option", {"type": "Map", "name": "propertyRootPath"})
+    _option(root_path, "active", "true", "bool")
+    _option(root_path, "expression", EVIDENCE_ROOT_EXPRESSION)
+    _option(root_path, "type", 3, "int")  # expression-based property
+    _option(collection, "type", "collection")
 
 
 def _datetime_widget(field: ET.Element) -> None:
@@ -142,12 +172,58 @@ def _datetime_widget(field: ET.Element) -> None:
     _option(config, "field_iso_format", "true", "bool")
 
 
+def _date_widget(field: ET.Element) -> None:
+    widget = ET.SubElement(field, "editWidget", {"type": "DateTime"})
+    config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
+    _option(config, "allow_null", "true", "bool")
+    _option(config, "calendar_popup", "true", "bool")
+    _option(config, "display_format", "yyyy-MM-dd")
+    _option(config, "field_format", "yyyy-MM-dd")
+    _option(config, "field_iso_format", "false", "bool")
+
+
+def default_expressions(crs=None) -> dict[str, tuple[str, bool]]:
+    """QGIS default values of the cases layer: field -> (expression, apply on every update).
+
+    ``edited_by``: the QGIS user, on every edit (the registry credits status changes with it);
+    ``area_m2`` / ``lon`` / ``lat``: from the geometry on every edit, so a corrected outline
+    shows its own figures at once (the nightly run recomputes them the same way: GEOS point on
+    surface, planar area in the registry CRS); a drawn polygon gets ``case_id`` ``pending-...``
+    (the registry assigns the real ID), origin ``operator`` and status ``new``.
+
+    Parameters
+    ----------
+    crs : pyproj.CRS, optional
+        The registry CRS (a projected one in metres gets the area expression).
+
+    Returns
+    -------
+    dict
+    """
+    authority = crs.to_authority() if crs is not None else None
+    source = f"'{authority[0]}:{authority[1]}'" if authority else "layer_property(@layer, 'crs')"
+    point = f"transform(point_on_surface($geometry), {source}, 'EPSG:4326')"
+    defaults = {
+        "case_id": (f"'{PENDING_ID_PREFIX}' || uuid()", False),
+        "status": (f"'{NEW}'", False),
+        "origin": (f"'{ORIGIN_OPERATOR}'", False),
+        "times_seen": ("0", False),
+        "geometry_edited": ("1", False),
+        "edited_by": (USER_EXPRESSION, True),
+        "lon": (f"round(x({point}), 8)", True),
+        "lat": (f"round(y({point}), 8)", True),
+    }
+    if crs is None or (not crs.is_geographic and crs.axis_info and crs.axis_info[0].unit_conversion_factor == 1.0):
+        defaults["area_m2"] = ("round(area($geometry), 2)", True)
+    return defaults
+
+
 def _simple_widget(field: ET.Element, widget_type: str) -> None:
     widget = ET.SubElement(field, "editWidget", {"type": widget_type})
     ET.SubElement(ET.SubElement(widget, "config"), "Option")
 
 
-def _form(root: ET.Element, field_names: list[str]) -> None:
+def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
     configuration = ET.SubElement(root, "fieldConfiguration")
     for name in field_names:
         field = ET.SubElement(configuration, "field", {"name": name, "configurationFlags": "None"})
@@ -157,6 +233,8 @@ def _form(root: ET.Element, field_names: list[str]) -> None:
             _image_widget(field)
         elif name == "reviewed_at":
             _datetime_widget(field)
+        elif name == "demolition_due":
+            _date_widget(field)
         elif name == "note":
             widget = ET.SubElement(field, "editWidget", {"type": "TextEdit"})
             config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
@@ -175,12 +253,11 @@ def _form(root: ET.Element, field_names: list[str]) -> None:
     for index, name in enumerate(field_names):
         ET.SubElement(aliases, "alias", {"index": str(index), "field": name, "name": ALIASES.get(name, "")})
     defaults = ET.SubElement(root, "defaults")
+    expressions = default_expressions(crs)
     for name in field_names:
-        expression, on_update = {
-            "reviewed_at": ("now()", "1"),
-            "reviewer": ("coalesce(\"reviewer\", @user_full_name, @user_account_name)", "1"),
-        }.get(name, ("", "0"))
-        ET.SubElement(defaults, "default", {"field": name, "expression": expression, "applyOnUpdate": on_update})
+        expression, on_update = expressions.get(name, ("", False))
+        ET.SubElement(defaults, "default", {"field": name, "expression": expression,
+                                            "applyOnUpdate": "1" if on_update else "0"})
     ET.SubElement(root, "editform", {"tolerant": "1"})
     ET.SubElement(root, "editorlayout").text = "generatedlayout"
     editable = ET.SubElement(root, "editable")
@@ -188,12 +265,13 @@ def _form(root: ET.Element, field_names: list[str]) -> None:
         ET.SubElement(editable, "field", {"name": name, "editable": "1" if name in EDITABLE_FIELDS else "0"})
     ET.SubElement(root, "previewExpression").text = '"case_id"'
     ET.SubElement(root, "mapTip").text = (
-        '<b>[% "case_id" %]</b> [% "status" %]<br>[% "class" %], [% format_number("area_m2", 0) %] m²<br>'
+        '<b>[% "case_id" %]</b> [% "status" %] <b style="color:#c0c">[% coalesce("alert", \'\') %]</b><br>'
+        '[% "class" %], [% format_number("area_m2", 0) %] m²<br>'
         'seen [% "times_seen" %]× ([% "first_seen" %] – [% "last_seen" %])'
     )
 
 
-def _style_elements(field_names: list[str]) -> list[ET.Element]:
+def style_elements(field_names: list[str], crs=None) -> list[ET.Element]:
     """The children of a QML ``<qgis>`` root (also embedded in the project's maplayer)."""
     holder = ET.Element("holder")
     _renderer(holder)
@@ -201,13 +279,18 @@ def _style_elements(field_names: list[str]) -> list[ET.Element]:
     ET.SubElement(holder, "blendMode").text = "0"
     ET.SubElement(holder, "featureBlendMode").text = "0"
     ET.SubElement(holder, "layerOpacity").text = "1"
-    _form(holder, field_names)
+    _form(holder, field_names, crs)
     ET.SubElement(holder, "layerGeometryType").text = "2"
     return list(holder)
 
 
-def cases_layer_qml() -> str:
+def cases_layer_qml(crs=None) -> str:
     """The cases layer's QGIS style as a QML document (renderer, labels, attribute form).
+
+    Parameters
+    ----------
+    crs : pyproj.CRS, optional
+        The registry CRS (used by the lon/lat/area default expressions).
 
     Returns
     -------
@@ -215,7 +298,7 @@ def cases_layer_qml() -> str:
         QML text for the ``styleQML`` column of ``layer_styles`` or a ``.qml`` file.
     """
     root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
-    root.extend(_style_elements(cases_field_names()))
+    root.extend(style_elements(cases_field_names(), crs))
     ET.indent(root, space=" ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
 
@@ -238,128 +321,19 @@ CANDIDATE_LABEL += " || if(\"height_gain_m\" IS NULL, '', '\\nΔh ' || format_nu
 TILE_LABEL = "\"tile_id\" || CASE WHEN \"status\" = 'unregistered' THEN '\\n' || \"reason\" ELSE '' END"
 
 
-def simple_layer_qml(attr: str, styles: dict, label_expression: str) -> str:
-    """A QML with a categorised renderer on ``attr`` and one label expression (no form)."""
+# tiles are drawn as outlines (no fill dimming the imagery, none darker where tiles overlap);
+# only a tile that could not be registered is tinted
+TILE_FILL_ALPHA = {"done": 0, "nodata": 0, "unregistered": 60}
+
+
+def simple_layer_qml(attr: str, styles: dict, label_expression: str, fill_alpha: dict[str, int] | int = 70) -> str:
+    """A QML with a categorised renderer on ``attr`` and one label expression (no form).
+
+    The layer's polygons are never label obstacles (a tiles layer must not hide every case label).
+    """
     root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
-    _renderer(root, attr, styles)
-    _labeling(root, label_expression)
+    _renderer(root, attr, styles, fill_alpha)
+    _labeling(root, label_expression, obstacle=False)
     ET.SubElement(root, "layerGeometryType").text = "2"
     ET.indent(root, space=" ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
-
-
-# --------------------------------------------------------------------------- project
-
-
-def _spatialrefsys(parent: ET.Element, crs) -> None:
-    srs = ET.SubElement(parent, "spatialrefsys")
-    ET.SubElement(srs, "wkt").text = crs.to_wkt()
-    authority = crs.to_authority()
-    ET.SubElement(srs, "authid").text = f"{authority[0]}:{authority[1]}" if authority else ""
-    ET.SubElement(srs, "description").text = crs.name
-    ET.SubElement(srs, "geographicflag").text = "true" if crs.is_geographic else "false"
-
-
-def _relative(target: Path, start: Path) -> str:
-    relative = os.path.relpath(Path(target).resolve(), Path(start).resolve())
-    return relative if relative.startswith("..") else "./" + relative
-
-
-def _raster_layer(layers: ET.Element, layer_id: str, name: str, source: str, crs) -> None:
-    layer = ET.SubElement(layers, "maplayer", {"type": "raster", "hasScaleBasedVisibilityFlag": "0"})
-    ET.SubElement(layer, "id").text = layer_id
-    ET.SubElement(layer, "datasource").text = source
-    ET.SubElement(layer, "layername").text = name
-    _spatialrefsys(ET.SubElement(layer, "srs"), crs)
-    ET.SubElement(layer, "provider").text = "gdal"
-
-
-def _raster_crs(path: Path):
-    import rasterio
-    from pyproj import CRS
-
-    with rasterio.open(path) as src:
-        return CRS.from_wkt(src.crs.to_wkt()), src.bounds, src.crs
-
-
-def write_qgis_project(
-    path: Path, *, registry: Path, crs, baseline_path: Path, current_path: Path, title: str = "buildwatch cases"
-) -> Path:
-    """Write a QGIS project: the cases layer (styled) over the current and baseline orthomosaics.
-
-    Parameters
-    ----------
-    path : Path
-        The ``.qgs`` file (normally next to ``cases.gpkg``).
-    registry : Path
-        The case registry GeoPackage.
-    crs : pyproj.CRS
-        The registry CRS (also the project CRS).
-    baseline_path, current_path : Path
-        Orthomosaics; referenced by paths relative to the project file.
-    title : str
-        Project title.
-
-    Returns
-    -------
-    Path
-    """
-    from rasterio.warp import transform_bounds
-
-    path = Path(path)
-    project_dir = path.parent
-    root = ET.Element("qgis", {"projectname": title, "version": "3.22.0"})
-    ET.SubElement(root, "homePath", {"path": ""})
-    ET.SubElement(root, "title").text = title
-    _spatialrefsys(ET.SubElement(root, "projectCrs"), crs)
-
-    suffix = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(registry).resolve())).hex[:12]
-    cases_id, current_id, baseline_id = f"cases_{suffix}", f"current_{suffix}", f"baseline_{suffix}"
-    cases_source = f"{_relative(registry, project_dir)}|layername=cases"
-    rasters = [(current_id, f"current ({Path(current_path).name})", current_path, True),
-               (baseline_id, f"baseline ({Path(baseline_path).name})", baseline_path, False)]
-
-    tree = ET.SubElement(root, "layer-tree-group")
-    ET.SubElement(tree, "layer-tree-layer", {"id": cases_id, "name": "cases", "source": cases_source,
-                                             "providerKey": "ogr", "checked": "Qt::Checked", "expanded": "1"})
-    for layer_id, name, raster, visible in rasters:
-        ET.SubElement(tree, "layer-tree-layer", {
-            "id": layer_id, "name": name, "source": _relative(raster, project_dir), "providerKey": "gdal",
-            "checked": "Qt::Checked" if visible else "Qt::Unchecked", "expanded": "0"})
-
-    extent = None
-    layers = ET.SubElement(root, "projectlayers")
-    vector = ET.SubElement(layers, "maplayer", {"type": "vector", "geometry": "Polygon", "wkbType": "Polygon",
-                                                "labelsEnabled": "1", "hasScaleBasedVisibilityFlag": "0"})
-    ET.SubElement(vector, "id").text = cases_id
-    ET.SubElement(vector, "datasource").text = cases_source
-    ET.SubElement(vector, "layername").text = "cases"
-    _spatialrefsys(ET.SubElement(vector, "srs"), crs)
-    ET.SubElement(vector, "provider", {"encoding": "UTF-8"}).text = "ogr"
-    vector.extend(_style_elements(cases_field_names()))
-    for layer_id, name, raster, _ in rasters:
-        raster_crs, bounds, rio_crs = _raster_crs(Path(raster))
-        _raster_layer(layers, layer_id, name, _relative(raster, project_dir), raster_crs)
-        if extent is None:
-            extent = transform_bounds(rio_crs, crs.to_wkt(), *bounds)
-
-    order = ET.SubElement(root, "layerorder")
-    for layer_id in (cases_id, current_id, baseline_id):
-        ET.SubElement(order, "layer", {"id": layer_id})
-    canvas = ET.SubElement(root, "mapcanvas", {"name": "theMapCanvas", "annotationsVisible": "1"})
-    ET.SubElement(canvas, "units").text = "degrees" if crs.is_geographic else "meters"
-    if extent is not None:
-        box = ET.SubElement(canvas, "extent")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), extent):
-            ET.SubElement(box, key).text = repr(float(value))
-    _spatialrefsys(ET.SubElement(canvas, "destinationsrs"), crs)
-
-    properties = ET.SubElement(root, "properties")
-    paths = ET.SubElement(ET.SubElement(properties, "Paths"), "Absolute", {"type": "bool"})
-    paths.text = "false"
-    ET.indent(root, space=" ")
-    text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
-    atomic_write_text(path, text)
-    return path
-
-

@@ -9,9 +9,15 @@ transaction it
   operator edited it);
 * opens a new case, with a stable ID ``{prefix}{YYYYMMDD}-{seq:04d}``, for every
   candidate that matches nothing;
-* never touches the review fields (status, reviewer, reviewed_at, note) and never
-  deletes a case. A candidate on a case rejected as ``false_positive`` (or ``permitted``)
-  is counted as *suppressed*: it does not reopen the case or open a new one.
+* never touches the review fields (status, demolition_due, reviewer, reviewed_at, note) and
+  never deletes a case (the registry refuses deletes: :mod:`detector.review.triggers`). A
+  candidate on a case rejected as ``false_positive`` (or ``permitted``) is counted as
+  *suppressed*: it does not reopen the case or open a new one;
+* verifies demolitions: a case ``demolished`` / ``demolition_verified``, or
+  ``demolition_ordered`` past its ``demolition_due`` date, that is seen again gets an
+  ``alert`` (kept until a night whose mosaic covers it does not see it, or its status changes);
+* recomputes ``area_m2``, ``lon``, ``lat`` of every case from its stored geometry (an operator's
+  corrected outline included).
 
 It returns what changed (:class:`RegistryUpdate`) and writes nothing else: the evidence
 chips, the QGIS project and the nightly report are written by the caller
@@ -41,8 +47,10 @@ from detector.review.boundaries import load_boundaries
 from detector.review.geometry import area_m2, lonlat_of
 from detector.review.matching import Sighting, match_candidates, reading_order
 from detector.review.qgis import cases_layer_qml
+from detector.review.triggers import ensure_schema
 from detector.review.vocab import (CASE_COLUMNS, CASES_STYLE_DESCRIPTION, CASES_STYLE_NAME, CASES_TABLE,
-                                   GEOMETRY_COLUMN, INTERNAL_COLUMNS, NEW, NIGHTS_TABLE, REQUIRED_CANDIDATE_COLUMNS,
+                                   DEMOLITION_ORDERED, GEOMETRY_COLUMN, HISTORY_TABLE, INTERNAL_COLUMNS, MUST_BE_GONE_STATUSES, NEW,
+                                   NIGHTS_TABLE, ORIGIN_DETECTOR, PERMITTED, REQUIRED_CANDIDATE_COLUMNS,
                                    SIGHTINGS_TABLE, SUPPRESSING_STATUSES)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +66,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RegistryUpdate:
-    """What one night did to the registry: counts and the case IDs opened, updated, suppressed."""
+    """What one night did to the registry: counts and the case IDs opened, updated, suppressed, alerted.
+
+    ``suppressed_ids`` are cases rejected as false positives or permitted that were seen again
+    (``permitted_ids`` is the permitted part of them); ``alert_ids`` every case with a
+    demolition alert after tonight; ``class_changes`` (case ID, old class, new class) for cases
+    whose detected class changed tonight (e.g. a construction site that became a building).
+    """
 
     registry: Path
     night: date
@@ -70,6 +84,9 @@ class RegistryUpdate:
     opened_ids: list[str] = field(default_factory=list)
     updated_ids: list[str] = field(default_factory=list)
     suppressed_ids: list[str] = field(default_factory=list)
+    permitted_ids: list[str] = field(default_factory=list)
+    alert_ids: list[str] = field(default_factory=list)
+    class_changes: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -88,11 +105,30 @@ class CaseRow:
     max_confidence: Optional[float]
     community: Optional[str]
     evidence: Optional[str]
+    alert: Optional[str] = None
+    demolition_due: Optional[str] = None
+    area_m2: Optional[float] = None
+    lon: Optional[float] = None
+    lat: Optional[float] = None
+    case_class: Optional[str] = None
+    origin: Optional[str] = None
+    evidence_hash: Optional[str] = None
 
     @property
     def operator_edited(self) -> bool:
-        """True when the stored geometry is not the one the run last wrote."""
-        return self.run_geom_hash is not None and geometry_hash(self.geometry) != self.run_geom_hash
+        """True when the stored geometry is not the one the run last wrote (or an operator drew the case)."""
+        return self.run_geom_hash is None or geometry_hash(self.geometry) != self.run_geom_hash
+
+    def must_be_gone(self, night_iso: str) -> bool:
+        """True when the structure should no longer stand on ``night_iso`` (demolition verification)."""
+        if self.status in MUST_BE_GONE_STATUSES:
+            return True
+        return self.status == DEMOLITION_ORDERED and bool(self.demolition_due) and str(self.demolition_due)[:10] < night_iso
+
+    @property
+    def evidence_key(self) -> str:
+        """What the evidence chip shows: geometry and class (a chip is redrawn when they change)."""
+        return geometry_hash(self.geometry)[:12] + ":" + str(self.case_class or "")
 
 
 def geometry_hash(geometry: BaseGeometry) -> str:
@@ -114,7 +150,7 @@ def geometry_hash(geometry: BaseGeometry) -> str:
 # --------------------------------------------------------------------------- creating and opening a registry
 
 
-def create_registry(path: Path, crs) -> None:
+def create_registry(path: Path, crs, district_prefix: str = "") -> None:
     """Create an empty registry GeoPackage atomically (temp file in the same folder + rename).
 
     Parameters
@@ -123,11 +159,13 @@ def create_registry(path: Path, crs) -> None:
         Where ``cases.gpkg`` goes; its folder is created.
     crs : pyproj.CRS
         The registry's CRS (the baseline CRS of the first night); later nights are reprojected.
+    district_prefix : str
+        Case ID prefix (for cases an operator draws in QGIS).
     """
-    gpkg.create_geopackage(Path(path), lambda conn: _create_schema(conn, crs))
+    gpkg.create_geopackage(Path(path), lambda conn: _create_schema(conn, crs, district_prefix))
 
 
-def _create_schema(conn: sqlite3.Connection, crs) -> None:
+def _create_schema(conn: sqlite3.Connection, crs, district_prefix: str = "") -> None:
     """The cases layer, its bookkeeping tables and its default QGIS style (in a private temp file)."""
     srs_id = gpkg.create_core_tables(conn, crs)
     gpkg.create_feature_table(conn, CASES_TABLE, GEOMETRY_COLUMN, "POLYGON", CASE_COLUMNS, srs_id,
@@ -147,7 +185,13 @@ def _create_schema(conn: sqlite3.Connection, crs) -> None:
     gpkg.register_attributes_table(conn, SIGHTINGS_TABLE, "every night a case was seen")
     gpkg.register_attributes_table(conn, NIGHTS_TABLE, "one row per nightly registry update")
     gpkg.create_layer_styles_table(conn)
-    gpkg.insert_default_style(conn, CASES_TABLE, GEOMETRY_COLUMN, CASES_STYLE_NAME, cases_layer_qml(),
+    _refresh_schema(conn, crs, district_prefix)
+
+
+def _refresh_schema(conn: sqlite3.Connection, crs, district_prefix: str) -> None:
+    """Columns, history table and triggers of this version; the cases layer's default style."""
+    ensure_schema(conn, district_prefix)
+    gpkg.insert_default_style(conn, CASES_TABLE, GEOMETRY_COLUMN, CASES_STYLE_NAME, cases_layer_qml(crs),
                               CASES_STYLE_DESCRIPTION)
 
 
@@ -231,11 +275,12 @@ def read_cases(conn: sqlite3.Connection) -> list[CaseRow]:
     list[CaseRow]
     """
     rows = conn.execute(
-        f'SELECT fid, case_id, status, "{GEOMETRY_COLUMN}" AS geom, run_geom_hash, detected_wkb, first_seen, '
-        f'last_seen, times_seen, max_confidence, community, evidence FROM "{CASES_TABLE}" ORDER BY fid'
+        f'SELECT * FROM "{CASES_TABLE}" ORDER BY fid'
     ).fetchall()
     cases = []
     for row in rows:
+        row = {key: row[key] for key in row.keys()}
+        row.setdefault("geom", row.get(GEOMETRY_COLUMN))
         geometry = gpkg.decode_gpkg_geometry(row["geom"])
         detected = shapely.from_wkb(bytes(row["detected_wkb"])) if row["detected_wkb"] is not None else None
         cases.append(
@@ -244,7 +289,10 @@ def read_cases(conn: sqlite3.Connection) -> list[CaseRow]:
                 geometry=geometry if geometry is not None else shapely.Polygon(), run_geom_hash=row["run_geom_hash"],
                 detected=detected, first_seen=row["first_seen"], last_seen=row["last_seen"],
                 times_seen=row["times_seen"] or 0, max_confidence=row["max_confidence"],
-                community=row["community"], evidence=row["evidence"],
+                community=row["community"], evidence=row["evidence"], alert=row.get("alert"),
+                demolition_due=row.get("demolition_due"), area_m2=row.get("area_m2"), lon=row.get("lon"),
+                lat=row.get("lat"), case_class=row.get("class"), origin=row.get("origin"),
+                evidence_hash=row.get("evidence_hash"),
             )
         )
     return cases
@@ -277,6 +325,32 @@ def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> "geopa
     if not keep_internal:
         frame = frame.drop(columns=list(INTERNAL_COLUMNS))
     return gpd.GeoDataFrame(frame, geometry=geometries, crs=crs)
+
+
+def read_history(path: Path | str, case_id: Optional[str] = None) -> list[dict]:
+    """The append-only history (oldest first), of one case or of all; empty for an older registry.
+
+    Parameters
+    ----------
+    path : Path
+        The registry.
+    case_id : str, optional
+
+    Returns
+    -------
+    list[dict]
+        ``case_id, changed_at, changed_by, change, old_status, new_status, old_alert, new_alert``
+        (geometries left out).
+    """
+    conn = open_registry(path)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (HISTORY_TABLE,)).fetchone():
+            return []
+        query = (f'SELECT case_id, changed_at, changed_by, change, old_status, new_status, old_alert, new_alert '
+                 f'FROM "{HISTORY_TABLE}"' + (" WHERE case_id = ?" if case_id else "") + " ORDER BY fid")
+        return [dict(row) for row in conn.execute(query, (case_id,) if case_id else ())]
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- the night's update
@@ -343,7 +417,7 @@ def update_registry(
     _validate_candidates(candidates)
     registry = Path(config.registry)
     if not registry.exists():
-        create_registry(registry, candidates.crs)
+        create_registry(registry, candidates.crs, config.district_prefix)
     conn = open_registry(registry)
     try:
         crs = registry_crs(conn)
@@ -356,8 +430,10 @@ def update_registry(
             else None
         )
         result = RegistryUpdate(registry=registry, night=night, run_id=run_id)
+        coverage = mosaic_footprint(current_path, crs)
         with gpkg.write_transaction(conn):
-            _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, result)
+            _refresh_schema(conn, crs, config.district_prefix)
+            _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, result, coverage)
             conn.execute(
                 f'INSERT INTO "{NIGHTS_TABLE}" (night, run_id, candidates, opened, updated, suppressed, total, '
                 "baseline, current, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -367,9 +443,35 @@ def update_registry(
             gpkg.update_extent(conn, CASES_TABLE, GEOMETRY_COLUMN, _now())
     finally:
         conn.close()
-    log.info("cases: %d opened, %d updated, %d suppressed, %d in registry", result.opened, result.updated,
-             result.suppressed, result.total)
+    log.info("cases: %d opened, %d updated, %d suppressed, %d alerts, %d in registry", result.opened,
+             result.updated, result.suppressed, len(result.alert_ids), result.total)
     return result
+
+
+def mosaic_footprint(path: Path, crs) -> Optional[BaseGeometry]:
+    """The bounds of a mosaic as a polygon in ``crs``; None when it cannot be read (coverage unknown).
+
+    Parameters
+    ----------
+    path : Path
+        An orthomosaic.
+    crs : pyproj.CRS
+        The registry CRS.
+
+    Returns
+    -------
+    shapely Polygon or None
+    """
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                return None
+            return shapely.box(*transform_bounds(src.crs, crs.to_wkt(), *src.bounds))
+    except (rasterio.errors.RasterioError, OSError):
+        return None
 
 
 def _now() -> str:
@@ -385,7 +487,7 @@ def _candidate_value(frame, column: str, index: int, default=None):
     return value.item() if hasattr(value, "item") else value
 
 
-def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, result) -> None:
+def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, result, coverage=None) -> None:
     """Match, update and insert inside the open transaction; fills ``result``."""
     cases = read_cases(conn)
     geometries = [g if g.is_valid else shapely.make_valid(g) for g in frame.geometry]
@@ -398,9 +500,19 @@ def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, re
     for case_index, sightings in sorted(matches.items()):
         case = cases[case_index]
         suppressed = case.status in SUPPRESSING_STATUSES
-        _update_case(conn, case, frame, geometries, lonlats, sightings, crs, srs_id, boundaries, run_id, night_iso)
-        _record_sightings(conn, case.case_id, frame, sightings, run_id, night_iso, "suppressed" if suppressed else "updated")
+        new_class = _update_case(conn, case, frame, geometries, lonlats, sightings, crs, srs_id, boundaries, run_id,
+                                 night_iso)
+        if new_class and case.case_class and new_class != case.case_class:
+            result.class_changes.append((case.case_id, case.case_class, new_class))
+        outcome = "suppressed" if suppressed else ("alert" if case.must_be_gone(night_iso) else "updated")
+        _record_sightings(conn, case.case_id, frame, sightings, run_id, night_iso, outcome)
         (result.suppressed_ids if suppressed else result.updated_ids).append(case.case_id)
+        if case.status == PERMITTED:
+            result.permitted_ids.append(case.case_id)
+
+    _verify_demolitions(conn, read_cases(conn), set(cases[i].case_id for i in matches), coverage, night_iso, result,
+                        run_id)
+    _refresh_measures(conn, read_cases(conn), crs, boundaries)
 
     id_prefix = format_case_id(config.district_prefix, night, 0)[:-4]
     sequence = _next_sequence(conn, id_prefix)
@@ -415,6 +527,67 @@ def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, re
     result.updated = len(result.updated_ids)
     result.suppressed = len(result.suppressed_ids)
     result.total = conn.execute(f'SELECT COUNT(*) FROM "{CASES_TABLE}"').fetchone()[0]
+
+
+def demolition_alert(case: CaseRow, seen_tonight: bool, covered: bool, night_iso: str) -> Optional[str]:
+    """The alert a case carries after tonight (demolition verification); ``case.alert`` when unknown.
+
+    Parameters
+    ----------
+    case : CaseRow
+        As stored after tonight's sightings (status and due date are the operators').
+    seen_tonight : bool
+        A candidate of tonight matched it.
+    covered : bool
+        Tonight's mosaic covers it (a case outside it keeps its alert: nothing was checked).
+    night_iso : str
+
+    Returns
+    -------
+    str or None
+    """
+    if not case.must_be_gone(night_iso):
+        return None
+    if seen_tonight:
+        if case.status == DEMOLITION_ORDERED:
+            return f"still standing after the demolition due date {str(case.demolition_due)[:10]} (seen {night_iso})"
+        return f"still standing although {case.status.replace('_', ' ')} (seen {night_iso})"
+    return None if covered else case.alert
+
+
+def run_editor(run_id: str) -> str:
+    """How a nightly run signs its writes (``edited_by``; the history's ``changed_by``)."""
+    return f"buildwatch {run_id}"
+
+
+def _verify_demolitions(conn, cases: list[CaseRow], seen: set[str], coverage, night_iso: str, result,
+                        run_id: str) -> None:
+    for case in cases:
+        covered = coverage is None or coverage.intersects(case.geometry)
+        alert = demolition_alert(case, case.case_id in seen, covered, night_iso)
+        if alert != case.alert:
+            conn.execute(f'UPDATE "{CASES_TABLE}" SET alert = ?, edited_by = ? WHERE fid = ?',
+                         (alert, run_editor(run_id), case.fid))
+        if alert:
+            result.alert_ids.append(case.case_id)
+
+
+def _refresh_measures(conn, cases: list[CaseRow], crs, boundaries) -> None:
+    """area_m2, lon, lat of every case from its stored geometry (the operator's outline when edited)."""
+    if not cases:
+        return
+    lonlats = lonlat_of([case.geometry for case in cases], crs)
+    for case, (lon, lat) in zip(cases, lonlats):
+        if case.geometry.is_empty:
+            continue
+        fields = {"area_m2": round(area_m2(case.geometry, crs), 2), "lon": round(float(lon), 8),
+                  "lat": round(float(lat), 8)}
+        stale = {k: v for k, v in fields.items() if getattr(case, k) is None or abs(getattr(case, k) - v) > 1e-7}
+        if boundaries is not None and not case.community:
+            stale["community"], stale["unit"] = boundaries.locate(case.geometry)
+        if stale:
+            assignments = ", ".join(f'"{name}" = ?' for name in stale)
+            conn.execute(f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?', (*stale.values(), case.fid))
 
 
 def _strongest(frame, sightings: list[Sighting]) -> Sighting:
@@ -438,7 +611,8 @@ def _run_fields(geometry, lonlat, crs, boundaries, frame, index, srs_id) -> dict
 
 
 def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs, srs_id, boundaries, run_id,
-                 night_iso) -> None:
+                 night_iso) -> Optional[str]:
+    """Update the run-owned fields of a case seen tonight; returns the class written (None when kept)."""
     strongest = _strongest(frame, sightings)
     index = strongest.candidate_index
     confidence = float(frame["confidence"].iloc[index])
@@ -454,6 +628,7 @@ def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs
         "model_name": _candidate_value(frame, "model_name", index),
         "tags": _candidate_value(frame, "tags", index, ""),
         "detected_wkb": shapely.to_wkb(geometries[index], byte_order=1, output_dimension=2),
+        "edited_by": run_editor(run_id),
     }
     if case.operator_edited:
         fields["geometry_edited"] = 1
@@ -464,6 +639,7 @@ def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs
         fields["geometry_edited"] = 0
     assignments = ", ".join(f'"{name}" = ?' for name in fields)
     conn.execute(f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?', (*fields.values(), case.fid))
+    return fields.get("class")
 
 
 def _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, boundaries, run_id, night_iso) -> None:
@@ -487,6 +663,8 @@ def _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, 
             "last_run_id": run_id,
             "model_name": _candidate_value(frame, "model_name", index),
             "geometry_edited": 0,
+            "origin": ORIGIN_DETECTOR,
+            "edited_by": run_editor(run_id),
             "detected_wkb": shapely.to_wkb(geometries[index], byte_order=1, output_dimension=2),
         }
     )

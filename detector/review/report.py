@@ -1,9 +1,14 @@
 """The nightly report for the team leader: ``report.html`` (one self-contained file) and ``report.csv``.
 
 Per community ("zero increment" is the headline): cases new tonight, confirmed illegal,
-open backlog (status new / confirmed_illegal / referred) and the age in days of the oldest
-open case. The HTML adds a summary, a map image of the cases over the current orthomosaic
-and before/after thumbnails of tonight's new cases, all inline (base64 JPEG; no external URL).
+open backlog (:data:`~detector.review.vocab.OPEN_STATUSES`, plus any case with a demolition
+alert), the age in days of the oldest open case and the demolition alerts. The HTML adds a
+summary whose counts add up (new tonight + earlier cases seen tonight + earlier cases not seen
+tonight = cases in the registry, on a rerun too), what needs attention (demolition alerts, open
+cases not seen tonight, cases whose detected class changed tonight), a map of the cases over the
+current orthomosaic with its legend, the open backlog as a list (oldest first) and before/after
+thumbnails of tonight's new cases, all inline (base64 JPEG; no external URL). ``report.csv`` is
+UTF-8 with a byte-order mark, so Excel in any locale reads community names correctly.
 """
 
 from __future__ import annotations
@@ -21,19 +26,23 @@ from typing import Optional
 import numpy as np
 
 from detector.errors import InputError
-from detector.fileio import atomic_write_text
+from detector.fileio import atomic_write_bytes, atomic_write_text
 from detector.geo.crs import unit_lengths_m
 from detector.geo.grid import map_to_pixel
 from detector.review.evidence import draw_outline, read_rgb
 from detector.review.qgis import STATUS_STYLE
 from detector.review.registry import RegistryUpdate, read_cases_frame
+from detector.review.qgis import ALERT_STYLE
 from detector.review.vocab import CONFIRMED_ILLEGAL, OPEN_STATUSES
 
 log = logging.getLogger(__name__)
 
 NO_COMMUNITY = "(outside known communities)"
 MAP_MAX_PX = 900
-CSV_COLUMNS = ("night", "community", "unit", "new_tonight", "confirmed_illegal", "open_backlog", "oldest_open_days")
+CSV_COLUMNS = ("night", "community", "unit", "new_tonight", "confirmed_illegal", "open_backlog", "oldest_open_days",
+               "alerts")
+CSV_ENCODING = "utf-8-sig"  # with a BOM: Excel on a Chinese-locale Windows would read plain UTF-8 as GBK
+ATTENTION_ROWS = 50
 
 
 @dataclass
@@ -46,6 +55,17 @@ class CommunityRow:
     confirmed_illegal: int
     open_backlog: int
     oldest_open_days: Optional[int]
+    alerts: int = 0
+
+
+def _has_alert(row) -> bool:
+    value = getattr(row, "alert", None)
+    return isinstance(value, str) and value != ""
+
+
+def is_open(row) -> bool:
+    """Needs action: an open status, or a demolition alert (the structure is still standing)."""
+    return row.status in OPEN_STATUSES or _has_alert(row)
 
 
 def community_table(cases, night: date) -> list[CommunityRow]:
@@ -67,27 +87,59 @@ def community_table(cases, night: date) -> list[CommunityRow]:
     for row in cases.itertuples(index=False):
         community = row.community if isinstance(row.community, str) and row.community else NO_COMMUNITY
         groups.setdefault(community, []).append(row)
-    table = [_community_row(name, rows, night, night_iso, OPEN_STATUSES) for name, rows in sorted(groups.items())]
+    table = [_community_row(name, rows, night, night_iso) for name, rows in sorted(groups.items())]
     if table:
-        table.append(_community_row("all communities", [r for rows in groups.values() for r in rows], night, night_iso, OPEN_STATUSES))
+        table.append(_community_row("all communities", [r for rows in groups.values() for r in rows], night, night_iso))
     return table
 
 
-def _community_row(name, rows, night, night_iso, open_statuses) -> CommunityRow:
+def _age_days(row, night: date) -> Optional[int]:
+    if not isinstance(row.first_seen, str) or not row.first_seen:
+        return None
+    return (night - date.fromisoformat(row.first_seen[:10])).days
+
+
+def _community_row(name, rows, night, night_iso) -> CommunityRow:
     units = sorted({r.unit for r in rows if isinstance(r.unit, str) and r.unit})
-    open_ages = [
-        (night - date.fromisoformat(r.first_seen)).days
-        for r in rows
-        if r.status in open_statuses and isinstance(r.first_seen, str) and r.first_seen
-    ]
+    open_ages = [age for age in (_age_days(r, night) for r in rows if is_open(r)) if age is not None]
     return CommunityRow(
         community=name,
         unit=", ".join(units),
         new_tonight=sum(1 for r in rows if r.first_seen == night_iso),
         confirmed_illegal=sum(1 for r in rows if r.status == CONFIRMED_ILLEGAL),
-        open_backlog=sum(1 for r in rows if r.status in open_statuses),
+        open_backlog=sum(1 for r in rows if is_open(r)),
         oldest_open_days=max(open_ages) if open_ages else None,
+        alerts=sum(1 for r in rows if _has_alert(r)),
     )
+
+
+def night_counts(cases, night: date) -> dict[str, int]:
+    """Tonight's partition of the registry: the three parts add up to the number of cases.
+
+    ``new_tonight`` (first seen this night), ``seen_again`` (first seen earlier, seen this
+    night), ``not_seen`` (first seen earlier, not seen this night); computed from the registry,
+    so a rerun of the same night gives the same figures.
+
+    Parameters
+    ----------
+    cases : pandas.DataFrame
+    night : datetime.date
+
+    Returns
+    -------
+    dict
+    """
+    night_iso = night.isoformat()
+    counts = {"new_tonight": 0, "seen_again": 0, "not_seen": 0}
+    for row in cases.itertuples(index=False):
+        if row.first_seen == night_iso:
+            counts["new_tonight"] += 1
+        elif row.last_seen == night_iso:
+            counts["seen_again"] += 1
+        else:
+            counts["not_seen"] += 1
+    counts["total"] = len(cases)
+    return counts
 
 
 # --------------------------------------------------------------------------- map image
@@ -125,7 +177,7 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
     night_iso = night.isoformat()
     new_number = 0
     for row in cases.itertuples(index=False):
-        rgb = STATUS_STYLE.get(row.status, ("", (255, 255, 0)))[1]
+        rgb = ALERT_STYLE[1] if _has_alert(row) else STATUS_STYLE.get(row.status, ("", (255, 255, 0)))[1]
         colour = (rgb[2], rgb[1], rgb[0])
         draw_outline(background, row.geometry, bounds, colour, thickness=2)
         point = row.geometry.representative_point()
@@ -193,7 +245,7 @@ def write_report(
     """
     registry = Path(registry)
     out_dir = Path(out_dir)
-    cases = read_cases_frame(registry)
+    cases = read_cases_frame(registry).rename(columns={"class": "case_class"})  # 'class' is no tuple field name
     table = community_table(cases, night)
 
     csv_path = out_dir / "report.csv"
@@ -202,29 +254,89 @@ def write_report(
     writer.writerow(CSV_COLUMNS)
     for row in table:
         writer.writerow([night.isoformat(), row.community, row.unit, row.new_tonight, row.confirmed_illegal,
-                         row.open_backlog, "" if row.oldest_open_days is None else row.oldest_open_days])
-    atomic_write_text(csv_path, buffer.getvalue())
+                         row.open_backlog, "" if row.oldest_open_days is None else row.oldest_open_days, row.alerts])
+    atomic_write_bytes(csv_path, buffer.getvalue().encode(CSV_ENCODING))
 
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, _render_html(cases, table, registry, night, run_id, current_path, update))
     return html_path, csv_path
 
 
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % rgb
+
+
+def _text(value, default: str = "–") -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def legend_entries(cases) -> list[tuple[str, str, int]]:
+    """(label, colour hex, count) of the map's legend: the alert colour, then every status in lifecycle order."""
+    counts = cases["status"].value_counts().to_dict() if len(cases) else {}
+    alerts = sum(1 for row in cases.itertuples(index=False) if _has_alert(row)) if len(cases) else 0
+    entries = [(ALERT_STYLE[0], _hex(ALERT_STYLE[1]), alerts)]
+    entries += [(label, _hex(rgb), int(counts.get(status, 0))) for status, (label, rgb) in STATUS_STYLE.items()]
+    return entries
+
+
+def _case_table(esc, rows, night, columns=("case", "status", "class", "community", "area", "first", "last", "age")):
+    heads = {"case": "Case", "status": "Status", "class": "Class", "community": "Community", "area": "Area (m²)",
+             "first": "First seen", "last": "Last seen", "age": "Open (days)", "why": "Why"}
+    parts = ["<table><tr>" + "".join(f"<th>{heads[c]}</th>" for c in columns) + "</tr>"]
+    for row, why in rows:
+        cells = {
+            "case": f"<b>{esc(row.case_id)}</b>",
+            "status": esc(STATUS_STYLE.get(row.status, (row.status,))[0]),
+            "class": esc(_text(getattr(row, "case_class", None))),
+            "community": esc(_text(row.community)),
+            "area": f"{float(row.area_m2 or 0):.0f}",
+            "first": esc(_text(row.first_seen)),
+            "last": esc(_text(row.last_seen)),
+            "age": "–" if _age_days(row, night) is None else str(_age_days(row, night)),
+            "why": esc(why),
+        }
+        parts.append("<tr>" + "".join(f"<td>{cells[c]}</td>" for c in columns) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def attention_rows(cases, night: date, update: Optional[RegistryUpdate] = None) -> list[tuple[object, str]]:
+    """What needs attention tonight: (case row, why), demolition alerts first.
+
+    Demolition alerts; open cases not seen tonight (the structure may have been removed, or the
+    survey missed it); cases whose detected class changed tonight (e.g. a construction site that
+    became a building; from ``update``).
+    """
+    night_iso = night.isoformat()
+    by_id = {row.case_id: row for row in cases.itertuples(index=False)}
+    rows = [(row, row.alert) for row in by_id.values() if _has_alert(row)]
+    for case_id, old, new in (update.class_changes if update is not None else []):
+        if case_id in by_id:
+            rows.append((by_id[case_id], f"detected class changed tonight: {old} -> {new}"))
+    rows += [(row, f"open, not seen tonight (last seen {_text(row.last_seen)})") for row in by_id.values()
+             if is_open(row) and not _has_alert(row) and row.last_seen != night_iso and row.first_seen != night_iso]
+    return rows
+
+
 def _render_html(cases, table, registry, night, run_id, current_path, update) -> str:
     esc = html.escape
     night_iso = night.isoformat()
     new_tonight = cases[cases["first_seen"] == night_iso] if len(cases) else cases
-    status_counts = cases["status"].value_counts().to_dict() if len(cases) else {}
+    counts = night_counts(cases, night)
     summary = [
         ("Night", night_iso),
         ("Run", run_id or "–"),
-        ("New cases tonight", str(len(new_tonight))),
+        ("New cases tonight (first seen this night)", str(counts["new_tonight"])),
+        ("Earlier cases seen again tonight", str(counts["seen_again"])),
+        ("Earlier cases not seen tonight", str(counts["not_seen"])),
+        ("Cases in registry (= the three above)", str(counts["total"])),
+        ("Demolition alerts (structure still standing)",
+         str(sum(1 for row in cases.itertuples(index=False) if _has_alert(row)) if len(cases) else 0)),
     ]
     if update is not None:
-        summary += [("Existing cases seen again", str(update.updated)),
-                    ("Sightings of rejected cases (suppressed)", str(update.suppressed))]
-    summary += [("Cases in registry", str(len(cases)))]
-    summary += [(f"status: {status}", str(count)) for status, count in sorted(status_counts.items())]
+        permitted = len(update.permitted_ids)
+        summary += [("Sightings of false positives (suppressed)", str(len(update.suppressed_ids) - permitted)),
+                    ("Sightings of permitted structures", str(permitted))]
 
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -232,7 +344,10 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
         "<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
         "tr.total{font-weight:bold;background:#f0f0f0}.zero{color:#2a7d2a}.nonzero{color:#b00020;font-weight:bold}"
-        ".thumbs{display:flex;flex-wrap:wrap;gap:12px}.thumbs figure{margin:0}figcaption{font-size:.85em}</style>",
+        ".thumbs{display:flex;flex-wrap:wrap;gap:12px}.thumbs figure{margin:0}figcaption{font-size:.85em}"
+        ".legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:4px 16px}"
+        ".legend span{display:inline-block;width:14px;height:14px;border:2px solid;vertical-align:middle;"
+        "margin-right:4px}</style>",
         "</head><body>",
         f"<h1>Illegal construction watch — night of {esc(night_iso)}</h1>",
         "<h2>Summary</h2><table>",
@@ -240,33 +355,55 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
         "</table>",
         "<h2>Per community (zero increment)</h2>",
         "<table><tr><th>Community</th><th>Responsible unit</th><th>New tonight</th><th>Confirmed illegal</th>"
-        "<th>Open backlog</th><th>Oldest open case (days)</th></tr>",
+        "<th>Open backlog</th><th>Oldest open case (days)</th><th>Demolition alerts</th></tr>",
     ]
     for row in table:
         css = " class='total'" if row.community == "all communities" else ""
         flag = "nonzero" if row.new_tonight else "zero"
+        alert_flag = " class='nonzero'" if row.alerts else ""
         age = "–" if row.oldest_open_days is None else str(row.oldest_open_days)
         parts.append(
             f"<tr{css}><td>{esc(row.community)}</td><td>{esc(row.unit)}</td><td class='{flag}'>{row.new_tonight}</td>"
-            f"<td>{row.confirmed_illegal}</td><td>{row.open_backlog}</td><td>{age}</td></tr>"
+            f"<td>{row.confirmed_illegal}</td><td>{row.open_backlog}</td><td>{age}</td>"
+            f"<td{alert_flag}>{row.alerts}</td></tr>"
         )
     parts.append("</table>")
     if not table:
         parts.append("<p>No cases in the registry.</p>")
+
+    attention = attention_rows(cases, night, update) if len(cases) else []
+    parts.append(f"<h2>Needs attention ({len(attention)})</h2>")
+    if attention:
+        parts += _case_table(esc, attention[:ATTENTION_ROWS], night, ("case", "status", "community", "last", "why"))
+        if len(attention) > ATTENTION_ROWS:
+            parts.append(f"<p>… and {len(attention) - ATTENTION_ROWS} more (buildwatch cases list).</p>")
+    else:
+        parts.append("<p class='zero'>Nothing: no demolition alert, every open case seen tonight.</p>")
+
     if len(cases):
         import pyproj
 
         crs = pyproj.CRS.from_user_input(cases.crs)
         map_uri = _jpeg_data_uri(render_map(cases, crs, current_path, night))
-        parts.append("<h2>Map</h2><p>Outline colour = review status; numbers = tonight's new cases.</p>")
+        parts.append("<h2>Map</h2><p>Outline colour = review status (magenta = demolition alert); "
+                     "numbers = tonight's new cases.</p>")
+        parts.append("<ul class='legend'>" + "".join(
+            f"<li><span style='border-color:{colour};background:{colour}40'></span>{esc(label)} ({count})</li>"
+            for label, colour, count in legend_entries(cases)) + "</ul>")
         parts.append(f"<img alt='map of cases' src='{map_uri}' style='max-width:100%'>")
+
+    backlog = sorted((row for row in cases.itertuples(index=False) if is_open(row)),
+                     key=lambda r: (-(_age_days(r, night) or 0), r.case_id)) if len(cases) else []
+    parts.append(f"<h2>Open backlog ({len(backlog)}, oldest first)</h2>")
+    if backlog:
+        parts += _case_table(esc, [(row, "") for row in backlog], night)
     parts.append(f"<h2>New tonight ({len(new_tonight)})</h2>")
     if len(new_tonight):
         parts.append("<div class='thumbs'>")
         for number, row in enumerate(new_tonight.itertuples(index=False), start=1):
             uri = _file_data_uri(registry.parent / row.evidence) if isinstance(row.evidence, str) else None
             image = f"<img alt='evidence {esc(row.case_id)}' src='{uri}' width='388'>" if uri else "<p>(no evidence chip)</p>"
-            caption = (f"{number}. <b>{esc(row.case_id)}</b> · {esc(row.community if isinstance(row.community, str) else '–')} · "
+            caption = (f"{number}. <b>{esc(row.case_id)}</b> · {esc(_text(row.case_class))} · {esc(_text(row.community))} · "
                        f"{float(row.area_m2 or 0):.0f} m² · conf {float(row.max_confidence or 0):.2f} · "
                        f"{float(row.lat):.6f}, {float(row.lon):.6f}")
             parts.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")

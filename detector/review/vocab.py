@@ -11,35 +11,50 @@ from __future__ import annotations
 
 NEW = "new"  # not reviewed yet (every case opens with it)
 CONFIRMED_ILLEGAL = "confirmed_illegal"
+DEMOLITION_ORDERED = "demolition_ordered"  # an order is out; ``demolition_due`` holds its deadline
+DEMOLISHED = "demolished"  # the team reports it demolished; the nightly run verifies it stays down
+VERIFIED = "demolition_verified"  # demolition checked on the imagery; still watched every night
 PERMITTED = "permitted"  # a legal decision: the structure is real and new, but allowed
 FALSE_POSITIVE = "false_positive"  # no new structure there
-DEMOLISHED = "demolished"
 REFERRED = "referred"  # handed to another authority
 
-REVIEW_STATUSES = (NEW, CONFIRMED_ILLEGAL, PERMITTED, FALSE_POSITIVE, DEMOLISHED, REFERRED)
+# the enforcement lifecycle, in the order a team walks it (form drop-down and legend order):
+# new -> confirmed_illegal -> demolition_ordered -> demolished -> demolition_verified,
+# or new -> permitted / false_positive / referred
+REVIEW_STATUSES = (NEW, CONFIRMED_ILLEGAL, DEMOLITION_ORDERED, DEMOLISHED, VERIFIED, PERMITTED, FALSE_POSITIVE,
+                   REFERRED)
 # statuses on which a new sighting of the same structure is suppressed (never reopened)
 SUPPRESSING_STATUSES = (FALSE_POSITIVE, PERMITTED)
-# statuses that still need action: the "open backlog"
-OPEN_STATUSES = (NEW, CONFIRMED_ILLEGAL, REFERRED)
+# statuses that still need action: the "open backlog" (a case with an alert needs action too)
+OPEN_STATUSES = (NEW, CONFIRMED_ILLEGAL, DEMOLITION_ORDERED, REFERRED)
+# statuses on which the structure must be gone: a sighting raises an alert (demolition verification);
+# DEMOLITION_ORDERED joins them once its ``demolition_due`` date has passed
+MUST_BE_GONE_STATUSES = (DEMOLISHED, VERIFIED)
 # statuses saying a reviewer saw a real new structure there (labelled examples for retraining)
-REAL_STRUCTURE_STATUSES = (CONFIRMED_ILLEGAL, REFERRED, PERMITTED)
+REAL_STRUCTURE_STATUSES = (CONFIRMED_ILLEGAL, DEMOLITION_ORDERED, REFERRED, PERMITTED)
 # statuses saying the detection was wrong (hard negatives for retraining)
 REJECTED_STATUSES = (FALSE_POSITIVE,)
+
+# where a case came from
+ORIGIN_DETECTOR = "detector"
+ORIGIN_OPERATOR = "operator"  # drawn in QGIS by an operator: a structure the detector missed
+PENDING_ID_PREFIX = "pending-"  # QGIS's default case_id for a drawn case; the registry replaces it
 
 # --------------------------------------------------------------------------- the registry's tables
 
 CASES_TABLE = "cases"
 GEOMETRY_COLUMN = "geom"
 SIGHTINGS_TABLE = "case_sightings"
+HISTORY_TABLE = "case_history"  # append-only: every status, geometry and alert change, written by triggers
 NIGHTS_TABLE = "registry_nights"
 STYLES_TABLE = "layer_styles"  # QGIS's own name for its default-style table
 CASES_STYLE_NAME = "buildwatch review"
 CASES_STYLE_DESCRIPTION = "categorised by review status; labels: case id and area; review form"
 
 # the fields an operator owns; a nightly run never writes them
-REVIEW_FIELDS = ("status", "reviewer", "reviewed_at", "note")
+REVIEW_FIELDS = ("status", "demolition_due", "reviewer", "reviewed_at", "note")
 # run bookkeeping: hidden in the QGIS form, dropped when the cases are read for people
-INTERNAL_COLUMNS = ("run_geom_hash", "detected_wkb")
+INTERNAL_COLUMNS = ("run_geom_hash", "detected_wkb", "evidence_hash", "logged_geom")
 
 # (name, SQL type) of the attribute columns of the cases layer, in order. Run-owned unless
 # listed in REVIEW_FIELDS.
@@ -49,6 +64,8 @@ CASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reviewer", "TEXT"),
     ("reviewed_at", "DATETIME"),
     ("note", "TEXT"),
+    ("demolition_due", "DATE"),
+    ("alert", "TEXT"),
     ("class", "TEXT"),
     ("area_m2", "REAL"),
     ("lon", "REAL"),
@@ -67,8 +84,12 @@ CASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("last_run_id", "TEXT"),
     ("model_name", "TEXT"),
     ("geometry_edited", "BOOLEAN NOT NULL DEFAULT 0"),
+    ("origin", f"TEXT DEFAULT '{ORIGIN_DETECTOR}'"),
+    ("edited_by", "TEXT"),
     ("run_geom_hash", "TEXT"),
     ("detected_wkb", "BLOB"),
+    ("evidence_hash", "TEXT"),
+    ("logged_geom", "BLOB"),  # the geometry as last written to the history (see review.triggers)
 )
 
 # the columns of a run's ``candidates`` layer the registry needs
