@@ -27,13 +27,15 @@ REGISTRY_OPTION = click.option(
     "--registry", "registry", required=True, type=click.Path(path_type=Path),
     help="The case registry GeoPackage (cases.gpkg).",
 )
-LIST_COLUMNS = ("case_id", "status", "class", "area_m2", "community", "first_seen", "last_seen", "times_seen", "lat", "lon")
+LIST_COLUMNS = ("case_id", "status", "class", "area_m2", "community", "first_seen", "last_seen", "times_seen", "lat", "lon",
+                "height")  # height: the DSM height gain ("+3.1 m"), blank where none was measured
 EXPORT_COLUMNS = (
     "case_id", "status", "alert", "class", "area_m2", "community", "unit", "first_seen", "last_seen", "times_seen",
     "max_confidence", "reviewer", "reviewed_at", "demolition_due", "note", "evidence", "lon", "lat", "geo_uri",
-    "osm_url",
+    "osm_url", "height_change", "height_gain_m", "baseline_height_m", "current_height_m",
 )
-DECIMALS = {"area_m2": 2, "lon": 7, "lat": 7, "max_confidence": 3, "last_confidence": 3}
+DECIMALS = {"area_m2": 2, "lon": 7, "lat": 7, "max_confidence": 3, "last_confidence": 3, "height_gain_m": 2,
+            "baseline_height_m": 2, "current_height_m": 2}
 CSV_ENCODING = "utf-8-sig"
 KML_CHIP_WIDTH = 400
 FORMATS = {"geojson": "GeoJSON", "csv": "CSV", "kml": "KML"}
@@ -116,10 +118,10 @@ def list_cases(registry: Path, status, community, since) -> None:
     frame = select_cases(registry, status, community, since)
     rows = [list(LIST_COLUMNS)]
     for record in frame.drop(columns="geometry").to_dict("records"):
-        row = [_cell(record[c], c) for c in LIST_COLUMNS]
-        row[3] = f"{float(record['area_m2'] or 0):.1f}"
-        row[8], row[9] = f"{record['lat']:.6f}", f"{record['lon']:.6f}"
-        rows.append(row)
+        gain = _cell(record.get("height_gain_m"))
+        cells = {**record, "area_m2": f"{float(record['area_m2'] or 0):.1f}", "lat": f"{record['lat']:.6f}",
+                 "lon": f"{record['lon']:.6f}", "height": f"{float(record['height_gain_m']):+.1f} m" if gain else ""}
+        rows.append([_cell(cells[c], c) for c in LIST_COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_COLUMNS))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

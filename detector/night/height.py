@@ -300,6 +300,40 @@ def ground_offset(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float)
 
 # ---------------------------------------------------------------- one tile
 
+def local_offset(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float, pair: DsmPair,
+                 sb: np.ndarray | None = None, sc: np.ndarray | None = None) -> tuple[float, float]:
+    """The vertical offset and noise of one window (a tile, an evidence chip): it refines the run's.
+
+    Robust median and σ of ``hc - hb`` over flat pixels within ``max(1 m, 3 σ_run)`` of the run's
+    offset (changes drop out); the run's offset and noise when fewer than ``MIN_FLAT_PIXELS``.
+
+    Parameters
+    ----------
+    hb, hc : numpy.ndarray
+        Baseline and current heights (metres) on the same grid.
+    valid : numpy.ndarray
+        Both valid.
+    gsd : float
+        Metres per pixel.
+    pair : DsmPair
+        The run's offset and noise.
+    sb, sc : numpy.ndarray, optional
+        Their slopes, when the caller has them already.
+
+    Returns
+    -------
+    (float, float)
+    """
+    sb = slope(hb, gsd) if sb is None else sb
+    sc = slope(hc, gsd) if sc is None else sc
+    raw = hc - hb
+    near = _flat(sb, sc, valid) & (np.abs(raw - pair.offset_m) < max(1.0, 3 * pair.noise_m))
+    if near.sum() < MIN_FLAT_PIXELS:
+        return pair.offset_m, pair.noise_m
+    x = raw[near]
+    return _robust(x[:: max(1, x.size // ROBUST_SAMPLE)])
+
+
 def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray, gsd: float, pair: DsmPair,
                  rules) -> TileHeights:
     """Height change of one co-registered tile and its regions of gain.
@@ -322,14 +356,8 @@ def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray,
     """
     valid = vb & vc
     sb, sc = slope(hb, gsd), slope(hc, gsd)
-    flat = _flat(sb, sc, valid)
     raw = hc - hb
-    near = flat & (np.abs(raw - pair.offset_m) < max(1.0, 3 * pair.noise_m))
-    if near.sum() >= MIN_FLAT_PIXELS:
-        x = raw[near]
-        offset, noise = _robust(x[:: max(1, x.size // ROBUST_SAMPLE)])
-    else:
-        offset, noise = pair.offset_m, pair.noise_m
+    offset, noise = local_offset(hb, hc, valid, gsd, pair, sb, sc)
     noise = max(noise, rules.noise_floor_m)
     cur = np.where(valid, hc - offset, 0).astype(np.float32)
     d = np.where(valid, raw - offset, 0).astype(np.float32)

@@ -542,4 +542,5 @@ def _update_cases(cand, cfg: RunConfig, run_id: str, night: date | None, ctx: Ru
     from detector.review.nightly import update_cases
 
     return update_cases(cand, cfg.cases, run_id=run_id, night=night or date.today(),
-                        baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir)
+                        baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir,
+                        dsm=ctx.dsm)

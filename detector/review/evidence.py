@@ -4,11 +4,21 @@ Pixels are read through a :class:`rasterio.vrt.WarpedVRT` whose output grid is e
 chip's grid in the registry CRS, so a mosaic in another CRS, a coarser or finer GSD, or a
 chip that runs past the mosaic's edge (filled black) all take the same path, and GDAL picks
 overviews instead of reading full-resolution pixels only to throw them away.
+
+With the run's DSM pair (:class:`detector.night.height.DsmPair`) a third panel shows the height
+difference on the same grid: current − baseline − the chip's vertical offset (the run's, refined
+over the chip's flat ground exactly as a tile refines it, :func:`detector.night.height.local_offset`),
+white at 0, red for a gain and blue for a loss, full colour at :data:`HEIGHT_RANGE_M`; grey where
+a DSM has no height. The DSMs are read by the run's own reader
+(:class:`detector.night.height.DsmReader`: nodata, units). A chip whose DSMs cannot be read keeps
+its two image panels (logged).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
@@ -19,12 +29,20 @@ from detector.geo.crs import unit_lengths_m
 from detector.geo.grid import map_to_pixel
 from detector.geo.raster import apply_stretch, raster_stretch, rgb_bands
 
+if TYPE_CHECKING:  # pragma: no cover
+    from detector.night.height import DsmPair
+
+log = logging.getLogger(__name__)
+
 CHIP_PANEL_PX = 256
 HEADER_PX = 22
 GAP_PX = 4
 MIN_CONTEXT_M = 15.0  # at least this much ground around the polygon
 BEFORE_COLOUR = (0, 215, 255)  # BGR: amber
 AFTER_COLOUR = (40, 40, 255)  # BGR: red
+HEIGHT_RANGE_M = 6.0  # the height panel's colours saturate at +-6 m (two storeys)
+HEIGHT_OUTLINE = (0, 0, 0)  # BGR: black (red and blue are the gain and the loss)
+HEIGHT_NODATA = (160, 160, 160)  # BGR: grey where a DSM has no height
 
 
 def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
@@ -115,8 +133,95 @@ def draw_outline(image: np.ndarray, geometry: BaseGeometry, bounds, colour: tupl
             cv2.polylines(image, [points], isClosed=True, color=colour, thickness=thickness, lineType=cv2.LINE_AA)
 
 
-def render_chip(geometry: BaseGeometry, crs, baseline_path: Path, current_path: Path, *, title: str = "") -> np.ndarray:
-    """The evidence image: a title strip over 'before' (baseline) and 'after' (current) panels, BGR uint8."""
+def height_colours(diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(H, W, 3) BGR uint8 of a height difference: white at 0, red for a gain, blue for a loss.
+
+    Full red (0, 0, 255) or blue (255, 0, 0) at ``+-HEIGHT_RANGE_M``; a gain ``d`` between has
+    blue and green ``round(255 (1 - d / HEIGHT_RANGE_M))``; invalid pixels are :data:`HEIGHT_NODATA`.
+    """
+    t = np.clip(np.abs(diff) / HEIGHT_RANGE_M, 0.0, 1.0)
+    fade = np.round(255.0 * (1.0 - t)).astype(np.uint8)
+    full = np.full(diff.shape, 255, np.uint8)
+    gain = diff >= 0
+    bgr = np.stack([np.where(gain, fade, full), fade, np.where(gain, full, fade)], axis=-1)
+    bgr[~valid] = HEIGHT_NODATA
+    return bgr
+
+
+def read_height_difference(dsm: "DsmPair", crs, bounds: tuple[float, float, float, float], width: int,
+                           height: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Current − baseline height (metres) on a chip's grid, the chip's vertical offset removed.
+
+    Parameters
+    ----------
+    dsm : detector.night.height.DsmPair
+        The run's validated DSM pair (paths, units, offset).
+    crs : pyproj.CRS
+        The CRS of ``bounds``.
+    bounds : tuple
+        (left, bottom, right, top).
+    width, height : int
+        Pixels.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, float)
+        (H, W) float32 difference (0 where invalid), (H, W) bool validity, the offset removed.
+
+    Raises
+    ------
+    InputError
+        A DSM cannot be read.
+    """
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    from detector.night.height import DsmReader, local_offset
+
+    transform = from_bounds(*bounds, width, height)
+    east_m, north_m = unit_lengths_m(crs, (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
+    gsd = (bounds[2] - bounds[0]) * east_m / width
+    heights = []
+    for info, scale in ((dsm.baseline, dsm.baseline_scale), (dsm.current, dsm.current_scale)):
+        try:
+            reader = DsmReader(info, crs.to_wkt(), transform, width, height, scale)
+            try:
+                heights.append(reader.read(0, 0, width, height))
+            finally:
+                reader.close()
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            raise InputError(f"{info.path}: cannot read the DSM for the evidence chip ({exc})") from None
+    (hb, vb), (hc, vc) = heights
+    valid = vb & vc
+    offset, _ = local_offset(hb, hc, valid, gsd, dsm) if valid.any() else (dsm.offset_m, dsm.noise_m)
+    diff = np.where(valid, hc - hb - offset, 0.0).astype(np.float32)
+    return diff, valid, float(offset)
+
+
+def _label(image: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.55) -> None:
+    import cv2
+
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _height_panel(geometry: BaseGeometry, crs, bounds, dsm: "DsmPair") -> np.ndarray:
+    diff, valid, _ = read_height_difference(dsm, crs, bounds, CHIP_PANEL_PX, CHIP_PANEL_PX)
+    panel = height_colours(diff, valid)
+    draw_outline(panel, geometry, bounds, HEIGHT_OUTLINE)
+    _label(panel, "height", (6, CHIP_PANEL_PX - 8))
+    _label(panel, f"red +{HEIGHT_RANGE_M:g} m, blue -{HEIGHT_RANGE_M:g} m", (6, 16), 0.4)
+    return panel
+
+
+def render_chip(geometry: BaseGeometry, crs, baseline_path: Path, current_path: Path, *, title: str = "",
+                dsm: Optional["DsmPair"] = None) -> np.ndarray:
+    """The evidence image: a title strip over 'before' (baseline) and 'after' (current) panels, BGR uint8.
+
+    With ``dsm`` a third panel, the height difference (module docstring): the image is
+    ``HEADER_PX + CHIP_PANEL_PX`` high and ``n * CHIP_PANEL_PX + (n - 1) * GAP_PX`` wide for
+    ``n`` = 2 or 3 panels.
+    """
     import cv2
 
     bounds = chip_bounds(geometry, crs)
@@ -125,15 +230,21 @@ def render_chip(geometry: BaseGeometry, crs, baseline_path: Path, current_path: 
         rgb = read_rgb(path, crs, bounds, CHIP_PANEL_PX, CHIP_PANEL_PX)
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         draw_outline(bgr, geometry, bounds, colour)
-        cv2.putText(bgr, label, (6, CHIP_PANEL_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(bgr, label, (6, CHIP_PANEL_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+        _label(bgr, label, (6, CHIP_PANEL_PX - 8))
         panels.append(bgr)
-    width = 2 * CHIP_PANEL_PX + GAP_PX
+    if dsm is not None:
+        try:
+            panels.append(_height_panel(geometry, crs, bounds, dsm))
+        except InputError as exc:
+            log.warning("evidence chip without its height panel: %s", exc)
+    width = len(panels) * CHIP_PANEL_PX + (len(panels) - 1) * GAP_PX
     canvas = np.full((HEADER_PX + CHIP_PANEL_PX, width, 3), 255, dtype=np.uint8)
-    canvas[HEADER_PX:, :CHIP_PANEL_PX] = panels[0]
-    canvas[HEADER_PX:, CHIP_PANEL_PX + GAP_PX:] = panels[1]
+    for index, panel in enumerate(panels):
+        left = index * (CHIP_PANEL_PX + GAP_PX)
+        canvas[HEADER_PX:, left:left + CHIP_PANEL_PX] = panel
     if title:
-        cv2.putText(canvas, title[:70], (6, HEADER_PX - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, title[:70 if len(panels) == 2 else 105], (6, HEADER_PX - 6), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return canvas
 
 
@@ -148,7 +259,8 @@ def write_png_atomic(path: Path, image_bgr: np.ndarray) -> Path:
 
 
 def write_evidence_chip(
-    path: Path, geometry: BaseGeometry, crs, baseline_path: Path, current_path: Path, *, title: str = ""
+    path: Path, geometry: BaseGeometry, crs, baseline_path: Path, current_path: Path, *, title: str = "",
+    dsm: Optional["DsmPair"] = None,
 ) -> Path:
     """Render and write one case's before/after chip.
 
@@ -164,9 +276,11 @@ def write_evidence_chip(
         The two orthomosaics (any CRS; reprojected on the fly).
     title : str
         Text for the strip above the panels (case ID, date).
+    dsm : detector.night.height.DsmPair, optional
+        The run's DSM pair: adds the height-difference panel.
 
     Returns
     -------
     Path
     """
-    return write_png_atomic(Path(path), render_chip(geometry, crs, baseline_path, current_path, title=title))
+    return write_png_atomic(Path(path), render_chip(geometry, crs, baseline_path, current_path, title=title, dsm=dsm))

@@ -5,7 +5,8 @@
 1. :func:`detector.review.registry.update_registry` folds the night's candidates into
    ``cases.gpkg`` and returns what changed;
 2. before/after evidence chips (:mod:`detector.review.evidence`) for the cases opened tonight and
-   any case whose chip is missing (``cases.evidence``);
+   any case whose chip is missing (``cases.evidence``), with a height-difference panel when the
+   run has a DSM pair;
 3. the QGIS project ``cases.qgs`` next to the registry, created once and then only updated in
    the parts buildwatch owns (:mod:`detector.review.project`);
 4. ``report.html`` / ``report.csv`` in the run's folder (:mod:`detector.review.report`,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import geopandas
 
     from detector.config import CasesConfig
+    from detector.night.height import DsmPair
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def update_cases(
     baseline_path: Path,
     current_path: Path,
     out_dir: Path,
+    dsm: Optional["DsmPair"] = None,
 ) -> NightlyCases:
     """Fold one night's candidates into the case registry, then write evidence, project and report.
 
@@ -73,6 +76,8 @@ def update_cases(
         The orthomosaics, for evidence chips and the QGIS project.
     out_dir : Path
         The run's output folder: ``report.html`` and ``report.csv`` go there.
+    dsm : detector.night.height.DsmPair, optional
+        The run's validated DSM pair (``RunContext.dsm``): evidence chips get a height panel.
 
     Returns
     -------
@@ -88,7 +93,8 @@ def update_cases(
     finally:
         conn.close()
     if config.evidence:
-        result.evidence_paths = write_case_evidence(cases, update, crs, Path(baseline_path), Path(current_path))
+        result.evidence_paths = write_case_evidence(cases, update, crs, Path(baseline_path), Path(current_path),
+                                                    dsm=dsm)
     result.project_path = write_qgis_project(
         update.registry.with_suffix(".qgs"), registry=update.registry, crs=crs, baseline_path=Path(baseline_path),
         current_path=Path(current_path),
@@ -101,7 +107,7 @@ def update_cases(
 
 
 def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, baseline_path: Path,
-                        current_path: Path) -> list[Path]:
+                        current_path: Path, dsm: Optional["DsmPair"] = None) -> list[Path]:
     """Before/after chips for the cases opened tonight, any case whose chip is missing, and edited cases.
 
     A case whose outline or class changed since its chip was drawn (``evidence_hash`` differs
@@ -119,6 +125,9 @@ def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, basel
         The registry CRS.
     baseline_path, current_path : Path
         The orthomosaics.
+    dsm : detector.night.height.DsmPair, optional
+        The run's DSM pair: a third panel shows the height difference; the title says the
+        case's height change ("new storey, +3.1 m").
 
     Returns
     -------
@@ -140,10 +149,11 @@ def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, basel
                 hashes[case.fid] = key
             continue
         note = f"  (redrawn {night_label}: outline/class edited)" if edited else ""
+        height = f"  {case.height_change}" if dsm is not None and case.height_change else ""
         try:
             write_evidence_chip(
                 target, case.geometry, crs, baseline_path, current_path,
-                title=f"{case.case_id}  first seen {case.first_seen or night_label}{note}",
+                title=f"{case.case_id}  first seen {case.first_seen or night_label}{height}{note}", dsm=dsm,
             )
             written.append(target)
             hashes[case.fid] = key

@@ -5,8 +5,9 @@ applies it whenever the layer is added) holds
 
 * a categorised renderer on the status, with one more category ``alert`` (a demolition
   alert: the structure is still standing) drawn over everything else;
-* labels: case ID and area (m²), ``!`` before the ID of a case with an alert; labels of
-  neighbouring cases do not block each other (polygons are not label obstacles);
+* labels: case ID and area (m²), ``!`` before the ID of a case with an alert, and the height
+  change in words when a DSM pair measured one ("new storey, +3.1 m"); labels of neighbouring
+  cases do not block each other (polygons are not label obstacles);
 * the attribute form: a drop-down value map on ``status`` (the enforcement lifecycle), a date
   picker on ``demolition_due``, the ``evidence`` field shown as an image (ExternalResource,
   document viewer = image, path relative to the GeoPackage's folder), the run-owned fields
@@ -46,13 +47,16 @@ ALERT_STYLE = ("ALERT: still standing after demolition", (255, 0, 255))
 # the renderer's category: the status, or 'alert' while the run reports the structure still standing
 CATEGORY_EXPRESSION = "CASE WHEN \"alert\" IS NOT NULL AND \"alert\" <> '' THEN 'alert' ELSE \"status\" END"
 LABEL_EXPRESSION = ("CASE WHEN \"alert\" IS NOT NULL AND \"alert\" <> '' THEN '! ' ELSE '' END || \"case_id\" || "
-                    "'\\n' || format_number(\"area_m2\", 0) || ' m²'")
+                    "'\\n' || format_number(\"area_m2\", 0) || ' m²' || "
+                    "CASE WHEN \"height_change\" IS NOT NULL AND \"height_change\" <> '' "
+                    "THEN '\\n' || \"height_change\" ELSE '' END")
 EDITABLE_FIELDS = ("status", "demolition_due", "note")
 HIDDEN_FIELDS = (*INTERNAL_COLUMNS, "edited_by")
 READ_ONLY_FIELDS = (
     "fid", "case_id", "reviewer", "reviewed_at", "alert", "class", "area_m2", "lon", "lat", "community", "unit",
     "first_seen", "last_seen", "times_seen", "max_confidence", "last_confidence", "evidence", "tags", "candidate_id",
-    "first_run_id", "last_run_id", "model_name", "geometry_edited", "origin",
+    "first_run_id", "last_run_id", "model_name", "geometry_edited", "origin", "height_gain_m", "baseline_height_m",
+    "current_height_m", "height_change",
 )
 ALIASES = {
     "case_id": "Case ID", "status": "Review status", "reviewer": "Reviewer (set on status change)",
@@ -61,6 +65,8 @@ ALIASES = {
     "community": "Community", "unit": "Responsible unit", "first_seen": "First seen", "last_seen": "Last seen",
     "times_seen": "Nights seen", "max_confidence": "Max confidence", "evidence": "Evidence (before | after)",
     "geometry_edited": "Geometry edited by operator", "origin": "Origin (detector / operator)",
+    "height_change": "Height change", "height_gain_m": "Height gain (m, DSM)",
+    "baseline_height_m": "Height before (m above ground)", "current_height_m": "Height now (m above ground)",
 }
 EVIDENCE_ROOT_EXPRESSION = "file_path(layer_property(@layer, 'path'))"  # the folder of cases.gpkg
 USER_EXPRESSION = "if(length(@user_full_name) > 0, @user_full_name, @user_account_name)"
@@ -266,7 +272,8 @@ def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
     ET.SubElement(root, "previewExpression").text = '"case_id"'
     ET.SubElement(root, "mapTip").text = (
         '<b>[% "case_id" %]</b> [% "status" %] <b style="color:#c0c">[% coalesce("alert", \'\') %]</b><br>'
-        '[% "class" %], [% format_number("area_m2", 0) %] m²<br>'
+        '[% "class" %], [% format_number("area_m2", 0) %] m²[% if(length(coalesce("height_change", \'\')) > 0, '
+        '\', \' || "height_change", \'\') %]<br>'
         'seen [% "times_seen" %]× ([% "first_seen" %] – [% "last_seen" %])'
     )
 

@@ -17,7 +17,11 @@ transaction it
   ``demolition_ordered`` past its ``demolition_due`` date, that is seen again gets an
   ``alert`` (kept until a night whose mosaic covers it does not see it, or its status changes);
 * recomputes ``area_m2``, ``lon``, ``lat`` of every case from its stored geometry (an operator's
-  corrected outline included).
+  corrected outline included);
+* carries the height change of a run with a DSM pair: ``height_gain_m``, ``baseline_height_m``,
+  ``current_height_m`` of the case's strongest candidate that has them, and ``height_change``
+  (the gain in words, :func:`detector.review.vocab.height_phrase`). A night without DSMs keeps the
+  last measured values.
 
 It returns what changed (:class:`RegistryUpdate`) and writes nothing else: the evidence
 chips, the QGIS project and the nightly report are written by the caller
@@ -49,9 +53,9 @@ from detector.review.matching import Sighting, match_candidates, reading_order
 from detector.review.qgis import cases_layer_qml
 from detector.review.triggers import ensure_schema
 from detector.review.vocab import (CASE_COLUMNS, CASES_STYLE_DESCRIPTION, CASES_STYLE_NAME, CASES_TABLE,
-                                   DEMOLITION_ORDERED, GEOMETRY_COLUMN, HISTORY_TABLE, INTERNAL_COLUMNS, MUST_BE_GONE_STATUSES, NEW,
-                                   NIGHTS_TABLE, ORIGIN_DETECTOR, PERMITTED, REQUIRED_CANDIDATE_COLUMNS,
-                                   SIGHTINGS_TABLE, SUPPRESSING_STATUSES)
+                                   DEMOLITION_ORDERED, GEOMETRY_COLUMN, HEIGHT_COLUMNS, HISTORY_TABLE, INTERNAL_COLUMNS,
+                                   MUST_BE_GONE_STATUSES, NEW, NIGHTS_TABLE, ORIGIN_DETECTOR, PERMITTED,
+                                   REQUIRED_CANDIDATE_COLUMNS, SIGHTINGS_TABLE, SUPPRESSING_STATUSES, height_phrase)
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas
@@ -113,6 +117,10 @@ class CaseRow:
     case_class: Optional[str] = None
     origin: Optional[str] = None
     evidence_hash: Optional[str] = None
+    height_gain_m: Optional[float] = None
+    baseline_height_m: Optional[float] = None
+    current_height_m: Optional[float] = None
+    height_change: Optional[str] = None
 
     @property
     def operator_edited(self) -> bool:
@@ -292,7 +300,9 @@ def read_cases(conn: sqlite3.Connection) -> list[CaseRow]:
                 community=row["community"], evidence=row["evidence"], alert=row.get("alert"),
                 demolition_due=row.get("demolition_due"), area_m2=row.get("area_m2"), lon=row.get("lon"),
                 lat=row.get("lat"), case_class=row.get("class"), origin=row.get("origin"),
-                evidence_hash=row.get("evidence_hash"),
+                evidence_hash=row.get("evidence_hash"), height_gain_m=row.get("height_gain_m"),
+                baseline_height_m=row.get("baseline_height_m"), current_height_m=row.get("current_height_m"),
+                height_change=row.get("height_change"),
             )
         )
     return cases
@@ -594,6 +604,19 @@ def _strongest(frame, sightings: list[Sighting]) -> Sighting:
     return max(sightings, key=lambda s: (float(frame["confidence"].iloc[s.candidate_index]), s.iou))
 
 
+def _height_fields(frame, sightings: list[Sighting], case_class) -> dict:
+    """Height columns from the strongest of ``sightings`` whose candidate has a height gain ({} when none has)."""
+    measured = [s for s in sightings if _candidate_value(frame, "height_gain_m", s.candidate_index) is not None]
+    if not measured:
+        return {}
+    index = _strongest(frame, measured).candidate_index
+    fields = {name: float(_candidate_value(frame, name, index)) if _candidate_value(frame, name, index) is not None
+              else None for name in HEIGHT_COLUMNS}
+    fields["height_change"] = height_phrase(fields["height_gain_m"], fields["baseline_height_m"],
+                                            fields["current_height_m"], case_class)
+    return fields
+
+
 def _run_fields(geometry, lonlat, crs, boundaries, frame, index, srs_id) -> dict:
     """Run-owned fields derived from one candidate's geometry (``lonlat``: its WGS84 point)."""
     lon, lat = lonlat
@@ -637,6 +660,7 @@ def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs
     else:
         fields.update(_run_fields(geometries[index], lonlats[index], crs, boundaries, frame, index, srs_id))
         fields["geometry_edited"] = 0
+    fields.update(_height_fields(frame, sightings, fields.get("class") or case.case_class))
     assignments = ", ".join(f'"{name}" = ?' for name in fields)
     conn.execute(f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?', (*fields.values(), case.fid))
     return fields.get("class")
@@ -668,6 +692,7 @@ def _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, 
             "detected_wkb": shapely.to_wkb(geometries[index], byte_order=1, output_dimension=2),
         }
     )
+    fields.update(_height_fields(frame, group, fields["class"]))
     names = ", ".join(f'"{name}"' for name in fields)
     marks = ", ".join("?" for _ in fields)
     conn.execute(f'INSERT INTO "{CASES_TABLE}" ({names}) VALUES ({marks})', tuple(fields.values()))

@@ -7,7 +7,9 @@ summary whose counts add up (new tonight + earlier cases seen tonight + earlier 
 tonight = cases in the registry, on a rerun too), what needs attention (demolition alerts, open
 cases not seen tonight, cases whose detected class changed tonight), a map of the cases over the
 current orthomosaic with its legend, the open backlog as a list (oldest first) and before/after
-thumbnails of tonight's new cases, all inline (base64 JPEG; no external URL). ``report.csv`` is
+thumbnails of tonight's new cases, all inline (base64 JPEG; no external URL). Where the cases
+carry a height change (runs with a DSM pair), the backlog and the captions say it in words
+("new storey, +3.1 m"). ``report.csv`` is
 UTF-8 with a byte-order mark, so Excel in any locale reads community names correctly.
 """
 
@@ -202,11 +204,15 @@ def _jpeg_data_uri(image_bgr: np.ndarray, quality: int = 82) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
-def _file_data_uri(path: Path) -> Optional[str]:
+THUMB_SCALE = 0.75  # evidence chips at 3/4 size: two panels 387 px wide, three (with a height panel) 582 px
+
+
+def _file_data_uri(path: Path) -> tuple[Optional[str], int]:
+    """An image file as a JPEG data URI and the width to show it at (None, 0 when unreadable)."""
     import cv2
 
     image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.exists() else None
-    return None if image is None else _jpeg_data_uri(image)
+    return (None, 0) if image is None else (_jpeg_data_uri(image), round(image.shape[1] * THUMB_SCALE))
 
 
 # --------------------------------------------------------------------------- writing
@@ -279,9 +285,17 @@ def legend_entries(cases) -> list[tuple[str, str, int]]:
     return entries
 
 
-def _case_table(esc, rows, night, columns=("case", "status", "class", "community", "area", "first", "last", "age")):
+CASE_TABLE_COLUMNS = ("case", "status", "class", "community", "area", "first", "last", "age")
+
+
+def _height_text(row) -> str:
+    return _text(getattr(row, "height_change", None), "")
+
+
+def _case_table(esc, rows, night, columns=CASE_TABLE_COLUMNS):
     heads = {"case": "Case", "status": "Status", "class": "Class", "community": "Community", "area": "Area (m²)",
-             "first": "First seen", "last": "Last seen", "age": "Open (days)", "why": "Why"}
+             "first": "First seen", "last": "Last seen", "age": "Open (days)", "why": "Why",
+             "height": "Height change"}
     parts = ["<table><tr>" + "".join(f"<th>{heads[c]}</th>" for c in columns) + "</tr>"]
     for row, why in rows:
         cells = {
@@ -294,6 +308,7 @@ def _case_table(esc, rows, night, columns=("case", "status", "class", "community
             "last": esc(_text(row.last_seen)),
             "age": "–" if _age_days(row, night) is None else str(_age_days(row, night)),
             "why": esc(why),
+            "height": esc(_height_text(row) or "–"),
         }
         parts.append("<tr>" + "".join(f"<td>{cells[c]}</td>" for c in columns) + "</tr>")
     parts.append("</table>")
@@ -396,16 +411,20 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
                      key=lambda r: (-(_age_days(r, night) or 0), r.case_id)) if len(cases) else []
     parts.append(f"<h2>Open backlog ({len(backlog)}, oldest first)</h2>")
     if backlog:
-        parts += _case_table(esc, [(row, "") for row in backlog], night)
+        with_height = any(_height_text(row) for row in backlog)
+        columns = (*CASE_TABLE_COLUMNS[:5], "height", *CASE_TABLE_COLUMNS[5:]) if with_height else CASE_TABLE_COLUMNS
+        parts += _case_table(esc, [(row, "") for row in backlog], night, columns)
     parts.append(f"<h2>New tonight ({len(new_tonight)})</h2>")
     if len(new_tonight):
         parts.append("<div class='thumbs'>")
         for number, row in enumerate(new_tonight.itertuples(index=False), start=1):
-            uri = _file_data_uri(registry.parent / row.evidence) if isinstance(row.evidence, str) else None
-            image = f"<img alt='evidence {esc(row.case_id)}' src='{uri}' width='388'>" if uri else "<p>(no evidence chip)</p>"
+            uri, width = _file_data_uri(registry.parent / row.evidence) if isinstance(row.evidence, str) else (None, 0)
+            image = (f"<img alt='evidence {esc(row.case_id)}' src='{uri}' width='{width}'>" if uri
+                     else "<p>(no evidence chip)</p>")
             caption = (f"{number}. <b>{esc(row.case_id)}</b> · {esc(_text(row.case_class))} · {esc(_text(row.community))} · "
-                       f"{float(row.area_m2 or 0):.0f} m² · conf {float(row.max_confidence or 0):.2f} · "
-                       f"{float(row.lat):.6f}, {float(row.lon):.6f}")
+                       f"{float(row.area_m2 or 0):.0f} m² · "
+                       + (f"<b>{esc(_height_text(row))}</b> · " if _height_text(row) else "")
+                       + f"conf {float(row.max_confidence or 0):.2f} · {float(row.lat):.6f}, {float(row.lon):.6f}")
             parts.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
         parts.append("</div>")
     else:

@@ -68,6 +68,10 @@ CASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("alert", "TEXT"),
     ("class", "TEXT"),
     ("area_m2", "REAL"),
+    ("height_gain_m", "REAL"),  # with a DSM pair: the candidate's height gain (see height_phrase)
+    ("baseline_height_m", "REAL"),  # its height above the ground before
+    ("current_height_m", "REAL"),  # and now
+    ("height_change", "TEXT"),  # the gain in words, e.g. "new storey, +3.1 m" (height_phrase)
     ("lon", "REAL"),
     ("lat", "REAL"),
     ("community", "TEXT"),
@@ -92,6 +96,9 @@ CASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("logged_geom", "BLOB"),  # the geometry as last written to the history (see review.triggers)
 )
 
+# the height columns of a run's candidates layer a case carries (detector.night.height; NULL without DSMs)
+HEIGHT_COLUMNS = ("height_gain_m", "baseline_height_m", "current_height_m")
+
 # the columns of a run's ``candidates`` layer the registry needs
 REQUIRED_CANDIDATE_COLUMNS = ("candidate_id", "class", "confidence", "geometry")
 
@@ -104,3 +111,49 @@ def cases_field_names() -> list[str]:
     list[str]
     """
     return ["fid", *[name for name, _ in CASE_COLUMNS]]
+
+
+# --------------------------------------------------------------------------- height change in words
+
+NO_HEIGHT_CHANGE_M = 1.25  # |gain| below this is "no height change" (half of height.min_gain_m's default)
+EXISTING_ROOF_M = 2.0  # a baseline this high above the ground is a roof: a gain on it is a storey (height.existing_roof_m)
+STOREY_M = 3.0  # one storey, for the count of storeys added
+
+
+def height_phrase(gain_m, baseline_m=None, current_m=None, case_class=None) -> str:
+    """A case's height change in words, as the QGIS form, the report and ``cases show`` print it.
+
+    Parameters
+    ----------
+    gain_m : float or None
+        ``height_gain_m`` (None or NaN: no DSM measured it; the phrase is empty).
+    baseline_m, current_m : float, optional
+        Heights above the ground before and now.
+    case_class : str, optional
+        The detected class (``new_building`` says "new building", other classes "new structure").
+
+    Returns
+    -------
+    str
+        ``"new storey, +3.1 m"`` (gain on a roof at least :data:`EXISTING_ROOF_M` high; ``"2 new
+        storeys, +6.2 m"`` for about two :data:`STOREY_M`), ``"new building, +6.0 m"``
+        (gain from the ground; ``"(4.5 m high)"`` added when the current height is not the gain), ``"no height change (+0.2 m)"``, ``"lower by 3.0 m"``, or ``""``.
+    """
+
+    def missing(value) -> bool:
+        return value is None or (isinstance(value, float) and value != value)
+
+    if missing(gain_m):
+        return ""
+    gain = float(gain_m)
+    if abs(gain) < NO_HEIGHT_CHANGE_M:
+        return f"no height change ({gain:+.1f} m)"
+    if gain < 0:
+        return f"lower by {-gain:.1f} m"
+    if not missing(baseline_m) and float(baseline_m) >= EXISTING_ROOF_M:
+        storeys = max(1, round(gain / STOREY_M))
+        return f"{'new storey' if storeys == 1 else f'{storeys} new storeys'}, +{gain:.1f} m"
+    what = "new building" if case_class == "new_building" else "new structure"
+    # "(4.5 m high)" only when it says more than the gain (something stood there before)
+    high = "" if missing(current_m) or abs(float(current_m) - gain) < 0.5 else f" ({float(current_m):.1f} m high)"
+    return f"{what}, +{gain:.1f} m{high}"
