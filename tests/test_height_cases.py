@@ -95,7 +95,6 @@ def test_evidence_chip_has_a_height_panel(height_night):
     chip = cv2.imread(str(registry.parent / c["evidence"]))[HEADER_PX:, left:].astype(int)
     centre = np.median(chip[124:132, 124:132].reshape(-1, 3), axis=0)
     assert centre[2] == 255 and abs(centre[0] - 128) <= 7 and abs(centre[1] - 128) <= 7
-    # the image panels are those of a chip without DSMs (same size, same place)
     assert (chip[30:40, 5:15] >= 240).all()  # ground next to the house: no height change (white)
     assert "new storey" in summary.cases.report_html.read_text(encoding="utf-8")
 
