@@ -10,7 +10,9 @@ from datetime import date
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from detector.errors import ConfigError
 from detector.fileio import apply_dotted_overrides, read_yaml_mapping
@@ -18,6 +20,24 @@ from detector.fileio import apply_dotted_overrides, read_yaml_mapping
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: Most worker processes / ONNX threads a setting may ask for: a few per core. More only
+#: oversubscribes the machine (``detect.intra_op_threads: 100000`` would hang it).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
+def _bounded_threads(value: int) -> int:
+    if value > MAX_THREADS:
+        raise ValueError(f"{value} is more than 4 x the {os.cpu_count()} CPU cores ({MAX_THREADS}); "
+                         "more would only oversubscribe the machine")
+    return value
+
+
+def _no_empty_path(value):
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty; give a path (or leave the setting out)")
+    return value
 
 
 class ExclusionLayer(_Strict):
@@ -33,12 +53,15 @@ class ExclusionLayer(_Strict):
 
 
 class DetectConfig(_Strict):
-    conf: Optional[float] = Field(None, ge=0, le=1, description="None = the model's recommendation")
+    conf: Optional[float] = Field(None, gt=0, le=1, description="None = the model's recommendation; 0 would keep "
+                                  "every anchor")
     iou: Optional[float] = Field(None, ge=0, le=1)
     overlap_px: Optional[int] = Field(None, ge=0, description="None = the model's recommendation")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=256)
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # those available are used
     intra_op_threads: int = Field(1, ge=1)
+
+    _threads = field_validator("intra_op_threads")(_bounded_threads)
 
 
 class AlignConfig(_Strict):
@@ -98,6 +121,8 @@ class HeightConfig(_Strict):
 
 
 class CasesConfig(_Strict):
+    _paths = field_validator("registry", "boundaries", mode="before")(_no_empty_path)
+
     registry: Optional[Path] = None  # cases.gpkg; None = do not update a case registry
     district_prefix: str = ""
     boundaries: Optional[Path] = None  # communities/grids, any OGR format and CRS
@@ -118,6 +143,10 @@ class RunConfig(_Strict):
     baseline_dsm: Optional[Path] = None  # DSM of the baseline survey (optional; both or neither)
     current_dsm: Optional[Path] = None
     workers: int = Field(2, ge=1)
+    min_coverage: float = Field(0.01, ge=0, le=1, description="refuse a current mosaic holding imagery for less "
+                                "than this share of the baseline (an unprocessed flight is not 'nothing new')")
+    scheduler: Optional[str] = Field(None, description="Dask scheduler address (tcp://host:8786): tiles run on "
+                                     "that cluster's workers (pip install 'buildwatch[dask]'); None = local processes")
     resume: bool = True
     progress: bool = True
     detect: DetectConfig = DetectConfig()
@@ -125,6 +154,10 @@ class RunConfig(_Strict):
     change: ChangeConfig = ChangeConfig()
     cases: CasesConfig = CasesConfig()
     height: HeightConfig = HeightConfig()
+
+    _paths = field_validator("baseline", "current", "out", "model", "baseline_dsm", "current_dsm",
+                             mode="before")(_no_empty_path)
+    _workers = field_validator("workers")(_bounded_threads)
 
 
 def _resolve_relative_paths(data: dict, base: Path) -> None:

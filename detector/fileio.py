@@ -7,13 +7,20 @@ QGIS) would read it.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from detector.errors import ConfigError
+from detector.errors import ConfigError, InputError, OutputError
+
+#: Largest YAML settings file read (a config is a few KB; anything bigger is the wrong file).
+MAX_YAML_BYTES = 1 << 20
 
 
 def readable_mode() -> int:
@@ -68,16 +75,197 @@ def apply_dotted_overrides(data: dict, overrides: dict | None) -> dict:
 
 
 def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "") -> dict:
-    """A YAML file's top-level mapping; :class:`ConfigError` naming the file otherwise."""
+    """A YAML file's top-level mapping; :class:`ConfigError` naming the file otherwise.
+
+    Refused with one line: a missing, special (FIFO, device) or oversized file, binary or
+    non-UTF-8 content, invalid YAML, impossible values (``2026-02-30``), nesting deep enough to
+    exhaust the parser, or a top level that is not a mapping.
+    """
     import yaml
 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: {what} not found{hint}")
+    check_regular_file(path, what, error=ConfigError)
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {what} is {path.stat().st_size / 1e6:.1f} MB; a settings file is a few KB: "
+                          "is this the right file?")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (a binary file?); give a YAML file") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: {what} is not text (a binary file?); give a YAML file")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: {what} is nested too deeply to be a settings file") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date 2026-02-30 in the YAML timestamp form
+        raise ConfigError(f"{path}: {what} holds an impossible value ({exc}); fix it") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     return data
+
+
+# --------------------------------------------------------------------------- up-front checks
+
+def check_regular_file(path: Path | str, what: str, *, error: type = InputError) -> Path:
+    """Refuse anything but an existing, readable regular file (folders, FIFOs, devices, sockets).
+
+    A FIFO named ``*.tif`` would block the first read forever; a folder given as a model fails
+    deep inside a library. Both are refused here with one line naming ``path``.
+
+    Raises
+    ------
+    InputError (or ``error``)
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found; check the path") from None
+    except OSError as exc:
+        raise error(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path}: {what} is a folder; give a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device, socket or other special file"
+        raise error(f"{path}: {what} is {kind}, not a regular file; copy the data to a file and give that")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: {what} is not readable (permission denied); fix its permissions")
+    return path
+
+
+def free_bytes(folder: Path | str) -> int:
+    """Free space available to this user on the file system holding ``folder``."""
+    return shutil.disk_usage(folder).free
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_folder(folder: Path | str, *, what: str = "output folder", files: tuple[str, ...] = (),
+                        folders: tuple[str, ...] = (), need_bytes: int = 0) -> Path:
+    """Check, before any work, that ``folder`` can take the outputs; :class:`OutputError` otherwise.
+
+    Parameters
+    ----------
+    folder : path
+        The output folder (created later if missing; its nearest existing parent is checked).
+    files, folders : tuple of str
+        Names inside ``folder`` that will be written as files / used as folders: a folder
+        where a file belongs (or the reverse) is refused now, not after the whole run.
+    need_bytes : int
+        Estimated size of the outputs; refused when the file system has less free.
+    """
+    folder = Path(folder)
+    if str(folder).strip() == "" or str(folder) == ".":
+        raise OutputError("the output folder is empty (''); give --out a folder name")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: {what} is a file; give a folder (or remove the file)")
+    base = _existing_ancestor(folder)
+    if not base.is_dir():
+        raise OutputError(f"{folder}: {what} cannot be created: {base} is a file")
+    probe_dir = folder if folder.is_dir() else base
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".buildwatch-probe.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = {errno.EROFS: "is on read-only storage", errno.ENOSPC: "is on a full disk"}.get(
+            exc.errno, f"is not writable ({exc.strerror})")
+        raise OutputError(f"{probe_dir}: {what} {reason}; choose a writable folder") from None
+    for name in files:
+        if (folder / name).is_dir():
+            raise OutputError(f"{folder / name}: is a folder but buildwatch writes a file there; remove or rename it")
+    for name in folders:
+        if (folder / name).exists() and not (folder / name).is_dir():
+            raise OutputError(f"{folder / name}: is a file but buildwatch keeps a folder there; remove or rename it")
+    if need_bytes:
+        free = free_bytes(probe_dir)
+        if free < need_bytes:
+            raise OutputError(f"{probe_dir}: {what} has {free / 1e6:.0f} MB free, the run needs about "
+                              f"{need_bytes / 1e6:.0f} MB; free space or choose another folder")
+    return folder
+
+
+# --------------------------------------------------------------------------- locks and leftovers
+
+@contextmanager
+def exclusive_lock(lock_path: Path | str, what: str, *, wait: bool = False) -> Iterator[Path]:
+    """Hold an advisory ``flock`` on ``lock_path`` for the block (released by the OS if killed).
+
+    Parameters
+    ----------
+    lock_path : path
+        The lock file (created; left in place, it holds no data).
+    what : str
+        What the lock protects, for the message.
+    wait : bool
+        Block until the lock is free (for short critical sections, e.g. a registry update);
+        otherwise refuse at once with :class:`OutputError` naming the holder's PID.
+    """
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise OutputError(f"{lock_path.parent}: another buildwatch process (pid {holder}) is using {what}; "
+                              "wait for it to finish (or give another --out)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+TEMP_MARKER = ".tmp"  # every temporary name buildwatch writes is hidden (".name.") and holds this
+
+
+def clean_stale_temps(folder: Path | str, *, older_than_s: float = 0.0) -> list[Path]:
+    """Remove temporary files (and SQLite ``-journal``/``-wal``/``-shm`` and ``.ovr`` companions)
+    and temporary folders that a killed process left in ``folder`` (not recursive).
+
+    Call it only while holding the folder's lock (:func:`exclusive_lock`), so that no live
+    process's temporary file is removed. Names: hidden (``.``) and holding ``.tmp`` (from
+    :func:`atomic_path` and the GeoPackage writers), or ``.ortho-*`` / ``.ingest-*`` work folders.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.iterdir():
+        name = p.name
+        if not name.startswith("."):
+            continue
+        litter = TEMP_MARKER in name or name.startswith((".ortho-", ".ingest-"))
+        if not litter:
+            continue
+        try:
+            if older_than_s and now - p.lstat().st_mtime < older_than_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            continue
+    return removed

@@ -96,16 +96,13 @@ def test_truncated_tiff(capsys, tmp_path, pair):
     _assert_clean_failure(code, err, out, "cut.tif")
 
 
-def test_all_nodata_runs_with_zero_candidates(capsys, tmp_path, pair):
+def test_all_nodata_current_is_refused_not_reported_as_nothing_new(capsys, tmp_path, pair):
+    """A night that saw nothing is not 'zero increment': exit 2 before any output."""
     b, c, m = pair
     empty = write_geotiff(tmp_path / "empty.tif", np.zeros((600, 600, 3), np.uint8), "EPSG:4547", T, nodata=0)
     code, err, out = _run(capsys, tmp_path, b, empty, m)
-    assert code == 0
-    import geopandas as gpd
-
-    assert len(gpd.read_file(out / "candidates.gpkg", layer="candidates")) == 0
-    tiles = gpd.read_file(out / "candidates.gpkg", layer="tiles")
-    assert (tiles.status == "nodata").all()
+    _assert_clean_failure(code, err, out, "covers 0.0% of the baseline")
+    assert "was the flight processed?" in err[0]
 
 
 @pytest.mark.parametrize("kind,needle", [

@@ -137,11 +137,14 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
     from rasterio.errors import RasterioIOError
     from rasterio.windows import Window
 
+    from detector.fileio import check_regular_file
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {what} not found; check the path")
     if path.is_dir():
         raise InputError(f"{path}: {what} is a folder; give a GeoTIFF file")
+    check_regular_file(path, what)  # a FIFO would block GDAL's first read forever
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
@@ -150,6 +153,13 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
             t = src.transform
             if t.is_identity:
                 raise InputError(f"{path}: {what} has no georeferencing (identity geotransform)")
+            if src.crs.is_geographic:
+                left, bottom, right, top = src.bounds
+                if not (-180.5 <= min(left, right) and max(left, right) <= 360.5
+                        and -90.5 <= min(bottom, top) and max(bottom, top) <= 90.5):
+                    raise InputError(f"{path}: {what} is labelled {src.crs.to_string()} (degrees) but its corners "
+                                     f"({left:.0f}, {top:.0f}) are not longitudes/latitudes: the CRS label is wrong; "
+                                     "assign the right one (gdal_edit.py -a_srs EPSG:...)")
             if north_up and (t.b != 0 or t.d != 0 or t.e >= 0):
                 raise InputError(f"{path}: {what} is not a north-up grid; warp it first (gdalwarp)")
             dtype = src.dtypes[0]

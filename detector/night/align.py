@@ -261,21 +261,16 @@ def _as_tuple(matrix) -> tuple:
 
 def estimate_mosaic_model(baseline_info, current_info, grid, stretches=(None, None), *, max_shift_m: float = 3.0,
                           min_inliers: int = 4, min_spread: float = 0.25) -> MosaicModel:
-    """The mosaic model from a coarse read of both mosaics (overviews; bounded memory).
+    """The mosaic model from a coarse read of both mosaics (decimated reads; memory flat in the extent).
 
     Returned in pixels of the *working* grid (the coarse fit is scaled back).
     """
-    from detector.night.mosaic import EpochReader
+    from detector.night.mosaic import coarse_grid, read_coarse
 
-    factor = max(1.0, max(grid.width, grid.height) / COARSE_MAX_SIDE)
-    coarse = replace(grid, gsd=grid.gsd * factor, width=max(1, int(grid.width / factor)),
-                     height=max(1, int(grid.height / factor)))
-    readers = [EpochReader(baseline_info, coarse, stretches[0]), EpochReader(current_info, coarse, stretches[1])]
-    try:
-        (b, vb), (c, vc) = (r.read(0, 0, coarse.width, coarse.height) for r in readers)
-    finally:
-        for r in readers:
-            r.close()
+    coarse, factor = coarse_grid(grid, COARSE_MAX_SIDE)
+    # read_coarse: decimated reads, flat in the extent even without overviews
+    b, vb = read_coarse(baseline_info, coarse, stretches[0])
+    c, vc = read_coarse(current_info, coarse, stretches[1])
     valid = vb & vc
     model = fit_mosaic_model(structure_image(b, vb), structure_image(c, vc), coarse.gsd, max_shift_m,
                              min_inliers=min_inliers, min_spread=min_spread, valid=valid)

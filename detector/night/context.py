@@ -1,7 +1,12 @@
 """The run context: validated inputs, model, working grid and tile list of one night.
 
-:func:`prepare` checks everything that can be checked before a tile is processed (inputs,
-model, tile overlap, exclusion layers, the mosaic registration model) and returns a picklable
+:func:`prepare` checks everything that can be checked before a tile is processed -- every
+input is a regular readable file, the output folder (writable, enough free space, no folder
+where a file goes), the case registry and boundary layer, the model (GSD within
+:data:`MODEL_GSD_RANGE_M`), the mosaics' resolution against the model's, the size of the tile
+grid (:data:`MAX_TILES`), the coverage of tonight's mosaic over the baseline
+(``min_coverage``), the exclusion layers and the mosaic registration model -- so that a
+user-fixable problem is one line and exit 2 before any output exists; it returns a picklable
 :class:`RunContext` that every tile worker gets; :class:`NightRun` is what the main
 process's steps of one run share.
 """
@@ -10,20 +15,37 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
 from detector.config import RunConfig
-from detector.errors import ConfigError, InputError, ModelError
+from detector.errors import ConfigError, InputError, ModelError, OutputError
+from detector.fileio import check_output_folder, check_regular_file
 from detector.night.align import MosaicModel, estimate_mosaic_model
 from detector.night.height import DsmPair, prepare_dsms
-from detector.night.model import ModelSpec, load_model_spec
-from detector.night.mosaic import EpochReader, MosaicInfo, WorkingGrid, make_grid, open_mosaic
+from detector.night.model import DEFAULT_MODEL_PATH, ModelSpec, load_model_spec
+from detector.night.mosaic import EpochReader, MosaicInfo, WorkingGrid, coverage_of_baseline, make_grid, open_mosaic
+from detector.night.mosaic import source_gsd_m
 from detector.night.tiles import iter_tiles
 from detector.types import Tile, TileResult
 
 log = logging.getLogger(__name__)
+
+#: Working GSDs a model may declare (``buildwatch_gsd_m``): a drone model works at centimetres
+#: to a metre or two; 0.0001 m would make a 4 km² mosaic a 20-billion-pixel grid.
+MODEL_GSD_RANGE_M = (0.01, 5.0)
+#: A mosaic coarser than this many times the model's GSD cannot show what the model looks for.
+MAX_SOURCE_GSD_RATIO = 8.0
+#: Largest tile grid one run takes (~3,000 km² at 0.25 m, 512 px tiles): bounded memory and time.
+MAX_TILES = 250_000
+#: Files the run writes in its output folder, and folders it keeps there.
+OUTPUT_FILES = ("candidates.gpkg", "buildwatch.log", "report.html", "report.csv")
+OUTPUT_FOLDERS = ("work",)
+#: Free space a run needs: the GeoPackage and log, plus the per-tile work files.
+BASE_OUTPUT_BYTES = 32 << 20
+BYTES_PER_TILE = 16 << 10
 
 
 @dataclass
@@ -46,15 +68,24 @@ class RunContext:
 
 
 def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
-    """Validate inputs and model, build the working grid and the tile list."""
+    """Validate inputs, outputs and model, build the working grid and the tile list.
+
+    Raises
+    ------
+    BuildwatchError
+        One line naming the file, what is wrong and what to do; raised before any output exists.
+    """
     if cfg.baseline is None or cfg.current is None or cfg.out is None:
         raise ConfigError("need --baseline, --current and --out (or the same keys in --config)")
+    check_inputs(cfg)
+    check_output_folder(cfg.out, files=OUTPUT_FILES, folders=OUTPUT_FOLDERS)
     baseline = open_mosaic(cfg.baseline, "baseline")
     current = open_mosaic(cfg.current, "current")
     if baseline.is_rgb != current.is_rgb:
         raise InputError(f"{current.path}: current mosaic has {current.colour_bands} colour band(s) but the baseline "
                          f"{baseline.path.name} has {baseline.colour_bands}: both epochs must be RGB, or both panchromatic")
     spec = load_model_spec(cfg.model)
+    check_model_gsd(spec)
     size = spec.imgsz[0]
     if spec.imgsz[0] != spec.imgsz[1]:
         raise ModelError(f"{spec.path}: non-square input {spec.imgsz} is not supported")
@@ -67,8 +98,20 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     if overlap * spec.gsd_m < cfg.change.max_structure_m:
         log.warning("tile overlap %.1f m is smaller than change.max_structure_m %.1f m: larger structures may be "
                     "cut at tile borders", overlap * spec.gsd_m, cfg.change.max_structure_m)
+    for info in (baseline, current):
+        check_source_gsd(info, spec)
     _check_exclusions(cfg, cfg.current_date or current.acquired)
-    grid = make_grid(baseline, current, spec.gsd_m)
+    try:
+        grid = make_grid(baseline, current, spec.gsd_m)
+    except (OverflowError, ValueError) as exc:  # coordinates that do not fit the CRS (degrees vs metres)
+        raise InputError(f"{current.path}: its coordinates do not fit its CRS ({exc}); check the CRS label") from None
+    n_tiles = count_tiles(grid, size, overlap)
+    if n_tiles > MAX_TILES:
+        raise InputError(f"{cfg.baseline}: the pair makes {n_tiles:,} tiles of {size} px at {spec.gsd_m:g} m "
+                         f"(at most {MAX_TILES:,}); split the district into several runs")
+    check_output_folder(cfg.out, files=OUTPUT_FILES, folders=OUTPUT_FOLDERS,
+                        need_bytes=BASE_OUTPUT_BYTES + BYTES_PER_TILE * n_tiles)
+    _check_cases(cfg, grid)
     ctx = RunContext(
         baseline=baseline, current=current, grid=grid, spec=spec, config=cfg, size=size, overlap=overlap,
         conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
@@ -80,13 +123,112 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
             reader = EpochReader(info, grid)
             setattr(ctx, attr, reader.stretch)
             reader.close()
+    stretches = (ctx.stretch_baseline, ctx.stretch_current)
+    coverage = coverage_of_baseline(baseline, current, grid, stretches)
+    if coverage < cfg.min_coverage:
+        raise InputError(f"{current.path}: tonight's mosaic covers {coverage:.1%} of the baseline (less than "
+                         f"min_coverage {cfg.min_coverage:.1%}; all nodata, black or transparent there): was the "
+                         "flight processed?")
     if cfg.align.enabled:
         a = cfg.align
-        ctx.mosaic_model = estimate_mosaic_model(baseline, current, grid, (ctx.stretch_baseline, ctx.stretch_current),
-                                                 max_shift_m=a.max_shift_m, min_inliers=a.min_inliers,
-                                                 min_spread=a.min_spread)
+        ctx.mosaic_model = estimate_mosaic_model(baseline, current, grid, stretches, max_shift_m=a.max_shift_m,
+                                                 min_inliers=a.min_inliers, min_spread=a.min_spread)
     tiles = list(iter_tiles(grid, size, overlap))
     return ctx, tiles
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Every input the run reads is a regular, readable file (no folder, FIFO or device: a FIFO
+    would block the first read forever)."""
+    check_regular_file(cfg.baseline, "baseline mosaic")
+    check_regular_file(cfg.current, "current mosaic")
+    check_regular_file(cfg.model or DEFAULT_MODEL_PATH, "model file", error=ModelError)
+    for dsm, what in ((cfg.baseline_dsm, "baseline DSM"), (cfg.current_dsm, "current DSM")):
+        if dsm is not None:
+            check_regular_file(dsm, what)
+    for layer in cfg.change.exclusions:
+        check_regular_file(layer.path, f"exclusion layer ({layer.kind})")
+    if cfg.cases.boundaries is not None:
+        check_regular_file(cfg.cases.boundaries, "boundary layer (cases.boundaries)")
+
+
+def check_model_gsd(spec: ModelSpec) -> None:
+    """The model's working GSD is within :data:`MODEL_GSD_RANGE_M`."""
+    lo, hi = MODEL_GSD_RANGE_M
+    if not lo <= spec.gsd_m <= hi:
+        raise ModelError(f"{spec.path}: model metadata buildwatch_gsd_m = {spec.gsd_m:g} m is outside {lo:g}-{hi:g} m; "
+                         "the metadata is wrong: re-export the model")
+
+
+def check_source_gsd(info: MosaicInfo, spec: ModelSpec) -> None:
+    """A mosaic far coarser than the model's GSD (a thumbnail, a 100 m product) is refused."""
+    gsd = source_gsd_m(info)
+    if gsd > MAX_SOURCE_GSD_RATIO * spec.gsd_m:
+        raise InputError(f"{info.path}: pixels are {gsd:.3g} m, {gsd / spec.gsd_m:.0f}x coarser than the model's "
+                         f"{spec.gsd_m:g} m (at most {MAX_SOURCE_GSD_RATIO:g}x); is this the full-resolution "
+                         "orthomosaic?")
+
+
+def count_tiles(grid: WorkingGrid, size: int, overlap: int) -> int:
+    """Number of tiles :func:`iter_tiles` yields, without making them."""
+    stride = (size - overlap) * grid.gsd
+    cols = math.floor((grid.left + grid.width * grid.gsd - 1e-9) / stride) - math.floor(grid.left / stride) + 1
+    rows = (math.floor((-(grid.top - grid.height * grid.gsd) - 1e-9) / stride) - math.floor(-grid.top / stride) + 1)
+    return cols * rows
+
+
+def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
+    """The case registry and boundary layer are usable, checked read-only before any tile runs."""
+    c = cfg.cases
+    if c.registry is None:
+        if c.boundaries is not None:
+            log.warning("cases.boundaries is set but cases.registry is not: the boundary layer is not used")
+        return
+    registry = Path(c.registry)
+    if registry.exists():
+        check_regular_file(registry, "case registry (cases.registry)")
+        check_registry(registry)
+    check_output_folder(registry.parent, what="case registry folder", files=(registry.name,))
+    if registry.exists() and not os.access(registry, os.W_OK):
+        raise OutputError(f"{registry}: case registry is read-only; the nightly run updates it: fix its permissions")
+    if c.boundaries is not None:
+        from detector.review.boundaries import load_boundaries
+
+        load_boundaries(c.boundaries, c.boundary_name_field, c.boundary_unit_field, grid.crs_wkt)
+
+
+def check_registry(path: Path) -> None:
+    """``path`` is a buildwatch case registry: opened read-only (nothing is written, not even WAL).
+
+    Raises
+    ------
+    InputError
+        Not SQLite, no ``cases`` layer, or a ``cases`` table that is not buildwatch's (a foreign
+        GeoPackage).
+    """
+    import sqlite3
+
+    from detector.review.vocab import CASE_COLUMNS, CASES_TABLE, NIGHTS_TABLE, SIGHTINGS_TABLE
+
+    hint = "point cases.registry at a buildwatch cases.gpkg (or a new file name to start one)"
+    try:
+        conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        raise InputError(f"{path}: cannot open the case registry; {hint}") from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {CASES_TABLE, "gpkg_contents", SIGHTINGS_TABLE, NIGHTS_TABLE} <= tables:
+            raise InputError(f"{path}: not a buildwatch case registry (no '{CASES_TABLE}', '{SIGHTINGS_TABLE}' and "
+                             f"'{NIGHTS_TABLE}' tables); {hint}")
+        columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{CASES_TABLE}")')}
+        missing = [name for name, _ in CASE_COLUMNS if name not in columns]
+        if missing:
+            raise InputError(f"{path}: its '{CASES_TABLE}' layer is not buildwatch's (no {', '.join(missing[:3])} "
+                             f"...); {hint}")
+    except sqlite3.DatabaseError:
+        raise InputError(f"{path}: not a GeoPackage/SQLite file; {hint}") from None
+    finally:
+        conn.close()
 
 
 def _check_exclusions(cfg: RunConfig, current_date: date | None) -> None:

@@ -22,6 +22,7 @@ tiles on many machines without a redesign.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from rasterio.errors import RasterioError
 from detector import __version__
 from detector.config import RunConfig
 from detector.errors import BuildwatchError, InputError
-from detector.fileio import atomic_write_text
+from detector.fileio import atomic_write_text, clean_stale_temps, exclusive_lock
 from detector.night.align import apply_registration, register_tile
 from detector.night.change import changes_in_tile, difference_image, new_in_current
 from detector.night.context import NightRun, RunContext, prepare
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 LOG_ROOT = "detector"
 
 MIN_VALID_FRACTION = 0.02  # tiles with less valid overlap than this are skipped as nodata
+LOCK_NAME = ".buildwatch.lock"  # one run per output folder at a time (see scripts/ for the nightly timer)
+#: Library loggers whose records (GDAL messages, ``warnings``) the run's log file also gets.
+LIBRARY_LOGGERS = ("py.warnings", "rasterio", "pyogrio", "fiona", "distributed")
 GDAL_CACHE_MB = 128  # per process; GDAL's default (5 % of RAM per process) would grow with the mosaic
 
 
@@ -294,6 +298,13 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
     t0 = time.perf_counter()
     ctx, tiles = _prepare_inputs(cfg)
     out_dir = _make_out_dir(cfg)
+    with exclusive_lock(out_dir / LOCK_NAME, "this output folder"):
+        return _run_locked(cfg, ctx, tiles, out_dir, t0)
+
+
+def _run_locked(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Path, t0: float) -> RunSummary:
+    """The night's steps, with the output folder locked (so leftovers of killed runs can be removed)."""
+    clean_stale_temps(out_dir)
     handler, log_path = _attach_log(out_dir)
     try:
         night = _open_night(cfg, ctx, tiles, out_dir, log_path, t0)
@@ -307,6 +318,9 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
         return summary
     except BuildwatchError as exc:
         log.error("%s", exc)
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted; finished tiles are kept in %s, rerun the same command to resume", out_dir / "work")
         raise
     except Exception:
         log.exception("internal error")
@@ -343,11 +357,15 @@ def _attach_log(out_dir: Path) -> tuple[logging.Handler, Path]:
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    for library in map(logging.getLogger, LIBRARY_LOGGERS):  # library noise goes here, not to the terminal
+        library.addHandler(handler)
+    logging.captureWarnings(True)
     return handler, path
 
 
 def _detach_log(handler: logging.Handler) -> None:
-    logging.getLogger(LOG_ROOT).removeHandler(handler)
+    for logger in map(logging.getLogger, (LOG_ROOT, *LIBRARY_LOGGERS)):
+        logger.removeHandler(handler)
     handler.close()
 
 
@@ -427,15 +445,20 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
     results: list[TileResult] = []
     bar = tqdm(total=len(todo), unit="tile", desc="tiles", disable=not progress or not todo, leave=False)
     workers = min(cfg.workers, len(batches)) if batches else 1
+    pool = None
     try:
-        if workers <= 1:
+        if cfg.scheduler and batches:  # a Dask cluster (detector/night/distributed.py)
+            from detector.night.distributed import run_batches
+
+            iterator = run_batches(ctx, batches, cfg.scheduler)
+        elif workers <= 1:
             _init_worker(ctx)
             iterator = map(_work, batches)
-            pool = None
         else:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(ctx,))
+            with _sigint_ignored():  # workers are born ignoring Ctrl-C: the main process handles it, quietly
+                pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(ctx,))
             iterator = pool.imap_unordered(_work, batches)
         for batch in iterator:
             for r in batch:
@@ -447,7 +470,11 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
         if pool is not None:
             pool.close()
             pool.join()
+            pool = None
     finally:
+        if pool is not None:  # interrupted or failed: stop the workers now, quietly
+            pool.terminate()
+            pool.join()
         bar.close()
         if workers <= 1 and "b" in _WORKER:
             _WORKER["b"].close()
@@ -456,6 +483,22 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
                 r.close()
             _WORKER.clear()
     return results
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while child processes start (an ignored signal stays ignored in them)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _merge(night: NightRun, results: list[TileResult]) -> list[Candidate]:
@@ -541,6 +584,10 @@ def _write_outputs(night: NightRun, results: list[TileResult], cand, dropped: in
 def _update_cases(cand, cfg: RunConfig, run_id: str, night: date | None, ctx: RunContext, out_dir: Path):
     from detector.review.nightly import update_cases
 
-    return update_cases(cand, cfg.cases, run_id=run_id, night=night or date.today(),
-                        baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir,
-                        dsm=ctx.dsm)
+    registry = Path(cfg.cases.registry)
+    # runs of several output folders may share one registry: one update at a time, so two first
+    # nights cannot both create it (the second merges into the first's instead of replacing it)
+    with exclusive_lock(registry.with_name(f".{registry.name}.lock"), "the case registry", wait=True):
+        return update_cases(cand, cfg.cases, run_id=run_id, night=night or date.today(),
+                            baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir,
+                            dsm=ctx.dsm)
