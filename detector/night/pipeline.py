@@ -401,8 +401,9 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
 
 
 def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
-    relevant = cfg.model_dump(mode="json", exclude={"out", "workers", "resume", "progress", "cases", "baseline",
-                                                     "current", "model", "baseline_dsm", "current_dsm"})
+    relevant = cfg.model_dump(mode="json", exclude={"out", "workers", "scheduler", "min_coverage", "resume",
+                                                     "progress", "cases", "baseline", "current", "model",
+                                                     "baseline_dsm", "current_dsm"})
     key = json.dumps({"inputs": hashes, "model": spec.sha256, "config": relevant, "software": __version__},
                      sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,0 +1,128 @@
+"""Tiles on a Dask cluster (``buildwatch run --scheduler tcp://HOST:8786``; the ``[dask]`` extra).
+
+The client -- the ``buildwatch run`` process -- does everything it does for a local run
+(checks, fingerprint, resume, saving each finished tile, merge, write, cases); only
+:func:`detector.night.pipeline.process_tile` runs on the workers. Each task is one batch of
+tiles; a worker process opens both mosaics by the paths the client was given (so they must
+be the same on every machine: shared storage such as NFS/CephFS mounted at the same place)
+and keeps them and one ONNX session for every later batch of the same night
+(:data:`_SESSIONS`). Results come back to the client as they finish and are saved there, so a
+rerun resumes exactly as after a local run, and the candidates are identical: a tile's result
+is a pure function of (inputs, tile, model, config), whoever computes it.
+
+A worker that dies mid-batch has its batches recomputed elsewhere by the scheduler
+(``distributed.scheduler.allowed-failures``); a task that fails on an input error fails the
+run as a local run would; a cluster that makes no progress for :data:`STALL_S` seconds (no
+workers left) ends the run with exit 2 and the resume hint. Finished tiles are kept either
+way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from detector.errors import BuildwatchError, ConfigError
+from detector.types import Tile, TileResult
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 30  # reaching the scheduler
+STALL_S = 1800  # no batch finished for this long: the cluster has no usable workers
+TASK_RETRIES = 2  # a batch that raises (e.g. a worker's disk hiccup) is tried again this often
+
+#: Per worker process: run key -> (RunContext, baseline reader, current reader, detector).
+_SESSIONS: dict = {}
+
+
+def _session_key(ctx) -> tuple:
+    return (str(ctx.baseline.path), str(ctx.current.path), ctx.spec.sha256, ctx.config.model_dump_json())
+
+
+def _worker_session(ctx):
+    """The worker's readers and ONNX session for this night, opened once per worker process."""
+    key = _session_key(ctx)
+    if key not in _SESSIONS:
+        from detector.night.detect import OnnxDetector
+        from detector.night.mosaic import EpochReader
+
+        for old in _SESSIONS.values():  # a new night on a long-lived worker: close the last one
+            old[1].close()
+            old[2].close()
+        _SESSIONS.clear()
+        det = ctx.config.detect
+        _SESSIONS[key] = (ctx, EpochReader(ctx.baseline, ctx.grid, ctx.stretch_baseline),
+                          EpochReader(ctx.current, ctx.grid, ctx.stretch_current),
+                          OnnxDetector(ctx.spec, det.providers, det.intra_op_threads, det.batch_size))
+    return _SESSIONS[key]
+
+
+def work_batch(ctx, tiles: list[Tile]) -> list[TileResult]:
+    """A Dask task: process one batch of tiles on a worker (pure in its arguments)."""
+    import os
+
+    from detector.night.pipeline import GDAL_CACHE_MB, process_tile
+
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
+    ctx, b, c, det = _worker_session(ctx)
+    return [process_tile(ctx, t, b, c, det) for t in tiles]
+
+
+def connect(scheduler: str):
+    """A :class:`distributed.Client` for ``scheduler``; one :class:`ConfigError` line if impossible."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError(f"scheduler {scheduler} is set but Dask is not installed; "
+                          "pip install 'buildwatch[dask]' (or remove --scheduler)") from None
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(f"{scheduler}: cannot reach the Dask scheduler ({' '.join(str(exc).split())[:160]}); "
+                          "start it ('dask scheduler') or fix --scheduler") from None
+
+
+def run_batches(ctx, batches: list[list[Tile]], scheduler: str) -> Iterator[list[TileResult]]:
+    """Submit every batch to the cluster at ``scheduler``; yield each batch's results as it finishes.
+
+    Parameters
+    ----------
+    ctx : RunContext
+        Sent once to each worker (scattered), not once per task.
+    batches : list of list of Tile
+    scheduler : str
+        ``tcp://host:port`` of a running ``dask scheduler``.
+
+    Yields
+    ------
+    list of TileResult
+        In completion order; the caller saves them (resume) and merges them.
+
+    Raises
+    ------
+    ConfigError
+        Dask missing, the scheduler unreachable, or no progress for :data:`STALL_S` seconds.
+    """
+    from distributed import wait
+
+    client = connect(scheduler)
+    futures = []
+    try:
+        workers = client.scheduler_info().get("workers", {})
+        log.info("dask: %d batches on %s (%d workers now)", len(batches), scheduler, len(workers))
+        [ctx_future] = client.scatter([ctx], broadcast=True, hash=False)
+        futures = [client.submit(work_batch, ctx_future, batch, pure=False, retries=TASK_RETRIES,
+                                 key=f"buildwatch-{batch[0].tile_id}-{i}") for i, batch in enumerate(batches)]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=STALL_S, return_when="FIRST_COMPLETED")
+            if not done:
+                raise BuildwatchError(f"{scheduler}: the Dask cluster finished no tile for {STALL_S} s (no workers?); "
+                                      "finished tiles are kept: start workers, then rerun the same command to resume")
+            for fut in done:
+                yield fut.result()
+    finally:
+        for fut in futures:
+            if not fut.done():
+                fut.cancel()
+        client.close()
