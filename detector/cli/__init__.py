@@ -24,6 +24,7 @@ COMMANDS = {
     "ortho": "detector.cli.ortho_cmd:ortho",
     "cases": "detector.cli.cases_cmd:cases",
     "model-info": "detector.cli.model_cmd:model_info",
+    "doctor": "detector.cli.doctor_cmd:doctor",
     "train": "training.cli:train",
     "export": "training.cli:export",
     "evaluate": "training.cli:evaluate",
@@ -152,6 +153,7 @@ def main(argv=None) -> int:
     from detector.errors import BuildwatchError, user_error_from
 
     logging.captureWarnings(True)
+    _stop_on_sigterm()
     try:
         cli.main(args=argv, standalone_mode=False)
     except BuildwatchError as exc:
@@ -192,6 +194,18 @@ def main(argv=None) -> int:
                    err=True)
         return 1
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """``systemctl stop`` / ``kill`` (SIGTERM) ends a run like Ctrl-C: workers stopped, exit 130, resumable."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _one_line(obj) -> str:

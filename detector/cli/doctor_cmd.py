@@ -1,0 +1,150 @@
+"""``buildwatch doctor``: check an installation before the first unattended night.
+
+Each check prints one line, ``ok``, ``warn`` or ``FAIL``, with what to do; the exit code is 2
+when any check fails, so a deployment script (or the systemd unit's ``ExecStartPre``) can
+refuse to schedule a broken installation. Nothing is written except a probe file in the
+folders checked for write access (removed at once).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+#: GDAL drivers the run needs: read GeoTIFF/COG, write COG (ingest/ortho), write GeoPackage.
+RASTER_DRIVERS = ("GTiff", "COG")
+VECTOR_DRIVERS = ("GPKG", "GeoJSON", "ESRI Shapefile")
+MIN_FREE_BYTES = 1 << 30  # a night's outputs with evidence chips fit comfortably in 1 GB
+
+
+def _check_gdal() -> list[tuple[str, str]]:
+    import pyogrio
+    import rasterio
+
+    lines = []
+    with rasterio.Env() as env:
+        have = env.drivers()
+    missing = [d for d in RASTER_DRIVERS if d not in have]
+    lines.append(("FAIL" if missing else "ok",
+                  f"GDAL {rasterio.__gdal_version__} (rasterio {rasterio.__version__}): raster drivers "
+                  + (f"missing {', '.join(missing)}; reinstall rasterio wheels" if missing else ", ".join(RASTER_DRIVERS))))
+    vector = pyogrio.list_drivers()
+    missing = [d for d in VECTOR_DRIVERS if d not in vector or "w" not in vector[d]]
+    lines.append(("FAIL" if missing else "ok",
+                  f"pyogrio {pyogrio.__version__}: vector drivers "
+                  + (f"missing/read-only {', '.join(missing)}; reinstall pyogrio" if missing else ", ".join(VECTOR_DRIVERS))))
+    return lines
+
+
+def _check_model(model: Path | None) -> list[tuple[str, str]]:
+    from detector.errors import BuildwatchError
+    from detector.night.context import check_model_gsd
+    from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
+
+    from detector.errors import ModelError
+    from detector.fileio import check_regular_file
+
+    path = model or DEFAULT_MODEL_PATH
+    try:
+        check_regular_file(path, "model file", error=ModelError)
+        spec = load_model_spec(path)  # recomputes the sha256 against the .sha256 sidecar
+        check_model_gsd(spec)
+    except BuildwatchError as exc:
+        return [("FAIL", f"model: {exc}")]
+    sidecar = spec.path.with_name(spec.path.name + ".sha256")
+    verified = "checksum matches " + sidecar.name if sidecar.exists() else "no .sha256 sidecar to verify against"
+    return [("ok" if sidecar.exists() else "warn",
+             f"model {spec.model_name} ({spec.path}): sha256 {spec.sha256[:12]}…, {verified}; "
+             f"{spec.channels}-channel {spec.task}, {spec.imgsz[0]} px at {spec.gsd_m:g} m")]
+
+
+def _check_onnxruntime(providers: tuple[str, ...]) -> list[tuple[str, str]]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    line = f"ONNX Runtime {ort.__version__}: providers {', '.join(available)}"
+    if "CPUExecutionProvider" not in available:
+        return [("FAIL", line + "; CPUExecutionProvider missing: reinstall onnxruntime")]
+    wanted = [p for p in providers if p not in available]
+    if wanted:
+        return [("warn", line + f"; asked for {', '.join(wanted)}, which this install lacks (CPU is used)")]
+    return [("ok", line)]
+
+
+def _check_folder(folder: Path, what: str) -> list[tuple[str, str]]:
+    from detector.errors import BuildwatchError
+    from detector.fileio import check_output_folder, free_bytes
+
+    try:
+        check_output_folder(folder, what=what)
+    except BuildwatchError as exc:
+        return [("FAIL", str(exc))]
+    probe = folder if folder.exists() else next(p for p in folder.absolute().parents if p.exists())
+    free = free_bytes(probe)
+    status = "ok" if free >= MIN_FREE_BYTES else "FAIL"
+    hint = "" if status == "ok" else f" (less than {MIN_FREE_BYTES >> 30} GB: free space)"
+    return [(status, f"{what} {folder}: writable, {free / 1e9:.1f} GB free{hint}")]
+
+
+def _check_dask(scheduler: str | None) -> list[tuple[str, str]]:
+    try:
+        import distributed
+    except ImportError:
+        status = "FAIL" if scheduler else "ok"
+        return [(status, "Dask not installed (only needed for --scheduler: pip install 'buildwatch[dask]')")]
+    if not scheduler:
+        return [("ok", f"Dask distributed {distributed.__version__} installed")]
+    from detector.errors import BuildwatchError
+    from detector.night.distributed import connect
+
+    try:
+        client = connect(scheduler)
+    except BuildwatchError as exc:
+        return [("FAIL", str(exc))]
+    try:
+        workers = client.scheduler_info().get("workers", {})
+    finally:
+        client.close()
+    status = "ok" if workers else "FAIL"
+    return [(status, f"Dask scheduler {scheduler}: {len(workers)} worker(s)" + ("" if workers else "; start workers"))]
+
+
+@click.command("doctor")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The nightly config: its model, output folder, registry and scheduler are checked.")
+@click.option("--model", type=click.Path(path_type=Path), help="ONNX model to verify (default: the config's or shipped).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder to check for write access and free space.")
+@click.option("--scheduler", type=str, help="Dask scheduler to reach (default: the config's, if any).")
+def doctor(config_path, model, out, scheduler):
+    """Check GDAL drivers, the model's checksum, ONNX Runtime providers, write access and free space."""
+    from detector.cli import error_log_path
+    from detector.config import RunConfig, load_config
+
+    cfg = load_config(config_path) if config_path else RunConfig()
+    model = model or cfg.model
+    out = out or cfg.out
+    scheduler = scheduler or cfg.scheduler
+    lines = [("ok", f"buildwatch {__import__('detector').__version__}, Python {os.sys.version.split()[0]}, "
+                    f"{os.cpu_count()} CPU cores")]
+    checks = [("GDAL", _check_gdal), ("model", lambda: _check_model(model)),
+              ("ONNX Runtime", lambda: _check_onnxruntime(tuple(cfg.detect.providers)))]
+    if out is not None:
+        checks.append(("output folder", lambda: _check_folder(Path(out), "output folder")))
+    if cfg.cases.registry is not None:
+        checks.append(("registry", lambda: _check_folder(Path(cfg.cases.registry).parent, "case registry folder")))
+    checks.append(("error log", lambda: _check_folder(error_log_path().parent, "error log folder")))
+    checks.append(("Dask", lambda: _check_dask(scheduler)))
+    for name, check in checks:
+        try:
+            lines += check()
+        except Exception as exc:  # noqa: BLE001 - a broken component is a FAIL line, not a crash
+            lines.append(("FAIL", f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+    for status, text in lines:
+        click.echo(f"{status:<4} {text}")
+    failed = sum(s == "FAIL" for s, _ in lines)
+    if failed:
+        from detector.errors import BuildwatchError
+
+        raise BuildwatchError(f"doctor: {failed} check(s) failed; fix the FAIL lines above")
