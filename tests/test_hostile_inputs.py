@@ -304,8 +304,8 @@ def _foreign_gpkg_with_cases_layer(path: Path) -> Path:
 
 @pytest.mark.parametrize("kind,needle", [
     ("text", "not a GeoPackage/SQLite file"),
-    ("zero_bytes", "not a buildwatch case registry"),
-    ("foreign_cases_layer", "not a buildwatch case registry"),
+    ("zero_bytes", "has no 'cases' layer"),
+    ("foreign_cases_layer", "layer is not a buildwatch case registry"),
     ("folder", "is a folder"),
 ])
 def test_bad_registry(capsys, tmp_path, pair, kind, needle):
@@ -369,3 +369,46 @@ def test_bad_ingest_mosaic(capsys, tmp_path, pair, kind, needle):
     bad = _bad_current(tmp_path, kind)
     _expect_refused(capsys, tmp_path, ["ingest", str(bad), "--baseline", str(b), "--out", str(tmp_path / "cur.tif")],
                     needle)
+
+
+# ---------------------------------------------------------------- read-only commands
+
+@pytest.mark.parametrize("kind,needle", [
+    ("foreign_cases_layer", "layer is not a buildwatch case registry"),
+    ("zero_bytes", "has no 'cases' layer"),
+    ("text", "not a GeoPackage/SQLite file"),
+])
+def test_cases_list_never_writes(capsys, tmp_path, kind, needle):
+    """``cases list`` on a foreign or empty file: exit 2, the file byte-for-byte unchanged, no -wal/-shm."""
+    reg = tmp_path / "cases.gpkg"
+    if kind == "foreign_cases_layer":
+        _foreign_gpkg_with_cases_layer(reg)
+    elif kind == "zero_bytes":
+        reg.write_bytes(b"")
+    else:
+        reg.write_text("hello")
+    code = main(["cases", "list", "--registry", str(reg)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.gpkg"]
+
+
+def test_cases_list_reads_a_registry_without_writing(capsys, tmp_path):
+    """A real registry is listed, and its bytes and folder are unchanged (no WAL switch, no -shm left)."""
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from test_cases import candidates
+    from detector.config import CasesConfig
+    from detector.review.registry import update_registry
+
+    reg = tmp_path / "cases.gpkg"
+    update_registry(candidates(["A", "B"]), CasesConfig(registry=reg, district_prefix="LG"), run_id="r1",
+                    night=__import__("datetime").date(2026, 5, 1), baseline_path=tmp_path / "b.tif",
+                    current_path=tmp_path / "c.tif")
+    for extra in tmp_path.glob("cases.gpkg-*"):
+        extra.unlink()
+    before = _digest(tmp_path)
+    assert main(["cases", "list", "--registry", str(reg)]) == 0
+    assert "LG20260501-0001" in capsys.readouterr().out
+    assert _digest(tmp_path) == before

@@ -198,37 +198,16 @@ def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
 
 
 def check_registry(path: Path) -> None:
-    """``path`` is a buildwatch case registry: opened read-only (nothing is written, not even WAL).
+    """``path`` is a buildwatch case registry, opened read-only (nothing written, not even WAL).
 
     Raises
     ------
     InputError
-        Not SQLite, no ``cases`` layer, or a ``cases`` table that is not buildwatch's (a foreign
-        GeoPackage).
+        Not SQLite, no ``cases`` layer, or a ``cases`` layer that is not buildwatch's.
     """
-    import sqlite3
+    from detector.review.registry import open_registry
 
-    from detector.review.vocab import CASE_COLUMNS, CASES_TABLE, NIGHTS_TABLE, SIGHTINGS_TABLE
-
-    hint = "point cases.registry at a buildwatch cases.gpkg (or a new file name to start one)"
-    try:
-        conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
-    except sqlite3.Error:
-        raise InputError(f"{path}: cannot open the case registry; {hint}") from None
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not {CASES_TABLE, "gpkg_contents", SIGHTINGS_TABLE, NIGHTS_TABLE} <= tables:
-            raise InputError(f"{path}: not a buildwatch case registry (no '{CASES_TABLE}', '{SIGHTINGS_TABLE}' and "
-                             f"'{NIGHTS_TABLE}' tables); {hint}")
-        columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{CASES_TABLE}")')}
-        missing = [name for name, _ in CASE_COLUMNS if name not in columns]
-        if missing:
-            raise InputError(f"{path}: its '{CASES_TABLE}' layer is not buildwatch's (no {', '.join(missing[:3])} "
-                             f"...); {hint}")
-    except sqlite3.DatabaseError:
-        raise InputError(f"{path}: not a GeoPackage/SQLite file; {hint}") from None
-    finally:
-        conn.close()
+    open_registry(path, read_only=True).close()
 
 
 def _check_exclusions(cfg: RunConfig, current_date: date | None) -> None:

@@ -115,7 +115,11 @@ def run_batches(ctx, batches: list[list[Tile]], scheduler: str) -> Iterator[list
                                  key=f"buildwatch-{batch[0].tile_id}-{i}") for i, batch in enumerate(batches)]
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, timeout=STALL_S, return_when="FIRST_COMPLETED")
+            with client.as_current():  # wait() uses the current client
+                try:
+                    done, pending = wait(pending, timeout=STALL_S, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = set()
             if not done:
                 raise BuildwatchError(f"{scheduler}: the Dask cluster finished no tile for {STALL_S} s (no workers?); "
                                       "finished tiles are kept: start workers, then rerun the same command to resume")

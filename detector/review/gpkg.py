@@ -136,19 +136,40 @@ def register_gpkg_functions(conn: sqlite3.Connection) -> None:
 # --------------------------------------------------------------------------- connections
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
+def connect(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
     """Open a GeoPackage for reading and writing: WAL journal, busy timeout, GPKG functions.
 
     Parameters
     ----------
     path : Path
         The GeoPackage.
+    read_only : bool
+        Open with ``mode=ro`` and leave the journal mode alone: nothing is written (a foreign
+        file is not switched to WAL, an empty file not turned into a database); on read-only
+        storage where even that fails, ``immutable=1``.
 
     Returns
     -------
     sqlite3.Connection
         In autocommit mode (``isolation_level=None``); use :func:`write_transaction`.
     """
+    if read_only:
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(Path(path).resolve()))}"
+        # No -wal beside it: no writer is active and everything is in the main file, which is read
+        # as immutable (mode=ro would create -wal/-shm for a WAL-mode file and leave them behind).
+        # A -wal present: a writer (QGIS, a run) may be active; share its -shm with mode=ro.
+        wal = Path(str(path) + "-wal").exists()
+        try:
+            conn = sqlite3.connect(f"{uri}?{'mode=ro' if wal else 'immutable=1'}", uri=True,
+                                   timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:  # read-only storage where no -shm can be made
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        register_gpkg_functions(conn)
+        return conn
     conn = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT_S, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")

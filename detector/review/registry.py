@@ -235,13 +235,15 @@ def registry_srs_id(conn: sqlite3.Connection) -> int:
     return gpkg.layer_srs_id(conn, CASES_TABLE)
 
 
-def open_registry(path: Path | str) -> sqlite3.Connection:
+def open_registry(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
     """Connect to an existing registry, refusing anything that is not one with a clear message.
 
     Parameters
     ----------
     path : Path
         The registry GeoPackage.
+    read_only : bool
+        For commands that only read (``cases list/show/export``): nothing is written.
 
     Returns
     -------
@@ -257,13 +259,19 @@ def open_registry(path: Path | str) -> sqlite3.Connection:
     if not path.exists():
         raise InputError(f"{path}: case registry not found; a nightly run with cases.registry set creates it")
     try:
-        conn = gpkg.connect(path)
+        conn = gpkg.connect(path, read_only=read_only)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError:
         raise InputError(f"{path}: not a GeoPackage/SQLite file; point --registry at a buildwatch cases.gpkg") from None
     if CASES_TABLE not in tables or "gpkg_contents" not in tables:
         conn.close()
         raise InputError(f"{path}: GeoPackage has no '{CASES_TABLE}' layer; point --registry at a buildwatch cases.gpkg")
+    columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{CASES_TABLE}")')}
+    missing = [name for name, _ in CASE_COLUMNS if name not in columns]
+    if missing or not {SIGHTINGS_TABLE, NIGHTS_TABLE} <= tables:  # a foreign GeoPackage with a 'cases' layer
+        conn.close()
+        raise InputError(f"{path}: its '{CASES_TABLE}' layer is not a buildwatch case registry (no "
+                         f"{', '.join(missing[:3]) or SIGHTINGS_TABLE}); point --registry at a buildwatch cases.gpkg")
     return conn
 
 
@@ -325,7 +333,7 @@ def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> "geopa
     import geopandas as gpd
     import pandas as pd
 
-    conn = open_registry(path)
+    conn = open_registry(path, read_only=True)
     try:
         crs = registry_crs(conn)
         frame = pd.read_sql_query(f'SELECT * FROM "{CASES_TABLE}" ORDER BY fid', conn)
