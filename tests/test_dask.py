@@ -52,7 +52,7 @@ def cluster():
 
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=50) as c, Client(c) as client:
+                      dashboard_address=None, silence_logs=50) as c, Client(c, set_as_default=False) as client:
         yield c, client
 
 
