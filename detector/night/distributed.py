@@ -6,7 +6,7 @@ The client -- the ``buildwatch run`` process -- does everything it does for a lo
 tiles; a worker process opens both mosaics by the paths the client was given (so they must
 be the same on every machine: shared storage such as NFS/CephFS mounted at the same place)
 and keeps them and one ONNX session for every later batch of the same night
-(:data:`_SESSIONS`). Results come back to the client as they finish and are saved there, so a
+(:func:`work_batch`). Results come back to the client as they finish and are saved there, so a
 rerun resumes exactly as after a local run, and the candidates are identical: a tile's result
 is a pure function of (inputs, tile, model, config), whoever computes it.
 
@@ -31,41 +31,35 @@ CONNECT_TIMEOUT_S = 30  # reaching the scheduler
 STALL_S = 1800  # no batch finished for this long: the cluster has no usable workers
 TASK_RETRIES = 2  # a batch that raises (e.g. a worker's disk hiccup) is tried again this often
 
-#: Per worker process: run key -> (RunContext, baseline reader, current reader, detector).
-_SESSIONS: dict = {}
+_SESSION_KEY: dict = {}  # per worker process: the night whose readers and session are open
 
 
 def _session_key(ctx) -> tuple:
     return (str(ctx.baseline.path), str(ctx.current.path), ctx.spec.sha256, ctx.config.model_dump_json())
 
 
-def _worker_session(ctx):
-    """The worker's readers and ONNX session for this night, opened once per worker process."""
-    key = _session_key(ctx)
-    if key not in _SESSIONS:
-        from detector.night.detect import OnnxDetector
-        from detector.night.mosaic import EpochReader
-
-        for old in _SESSIONS.values():  # a new night on a long-lived worker: close the last one
-            old[1].close()
-            old[2].close()
-        _SESSIONS.clear()
-        det = ctx.config.detect
-        _SESSIONS[key] = (ctx, EpochReader(ctx.baseline, ctx.grid, ctx.stretch_baseline),
-                          EpochReader(ctx.current, ctx.grid, ctx.stretch_current),
-                          OnnxDetector(ctx.spec, det.providers, det.intra_op_threads, det.batch_size))
-    return _SESSIONS[key]
-
-
 def work_batch(ctx, tiles: list[Tile]) -> list[TileResult]:
-    """A Dask task: process one batch of tiles on a worker (pure in its arguments)."""
+    """A Dask task: process one batch of tiles on a worker (pure in its arguments).
+
+    The worker process opens the mosaics (and DSMs) and one ONNX session the first time it sees
+    this night -- the local pool's own initializer, :func:`detector.night.pipeline._init_worker`
+    -- and keeps them for every later batch; a new night on a long-lived worker closes them first.
+    """
     import os
 
-    from detector.night.pipeline import GDAL_CACHE_MB, process_tile
+    from detector.night import pipeline
 
-    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
-    ctx, b, c, det = _worker_session(ctx)
-    return [process_tile(ctx, t, b, c, det) for t in tiles]
+    os.environ.setdefault("GDAL_CACHEMAX", str(pipeline.GDAL_CACHE_MB))
+    key = _session_key(ctx)
+    if _SESSION_KEY.get("key") != key:
+        w = pipeline._WORKER
+        for reader in [w.get("b"), w.get("c"), *(w.get("dsm") or ())]:
+            if reader is not None:
+                reader.close()
+        w.clear()
+        pipeline._init_worker(ctx)
+        _SESSION_KEY["key"] = key
+    return pipeline._work(tiles)
 
 
 def connect(scheduler: str):
