@@ -272,3 +272,17 @@ def test_real_ctrl_c_with_two_workers_prints_one_line(tmp_path):
         pytest.skip("the run finished before the interrupt")
     assert proc.returncode == 130, stderr
     assert lines == ["interrupted; finished tiles are kept, rerun the same command to resume"], stderr
+
+
+def test_ingest_removes_a_killed_ingests_work_folder_but_not_a_live_one(tmp_path, pair, capsys):
+    b, c, _ = pair
+    out_dir = tmp_path / "night"
+    out_dir.mkdir()
+    old, live = out_dir / ".ingest-killed", out_dir / ".ingest-live"
+    for d in (old, live):
+        d.mkdir()
+        (d / "current.tif").write_bytes(b"x" * 100)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert main(["ingest", str(c), "--baseline", str(b), "--out", str(out_dir / "current.tif")]) == 0
+    assert not old.exists() and live.exists() and (out_dir / "current.tif").is_file()

@@ -22,6 +22,8 @@ from detector.geo.raster import apply_stretch, estimate_stretch, open_raster, wr
 
 log = logging.getLogger(__name__)
 
+STALE_TEMP_S = 24 * 3600  # temporary files/folders older than this beside the output are a killed run's
+
 
 @dataclass
 class IngestReport:
@@ -72,6 +74,10 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
     base = open_baseline(baseline)
     if not out.parent.exists():
         raise InputError(f"{out}: output folder does not exist")
+    from detector.fileio import clean_stale_temps
+
+    # work folders of a killed ingest/ortho beside the output (a live one is younger than this)
+    clean_stale_temps(out.parent, older_than_s=STALE_TEMP_S)
     info = open_raster(mosaic, "mosaic", allow_pan=False)
     bands = list(info.bands)
     warnings: list[str] = []

@@ -6,8 +6,8 @@ The client -- the ``buildwatch run`` process -- does everything it does for a lo
 tiles; a worker process opens both mosaics by the paths the client was given (so they must
 be the same on every machine: shared storage such as NFS/CephFS mounted at the same place)
 and keeps them and one ONNX session for every later batch of the same night
-(:func:`work_batch`). Results come back to the client as they finish and are saved there, so a
-rerun resumes exactly as after a local run, and the candidates are identical: a tile's result
+(:func:`detector.night.pipeline.remote_batch`). Results come back to the client as they
+finish and are saved there, so a rerun resumes exactly as after a local run, and the candidates are identical: a tile's result
 is a pure function of (inputs, tile, model, config), whoever computes it.
 
 A worker that dies mid-batch has its batches recomputed elsewhere by the scheduler
@@ -20,7 +20,7 @@ way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from detector.errors import BuildwatchError, ConfigError
 from detector.types import Tile, TileResult
@@ -30,37 +30,6 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30  # reaching the scheduler
 STALL_S = 1800  # no batch finished for this long: the cluster has no usable workers
 TASK_RETRIES = 2  # a batch that raises (e.g. a worker's disk hiccup) is tried again this often
-
-_SESSION_KEY: dict = {}  # per worker process: the night whose readers and session are open
-
-
-def _session_key(ctx) -> tuple:
-    return (str(ctx.baseline.path), str(ctx.current.path), ctx.spec.sha256, ctx.config.model_dump_json())
-
-
-def work_batch(ctx, tiles: list[Tile]) -> list[TileResult]:
-    """A Dask task: process one batch of tiles on a worker (pure in its arguments).
-
-    The worker process opens the mosaics (and DSMs) and one ONNX session the first time it sees
-    this night -- the local pool's own initializer, :func:`detector.night.pipeline._init_worker`
-    -- and keeps them for every later batch; a new night on a long-lived worker closes them first.
-    """
-    import os
-
-    from detector.night import pipeline
-
-    os.environ.setdefault("GDAL_CACHEMAX", str(pipeline.GDAL_CACHE_MB))
-    key = _session_key(ctx)
-    if _SESSION_KEY.get("key") != key:
-        w = pipeline._WORKER
-        for reader in [w.get("b"), w.get("c"), *(w.get("dsm") or ())]:
-            if reader is not None:
-                reader.close()
-        w.clear()
-        pipeline._init_worker(ctx)
-        _SESSION_KEY["key"] = key
-    return pipeline._work(tiles)
-
 
 def connect(scheduler: str):
     """A :class:`distributed.Client` for ``scheduler``; one :class:`ConfigError` line if impossible."""
@@ -76,7 +45,7 @@ def connect(scheduler: str):
                           "start it ('dask scheduler') or fix --scheduler") from None
 
 
-def run_batches(ctx, batches: list[list[Tile]], scheduler: str) -> Iterator[list[TileResult]]:
+def run_batches(ctx, batches: list[list[Tile]], scheduler: str, task: Callable) -> Iterator[list[TileResult]]:
     """Submit every batch to the cluster at ``scheduler``; yield each batch's results as it finishes.
 
     Parameters
@@ -86,6 +55,10 @@ def run_batches(ctx, batches: list[list[Tile]], scheduler: str) -> Iterator[list
     batches : list of list of Tile
     scheduler : str
         ``tcp://host:port`` of a running ``dask scheduler``.
+    task : callable
+        ``task(ctx, tiles) -> list[TileResult]``, run on a worker
+        (:func:`detector.night.pipeline.remote_batch`: opens the night's readers and ONNX session
+        once per worker process).
 
     Yields
     ------
@@ -105,7 +78,7 @@ def run_batches(ctx, batches: list[list[Tile]], scheduler: str) -> Iterator[list
         workers = client.scheduler_info().get("workers", {})
         log.info("dask: %d batches on %s (%d workers now)", len(batches), scheduler, len(workers))
         [ctx_future] = client.scatter([ctx], broadcast=True, hash=False)
-        futures = [client.submit(work_batch, ctx_future, batch, pure=False, retries=TASK_RETRIES,
+        futures = [client.submit(task, ctx_future, batch, pure=False, retries=TASK_RETRIES,
                                  key=f"buildwatch-{batch[0].tile_id}-{i}") for i, batch in enumerate(batches)]
         pending = set(futures)
         while pending:

@@ -280,6 +280,25 @@ def _work(tiles: list[Tile]) -> list[TileResult]:
     return [process_tile(w["ctx"], t, w["b"], w["c"], w["det"], w.get("dsm")) for t in tiles]
 
 
+def _close_worker() -> None:
+    for reader in [_WORKER.get("b"), _WORKER.get("c"), *(_WORKER.get("dsm") or ())]:
+        if reader is not None:
+            reader.close()
+    _WORKER.clear()
+
+
+def remote_batch(ctx: RunContext, tiles: list[Tile]) -> list[TileResult]:
+    """A batch on a Dask worker: this process opens the night's readers and ONNX session once
+    (:func:`_init_worker`, as a local pool worker does) and keeps them for the night's later batches."""
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
+    key = (str(ctx.baseline.path), str(ctx.current.path), ctx.spec.sha256, ctx.config.model_dump_json())
+    if _WORKER.get("key") != key:  # a new night on a long-lived worker
+        _close_worker()
+        _init_worker(ctx)
+        _WORKER["key"] = key
+    return _work(tiles)
+
+
 # ---------------------------------------------------------------- the night (main process)
 
 def run_pipeline(cfg: RunConfig) -> RunSummary:
@@ -451,7 +470,7 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
         if cfg.scheduler and batches:  # a Dask cluster (detector/night/distributed.py)
             from detector.night.distributed import run_batches
 
-            iterator = run_batches(ctx, batches, cfg.scheduler)
+            iterator = run_batches(ctx, batches, cfg.scheduler, remote_batch)
         elif workers <= 1:
             _init_worker(ctx)
             iterator = map(_work, batches)
@@ -478,11 +497,7 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
             pool.join()
         bar.close()
         if workers <= 1 and "b" in _WORKER:
-            _WORKER["b"].close()
-            _WORKER["c"].close()
-            for r in _WORKER.get("dsm") or ():
-                r.close()
-            _WORKER.clear()
+            _close_worker()
     return results
 
 
