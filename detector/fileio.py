@@ -38,6 +38,8 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    if path.is_dir():  # found now, before the work, not at the rename
+        raise OutputError(f"{path}: is a folder where buildwatch writes a file; remove or rename it, or give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
     os.close(fd)

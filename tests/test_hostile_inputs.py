@@ -412,3 +412,22 @@ def test_cases_list_reads_a_registry_without_writing(capsys, tmp_path):
     assert main(["cases", "list", "--registry", str(reg)]) == 0
     assert "LG20260501-0001" in capsys.readouterr().out
     assert _digest(tmp_path) == before
+
+
+def test_cases_export_onto_a_folder(capsys, tmp_path):
+    import sys as _sys
+    from datetime import date
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from test_cases import candidates
+    from detector.config import CasesConfig
+    from detector.review.registry import update_registry
+
+    reg = tmp_path / "cases.gpkg"
+    update_registry(candidates(["A"]), CasesConfig(registry=reg), run_id="r", night=date(2026, 5, 1),
+                    baseline_path=tmp_path / "b.tif", current_path=tmp_path / "c.tif")
+    for extra in tmp_path.glob("cases.gpkg-*"):
+        extra.unlink()
+    (tmp_path / "field.geojson").mkdir()
+    _expect_refused(capsys, tmp_path, ["cases", "export", "--registry", str(reg), "--out",
+                                       str(tmp_path / "field.geojson")], "field.geojson: is a folder")
