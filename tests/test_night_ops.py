@@ -195,15 +195,15 @@ def _update(registry: str, names: list[str], night: str, start_at: float, slow_c
 
     create = registry_module.create_registry
 
-    def slow_create(path, crs):
+    def slow_create(*args, **kwargs):
         time.sleep(slow_create_s)
-        create(path, crs)
+        create(*args, **kwargs)
 
     registry_module.create_registry = slow_create
 
     cfg = RunConfig(cases=CasesConfig(registry=registry, evidence=False, report=False, district_prefix="LG"))
     ctx = SimpleNamespace(baseline=SimpleNamespace(path=Path(registry).parent / "b.tif"),
-                          current=SimpleNamespace(path=Path(registry).parent / "c.tif"))
+                          current=SimpleNamespace(path=Path(registry).parent / "c.tif"), dsm=None)
     while time.time() < start_at:
         time.sleep(0.001)
     result = pipeline._update_cases(candidates(names), cfg, f"run-{names[0]}", date.fromisoformat(night), ctx,

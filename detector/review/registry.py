@@ -267,7 +267,7 @@ def open_registry(path: Path | str, read_only: bool = False) -> sqlite3.Connecti
         conn.close()
         raise InputError(f"{path}: GeoPackage has no '{CASES_TABLE}' layer; point --registry at a buildwatch cases.gpkg")
     columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{CASES_TABLE}")')}
-    missing = [name for name, _ in CASE_COLUMNS if name not in columns]
+    missing = [name for name in ("case_id", "status") if name not in columns]  # newer columns: ensure_schema
     if missing or not {SIGHTINGS_TABLE, NIGHTS_TABLE} <= tables:  # a foreign GeoPackage with a 'cases' layer
         conn.close()
         raise InputError(f"{path}: its '{CASES_TABLE}' layer is not a buildwatch case registry (no "
