@@ -199,9 +199,13 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     assert c["area_m2"] == pytest.approx(60.0)
     assert [cases[ids[n]]["times_seen"] for n in "ADEF"] == [3, 2, 1, 1]
 
-    # a rerun of night 3 changes nothing (idempotent)
+    # a rerun of night 3 changes nothing (idempotent), reports F as still tonight's one new case,
+    # and leaves one registry_nights row per night
     rerun = run_night(scene, ["A", "B", "D", "F"], date(2024, 5, 3))
-    assert (rerun.opened, rerun.total) == (0, 6)
+    assert (rerun.opened, rerun.total) == (1, 6) and rerun.opened_ids == [ids["F"]]
+    with sqlite3.connect(registry) as conn:
+        nights = [r[0] for r in conn.execute("SELECT night FROM registry_nights ORDER BY night")]
+    assert nights == ["2024-05-01", "2024-05-02", "2024-05-03"]
     assert {k: v["times_seen"] for k, v in cases_by_id(registry).items()} == {k: v["times_seen"] for k, v in cases.items()}
 
     # evidence chips exist for every case; report of night 3 counts F as the only new case

@@ -54,7 +54,7 @@ from detector.review.qgis import cases_layer_qml
 from detector.review.triggers import ensure_schema
 from detector.review.vocab import (CASE_COLUMNS, CASES_STYLE_DESCRIPTION, CASES_STYLE_NAME, CASES_TABLE,
                                    DEMOLITION_ORDERED, GEOMETRY_COLUMN, HEIGHT_COLUMNS, HISTORY_TABLE, INTERNAL_COLUMNS,
-                                   MUST_BE_GONE_STATUSES, NEW, NIGHTS_TABLE, ORIGIN_DETECTOR, PERMITTED,
+                                   MUST_BE_GONE_STATUSES, NEW, NIGHTS_TABLE, ORIGIN_DETECTOR, ORIGIN_OPERATOR, PERMITTED,
                                    REQUIRED_CANDIDATE_COLUMNS, SIGHTINGS_TABLE, SUPPRESSING_STATUSES, height_phrase)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -452,6 +452,9 @@ def update_registry(
         with gpkg.write_transaction(conn):
             _refresh_schema(conn, crs, config.district_prefix)
             _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, result, coverage)
+            # one row per night and mosaic: a rerun of the night replaces its earlier attempt's row
+            conn.execute(f'DELETE FROM "{NIGHTS_TABLE}" WHERE night = ? AND current = ?',
+                         (night.isoformat(), str(current_path)))
             conn.execute(
                 f'INSERT INTO "{NIGHTS_TABLE}" (night, run_id, candidates, opened, updated, suppressed, total, '
                 "baseline, current, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -522,9 +525,13 @@ def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, re
                                  night_iso)
         if new_class and case.case_class and new_class != case.case_class:
             result.class_changes.append((case.case_id, case.case_class, new_class))
-        outcome = "suppressed" if suppressed else ("alert" if case.must_be_gone(night_iso) else "updated")
+        # a rerun of a night finds the cases its first attempt opened: they are still tonight's new cases
+        opened_tonight = case.first_seen == night_iso and case.origin != ORIGIN_OPERATOR and not suppressed
+        outcome = "suppressed" if suppressed else ("alert" if case.must_be_gone(night_iso) else
+                                                   "opened" if opened_tonight else "updated")
         _record_sightings(conn, case.case_id, frame, sightings, run_id, night_iso, outcome)
-        (result.suppressed_ids if suppressed else result.updated_ids).append(case.case_id)
+        (result.suppressed_ids if suppressed else result.opened_ids if opened_tonight else
+         result.updated_ids).append(case.case_id)
         if case.status == PERMITTED:
             result.permitted_ids.append(case.case_id)
 
