@@ -23,7 +23,11 @@ import numpy as np
 
 
 def write_big(path: Path, size: int, gsd: float, seed: int, plant: bool) -> None:
-    """A textured size x size RGB GeoTIFF written block by block (bounded memory)."""
+    """A textured size x size RGB GeoTIFF written block by block (bounded memory).
+
+    JPEG (YCbCr) compressed, 512 px blocks, overviews 2-16: the shape of a drone orthomosaic as
+    photogrammetry tools deliver it.
+    """
     import cv2
     import rasterio
     from affine import Affine
@@ -31,7 +35,7 @@ def write_big(path: Path, size: int, gsd: float, seed: int, plant: bool) -> None
 
     profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:4547",
                    transform=Affine(gsd, 0, 520000, 0, -gsd, 2515000), tiled=True, blockxsize=512,
-                   blockysize=512, compress="deflate", predictor=2, BIGTIFF="IF_SAFER")
+                   blockysize=512, compress="jpeg", photometric="ycbcr", jpeg_quality=90, BIGTIFF="IF_SAFER")
     block = 2048
     with rasterio.open(path, "w", **profile) as dst:
         for r in range(0, size, block):
@@ -95,6 +99,158 @@ class RssSampler(threading.Thread):
         self.join()
 
 
+# ---------------------------------------------------------------- per-tile profile
+
+class StepTimer:
+    """Wall time per named step, summed over a run (one process: ``workers=1``).
+
+    The pipeline's step functions are wrapped in place (monkeypatched for the duration of
+    :meth:`installed`), so the profile measures the code ``buildwatch run`` runs, not a copy.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._local = threading.local()  # one stack of open steps per thread (reads run in a prefetch thread)
+
+    def wrap(self, name: str, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            stack = self._local.__dict__.setdefault("stack", [])
+            t = time.perf_counter()
+            stack.append(name)
+            try:
+                return fn(*a, **k)
+            finally:
+                stack.pop()
+                dt = time.perf_counter() - t
+                self.seconds[name] = self.seconds.get(name, 0.0) + dt
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if stack:  # report exclusive times: take nested steps out of the enclosing one
+                    self.seconds[stack[-1]] = self.seconds.get(stack[-1], 0.0) - dt
+
+        return timed
+
+    def installed(self):
+        import contextlib
+
+        import detector.geo.raster as raster
+        import detector.night.detect as detect
+        import detector.night.mosaic as mosaic
+        import detector.night.pipeline as pipeline
+
+        patches = [
+            (mosaic.EpochReader, "read", "read + warp (both epochs)"),
+            (raster, "apply_stretch", "stretch"),
+            (pipeline, "_coverage", "coverage"),
+            (pipeline, "_register", "registration"),
+            (detect, "to_input", "model input (stack, /255, NCHW)"),
+            (detect, "decode", "decode + rotated NMS"),
+            (pipeline, "new_in_current", "single-epoch comparison"),
+            (pipeline, "difference_image", "difference image"),
+            (pipeline, "changes_in_tile", "change rules"),
+            (pipeline, "_tile_candidate", "candidate polygons"),
+            (pipeline, "_save_tile", "serialisation (per-tile JSON)"),
+            (pipeline, "process_tile", "other (per-tile glue)"),
+            (pipeline, "_prepare_inputs", "prepare (inputs, model, mosaic registration model)"),
+            (pipeline, "_open_night", "open the night (input sha256, resume)"),
+            (pipeline, "_merge", "merge across tiles"),
+            (pipeline, "_finish_candidates", "to candidates"),
+            (pipeline, "_write_outputs", "write GeoPackage"),
+        ]
+        timer = self
+        orig_init = detect.OnnxDetector.__init__
+
+        def init(det, *a, **k):  # time session.run (the model itself) on the detector's session
+            orig_init(det, *a, **k)
+            det.session = _TimedSession(det.session, timer.wrap("inference (session.run)", det.session.run))
+
+        stack = contextlib.ExitStack()
+        for owner, attr, name in patches:
+            orig = getattr(owner, attr)
+            setattr(owner, attr, self.wrap(name, orig))
+            stack.callback(setattr, owner, attr, orig)
+        detect.OnnxDetector.__init__ = init
+        stack.callback(setattr, detect.OnnxDetector, "__init__", orig_init)
+        return stack
+
+    def table(self, tiles: int, wall: float) -> str:
+        per_tile = [k for k in self.seconds if k not in _RUN_STEPS]
+        rows = [f"{'step':52s} {'ms/tile':>8s} {'share':>6s}"]
+        for k in sorted(per_tile, key=lambda k: -self.seconds[k]):
+            rows.append(f"{k:52s} {1000 * self.seconds[k] / max(tiles, 1):8.1f} {self.seconds[k] / wall:6.1%}")
+        rows.append(f"{'once per run':52s} {'s':>8s}")
+        for k in _RUN_STEPS:
+            if k in self.seconds:
+                rows.append(f"{k:52s} {self.seconds[k]:8.2f} {self.seconds[k] / wall:6.1%}")
+        rest = wall - sum(self.seconds.values())
+        rows.append(f"{'unaccounted (progress bar, pool, imports)':52s} {rest:8.2f} {rest / wall:6.1%}")
+        return "\n".join(rows)
+
+
+_RUN_STEPS = ("prepare (inputs, model, mosaic registration model)", "open the night (input sha256, resume)",
+              "merge across tiles", "to candidates", "write GeoPackage")
+
+
+class _TimedSession:
+    """An ONNX Runtime session whose ``run`` is timed; everything else is passed through."""
+
+    def __init__(self, session, run):
+        self._session, self.run = session, run
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+# ---------------------------------------------------------------- the SAHI + ultralytics comparison
+
+def sahi_run(current: Path, gsd: float, slice_px: int, overlap: float, weights: Path | None, threads: int) -> dict:
+    """What a user would pick instead: SAHI sliced inference with an ultralytics YOLO26n-OBB on the
+    current epoch alone, read at the same working GSD through the overviews. Timed reading included.
+
+    ``weights``: an ultralytics checkpoint (``.pt``) or export (``.onnx``) with 3 input channels;
+    None builds YOLO26n-OBB (4 classes, the shipped model's architecture and input size) from the
+    ``yolo26n-obb.yaml`` that ships inside the ultralytics package: nothing is downloaded, and its
+    untrained weights cost the same per slice as trained ones (it finds nothing, so SAHI's merge is
+    not even exercised: the comparison flatters SAHI, if anything).
+    """
+    os.environ["YOLO_OFFLINE"] = "true"
+    import rasterio
+    import torch
+    from rasterio.enums import Resampling
+    from sahi import AutoDetectionModel
+    from sahi.predict import get_sliced_prediction
+    from ultralytics import YOLO
+
+    torch.set_num_threads(threads)
+    if weights is not None:
+        yolo = YOLO(str(weights), task="obb")
+        name = Path(weights).name
+    else:
+        from ultralytics.nn.tasks import OBBModel
+
+        yolo = YOLO("yolo26n-obb.yaml", task="obb")
+        yolo.model = OBBModel("yolo26n-obb.yaml", ch=3, nc=4, verbose=False)
+        name = "YOLO26n-OBB from yolo26n-obb.yaml (untrained, 4 classes)"
+    model = AutoDetectionModel.from_pretrained(model_type="ultralytics", model=yolo, confidence_threshold=0.25,
+                                               device="cpu", image_size=slice_px)
+    t0 = time.perf_counter()
+    with rasterio.open(current) as src:
+        factor = gsd / src.res[0]
+        h, w = round(src.height / factor), round(src.width / factor)
+        image = np.moveaxis(src.read([1, 2, 3], out_shape=(3, h, w), resampling=Resampling.bilinear), 0, -1)
+    t_read = time.perf_counter() - t0
+    result = get_sliced_prediction(image, model, slice_height=slice_px, slice_width=slice_px,
+                                   overlap_height_ratio=overlap, overlap_width_ratio=overlap,
+                                   perform_standard_pred=False, verbose=0)
+    seconds = time.perf_counter() - t0
+    km2 = h * w * gsd * gsd / 1e6
+    return {"model": name, "seconds": seconds, "read_s": t_read, "km2": km2, "km2_per_hour": km2 / seconds * 3600,
+            "detections": len(result.object_prediction_list), "slices": result.durations_in_seconds.get("slice")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=20000)
@@ -103,6 +259,13 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None, help="folder for temporary files")
     ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the generated mosaics in this folder")
+    ap.add_argument("--sahi", action="store_true",
+                    help="also time SAHI + ultralytics on the current epoch (needs the 'bench' extra) and print the ratio")
+    ap.add_argument("--sahi-weights", type=Path, default=None,
+                    help="ultralytics checkpoint/export for SAHI (3 channels); default: YOLO26n-OBB built from its yaml")
+    ap.add_argument("--sahi-overlap", type=float, default=0.25, help="SAHI slice overlap ratio")
+    ap.add_argument("--profile", action="store_true",
+                    help="also run once in one process with every step timed and print the per-tile breakdown")
     args = ap.parse_args()
 
     from detector.config import RunConfig
@@ -134,6 +297,32 @@ def main() -> None:
         peak = max(sampler.peak_main, sampler.peak_child)
         print(f"largest single process: {peak:.0f} MB -> {peak / 1536:.2f} x the 1.5 GB target "
               f"({'OK' if peak < 1536 else 'OVER'}); throughput {s.km2_per_hour:.2f} km²/h")
+        if args.sahi:
+            spec_gsd = 0.25
+            from detector.night.model import load_model_spec
+
+            spec = load_model_spec(args.model)
+            spec_gsd, slice_px = spec.gsd_m, spec.imgsz[0]
+            with ProcessPoolExecutor(1, mp_context=__import__("multiprocessing").get_context("spawn")) as pool:
+                r = pool.submit(sahi_run, tmp / "current.tif", spec_gsd, slice_px, args.sahi_overlap, args.sahi_weights,
+                                args.workers).result()
+            print(f"\nSAHI + ultralytics ({r['model']}; current epoch only, {slice_px} px slices at {spec_gsd} m, "
+                  f"{args.sahi_overlap:.0%} overlap, {args.workers} torch threads): {r['seconds']:.1f} s "
+                  f"(read {r['read_s']:.1f} s) for {r['km2']:.2f} km² -> {r['km2_per_hour']:.0f} km²/h")
+            print(f"buildwatch run (both epochs): {s.seconds:.1f} s -> {s.km2_per_hour:.0f} km²/h; "
+                  f"ratio buildwatch / SAHI = {s.km2_per_hour / r['km2_per_hour']:.2f}x")
+        if args.profile:
+            timer = StepTimer()
+            pcfg = cfg.model_copy(update={"workers": 1, "out": Path(scratch) / "out-profile", "progress": False})
+            import detector.night.pipeline as pipeline
+
+            pipeline.PREFETCH = False  # steps one after another, so that each step's time is its own
+            with timer.installed():
+                t = time.perf_counter()
+                ps = run_pipeline(pcfg)
+                wall = time.perf_counter() - t
+            print(f"\nprofile: one process, {ps.tiles_total} tiles in {wall:.1f} s ({ps.km2_per_hour:.0f} km²/h)")
+            print(timer.table(ps.tiles_total, wall))
 
 if __name__ == "__main__":
     main()

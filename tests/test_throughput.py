@@ -1,0 +1,149 @@
+"""The throughput mechanisms of the nightly run give the same pixels and tiles as the plain path:
+the warp-free read of a same-CRS epoch, tile groups, and the prefetching worker loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from detector.night.mosaic import EpochReader, make_grid, open_mosaic
+from detector.night.tiles import iter_tiles, tile_groups, tile_layout
+from tests.pipeline_util import textured_image, write_geotiff
+
+CRS = "EPSG:32650"
+
+
+def _pair(tmp_path: Path, origin=(500003.03, 2500001.07), res=0.1, size=900, mask_cols=0, alpha=False):
+    """A same-CRS pair whose origin is off the working grid's whole pixels (so every grid pixel
+    straddles source pixels and the extent ends mid-pixel)."""
+    import rasterio
+
+    rgb = textured_image(size, size, seed=5)
+    t = Affine(res, 0, origin[0], 0, -res, origin[1])
+    base = write_geotiff(tmp_path / "b.tif", rgb, CRS, t)
+    cur = tmp_path / "c.tif"
+    if mask_cols:
+        a = np.full((size, size), 255, np.uint8)
+        a[:, :mask_cols] = 0
+        if alpha:
+            write_geotiff(cur, rgb, CRS, t, alpha=a)
+        else:
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                with rasterio.open(cur, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                                   crs=CRS, transform=t, tiled=True) as dst:
+                    dst.write(np.moveaxis(rgb, -1, 0))
+                    dst.write_mask(a)
+    else:
+        write_geotiff(cur, rgb, CRS, t)
+    return open_mosaic(base, "baseline"), open_mosaic(cur, "current")
+
+
+def _read_both_ways(info, grid, windows):
+    direct, warped = EpochReader(info, grid), EpochReader(info, grid)
+    assert direct.direct
+    warped.direct = False
+    try:
+        return [(direct.read(*w), warped.read(*w)) for w in windows]
+    finally:
+        direct.close()
+        warped.close()
+
+
+# windows inside, across every edge, and wholly outside the grid
+WINDOWS = [(10, 10, 128, 128), (-40, -30, 128, 128), (300, 300, 128, 128), (330, -5, 64, 400),
+           (-500, 0, 64, 64), (0, 0, 361, 361)]
+
+
+@pytest.mark.parametrize("mask", ["none", "internal", "alpha"])
+def test_direct_read_matches_the_warped_read(tmp_path, mask):
+    b, c = _pair(tmp_path, mask_cols=0 if mask == "none" else 300, alpha=mask == "alpha")
+    grid = make_grid(b, c, 0.25)
+    assert (grid.width, grid.height) == (361, 361)  # 90 m from an origin off the 0.25 m world grid
+    for (px, valid), (px_w, valid_w) in _read_both_ways(c, grid, WINDOWS):
+        assert np.array_equal(valid, valid_w)  # the warper's validity rule: pixel centre inside the source
+        # inside, the same bilinear resampling; on the rim of the valid area the warper
+        # extrapolates the pixels only partly inside the source, the direct read repeats its neighbour
+        diff = np.abs(px.astype(int) - px_w)
+        assert diff[valid & ~_edge_of(valid)].max(initial=0) <= 1
+        assert (px[~valid] == 0).all()
+    if mask != "none":  # a third of the source is masked out
+        (_, valid), _ = _read_both_ways(c, grid, [(0, 0, 361, 361)])[0]
+        assert 0.30 < 1 - valid.mean() < 0.36
+
+
+def _edge_of(valid: np.ndarray) -> np.ndarray:
+    """Valid pixels with an invalid (or outside) 4-neighbour: where the two reads may differ."""
+    p = np.pad(valid, 1, constant_values=False)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return valid & ~inner
+
+
+def test_epoch_in_another_crs_is_warped(tmp_path):
+    import rasterio
+    from rasterio.warp import calculate_default_transform, reproject
+
+    b, _ = _pair(tmp_path)
+    dst = tmp_path / "c3857.tif"
+    with rasterio.open(b.path) as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
+        with rasterio.open(dst, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs="EPSG:3857",
+                           transform=t) as out:
+            for i in (1, 2, 3):
+                reproject(rasterio.band(src, i), rasterio.band(out, i))
+    c = open_mosaic(dst, "current")
+    grid = make_grid(b, c, 0.25)
+    assert EpochReader(b, grid).direct
+    assert not EpochReader(c, grid).direct
+
+
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_tile_groups_partition_the_tiles_into_square_neighbourhoods(tmp_path, group):
+    b, c = _pair(tmp_path, size=3000)
+    grid = make_grid(b, c, 0.25)
+    tiles = list(iter_tiles(grid, 128, 32))
+    groups = tile_groups(tiles, group)
+    flat = [t.tile_id for g in groups for t in g]
+    assert sorted(flat) == sorted(t.tile_id for t in tiles) and len(flat) == len(set(flat))
+    stride, _ = tile_layout(128, 32)
+    n = -(-grid.width // stride)  # 750 px / 96 = 8 (or 9) tiles a side
+    assert len(tiles) in (n * n, (n + 1) ** 2)
+    for g in groups:
+        rows, cols = {t.row for t in g}, {t.col for t in g}
+        assert max(rows) - min(rows) < group and max(cols) - min(cols) < group
+        assert len(g) <= group * group
+        assert [(t.row, t.col) for t in g] == sorted((t.row, t.col) for t in g)  # row-major inside a group
+    with pytest.raises(ValueError):
+        tile_groups(tiles, 0)
+
+
+def test_prefetching_worker_keeps_tile_order_and_surfaces_read_errors(monkeypatch):
+    from rasterio.errors import RasterioError
+
+    import detector.night.pipeline as pipeline
+
+    reads, done = [], []
+
+    def read(ctx, tile, b, c):
+        reads.append(tile)
+        if tile == "bad":
+            raise RasterioError("truncated")
+        return ("pixels", tile)
+
+    def process(ctx, tile, b, c, det, dsm_readers=None, pixels=None):
+        assert pixels == ("pixels", tile)  # each tile gets its own prefetched pixels
+        done.append(tile)
+        return tile
+
+    monkeypatch.setattr(pipeline, "_read_tile", read)
+    monkeypatch.setattr(pipeline, "process_tile", process)
+    monkeypatch.setitem(pipeline._WORKER, "ctx", None)
+    for k in ("b", "c", "det"):
+        monkeypatch.setitem(pipeline._WORKER, k, None)
+    assert pipeline._work(["t1", "t2", "t3"]) == ["t1", "t2", "t3"]
+    assert reads == ["t1", "t2", "t3"] and done == ["t1", "t2", "t3"]
+    assert pipeline._work([]) == []
+    with pytest.raises(RasterioError):
+        pipeline._work(["t1", "bad", "t3"])
