@@ -54,6 +54,29 @@ def write_big(path: Path, size: int, gsd: float, seed: int, plant: bool) -> None
         dst.build_overviews([2, 4, 8, 16], rasterio.enums.Resampling.average)
 
 
+def repeat_vrt(src: Path, out: Path, n: int) -> Path:
+    """A VRT of n x n copies of ``src`` side by side (a mosaic n² times larger, same overviews)."""
+    import rasterio
+
+    with rasterio.open(src) as ds:
+        w, h, t, crs = ds.width, ds.height, ds.transform, ds.crs.to_wkt()
+    blocks = "".join(
+        f'<SimpleSource><SourceFilename relativeToVRT="0">{src}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{i * w}" yOff="{j * h}" xSize="{w}" '
+        f'ySize="{h}"/></SimpleSource>'
+        for b in (1, 2, 3) for j in range(n) for i in range(n)).split("</SimpleSource>")
+    bands = []
+    for b in (1, 2, 3):
+        sources = "".join(x + "</SimpleSource>" for x in blocks if f"<SourceBand>{b}</SourceBand>" in x)
+        interp = ("Red", "Green", "Blue")[b - 1]
+        bands.append(f'<VRTRasterBand dataType="Byte" band="{b}"><ColorInterp>{interp}</ColorInterp>{sources}'
+                     f"</VRTRasterBand>")
+    gt = f"{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}"
+    out.write_text(f'<VRTDataset rasterXSize="{w * n}" rasterYSize="{h * n}"><SRS>{crs}</SRS>'
+                   f"<GeoTransform>{gt}</GeoTransform>{''.join(bands)}</VRTDataset>")
+    return out
+
+
 class RssSampler(threading.Thread):
     """Samples the resident memory of this process and its children every 0.2 s (Linux /proc)."""
 
@@ -264,6 +287,10 @@ def main() -> None:
     ap.add_argument("--sahi-weights", type=Path, default=None,
                     help="ultralytics checkpoint/export for SAHI (3 channels); default: YOLO26n-OBB built from its yaml")
     ap.add_argument("--sahi-overlap", type=float, default=0.25, help="SAHI slice overlap ratio")
+    ap.add_argument("--overlap-px", type=int, default=None, help="tile overlap (default: the run's default)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run on a VRT of repeat x repeat copies of each mosaic (memory must stay flat)")
+    ap.add_argument("--no-prefetch", action="store_true", help="read each tile only when it is processed")
     ap.add_argument("--profile", action="store_true",
                     help="also run once in one process with every step timed and print the per-tile breakdown")
     args = ap.parse_args()
@@ -284,14 +311,25 @@ def main() -> None:
                   f"({(tmp / 'baseline.tif').stat().st_size / 1e6:.0f} MB each on disk)")
         else:
             print(f"reusing the mosaics in {tmp}")
-        cfg = RunConfig(baseline=tmp / "baseline.tif", current=tmp / "current.tif", out=Path(scratch) / "out",
-                        model=args.model, workers=args.workers, progress=True)
+        base, cur, side = tmp / "baseline.tif", tmp / "current.tif", args.size
+        if args.repeat > 1:
+            base, cur = (repeat_vrt(p, Path(scratch) / f"{p.stem}-x{args.repeat}.vrt", args.repeat) for p in (base, cur))
+            side = args.size * args.repeat
+        import detector.night.pipeline as pipeline
+
+        pipeline.PREFETCH = not args.no_prefetch
+        cfg = RunConfig(baseline=base, current=cur, out=Path(scratch) / "out", model=args.model, workers=args.workers,
+                        progress=True)
+        if args.overlap_px is not None:
+            cfg.detect.overlap_px = args.overlap_px
+        print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         sampler = RssSampler()
         sampler.start()
         s = run_pipeline(cfg)
         sampler.stop()
         print(s.text())
-        print(f"tiles: {s.tiles_total}; mosaic: {args.size}x{args.size} px = {(args.size * args.gsd / 1000) ** 2:.2f} km²")
+        print(f"tiles: {s.tiles_total}; mosaic: {side}x{side} px = {(side * args.gsd / 1000) ** 2:.2f} km²; "
+              f"load average after: {os.getloadavg()[0]:.1f}")
         print(f"peak RSS: main process {sampler.peak_main:.0f} MB, largest worker {sampler.peak_child:.0f} MB, "
               f"all processes together {sampler.peak_total:.0f} MB")
         peak = max(sampler.peak_main, sampler.peak_child)
