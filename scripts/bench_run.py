@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import threading
 import tempfile
 import time
@@ -77,6 +78,12 @@ def repeat_vrt(src: Path, out: Path, n: int) -> Path:
     return out
 
 
+def _cpu_seconds(who: int) -> float:
+    """User + system CPU seconds of this process (all its threads) or of its reaped children."""
+    u = resource.getrusage(who)
+    return u.ru_utime + u.ru_stime
+
+
 class RssSampler(threading.Thread):
     """Samples the resident memory of this process and its children every 0.2 s (Linux /proc)."""
 
@@ -99,6 +106,13 @@ class RssSampler(threading.Thread):
 
     def _children(self) -> list[int]:
         me = os.getpid()
+        try:  # cheap: the kernel's list of this process's children (threads' lists joined)
+            kids = []
+            for task in Path(f"/proc/{me}/task").iterdir():
+                kids += [int(k) for k in (task / "children").read_text().split()]
+            return kids
+        except (OSError, ValueError):
+            pass
         kids = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -133,6 +147,7 @@ class StepTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # CPU time of the calling thread: robust to other load on the machine
         self.calls: dict[str, int] = {}
         self._local = threading.local()  # one stack of open steps per thread (reads run in a prefetch thread)
 
@@ -142,17 +157,19 @@ class StepTimer:
         @functools.wraps(fn)
         def timed(*a, **k):
             stack = self._local.__dict__.setdefault("stack", [])
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             stack.append(name)
             try:
                 return fn(*a, **k)
             finally:
                 stack.pop()
-                dt = time.perf_counter() - t
+                dt, dc = time.perf_counter() - t, time.thread_time() - c
                 self.seconds[name] = self.seconds.get(name, 0.0) + dt
+                self.cpu[name] = self.cpu.get(name, 0.0) + dc
                 self.calls[name] = self.calls.get(name, 0) + 1
                 if stack:  # report exclusive times: take nested steps out of the enclosing one
                     self.seconds[stack[-1]] = self.seconds.get(stack[-1], 0.0) - dt
+                    self.cpu[stack[-1]] = self.cpu.get(stack[-1], 0.0) - dc
 
         return timed
 
@@ -200,16 +217,21 @@ class StepTimer:
         return stack
 
     def table(self, tiles: int, wall: float) -> str:
+        """Per-tile steps in CPU and wall ms per tile (and share of the CPU), then the once-per-run steps."""
         per_tile = [k for k in self.seconds if k not in _RUN_STEPS]
-        rows = [f"{'step':52s} {'ms/tile':>8s} {'share':>6s}"]
-        for k in sorted(per_tile, key=lambda k: -self.seconds[k]):
-            rows.append(f"{k:52s} {1000 * self.seconds[k] / max(tiles, 1):8.1f} {self.seconds[k] / wall:6.1%}")
-        rows.append(f"{'once per run':52s} {'s':>8s}")
+        cpu_tiles = sum(self.cpu[k] for k in per_tile)
+        rows = [f"{'step':52s} {'CPU ms/tile':>11s} {'wall ms/tile':>12s} {'CPU share':>9s}"]
+        for k in sorted(per_tile, key=lambda k: -self.cpu[k]):
+            rows.append(f"{k:52s} {1000 * self.cpu[k] / max(tiles, 1):11.1f} {1000 * self.seconds[k] / max(tiles, 1):12.1f} "
+                        f"{self.cpu[k] / max(cpu_tiles, 1e-9):9.1%}")
+        rows.append(f"{'all per-tile steps':52s} {1000 * cpu_tiles / max(tiles, 1):11.1f} "
+                    f"{1000 * sum(self.seconds[k] for k in per_tile) / max(tiles, 1):12.1f}")
+        rows.append(f"{'once per run':52s} {'CPU s':>11s} {'wall s':>12s}")
         for k in _RUN_STEPS:
             if k in self.seconds:
-                rows.append(f"{k:52s} {self.seconds[k]:8.2f} {self.seconds[k] / wall:6.1%}")
+                rows.append(f"{k:52s} {self.cpu[k]:11.2f} {self.seconds[k]:12.2f}")
         rest = wall - sum(self.seconds.values())
-        rows.append(f"{'unaccounted (progress bar, pool, imports)':52s} {rest:8.2f} {rest / wall:6.1%}")
+        rows.append(f"{'rest (progress bar, worker start, imports)':52s} {'':11s} {rest:12.2f}")
         return "\n".join(rows)
 
 
@@ -259,7 +281,7 @@ def sahi_run(current: Path, gsd: float, slice_px: int, overlap: float, weights: 
         name = "YOLO26n-OBB from yolo26n-obb.yaml (untrained, 4 classes)"
     model = AutoDetectionModel.from_pretrained(model_type="ultralytics", model=yolo, confidence_threshold=0.25,
                                                device="cpu", image_size=slice_px)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds(resource.RUSAGE_SELF)
     with rasterio.open(current) as src:
         factor = gsd / src.res[0]
         h, w = round(src.height / factor), round(src.width / factor)
@@ -268,9 +290,9 @@ def sahi_run(current: Path, gsd: float, slice_px: int, overlap: float, weights: 
     result = get_sliced_prediction(image, model, slice_height=slice_px, slice_width=slice_px,
                                    overlap_height_ratio=overlap, overlap_width_ratio=overlap,
                                    perform_standard_pred=False, verbose=0)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds(resource.RUSAGE_SELF) - cpu0
     km2 = h * w * gsd * gsd / 1e6
-    return {"model": name, "seconds": seconds, "read_s": t_read, "km2": km2, "km2_per_hour": km2 / seconds * 3600,
+    return {"model": name, "seconds": seconds, "cpu_s": cpu, "read_s": t_read, "km2": km2, "km2_per_hour": km2 / seconds * 3600,
             "detections": len(result.object_prediction_list), "slices": result.durations_in_seconds.get("slice")}
 
 
@@ -293,6 +315,7 @@ def main() -> None:
     ap.add_argument("--no-prefetch", action="store_true", help="read each tile only when it is processed")
     ap.add_argument("--profile", action="store_true",
                     help="also run once in one process with every step timed and print the per-tile breakdown")
+    ap.add_argument("--profile-only", action="store_true", help="only the one-process profile")
     args = ap.parse_args()
 
     from detector.config import RunConfig
@@ -322,21 +345,24 @@ def main() -> None:
                         progress=True)
         if args.overlap_px is not None:
             cfg.detect.overlap_px = args.overlap_px
-        print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        sampler = RssSampler()
-        sampler.start()
-        s = run_pipeline(cfg)
-        sampler.stop()
-        print(s.text())
-        print(f"tiles: {s.tiles_total}; mosaic: {side}x{side} px = {(side * args.gsd / 1000) ** 2:.2f} km²; "
-              f"load average after: {os.getloadavg()[0]:.1f}")
-        print(f"peak RSS: main process {sampler.peak_main:.0f} MB, largest worker {sampler.peak_child:.0f} MB, "
-              f"all processes together {sampler.peak_total:.0f} MB")
-        peak = max(sampler.peak_main, sampler.peak_child)
-        print(f"largest single process: {peak:.0f} MB -> {peak / 1536:.2f} x the 1.5 GB target "
-              f"({'OK' if peak < 1536 else 'OVER'}); throughput {s.km2_per_hour:.2f} km²/h")
-        if args.sahi:
-            spec_gsd = 0.25
+        s = None
+        if not args.profile_only:
+            print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            sampler = RssSampler()
+            sampler.start()
+            cpu0 = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
+            s = run_pipeline(cfg)
+            run_cpu = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
+            sampler.stop()
+            print(s.text())
+            print(f"tiles: {s.tiles_total}; mosaic: {side}x{side} px = {(side * args.gsd / 1000) ** 2:.2f} km²; "
+                  f"load average after: {os.getloadavg()[0]:.1f}")
+            print(f"peak RSS: main process {sampler.peak_main:.0f} MB, largest worker {sampler.peak_child:.0f} MB, "
+                  f"all processes together {sampler.peak_total:.0f} MB -> {sampler.peak_total / 1536:.2f} x the "
+                  f"1.5 GB target ({'OK' if sampler.peak_total <= 1536 else 'OVER'})")
+            print(f"throughput {s.km2_per_hour:.0f} km²/h; CPU {run_cpu:.1f} s in all processes "
+                  f"({run_cpu / s.km2:.1f} CPU s per km²: what a machine without other load would need, / cores)")
+        if args.sahi and s is not None:
             from detector.night.model import load_model_spec
 
             spec = load_model_spec(args.model)
@@ -347,9 +373,12 @@ def main() -> None:
             print(f"\nSAHI + ultralytics ({r['model']}; current epoch only, {slice_px} px slices at {spec_gsd} m, "
                   f"{args.sahi_overlap:.0%} overlap, {args.workers} torch threads): {r['seconds']:.1f} s "
                   f"(read {r['read_s']:.1f} s) for {r['km2']:.2f} km² -> {r['km2_per_hour']:.0f} km²/h")
+            print(f"  CPU {r['cpu_s']:.1f} s ({r['cpu_s'] / r['km2']:.1f} CPU s per km²)")
             print(f"buildwatch run (both epochs): {s.seconds:.1f} s -> {s.km2_per_hour:.0f} km²/h; "
-                  f"ratio buildwatch / SAHI = {s.km2_per_hour / r['km2_per_hour']:.2f}x")
-        if args.profile:
+                  f"CPU {run_cpu:.1f} s ({run_cpu / s.km2:.1f} CPU s per km²)")
+            print(f"ratio buildwatch / SAHI: {s.km2_per_hour / r['km2_per_hour']:.2f}x in km²/h (wall clock), "
+                  f"{(r['cpu_s'] / r['km2']) / (run_cpu / s.km2):.2f}x in CPU per km²")
+        if args.profile or args.profile_only:
             timer = StepTimer()
             pcfg = cfg.model_copy(update={"workers": 1, "out": Path(scratch) / "out-profile", "progress": False})
             import detector.night.pipeline as pipeline

@@ -40,7 +40,7 @@ from detector.config import RunConfig
 from detector.errors import BuildwatchError, InputError
 from detector.fileio import atomic_write_text
 from detector.night.align import apply_registration, register_tile
-from detector.night.change import changes_in_tile, difference_image, new_in_current
+from detector.night.change import changes_in_tile, difference_image, new_in_current, owns_centre
 from detector.night.context import NightRun, RunContext, prepare
 from detector.night.detect import detect_tile
 from detector.night.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
@@ -135,7 +135,9 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
                           registration=reg.source, residual_m=reg.residual_m, inliers=reg.inliers)
     dets, baseline_iou = _detect(ctx, detector, b, c)
     stride, margin = tile_layout(ctx.size, ctx.overlap)
-    # the difference image is only needed to judge detections: most tiles have none
+    # The difference image is needed only to judge the detections this tile reports (centre in
+    # its core): most tiles have none, and then it is not computed.
+    dets = [d for d in dets if owns_centre(d, margin, stride)]
     changes = changes_in_tile(dets, difference_image(b, c, valid), valid, gsd, ctx.config.change, margin,
                               stride) if dets else []
     out = [_tile_candidate(ctx, tile, d, changed, baseline_iou.get(id(d), 0.0)) for d, changed in changes]
