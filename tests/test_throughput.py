@@ -147,3 +147,37 @@ def test_prefetching_worker_keeps_tile_order_and_surfaces_read_errors(monkeypatc
     assert pipeline._work([]) == []
     with pytest.raises(RasterioError):
         pipeline._work(["t1", "bad", "t3"])
+
+
+def _difference_reference(baseline, current, valid):
+    """The difference image's definition, written plainly (per band, statistics over valid pixels)."""
+    import cv2
+
+    b = cv2.GaussianBlur(baseline, (0, 0), 1.0).astype(np.float64)
+    c = cv2.GaussianBlur(current, (0, 0), 1.0).astype(np.float64)
+    for i in range(3):
+        bv, cv_ = b[..., i][valid], c[..., i][valid]
+        c[..., i] = (c[..., i] - cv_.mean()) * (bv.std() / max(cv_.std(), 1e-3)) + bv.mean()
+    d = np.abs(b - c).max(axis=2)
+    d[~valid] = 0
+    return d
+
+
+def test_difference_image_cancels_a_scene_wide_shift_and_keeps_local_change():
+    from detector.night.change import CHANGE_THRESHOLD, difference_image
+
+    base = textured_image(256, 256, seed=11)
+    cur = np.clip(base.astype(int) * 0.8 + 20, 0, 255).astype(np.uint8)  # exposure/season: the whole scene
+    cur[100:140, 60:120] = (230, 30, 30)  # a new red roof, 40 x 60 px
+    valid = np.ones((256, 256), bool)
+    valid[:, :30] = False  # nodata strip: excluded from the statistics, zero in the result
+    diff = difference_image(base, cur, valid)
+    assert diff.dtype == np.float32 and diff.shape == (256, 256)
+    assert np.abs(diff - _difference_reference(base, cur, valid)).max() < 1e-3
+    assert (diff[:, :30] == 0).all()
+    roof = np.zeros_like(valid)
+    roof[102:138, 62:118] = True
+    assert (diff[roof] > CHANGE_THRESHOLD).mean() > 0.95
+    far = valid.copy()
+    far[90:150, 50:130] = False
+    assert (diff[far] > CHANGE_THRESHOLD).mean() < 0.01
