@@ -20,6 +20,8 @@ from detector.geo.crs import source_gsd_m as _raster_gsd_m
 from detector.geo.grid import WorkingGrid, clip_window, inner_slices, make_grid
 from detector.geo.raster import STRETCH_HIGH, STRETCH_LOW, MosaicInfo, estimate_stretch, open_raster
 
+CV_RESAMPLE_MAX_FACTOR = 1.5  # source pixels per working pixel up to which OpenCV resamples a tile (see EpochReader)
+
 __all__ = ["EpochReader", "MosaicInfo", "WorkingGrid", "choose_overview_level", "make_grid", "open_mosaic",
            "source_gsd_m"]
 
@@ -137,7 +139,10 @@ class EpochReader:
         col, row = max(0.0, c0 + cb0 * sx), max(0.0, r0 + rb0 * sy)
         swin = Window(col, row, min((cb1 - cb0) * sx, src.width - col), min((rb1 - rb0) * sy, src.height - row))
         shape = (rb1 - rb0, cb1 - cb0)
-        data = src.read(self._bands, window=swin, out_shape=(3, *shape), resampling=Resampling.bilinear)
+        if self._all_valid and max(sx, sy) <= CV_RESAMPLE_MAX_FACTOR:
+            data = self._read_cv(c0, r0, sx, sy, cb0, cb1, rb0, rb1)
+        else:  # GDAL resamples (its bilinear widens the kernel with the factor: no aliasing)
+            data = src.read(self._bands, window=swin, out_shape=(3, *shape), resampling=Resampling.bilinear)
         if self._all_valid:
             mask = np.ones(shape, dtype=bool)
         else:  # nodata, alpha band or internal mask
@@ -147,6 +152,26 @@ class EpochReader:
         if any(any(p) for p in pad):
             data, mask = np.pad(data, ((0, 0), *pad), mode="edge"), np.pad(mask, pad, mode="edge")
         return Window(win.col_off + ca0, win.row_off + ra0, ca1 - ca0, ra1 - ra0), data, mask
+
+    def _read_cv(self, c0: float, r0: float, sx: float, sy: float, cb0: int, cb1: int, rb0: int, rb1: int):
+        """Grid pixels ``[cb0, cb1) x [rb0, rb1)`` of a window starting at source pixel (c0, r0):
+        the source pixels under them read as they are (decode only), then resampled bilinearly by
+        OpenCV at the grid pixel centres. A quarter of the CPU of GDAL's resampled read; used up to
+        :data:`CV_RESAMPLE_MAX_FACTOR`, where bilinear sampling needs no anti-aliasing."""
+        import cv2
+        from rasterio.windows import Window
+
+        src = self._src
+        # source pixel-centre coordinates (0 = centre of the first pixel) of the first and last grid pixel centres
+        u0, u1 = c0 + (cb0 + 0.5) * sx - 0.5, c0 + (cb1 - 0.5) * sx - 0.5
+        v0, v1 = r0 + (rb0 + 0.5) * sy - 0.5, r0 + (rb1 - 0.5) * sy - 0.5
+        x0, x1 = max(0, math.floor(u0)), min(src.width, math.floor(u1) + 2)
+        y0, y1 = max(0, math.floor(v0)), min(src.height, math.floor(v1) + 2)
+        raw = np.ascontiguousarray(np.moveaxis(src.read(self._bands, window=Window(x0, y0, x1 - x0, y1 - y0)), 0, -1))
+        m = np.array([[sx, 0.0, u0 - x0], [0.0, sy, v0 - y0]])
+        out = cv2.warpAffine(raw, m, (cb1 - cb0, rb1 - rb0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        return np.moveaxis(out, -1, 0)
 
     def close(self) -> None:
         self._vrt.close()
