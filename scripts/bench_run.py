@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Benchmark the nightly run on a large synthetic mosaic pair: peak memory and km²/h.
+"""Benchmark the nightly run on a large generated mosaic pair: km²/h, CPU, peak memory, and
+SAHI + ultralytics on the same mosaic for comparison.
 
-Target (issue 4): peak RSS under 1.5 GB for a 20,000 x 20,000 px pair, i.e. memory must not
-grow with the mosaic. Prints peak RSS of the main process and of the largest worker, the number
-of tiles, wall time and km²/h.
+Targets (issues 4 and 13): peak RSS of all processes together under 1.5 GB and flat in mosaic
+size (``--repeat 5``: a 100,000² px VRT); at least 1.5x SAHI + ultralytics' km²/h on the same
+4 km² pair. The machine may be shared: the load average is printed, and each comparison is made
+in one invocation, one run after the other, in km²/h and in CPU seconds per km².
 
-    python scripts/bench_run.py --size 20000 --gsd 0.1 --workers 2
-    python scripts/bench_run.py --size 4000            # quick check
+    python scripts/bench_run.py --size 20000 --sahi            # the 4 km² comparison
+    python scripts/bench_run.py --size 8000 --profile-only     # per-tile CPU breakdown
+    python scripts/bench_run.py --size 20000 --repeat 5        # memory on 100 km²
+    python scripts/bench_run.py --size 4000                    # quick check
 """
 
 from __future__ import annotations
