@@ -369,20 +369,27 @@ def test_crs_whose_units_are_not_ground_metres(tmp_path, oracle, model, crs, lon
     assert _errors_m(gdf, truth_ll).max() <= 0.3
 
 
-def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle, model):
-    """A 25 m building (larger than the model's own 16 m overlap) across a border: one, whole."""
+@pytest.mark.parametrize("max_structure_m,overlap,length_m", [(None, 96, 23.0), (32.0, 127, 25.0)])
+def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle, model, max_structure_m, overlap,
+                                                                length_m):
+    """A building larger than the model's own 16 m overlap, centred on a border: one, whole, up to
+    ``change.max_structure_m`` (default 24 m; 32 m when configured)."""
     from detector.night.tiles import tile_layout
 
-    overlap = 127  # the default rule: max(model 64 px, 32 m / 0.25 m), capped below half the 256 px tile
+    # the rule: max(model 64 px, max_structure_m / 0.25 m), capped below half the 256 px tile
     cell = tile_layout(256, overlap)[0] * 0.25
     transform = _transform_for("EPSG:32650")
     k = math.ceil((transform.c + 60) / cell)
     col = int(round((k * cell - transform.c) / SRC_GSD))
-    big = [(col - 125, 600, 250, 120)]  # 25 m x 12 m, centred on the border
+    n = int(round(length_m / SRC_GSD))
+    big = [(col - n // 2, 600, n, 120)]  # length_m x 12 m, centred on the border
     base, cur, truth = _scene(tmp_path, "EPSG:32650", planted=big)
-    gdf = gpd.read_file(_run(tmp_path, base, cur, model).candidates_path, layer="candidates")
+    from detector.config import ChangeConfig
+
+    kw = {} if max_structure_m is None else {"change": ChangeConfig(max_structure_m=max_structure_m)}
+    gdf = gpd.read_file(_run(tmp_path, base, cur, model, **kw).candidates_path, layer="candidates")
     assert len(gdf) == 1
-    assert gdf["area_m2"].iloc[0] == pytest.approx(300.0, rel=0.08)
+    assert gdf["area_m2"].iloc[0] == pytest.approx(length_m * 12.0, rel=0.08)
     assert _errors_m(gdf, truth).max() <= 0.25
 
 

@@ -11,6 +11,7 @@ project's one stretch (:mod:`detector.geo.raster`), estimated once per mosaic.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import numpy as np
 from detector.geo.crs import source_gsd_m as _raster_gsd_m
 from detector.geo.grid import WorkingGrid, clip_window, inner_slices, make_grid
 from detector.geo.raster import STRETCH_HIGH, STRETCH_LOW, MosaicInfo, estimate_stretch, open_raster
+
+CV_RESAMPLE_MAX_FACTOR = 1.5  # source pixels per working pixel up to which OpenCV resamples a tile (see EpochReader)
 
 __all__ = ["EpochReader", "MosaicInfo", "WorkingGrid", "choose_overview_level", "coverage_of_baseline",
            "make_grid", "open_mosaic", "read_coarse", "source_gsd_m"]
@@ -60,7 +63,7 @@ class EpochReader:
 
     def __init__(self, info: MosaicInfo, grid: WorkingGrid, stretch: tuple[np.ndarray, np.ndarray] | None = None):
         import rasterio
-        from rasterio.enums import Resampling
+        from rasterio.enums import MaskFlags, Resampling
         from rasterio.vrt import WarpedVRT
 
         self.info = info
@@ -82,6 +85,10 @@ class EpochReader:
         )
         self._bands = list(info.bands)
         self.stretch = stretch if stretch is not None else (None if info.dtype == "uint8" else self.percentile_stretch())
+        # Same CRS and both grids axis-aligned: no warping is needed, only resampling, and GDAL's
+        # resampled read of the (overview) dataset costs a third of the warper's per window.
+        self.direct = _axis_aligned_same_crs(self._src, grid)
+        self._all_valid = all(flags == [MaskFlags.all_valid] for flags in self._src.mask_flag_enums)
 
     def percentile_stretch(self, low: float = STRETCH_LOW, high: float = STRETCH_HIGH):
         """The project's stretch of this mosaic (per band, ``low``–``high`` %), from a decimated read."""
@@ -102,12 +109,71 @@ class EpochReader:
         win = clip_window(wanted, self.grid.width, self.grid.height)
         if win is None:
             return out, valid
-        data = apply_stretch(self._vrt.read(self._bands, window=win), self.stretch)
-        mask = self._vrt.dataset_mask(window=win) > 0
+        if self.direct:
+            win, data, mask = self._read_direct(win)
+            if win is None:
+                return out, valid
+        else:
+            data = self._vrt.read(self._bands, window=win)
+            mask = self._vrt.dataset_mask(window=win) > 0
         ys, xs = inner_slices(wanted, win)
-        out[ys, xs] = np.moveaxis(data, 0, -1)
+        out[ys, xs] = np.moveaxis(apply_stretch(data, self.stretch), 0, -1)
         valid[ys, xs] = mask
         return out, valid
+
+    def _read_direct(self, win):
+        """(window, (3, h, w) pixels, (h, w) validity) of the grid pixels whose centre lies in the
+        source (the warper's rule), read without the warper: one resampled read (bilinear, like
+        the warp) of the pixels wholly inside; a pixel only partly inside takes its inner neighbour's value."""
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        src, g = self._src, self.grid
+        t = src.transform
+        sx, sy = g.gsd / t.a, g.gsd / -t.e  # source pixels per grid pixel
+        c0 = (g.left + win.col_off * g.gsd - t.c) / t.a  # the window's upper-left in source pixels
+        r0 = (t.f - (g.top - win.row_off * g.gsd)) / -t.e
+        cols = _inside(c0, sx, int(win.width), src.width)
+        rows = _inside(r0, sy, int(win.height), src.height)
+        if cols is None or rows is None:
+            return None, None, None
+        (ca0, ca1, cb0, cb1), (ra0, ra1, rb0, rb1) = cols, rows
+        col, row = max(0.0, c0 + cb0 * sx), max(0.0, r0 + rb0 * sy)
+        swin = Window(col, row, min((cb1 - cb0) * sx, src.width - col), min((rb1 - rb0) * sy, src.height - row))
+        shape = (rb1 - rb0, cb1 - cb0)
+        if self._all_valid and max(sx, sy) <= CV_RESAMPLE_MAX_FACTOR:
+            data = self._read_cv(c0, r0, sx, sy, cb0, cb1, rb0, rb1)
+        else:  # GDAL resamples (its bilinear widens the kernel with the factor: no aliasing)
+            data = src.read(self._bands, window=swin, out_shape=(3, *shape), resampling=Resampling.bilinear)
+        if self._all_valid:
+            mask = np.ones(shape, dtype=bool)
+        else:  # nodata, alpha band or internal mask
+            mask = src.dataset_mask(window=swin, out_shape=shape, resampling=Resampling.nearest) > 0
+            data[:, ~mask] = 0  # as the warper leaves them
+        pad = ((rb0 - ra0, ra1 - rb1), (cb0 - ca0, ca1 - cb1))
+        if any(any(p) for p in pad):
+            data, mask = np.pad(data, ((0, 0), *pad), mode="edge"), np.pad(mask, pad, mode="edge")
+        return Window(win.col_off + ca0, win.row_off + ra0, ca1 - ca0, ra1 - ra0), data, mask
+
+    def _read_cv(self, c0: float, r0: float, sx: float, sy: float, cb0: int, cb1: int, rb0: int, rb1: int):
+        """Grid pixels ``[cb0, cb1) x [rb0, rb1)`` of a window starting at source pixel (c0, r0):
+        the source pixels under them read as they are (decode only), then resampled bilinearly by
+        OpenCV at the grid pixel centres. A quarter of the CPU of GDAL's resampled read; used up to
+        :data:`CV_RESAMPLE_MAX_FACTOR`, where bilinear sampling needs no anti-aliasing."""
+        import cv2
+        from rasterio.windows import Window
+
+        src = self._src
+        # source pixel-centre coordinates (0 = centre of the first pixel) of the first and last grid pixel centres
+        u0, u1 = c0 + (cb0 + 0.5) * sx - 0.5, c0 + (cb1 - 0.5) * sx - 0.5
+        v0, v1 = r0 + (rb0 + 0.5) * sy - 0.5, r0 + (rb1 - 0.5) * sy - 0.5
+        x0, x1 = max(0, math.floor(u0)), min(src.width, math.floor(u1) + 2)
+        y0, y1 = max(0, math.floor(v0)), min(src.height, math.floor(v1) + 2)
+        raw = np.ascontiguousarray(np.moveaxis(src.read(self._bands, window=Window(x0, y0, x1 - x0, y1 - y0)), 0, -1))
+        m = np.array([[sx, 0.0, u0 - x0], [0.0, sy, v0 - y0]])
+        out = cv2.warpAffine(raw, m, (cb1 - cb0, rb1 - rb0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        return np.moveaxis(out, -1, 0)
 
     def close(self) -> None:
         self._vrt.close()
@@ -184,3 +250,30 @@ def coverage_of_baseline(baseline: MosaicInfo, current: MosaicInfo, grid: Workin
         base = vb
     n = int(base.sum())
     return float((seen & base).sum()) / n if n else 0.0
+
+
+def _inside(offset: float, step: float, n: int, size: int) -> tuple[int, int, int, int] | None:
+    """Along one axis, grid pixels ``[0, n)`` starting at source pixel ``offset``, ``step`` source
+    pixels each: ``(a0, a1, b0, b1)``, the range whose centres lie in ``[0, size)`` and the range
+    wholly inside it; None when no pixel is wholly inside."""
+    eps = 1e-6
+    a0 = max(0, math.ceil(-offset / step - 0.5 - eps))
+    a1 = min(n, math.ceil((size - offset) / step - 0.5 - eps))
+    b0 = max(0, math.ceil(-offset / step - eps))
+    b1 = min(n, math.floor((size - offset) / step + eps))
+    if b1 <= b0:
+        return None
+    return min(a0, b0), max(a1, b1), b0, b1
+
+
+def _axis_aligned_same_crs(src, grid: WorkingGrid) -> bool:
+    """Whether ``src`` is in the working grid's CRS with north-up, unrotated pixels."""
+    from rasterio.crs import CRS
+
+    t = src.transform
+    if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0 or src.crs is None:
+        return False
+    try:
+        return src.crs == CRS.from_wkt(grid.crs_wkt)
+    except Exception:  # an exotic CRS rasterio cannot compare: warp, as always
+        return False

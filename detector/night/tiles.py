@@ -58,3 +58,19 @@ def core_bounds(tile: Tile, size: int, overlap: int, gsd: float) -> tuple[float,
     left = tile.bounds[0] + margin * gsd
     top = tile.bounds[3] - margin * gsd
     return (left, top - stride * gsd, left + stride * gsd, top)
+
+
+def tile_groups(tiles: list[Tile], group: int) -> list[list[Tile]]:
+    """Tiles in square groups of ``group`` x ``group`` neighbours, each group in row-major order.
+
+    One worker processes a group at a time: neighbouring tiles share source blocks (the tile
+    overlap, and JPEG blocks that straddle tile edges), so a group decodes each block about once
+    from GDAL's block cache instead of once per tile, and two workers rarely decode the same block.
+    Groups are ordered row-major by their upper-left tile; the tiles are all kept, each once.
+    """
+    if group < 1:
+        raise ValueError(f"tile group size must be >= 1, got {group}")
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for t in sorted(tiles, key=lambda t: (t.row, t.col)):
+        groups.setdefault((t.row // group, t.col // group), []).append(t)
+    return [groups[k] for k in sorted(groups)]
