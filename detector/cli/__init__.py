@@ -22,6 +22,8 @@ COMMANDS = {
     "ortho": "detector.cli.ortho_cmd:ortho",
     "cases": "detector.cli.cases_cmd:cases",
     "model-info": "detector.cli.model_cmd:model_info",
+    "models": "detector.cli.model_cmd:models",
+    "retrain": "training.cli:retrain",
     "train": "training.cli:train",
     "export": "training.cli:export",
     "evaluate": "training.cli:evaluate",
