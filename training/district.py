@@ -70,17 +70,16 @@ def _resize(img: np.ndarray, factor: float, interpolation=cv2.INTER_AREA) -> np.
 
 
 def mask_objects(mask: np.ndarray, gsd_m: float) -> list[np.ndarray]:
-    """Outer contours (pixel polygons, corner convention) of the mask's 4-connected components >= 10 m²."""
+    """Outlines (pixel-edge polygons, corner convention) of the mask's 4-connected components >= 10 m²."""
+    from rasterio.features import shapes
+
     binary = (mask > 0).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=4)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] * gsd_m ** 2 >= MIN_OBJECT_M2
     out = []
-    for k in range(1, n):
-        if stats[k, cv2.CC_STAT_AREA] * gsd_m ** 2 < MIN_OBJECT_M2:
-            continue
-        contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        c = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
-        if len(c) >= 3:
-            out.append(c + 0.5)  # pixel centres -> corner convention
+    for geom, value in shapes(labels.astype(np.int32), mask=keep[labels], connectivity=4):
+        out.append(np.asarray(geom["coordinates"][0], np.float64))
     return out
 
 

@@ -262,6 +262,28 @@ def evaluate_for_gate(model: Path, synthetic_dir: Path | None, district_dir: Pat
     return gate_metrics(syn, dis)
 
 
+def gate_and_register(registry: ModelRegistry, parent: ModelVersion, candidate: Path, checkpoint: Path | None,
+                      synthetic_dir: Path | None, district_dir: Path | None, out: Path, margin: float = 0.05,
+                      min_gain: float = 0.0, promote: bool = True, data_manifest: dict | None = None,
+                      model_name: str = "") -> tuple[ModelVersion, GateResult]:
+    """Score ``parent`` and ``candidate`` on the same hold-outs, register the candidate with the
+    verdict, and promote it only if the gate passes (and ``promote``); the reason is logged."""
+    old = evaluate_for_gate(parent.model, synthetic_dir, district_dir, Path(out) / "old")
+    new = evaluate_for_gate(candidate, synthetic_dir, district_dir, Path(out) / "new")
+    gate = gate_decision(old, new, margin, min_gain)
+    version = registry.add(candidate, checkpoint=checkpoint, parent=parent.version, model_name=model_name,
+                           data_manifest=data_manifest or {}, metrics={"old": old, "new": new}, gate=gate.to_json(),
+                           note=("gate passed: " if gate.promote else "gate refused: ") + gate.reason)
+    if gate.promote and promote:
+        registry.promote(version.version, gate.reason)
+        log.info("promoted %s: %s", version.version, gate.reason)
+    elif gate.promote:
+        log.info("%s passed the gate but --no-promote: %s stays promoted (%s)", version.version, parent.version, gate.reason)
+    else:
+        log.info("kept %s, %s not promoted: %s", parent.version, version.version, gate.reason)
+    return version, gate
+
+
 @dataclass
 class RetrainResult:
     parent: str
@@ -320,10 +342,10 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
                                             "data_manifest": "version.json data_manifest", "retrained": _now()})
         syn_dir = synthetic_holdout(opts.work, opts.synthetic_holdout, opts.synthetic_size, spec.gsd_m)
         district_dir = (opts.work / "holdout" / "district") if holdout_dirs else None
-        old = evaluate_for_gate(parent.model, syn_dir, district_dir, opts.work / "gate" / "old")
-        new = evaluate_for_gate(candidate, syn_dir, district_dir, opts.work / "gate" / "new")
-        gate = gate_decision(old, new, opts.margin, opts.min_gain)
-        manifest = {"created": _now(), "parent": parent.version, "parent_sha256": parent.sha256,
+        version, gate = gate_and_register(registry, parent, candidate, result.best, syn_dir, district_dir,
+                                          opts.work / "gate", opts.margin, opts.min_gain, opts.promote,
+                                          data_manifest, name)
+        manifest = {"created": _now(), "parent": parent.version, "parent_sha256": parent.sha256, "version": version.version,
                     "start_checkpoint": str(start), "config": json.loads(cfg.model_dump_json()),
                     "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
                     "data": data_manifest, "train_seconds": round(result.seconds, 1), "train_metrics": result.metrics,
@@ -332,16 +354,6 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
         from detector.fileio import atomic_write_text
 
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1, default=str))
-        version = registry.add(candidate, checkpoint=result.best, parent=parent.version, model_name=name,
-                               data_manifest=data_manifest, metrics={"old": old, "new": new}, gate=gate.to_json(),
-                               note=("gate passed: " if gate.promote else "gate refused: ") + gate.reason)
-        if gate.promote and opts.promote:
-            registry.promote(version.version, gate.reason)
-            log.info("promoted %s: %s", version.version, gate.reason)
-        elif gate.promote:
-            log.info("%s passed the gate but --no-promote: %s stays promoted (%s)", version.version, parent.version, gate.reason)
-        else:
-            log.info("kept %s, %s not promoted: %s", parent.version, version.version, gate.reason)
         promoted = registry.promoted
         return RetrainResult(parent.version, version.version, promoted.version if promoted else "", gate,
                              manifest_path, time.time() - t0)
