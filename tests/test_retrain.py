@@ -205,3 +205,20 @@ def test_levir_layout_groups_and_split(tmp_path):
     with pytest.raises(InputError, match="no such tile group"):
         split_groups(pairs, 0.2, ["test_9"])
     assert len(mask_objects(np.pad(np.full((4, 4), 255, np.uint8), 2), 0.5)) == 0  # 4 m² < 10 m²
+
+
+def test_retrain_bad_input_fails_before_any_work(tmp_path, capsys):
+    """One line, exit 2, and no registry written when the district's data is unusable."""
+    models, work = tmp_path / "models", tmp_path / "work"
+    assert main(["retrain", "--models", str(models), "--work", str(work)]) == 2
+    assert "give --tiles and/or --cases" in capsys.readouterr().err
+    b = np.zeros((16, 16, 3), np.uint8)
+    _write_pair(tmp_path / "tiles" / "t0", b, b, 400000.0, 2500000.0)
+    assert main(["retrain", "--models", str(models), "--work", str(work), "--tiles", str(tmp_path / "tiles")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "t0: no labels" in err and "labels.geojson" in err
+    assert main(["retrain", "--models", str(models), "--work", str(work), "--tiles", str(tmp_path / "nowhere")]) == 2
+    assert "labelled tiles folder not found" in capsys.readouterr().err
+    assert main(["retrain", "--models", str(models), "--work", str(work), "--cases", str(tmp_path / "cases.gpkg")]) == 2
+    assert "case registry not found" in capsys.readouterr().err
+    assert not models.exists()
