@@ -150,7 +150,7 @@ def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align):
 @click.option("--baseline", type=click.Path(path_type=Path), help="with --cases: the night's baseline mosaic")
 @click.option("--current", type=click.Path(path_type=Path), help="with --cases: the night's current mosaic")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="training recipe (default configs/train/pair-cpu.yaml settings)")
-@click.option("--holdout", multiple=True, help="tile (group) to hold out for the gate; repeat (default: a seeded 20%%)")
+@click.option("--holdout", multiple=True, help="tile (group) to hold out for the gate; repeat (default: a seeded 20% of the pixels)")
 @click.option("--holdout-fraction", type=float, default=0.2, show_default=True)
 @click.option("--epochs", type=int, help="upper bound on epochs (default: the recipe's)")
 @click.option("--time-minutes", type=float, default=60.0, show_default=True, help="training time budget (0: no limit)")
