@@ -154,7 +154,7 @@ def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align):
 @click.option("--holdout-fraction", type=float, default=0.2, show_default=True)
 @click.option("--epochs", type=int, help="upper bound on epochs (default: the recipe's)")
 @click.option("--time-minutes", type=float, default=60.0, show_default=True, help="training time budget (0: no limit)")
-@click.option("--device", default="cpu", show_default=True, help="cpu or a CUDA index such as 0")
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when one is present, else cpu), cpu, or a CUDA index such as 0")
 @click.option("--batch", type=int)
 @click.option("--imgsz", type=int, help="training chip size (default: the recipe's)")
 @click.option("--seed", type=int, default=0, show_default=True)

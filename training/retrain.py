@@ -327,6 +327,10 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
         log.info("retrain from %s (%s, sha256 %s), checkpoint %s", parent.version, spec.model_name, spec.sha256[:12], start)
         log.info("dataset %s: %s; district hold-out %s", data_yaml.parent, data_manifest["counts"],
                  [h["name"] for h in data_manifest["holdout"]])
+        if cfg.train.device == "auto":
+            import torch
+
+            cfg.train.device = "0" if torch.cuda.is_available() else "cpu"
         cfg.train.weights = start
         cfg.train.seed = opts.seed
         cfg.train.project = opts.work / "runs"
