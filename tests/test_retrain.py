@@ -222,3 +222,16 @@ def test_retrain_bad_input_fails_before_any_work(tmp_path, capsys):
     assert main(["retrain", "--models", str(models), "--work", str(work), "--cases", str(tmp_path / "cases.gpkg")]) == 2
     assert "case registry not found" in capsys.readouterr().err
     assert not models.exists()
+
+
+def test_holdout_scene_without_change_is_scored(tmp_path):
+    """A held-out tile with no change (empty truth) counts its false positives instead of failing."""
+    from training.district import LabelledPair, write_holdout_scene
+    from training.evaluate import evaluate_pairs
+
+    img = np.random.default_rng(1).integers(0, 255, (96, 96, 6), dtype=np.uint8)
+    write_holdout_scene(LabelledPair("calm", img, [], "x", "mask"), tmp_path / "hold" / "calm", 0.25)
+    report = evaluate_pairs(make_contract_model(tmp_path / "m.onnx", imgsz=128), tmp_path / "hold", "synth",
+                            tmp_path / "r.json")
+    assert report["summary"]["any_class"]["0.3"] == {"iou_threshold": 0.3, "tp": 0, "fp": 0, "fn": 0,
+                                                     "precision": 0.0, "recall": 0.0, "f1": 0.0}
