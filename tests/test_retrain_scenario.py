@@ -85,7 +85,7 @@ def test_gate_refuses_a_model_trained_on_shuffled_labels(tmp_path, monkeypatch, 
     reg.promote(reg.add(DEFAULT_MODEL_PATH, model_name="buildwatch-pair-v2").version)
     _scene_dir(tmp_path / "holdout" / "synthetic" / "s1", 940001)
     _scene_dir(tmp_path / "holdout" / "district" / "d1", 940002)
-    with caplog.at_level(logging.INFO, logger="training"):
+    with caplog.at_level(logging.INFO, logger="training.retrain"):
         version, gate = gate_and_register(reg, reg.promoted, bad, None, tmp_path / "holdout" / "synthetic",
                                           tmp_path / "holdout" / "district", tmp_path / "gate")
     assert not gate.promote

@@ -306,7 +306,7 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
                        (opts.baseline, "baseline mosaic"), (opts.current, "current mosaic")):
         if path is not None and not Path(path).exists():
             raise InputError(f"{path}: {what} not found")
-    root_logger = logging.getLogger("training")
+    root_logger = log  # this module's messages go to <work>/retrain.log
     handler = _file_handler(opts.work / "retrain.log")
     root_logger.addHandler(handler)
     if root_logger.level == logging.NOTSET or root_logger.level > logging.INFO:
