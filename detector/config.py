@@ -139,7 +139,9 @@ class RunConfig(_Strict):
     baseline: Optional[Path] = None
     current: Optional[Path] = None
     out: Optional[Path] = None
-    model: Optional[Path] = None  # None = the shipped default model
+    model: Optional[Path] = None  # None = the promoted version of ``models``, else the shipped default model
+    models: Optional[Path] = None  # model registry folder (detector.night.model_registry); None = not used
+    model_version: Optional[str] = None  # a version of ``models`` to run instead of the promoted one
     baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
     current_date: Optional[date] = None
     baseline_dsm: Optional[Path] = None  # DSM of the baseline survey (optional; both or neither)
@@ -170,7 +172,7 @@ def _resolve_relative_paths(data: dict, base: Path) -> None:
         if isinstance(value, str) and value and not Path(value).is_absolute():
             mapping[key] = str(base / value)
 
-    for key in ("baseline", "current", "out", "model", "baseline_dsm", "current_dsm"):
+    for key in ("baseline", "current", "out", "model", "models", "baseline_dsm", "current_dsm"):
         fix(data, key)
     if isinstance(data.get("cases"), dict):
         for key in ("registry", "boundaries"):

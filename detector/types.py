@@ -102,6 +102,8 @@ class Candidate:
         Registration shift applied to the tile.
     model_name, model_sha256, run_id : str
         Provenance.
+    model_version : str
+        The model registry version that found it (``""``: a model given by path, or the shipped one).
     status : str
         ``"new"``.
     tags : str
@@ -138,6 +140,7 @@ class Candidate:
     height_gain_m: float | None = None
     baseline_height_m: float | None = None
     current_height_m: float | None = None
+    model_version: str = ""
     geometry: object = field(default=None, metadata={"column": None})
 
     def row(self) -> dict:

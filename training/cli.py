@@ -138,3 +138,55 @@ def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align):
 
     report = evaluate_pairs(model_path, pairs, layout, out, gsd_m=gsd, conf=conf, limit=limit, align=not no_align)
     click.echo(json.dumps(report["summary"], indent=1))
+
+
+@click.command("retrain")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), required=True,
+              help="model registry folder (created, with the current model as v0001, when empty)")
+@click.option("--work", type=click.Path(path_type=Path), required=True, help="working folder (dataset, runs, gate reports, log)")
+@click.option("--tiles", type=click.Path(path_type=Path), help="labelled tiles folder (see README: Retraining)")
+@click.option("--tiles-gsd", type=float, help="pixel size in metres of PNG tiles (no georeference), e.g. 0.5 for LEVIR-CD")
+@click.option("--cases", type=click.Path(path_type=Path), help="reviewed case registry cases.gpkg")
+@click.option("--baseline", type=click.Path(path_type=Path), help="with --cases: the night's baseline mosaic")
+@click.option("--current", type=click.Path(path_type=Path), help="with --cases: the night's current mosaic")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="training recipe (default configs/train/pair-cpu.yaml settings)")
+@click.option("--holdout", multiple=True, help="tile (group) to hold out for the gate; repeat (default: a seeded 20% of the pixels)")
+@click.option("--holdout-fraction", type=float, default=0.2, show_default=True)
+@click.option("--epochs", type=int, help="upper bound on epochs (default: the recipe's)")
+@click.option("--time-minutes", type=float, default=60.0, show_default=True, help="training time budget (0: no limit)")
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when one is present, else cpu), cpu, or a CUDA index such as 0")
+@click.option("--batch", type=int)
+@click.option("--imgsz", type=int, help="training chip size (default: the recipe's)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--margin", type=float, default=0.05, show_default=True, help="largest F1 drop allowed for any class")
+@click.option("--synthetic-holdout", type=int, default=4, show_default=True, help="synthetic scenes the gate scores")
+@click.option("--synthetic-train", type=int, default=8, show_default=True, help="synthetic scenes mixed into training")
+@click.option("--synthetic-size", type=int, default=1024, show_default=True, help="side of a synthetic scene in pixels")
+@click.option("--base-model", type=click.Path(path_type=Path), help="first version of an empty registry (default: the shipped model)")
+@click.option("--no-promote", is_flag=True, help="register the new version but never promote it")
+def retrain(models_dir, work, tiles, tiles_gsd, cases, baseline, current, config_path, holdout, holdout_fraction, epochs,
+            time_minutes, device, batch, imgsz, seed, margin, synthetic_holdout, synthetic_train, synthetic_size,
+            base_model, no_promote):
+    """Fine-tune the promoted model on the district's reviews and labelled tiles; promote it only if
+    the gate finds it better on the district's hold-out and no class worse."""
+    from training.config import load_train_config
+    from training.retrain import RetrainOptions, retrain as run_retrain
+
+    if tiles is None and cases is None:
+        raise click.UsageError("give --tiles and/or --cases (with --baseline and --current)")
+    if not 0 < holdout_fraction < 1:
+        raise click.UsageError("--holdout-fraction must be between 0 and 1")
+    default = Path(__file__).parents[1] / "configs" / "train" / "pair-cpu.yaml"
+    path = config_path or (default if default.exists() else None)
+    cfg = load_train_config(path, _overrides(**{"name": "retrain", "train.epochs": epochs, "train.device": device,
+                                                "train.batch": batch, "imgsz": imgsz, "train.time_hours": time_minutes / 60.0}))
+    cfg.train.extra.pop("cache", None)  # RAM cache of a large recipe: a district set is small
+    opts = RetrainOptions(models=models_dir, work=work, tiles=tiles, tiles_gsd=tiles_gsd, cases=cases, baseline=baseline,
+                          current=current, holdout_fraction=holdout_fraction, holdout=list(holdout),
+                          synthetic_train=synthetic_train, synthetic_holdout=synthetic_holdout,
+                          synthetic_size=synthetic_size, margin=margin, promote=not no_promote, seed=seed,
+                          base_model=base_model)
+    result = run_retrain(opts, cfg)
+    verdict = "promoted" if result.promoted == result.version else f"kept {result.promoted}"
+    click.echo(f"{result.version} from {result.parent}: {verdict}: {result.gate.reason}")
+    click.echo(f"manifest {result.manifest}; log {Path(work) / 'retrain.log'}; {result.seconds:.0f} s")

@@ -119,6 +119,10 @@ def _score_synth_scene(scene_dir: Path, model, conf, tmp: Path, align: bool = Tr
     with rasterio.open(base) as ds:
         transform, shape, crs = ds.transform, (ds.height, ds.width), ds.crs
     truth = gpd.read_file(truth_path)
+    if "class" not in truth.columns:
+        if len(truth):
+            raise InputError(f"{truth_path}: truth features need a 'class' property ({', '.join(CHANGE_CLASSES)})")
+        truth["class"] = []  # a pair without change: an empty FeatureCollection has no columns
     if truth.crs is not None and crs is not None and truth.crs != crs:
         truth = truth.to_crs(crs)
     cands = _run_runtime(base, cur, model, tmp / scene_dir.name, conf, align=align)

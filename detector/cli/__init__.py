@@ -25,6 +25,8 @@ COMMANDS = {
     "cases": "detector.cli.cases_cmd:cases",
     "model-info": "detector.cli.model_cmd:model_info",
     "doctor": "detector.cli.doctor_cmd:doctor",
+    "models": "detector.cli.model_cmd:models",
+    "retrain": "training.cli:retrain",
     "train": "training.cli:train",
     "export": "training.cli:export",
     "evaluate": "training.cli:evaluate",

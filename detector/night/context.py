@@ -65,6 +65,7 @@ class RunContext:
     stretch_current: tuple | None = None
     mosaic_model: MosaicModel | None = None  # the epochs' similarity transform; tiles refine it or fall back to it
     dsm: DsmPair | None = None  # the DSM pair (detector.night.height), when the run has one
+    model_version: str = ""  # the model registry version run ("" = a model given by path, or the shipped one)
 
 
 def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
@@ -84,7 +85,8 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     if baseline.is_rgb != current.is_rgb:
         raise InputError(f"{current.path}: current mosaic has {current.colour_bands} colour band(s) but the baseline "
                          f"{baseline.path.name} has {baseline.colour_bands}: both epochs must be RGB, or both panchromatic")
-    spec = load_model_spec(cfg.model)
+    model_path, model_version = resolve_model(cfg)
+    spec = load_model_spec(model_path)
     check_model_gsd(spec)
     size = spec.imgsz[0]
     if spec.imgsz[0] != spec.imgsz[1]:
@@ -115,7 +117,7 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     ctx = RunContext(
         baseline=baseline, current=current, grid=grid, spec=spec, config=cfg, size=size, overlap=overlap,
         conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
-        iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou,
+        iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou, model_version=model_version,
     )
     ctx.dsm = prepare_dsms(cfg, grid)
     for info, attr in ((baseline, "stretch_baseline"), (current, "stretch_current")):
@@ -208,6 +210,25 @@ def check_registry(path: Path) -> None:
     from detector.review.registry import open_registry
 
     open_registry(path, read_only=True).close()
+
+
+def resolve_model(cfg: RunConfig) -> tuple[Path | None, str]:
+    """The model to run and its registry version: ``model`` if given, else the promoted (or
+    ``model_version``) version of the registry ``models``, else the shipped model (None, "")."""
+    if cfg.model is not None:
+        if cfg.model_version is not None:
+            raise ConfigError("give either model (a file) or model_version (a version of the models registry), not both")
+        return cfg.model, ""
+    if cfg.models is None:
+        if cfg.model_version is not None:
+            raise ConfigError(f"model_version {cfg.model_version} needs the registry folder (--models or models:)")
+        return None, ""
+    from detector.night.model_registry import ModelRegistry
+
+    if not Path(cfg.models).is_dir():
+        raise ConfigError(f"{cfg.models}: model registry folder not found (create one with 'buildwatch retrain')")
+    chosen = ModelRegistry(cfg.models).resolve(cfg.model_version)
+    return chosen.model, chosen.version
 
 
 def _check_exclusions(cfg: RunConfig, current_date: date | None) -> None:

@@ -569,7 +569,8 @@ def _finish_candidates(night: NightRun, results: list[TileResult], kept: list[Ca
             area_m2=round(float(area[k]), 2), lon=round(float(lon[k]), 8), lat=round(float(lat[k]), 8),
             baseline_date=b_date.isoformat() if b_date else "", current_date=c_date.isoformat() if c_date else "",
             shift_m=round(tile_shift.get(c.tile_id, 0.0), 3), model_name=ctx.spec.model_name,
-            model_sha256=ctx.spec.sha256, run_id=night.run_id, status="new", tags=c.tags, geometry=out_geoms[k]))
+            model_sha256=ctx.spec.sha256, run_id=night.run_id, status="new", tags=c.tags, geometry=out_geoms[k],
+            model_version=ctx.model_version))
     return out
 
 
@@ -609,6 +610,7 @@ def _write_outputs(night: NightRun, results: list[TileResult], cand, dropped: in
         "current": str(ctx.current.path), "current_sha256": night.hashes["current"],
         "baseline_date": b_date.isoformat() if b_date else "", "current_date": c_date.isoformat() if c_date else "",
         "model": str(ctx.spec.path), "model_name": ctx.spec.model_name, "model_sha256": ctx.spec.sha256,
+        "model_version": ctx.model_version,
         "config": cfg.model_dump(mode="json"), "fingerprint": night.fingerprint,
         "tiles_total": len(night.tiles), "tiles_done": counts["done"], "tiles_nodata": counts["nodata"],
         "tiles_unregistered": counts["unregistered"], "tiles_resumed": len(night.resumed),

@@ -499,6 +499,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
+def _model_of(frame, index: int):
+    """The case's ``model_name``: the candidate's model name, with its registry version when it has one
+    (``buildwatch-pair-v2@v0002``), so a case says which model version found it."""
+    name, version = _candidate_value(frame, "model_name", index), _candidate_value(frame, "model_version", index, "")
+    return f"{name}@{version}" if name and version else name
+
+
 def _candidate_value(frame, column: str, index: int, default=None):
     if column not in frame.columns:
         return default
@@ -663,7 +670,7 @@ def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs
         "last_confidence": confidence,
         "candidate_id": _candidate_value(frame, "candidate_id", index),
         "last_run_id": run_id,
-        "model_name": _candidate_value(frame, "model_name", index),
+        "model_name": _model_of(frame, index),
         "tags": _candidate_value(frame, "tags", index, ""),
         "detected_wkb": shapely.to_wkb(geometries[index], byte_order=1, output_dimension=2),
         "edited_by": run_editor(run_id),
@@ -700,7 +707,7 @@ def _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, 
             "candidate_id": _candidate_value(frame, "candidate_id", index),
             "first_run_id": run_id,
             "last_run_id": run_id,
-            "model_name": _candidate_value(frame, "model_name", index),
+            "model_name": _model_of(frame, index),
             "geometry_edited": 0,
             "origin": ORIGIN_DETECTOR,
             "edited_by": run_editor(run_id),
