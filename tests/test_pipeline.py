@@ -248,10 +248,13 @@ def test_run_updates_the_case_registry_across_nights(tmp_path, oracle, model):
     cfg = dict(cases=CasesConfig(registry=reg, evidence=True, report=True))
     first = _run(tmp_path, base, cur, model, **cfg)
     assert first.cases.opened == len(PLANTED) and first.cases.updated == 0
-    second = _run(tmp_path, base, cur, model, **cfg)  # the same structures seen again
-    assert second.cases.opened == 0 and second.cases.updated == len(PLANTED)
+    # the same mosaic again is a rerun of the same night: nothing new is inserted, and the night
+    # still reports its structures as tonight's new cases (not "0 opened, N updated")
+    second = _run(tmp_path, base, cur, model, **cfg)
+    assert second.cases.opened == len(PLANTED) and second.cases.updated == 0
+    assert sorted(second.cases.opened_ids) == sorted(first.cases.opened_ids)
     cases = gpd.read_file(reg, layer="cases")
-    assert len(cases) == len(PLANTED)
+    assert len(cases) == len(PLANTED) and second.cases.total == len(PLANTED)
     assert first.cases.report_html is not None and first.cases.report_html.exists()
 
 
