@@ -152,6 +152,10 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+SQLITE_MAX_PATH = 512  # SQLite's unix VFS limit on a database's absolute path (MAX_PATHNAME), in bytes
+SQLITE_PATH_MARGIN = 40  # what the atomic write's temporary name and the "-journal" suffix add
+
+
 def check_output_folder(folder: Path | str, *, what: str = "output folder", files: tuple[str, ...] = (),
                         folders: tuple[str, ...] = (), need_bytes: int = 0) -> Path:
     """Check, before any work, that ``folder`` can take the outputs; :class:`OutputError` otherwise.
@@ -186,6 +190,13 @@ def check_output_folder(folder: Path | str, *, what: str = "output folder", file
     for name in files:
         if (folder / name).is_dir():
             raise OutputError(f"{folder / name}: is a folder but buildwatch writes a file there; remove or rename it")
+        if name.endswith((".gpkg", ".sqlite")):
+            # SQLite (so every GeoPackage) cannot open a file whose absolute path exceeds 512 bytes;
+            # the atomic write's temporary name and the journal add a few more
+            length = len(os.fsencode(os.path.abspath(folder / name))) + SQLITE_PATH_MARGIN
+            if length > SQLITE_MAX_PATH:
+                raise OutputError(f"{folder / name}: the path is too long for a GeoPackage (SQLite opens at most "
+                                  f"{SQLITE_MAX_PATH} bytes, this needs {length}); choose a shorter {what} path")
     for name in folders:
         if (folder / name).exists() and not (folder / name).is_dir():
             raise OutputError(f"{folder / name}: is a file but buildwatch keeps a folder there; remove or rename it")

@@ -284,6 +284,22 @@ def test_out_on_read_only_storage(capsys, tmp_path, pair):
     _expect_refused(capsys, tmp_path, _run_argv(b, c, m, "/sys/buildwatch-out"), "not writable")
 
 
+@pytest.mark.parametrize("where", ["out", "cases"])
+def test_output_path_too_long_for_sqlite(capsys, tmp_path, pair, where):
+    """SQLite opens no database whose absolute path exceeds 512 bytes: refused before the run,
+    not 'Destination buffer too small' and an internal error after it."""
+    b, c, m = pair
+    deep = tmp_path
+    while len(str(deep)) < 560:
+        deep = deep / ("d" * 100)
+    deep.mkdir(parents=True)
+    (deep / "out").mkdir()  # the refused run must write nothing: the folders exist beforehand
+    out = deep / "out" if where == "out" else tmp_path / "out"
+    extra = ("--cases", str(deep / "cases.gpkg")) if where == "cases" else ()
+    _expect_refused(capsys, tmp_path, _run_argv(b, c, m, out, *extra), "the path is too long for a GeoPackage",
+                    out=out)
+
+
 def test_out_without_free_space(capsys, tmp_path, pair, monkeypatch):
     import detector.fileio as fileio
 
