@@ -103,3 +103,47 @@ def test_webodm_orthophoto_ingests_onto_itself(shared_data, tmp_path):
     with rasterio.open(tmp_path / "c.tif") as src, rasterio.open(ortho) as o:
         assert src.transform == o.transform and src.count == 3
         assert np.array_equal(src.read(1)[src.read_masks(1) > 0], o.read(1)[src.read_masks(1) > 0])
+
+
+def _feet_dsm(tmp_path, crs="EPSG:4326"):
+    """A DSM in another CRS, heights in feet (declared): ground 10 m, a 20 m x 20 m roof at 16 m
+    (baseline-CRS easting 40-60, northing 40-60 m from the lower-left), nodata in one corner."""
+    res = 0.5
+    n = int(120 / res)
+    src_t = from_origin(LEFT - 10, TOP + 10, res, res)
+    xs = LEFT - 10 + (np.arange(n) + 0.5) * res
+    ys = TOP + 10 - (np.arange(n) + 0.5) * res
+    z = np.full((n, n), 10.0, np.float32)
+    z[np.ix_((ys > TOP - 60) & (ys < TOP - 40), (xs > LEFT + 40) & (xs < LEFT + 60))] = 16.0
+    z_ft = (z / 0.3048).astype(np.float32)
+    z_ft[: n // 4, : n // 4] = -32767.0  # no data (upper-left)
+    dst_t, w, h = rasterio.warp.calculate_default_transform("EPSG:32650", crs, n, n,
+                                                           *rasterio.transform.array_bounds(n, n, src_t))
+    out = np.full((1, h, w), -32767.0, np.float32)
+    reproject(z_ft[None], out, src_transform=src_t, src_crs="EPSG:32650", dst_transform=dst_t, dst_crs=crs,
+              resampling=Resampling.nearest, src_nodata=-32767.0, dst_nodata=-32767.0)
+    path = _write(tmp_path / "odm_dsm.tif", out, crs, dst_t, nodata=-32767.0)
+    with rasterio.open(path, "r+") as ds:
+        ds.units = ("ft",)
+    return path
+
+
+def test_dsm_in_feet_and_another_crs_comes_out_in_metres_on_the_baseline_grid(tmp_path, baseline, capsys):
+    from detector.flight.ingest import DSM_NODATA
+    from detector.geo.raster import open_raster
+
+    out = tmp_path / "current_dsm.tif"
+    assert main(["ingest", str(_feet_dsm(tmp_path)), "--baseline", str(baseline), "--out", str(out), "--dsm"]) == 0
+    with rasterio.open(out) as src, rasterio.open(baseline) as b:
+        assert src.crs == b.crs and src.res == b.res and src.count == 1 and src.dtypes[0] == "float32"
+        assert src.nodata == DSM_NODATA and src.units[0] == "metre"
+        z = src.read(1)
+        x0, y0 = src.transform.c, src.transform.f
+
+        def at(east, north):  # metres from the baseline's upper-left corner
+            return z[int((y0 - (TOP - north)) / RES), int((LEFT + east - x0) / RES)]
+
+        assert at(50, 50) == pytest.approx(16.0, abs=0.01)  # the roof, feet -> metres
+        assert at(80, 80) == pytest.approx(10.0, abs=0.01)  # the ground
+        assert at(2, 2) == DSM_NODATA  # the source's nodata corner
+    assert open_raster(out, "DSM", elevation=True).z_unit == "metre"  # what run --baseline-dsm reads

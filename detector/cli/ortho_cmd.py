@@ -63,11 +63,16 @@ def ortho(frames, baseline, out, dem, flight_log, config_path, gsd_m, no_refine)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output COG (current.tif).")
 @click.option("--min-coverage", type=float, default=0.01, show_default=True,
               help="Refuse a mosaic covering less than this fraction of the baseline.")
-def ingest(mosaic, baseline, out, min_coverage):
-    """Reproject an orthomosaic from another tool (ODM, DJI Terra, Pix4D) into the baseline's grid."""
+@click.option("--dsm", is_flag=True, help="MOSAIC is that tool's DSM (heights): written as float32 metres, for "
+              "run --baseline-dsm / --current-dsm.")
+@click.option("--units", type=click.Choice(["auto", "metre", "foot", "us_survey_foot"]), default="auto",
+              show_default=True, help="With --dsm: the height unit (auto: what the file declares, else metres).")
+def ingest(mosaic, baseline, out, min_coverage, dsm, units):
+    """Reproject an orthomosaic (or, with --dsm, a DSM) from another tool (ODM, DJI Terra, Pix4D)
+    into the baseline's grid."""
     from detector.flight.ingest import ingest as run_ingest
 
-    rep = run_ingest(mosaic, baseline, out, min_coverage=min_coverage)
+    rep = run_ingest(mosaic, baseline, out, min_coverage=min_coverage, dsm=dsm, units=units)
     click.echo(f"wrote {rep.out} ({rep.width}x{rep.height} px): source {rep.source_crs} at {rep.source_gsd_m:.3f} m, "
                f"baseline GSD {rep.baseline_gsd_m:.3f} m, covers {rep.coverage:.1%} of the baseline")
     for w in rep.warnings:

@@ -1,8 +1,10 @@
 """Bring an orthomosaic made by another tool (OpenDroneMap, DJI Terra, Pix4D, ...) into the
-baseline's grid, validated, so that ``buildwatch run --current`` can take it.
+baseline's grid, validated, so that ``buildwatch run --current`` can take it; or that tool's DSM,
+for ``--baseline-dsm`` / ``--current-dsm``.
 
 The output uses the baseline's CRS and pixel size, aligned to the baseline's pixel grid, and
-covers the part of the baseline the mosaic covers; RGB uint8 with an internal mask, as a COG.
+covers the part of the baseline the mosaic covers, as a COG: RGB uint8 with an internal mask, or
+for a DSM float32 heights in metres with nodata :data:`DSM_NODATA`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from detector.geo.raster import apply_stretch, estimate_stretch, open_raster, wr
 
 log = logging.getLogger(__name__)
 
+DSM_NODATA = -9999.0  # nodata of an ingested DSM (float32, metres)
 STALE_TEMP_S = 24 * 3600  # temporary files/folders older than this beside the output are a killed run's
 
 
@@ -40,8 +43,9 @@ class IngestReport:
 
 
 def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_coverage: float = 0.01,
-           max_gsd_ratio: float = 4.0, compress: str = "deflate") -> IngestReport:
-    """Reproject and resample an external orthomosaic onto the baseline's grid.
+           max_gsd_ratio: float = 4.0, compress: str = "deflate", dsm: bool = False,
+           units: str = "auto") -> IngestReport:
+    """Reproject and resample an external orthomosaic (or DSM) onto the baseline's grid.
 
     Parameters
     ----------
@@ -55,6 +59,11 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
         Refuse a mosaic covering less than this fraction of the baseline.
     max_gsd_ratio : float
         Warn when the mosaic is this many times coarser than the baseline.
+    dsm : bool
+        ``mosaic`` is a DSM (heights in band 1, any numeric type): written as float32 metres.
+    units : str
+        The DSM's height unit (``metre``, ``foot``, ``us_survey_foot``); ``auto``: the one the file
+        declares, else metres.
 
     Returns
     -------
@@ -78,8 +87,12 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
 
     # work folders of a killed ingest/ortho beside the output (a live one is younger than this)
     clean_stale_temps(out.parent, older_than_s=STALE_TEMP_S)
-    info = open_raster(mosaic, "mosaic", allow_pan=False)
+    info = open_raster(mosaic, "DSM" if dsm else "mosaic", allow_pan=dsm, elevation=dsm)
     bands = list(info.bands)
+    if dsm:
+        from detector.night.height import unit_scale
+
+        scale = unit_scale(info, units)
     warnings: list[str] = []
     with rasterio.open(mosaic) as src:
         src_gsd = source_gsd_m(src.crs, src.transform, src.width, src.height)
@@ -97,17 +110,27 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
             profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=3, dtype="uint8", crs=grid.crs,
                            transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                            photometric="RGB", bigtiff="IF_SAFER")
+            if dsm:
+                profile.update(count=1, dtype="float32", nodata=DSM_NODATA, predictor=3)
+                del profile["photometric"]
             valid_px = 0
-            stretch = estimate_stretch(src, bands) if info.dtype != "uint8" else None
+            stretch = estimate_stretch(src, bands) if info.dtype != "uint8" and not dsm else None
             with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out.parent) as tmpdir:
                 work = Path(tmpdir) / "current.tif"
                 with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(work, "w", **profile) as dst:
+                    if dsm:
+                        dst.units = ("metre",)
                     for _, window in dst.block_windows(1):
-                        data = vrt.read(bands, window=window)
+                        data = vrt.read(bands[:1] if dsm else bands, window=window)
                         mask = vrt.read_masks(1, window=window)
                         valid_px += int(np.count_nonzero(mask))
-                        dst.write(apply_stretch(data, stretch), window=window)
-                        dst.write_mask(mask, window=window)
+                        if dsm:  # heights in metres; nodata where the source has none
+                            heights = data.astype(np.float32) * np.float32(scale)
+                            heights[:, mask == 0] = DSM_NODATA
+                            dst.write(heights, window=window)
+                        else:
+                            dst.write(apply_stretch(data, stretch), window=window)
+                            dst.write_mask(mask, window=window)
                     coverage = valid_px / float(base.grid.width * base.grid.height)
                     if valid_px == 0:
                         raise InputError(f"{mosaic}: has no valid pixels over the baseline {base.path.name} (all nodata there)")
@@ -116,7 +139,7 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
                                          f"check that both show the same site")
                     dst.update_tags(TIFFTAG_SOFTWARE="buildwatch ingest", buildwatch_ingest=json.dumps(
                         {"source": str(mosaic), "source_crs": src.crs.to_string(), "source_gsd_m": round(src_gsd, 4),
-                         "coverage": round(coverage, 4)}))
+                         "coverage": round(coverage, 4), **({"kind": "dsm", "metres_per_unit": scale} if dsm else {})}))
                     date = src.tags().get("TIFFTAG_DATETIME")
                     if date:
                         dst.update_tags(TIFFTAG_DATETIME=date)
