@@ -84,7 +84,7 @@ class AlignConfig(_Strict):
 class ChangeConfig(_Strict):
     min_area_m2: float = Field(4.0, ge=0)
     max_area_m2: float = Field(5000.0, gt=0)
-    max_structure_m: float = Field(24.0, gt=0, description="structures up to this size are always seen whole by the "
+    max_structure_m: float = Field(32.0, gt=0, description="structures up to this size are always seen whole by the "
                                    "tile that reports them (the tile overlap covers it); larger ones may be cut at a "
                                    "tile border. 24 m: held-out F1 as with 32 m, 13 % fewer tiles (README, Benchmarks)")
     merge_iou: float = Field(0.3, ge=0, le=1)

@@ -373,11 +373,11 @@ def test_crs_whose_units_are_not_ground_metres(tmp_path, oracle, model, crs, lon
     assert _errors_m(gdf, truth_ll).max() <= 0.3
 
 
-@pytest.mark.parametrize("max_structure_m,overlap,length_m", [(None, 96, 23.0), (32.0, 127, 25.0)])
+@pytest.mark.parametrize("max_structure_m,overlap,length_m", [(None, 127, 25.0), (24.0, 96, 23.0)])
 def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle, model, max_structure_m, overlap,
                                                                 length_m):
     """A building larger than the model's own 16 m overlap, centred on a border: one, whole, up to
-    ``change.max_structure_m`` (default 24 m; 32 m when configured)."""
+    ``change.max_structure_m`` (default 32 m; 24 m when configured)."""
     from detector.night.tiles import tile_layout
 
     # the rule: max(model 64 px, max_structure_m / 0.25 m), capped below half the 256 px tile
