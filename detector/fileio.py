@@ -40,7 +40,11 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():  # found now, before the work, not at the rename
         raise OutputError(f"{path}: is a folder where buildwatch writes a file; remove or rename it, or give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{path}: cannot create its folder {path.parent}: a file is in the way; "
+                          "give another path (or remove the file)") from None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

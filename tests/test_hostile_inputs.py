@@ -447,3 +447,7 @@ def test_cases_export_onto_a_folder(capsys, tmp_path):
     (tmp_path / "field.geojson").mkdir()
     _expect_refused(capsys, tmp_path, ["cases", "export", "--registry", str(reg), "--out",
                                        str(tmp_path / "field.geojson")], "field.geojson: is a folder")
+    # a file where the export's folder would be made
+    (tmp_path / "afile").write_text("x")
+    _expect_refused(capsys, tmp_path, ["cases", "export", "--registry", str(reg), "--out",
+                                       str(tmp_path / "afile" / "x.csv")], "a file is in the way")

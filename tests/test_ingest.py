@@ -147,3 +147,14 @@ def test_dsm_in_feet_and_another_crs_comes_out_in_metres_on_the_baseline_grid(tm
         assert at(80, 80) == pytest.approx(10.0, abs=0.01)  # the ground
         assert at(2, 2) == DSM_NODATA  # the source's nodata corner
     assert open_raster(out, "DSM", elevation=True).z_unit == "metre"  # what run --baseline-dsm reads
+
+
+def test_ingest_makes_a_new_output_folder_and_refuses_an_image_as_dsm(tmp_path, baseline, capsys):
+    out = tmp_path / "night-2" / "current.tif"  # a new night's folder, as run --out makes one
+    assert main(["ingest", str(_ramp_mosaic(tmp_path)), "--baseline", str(baseline), "--out", str(out)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    code = main(["ingest", str(out), "--baseline", str(baseline), "--out", str(tmp_path / "dsm.tif"), "--dsm"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "this is an image, not a DSM" in err[0]
+    assert not (tmp_path / "dsm.tif").exists()

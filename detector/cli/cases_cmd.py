@@ -142,12 +142,12 @@ def show_case(registry: Path, case_id: str) -> None:
         if name == "geometry":
             continue
         value = f"{record[name]:.7f}" if name in ("lon", "lat") else _cell(record[name])
-        click.echo(f"{name:16s} {value}")
+        click.echo(f"{name:18s} {value}")
     geo_uri, osm_url = map_links(float(record["lat"]), float(record["lon"]))
-    click.echo(f"{'geometry':16s} {record.geometry.wkt}")
-    click.echo(f"{'evidence_file':16s} {Path(registry).parent / str(record['evidence'])}")
-    click.echo(f"{'geo_uri':16s} {geo_uri}")
-    click.echo(f"{'osm_url':16s} {osm_url}")
+    click.echo(f"{'geometry':18s} {record.geometry.wkt}")
+    click.echo(f"{'evidence_file':18s} {Path(registry).parent / str(record['evidence'])}")
+    click.echo(f"{'geo_uri':18s} {geo_uri}")
+    click.echo(f"{'osm_url':18s} {osm_url}")
     for entry in read_history(registry, case_id):
         change = entry["change"]
         detail = f"{entry['old_status'] or ''} -> {entry['new_status']}" if "status" in change else ""
@@ -155,7 +155,7 @@ def show_case(registry: Path, case_id: str) -> None:
             detail = entry["new_status"] or ""
         if "alert" in change:
             detail = (detail + " " if detail else "") + f"alert: {entry['new_alert'] or 'cleared'}"
-        click.echo(f"{'history':16s} {entry['changed_at']}  {entry['changed_by']}  {change}  {detail}".rstrip())
+        click.echo(f"{'history':18s} {entry['changed_at']}  {entry['changed_by']}  {change}  {detail}".rstrip())
 
 
 def export_frame(frame, registry: Path, out: Path | None = None):

@@ -81,12 +81,13 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
 
     mosaic, out = Path(mosaic), Path(out)
     base = open_baseline(baseline)
-    if not out.parent.exists():
-        raise InputError(f"{out}: output folder does not exist")
-    from detector.fileio import clean_stale_temps
+    from detector.fileio import check_output_folder, clean_stale_temps
+
+    check_output_folder(out.parent, files=(out.name,))  # a file in the way, read-only, ... before the work
 
     # work folders of a killed ingest/ortho beside the output (a live one is younger than this)
-    clean_stale_temps(out.parent, older_than_s=STALE_TEMP_S)
+    if out.parent.is_dir():
+        clean_stale_temps(out.parent, older_than_s=STALE_TEMP_S)
     info = open_raster(mosaic, "DSM" if dsm else "mosaic", allow_pan=dsm, elevation=dsm)
     bands = list(info.bands)
     if dsm:
@@ -115,6 +116,7 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
                 del profile["photometric"]
             valid_px = 0
             stretch = estimate_stretch(src, bands) if info.dtype != "uint8" and not dsm else None
+            out.parent.mkdir(parents=True, exist_ok=True)  # like run --out: a new night's folder is made
             with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out.parent) as tmpdir:
                 work = Path(tmpdir) / "current.tif"
                 with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(work, "w", **profile) as dst:

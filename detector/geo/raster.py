@@ -167,6 +167,9 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
                 if dtype in ("complex64", "complex128", "complex_int16") or dtype.startswith("c"):
                     raise InputError(f"{path}: {what} has pixel type {dtype}; a DSM holds real heights "
                                      "(float32, int16, ...)")
+                if dtype == "uint8" and src.count >= 3:
+                    raise InputError(f"{path}: {what} has {src.count} uint8 bands: this is an image, not a DSM "
+                                     "(heights in one band); give the photogrammetry tool's DSM export")
             elif dtype not in SUPPORTED_DTYPES:
                 raise InputError(f"{path}: {what} has pixel type {dtype}; buildwatch reads uint8 or uint16 imagery")
             has_alpha = ColorInterp.alpha in src.colorinterp

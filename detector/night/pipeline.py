@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -488,7 +489,9 @@ def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
     cfg = ctx.config
     batches = tile_groups(todo, TILE_GROUP)  # neighbours together: each source block decoded about once
     results: list[TileResult] = []
-    bar = tqdm(total=len(todo), unit="tile", desc="tiles", disable=not progress or not todo, leave=False)
+    # the bar is for a person at a terminal; under cron/systemd its carriage returns would fill the log
+    bar = tqdm(total=len(todo), unit="tile", desc="tiles", leave=False,
+               disable=not progress or not todo or not sys.stderr.isatty())
     workers = min(cfg.workers, len(batches)) if batches else 1
     pool = None
     try:
