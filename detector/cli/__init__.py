@@ -96,7 +96,8 @@ def _terminal_logging(level: int) -> None:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="buildwatch")
-@click.option("-v", "--verbose", count=True, help="Log to the terminal too: -v warnings and progress messages, -vv debug (the progress bar shows whenever stderr is a terminal).")
+@click.option("-v", "--verbose", count=True, help="Log to the terminal too: -v warnings and progress messages, "
+              "-vv debug (the progress bar shows whenever stderr is a terminal).")
 def cli(verbose: int) -> None:
     """buildwatch: find newly built structures between two drone orthomosaics."""
     # Quiet by default (an unattended job's terminal is its mail): main() prints the one line a failure
