@@ -109,8 +109,8 @@ def test_report_form_and_cli_show_the_height(height_night, capsys):
     assert "height_change" in qml and 'name="Height change"' in qml
     assert main(["cases", "show", "--registry", str(registry), c["case_id"]]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"{'height_change':16s} {c['height_change']}" in lines
-    assert f"{'height_gain_m':16s} {c['height_gain_m']:g}" in lines
+    assert f"{'height_change':18s} {c['height_change']}" in lines
+    assert f"{'height_gain_m':18s} {c['height_gain_m']:g}" in lines
     assert main(["cases", "list", "--registry", str(registry)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[-1] == "height"
