@@ -15,3 +15,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data not present (real-data tests run in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A tiny no-change run: (baseline, current, contract model) -- 600 px at 0.1 m, EPSG:4547."""
+    from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
+
+    rgb = textured_image(600, 600)
+    b = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:4547", PAIR_TRANSFORM)
+    c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", PAIR_TRANSFORM)
+    m = make_contract_model(tmp_path / "m.onnx")
+    return b, c, m

@@ -8,7 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from affine import Affine
+
 from detector.types import CHANGE_CLASSES, Detection
+
+PAIR_TRANSFORM = Affine(0.1, 0, 500000, 0, -0.1, 2513000)  # the `pair` fixture's grid (tests/conftest.py)
 
 
 def make_contract_model(path: Path, channels: int = 6, imgsz: int = 256, gsd: float = 0.25,

@@ -7,18 +7,9 @@ import pytest
 from affine import Affine
 
 from detector.cli import main
-from pipeline_util import make_contract_model, textured_image, write_geotiff
+from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
 
-T = Affine(0.1, 0, 500000, 0, -0.1, 2513000)
-
-
-@pytest.fixture
-def pair(tmp_path):
-    rgb = textured_image(600, 600)
-    b = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:4547", T)
-    c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", T)
-    m = make_contract_model(tmp_path / "m.onnx")
-    return b, c, m
+T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
 
 
 def _run(capsys, tmp_path, b, c, m, *extra):

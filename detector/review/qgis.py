@@ -168,24 +168,15 @@ def _image_widget(field: ET.Element) -> None:
     _option(collection, "type", "collection")
 
 
-def _datetime_widget(field: ET.Element) -> None:
+def _datetime_widget(field: ET.Element, date_only: bool = False) -> None:
+    """QGIS's date/time picker: a timestamp (ISO, to the second) or, ``date_only``, a date."""
     widget = ET.SubElement(field, "editWidget", {"type": "DateTime"})
     config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
     _option(config, "allow_null", "true", "bool")
     _option(config, "calendar_popup", "true", "bool")
-    _option(config, "display_format", "yyyy-MM-dd HH:mm")
-    _option(config, "field_format", "yyyy-MM-ddTHH:mm:ss")
-    _option(config, "field_iso_format", "true", "bool")
-
-
-def _date_widget(field: ET.Element) -> None:
-    widget = ET.SubElement(field, "editWidget", {"type": "DateTime"})
-    config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
-    _option(config, "allow_null", "true", "bool")
-    _option(config, "calendar_popup", "true", "bool")
-    _option(config, "display_format", "yyyy-MM-dd")
-    _option(config, "field_format", "yyyy-MM-dd")
-    _option(config, "field_iso_format", "false", "bool")
+    _option(config, "display_format", "yyyy-MM-dd" if date_only else "yyyy-MM-dd HH:mm")
+    _option(config, "field_format", "yyyy-MM-dd" if date_only else "yyyy-MM-ddTHH:mm:ss")
+    _option(config, "field_iso_format", "false" if date_only else "true", "bool")
 
 
 def default_expressions(crs=None) -> dict[str, tuple[str, bool]]:
@@ -240,7 +231,7 @@ def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
         elif name == "reviewed_at":
             _datetime_widget(field)
         elif name == "demolition_due":
-            _date_widget(field)
+            _datetime_widget(field, date_only=True)
         elif name == "note":
             widget = ET.SubElement(field, "editWidget", {"type": "TextEdit"})
             config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
