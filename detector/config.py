@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, field_validator
 
 from detector.errors import ConfigError
 from detector.fileio import apply_dotted_overrides, read_yaml_mapping
+from detector.geo.location import as_location, is_remote
 
 
 class _Strict(BaseModel):
@@ -38,6 +39,17 @@ def _no_empty_path(value):
     if isinstance(value, str) and not value.strip():
         raise ValueError("is empty; give a path (or leave the setting out)")
     return value
+
+
+def _raster_location(value):
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"expected a path or URL, got {type(value).__name__}")
+    return as_location(value)
+
+
+#: A raster input: a local path, or a URL / GDAL ``/vsi...`` path kept verbatim (see
+#: :mod:`detector.geo.location`; ``pathlib`` would turn ``https://`` into ``https:/``).
+RasterLocation = Annotated[Any, PlainValidator(_raster_location), PlainSerializer(str, return_type=str, when_used="json")]
 
 
 class ExclusionLayer(_Strict):
@@ -136,16 +148,16 @@ class CasesConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    baseline: Optional[Path] = None
-    current: Optional[Path] = None
+    baseline: Optional[RasterLocation] = None  # a path, URL (s3://, https://...) or GDAL /vsi... path
+    current: Optional[RasterLocation] = None
     out: Optional[Path] = None
     model: Optional[Path] = None  # None = the promoted version of ``models``, else the shipped default model
     models: Optional[Path] = None  # model registry folder (detector.night.model_registry); None = not used
     model_version: Optional[str] = None  # a version of ``models`` to run instead of the promoted one
     baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
     current_date: Optional[date] = None
-    baseline_dsm: Optional[Path] = None  # DSM of the baseline survey (optional; both or neither)
-    current_dsm: Optional[Path] = None
+    baseline_dsm: Optional[RasterLocation] = None  # DSM of the baseline survey (optional; both or neither)
+    current_dsm: Optional[RasterLocation] = None
     workers: int = Field(2, ge=1)
     min_coverage: float = Field(0.01, ge=0, le=1, description="refuse a current mosaic holding imagery for less "
                                 "than this share of the baseline (an unprocessed flight is not 'nothing new')")
@@ -169,7 +181,7 @@ def _resolve_relative_paths(data: dict, base: Path) -> None:
 
     def fix(mapping: dict, key: str) -> None:
         value = mapping.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
+        if isinstance(value, str) and value and not is_remote(value) and not Path(value).is_absolute():
             mapping[key] = str(base / value)
 
     for key in ("baseline", "current", "out", "model", "models", "baseline_dsm", "current_dsm"):

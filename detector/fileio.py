@@ -8,6 +8,7 @@ QGIS) would read it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -142,6 +143,15 @@ def check_regular_file(path: Path | str, what: str, *, error: type = InputError)
     if not os.access(path, os.R_OK):
         raise error(f"{path}: {what} is not readable (permission denied); fix its permissions")
     return path
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def free_bytes(folder: Path | str) -> int:

@@ -106,3 +106,23 @@ def test_unreachable_scheduler_is_one_line(tmp_path, capsys):
     assert code == 2 and len(err) == 1, err
     assert "cannot reach the Dask scheduler" in err[0]
     assert not (out / "candidates.gpkg").exists()
+
+
+@pytest.mark.slow
+def test_workers_read_the_mosaics_over_http(tmp_path, cluster, local_run, capsys):
+    """Workers on other machines open the mosaics by URL (here a loopback web server)."""
+    import shutil
+
+    from rangeserver import serve
+
+    c, _ = cluster
+    (tmp_path / "www").mkdir()
+    for name in ("baseline.tif", "current.tif"):
+        shutil.copy(SAMPLE / name, tmp_path / "www" / name)
+    out = tmp_path / "dask-http"
+    with serve(tmp_path / "www") as (url, counts):
+        code = main(["run", "--baseline", f"{url}/baseline.tif", "--current", f"{url}/current.tif", "--out", str(out),
+                     "--no-progress", "--scheduler", c.scheduler_address])
+        assert code == 0, capsys.readouterr().err
+        assert counts["/current.tif"] > 1
+    assert _assert_identical(local_run, out, same_config=False) == 13  # another location: another fingerprint

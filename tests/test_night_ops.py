@@ -242,7 +242,7 @@ def test_real_ctrl_c_with_two_workers_prints_one_line(tmp_path):
     """SIGINT to the whole process group mid-run (as Ctrl-C does): exit 130, one line, no pool traceback."""
     import signal
 
-    rgb = textured_image(2400, 2400)
+    rgb = textured_image(4800, 4800)  # ~100 tiles: seconds of work to interrupt
     b = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:4547", T)
     c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", T)
     m = make_contract_model(tmp_path / "m.onnx")
@@ -256,9 +256,9 @@ def test_real_ctrl_c_with_two_workers_prints_one_line(tmp_path):
         time.sleep(0.1)
     time.sleep(3.0)  # the pool's workers are up (spawned) by now
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=120)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    if proc.returncode == 0:
+    if proc.returncode == 0 or "output: " in stdout:  # finished: the interrupt hit the interpreter's exit
         pytest.skip("the run finished before the interrupt")
     assert proc.returncode == 130, stderr
     assert lines == ["interrupted; finished tiles are kept, rerun the same command to resume"], stderr

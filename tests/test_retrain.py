@@ -41,7 +41,7 @@ def test_registry_versions_promote_rollback(tmp_path, three_models):
     assert v2.checkpoint.read_bytes() == b"checkpoint" and reg.get("v0002").parent == "v0001"
     record = json.loads((tmp_path / "models" / "v0001" / "version.json").read_text())
     assert record["data_manifest"] == {"tiles": ["a"]} and len(record["sha256"]) == 64 and record["created"]
-    from detector.night.model import file_sha256
+    from detector.fileio import file_sha256
 
     assert reg.get("v0003").sha256 == file_sha256(three_models[2])
     with pytest.raises(ConfigError, match="no promoted version"):

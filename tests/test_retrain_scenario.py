@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("ultralytics", reason="training extra not installed (pip install -e '.[train]')")
 
 from detector.cli import main  # noqa: E402
-from detector.night.model import DEFAULT_MODEL_PATH, file_sha256  # noqa: E402
+from detector.fileio import file_sha256  # noqa: E402
+from detector.night.model import DEFAULT_MODEL_PATH  # noqa: E402
 from detector.night.model_registry import ModelRegistry  # noqa: E402
 from detector.synth.scene import generate_scene, write_scene  # noqa: E402
 

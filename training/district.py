@@ -57,7 +57,7 @@ class LabelledPair:
 
 
 def _sha(path: Path) -> str:
-    from detector.night.model import file_sha256
+    from detector.fileio import file_sha256
 
     return file_sha256(path)
 

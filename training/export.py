@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from detector.errors import InputError
-from detector.night.model import CONTRACT_VERSION, INPUT_NORMALISATION, deepness_metadata, file_sha256, load_model_spec
+from detector.fileio import file_sha256
+from detector.night.model import CONTRACT_VERSION, INPUT_NORMALISATION, deepness_metadata, load_model_spec
 
 
 def write_metadata(onnx_path: Path, extra: dict[str, str]) -> None:

@@ -213,7 +213,7 @@ def build_retrain_dataset(opts: RetrainOptions, cfg: TrainConfig, model_gsd: flo
         chips = review_samples(opts.cases, opts.baseline, opts.current, model_gsd, cfg.imgsz)
         for split, sample in chips.samples:
             writer.add("train", sample)
-        from detector.night.model import file_sha256
+        from detector.fileio import file_sha256
 
         manifest["reviews"] = {"registry": str(opts.cases), "registry_sha256": file_sha256(opts.cases),
                                "baseline": str(opts.baseline), "current": str(opts.current),

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from detector.errors import InputError
+from detector.geo.location import as_location, is_remote
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 STRETCH_LOW, STRETCH_HIGH = 1.0, 99.0  # percentiles mapped to 0 and 255
@@ -139,12 +140,14 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
 
     from detector.fileio import check_regular_file
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found; check the path")
-    if path.is_dir():
-        raise InputError(f"{path}: {what} is a folder; give a GeoTIFF file")
-    check_regular_file(path, what)  # a FIFO would block GDAL's first read forever
+    path = as_location(path)
+    remote = is_remote(path)
+    if not remote:
+        if not path.exists():
+            raise InputError(f"{path}: {what} not found; check the path")
+        if path.is_dir():
+            raise InputError(f"{path}: {what} is a folder; give a GeoTIFF file")
+        check_regular_file(path, what)  # a FIFO would block GDAL's first read forever
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
@@ -195,6 +198,9 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
         raise
     except RasterioIOError as exc:
         msg = str(exc).splitlines()[0][:160] if str(exc).strip() else "unreadable"
+        if remote:
+            raise InputError(f"{path}: {what} cannot be read over the network ({msg}); check the address, and the "
+                             "credentials and endpoint in GDAL's environment (AWS_*, GS_*, AZURE_*, GDAL_HTTP_*)") from None
         raise InputError(f"{path}: {what} cannot be read ({msg}); it is not a raster, or it is truncated "
                          "or corrupt: export or copy it again") from None
     except Exception as exc:  # GDAL errors on truncated files surface as several types
@@ -293,6 +299,8 @@ def raster_stretch(path: Path | str, bands=None, low: float = STRETCH_LOW, high:
         if src.dtypes[0] == "uint8":
             return None
         bands = tuple(bands) if bands is not None else rgb_bands(src.colorinterp, src.count) or (1, 1, 1)
+    if is_remote(path):  # no cheap change stamp over the network: cached for this process's life
+        return _cached_stretch(str(path), 0, tuple(bands), low, high)
     return _cached_stretch(str(Path(path).resolve()), Path(path).stat().st_mtime_ns, tuple(bands), low, high)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from detector.config import RunConfig
 from detector.errors import ConfigError, InputError, ModelError, OutputError
 from detector.fileio import check_output_folder, check_regular_file
+from detector.geo.location import is_remote
 from detector.night.align import MosaicModel, estimate_mosaic_model
 from detector.night.height import DsmPair, prepare_dsms
 from detector.night.model import DEFAULT_MODEL_PATH, ModelSpec, load_model_spec
@@ -142,12 +143,11 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
 def check_inputs(cfg: RunConfig) -> None:
     """Every input the run reads is a regular, readable file (no folder, FIFO or device: a FIFO
     would block the first read forever)."""
-    check_regular_file(cfg.baseline, "baseline mosaic")
-    check_regular_file(cfg.current, "current mosaic")
+    for raster, what in ((cfg.baseline, "baseline mosaic"), (cfg.current, "current mosaic"),
+                         (cfg.baseline_dsm, "baseline DSM"), (cfg.current_dsm, "current DSM")):
+        if raster is not None and not is_remote(raster):  # a URL is checked when it is opened
+            check_regular_file(raster, what)
     check_regular_file(cfg.model or DEFAULT_MODEL_PATH, "model file", error=ModelError)
-    for dsm, what in ((cfg.baseline_dsm, "baseline DSM"), (cfg.current_dsm, "current DSM")):
-        if dsm is not None:
-            check_regular_file(dsm, what)
     for layer in cfg.change.exclusions:
         check_regular_file(layer.path, f"exclusion layer ({layer.kind})")
     if cfg.cases.boundaries is not None:

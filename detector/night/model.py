@@ -32,12 +32,12 @@ The model's sha256 is stored beside it in ``<model>.onnx.sha256`` and recomputed
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.errors import ModelError
+from detector.fileio import file_sha256
 
 CONTRACT_VERSION = "1"
 INPUT_NORMALISATION = "rgb_uint8_div255"
@@ -79,14 +79,6 @@ class ModelSpec:
     @property
     def is_pair(self) -> bool:
         return self.channels == 6
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_metadata(meta: dict[str, str], path: Path, sha256: str, input_name: str = "images") -> ModelSpec:

@@ -40,7 +40,7 @@ def _now() -> str:
 
 
 def _sha256(path: Path) -> str:
-    from detector.night.model import file_sha256
+    from detector.fileio import file_sha256
 
     return file_sha256(path)
 

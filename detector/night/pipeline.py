@@ -46,7 +46,8 @@ from detector.night.change import changes_in_tile, difference_image, new_in_curr
 from detector.night.context import NightRun, RunContext, prepare
 from detector.night.detect import detect_tile
 from detector.night.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
-from detector.night.model import ModelSpec, file_sha256
+from detector.geo.location import apply_network_defaults, location_fingerprint
+from detector.night.model import ModelSpec
 from detector.night.mosaic import EpochReader
 from detector.night.tiles import tile_groups, tile_layout, tile_window
 from detector.types import Candidate, Detection, Registration, Tile, TileResult
@@ -318,6 +319,7 @@ def remote_batch(ctx: RunContext, tiles: list[Tile]) -> list[TileResult]:
     """A batch on a Dask worker: this process opens the night's readers and ONNX session once
     (:func:`_init_worker`, as a local pool worker does) and keeps them for the night's later batches."""
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
+    apply_network_defaults()
     key = (str(ctx.baseline.path), str(ctx.current.path), ctx.spec.sha256, ctx.config.model_dump_json())
     if _WORKER.get("key") != key:  # a new night on a long-lived worker
         _close_worker()
@@ -341,6 +343,7 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
     """
     # Workers inherit the environment; GDAL reads it when it first needs its block cache.
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
+    apply_network_defaults()  # remote mosaics (s3://, https://): bounded waits, retries
     t0 = time.perf_counter()
     ctx, tiles = _prepare_inputs(cfg)
     out_dir = _make_out_dir(cfg)
@@ -418,9 +421,10 @@ def _detach_log(handler: logging.Handler) -> None:
 def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Path, log_path: Path,
                 t0: float) -> NightRun:
     """Step *open the night*: fingerprint, run ID, work folder, and the tiles an earlier run finished."""
-    hashes = {"baseline": file_sha256(ctx.baseline.path), "current": file_sha256(ctx.current.path)}
+    hashes = {"baseline": location_fingerprint(ctx.baseline.path), "current": location_fingerprint(ctx.current.path)}
     if ctx.dsm is not None:
-        hashes.update(baseline_dsm=file_sha256(ctx.dsm.baseline.path), current_dsm=file_sha256(ctx.dsm.current.path))
+        hashes.update(baseline_dsm=location_fingerprint(ctx.dsm.baseline.path),
+                      current_dsm=location_fingerprint(ctx.dsm.current.path))
     fp = _fingerprint(cfg, ctx.spec, hashes)
     started = datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{fp[:8]}"

@@ -27,6 +27,7 @@ from detector.errors import InputError
 from detector.fileio import atomic_write_bytes
 from detector.geo.crs import unit_lengths_m
 from detector.geo.grid import map_to_pixel
+from detector.geo.location import as_location, is_remote
 from detector.geo.raster import apply_stretch, raster_stretch, rgb_bands
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,8 +76,8 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
     from rasterio.transform import from_bounds
     from rasterio.vrt import WarpedVRT
 
-    raster_path = Path(raster_path)
-    if not raster_path.exists():
+    raster_path = as_location(raster_path)
+    if not is_remote(raster_path) and not raster_path.exists():
         raise InputError(f"{raster_path}: orthomosaic not found (needed for evidence chips and the report map)")
     target_crs = RioCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
     transform = from_bounds(*bounds, width, height)

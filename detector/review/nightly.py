@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from detector.errors import InputError
+from detector.geo.location import as_location
 from detector.review.evidence import write_evidence_chip
 from detector.review.gpkg import write_transaction
 from detector.review.project import write_qgis_project
@@ -93,16 +94,16 @@ def update_cases(
     finally:
         conn.close()
     if config.evidence:
-        result.evidence_paths = write_case_evidence(cases, update, crs, Path(baseline_path), Path(current_path),
-                                                    dsm=dsm)
+        result.evidence_paths = write_case_evidence(cases, update, crs, as_location(baseline_path),
+                                                    as_location(current_path), dsm=dsm)
     result.project_path = write_qgis_project(
-        update.registry.with_suffix(".qgs"), registry=update.registry, crs=crs, baseline_path=Path(baseline_path),
-        current_path=Path(current_path),
+        update.registry.with_suffix(".qgs"), registry=update.registry, crs=crs, baseline_path=as_location(baseline_path),
+        current_path=as_location(current_path),
     )
     if config.report:
         result.report_html, result.report_csv = write_report(
-            update.registry, Path(out_dir), night=night, run_id=run_id, current_path=Path(current_path), update=update
-        )
+            update.registry, Path(out_dir), night=night, run_id=run_id, current_path=as_location(current_path),
+            update=update)
     return result
 
 

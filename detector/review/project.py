@@ -31,6 +31,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from detector.fileio import atomic_write_text
+from detector.geo.location import is_remote
 from detector.review.qgis import cases_layer_qml, style_elements
 from detector.review.vocab import CASES_TABLE, cases_field_names
 
@@ -88,13 +89,16 @@ def link_imagery(project_dir: Path, role: str, mosaic: Path) -> Path:
         The folder of ``cases.qgs``.
     role : str
         ``current`` or ``baseline``.
-    mosaic : Path
-        Tonight's orthomosaic.
+    mosaic : Path or RemotePath
+        Tonight's orthomosaic. A remote one (URL, ``/vsis3/``...) is returned as it is: the
+        project refers to it there and QGIS reads it with the same GDAL environment.
 
     Returns
     -------
-    Path
+    Path or RemotePath
     """
+    if is_remote(mosaic):  # on an object store or web server: QGIS opens the same GDAL location
+        return mosaic
     mosaic = Path(mosaic).resolve()
     project_dir = Path(project_dir).resolve()
     if project_dir in mosaic.parents and IMAGERY_DIR not in mosaic.relative_to(project_dir).parts[:1]:
@@ -126,6 +130,8 @@ def _spatialrefsys(parent: ET.Element, crs) -> None:
 
 
 def _relative(target: Path, start: Path) -> str:
+    if is_remote(target):
+        return str(target)
     relative = os.path.relpath(Path(target).resolve(), Path(start).resolve()).replace(os.sep, "/")
     return relative if relative.startswith("..") else "./" + relative
 
@@ -300,9 +306,9 @@ def write_qgis_project(
                 cases_layer.remove(child)
         cases_layer.extend(style_elements(cases_field_names(), crs))
         _set_custom_property(cases_layer, STYLE_PROPERTY, style)
-    _owned_layer(root, "current", f"current_{suffix}", "raster", f"current ({Path(current_path).name})",
+    _owned_layer(root, "current", f"current_{suffix}", "raster", f"current ({current_path.name})",
                  _relative(current, project_dir), "gdal", current_crs, 1, True)
-    _owned_layer(root, "baseline", f"baseline_{suffix}", "raster", f"baseline ({Path(baseline_path).name})",
+    _owned_layer(root, "baseline", f"baseline_{suffix}", "raster", f"baseline ({baseline_path.name})",
                  _relative(baseline, project_dir), "gdal", baseline_crs, 2, False)
 
     ET.indent(root, space=" ")
