@@ -150,3 +150,16 @@ def test_unreadable_remote_mosaic_is_one_line_before_work(tmp_path, served, caps
     assert len(err.splitlines()) == 1, err
     assert "current mosaic cannot be read over the network" in err and expect in err
     assert not out.exists()
+
+
+def test_doctor_checks_the_configs_remote_inputs(tmp_path, served, capsys):
+    url, _, _ = served
+    cfg = tmp_path / "night.yaml"
+    cfg.write_text(f"baseline: {url}/night/baseline.tif\ncurrent: {url}/night/tonight-not-flown.tif\n")
+    assert main(["doctor", "--config", str(cfg)]) == 0  # tonight's mosaic missing is a warning
+    out = capsys.readouterr().out
+    assert f"ok   baseline mosaic /vsicurl/{url}/night/baseline.tif: 2,048 x 2,048 px, readable" in out
+    assert "warn /vsicurl/" in out and "HTTP response code: 404" in out
+    cfg.write_text(f"baseline: {url}/night/gone.tif\n")
+    assert main(["doctor", "--config", str(cfg)]) == 2  # a baseline nobody can read fails the installation
+    assert "FAIL /vsicurl/" in capsys.readouterr().out

@@ -92,6 +92,28 @@ def _check_folder(folder: Path, what: str) -> list[tuple[str, str]]:
     return [(status, f"{what} {folder}: writable, {free / 1e9:.1f} GB free{hint}")]
 
 
+def _check_inputs(cfg) -> list[tuple[str, str]]:
+    """The config's baseline (must be readable: local, or over the network with this machine's
+    credentials) and tonight's mosaic (a warning only: it may not have been flown yet)."""
+    from detector.errors import BuildwatchError
+    from detector.geo.location import apply_network_defaults
+    from detector.geo.raster import open_raster
+
+    apply_network_defaults()
+    lines = []
+    for location, what, missing in ((cfg.baseline, "baseline mosaic", "FAIL"), (cfg.current, "current mosaic", "warn"),
+                                    (cfg.baseline_dsm, "baseline DSM", "FAIL")):
+        if location is None:
+            continue
+        try:
+            info = open_raster(location, what, elevation=what.endswith("DSM"))
+        except BuildwatchError as exc:
+            lines.append((missing, str(exc) + ("" if missing == "FAIL" else " (tonight's flight may not be ready)")))
+            continue
+        lines.append(("ok", f"{what} {location}: {info.width:,} x {info.height:,} px, readable"))
+    return lines
+
+
 def _check_dask(scheduler: str | None) -> list[tuple[str, str]]:
     try:
         import distributed
@@ -122,7 +144,8 @@ def _check_dask(scheduler: str | None) -> list[tuple[str, str]]:
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder to check for write access and free space.")
 @click.option("--scheduler", type=str, help="Dask scheduler to reach (default: the config's, if any).")
 def doctor(config_path, model, out, scheduler):
-    """Check GDAL drivers, the model's checksum, ONNX Runtime providers, write access and free space."""
+    """Check GDAL drivers, the model's checksum, ONNX Runtime providers, the config's inputs (local or
+    URLs), write access and free space."""
     from detector.cli import error_log_path
     from detector.config import RunConfig, load_config
 
@@ -134,6 +157,8 @@ def doctor(config_path, model, out, scheduler):
                     f"{os.cpu_count()} CPU cores")]
     checks = [("GDAL", _check_gdal), ("model", lambda: _check_model(model)),
               ("ONNX Runtime", lambda: _check_onnxruntime(tuple(cfg.detect.providers)))]
+    if cfg.baseline is not None or cfg.current is not None:
+        checks.append(("inputs", lambda: _check_inputs(cfg)))
     if out is not None:
         checks.append(("output folder", lambda: _check_folder(Path(out), "output folder")))
     if cfg.cases.registry is not None:
