@@ -48,7 +48,11 @@ def run(base: Path, cur: Path, out: Path, model: Path | None):
 def erased_scores(image: Path, labels, tmp: Path, model: Path | None) -> dict:
     """Erase every third building; how many come back within 2 m, and candidates on untouched ones."""
     base, cur, erased, kept = erase_buildings_pair(image, labels, tmp, every=3)
-    cand = run(base, cur, tmp / "out", model)
+    return score_erased(erased, kept, run(base, cur, tmp / "out", model))
+
+
+def score_erased(erased, kept, cand) -> dict:
+    """Erased buildings with a candidate centroid within 2 m; candidates on untouched buildings."""
     from detector.geo.crs import utm_crs
 
     lon, lat = erased.to_crs("EPSG:4326").union_all().centroid.coords[0]

@@ -110,3 +110,25 @@ app.exitQgis()
     assert report["candidates"][0] and report["candidates"][1] > 0
     assert report["candidates"][2:6] == ["categorizedSymbol", "class", "EPSG:4547", True]
     assert report["tiles"][2:4] == ["categorizedSymbol", "status"]
+
+
+@pytest.mark.slow
+def test_qgis_opens_a_project_whose_mosaics_are_on_a_web_server(tmp_path):
+    """Remote mosaics are layers by URL (/vsicurl/): QGIS reads them while the server answers."""
+    import shutil
+
+    from detector.cli import main
+    from rangeserver import serve
+
+    sample = Path(__file__).resolve().parents[1] / "sample_tiles"
+    (tmp_path / "www").mkdir()
+    for name in ("baseline.tif", "current.tif"):
+        shutil.copy(sample / name, tmp_path / "www" / name)
+    registry = tmp_path / "cases" / "cases.gpkg"
+    with serve(tmp_path / "www") as (url, _):
+        assert main(["run", "--baseline", f"{url}/baseline.tif", "--current", f"{url}/current.tif",
+                     "--out", str(tmp_path / "out"), "--cases", str(registry), "--no-progress"]) == 0
+        report = _qgis_check(registry, 13, "--project", str(registry.with_suffix(".qgs")))
+    assert report["problems"] == [], report
+    assert report["project"]["layers"] == [["baseline (baseline.tif)", 1, True], ["cases", 0, True],
+                                           ["current (current.tif)", 1, True]]  # both mosaics valid rasters
