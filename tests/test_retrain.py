@@ -235,3 +235,35 @@ def test_holdout_scene_without_change_is_scored(tmp_path):
                             tmp_path / "r.json")
     assert report["summary"]["any_class"]["0.3"] == {"iou_threshold": 0.3, "tp": 0, "fp": 0, "fn": 0,
                                                      "precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_a_finished_finetune_is_reused_only_for_the_same_data_recipe_and_parent(tmp_path):
+    """A retrain killed during export or the gate restarts there; anything that changes what is
+    learnt (an input's sha256, the recipe, the parent model) means a new fine-tune."""
+    from training.config import load_train_config
+    from training.retrain import finetune_digest, finished_finetune, record_finetune
+    from training.train import TrainResult
+
+    cfg = load_train_config(None, {"name": "retrain"})
+    data = {"tiles": [{"name": "t0", "sha256": ["a", "b", "c"]}], "counts": {"train": {"images": 12}}}
+    digest = finetune_digest(data, cfg, "parent-sha")
+    assert finished_finetune(tmp_path, digest) is None  # nothing recorded yet
+    best = tmp_path / "runs" / "finetune" / "weights" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"weights")
+    record_finetune(tmp_path, digest, TrainResult(best.parent.parent, best, best.with_name("last.pt"), 1234.5,
+                                                  {"metrics/mAP50(B)": 0.8}))
+    again = finished_finetune(tmp_path, finetune_digest(data, cfg, "parent-sha"))
+    assert again is not None and again.best == best and again.seconds == 1234.5
+    assert again.metrics == {"metrics/mAP50(B)": 0.8}
+    moved = cfg.model_copy(deep=True)
+    moved.train.project = tmp_path / "elsewhere"  # where the run is written does not matter
+    assert finished_finetune(tmp_path, finetune_digest(data, moved, "parent-sha")) is not None
+    changed_data = {**data, "tiles": [{"name": "t0", "sha256": ["a", "b", "X"]}]}
+    longer = cfg.model_copy(deep=True)
+    longer.train.time_hours = 2.0
+    for d in (finetune_digest(changed_data, cfg, "parent-sha"), finetune_digest(data, longer, "parent-sha"),
+              finetune_digest(data, cfg, "another-parent")):
+        assert d != digest and finished_finetune(tmp_path, d) is None
+    best.unlink()  # weights gone: train again
+    assert finished_finetune(tmp_path, digest) is None

@@ -164,9 +164,12 @@ def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align):
 @click.option("--synthetic-size", type=int, default=1024, show_default=True, help="side of a synthetic scene in pixels")
 @click.option("--base-model", type=click.Path(path_type=Path), help="first version of an empty registry (default: the shipped model)")
 @click.option("--no-promote", is_flag=True, help="register the new version but never promote it")
+@click.option("--no-resume", is_flag=True, help="fine-tune again even if an earlier attempt in --work finished one "
+              "on the same data, recipe and parent (by default it is reused: a retrain killed during export or "
+              "the gate restarts there)")
 def retrain(models_dir, work, tiles, tiles_gsd, cases, baseline, current, config_path, holdout, holdout_fraction, epochs,
             time_minutes, device, batch, imgsz, seed, margin, synthetic_holdout, synthetic_train, synthetic_size,
-            base_model, no_promote):
+            base_model, no_promote, no_resume):
     """Fine-tune the promoted model on the district's reviews and labelled tiles; promote it only if
     the gate finds it better on the district's hold-out and no class worse."""
     from training.config import load_train_config
@@ -185,7 +188,7 @@ def retrain(models_dir, work, tiles, tiles_gsd, cases, baseline, current, config
                           current=current, holdout_fraction=holdout_fraction, holdout=list(holdout),
                           synthetic_train=synthetic_train, synthetic_holdout=synthetic_holdout,
                           synthetic_size=synthetic_size, margin=margin, promote=not no_promote, seed=seed,
-                          base_model=base_model)
+                          base_model=base_model, resume=not no_resume)
     result = run_retrain(opts, cfg)
     verdict = "promoted" if result.promoted == result.version else f"kept {result.promoted}"
     click.echo(f"{result.version} from {result.parent}: {verdict}: {result.gate.reason}")

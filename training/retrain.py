@@ -62,6 +62,7 @@ class RetrainOptions:
     margin: float = 0.05
     min_gain: float = 0.0
     promote: bool = True
+    resume: bool = True  # reuse a finished fine-tune of an earlier attempt on the same data and recipe
     seed: int = 0
     base_model: Path | None = None  # the model v0001 is made from when the registry is empty (default: shipped)
 
@@ -284,6 +285,45 @@ def gate_and_register(registry: ModelRegistry, parent: ModelVersion, candidate: 
     return version, gate
 
 
+FINETUNE_RECORD = "finetune.json"
+
+
+def finetune_digest(data_manifest: dict, cfg: TrainConfig, parent_sha256: str) -> str:
+    """What a fine-tune depends on: every input's sha256 and count, the recipe, the parent model."""
+    import hashlib
+
+    recipe = json.loads(cfg.model_dump_json())
+    recipe["train"].pop("project", None)  # where it is written does not change what is learnt
+    blob = json.dumps({"data": data_manifest, "recipe": recipe, "parent": parent_sha256}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def record_finetune(work: Path, digest: str, result) -> None:
+    """Note a finished fine-tune in ``<work>/finetune.json`` (written after the weights)."""
+    from detector.fileio import atomic_write_text
+
+    atomic_write_text(Path(work) / FINETUNE_RECORD, json.dumps(
+        {"digest": digest, "run_dir": str(result.run_dir), "best": str(result.best), "last": str(result.last),
+         "seconds": round(result.seconds, 1), "metrics": result.metrics, "finished": _now()}, indent=1))
+
+
+def finished_finetune(work: Path, digest: str):
+    """The :class:`training.train.TrainResult` of an earlier attempt's finished fine-tune with the same
+    ``digest`` (its weights still there), else None: a retrain killed during export or the gate
+    restarts from there, not from a new fine-tune."""
+    from training.train import TrainResult
+
+    path = Path(work) / FINETUNE_RECORD
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("digest") != digest or not Path(rec.get("best", "")).is_file():
+        return None
+    return TrainResult(Path(rec["run_dir"]), Path(rec["best"]), Path(rec["last"]), float(rec["seconds"]),
+                       rec.get("metrics") or {})
+
+
 @dataclass
 class RetrainResult:
     parent: str
@@ -334,8 +374,15 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
         cfg.train.weights = start
         cfg.train.seed = opts.seed
         cfg.train.project = opts.work / "runs"
-        result = train_model(cfg, data_yaml, name="finetune")
-        log.info("fine-tuned in %.0f s: %s", result.seconds, result.metrics)
+        digest = finetune_digest(data_manifest, cfg, parent.sha256)
+        result = finished_finetune(opts.work, digest) if opts.resume else None
+        if result is not None:
+            log.info("reusing the fine-tune an earlier attempt finished (%s, %.0f s): same data, recipe and parent",
+                     result.best, result.seconds)
+        else:
+            result = train_model(cfg, data_yaml, name="finetune")
+            record_finetune(opts.work, digest, result)
+            log.info("fine-tuned in %.0f s: %s", result.seconds, result.metrics)
         from training.export import export_onnx
 
         name = f"{spec.model_name.split('+')[0]}+ft"
