@@ -163,3 +163,20 @@ def test_doctor_checks_the_configs_remote_inputs(tmp_path, served, capsys):
     cfg.write_text(f"baseline: {url}/night/gone.tif\n")
     assert main(["doctor", "--config", str(cfg)]) == 2  # a baseline nobody can read fails the installation
     assert "FAIL /vsicurl/" in capsys.readouterr().out
+
+
+def test_ingest_reads_another_tools_mosaic_from_a_url(tmp_path, served, capsys):
+    """A photogrammetry service's output on a web server / bucket is put on the baseline's grid locally."""
+    import numpy as np
+    import rasterio
+
+    url, _, _ = served
+    out = tmp_path / "night" / "current.tif"
+    assert main(["ingest", f"{url}/night/current.tif", "--baseline", str(SAMPLE / "baseline.tif"),
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    with rasterio.open(out) as got, rasterio.open(SAMPLE / "current.tif") as local:
+        assert got.transform == local.transform and got.crs == local.crs
+        assert np.abs(got.read().astype(int) - local.read().astype(int)).mean() < 1.0  # same grid: a copy
+    assert main(["ingest", f"{url}/night/missing.tif", "--baseline", str(SAMPLE / "baseline.tif"),
+                 "--out", str(tmp_path / "x" / "current.tif")]) == 2
+    assert "mosaic cannot be read over the network (HTTP response code: 404)" in capsys.readouterr().err

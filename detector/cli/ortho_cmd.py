@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from detector.cli.options import existing_file
+from detector.cli.options import existing_file, existing_raster
 
 
 def _summary_line(rep) -> str:
@@ -57,9 +57,9 @@ def ortho(frames, baseline, out, dem, flight_log, config_path, gsd_m, no_refine)
 
 
 @click.command("ingest")
-@click.argument("mosaic", type=click.Path(path_type=Path), callback=existing_file)
-@click.option("--baseline", required=True, type=click.Path(path_type=Path), callback=existing_file,
-              help="Reference orthomosaic whose CRS and pixel grid the output takes.")
+@click.argument("mosaic", type=str, callback=existing_raster)
+@click.option("--baseline", required=True, type=str, callback=existing_raster,
+              help="Reference orthomosaic whose CRS and pixel grid the output takes (a path or URL, as for run).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output COG (current.tif).")
 @click.option("--min-coverage", type=float, default=0.01, show_default=True,
               help="Refuse a mosaic covering less than this fraction of the baseline.")

@@ -20,6 +20,7 @@ import numpy as np
 from detector.errors import InputError
 from detector.flight.baseline import open_baseline
 from detector.geo.crs import source_gsd_m
+from detector.geo.location import as_location
 from detector.geo.raster import apply_stretch, estimate_stretch, open_raster, write_cog
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
     from rasterio.vrt import WarpedVRT
     from rasterio.warp import transform_bounds
 
-    mosaic, out = Path(mosaic), Path(out)
+    mosaic, out = as_location(mosaic), Path(out)  # the mosaic may be a URL (s3://, https://)
     base = open_baseline(baseline)
     from detector.fileio import check_output_folder, clean_stale_temps
 
