@@ -160,7 +160,7 @@ def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--margin", type=float, default=0.05, show_default=True, help="largest F1 drop allowed for any class")
 @click.option("--synthetic-holdout", type=int, default=4, show_default=True, help="synthetic scenes the gate scores")
-@click.option("--synthetic-train", type=int, default=8, show_default=True, help="synthetic scenes mixed into training")
+@click.option("--synthetic-train", type=int, default=32, show_default=True, help="synthetic scenes mixed into training (fewer let the classes the district never labels erode: the gate then refuses)")
 @click.option("--synthetic-size", type=int, default=1024, show_default=True, help="side of a synthetic scene in pixels")
 @click.option("--base-model", type=click.Path(path_type=Path), help="first version of an empty registry (default: the shipped model)")
 @click.option("--no-promote", is_flag=True, help="register the new version but never promote it")

@@ -56,7 +56,7 @@ class RetrainOptions:
     current: Path | None = None
     holdout_fraction: float = 0.2
     holdout: list[str] = field(default_factory=list)
-    synthetic_train: int = 8  # synthetic scenes mixed into training (keeps the other classes in view)
+    synthetic_train: int = 32  # synthetic scenes mixed into training (keeps the other classes in view; 8 and 16 let them erode)
     synthetic_holdout: int = 4  # synthetic scenes the gate scores both models on
     synthetic_size: int = 1024
     margin: float = 0.05
