@@ -81,20 +81,16 @@ class RemotePath(str):
         except Exception:
             return False
 
-    def __fspath__(self) -> str:  # rasterio.open and os.fspath accept it as they accept a path
-        return str(self)
-
-    def __reduce__(self):  # pickles (Dask, process pools) as itself
-        return (RemotePath, (str(self),))
-
 
 def is_remote(value) -> bool:
-    """True for a URL (``scheme://``) or a GDAL ``/vsi...`` path; False for a local path."""
+    """True for what :func:`as_location` makes a :class:`RemotePath` (a URL other than ``file://``,
+    or a GDAL ``/vsi...`` path, also one of a scheme it refuses); False for a local path."""
     if isinstance(value, RemotePath):
         return True
     if not isinstance(value, str):
         return False
-    return value.startswith("/vsi") or _URL.match(value) is not None
+    m = _URL.match(value)
+    return value.startswith("/vsi") or (m is not None and m.group(1).lower() != "file")
 
 
 def as_location(value) -> Path | RemotePath:

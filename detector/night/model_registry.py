@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from detector.errors import ConfigError, InputError
-from detector.fileio import atomic_write_text
+from detector.fileio import atomic_write_text, file_sha256
 
 INDEX = "registry.json"
 MODEL_FILE = "model.onnx"
@@ -37,12 +37,6 @@ _VERSION_RE = re.compile(r"^v\d{4,}$")
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _sha256(path: Path) -> str:
-    from detector.fileio import file_sha256
-
-    return file_sha256(path)
 
 
 @dataclass
@@ -133,7 +127,7 @@ class ModelRegistry:
                               f"VERSION --models {self.root}' or drop --models to use the shipped model")
         if not chosen.model.exists():
             raise InputError(f"{chosen.model}: model file of version {chosen.version} is missing")
-        sha = _sha256(chosen.model)
+        sha = file_sha256(chosen.model)
         if sha != chosen.sha256:
             raise InputError(f"{chosen.model}: sha256 {sha[:12]}… differs from the registry's {chosen.sha256[:12]}…; "
                              f"the file was changed: restore it or promote another version")
@@ -166,12 +160,12 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(prefix=f".part-{version}-", dir=self.root))
         try:
             shutil.copyfile(model, staging / MODEL_FILE)
-            sha = _sha256(staging / MODEL_FILE)
+            sha = file_sha256(staging / MODEL_FILE)
             (staging / (MODEL_FILE + ".sha256")).write_text(f"{sha}  {MODEL_FILE}\n")
             ck_sha = None
             if checkpoint is not None:
                 shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
-                ck_sha = _sha256(staging / CHECKPOINT_FILE)
+                ck_sha = file_sha256(staging / CHECKPOINT_FILE)
             record = ModelVersion(version=version, folder=self.root / version, sha256=sha, parent=parent,
                                   created=_now(), model_name=model_name, checkpoint_sha256=ck_sha,
                                   data_manifest=data_manifest or {}, metrics=metrics or {}, gate=gate or {}, note=note)

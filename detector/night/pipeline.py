@@ -41,12 +41,12 @@ from detector import __version__
 from detector.config import RunConfig
 from detector.errors import BuildwatchError, InputError
 from detector.fileio import atomic_write_text, clean_stale_temps, exclusive_lock
+from detector.geo.location import apply_network_defaults, location_fingerprint
 from detector.night.align import apply_registration, register_tile
 from detector.night.change import changes_in_tile, difference_image, new_in_current, owns_centre
 from detector.night.context import NightRun, RunContext, prepare
 from detector.night.detect import detect_tile
 from detector.night.georef import candidate_id, merge_duplicates, pixel_to_map, to_output
-from detector.geo.location import apply_network_defaults, location_fingerprint
 from detector.night.model import ModelSpec
 from detector.night.mosaic import EpochReader
 from detector.night.tiles import tile_groups, tile_layout, tile_window
