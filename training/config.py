@@ -53,6 +53,10 @@ class TrainSettings(_Strict):
                                         "which fits the learning-rate schedule to the epochs that fit); 0: no limit, "
                                         "train 'epochs'")
     weights: Optional[Path] = Field(None, description="fine-tune from these ultralytics weights (our own best.pt) instead of 'model'")
+    init_from: Optional[Path] = Field(None, description="start 'model' with every layer whose shape matches taken from "
+                                      "these weights (an ultralytics .pt, or a buildwatch .onnx, whose checkpoint is "
+                                      "recovered first): e.g. a 3-channel model from the pair model's backbone. Unlike "
+                                      "'weights', the architecture, channels and classes stay those of this config")
     pair_aug: Optional[PairAugParams] = Field(None, description="batch augmentation of 6-channel pairs (training.augment)")
     extra: dict = {}
 

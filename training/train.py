@@ -95,6 +95,21 @@ def pair_aug_trainer(params):
     return PairAugTrainer
 
 
+def init_checkpoint(path: Path, run_dir: Path) -> Path:
+    """The ultralytics checkpoint behind ``train.init_from``: the file itself, or for a buildwatch ONNX
+    the checkpoint recovered from it (:func:`training.checkpoint.checkpoint_from_onnx`) in ``run_dir``.
+
+    ultralytics then copies every tensor whose name and shape match into the new model
+    (``Model.load``): a 3-channel model takes the pair model's backbone and neck, but not its
+    first convolution (6 input channels) nor its class head (4 classes).
+    """
+    if path.suffix.lower() != ".onnx":
+        return path
+    from training.checkpoint import checkpoint_from_onnx
+
+    return checkpoint_from_onnx(path, run_dir / f"init-{path.stem}.pt")
+
+
 def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | None = None) -> TrainResult:
     """Train ``cfg.train.model`` from scratch (or fine-tune ``cfg.train.weights``); returns the run folder and weights.
 
@@ -117,10 +132,14 @@ def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | Non
     _quiet_settings()
     if cfg.train.weights is not None and not Path(cfg.train.weights).exists():
         raise InputError(f"{cfg.train.weights}: start weights for fine-tuning not found")
+    if cfg.train.init_from is not None and not Path(cfg.train.init_from).exists():
+        raise InputError(f"{cfg.train.init_from}: 'train.init_from' weights not found")
     model = YOLO(str(cfg.train.weights) if cfg.train.weights else cfg.train.model, task="obb")
     args = train_args(cfg, data_yaml, name)
     if cfg.train.weights:
         args["pretrained"] = True  # with False, ultralytics 8.4 drops the loaded weights and starts from the YAML
+    elif cfg.train.init_from is not None:
+        args["pretrained"] = str(init_checkpoint(Path(cfg.train.init_from), Path(args["project"]) / args["name"]))
     if cfg.train.pair_aug is not None and cfg.channels == 6:
         args["trainer"] = pair_aug_trainer(cfg.train.pair_aug)
     start = time.time()
