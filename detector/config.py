@@ -64,6 +64,24 @@ class ExclusionLayer(_Strict):
     id_field: Optional[str] = None
 
 
+class SecondViewConfig(_Strict):
+    """Two views, one verdict (:mod:`detector.night.second_view`): a single-epoch (3-channel) building
+    model looks at each epoch of a tile on its own and checks the pair model's change candidates."""
+
+    model: Optional[Path] = Field(None, description="the 3-channel building model (ONNX, 'buildwatch export'); "
+                                  "None: the pair model decides alone")
+    conf: Optional[float] = Field(None, gt=0, le=1, description="a building seen tonight; None = the model's "
+                                  "recommendation. The baseline is asked at half of it")
+    confirm: bool = Field(True, description="keep a pair candidate of a structure class only where tonight's image "
+                          "shows a structure, and drop a new building the baseline already shows as large")
+    cover: float = Field(0.3, gt=0, le=1, description="share of the smaller of candidate and building box that "
+                         "must overlap for the building to confirm the candidate")
+    add: bool = Field(False, description="also report structures tonight that the baseline does not show and "
+                      "no pair candidate covers (the single-epoch rule), tagged 'second_view'")
+    add_conf: float = Field(0.5, gt=0, le=1, description="confidence a structure needs to be added on the "
+                            "second view's word alone")
+
+
 class DetectConfig(_Strict):
     conf: Optional[float] = Field(None, gt=0, le=1, description="None = the model's recommendation; 0 would keep "
                                   "every anchor")
@@ -72,6 +90,7 @@ class DetectConfig(_Strict):
     batch_size: int = Field(4, ge=1, le=256)
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # those available are used
     intra_op_threads: int = Field(1, ge=1)
+    second_view: SecondViewConfig = SecondViewConfig()
 
     _threads = field_validator("intra_op_threads")(_bounded_threads)
 
@@ -186,6 +205,8 @@ def _resolve_relative_paths(data: dict, base: Path) -> None:
 
     for key in ("baseline", "current", "out", "model", "models", "baseline_dsm", "current_dsm"):
         fix(data, key)
+    if isinstance(data.get("detect"), dict) and isinstance(data["detect"].get("second_view"), dict):
+        fix(data["detect"]["second_view"], "model")
     if isinstance(data.get("cases"), dict):
         for key in ("registry", "boundaries"):
             fix(data["cases"], key)

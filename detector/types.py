@@ -111,7 +111,10 @@ class Candidate:
     pixel_change : float
         Share of the footprint whose pixels changed.
     baseline_iou : float
-        Single-epoch models: best overlap with a baseline structure.
+        Single-epoch models and the second view: best overlap with a baseline structure.
+    structure_conf : float
+        With a second view (``detect.second_view``): the building model's confidence that tonight's
+        image shows a structure there (0: none); None (NULL) without a second view.
     height_gain_m, baseline_height_m, current_height_m : float
         With a DSM pair (:mod:`detector.night.height`): median height gain over the footprint,
         and its height above the ground before and now, metres; None (NULL) without DSMs or
@@ -137,6 +140,7 @@ class Candidate:
     tags: str = ""
     pixel_change: float = 0.0
     baseline_iou: float = 0.0
+    structure_conf: float | None = None
     height_gain_m: float | None = None
     baseline_height_m: float | None = None
     current_height_m: float | None = None
@@ -161,7 +165,7 @@ _CANDIDATE_COLUMN_OF = {f.name: f.metadata.get("column", f.name) for f in fields
 CANDIDATE_COLUMNS: tuple[str, ...] = tuple(_CANDIDATE_COLUMN_OF.values())
 
 #: Real-valued columns that may be NULL (written as REAL even when every row is NULL).
-NULLABLE_REAL_COLUMNS: tuple[str, ...] = ("height_gain_m", "baseline_height_m", "current_height_m")
+NULLABLE_REAL_COLUMNS: tuple[str, ...] = ("structure_conf", "height_gain_m", "baseline_height_m", "current_height_m")
 
 
 @dataclass

@@ -183,7 +183,7 @@ def test_geopackage_layout(tmp_path, oracle, model):
     assert cols == list(CANDIDATE_COLUMNS) == [
         "candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date", "current_date",
         "shift_m", "model_name", "model_sha256", "run_id", "status", "tags", "pixel_change", "baseline_iou",
-        "height_gain_m", "baseline_height_m", "current_height_m",
+        "structure_conf", "height_gain_m", "baseline_height_m", "current_height_m",
         "model_version"]
     run = con.execute("select baseline_sha256, candidates, tiles_total from runs").fetchone()
     assert len(run[0]) == 64 and run[1] == len(PLANTED) and run[2] > 0

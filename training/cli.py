@@ -132,11 +132,14 @@ def export(weights, out, config_path, metrics_path, provenance_path, int8_out):
 @click.option("--conf", type=float, help="confidence threshold (default: the model's)")
 @click.option("--limit", type=int, help="evaluate only the first N pairs")
 @click.option("--no-align", is_flag=True, help="skip co-registration (for a comparison only: users' runs register)")
-def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align):
+@click.option("--config", "run_config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="nightly config whose settings the runs use (e.g. detect.second_view); inputs and output are the pairs'")
+def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align, run_config):
     """Object-level P/R/F1 (IoU 0.3, 0.5) and pixel F1/IoU of the runtime over labelled pairs."""
     from training.evaluate import evaluate_pairs
 
-    report = evaluate_pairs(model_path, pairs, layout, out, gsd_m=gsd, conf=conf, limit=limit, align=not no_align)
+    report = evaluate_pairs(model_path, pairs, layout, out, gsd_m=gsd, conf=conf, limit=limit, align=not no_align,
+                            run_config=run_config)
     click.echo(json.dumps(report["summary"], indent=1))
 
 

@@ -45,8 +45,9 @@ def _geoms_to_pixel_polys(geoms, transform) -> list[np.ndarray]:
 
 
 def _run_runtime(baseline: Path, current: Path, model: Path | None, work: Path, conf: float | None,
-                 align: bool = True):
-    """Run the nightly pipeline on one pair; return the candidates GeoDataFrame."""
+                 align: bool = True, run_config: Path | None = None):
+    """Run the nightly pipeline on one pair (with the settings of ``run_config``, a nightly config,
+    when given); return the candidates GeoDataFrame."""
     import geopandas as gpd
 
     from detector.config import load_config
@@ -54,7 +55,7 @@ def _run_runtime(baseline: Path, current: Path, model: Path | None, work: Path, 
 
     overrides = {"baseline": str(baseline), "current": str(current), "out": str(work), "model": model and str(model),
                  "progress": False, "resume": False, "workers": 1}
-    cfg = load_config(None, overrides)
+    cfg = load_config(run_config, overrides)
     if conf is not None:
         cfg.detect.conf = conf
     cfg.align.enabled = align
@@ -84,7 +85,8 @@ def _levir_items(folder: Path):
         yield a.stem, a, b, lab
 
 
-def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path, align: bool = True) -> dict:
+def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path, align: bool = True,
+                      run_config: Path | None = None) -> dict:
     import cv2
 
     imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in (a, b)]
@@ -100,7 +102,8 @@ def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path, align: boo
     from rasterio.transform import from_origin
 
     # Registered as a user's run registers them (LEVIR pairs are years and seasons apart).
-    cands = _run_runtime(work / "baseline.tif", work / "current.tif", model, work / "out", conf, align=align)
+    cands = _run_runtime(work / "baseline.tif", work / "current.tif", model, work / "out", conf, align=align,
+                         run_config=run_config)
     shape = label.shape
     preds = polygon_masks(_geoms_to_pixel_polys(cands.geometry, from_origin(500000.0, 2500000.0, gsd_m, gsd_m)), shape)
     truths = mask_components(label, MIN_TRUTH_AREA_M2 / gsd_m ** 2)
@@ -108,7 +111,8 @@ def _score_levir_pair(name, a, b, lab, model, gsd_m, conf, tmp: Path, align: boo
             "pixel": pixel_scores(union_mask(preds, shape), label > 0), "n_pred": len(preds), "n_truth": len(truths)}
 
 
-def _score_synth_scene(scene_dir: Path, model, conf, tmp: Path, align: bool = True) -> dict:
+def _score_synth_scene(scene_dir: Path, model, conf, tmp: Path, align: bool = True,
+                       run_config: Path | None = None) -> dict:
     import geopandas as gpd
     import rasterio
 
@@ -125,7 +129,7 @@ def _score_synth_scene(scene_dir: Path, model, conf, tmp: Path, align: bool = Tr
         truth["class"] = []  # a pair without change: an empty FeatureCollection has no columns
     if truth.crs is not None and crs is not None and truth.crs != crs:
         truth = truth.to_crs(crs)
-    cands = _run_runtime(base, cur, model, tmp / scene_dir.name, conf, align=align)
+    cands = _run_runtime(base, cur, model, tmp / scene_dir.name, conf, align=align, run_config=run_config)
     if len(cands) and cands.crs is not None and crs is not None and cands.crs != crs:
         cands = cands.to_crs(crs)
     out = {"name": scene_dir.name, "per_class": {}, "n_pred": len(cands), "n_truth": len(truth)}
@@ -188,7 +192,8 @@ def _jsonable(obj):
 
 
 def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, gsd_m: float | None = None,
-                   conf: float | None = None, limit: int | None = None, align: bool = True) -> dict:
+                   conf: float | None = None, limit: int | None = None, align: bool = True,
+                   run_config: Path | None = None) -> dict:
     """Run the runtime over labelled pairs and write ``out`` (JSON) and ``out`` with ``.md``.
 
     Parameters
@@ -201,6 +206,8 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
     conf : confidence threshold override (default: the model's recommendation).
     limit : evaluate only the first N pairs.
     align : co-register the epochs as ``buildwatch run`` does (default); False only to compare.
+    run_config : a nightly config (``buildwatch run --config``) whose settings the runs use (e.g.
+        ``detect.second_view``); its inputs and output are replaced by each pair's.
 
     Returns
     -------
@@ -219,7 +226,8 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
         if layout == "levir":
             items = list(_levir_items(pairs_dir))[:limit]
             for name, a, b, lab in items:
-                results.append(_score_levir_pair(name, a, b, lab, model, gsd_m or 0.5, conf, Path(tmp), align))
+                results.append(_score_levir_pair(name, a, b, lab, model, gsd_m or 0.5, conf, Path(tmp), align,
+                                                 run_config))
         elif layout == "synth":
             if (pairs_dir / "baseline.tif").exists():  # one scene folder, e.g. sample_tiles/
                 scenes = [pairs_dir]
@@ -228,11 +236,11 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
             if not scenes:
                 raise InputError(f"{pairs_dir}: no <scene>/baseline.tif found (synth layout); make some with 'buildwatch synth'")
             for scene in scenes:
-                results.append(_score_synth_scene(scene, model, conf, Path(tmp), align))
+                results.append(_score_synth_scene(scene, model, conf, Path(tmp), align, run_config))
         else:
             raise InputError(f"{pairs_dir}: unknown layout '{layout}' (synth or levir)")
     report = {"model": str(spec.path), "model_name": spec.model_name, "model_sha256": spec.sha256,
-              "channels": spec.channels, "layout": layout, "align": align, "pairs_dir": str(pairs_dir), "conf": conf or spec.conf,
+              "channels": spec.channels, "run_config": str(run_config) if run_config else None, "layout": layout, "align": align, "pairs_dir": str(pairs_dir), "conf": conf or spec.conf,
               "seconds": round(time.time() - start, 1), "summary": _summarise(results, layout),
               "pairs": _jsonable(results)}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,23 @@ class RunContext:
     mosaic_model: MosaicModel | None = None  # the epochs' similarity transform; tiles refine it or fall back to it
     dsm: DsmPair | None = None  # the DSM pair (detector.night.height), when the run has one
     model_version: str = ""  # the model registry version run ("" = a model given by path, or the shipped one)
+    second: ModelSpec | None = None  # the second view's building model (detect.second_view.model)
+
+
+def load_second_view(cfg: RunConfig, spec: ModelSpec) -> ModelSpec | None:
+    """The second view's building model (``detect.second_view.model``), checked against the pair model."""
+    path = cfg.detect.second_view.model
+    if path is None:
+        return None
+    second = load_model_spec(path)
+    if second.is_pair:
+        raise ModelError(f"{second.path}: detect.second_view.model must be a single-epoch (3-channel) building "
+                         "model; this one takes a 6-channel pair")
+    if second.imgsz != spec.imgsz or abs(second.gsd_m - spec.gsd_m) > 1e-9:
+        raise ModelError(f"{second.path}: the second view works on {second.imgsz[0]} px tiles at {second.gsd_m:g} m, "
+                         f"the pair model {spec.path.name} on {spec.imgsz[0]} px at {spec.gsd_m:g} m; export it "
+                         "for the same tile size and GSD")
+    return second
 
 
 def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
@@ -119,6 +136,7 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
         baseline=baseline, current=current, grid=grid, spec=spec, config=cfg, size=size, overlap=overlap,
         conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
         iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou, model_version=model_version,
+        second=load_second_view(cfg, spec),
     )
     ctx.dsm = prepare_dsms(cfg, grid)
     for info, attr in ((baseline, "stretch_baseline"), (current, "stretch_current")):

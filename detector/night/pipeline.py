@@ -105,7 +105,7 @@ class RunSummary:
 # ---------------------------------------------------------------- tile processing (workers)
 
 def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, detector,
-                 dsm_readers=None, pixels: tuple | None = None) -> TileResult:
+                 dsm_readers=None, pixels: tuple | None = None, second_view=None) -> TileResult:
     """Read, register, detect and decide one tile. Pure in (inputs, tile, model, config).
 
     Parameters
@@ -120,6 +120,8 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
         The baseline and current DSM on the working grid (``ctx.dsm`` set): adds the height step.
     pixels : tuple, optional
         The tile already read (:func:`_read_tile`, e.g. prefetched while the previous tile ran).
+    second_view : callable, optional
+        The building model's detector (``ctx.second`` set): :mod:`detector.night.second_view`.
 
     Returns
     -------
@@ -144,9 +146,13 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
     # The difference image is needed only to judge the detections this tile reports (centre in
     # its core): most tiles have none, and then it is not computed.
     dets = [d for d in dets if owns_centre(d, margin, stride)]
-    changes = changes_in_tile(dets, difference_image(b, c, valid), valid, gsd, ctx.config.change, margin,
-                              stride) if dets else []
-    out = [_tile_candidate(ctx, tile, d, changed, baseline_iou.get(id(d), 0.0)) for d, changed in changes]
+    diff = difference_image(b, c, valid) if dets or (second_view is not None and ctx.config.detect.second_view.add) \
+        else None
+    changes = changes_in_tile(dets, diff, valid, gsd, ctx.config.change, margin, stride) if dets else []
+    if second_view is not None and ctx.second is not None:
+        changes, out = _second_view_step(ctx, tile, second_view, b, c, changes, diff, valid, margin, stride)
+    else:
+        out = [_tile_candidate(ctx, tile, d, changed, baseline_iou.get(id(d), 0.0)) for d, changed in changes]
     if dsm_readers is not None and ctx.dsm is not None:
         out = _height_step(ctx, tile, dsm_readers, reg, changes, out, b, c, valid)
     return TileResult(tile.tile_id, "done", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd, reg.shift_m,
@@ -221,7 +227,40 @@ def _detect(ctx: RunContext, detector, b: np.ndarray, c: np.ndarray) -> tuple[li
     return dets, matched
 
 
-def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, baseline_iou: float) -> Candidate:
+def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c: np.ndarray, changes, diff,
+                      valid: np.ndarray, margin: int, stride: int) -> tuple[list, list[Candidate]]:
+    """Step *second view* (:mod:`detector.night.second_view`): the building model's verdict on the
+    tile's pair candidates, and (``add``) the structures it alone sees.
+
+    Returns
+    -------
+    (list of (Detection, changed), list of Candidate)
+        The changes kept or added and their candidates, in the same order.
+    """
+    from detector.night import second_view as sv
+
+    opts = ctx.config.detect.second_view
+    if not changes and not opts.add:
+        return [], []
+    conf = opts.conf if opts.conf is not None else ctx.second.conf
+    current, baseline = sv.look(second_view, b, c, conf, ctx.second.iou)
+    match_iou = ctx.config.change.baseline_match_iou
+    verdicts = sv.judge([d for d, _ in changes], current, baseline, opts.cover, match_iou, opts.confirm)
+    kept = [(change, v) for change, v in zip(changes, verdicts) if v.keep]
+    out = [_tile_candidate(ctx, tile, d, changed, v.baseline_iou, v.structure_conf) for (d, changed), v in kept]
+    kept_changes = [change for change, _ in kept]
+    if opts.add:
+        added = sv.additions(current, baseline, [d for d, _ in changes], opts.add_conf, opts.cover, match_iou)
+        new = changes_in_tile([d for d, _ in added], diff, valid, ctx.grid.gsd, ctx.config.change, margin, stride)
+        base_iou = {id(d): iou for d, iou in added}
+        out += [replace(_tile_candidate(ctx, tile, d, changed, base_iou[id(d)], d.confidence), tags="second_view")
+                for d, changed in new]
+        kept_changes += new
+    return kept_changes, out
+
+
+def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, baseline_iou: float,
+                    structure_conf: float | None = None) -> Candidate:
     """A kept detection as a :class:`Candidate` in the working CRS (detection fields only)."""
     from shapely.geometry import Polygon
 
@@ -232,6 +271,7 @@ def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, b
         pixel_change=round(changed, 3),
         baseline_iou=round(baseline_iou, 3),
         tile_id=tile.tile_id,
+        structure_conf=None if structure_conf is None else round(structure_conf, 4),
     )
 
 
@@ -278,6 +318,8 @@ def _init_worker(ctx: RunContext) -> None:
     _WORKER["c"] = EpochReader(ctx.current, ctx.grid, ctx.stretch_current)
     det = ctx.config.detect
     _WORKER["det"] = OnnxDetector(ctx.spec, det.providers, det.intra_op_threads, det.batch_size)
+    _WORKER["det2"] = OnnxDetector(ctx.second, det.providers, det.intra_op_threads, det.batch_size) \
+        if ctx.second is not None else None
     if ctx.dsm is not None:
         from detector.night.height import DsmReader
 
@@ -296,7 +338,7 @@ def _work(tiles: list[Tile]) -> list[TileResult]:
     w = _WORKER
     ctx, b, c, dsm = w["ctx"], w["b"], w["c"], w.get("dsm")
     if not PREFETCH:
-        return [process_tile(ctx, t, b, c, w["det"], dsm) for t in tiles]
+        return [process_tile(ctx, t, b, c, w["det"], dsm, second_view=w.get("det2")) for t in tiles]
     out: list[TileResult] = []
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
         nxt = pool.submit(_read_tile, ctx, tiles[0], b, c) if tiles else None
@@ -304,7 +346,7 @@ def _work(tiles: list[Tile]) -> list[TileResult]:
             pixels = nxt.result()
             if k + 1 < len(tiles):
                 nxt = pool.submit(_read_tile, ctx, tiles[k + 1], b, c)
-            out.append(process_tile(ctx, t, b, c, w["det"], dsm, pixels=pixels))
+            out.append(process_tile(ctx, t, b, c, w["det"], dsm, pixels=pixels, second_view=w.get("det2")))
     return out
 
 
@@ -422,6 +464,8 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
                 t0: float) -> NightRun:
     """Step *open the night*: fingerprint, run ID, work folder, and the tiles an earlier run finished."""
     hashes = {"baseline": location_fingerprint(ctx.baseline.path), "current": location_fingerprint(ctx.current.path)}
+    if ctx.second is not None:
+        hashes["second_view_model"] = ctx.second.sha256
     if ctx.dsm is not None:
         hashes.update(baseline_dsm=location_fingerprint(ctx.dsm.baseline.path),
                       current_dsm=location_fingerprint(ctx.dsm.current.path))

@@ -1,0 +1,154 @@
+"""Two views, one verdict (detector/night/second_view.py): exact rules on boxes, and the nightly run
+with a single-epoch building model checking the pair model's candidates.
+
+The models are the exact oracles of tests/pipeline_util.py: the pair "model" finds every blob
+that differs between the epochs, the building "model" every saturated red roof.
+"""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from affine import Affine
+
+from detector.config import RunConfig, SecondViewConfig
+from detector.errors import ModelError
+from detector.night.pipeline import run_pipeline
+from detector.night.second_view import additions, judge, overlap_matrices
+from detector.types import Detection
+from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
+
+
+def det(cx, cy, w, h, conf=0.9, cls="new_building"):
+    return Detection(cx, cy, w, h, 0.0, conf, cls)
+
+
+# ------------------------------------------------------------------ rules on boxes
+
+def test_overlap_matrices_are_exact():
+    iou, cover = overlap_matrices([det(10, 10, 10, 10)], [det(15, 10, 10, 10), det(10, 10, 4, 4), det(50, 50, 2, 2)])
+    np.testing.assert_allclose(iou[0], [50 / 150, 16 / 100, 0.0])
+    np.testing.assert_allclose(cover[0], [0.5, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("cls,current,baseline,keep,structure,reason", [
+    # a new building tonight, nothing in the baseline
+    ("new_building", [det(10, 10, 10, 10, 0.7)], [], True, 0.7, ""),
+    # no structure tonight: a texture or season difference
+    ("new_building", [], [], False, 0.0, "no structure tonight"),
+    ("new_building", [det(40, 40, 10, 10)], [], False, 0.0, "no structure tonight"),
+    # the baseline shows the same structure, as large: not new
+    ("new_building", [det(10, 10, 10, 10)], [det(10, 10, 10, 10, 0.2)], False, 0.9, "the baseline shows it already"),
+    ("temporary_structure", [det(10, 10, 10, 10)], [det(11, 10, 10, 10)], False, 0.9, "the baseline shows it already"),
+    # the baseline shows a smaller structure there: it grew, keep
+    ("new_building", [det(10, 10, 10, 10)], [det(10, 10, 6, 6)], True, 0.9, ""),
+    # an extension: the building was there, larger now or not; a structure tonight is all it needs
+    ("extension", [det(10, 10, 10, 10)], [det(10, 10, 10, 10)], True, 0.9, ""),
+    ("extension", [], [], False, 0.0, "no structure tonight"),
+    # construction sites are not buildings: unchecked
+    ("construction_site", [], [], True, 0.0, ""),
+])
+def test_judge_each_case(cls, current, baseline, keep, structure, reason):
+    (v,) = judge([det(10, 10, 10, 10, 0.8, cls)], current, baseline, cover=0.3, match_iou=0.2)
+    assert (v.keep, v.structure_conf, v.reason) == (keep, structure, reason)
+
+
+def test_judge_takes_the_most_confident_covering_building_and_measures_only_when_not_confirming():
+    current = [det(12, 10, 10, 10, 0.4), det(10, 10, 9, 9, 0.8), det(60, 60, 10, 10, 0.99)]
+    (v,) = judge([det(10, 10, 10, 10)], current, [], cover=0.3, match_iou=0.2)
+    assert v.structure_conf == 0.8
+    (v,) = judge([det(10, 10, 10, 10)], [], [], cover=0.3, match_iou=0.2, confirm=False)
+    assert v.keep and v.structure_conf == 0.0
+
+
+def test_additions_are_strong_unexplained_and_uncovered():
+    current = [det(10, 10, 10, 10, 0.9), det(40, 40, 10, 10, 0.3), det(70, 70, 10, 10, 0.8), det(100, 100, 8, 8, 0.8)]
+    baseline = [det(70, 70, 10, 10, 0.2)]  # explains the third
+    candidates = [det(100, 100, 10, 10)]  # the pair model already reports the fourth
+    added = additions(current, baseline, candidates, add_conf=0.5, cover=0.3, match_iou=0.2)
+    assert [(d.cx, d.class_name, iou) for d, iou in added] == [(10, "new_building", 0.0)]
+
+
+# ------------------------------------------------------------------ the nightly run
+
+SIZE = 1400  # source pixels at 0.1 m
+RED, TOUCHED_ROOF, NOT_A_ROOF = (230, 30, 30), (230, 30, 200), (40, 40, 230)
+NEW = [(200, 200, 60, 40), (700, 300, 120, 90), (1000, 1100, 80, 80)]  # red roofs tonight only
+OLD_ROOF = (300, 900, 100, 60)  # red in both; its blue channel changed: the pair sees a change
+PATCH = (900, 600, 90, 90)  # a blue tarp on the ground: a change, but no structure
+FAINT = (150, 1100, 70, 70)  # a roof the pair misses (too faint a change), the building model sees
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    import detector.night.detect
+
+    monkeypatch.setattr(detector.night.detect, "OnnxDetector", OracleDetector)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    rgb = textured_image(SIZE, SIZE, seed=1)
+    transform = Affine(0.1, 0, 500000.0, 0, -0.1, 2500000.0)
+    base_rgb = plant(plant(rgb, [OLD_ROOF], RED), [FAINT], (200, 70, 70))
+    cur_rgb = plant(plant(plant(plant(rgb, NEW, RED), [OLD_ROOF], TOUCHED_ROOF), [PATCH], NOT_A_ROOF), [FAINT], RED)
+    return (write_geotiff(tmp_path / "baseline.tif", base_rgb, "EPSG:32650", transform),
+            write_geotiff(tmp_path / "current.tif", cur_rgb, "EPSG:32650", transform))
+
+
+def _run(tmp_path, pair, name, **second_view):
+    model = make_contract_model(tmp_path / "pair.onnx", channels=6, imgsz=256)
+    building = make_contract_model(tmp_path / "building.onnx", channels=3, names=("building",), imgsz=256)
+    sv = SecondViewConfig(model=building, **second_view) if second_view else SecondViewConfig()
+    cfg = RunConfig(baseline=pair[0], current=pair[1], out=tmp_path / name, model=model, workers=1, progress=False,
+                    detect={"second_view": sv})
+    return gpd.read_file(run_pipeline(cfg).candidates_path, layer="candidates")
+
+
+def _centres(gdf) -> set[tuple[int, int]]:
+    """Candidate centres in source pixels (col, row), rounded."""
+    return {(round((g.centroid.x - 500000.0) / 0.1), round((2500000.0 - g.centroid.y) / 0.1)) for g in gdf.geometry}
+
+
+def _centre(box):
+    c, r, w, h = box
+    return (c + w // 2, r + h // 2)
+
+
+def test_pair_model_alone_reports_every_difference(tmp_path, pair, oracle):
+    gdf = _run(tmp_path, pair, "alone")
+    assert len(gdf) == 5  # 3 new roofs, the touched old roof, the tarp (the faint roof is missed)
+    assert gdf["structure_conf"].isna().all()
+
+
+def test_second_view_confirms_structures_and_drops_what_the_baseline_shows(tmp_path, pair, oracle):
+    gdf = _run(tmp_path, pair, "confirm", confirm=True)
+    assert len(gdf) == len(NEW)
+    found = _centres(gdf)
+    assert all(min(abs(a - x) + abs(b - y) for a, b in found) <= 3 for x, y in map(_centre, NEW))
+    assert (gdf["structure_conf"] == 0.9).all()
+    assert (gdf["baseline_iou"] < 0.2).all()
+    assert not gdf["tags"].str.contains("second_view").any()
+
+
+def test_second_view_adds_a_structure_the_pair_model_missed(tmp_path, pair, oracle):
+    gdf = _run(tmp_path, pair, "add", confirm=True, add=True)
+    assert len(gdf) == len(NEW) + 1
+    added = gdf[gdf["tags"] == "second_view"]
+    assert len(added) == 1 and added["class"].iloc[0] == "new_building"
+    (x, y), = _centres(added)
+    fx, fy = _centre(FAINT)
+    assert abs(x - fx) <= 3 and abs(y - fy) <= 3
+
+
+def test_second_view_must_be_a_single_epoch_model_of_the_same_tiles(tmp_path, pair):
+    model = make_contract_model(tmp_path / "pair.onnx", channels=6, imgsz=256)
+    for bad, words in ((make_contract_model(tmp_path / "p2.onnx", channels=6, imgsz=256), "single-epoch"),
+                       (make_contract_model(tmp_path / "b512.onnx", channels=3, names=("building",), imgsz=512),
+                        "same tile size")):
+        cfg = RunConfig(baseline=pair[0], current=pair[1], out=tmp_path / "bad", model=model, workers=1,
+                        progress=False, detect={"second_view": {"model": bad}})
+        with pytest.raises(ModelError, match=words):
+            run_pipeline(cfg)
+        assert not (tmp_path / "bad" / "candidates.gpkg").exists()
