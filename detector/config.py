@@ -74,6 +74,8 @@ class SecondViewConfig(_Strict):
                                   "recommendation. The baseline is asked at half of it")
     confirm: bool = Field(True, description="keep a pair candidate of a structure class only where tonight's image "
                           "shows a structure, and drop a new building the baseline already shows as large")
+    confirm_below: float = Field(1.0, gt=0, le=1, description="pair candidates at or above this confidence keep "
+                                 "without confirmation (1: every candidate is checked)")
     cover: float = Field(0.3, gt=0, le=1, description="share of the smaller of candidate and building box that "
                          "must overlap for the building to confirm the candidate")
     add: bool = Field(False, description="also report structures tonight that the baseline does not show and "

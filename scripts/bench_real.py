@@ -13,7 +13,10 @@ Sets (all from ``../shared/data``; evaluation only, nothing here trains anything
 
 Usage::
 
-    python scripts/bench_real.py [--model M.onnx] [--data ../shared/data] [--skip-synthetic]
+    python scripts/bench_real.py [--model M.onnx] [--config NIGHTLY.yaml] [--data ../shared/data] [--skip-synthetic]
+
+``--config`` runs every pair with that nightly config's settings (e.g. ``detect.second_view``), as
+``buildwatch run --config`` would.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ from detector.night.pipeline import run_pipeline  # noqa: E402
 from training.realpairs import banepa_val_mosaic, erase_buildings_pair, flown_twice  # noqa: E402
 
 
+RUN_CONFIG: Path | None = None  # --config
+
+
 def run(base: Path, cur: Path, out: Path, model: Path | None):
     import geopandas as gpd
 
-    cfg = load_config(None, {"baseline": str(base), "current": str(cur), "out": str(out), "workers": 1,
+    cfg = load_config(RUN_CONFIG, {"baseline": str(base), "current": str(cur), "out": str(out), "workers": 1,
                              "progress": False, "resume": False, "model": model and str(model)})
     summary = run_pipeline(cfg)
     return gpd.read_file(summary.candidates_path, layer="candidates")
@@ -75,9 +81,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--config", type=Path, default=None, help="nightly config whose settings every run uses")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
+    global RUN_CONFIG
+    RUN_CONFIG = args.config
     logging.getLogger("detector").setLevel(logging.WARNING)
     from training.evaluate import evaluate_pairs
 
@@ -89,7 +98,8 @@ def main() -> int:
         tp = fp = fn = 0
         for name in ("levir_cd_1024", "levir_cd_256"):
             if (args.data / name).is_dir():
-                any3 = evaluate_pairs(args.model, args.data / name, "levir", tmp / f"{name}.json")["summary"][
+                any3 = evaluate_pairs(args.model, args.data / name, "levir", tmp / f"{name}.json",
+                                      run_config=args.config)["summary"][
                     "any_class"]["0.3"]
                 tp, fp, fn = tp + any3["tp"], fp + any3["fp"], fn + any3["fn"]
                 numbers[name] = any3
@@ -132,12 +142,12 @@ def main() -> int:
             from detector.synth.scene import generate
 
             generate(tmp / "synth", seed=777, scenes=6, size=1024, gsd=0.25)
-            s = evaluate_pairs(args.model, tmp / "synth", "synth", tmp / "synth.json")["summary"]
+            s = evaluate_pairs(args.model, tmp / "synth", "synth", tmp / "synth.json", run_config=args.config)["summary"]
             nb, allc = s["per_class"]["new_building"]["0.3"]["f1"], s["all_classes"]["0.3"]["f1"]
             numbers["synthetic"] = {"new_building_f1": nb, "all_classes_f1": allc}
             rows.append(("synthetic held-out (seed 777), F1@0.3 new_building / all classes", f"{nb} / {allc}",
                          "≥ 0.95 / ≥ 0.85"))
-    print(f"\nmodel: {args.model or 'shipped'}; {time.perf_counter() - t0:.0f} s\n")
+    print(f"\nmodel: {args.model or 'shipped'}; config: {args.config or 'defaults'}; {time.perf_counter() - t0:.0f} s\n")
     print("| set | measured | target |\n|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")

@@ -152,3 +152,31 @@ def test_second_view_must_be_a_single_epoch_model_of_the_same_tiles(tmp_path, pa
         with pytest.raises(ModelError, match=words):
             run_pipeline(cfg)
         assert not (tmp_path / "bad" / "candidates.gpkg").exists()
+
+
+def test_confident_pair_candidates_need_no_confirmation():
+    sure, unsure = det(10, 10, 10, 10, 0.8), det(50, 50, 10, 10, 0.3)
+    verdicts = judge([sure, unsure], [], [], cover=0.3, match_iou=0.2, confirm_below=0.5)
+    assert [v.keep for v in verdicts] == [True, False]
+
+
+def test_the_baseline_is_looked_at_only_where_it_can_change_the_verdict(tmp_path, pair, monkeypatch):
+    """Tiles without pair candidates and without a structure tonight that could be added cost one
+    building-model inference (tonight's), not two; the candidates are the same."""
+    import detector.night.detect
+
+    calls = []
+
+    class Counting(OracleDetector):
+        def __call__(self, images, conf, iou):
+            if images[0].shape[2] == 3:
+                calls.append("baseline" if conf < 0.2 else "tonight")
+            return super().__call__(images, conf, iou)
+
+    monkeypatch.setattr(detector.night.detect, "OnnxDetector", Counting)
+    gdf = _run(tmp_path, pair, "lazy", confirm=True, add=True)
+    assert len(gdf) == len(NEW) + 1
+    tiles = gpd.read_file(tmp_path / "lazy" / "candidates.gpkg", layer="tiles")
+    done = int((tiles["status"] == "done").sum())
+    assert calls.count("tonight") == done
+    assert 0 < calls.count("baseline") < done

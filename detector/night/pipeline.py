@@ -243,15 +243,23 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
     if not changes and not opts.add:
         return [], []
     conf = opts.conf if opts.conf is not None else ctx.second.conf
-    current, baseline = sv.look(second_view, b, c, conf, ctx.second.iou)
-    match_iou = ctx.config.change.baseline_match_iou
-    verdicts = sv.judge([d for d, _ in changes], current, baseline, opts.cover, match_iou, opts.confirm)
+    match_iou, gsd, rules = ctx.config.change.baseline_match_iou, ctx.grid.gsd, ctx.config.change
+    pair_dets = [d for d, _ in changes]
+    current = sv.tonight(second_view, c, conf, ctx.second.iou)
+    # The baseline is looked at only where it can change the verdict: pair candidates to judge, or
+    # structures tonight that would be added unless the baseline explains them (same result, and
+    # on most tiles of a night one inference instead of two).
+    need_baseline = bool(changes) or (opts.add and bool(changes_in_tile(
+        [d for d, _ in sv.additions(current, [], pair_dets, opts.add_conf, opts.cover, match_iou)],
+        diff, valid, gsd, rules, margin, stride)))
+    baseline = sv.before(second_view, b, conf, ctx.second.iou) if need_baseline else []
+    verdicts = sv.judge(pair_dets, current, baseline, opts.cover, match_iou, opts.confirm, opts.confirm_below)
     kept = [(change, v) for change, v in zip(changes, verdicts) if v.keep]
     out = [_tile_candidate(ctx, tile, d, changed, v.baseline_iou, v.structure_conf) for (d, changed), v in kept]
     kept_changes = [change for change, _ in kept]
     if opts.add:
-        added = sv.additions(current, baseline, [d for d, _ in changes], opts.add_conf, opts.cover, match_iou)
-        new = changes_in_tile([d for d, _ in added], diff, valid, ctx.grid.gsd, ctx.config.change, margin, stride)
+        added = sv.additions(current, baseline, pair_dets, opts.add_conf, opts.cover, match_iou)
+        new = changes_in_tile([d for d, _ in added], diff, valid, gsd, rules, margin, stride)
         base_iou = {id(d): iou for d, iou in added}
         out += [replace(_tile_candidate(ctx, tile, d, changed, base_iou[id(d)], d.confidence), tags="second_view")
                 for d, changed in new]

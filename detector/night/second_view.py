@@ -5,7 +5,7 @@ The pair model (6 channels) sees both epochs at once and proposes changes. The s
 at each epoch of the same co-registered tile on its own:
 
 confirm (``detect.second_view.confirm``)
-    A candidate of a structure class (new building, extension, temporary structure) stays only
+    A candidate of a structure class (below ``confirm_below`` pair confidence) (new building, extension, temporary structure) stays only
     where tonight's image shows a structure: a building box covering at least ``cover`` of the
     smaller of the two boxes. A *new* structure (new building, temporary structure) is dropped
     when the baseline already shows a structure at the same place (IoU >= ``baseline_match_iou``)
@@ -67,7 +67,7 @@ def overlap_matrices(a: list[Detection], b: list[Detection]) -> tuple[np.ndarray
 
 
 def judge(candidates: list[Detection], current: list[Detection], baseline: list[Detection], cover: float,
-          match_iou: float, confirm: bool = True) -> list[Verdict]:
+          match_iou: float, confirm: bool = True, confirm_below: float = 1.0) -> list[Verdict]:
     """The second view's verdict on each pair candidate of a tile.
 
     Parameters
@@ -77,6 +77,7 @@ def judge(candidates: list[Detection], current: list[Detection], baseline: list[
     cover : share of the smaller box a building must overlap to confirm a candidate.
     match_iou : IoU at which a baseline structure is the same as tonight's.
     confirm : False to only measure (every verdict keeps).
+    confirm_below : candidates the pair model is at least this sure of keep without confirmation.
 
     Returns
     -------
@@ -88,9 +89,10 @@ def judge(candidates: list[Detection], current: list[Detection], baseline: list[
     base_iou, _ = overlap_matrices(current, baseline)
     out = []
     for i, d in enumerate(candidates):
+        check = confirm and d.confidence < confirm_below
         hits = np.flatnonzero(cov[i] >= cover) if len(current) else np.array([], dtype=int)
         if hits.size == 0:
-            keep = not confirm or d.class_name not in STRUCTURE_CLASSES
+            keep = not check or d.class_name not in STRUCTURE_CLASSES
             out.append(Verdict(keep, 0.0, 0.0, "" if keep else "no structure tonight"))
             continue
         j = int(hits[np.argmax([current[k].confidence for k in hits])])
@@ -100,7 +102,7 @@ def judge(candidates: list[Detection], current: list[Detection], baseline: list[
             k = int(np.argmax(base_iou[j]))
             iou = float(base_iou[j, k])
             explained = iou >= match_iou and baseline[k].w * baseline[k].h >= AS_LARGE * building.w * building.h
-        keep = not (confirm and explained and d.class_name in NEW_STRUCTURE_CLASSES)
+        keep = not (check and explained and d.class_name in NEW_STRUCTURE_CLASSES)
         out.append(Verdict(keep, float(building.confidence), iou, "" if keep else "the baseline shows it already"))
     return out
 
@@ -120,11 +122,13 @@ def additions(current: list[Detection], baseline: list[Detection], candidates: l
             for (d, iou), row in zip(new, cov) if not (row >= cover).any()]
 
 
-def look(detector, baseline_img: np.ndarray, current_img: np.ndarray, conf: float, iou: float
-         ) -> tuple[list[Detection], list[Detection]]:
-    """The building model on both epochs of a tile: (tonight's buildings, the baseline's buildings).
+def tonight(detector, current_img: np.ndarray, conf: float, iou: float) -> list[Detection]:
+    """The building model on tonight's tile."""
+    return detector([current_img], conf, iou)[0]
 
-    The baseline is asked at half the confidence: weak evidence of a structure there still
-    explains a "new" one away (as for single-epoch models, :func:`detector.night.detect.detect_tile`).
-    """
-    return detector([current_img], conf, iou)[0], detector([baseline_img], conf * 0.5, iou)[0]
+
+def before(detector, baseline_img: np.ndarray, conf: float, iou: float) -> list[Detection]:
+    """The building model on the baseline tile, asked at half the confidence: weak evidence of a
+    structure there still explains a "new" one away (as for single-epoch models,
+    :func:`detector.night.detect.detect_tile`)."""
+    return detector([baseline_img], conf * 0.5, iou)[0]
