@@ -90,3 +90,31 @@ def test_int8_copy_keeps_class_scores_and_metadata(tmp_path):
     assert ((scores[0] > 0.25) != (scores[1] > 0.25)).sum() <= 0.15 * confident.sum()
     boxes = [r[0, :4, scores[0] > 0.25] for r in runs]
     assert np.abs(boxes[0] - boxes[1]).max() < 12  # px, on confident anchors
+
+
+@pytest.mark.slow
+def test_weights_stored_in_half_precision_compute_the_float32_graph(tmp_path, monkeypatch):
+    """export --weights-fp16: half the file, the same detections, and fine-tuning can still start from it."""
+    import shutil
+
+    import onnxruntime as ort
+    import torch
+
+    from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
+    from training.checkpoint import _calibration_batch, checkpoint_from_onnx
+    from training.export import store_weights_fp16
+
+    monkeypatch.chdir(tmp_path)
+    half = tmp_path / "half.onnx"
+    shutil.copyfile(DEFAULT_MODEL_PATH, half)
+    store_weights_fp16(half)
+    assert half.stat().st_size < 0.55 * DEFAULT_MODEL_PATH.stat().st_size
+    spec = load_model_spec(half)  # the sidecar was rewritten with the new sha256
+    assert spec.channels == 6 and spec.model_name == load_model_spec(DEFAULT_MODEL_PATH).model_name
+    x = _calibration_batch(6, 512, count=1, seed=4242)
+    full, halved = (ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+                    for m in (DEFAULT_MODEL_PATH, half))
+    assert np.abs(full[0, 4:8] - halved[0, 4:8]).max() < 5e-3  # class scores (0..1)
+    assert np.abs(full[0, :4] - halved[0, :4]).max() < 0.5  # box centres and sizes, pixels
+    ck = checkpoint_from_onnx(half, tmp_path / "half.pt")
+    assert torch.load(ck, weights_only=False)["buildwatch"]["onnx_max_abs_diff"] < 1e-2

@@ -42,8 +42,13 @@ def _onnx_weights(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, str
     import onnx
     from onnx import numpy_helper
 
+    from training.export import FP16_SUFFIX
+
     model = onnx.load(str(onnx_path))
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    inits = {}
+    for i in model.graph.initializer:  # weights stored in half precision (export --weights-fp16) under their own name
+        name = i.name[: -len(FP16_SUFFIX)] if i.name.endswith(FP16_SUFFIX) else i.name
+        inits[name] = numpy_helper.to_array(i).astype(np.float32) if name != i.name else numpy_helper.to_array(i)
     return inits, {p.key: p.value for p in model.metadata_props}
 
 

@@ -94,7 +94,9 @@ def train(config_path, data_yaml, epochs, device, batch, time_hours, project, wo
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), help="evaluation report JSON to embed")
 @click.option("--provenance", "provenance_path", type=click.Path(path_type=Path), help="JSON with training data / command / time")
 @click.option("--int8", "int8_out", type=click.Path(path_type=Path), help="also write a static QDQ int8 copy here")
-def export(weights, out, config_path, metrics_path, provenance_path, int8_out):
+@click.option("--weights-fp16", is_flag=True, help="store the weights in half precision (half the file, float32 "
+              "compute, the same speed)")
+def export(weights, out, config_path, metrics_path, provenance_path, int8_out, weights_fp16):
     """Export weights to ONNX with buildwatch + Deepness metadata and a sha256 sidecar."""
     from detector.errors import InputError
     from training.config import load_train_config
@@ -114,7 +116,8 @@ def export(weights, out, config_path, metrics_path, provenance_path, int8_out):
         kwargs = dict(gsd_m=cfg.gsd_m, conf=cfg.export.conf, iou=cfg.export.iou, overlap_px=cfg.export.overlap_px,
                       model_name=cfg.export.model_name, imgsz=cfg.export.imgsz)
     metrics = read_json(metrics_path)
-    path = export_onnx(weights, out, provenance=read_json(provenance_path), metrics=metrics.get("summary", metrics), **kwargs)
+    path = export_onnx(weights, out, provenance=read_json(provenance_path), metrics=metrics.get("summary", metrics),
+                       weights_fp16=weights_fp16, **kwargs)
     click.echo(f"wrote {path} and {path.name}.sha256")
     if int8_out:
         from training.export import quantize_int8
