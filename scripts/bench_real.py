@@ -77,29 +77,22 @@ def score_erased(erased, kept, cand) -> dict:
             "on_untouched": int(on_kept)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--config", type=Path, default=None, help="nightly config whose settings every run uses")
-    ap.add_argument("--skip-synthetic", action="store_true")
-    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    args = ap.parse_args()
+def measure(model: Path | None, data: Path, skip_synthetic: bool = False, run_config: Path | None = None,
+            levir_only: bool = False) -> tuple[list, dict]:
+    """Every set's numbers for one model and nightly config: (table rows, numbers)."""
     global RUN_CONFIG
-    RUN_CONFIG = args.config
-    logging.getLogger("detector").setLevel(logging.WARNING)
+    RUN_CONFIG = run_config
     from training.evaluate import evaluate_pairs
 
     rows, numbers = [], {}
-    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bw-real-") as tmp:
         tmp = Path(tmp)
         # LEVIR-CD, pooled over the 1024 tiles and 256 crops
         tp = fp = fn = 0
         for name in ("levir_cd_1024", "levir_cd_256"):
-            if (args.data / name).is_dir():
-                any3 = evaluate_pairs(args.model, args.data / name, "levir", tmp / f"{name}.json",
-                                      run_config=args.config)["summary"][
+            if (data / name).is_dir():
+                any3 = evaluate_pairs(model, data / name, "levir", tmp / f"{name}.json",
+                                      run_config=run_config)["summary"][
                     "any_class"]["0.3"]
                 tp, fp, fn = tp + any3["tp"], fp + any3["fp"], fn + any3["fn"]
                 numbers[name] = any3
@@ -108,17 +101,19 @@ def main() -> int:
             numbers["levir_pooled_f1"] = round(f1, 3)
             rows.append(("LEVIR-CD 1024 + 256, object F1@0.3 (registration on)", f"{f1:.3f} ({tp}/{fp}/{fn} TP/FP/FN)",
                          "≥ 0.45"))
+        if levir_only:
+            return rows, numbers
         # erased buildings
-        atl = args.data / "spacenet4_atlanta_sample"
+        atl = data / "spacenet4_atlanta_sample"
         if atl.is_dir():
-            r = erased_scores(atl / "sample_geotiff.tif", atl / "geotiff_labels.geojson", tmp / "atlanta", args.model)
+            r = erased_scores(atl / "sample_geotiff.tif", atl / "geotiff_labels.geojson", tmp / "atlanta", model)
             numbers["atlanta_erased"] = r
             rows.append(("SpaceNet Atlanta, erased buildings found within 2 m",
                          f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
                          f"{r['on_untouched']} of {r['candidates']} candidates on untouched buildings", "≥ 90 %; 0"))
-        if (args.data / "oam_banepa_fair").is_dir():
-            mosaic, fp_gdf = banepa_val_mosaic(args.data, tmp / "banepa_val.tif")
-            r = erased_scores(mosaic, fp_gdf, tmp / "banepa", args.model)
+        if (data / "oam_banepa_fair").is_dir():
+            mosaic, fp_gdf = banepa_val_mosaic(data, tmp / "banepa_val.tif")
+            r = erased_scores(mosaic, fp_gdf, tmp / "banepa", model)
             numbers["banepa_erased"] = r
             rows.append(("OAM Banepa hold-out (drone), erased buildings within 2 m",
                          f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
@@ -130,7 +125,7 @@ def main() -> int:
             counts, km2 = [], 0.0
             for seed in range(3):
                 again = flown_twice(mosaic, tmp / f"again{seed}.tif", seed=seed)
-                counts.append(len(run(mosaic, again, tmp / f"twice{seed}", args.model)))
+                counts.append(len(run(mosaic, again, tmp / f"twice{seed}", model)))
             with rasterio.open(mosaic) as ds:
                 gx, gy = pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
                 valid = (ds.read(1) > 0).sum()
@@ -138,15 +133,29 @@ def main() -> int:
             numbers["banepa_flown_twice"] = {"false_candidates": counts, "km2": round(km2, 4)}
             rows.append(("OAM Banepa hold-out flown twice (3 draws), false candidates",
                          f"{sum(counts)} on {3 * km2:.3f} km² = {sum(counts) / (3 * km2):.1f}/km²", "≤ 5/km²"))
-        if not args.skip_synthetic:
+        if not skip_synthetic:
             from detector.synth.scene import generate
 
             generate(tmp / "synth", seed=777, scenes=6, size=1024, gsd=0.25)
-            s = evaluate_pairs(args.model, tmp / "synth", "synth", tmp / "synth.json", run_config=args.config)["summary"]
+            s = evaluate_pairs(model, tmp / "synth", "synth", tmp / "synth.json", run_config=run_config)["summary"]
             nb, allc = s["per_class"]["new_building"]["0.3"]["f1"], s["all_classes"]["0.3"]["f1"]
             numbers["synthetic"] = {"new_building_f1": nb, "all_classes_f1": allc}
             rows.append(("synthetic held-out (seed 777), F1@0.3 new_building / all classes", f"{nb} / {allc}",
                          "≥ 0.95 / ≥ 0.85"))
+    return rows, numbers
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--config", type=Path, default=None, help="nightly config whose settings every run uses")
+    ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = ap.parse_args()
+    logging.getLogger("detector").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    rows, numbers = measure(args.model, args.data, args.skip_synthetic, args.config)
     print(f"\nmodel: {args.model or 'shipped'}; config: {args.config or 'defaults'}; {time.perf_counter() - t0:.0f} s\n")
     print("| set | measured | target |\n|---|---|---|")
     for r in rows:
