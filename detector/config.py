@@ -68,20 +68,24 @@ class SecondViewConfig(_Strict):
     """Two views, one verdict (:mod:`detector.night.second_view`): a single-epoch (3-channel) building
     model looks at each epoch of a tile on its own and checks the pair model's change candidates."""
 
+    enabled: bool = Field(True, description="False: the pair model decides alone")
     model: Optional[Path] = Field(None, description="the 3-channel building model (ONNX, 'buildwatch export'); "
-                                  "None: the pair model decides alone")
+                                  "None = the shipped one (detector/models/buildwatch-buildings.onnx), used with "
+                                  "any pair model of the same tile size and GSD")
     conf: Optional[float] = Field(None, gt=0, le=1, description="a building seen tonight; None = the model's "
                                   "recommendation. The baseline is asked at half of it")
-    confirm: bool = Field(True, description="keep a pair candidate of a structure class only where tonight's image "
-                          "shows a structure, and drop a new building the baseline already shows as large")
+    add: bool = Field(True, description="also report structures tonight that the baseline does not show and "
+                      "no pair candidate covers (the single-epoch rule), tagged 'second_view'")
+    add_conf: float = Field(0.4, gt=0, le=1, description="confidence a structure needs to be added on the "
+                            "second view's word alone")
+    confirm: bool = Field(False, description="keep a pair candidate of a structure class only where tonight's image "
+                          "shows a structure, and drop a new building the baseline already shows as large "
+                          "(off by default: it drops real finds on drone and synthetic pairs, MODEL_CARD.md)")
     confirm_below: float = Field(1.0, gt=0, le=1, description="pair candidates at or above this confidence keep "
                                  "without confirmation (1: every candidate is checked)")
     cover: float = Field(0.3, gt=0, le=1, description="share of the smaller of candidate and building box that "
-                         "must overlap for the building to confirm the candidate")
-    add: bool = Field(False, description="also report structures tonight that the baseline does not show and "
-                      "no pair candidate covers (the single-epoch rule), tagged 'second_view'")
-    add_conf: float = Field(0.5, gt=0, le=1, description="confidence a structure needs to be added on the "
-                            "second view's word alone")
+                         "must overlap for the building to confirm the candidate, or for a pair candidate to "
+                         "cover an addition")
 
 
 class DetectConfig(_Strict):

@@ -36,7 +36,10 @@ RULES: dict[str, tuple[dict | None, str]] = {
     "add": ({"confirm": False, "add": True}, "pair candidates + structures only the building model sees (≥ 0.5)"),
     "add0.4": ({"confirm": False, "add": True, "add_conf": 0.4}, "the same, added at ≥ 0.4"),
     "add0.6": ({"confirm": False, "add": True, "add_conf": 0.6}, "the same, added at ≥ 0.6"),
+    "add0.3": ({"confirm": False, "add": True, "add_conf": 0.3}, "the same, added at ≥ 0.3"),
     "confirm+add": ({"confirm": True, "add": True}, "confirm and add (≥ 0.5)"),
+    "confirm+add0.4": ({"confirm": True, "add": True, "add_conf": 0.4}, "confirm and add (≥ 0.4)"),
+    "confirm+add0.3": ({"confirm": True, "add": True, "add_conf": 0.3}, "confirm and add (≥ 0.3)"),
     "confirm<0.5+add": ({"confirm": True, "confirm_below": 0.5, "add": True}, "confirm under 0.5, add (≥ 0.5)"),
     "pair0.15+confirm": ({"confirm": True, "_conf": 0.15}, "pair proposals from 0.15, every one confirmed"),
 }

@@ -100,7 +100,7 @@ def pair(tmp_path):
 def _run(tmp_path, pair, name, **second_view):
     model = make_contract_model(tmp_path / "pair.onnx", channels=6, imgsz=256)
     building = make_contract_model(tmp_path / "building.onnx", channels=3, names=("building",), imgsz=256)
-    sv = SecondViewConfig(model=building, **second_view) if second_view else SecondViewConfig()
+    sv = SecondViewConfig(model=building, **second_view) if second_view else SecondViewConfig(enabled=False)
     cfg = RunConfig(baseline=pair[0], current=pair[1], out=tmp_path / name, model=model, workers=1, progress=False,
                     detect={"second_view": sv})
     return gpd.read_file(run_pipeline(cfg).candidates_path, layer="candidates")
@@ -123,7 +123,7 @@ def test_pair_model_alone_reports_every_difference(tmp_path, pair, oracle):
 
 
 def test_second_view_confirms_structures_and_drops_what_the_baseline_shows(tmp_path, pair, oracle):
-    gdf = _run(tmp_path, pair, "confirm", confirm=True)
+    gdf = _run(tmp_path, pair, "confirm", confirm=True, add=False)
     assert len(gdf) == len(NEW)
     found = _centres(gdf)
     assert all(min(abs(a - x) + abs(b - y) for a, b in found) <= 3 for x, y in map(_centre, NEW))
@@ -140,6 +140,26 @@ def test_second_view_adds_a_structure_the_pair_model_missed(tmp_path, pair, orac
     (x, y), = _centres(added)
     fx, fy = _centre(FAINT)
     assert abs(x - fx) <= 3 and abs(y - fy) <= 3
+
+
+def test_the_defaults_add_and_do_not_confirm(tmp_path, pair, oracle):
+    gdf = _run(tmp_path, pair, "defaults", add_conf=0.4)
+    assert len(gdf) == 5 + 1  # every pair candidate, and the faint roof
+    assert (gdf["tags"] == "second_view").sum() == 1
+
+
+def test_the_shipped_building_model_is_left_out_for_a_pair_model_it_does_not_fit(tmp_path, pair, oracle, caplog):
+    """A 256-px pair model: the shipped 512-px building model cannot look at its tiles."""
+    from detector.night.model import DEFAULT_BUILDING_MODEL_PATH
+
+    model = make_contract_model(tmp_path / "pair.onnx", channels=6, imgsz=256)
+    cfg = RunConfig(baseline=pair[0], current=pair[1], out=tmp_path / "x", model=model, workers=1, progress=False)
+    assert cfg.detect.second_view.enabled and cfg.detect.second_view.model is None
+    with caplog.at_level("WARNING", logger="detector"):
+        gdf = gpd.read_file(run_pipeline(cfg).candidates_path, layer="candidates")
+    assert len(gdf) == 5 and gdf["structure_conf"].isna().all()
+    words = "works on 512 px tiles" if DEFAULT_BUILDING_MODEL_PATH.exists() else "is missing"
+    assert any(words in r.getMessage() for r in caplog.records)
 
 
 def test_second_view_must_be_a_single_epoch_model_of_the_same_tiles(tmp_path, pair):

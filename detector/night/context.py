@@ -26,7 +26,7 @@ from detector.fileio import check_output_folder, check_regular_file
 from detector.geo.location import is_remote
 from detector.night.align import MosaicModel, estimate_mosaic_model
 from detector.night.height import DsmPair, prepare_dsms
-from detector.night.model import DEFAULT_MODEL_PATH, ModelSpec, load_model_spec
+from detector.night.model import DEFAULT_BUILDING_MODEL_PATH, DEFAULT_MODEL_PATH, ModelSpec, load_model_spec
 from detector.night.mosaic import EpochReader, MosaicInfo, WorkingGrid, coverage_of_baseline, make_grid, open_mosaic
 from detector.night.mosaic import source_gsd_m
 from detector.night.tiles import iter_tiles
@@ -71,18 +71,31 @@ class RunContext:
 
 
 def load_second_view(cfg: RunConfig, spec: ModelSpec) -> ModelSpec | None:
-    """The second view's building model (``detect.second_view.model``), checked against the pair model."""
-    path = cfg.detect.second_view.model
-    if path is None:
+    """The second view's building model (``detect.second_view``), checked against the pair model.
+
+    A model the config names must fit (3 channels, the pair model's tile size and GSD) or the run
+    stops with a :class:`ModelError`; the shipped one is used with every pair model it fits, and
+    left out, with a warning, for one it does not.
+    """
+    opts = cfg.detect.second_view
+    if not opts.enabled:
+        return None
+    path = opts.model or DEFAULT_BUILDING_MODEL_PATH
+    if opts.model is None and not path.exists():
+        log.warning("the shipped building model %s is missing: the pair model decides alone", path.name)
         return None
     second = load_model_spec(path)
+    problem = ""
     if second.is_pair:
-        raise ModelError(f"{second.path}: detect.second_view.model must be a single-epoch (3-channel) building "
-                         "model; this one takes a 6-channel pair")
-    if second.imgsz != spec.imgsz or abs(second.gsd_m - spec.gsd_m) > 1e-9:
-        raise ModelError(f"{second.path}: the second view works on {second.imgsz[0]} px tiles at {second.gsd_m:g} m, "
-                         f"the pair model {spec.path.name} on {spec.imgsz[0]} px at {spec.gsd_m:g} m; export it "
-                         "for the same tile size and GSD")
+        problem = "must be a single-epoch (3-channel) building model; this one takes a 6-channel pair"
+    elif second.imgsz != spec.imgsz or abs(second.gsd_m - spec.gsd_m) > 1e-9:
+        problem = (f"works on {second.imgsz[0]} px tiles at {second.gsd_m:g} m, the pair model {spec.path.name} on "
+                   f"{spec.imgsz[0]} px at {spec.gsd_m:g} m; export it for the same tile size and GSD")
+    if problem and opts.model is not None:
+        raise ModelError(f"{second.path}: detect.second_view.model {problem}")
+    if problem:
+        log.warning("second view left out: the shipped building model %s", problem)
+        return None
     return second
 
 

@@ -42,6 +42,8 @@ from detector.fileio import file_sha256
 CONTRACT_VERSION = "1"
 INPUT_NORMALISATION = "rgb_uint8_div255"
 DEFAULT_MODEL_PATH = Path(__file__).parents[1] / "models" / "buildwatch-default.onnx"
+#: The shipped second view (``detect.second_view``): a 3-channel building detector.
+DEFAULT_BUILDING_MODEL_PATH = Path(__file__).parents[1] / "models" / "buildwatch-buildings.onnx"
 
 BUILDWATCH_KEYS = (
     "buildwatch_contract",

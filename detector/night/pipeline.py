@@ -489,6 +489,11 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
     log.info("run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
              run_id, len(tiles), len(done), ctx.spec.model_name, ctx.spec.sha256[:12], ctx.grid.gsd,
              ctx.size, ctx.overlap)
+    if ctx.second is not None:
+        opts = cfg.detect.second_view
+        log.info("second view: building model %s (%s)%s%s", ctx.second.model_name, ctx.second.sha256[:12],
+                 ", confirms candidates" if opts.confirm else "",
+                 f", adds structures only it sees (conf >= {opts.add_conf:g})" if opts.add else "")
     if ctx.mosaic_model is not None:
         m = ctx.mosaic_model
         cx, cy = m.at((ctx.grid.width - 1) / 2, (ctx.grid.height - 1) / 2)
@@ -670,6 +675,9 @@ def _write_outputs(night: NightRun, results: list[TileResult], cand, dropped: in
         "baseline_date": b_date.isoformat() if b_date else "", "current_date": c_date.isoformat() if c_date else "",
         "model": str(ctx.spec.path), "model_name": ctx.spec.model_name, "model_sha256": ctx.spec.sha256,
         "model_version": ctx.model_version,
+        "second_view_model": str(ctx.second.path) if ctx.second else "",
+        "second_view_model_name": ctx.second.model_name if ctx.second else "",
+        "second_view_model_sha256": ctx.second.sha256 if ctx.second else "",
         "config": cfg.model_dump(mode="json"), "fingerprint": night.fingerprint,
         "tiles_total": len(night.tiles), "tiles_done": counts["done"], "tiles_nodata": counts["nodata"],
         "tiles_unregistered": counts["unregistered"], "tiles_resumed": len(night.resumed),
