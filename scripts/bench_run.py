@@ -306,6 +306,8 @@ def main() -> None:
     ap.add_argument("--gsd", type=float, default=0.1, help="source GSD in metres (drone: 0.02-0.1)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--config", type=Path, default=None,
+                    help="nightly config whose settings the run uses (e.g. detect.second_view.enabled: false)")
     ap.add_argument("--workdir", type=Path, default=None, help="folder for temporary files")
     ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the generated mosaics in this folder")
     ap.add_argument("--sahi", action="store_true",
@@ -322,7 +324,7 @@ def main() -> None:
     ap.add_argument("--profile-only", action="store_true", help="only the one-process profile")
     args = ap.parse_args()
 
-    from detector.config import RunConfig
+    from detector.config import load_config
     from detector.night.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
@@ -345,8 +347,9 @@ def main() -> None:
         import detector.night.pipeline as pipeline
 
         pipeline.PREFETCH = not args.no_prefetch
-        cfg = RunConfig(baseline=base, current=cur, out=Path(scratch) / "out", model=args.model, workers=args.workers,
-                        progress=True)
+        cfg = load_config(args.config, {"baseline": str(base), "current": str(cur), "out": str(Path(scratch) / "out"),
+                                        "model": args.model and str(args.model), "workers": args.workers,
+                                        "progress": True})
         if args.overlap_px is not None:
             cfg.detect.overlap_px = args.overlap_px
         s = None

@@ -38,6 +38,19 @@ def _check_gdal() -> list[tuple[str, str]]:
     return lines
 
 
+def _check_second_view(cfg) -> list[tuple[str, str]]:
+    """The second view's building model (``detect.second_view``): checksum and contract."""
+    from detector.night.model import DEFAULT_BUILDING_MODEL_PATH
+
+    opts = cfg.detect.second_view
+    if not opts.enabled:
+        return [("ok", "second view: off (detect.second_view.enabled: false); the pair model decides alone")]
+    path = opts.model or DEFAULT_BUILDING_MODEL_PATH
+    if opts.model is None and not path.exists():
+        return [("warn", f"second view: the shipped building model {path} is missing; the pair model decides alone")]
+    return [(status, "second view: " + text) for status, text in _check_model(path)]
+
+
 def _check_model(model: Path | None) -> list[tuple[str, str]]:
     from detector.errors import BuildwatchError
     from detector.night.context import check_model_gsd
@@ -156,6 +169,7 @@ def doctor(config_path, model, out, scheduler):
     lines = [("ok", f"buildwatch {__import__('detector').__version__}, Python {os.sys.version.split()[0]}, "
                     f"{os.cpu_count()} CPU cores")]
     checks = [("GDAL", _check_gdal), ("model", lambda: _check_model(model)),
+              ("second view", lambda: _check_second_view(cfg)),
               ("ONNX Runtime", lambda: _check_onnxruntime(tuple(cfg.detect.providers)))]
     if cfg.baseline is not None or cfg.current is not None:
         checks.append(("inputs", lambda: _check_inputs(cfg)))

@@ -78,7 +78,7 @@ def load_second_view(cfg: RunConfig, spec: ModelSpec) -> ModelSpec | None:
     left out, with a warning, for one it does not.
     """
     opts = cfg.detect.second_view
-    if not opts.enabled:
+    if not opts.enabled or not spec.is_pair:  # a single-epoch model already is the building view
         return None
     path = opts.model or DEFAULT_BUILDING_MODEL_PATH
     if opts.model is None and not path.exists():
