@@ -31,24 +31,27 @@ from bench_real import measure  # noqa: E402
 #: name -> (detect settings, what it means). ``None``: the pair model alone.
 RULES: dict[str, tuple[dict | None, str]] = {
     "pair": (None, "pair model alone (conf 0.25)"),
-    "confirm": ({"confirm": True}, "every candidate confirmed by the building model"),
-    "confirm<0.5": ({"confirm": True, "confirm_below": 0.5}, "candidates under 0.5 confirmed"),
-    "add": ({"confirm": False, "add": True}, "pair candidates + structures only the building model sees (≥ 0.5)"),
-    "add0.4": ({"confirm": False, "add": True, "add_conf": 0.4}, "the same, added at ≥ 0.4"),
-    "add0.6": ({"confirm": False, "add": True, "add_conf": 0.6}, "the same, added at ≥ 0.6"),
-    "add0.3": ({"confirm": False, "add": True, "add_conf": 0.3}, "the same, added at ≥ 0.3"),
-    "confirm+add": ({"confirm": True, "add": True}, "confirm and add (≥ 0.5)"),
-    "confirm+add0.4": ({"confirm": True, "add": True, "add_conf": 0.4}, "confirm and add (≥ 0.4)"),
-    "confirm+add0.3": ({"confirm": True, "add": True, "add_conf": 0.3}, "confirm and add (≥ 0.3)"),
-    "confirm<0.5+add": ({"confirm": True, "confirm_below": 0.5, "add": True}, "confirm under 0.5, add (≥ 0.5)"),
-    "pair0.15+confirm": ({"confirm": True, "_conf": 0.15}, "pair proposals from 0.15, every one confirmed"),
+    "confirm": ({"confirm": True, "add": False}, "every candidate confirmed by the building model"),
+    "confirm<0.5": ({"confirm": True, "confirm_below": 0.5, "add": False}, "candidates under 0.5 confirmed"),
+    "add0.3": ({"confirm": False, "add": True, "add_conf": 0.3}, "pair candidates + structures only the building "
+               "model sees (>= 0.3)"),
+    "add0.4": ({"confirm": False, "add": True, "add_conf": 0.4}, "the same, added at >= 0.4 (the default)"),
+    "add0.5": ({"confirm": False, "add": True, "add_conf": 0.5}, "the same, added at >= 0.5"),
+    "add0.6": ({"confirm": False, "add": True, "add_conf": 0.6}, "the same, added at >= 0.6"),
+    "confirm+add0.3": ({"confirm": True, "add": True, "add_conf": 0.3}, "confirm and add (>= 0.3)"),
+    "confirm+add0.4": ({"confirm": True, "add": True, "add_conf": 0.4}, "confirm and add (>= 0.4)"),
+    "confirm+add0.5": ({"confirm": True, "add": True, "add_conf": 0.5}, "confirm and add (>= 0.5)"),
+    "confirm<0.5+add0.4": ({"confirm": True, "confirm_below": 0.5, "add": True, "add_conf": 0.4},
+                           "confirm under 0.5, add (>= 0.4)"),
+    "pair0.15+confirm": ({"confirm": True, "add": False, "_conf": 0.15}, "pair proposals from 0.15, every one "
+                         "confirmed"),
 }
 
 
 def write_config(folder: Path, name: str, building: Path, settings: dict | None) -> Path:
     import yaml
 
-    detect: dict = {}
+    detect: dict = {"second_view": {"enabled": False}}
     if settings is not None:
         settings = dict(settings)
         conf = settings.pop("_conf", None)
@@ -56,7 +59,7 @@ def write_config(folder: Path, name: str, building: Path, settings: dict | None)
             detect["conf"] = conf
         detect["second_view"] = {"model": str(Path(building).resolve()), **settings}
     path = folder / f"{name.replace('<', 'lt').replace('+', '_')}.yaml"
-    path.write_text(yaml.safe_dump({"detect": detect} if detect else {"workers": 1}))
+    path.write_text(yaml.safe_dump({"detect": detect}))
     return path
 
 

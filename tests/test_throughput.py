@@ -170,7 +170,7 @@ def test_prefetching_worker_keeps_tile_order_and_surfaces_read_errors(monkeypatc
             raise RasterioError("truncated")
         return ("pixels", tile)
 
-    def process(ctx, tile, b, c, det, dsm_readers=None, pixels=None):
+    def process(ctx, tile, b, c, det, dsm_readers=None, pixels=None, second_view=None):
         assert pixels == ("pixels", tile)  # each tile gets its own prefetched pixels
         done.append(tile)
         return tile

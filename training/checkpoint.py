@@ -77,7 +77,7 @@ def recover_model(onnx_path: Path, architecture: str = ARCHITECTURE, calibration
     import torch
     from torch import nn
 
-    from training.train import prepare_offline
+    from training.offline import prepare_offline
 
     prepare_offline()
     from ultralytics.nn.modules import Conv

@@ -95,7 +95,7 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
     weights, out = Path(weights), Path(out)
     if not weights.exists():
         raise InputError(f"{weights}: weights file not found (use runs/train/<name>/weights/best.pt)")
-    from training.train import prepare_offline
+    from training.offline import prepare_offline
 
     prepare_offline()
     from ultralytics import YOLO

@@ -9,14 +9,13 @@ there before downloading a font), settings ``sync=False``, ``plots=False``, ``am
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from detector.errors import InputError
 from training.config import TrainConfig
+from training.offline import prepare_offline
 
 
 @dataclass
@@ -26,31 +25,6 @@ class TrainResult:
     last: Path
     seconds: float
     metrics: dict
-
-
-def prepare_offline(config_dir: Path | str = ".yolo") -> Path:
-    """Set the environment so that ultralytics never downloads; call BEFORE importing ultralytics."""
-    config_dir = Path(config_dir).resolve()
-    config_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["YOLO_OFFLINE"] = "true"
-    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
-    os.environ.setdefault("YOLO_VERBOSE", "true")
-    font = _find_dejavu()
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        target = config_dir / name
-        if font is not None and not target.exists():
-            shutil.copyfile(font, target)
-    return config_dir
-
-
-def _find_dejavu() -> Path | None:
-    try:
-        import matplotlib
-
-        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-        return path if path.exists() else None
-    except ImportError:
-        return None
 
 
 def _quiet_settings() -> None:

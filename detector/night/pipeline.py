@@ -304,7 +304,7 @@ def _height_step(ctx: RunContext, tile: Tile, dsm_readers, reg: Registration, ch
     th = tile_heights(hb, vb & valid, hc, vc, gsd, ctx.dsm, ctx.config.height)
     stride, margin = tile_layout(ctx.size, ctx.overlap)
     fused, extra = fuse(changes, th, c, ctx.config.height, margin, stride, polygon_mask)
-    out = [replace(cand, confidence=f.confidence, tags=",".join(f.tags), height_gain_m=f.gain_m,
+    out = [replace(cand, confidence=f.confidence, tags=",".join([t for t in (cand.tags, *f.tags) if t]), height_gain_m=f.gain_m,
                    baseline_height_m=f.baseline_m, current_height_m=f.current_m) for cand, f in zip(cands, fused)]
     diff = difference_image(b, c, valid) if extra else None
     for f in extra:
