@@ -47,6 +47,47 @@ def test_decode_raw_obb_applies_nms():
     assert max(d.confidence for d in dets) == pytest.approx(0.9)
 
 
+def _dense_reference(boxes, scores, classes, iou):
+    """Greedy NMS over the full IoU matrix, every pair intersected (the definition)."""
+    from shapely.geometry import Polygon
+
+    from detector.night.detect import boxes_to_corners
+
+    polys = [Polygon(c) for c in boxes_to_corners(boxes)]
+    order = np.argsort(-scores, kind="stable")
+    keep, dead = [], set()
+    for a in order:
+        if a in dead:
+            continue
+        keep.append(a)
+        for b in order:
+            if b not in dead and b != a and classes[b] == classes[a] and b not in keep:
+                inter = polys[a].intersection(polys[b]).area
+                if inter / (polys[a].area + polys[b].area - inter) > iou:
+                    dead.add(b)
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_rotated_and_iou_matrix_equal_the_dense_definition(seed):
+    """A cluttered tile: 300 rotated anchors in clumps, 2 classes."""
+    from shapely.geometry import Polygon
+
+    from detector.night.detect import boxes_to_corners, rotated_iou_matrix
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 512, (25, 2))
+    n = 300
+    at = centres[rng.integers(0, 25, n)] + rng.normal(0, 4, (n, 2))
+    boxes = np.column_stack([at, rng.uniform(8, 60, n), rng.uniform(8, 60, n), rng.uniform(-1.6, 1.6, n)])
+    scores, classes = rng.uniform(0.1, 1.0, n), rng.integers(0, 2, n)
+    for iou in (0.0, 0.3, 0.7):
+        assert list(nms_rotated(boxes, scores, classes, iou)) == _dense_reference(boxes, scores, classes, iou)
+    polys = [Polygon(c) for c in boxes_to_corners(boxes[:60])]
+    dense = np.array([[p.intersection(q).area / p.union(q).area for q in polys[30:]] for p in polys[:30]])
+    np.testing.assert_allclose(rotated_iou_matrix(boxes[:30], boxes[30:60]), dense, atol=1e-9)
+
+
 def test_nms_rotated_keeps_disjoint_boxes():
     boxes = np.array([[10, 10, 8, 8, 0], [11, 10, 8, 8, 0.1], [50, 50, 8, 8, 0]], float)
     keep = nms_rotated(boxes, np.array([0.5, 0.9, 0.7]), np.zeros(3, int), 0.5)

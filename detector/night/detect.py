@@ -48,14 +48,30 @@ def to_input(images: list[np.ndarray]) -> np.ndarray:
 
 
 def rotated_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between rotated boxes given as (N, 5) cx, cy, w, h, angle (radians)."""
+    """IoU between rotated boxes given as (N, 5) cx, cy, w, h, angle (radians).
+
+    Only pairs whose axis-aligned bounds overlap are intersected (the others have IoU 0).
+    """
     import shapely
 
-    pa = shapely.polygons(boxes_to_corners(a))
-    pb = shapely.polygons(boxes_to_corners(b))
-    inter = shapely.area(shapely.intersection(pa[:, None], pb[None, :]))
-    union = shapely.area(pa)[:, None] + shapely.area(pb)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    out = np.zeros((len(a), len(b)))
+    if not len(a) or not len(b):
+        return out
+    ca, cb = boxes_to_corners(a), boxes_to_corners(b)
+    i, j = np.nonzero(_bounds_overlap(ca, cb))
+    if i.size:
+        pa, pb = shapely.polygons(ca), shapely.polygons(cb)
+        inter = shapely.area(shapely.intersection(pa[i], pb[j]))
+        union = shapely.area(pa)[i] + shapely.area(pb)[j] - inter
+        out[i, j] = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    return out
+
+
+def _bounds_overlap(ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    """(N, M) whether the axis-aligned bounds of corner sets (N, 4, 2) and (M, 4, 2) overlap."""
+    lo_a, hi_a, lo_b, hi_b = ca.min(axis=1), ca.max(axis=1), cb.min(axis=1), cb.max(axis=1)
+    return ((lo_a[:, None, 0] < hi_b[None, :, 0]) & (lo_b[None, :, 0] < hi_a[:, None, 0])
+            & (lo_a[:, None, 1] < hi_b[None, :, 1]) & (lo_b[None, :, 1] < hi_a[:, None, 1]))
 
 
 def boxes_to_corners(boxes: np.ndarray) -> np.ndarray:
@@ -70,19 +86,36 @@ def boxes_to_corners(boxes: np.ndarray) -> np.ndarray:
 
 
 def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
-    """Class-aware greedy NMS over rotated boxes; returns kept indices (by descending score)."""
-    order = np.argsort(-scores)
+    """Class-aware greedy NMS over rotated boxes; returns kept indices (by descending score).
+
+    Each kept box is intersected only with the lower-scored boxes of its class whose axis-aligned
+    bounds overlap its own: on a dense built-up tile a building model has a thousand anchors
+    above a low threshold, and the full IoU matrix would cost a million polygon intersections.
+    """
+    import shapely
+
+    order = np.argsort(-scores, kind="stable")
     if order.size == 0:
         return order
-    ious = rotated_iou_matrix(boxes[order], boxes[order])
-    same = classes[order][:, None] == classes[order][None, :]
+    corners = boxes_to_corners(boxes[order])
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
+    polys = shapely.polygons(corners)
+    areas = shapely.area(polys)
+    cls = classes[order]
+    alive = np.ones(order.size, dtype=bool)
     keep: list[int] = []
-    suppressed = np.zeros(order.size, dtype=bool)
     for i in range(order.size):
-        if suppressed[i]:
+        if not alive[i]:
             continue
         keep.append(order[i])
-        suppressed |= (ious[i] > iou) & same[i]
+        rest = i + 1 + np.flatnonzero(alive[i + 1:] & (cls[i + 1:] == cls[i])
+                                      & (lo[i + 1:, 0] < hi[i, 0]) & (lo[i, 0] < hi[i + 1:, 0])
+                                      & (lo[i + 1:, 1] < hi[i, 1]) & (lo[i, 1] < hi[i + 1:, 1]))
+        if rest.size:
+            inter = shapely.area(shapely.intersection(polys[i], polys[rest]))
+            union = areas[i] + areas[rest] - inter
+            ious = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+            alive[rest[ious > iou]] = False
     return np.asarray(keep, dtype=int)
 
 
