@@ -166,7 +166,8 @@ def test_second_view_must_be_a_single_epoch_model_of_the_same_tiles(tmp_path, pa
     model = make_contract_model(tmp_path / "pair.onnx", channels=6, imgsz=256)
     for bad, words in ((make_contract_model(tmp_path / "p2.onnx", channels=6, imgsz=256), "single-epoch"),
                        (make_contract_model(tmp_path / "b512.onnx", channels=3, names=("building",), imgsz=512),
-                        "same tile size")):
+                        "same tile size"),
+                       (tmp_path / "missing.onnx", "detect.second_view.model not found")):
         cfg = RunConfig(baseline=pair[0], current=pair[1], out=tmp_path / "bad", model=model, workers=1,
                         progress=False, detect={"second_view": {"model": bad}})
         with pytest.raises(ModelError, match=words):

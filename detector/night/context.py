@@ -84,6 +84,9 @@ def load_second_view(cfg: RunConfig, spec: ModelSpec) -> ModelSpec | None:
     if opts.model is None and not path.exists():
         log.warning("the shipped building model %s is missing: the pair model decides alone", path.name)
         return None
+    if opts.model is not None and not path.exists():
+        raise ModelError(f"{path}: detect.second_view.model not found; fix the path, or leave the key out for the "
+                         "shipped building model")
     second = load_model_spec(path)
     problem = ""
     if second.is_pair:
