@@ -39,22 +39,19 @@ from detector.night.pipeline import run_pipeline  # noqa: E402
 from training.realpairs import banepa_val_mosaic, erase_buildings_pair, flown_twice  # noqa: E402
 
 
-RUN_CONFIG: Path | None = None  # --config
-
-
-def run(base: Path, cur: Path, out: Path, model: Path | None):
+def run(base: Path, cur: Path, out: Path, model: Path | None, run_config: Path | None = None):
     import geopandas as gpd
 
-    cfg = load_config(RUN_CONFIG, {"baseline": str(base), "current": str(cur), "out": str(out), "workers": 1,
+    cfg = load_config(run_config, {"baseline": str(base), "current": str(cur), "out": str(out), "workers": 1,
                              "progress": False, "resume": False, "model": model and str(model)})
     summary = run_pipeline(cfg)
     return gpd.read_file(summary.candidates_path, layer="candidates")
 
 
-def erased_scores(image: Path, labels, tmp: Path, model: Path | None) -> dict:
+def erased_scores(image: Path, labels, tmp: Path, model: Path | None, run_config: Path | None = None) -> dict:
     """Erase every third building; how many come back within 2 m, and candidates on untouched ones."""
     base, cur, erased, kept = erase_buildings_pair(image, labels, tmp, every=3)
-    return score_erased(erased, kept, run(base, cur, tmp / "out", model))
+    return score_erased(erased, kept, run(base, cur, tmp / "out", model, run_config))
 
 
 def score_erased(erased, kept, cand) -> dict:
@@ -80,8 +77,6 @@ def score_erased(erased, kept, cand) -> dict:
 def measure(model: Path | None, data: Path, skip_synthetic: bool = False, run_config: Path | None = None,
             levir_only: bool = False) -> tuple[list, dict]:
     """Every set's numbers for one model and nightly config: (table rows, numbers)."""
-    global RUN_CONFIG
-    RUN_CONFIG = run_config
     from training.evaluate import evaluate_pairs
 
     rows, numbers = [], {}
@@ -106,14 +101,15 @@ def measure(model: Path | None, data: Path, skip_synthetic: bool = False, run_co
         # erased buildings
         atl = data / "spacenet4_atlanta_sample"
         if atl.is_dir():
-            r = erased_scores(atl / "sample_geotiff.tif", atl / "geotiff_labels.geojson", tmp / "atlanta", model)
+            r = erased_scores(atl / "sample_geotiff.tif", atl / "geotiff_labels.geojson", tmp / "atlanta", model,
+                              run_config)
             numbers["atlanta_erased"] = r
             rows.append(("SpaceNet Atlanta, erased buildings found within 2 m",
                          f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
                          f"{r['on_untouched']} of {r['candidates']} candidates on untouched buildings", "≥ 90 %; 0"))
         if (data / "oam_banepa_fair").is_dir():
             mosaic, fp_gdf = banepa_val_mosaic(data, tmp / "banepa_val.tif")
-            r = erased_scores(mosaic, fp_gdf, tmp / "banepa", model)
+            r = erased_scores(mosaic, fp_gdf, tmp / "banepa", model, run_config)
             numbers["banepa_erased"] = r
             rows.append(("OAM Banepa hold-out (drone), erased buildings within 2 m",
                          f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
@@ -125,7 +121,7 @@ def measure(model: Path | None, data: Path, skip_synthetic: bool = False, run_co
             counts, km2 = [], 0.0
             for seed in range(3):
                 again = flown_twice(mosaic, tmp / f"again{seed}.tif", seed=seed)
-                counts.append(len(run(mosaic, again, tmp / f"twice{seed}", model)))
+                counts.append(len(run(mosaic, again, tmp / f"twice{seed}", model, run_config)))
             with rasterio.open(mosaic) as ds:
                 gx, gy = pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
                 valid = (ds.read(1) > 0).sum()

@@ -132,15 +132,13 @@ def new_in_current(current: list[Detection], baseline: list[Detection], match_io
 
     Returns (detection, best IoU with any baseline detection) for the ones considered new.
     """
-    from detector.night.detect import rotated_iou_matrix
+    from detector.night.detect import detection_boxes, rotated_iou_matrix
 
     if not current:
         return []
     if not baseline:
         return [(d, 0.0) for d in current]
-    a = np.array([[d.cx, d.cy, d.w, d.h, d.angle] for d in current])
-    b = np.array([[d.cx, d.cy, d.w, d.h, d.angle] for d in baseline])
-    best = rotated_iou_matrix(a, b).max(axis=1)
+    best = rotated_iou_matrix(detection_boxes(current), detection_boxes(baseline)).max(axis=1)
     return [(d, float(iou)) for d, iou in zip(current, best) if iou < match_iou]
 
 

@@ -81,12 +81,12 @@ def load_second_view(cfg: RunConfig, spec: ModelSpec) -> ModelSpec | None:
     if not opts.enabled or not spec.is_pair:  # a single-epoch model already is the building view
         return None
     path = opts.model or DEFAULT_BUILDING_MODEL_PATH
-    if opts.model is None and not path.exists():
+    if not path.exists():
+        if opts.model is not None:
+            raise ModelError(f"{path}: detect.second_view.model not found; fix the path, or leave the key out for "
+                             "the shipped building model")
         log.warning("the shipped building model %s is missing: the pair model decides alone", path.name)
         return None
-    if opts.model is not None and not path.exists():
-        raise ModelError(f"{path}: detect.second_view.model not found; fix the path, or leave the key out for the "
-                         "shipped building model")
     second = load_model_spec(path)
     problem = ""
     if second.is_pair:

@@ -47,24 +47,37 @@ def to_input(images: list[np.ndarray]) -> np.ndarray:
     return batch
 
 
-def rotated_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between rotated boxes given as (N, 5) cx, cy, w, h, angle (radians).
+def rotated_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IoU, intersection over the smaller box) between rotated boxes given as (N, 5) and (M, 5)
+    cx, cy, w, h, angle (radians); both (N, M).
 
-    Only pairs whose axis-aligned bounds overlap are intersected (the others have IoU 0).
+    Only pairs whose axis-aligned bounds overlap are intersected (the others overlap by 0).
     """
     import shapely
 
-    out = np.zeros((len(a), len(b)))
+    iou, cover = np.zeros((len(a), len(b))), np.zeros((len(a), len(b)))
     if not len(a) or not len(b):
-        return out
+        return iou, cover
     ca, cb = boxes_to_corners(a), boxes_to_corners(b)
     i, j = np.nonzero(_bounds_overlap(ca, cb))
     if i.size:
         pa, pb = shapely.polygons(ca), shapely.polygons(cb)
+        area_a, area_b = shapely.area(pa)[i], shapely.area(pb)[j]
         inter = shapely.area(shapely.intersection(pa[i], pb[j]))
-        union = shapely.area(pa)[i] + shapely.area(pb)[j] - inter
-        out[i, j] = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-    return out
+        union = area_a + area_b - inter
+        iou[i, j] = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+        cover[i, j] = inter / np.maximum(np.minimum(area_a, area_b), 1e-9)
+    return iou, cover
+
+
+def rotated_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between rotated boxes given as (N, 5) cx, cy, w, h, angle (radians)."""
+    return rotated_overlaps(a, b)[0]
+
+
+def detection_boxes(dets: list[Detection]) -> np.ndarray:
+    """Detections as an (N, 5) array of cx, cy, w, h, angle."""
+    return np.array([[d.cx, d.cy, d.w, d.h, d.angle] for d in dets], dtype=np.float64).reshape(-1, 5)
 
 
 def _bounds_overlap(ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
@@ -98,7 +111,6 @@ def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
     if order.size == 0:
         return order
     corners = boxes_to_corners(boxes[order])
-    lo, hi = corners.min(axis=1), corners.max(axis=1)
     polys = shapely.polygons(corners)
     areas = shapely.area(polys)
     cls = classes[order]
@@ -109,8 +121,7 @@ def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
             continue
         keep.append(order[i])
         rest = i + 1 + np.flatnonzero(alive[i + 1:] & (cls[i + 1:] == cls[i])
-                                      & (lo[i + 1:, 0] < hi[i, 0]) & (lo[i, 0] < hi[i + 1:, 0])
-                                      & (lo[i + 1:, 1] < hi[i, 1]) & (lo[i, 1] < hi[i + 1:, 1]))
+                                      & _bounds_overlap(corners[i:i + 1], corners[i + 1:])[0])
         if rest.size:
             inter = shapely.area(shapely.intersection(polys[i], polys[rest]))
             union = areas[i] + areas[rest] - inter

@@ -44,26 +44,11 @@ class Verdict:
     reason: str = ""
 
 
-def _boxes(dets: list[Detection]) -> np.ndarray:
-    return np.array([[d.cx, d.cy, d.w, d.h, d.angle] for d in dets], dtype=np.float64).reshape(-1, 5)
-
-
 def overlap_matrices(a: list[Detection], b: list[Detection]) -> tuple[np.ndarray, np.ndarray]:
-    """(IoU, intersection over the smaller box) between two lists of rotated boxes, shape (len(a), len(b))."""
-    import shapely
+    """(IoU, intersection over the smaller box) between two lists of detections, shape (len(a), len(b))."""
+    from detector.night.detect import detection_boxes, rotated_overlaps
 
-    from detector.night.detect import boxes_to_corners
-
-    if not a or not b:
-        return np.zeros((len(a), len(b))), np.zeros((len(a), len(b)))
-    pa = shapely.polygons(boxes_to_corners(_boxes(a)))
-    pb = shapely.polygons(boxes_to_corners(_boxes(b)))
-    inter = shapely.area(shapely.intersection(pa[:, None], pb[None, :]))
-    area_a, area_b = shapely.area(pa)[:, None], shapely.area(pb)[None, :]
-    union = area_a + area_b - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-    cover = inter / np.maximum(np.minimum(area_a, area_b), 1e-9)
-    return iou, cover
+    return rotated_overlaps(detection_boxes(a), detection_boxes(b))
 
 
 def judge(candidates: list[Detection], current: list[Detection], baseline: list[Detection], cover: float,
