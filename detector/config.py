@@ -83,6 +83,10 @@ class SecondViewConfig(_Strict):
                           "(off by default: it drops real finds on drone and synthetic pairs, MODEL_CARD.md)")
     confirm_below: float = Field(1.0, gt=0, le=1, description="pair candidates at or above this confidence keep "
                                  "without confirmation (1: every candidate is checked)")
+    baseline_cache: Optional[Path] = Field(None, description="folder where the building model's view of each "
+                                           "baseline tile is kept between nights (the baseline does not change): "
+                                           "later nights read it instead of running the model again; None = no "
+                                           "cache. One subfolder per baseline, model and setting")
     cover: float = Field(0.3, gt=0, le=1, description="share of the smaller of candidate and building box that "
                          "must overlap for the building to confirm the candidate, or for a pair candidate to "
                          "cover an addition")
@@ -212,7 +216,8 @@ def _resolve_relative_paths(data: dict, base: Path) -> None:
     for key in ("baseline", "current", "out", "model", "models", "baseline_dsm", "current_dsm"):
         fix(data, key)
     if isinstance(data.get("detect"), dict) and isinstance(data["detect"].get("second_view"), dict):
-        fix(data["detect"]["second_view"], "model")
+        for key in ("model", "baseline_cache"):
+            fix(data["detect"]["second_view"], key)
     if isinstance(data.get("cases"), dict):
         for key in ("registry", "boundaries"):
             fix(data["cases"], key)

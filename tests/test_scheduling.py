@@ -32,7 +32,8 @@ def test_nightly_wrapper_runs_one_night_once_at_a_time(tmp_path):
     assert other_night.returncode == 0
     log = (tmp_path / "bw" / "logs" / "nightly.log").read_text()
     assert "night 2026-05-01: already running" in log
-    assert f"--out {tmp_path / 'bw' / 'nights' / '2026-05-01'} --no-progress" in log
+    views = tmp_path / "bw" / "cache" / "baseline-views"
+    assert f"--out {tmp_path / 'bw' / 'nights' / '2026-05-01'} --baseline-cache {views} --no-progress" in log
     assert log.count("night 2026-05-01: exit 0") == 1
 
 

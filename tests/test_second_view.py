@@ -13,7 +13,7 @@ import pytest
 from affine import Affine
 
 from detector.config import RunConfig, SecondViewConfig
-from detector.errors import ModelError
+from detector.errors import ModelError, OutputError
 from detector.night.pipeline import run_pipeline
 from detector.night.second_view import additions, judge, overlap_matrices
 from detector.types import Detection
@@ -201,3 +201,66 @@ def test_the_baseline_is_looked_at_only_where_it_can_change_the_verdict(tmp_path
     done = int((tiles["status"] == "done").sum())
     assert calls.count("tonight") == done
     assert 0 < calls.count("baseline") < done
+
+
+# ------------------------------------------------------------------ baseline views kept between nights
+
+def _counting(monkeypatch):
+    import detector.night.detect
+
+    calls = []
+
+    class Counting(OracleDetector):
+        def __call__(self, images, conf, iou):
+            if images[0].shape[2] == 3:
+                calls.append("baseline" if conf < 0.2 else "tonight")
+            return super().__call__(images, conf, iou)
+
+    monkeypatch.setattr(detector.night.detect, "OnnxDetector", Counting)
+    return calls
+
+
+def test_baseline_views_are_kept_between_nights(tmp_path, pair, monkeypatch):
+    """The second night against the same baseline reads the building model's baseline view instead
+    of running it, and reports exactly the same candidates."""
+    calls = _counting(monkeypatch)
+    cache = tmp_path / "views"
+    first = _run(tmp_path, pair, "night1", confirm=True, add=True, baseline_cache=cache)
+    computed = calls.count("baseline")
+    assert computed > 0
+    stored = [p for p in cache.rglob("*.json") if p.name != "key.json"]
+    assert len(stored) == computed  # one file per tile whose baseline was looked at
+    calls.clear()
+    second = _run(tmp_path, pair, "night2", confirm=True, add=True, baseline_cache=cache)
+    assert calls.count("baseline") == 0 and calls.count("tonight") > 0
+    cols = ["class", "confidence", "baseline_iou", "structure_conf", "tags"]
+    assert second[cols].equals(first[cols])
+    assert [g.wkt for g in second.geometry] == [g.wkt for g in first.geometry]
+    uncached = _run(tmp_path, pair, "plain", confirm=True, add=True)
+    assert uncached[cols].equals(first[cols])
+
+
+def test_a_changed_setting_or_unreadable_view_is_computed_again(tmp_path, pair, monkeypatch):
+    calls = _counting(monkeypatch)
+    cache = tmp_path / "views"
+    _run(tmp_path, pair, "night1", confirm=True, add=True, baseline_cache=cache)
+    computed = calls.count("baseline")
+    (key,) = [p for p in cache.iterdir() if p.is_dir()]
+    victim = sorted(p for p in key.glob("*.json") if p.name != "key.json")[0]
+    victim.write_text("{not json")
+    calls.clear()
+    _run(tmp_path, pair, "night2", confirm=True, add=True, baseline_cache=cache)
+    assert calls.count("baseline") == 1  # the unreadable one, rewritten
+    assert victim.read_text().startswith("[")
+    calls.clear()
+    _run(tmp_path, pair, "night3", confirm=True, add=True, baseline_cache=cache, conf=0.3)
+    assert calls.count("baseline") == computed  # another confidence: another key, nothing stale is read
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+
+def test_an_unwritable_view_cache_is_refused_before_work(tmp_path, pair, oracle):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="baseline_cache"):
+        _run(tmp_path, pair, "night", baseline_cache=blocker)
+    assert not (tmp_path / "night" / "candidates.gpkg").exists()

@@ -177,6 +177,9 @@ def doctor(config_path, model, out, scheduler):
         checks.append(("output folder", lambda: _check_folder(Path(out), "output folder")))
     if cfg.cases.registry is not None:
         checks.append(("registry", lambda: _check_folder(Path(cfg.cases.registry).parent, "case registry folder")))
+    views = cfg.detect.second_view.baseline_cache
+    if views is not None and cfg.detect.second_view.enabled:
+        checks.append(("baseline views", lambda: _check_folder(Path(views), "baseline view cache folder")))
     checks.append(("error log", lambda: _check_folder(error_log_path().parent, "error log folder")))
     checks.append(("Dask", lambda: _check_dask(scheduler)))
     for name, check in checks:

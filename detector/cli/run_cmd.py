@@ -21,6 +21,8 @@ from detector.cli.options import config_option
 @click.option("--baseline-dsm", type=str,
               help="DSM of the baseline survey (GeoTIFF); with --current-dsm adds height change.")
 @click.option("--current-dsm", type=str, help="DSM of tonight's survey (GeoTIFF).")
+@click.option("--baseline-cache", type=str, help="Folder keeping the building model's view of the baseline between "
+              "nights (overrides detect.second_view.baseline_cache): later nights skip that inference.")
 @config_option
 @click.option("--workers", type=int, help="Worker processes (default 2).")
 @click.option("--scheduler", type=str, help="Dask scheduler address (tcp://HOST:8786): run the tiles on that "
@@ -32,8 +34,8 @@ from detector.cli.options import config_option
               "and unit columns and the report's per-community table (overrides cases.boundaries; needs --cases).")
 @click.option("--no-resume", is_flag=True, help="Recompute every tile even if a previous run finished it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for cron logs).")
-def run(baseline, current, out, model, models_dir, model_version, baseline_dsm, current_dsm, config_path, workers,
-        scheduler, conf, cases_registry, boundaries, no_resume, no_progress):
+def run(baseline, current, out, model, models_dir, model_version, baseline_dsm, current_dsm, baseline_cache,
+        config_path, workers, scheduler, conf, cases_registry, boundaries, no_resume, no_progress):
     """Find newly built structures between BASELINE and CURRENT; write OUT/candidates.gpkg."""
     from detector.config import load_config
     from detector.night.pipeline import run_pipeline
@@ -41,7 +43,7 @@ def run(baseline, current, out, model, models_dir, model_version, baseline_dsm, 
     overrides = {"baseline": baseline, "current": current, "out": out, "model": model, "models": models_dir,
                  "model_version": model_version, "workers": workers, "scheduler": scheduler, "detect.conf": conf,
                  "cases.registry": cases_registry, "cases.boundaries": boundaries, "baseline_dsm": baseline_dsm,
-                 "current_dsm": current_dsm}
+                 "current_dsm": current_dsm, "detect.second_view.baseline_cache": baseline_cache}
     if no_resume:
         overrides["resume"] = False
     if no_progress:

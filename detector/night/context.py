@@ -68,6 +68,7 @@ class RunContext:
     dsm: DsmPair | None = None  # the DSM pair (detector.night.height), when the run has one
     model_version: str = ""  # the model registry version run ("" = a model given by path, or the shipped one)
     second: ModelSpec | None = None  # the second view's building model (detect.second_view.model)
+    baseline_views: Path | None = None  # where this night's baseline views are kept (detector.night.view_cache)
 
 
 def load_second_view(cfg: RunConfig, spec: ModelSpec) -> ModelSpec | None:
@@ -148,11 +149,15 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     check_output_folder(cfg.out, files=OUTPUT_FILES, folders=OUTPUT_FOLDERS,
                         need_bytes=BASE_OUTPUT_BYTES + BYTES_PER_TILE * n_tiles)
     _check_cases(cfg, grid)
+    second = load_second_view(cfg, spec)
+    if second is not None and cfg.detect.second_view.baseline_cache is not None:
+        check_output_folder(cfg.detect.second_view.baseline_cache, what="baseline view cache folder "
+                            "(detect.second_view.baseline_cache)")
     ctx = RunContext(
         baseline=baseline, current=current, grid=grid, spec=spec, config=cfg, size=size, overlap=overlap,
         conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
         iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou, model_version=model_version,
-        second=load_second_view(cfg, spec),
+        second=second,
     )
     ctx.dsm = prepare_dsms(cfg, grid)
     for info, attr in ((baseline, "stretch_baseline"), (current, "stretch_current")):

@@ -39,9 +39,9 @@ from rasterio.errors import RasterioError
 
 from detector import __version__
 from detector.config import RunConfig
-from detector.errors import BuildwatchError, InputError
+from detector.errors import BuildwatchError, InputError, OutputError
 from detector.fileio import atomic_write_text, clean_stale_temps, exclusive_lock
-from detector.geo.location import apply_network_defaults, location_fingerprint
+from detector.geo.location import apply_network_defaults, is_remote, location_fingerprint
 from detector.night.align import apply_registration, register_tile
 from detector.night.change import changes_in_tile, difference_image, new_in_current, owns_centre
 from detector.night.context import NightRun, RunContext, prepare
@@ -252,7 +252,7 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
     need_baseline = bool(changes) or (opts.add and bool(changes_in_tile(
         [d for d, _ in sv.additions(current, [], pair_dets, opts.add_conf, opts.cover, match_iou)],
         diff, valid, gsd, rules, margin, stride)))
-    baseline = sv.before(second_view, b, conf, ctx.second.iou) if need_baseline else []
+    baseline = _baseline_view(ctx, tile, second_view, b, conf) if need_baseline else []
     verdicts = sv.judge(pair_dets, current, baseline, opts.cover, match_iou, opts.confirm, opts.confirm_below)
     kept = [(change, v) for change, v in zip(changes, verdicts) if v.keep]
     out = [_tile_candidate(ctx, tile, d, changed, v.baseline_iou, v.structure_conf) for (d, changed), v in kept]
@@ -265,6 +265,21 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
                 for d, changed in new]
         kept_changes += new
     return kept_changes, out
+
+
+def _baseline_view(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, conf: float) -> list[Detection]:
+    """The building model's detections on the tile's baseline: stored by an earlier night when the
+    run keeps baseline views (``detect.second_view.baseline_cache``), else computed (and stored)."""
+    from detector.night import second_view as sv
+    from detector.night.view_cache import load_view, store_view
+
+    if ctx.baseline_views is None:
+        return sv.before(second_view, b, conf, ctx.second.iou)
+    dets = load_view(ctx.baseline_views, tile.tile_id)
+    if dets is None:
+        dets = sv.before(second_view, b, conf, ctx.second.iou)
+        store_view(ctx.baseline_views, tile.tile_id, dets)
+    return dets
 
 
 def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, baseline_iou: float,
@@ -478,6 +493,8 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
         hashes.update(baseline_dsm=location_fingerprint(ctx.dsm.baseline.path),
                       current_dsm=location_fingerprint(ctx.dsm.current.path))
     fp = _fingerprint(cfg, ctx.spec, hashes)
+    if ctx.second is not None and cfg.detect.second_view.baseline_cache is not None:
+        _open_baseline_views(ctx, hashes["baseline"])
     started = datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{fp[:8]}"
     work_dir = out_dir / "work" / fp
@@ -507,10 +524,35 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
     return NightRun(cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo)
 
 
+def _open_baseline_views(ctx: RunContext, baseline_sha: str) -> None:
+    """Point ``ctx.baseline_views`` at the stored baseline views this night can use
+    (:mod:`detector.night.view_cache`): keyed by everything the building model's baseline
+    detections depend on."""
+    from detector.night.view_cache import open_views
+
+    opts = ctx.config.detect.second_view
+    conf = opts.conf if opts.conf is not None else ctx.second.conf
+    g = ctx.grid
+    facts = {"baseline_sha256": baseline_sha, "crs": g.crs_wkt, "gsd": g.gsd,
+             "left": g.left, "top": g.top, "tile_px": ctx.size, "overlap_px": ctx.overlap,
+             "model": ctx.second.model_name, "model_sha256": ctx.second.sha256, "conf": conf * 0.5,
+             "iou": ctx.second.iou, "stretch": None if ctx.stretch_baseline is None
+             else [np.asarray(a).tolist() for a in ctx.stretch_baseline], "software": __version__}
+    folder = Path(opts.baseline_cache)
+    try:
+        ctx.baseline_views = open_views(folder, facts, {"baseline": str(Path(ctx.baseline.path).resolve())
+                                                        if not is_remote(ctx.baseline.path) else str(ctx.baseline.path)})
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot keep baseline views there ({exc.strerror}); choose a writable folder "
+                          "for detect.second_view.baseline_cache") from None
+    log.info("baseline views kept in %s", ctx.baseline_views)
+
+
 def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
-    relevant = cfg.model_dump(mode="json", exclude={"out", "workers", "scheduler", "min_coverage", "resume",
-                                                     "progress", "cases", "baseline", "current", "model",
-                                                     "baseline_dsm", "current_dsm"})
+    skip = dict.fromkeys(("out", "workers", "scheduler", "min_coverage", "resume", "progress", "cases", "baseline",
+                          "current", "model", "baseline_dsm", "current_dsm"), True)
+    skip["detect"] = {"second_view": {"baseline_cache"}}  # where views are kept does not change them
+    relevant = cfg.model_dump(mode="json", exclude=skip)
     key = json.dumps({"inputs": hashes, "model": spec.sha256, "config": relevant, "software": __version__},
                      sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
