@@ -73,11 +73,12 @@ class SecondViewConfig(_Strict):
                                   "None = the shipped one (detector/models/buildwatch-buildings.onnx), used with "
                                   "any pair model of the same tile size and GSD")
     conf: Optional[float] = Field(None, gt=0, le=1, description="a building seen tonight; None = the model's "
-                                  "recommendation. The baseline is asked at half of it")
+                                  "recommendation. The baseline is asked at a quarter of it")
     add: bool = Field(True, description="also report structures tonight that the baseline does not show and "
                       "no pair candidate covers (the single-epoch rule), tagged 'second_view'")
-    add_conf: float = Field(0.4, gt=0, le=1, description="confidence a structure needs to be added on the "
-                            "second view's word alone")
+    add_conf: float = Field(0.3, gt=0, le=1, description="confidence a structure needs to be added on the "
+                            "second view's word alone (the add rule's own checks remove most false buildings, so "
+                            "it leans to recall: MODEL_CARD.md, 'Second view')")
     confirm: bool = Field(False, description="keep a pair candidate of a structure class only where tonight's image "
                           "shows a structure, and drop a new building the baseline already shows as large "
                           "(off by default: it drops real finds on drone and synthetic pairs, MODEL_CARD.md)")

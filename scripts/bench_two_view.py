@@ -34,15 +34,14 @@ RULES: dict[str, tuple[dict | None, str]] = {
     "confirm": ({"confirm": True, "add": False}, "every candidate confirmed by the building model"),
     "confirm<0.5": ({"confirm": True, "confirm_below": 0.5, "add": False}, "candidates under 0.5 confirmed"),
     "add0.3": ({"confirm": False, "add": True, "add_conf": 0.3}, "pair candidates + structures only the building "
-               "model sees (>= 0.3)"),
-    "add0.4": ({"confirm": False, "add": True, "add_conf": 0.4}, "the same, added at >= 0.4 (the default)"),
+               "model sees (>= 0.3, the default)"),
+    "add0.37": ({"confirm": False, "add": True, "add_conf": 0.37}, "the same, added at >= 0.37 (where the building "
+                "model's own F1 peaks on its validation areas)"),
+    "add0.4": ({"confirm": False, "add": True, "add_conf": 0.4}, "the same, added at >= 0.4"),
     "add0.5": ({"confirm": False, "add": True, "add_conf": 0.5}, "the same, added at >= 0.5"),
-    "add0.6": ({"confirm": False, "add": True, "add_conf": 0.6}, "the same, added at >= 0.6"),
-    "confirm+add0.3": ({"confirm": True, "add": True, "add_conf": 0.3}, "confirm and add (>= 0.3)"),
-    "confirm+add0.4": ({"confirm": True, "add": True, "add_conf": 0.4}, "confirm and add (>= 0.4)"),
-    "confirm+add0.5": ({"confirm": True, "add": True, "add_conf": 0.5}, "confirm and add (>= 0.5)"),
-    "confirm<0.5+add0.4": ({"confirm": True, "confirm_below": 0.5, "add": True, "add_conf": 0.4},
-                           "confirm under 0.5, add (>= 0.4)"),
+    "confirm+add0.37": ({"confirm": True, "add": True, "add_conf": 0.37}, "confirm and add (>= 0.37)"),
+    "confirm<0.5+add0.37": ({"confirm": True, "confirm_below": 0.5, "add": True, "add_conf": 0.37},
+                            "confirm under 0.5, add (>= 0.37)"),
     "pair0.15+confirm": ({"confirm": True, "add": False, "_conf": 0.15}, "pair proposals from 0.15, every one "
                          "confirmed"),
 }

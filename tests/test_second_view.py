@@ -70,6 +70,19 @@ def test_additions_are_strong_unexplained_and_uncovered():
     assert [(d.cx, d.class_name, iou) for d, iou in added] == [(10, "new_building", 0.0)]
 
 
+@pytest.mark.parametrize("baseline_box,added", [
+    ((10, 10, 40, 10), False),   # IoU 0.25 >= 0.2: the same building
+    ((10, 10, 60, 60), False),   # IoU 0.03, but it lies over all of tonight's box: drawn larger, not new
+    ((14, 10, 10, 10), False),   # IoU 0.43: shifted
+    ((17, 10, 10, 10), True),    # 30 % of tonight's box under it, IoU 0.18: a neighbour, not this one
+    ((10, 10, 2, 2), True),      # a speck inside (4 % of the box): not a building there before
+])
+def test_a_baseline_structure_over_half_of_tonights_box_explains_it(baseline_box, added):
+    tonight = det(10, 10, 10, 10, 0.9)
+    out = additions([tonight], [det(*baseline_box, 0.2)], [], add_conf=0.5, cover=0.3, match_iou=0.2)
+    assert bool(out) is added
+
+
 # ------------------------------------------------------------------ the nightly run
 
 SIZE = 1400  # source pixels at 0.1 m
@@ -143,7 +156,8 @@ def test_second_view_adds_a_structure_the_pair_model_missed(tmp_path, pair, orac
 
 
 def test_the_defaults_add_and_do_not_confirm(tmp_path, pair, oracle):
-    gdf = _run(tmp_path, pair, "defaults", add_conf=0.4)
+    assert SecondViewConfig().add_conf == 0.3 and SecondViewConfig().add and not SecondViewConfig().confirm
+    gdf = _run(tmp_path, pair, "defaults", add=True)
     assert len(gdf) == 5 + 1  # every pair candidate, and the faint roof
     assert (gdf["tags"] == "second_view").sum() == 1
 

@@ -528,6 +528,7 @@ def _open_baseline_views(ctx: RunContext, baseline_sha: str) -> None:
     """Point ``ctx.baseline_views`` at the stored baseline views this night can use
     (:mod:`detector.night.view_cache`): keyed by everything the building model's baseline
     detections depend on."""
+    from detector.night.second_view import BASELINE_CONF_FACTOR
     from detector.night.view_cache import open_views
 
     opts = ctx.config.detect.second_view
@@ -535,7 +536,7 @@ def _open_baseline_views(ctx: RunContext, baseline_sha: str) -> None:
     g = ctx.grid
     facts = {"baseline_sha256": baseline_sha, "crs": g.crs_wkt, "gsd": g.gsd,
              "left": g.left, "top": g.top, "tile_px": ctx.size, "overlap_px": ctx.overlap,
-             "model": ctx.second.model_name, "model_sha256": ctx.second.sha256, "conf": conf * 0.5,
+             "model": ctx.second.model_name, "model_sha256": ctx.second.sha256, "conf": conf * BASELINE_CONF_FACTOR,
              "iou": ctx.second.iou, "stretch": None if ctx.stretch_baseline is None
              else [np.asarray(a).tolist() for a in ctx.stretch_baseline], "software": __version__}
     folder = Path(opts.baseline_cache)
