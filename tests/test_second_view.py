@@ -195,31 +195,9 @@ def test_confident_pair_candidates_need_no_confirmation():
     assert [v.keep for v in verdicts] == [True, False]
 
 
-def test_the_baseline_is_looked_at_only_where_it_can_change_the_verdict(tmp_path, pair, monkeypatch):
-    """Tiles without pair candidates and without a structure tonight that could be added cost one
-    building-model inference (tonight's), not two; the candidates are the same."""
-    import detector.night.detect
-
-    calls = []
-
-    class Counting(OracleDetector):
-        def __call__(self, images, conf, iou):
-            if images[0].shape[2] == 3:
-                calls.append("baseline" if conf < 0.2 else "tonight")
-            return super().__call__(images, conf, iou)
-
-    monkeypatch.setattr(detector.night.detect, "OnnxDetector", Counting)
-    gdf = _run(tmp_path, pair, "lazy", confirm=True, add=True)
-    assert len(gdf) == len(NEW) + 1
-    tiles = gpd.read_file(tmp_path / "lazy" / "candidates.gpkg", layer="tiles")
-    done = int((tiles["status"] == "done").sum())
-    assert calls.count("tonight") == done
-    assert 0 < calls.count("baseline") < done
-
-
-# ------------------------------------------------------------------ baseline views kept between nights
-
 def _counting(monkeypatch):
+    """The oracle models, recording each building-model call as "baseline" or "tonight" (by the
+    confidence asked)."""
     import detector.night.detect
 
     calls = []
@@ -233,6 +211,20 @@ def _counting(monkeypatch):
     monkeypatch.setattr(detector.night.detect, "OnnxDetector", Counting)
     return calls
 
+
+def test_the_baseline_is_looked_at_only_where_it_can_change_the_verdict(tmp_path, pair, monkeypatch):
+    """Tiles without pair candidates and without a structure tonight that could be added cost one
+    building-model inference (tonight's), not two; the candidates are the same."""
+    calls = _counting(monkeypatch)
+    gdf = _run(tmp_path, pair, "lazy", confirm=True, add=True)
+    assert len(gdf) == len(NEW) + 1
+    tiles = gpd.read_file(tmp_path / "lazy" / "candidates.gpkg", layer="tiles")
+    done = int((tiles["status"] == "done").sum())
+    assert calls.count("tonight") == done
+    assert 0 < calls.count("baseline") < done
+
+
+# ------------------------------------------------------------------ baseline views kept between nights
 
 def test_baseline_views_are_kept_between_nights(tmp_path, pair, monkeypatch):
     """The second night against the same baseline reads the building model's baseline view instead

@@ -242,7 +242,7 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
     opts = ctx.config.detect.second_view
     if not changes and not opts.add:
         return [], []
-    conf = opts.conf if opts.conf is not None else ctx.second.conf
+    conf = _second_view_conf(ctx)
     match_iou, gsd, rules = ctx.config.change.baseline_match_iou, ctx.grid.gsd, ctx.config.change
     pair_dets = [d for d, _ in changes]
     current = sv.tonight(second_view, c, conf, ctx.second.iou)
@@ -265,6 +265,13 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
                 for d, changed in new]
         kept_changes += new
     return kept_changes, out
+
+
+def _second_view_conf(ctx: RunContext) -> float:
+    """The confidence at which the building model reports a building tonight (the baseline is asked
+    at :data:`detector.night.second_view.BASELINE_CONF_FACTOR` of it)."""
+    opts = ctx.config.detect.second_view
+    return opts.conf if opts.conf is not None else ctx.second.conf
 
 
 def _baseline_view(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, conf: float) -> list[Detection]:
@@ -532,7 +539,7 @@ def _open_baseline_views(ctx: RunContext, baseline_sha: str) -> None:
     from detector.night.view_cache import open_views
 
     opts = ctx.config.detect.second_view
-    conf = opts.conf if opts.conf is not None else ctx.second.conf
+    conf = _second_view_conf(ctx)
     g = ctx.grid
     facts = {"baseline_sha256": baseline_sha, "crs": g.crs_wkt, "gsd": g.gsd,
              "left": g.left, "top": g.top, "tile_px": ctx.size, "overlap_px": ctx.overlap,
