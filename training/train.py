@@ -103,6 +103,9 @@ def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | Non
     prepare_offline()
     from ultralytics import YOLO
 
+    from training.encoder import register_with_ultralytics
+
+    register_with_ultralytics()  # model YAMLs may name the pretrained encoder layer (training/arch/)
     _quiet_settings()
     if cfg.train.weights is not None and not Path(cfg.train.weights).exists():
         raise InputError(f"{cfg.train.weights}: start weights for fine-tuning not found")
