@@ -139,3 +139,24 @@ def test_recipe_first_epoch_two_view_export_parity_and_one_pass(tmp_path, monkey
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     stems = [n for n in model.graph.node if n.op_type == "Conv" and shapes.get(n.input[1], (0, 0))[1:2] == (3,)]
     assert len(stems) == 1 and shapes[stems[0].input[1]] == (32, 3, 3, 3)  # the encoder is in the graph once
+
+    # the runtime: one ONNX run per tile gives the change boxes and both epochs' building boxes
+    from detector.night.detect import EmbeddedBuildingView, OnnxDetector, decode, to_input
+
+    assert spec.building is not None and spec.building.conf == 0.3 and spec.building.names == {0: "building"}
+    det = OnnxDetector(spec)
+    runs = []
+    real_run = det.session.run
+    det.session.run = lambda *a, **k: runs.append(1) or real_run(*a, **k)
+    view = EmbeddedBuildingView(det)
+    assert view.spec.embedded and view.spec.channels == 3 and view.spec.conf == 0.3
+    rng = np.random.default_rng(1)
+    base, cur = (rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(2))
+    det([np.concatenate([base, cur], axis=2)], 0.01, 0.5)
+    raw = real_run(list(OUTPUTS), {"images": to_input([np.concatenate([base, cur], 2)])})
+    tonight, before = view([cur], 0.001, 0.5)[0], view([base], 0.001, 0.5)[0]
+    assert len(runs) == 1  # the second view read the pair run's outputs
+    assert tonight == decode(raw[1], view.spec, 0.001, 0.5)[0] and before == decode(raw[2], view.spec, 0.001, 0.5)[0]
+    assert len(tonight) > 0
+    view([rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)], 0.001, 0.5)  # not an epoch of that pair
+    assert len(runs) == 2

@@ -270,3 +270,20 @@ def test_an_unwritable_view_cache_is_refused_before_work(tmp_path, pair, oracle)
     with pytest.raises(OutputError, match="baseline_cache"):
         _run(tmp_path, pair, "night", baseline_cache=blocker)
     assert not (tmp_path / "night" / "candidates.gpkg").exists()
+
+
+def test_two_view_metadata_naming_missing_outputs_is_refused(tmp_path):
+    """A model whose metadata names building outputs its graph lacks is one ModelError line at load."""
+    import shutil
+
+    pytest.importorskip("onnx", reason="training extra not installed")
+    from detector.errors import ModelError
+    from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
+    from training.export import write_metadata
+
+    bad = tmp_path / "bad.onnx"
+    shutil.copyfile(DEFAULT_MODEL_PATH, bad)
+    write_metadata(bad, {"buildwatch_building_output": "buildings", "buildwatch_building_baseline_output": "b0",
+                         "buildwatch_building_names": "{0: 'building'}", "buildwatch_building_conf": "0.3"})
+    with pytest.raises(ModelError, match="building outputs .*'buildings'.* re-export"):
+        load_model_spec(bad)

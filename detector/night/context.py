@@ -75,12 +75,15 @@ def load_second_view(cfg: RunConfig, spec: ModelSpec) -> ModelSpec | None:
     """The second view's building model (``detect.second_view``), checked against the pair model.
 
     A model the config names must fit (3 channels, the pair model's tile size and GSD) or the run
-    stops with a :class:`ModelError`; the shipped one is used with every pair model it fits, and
-    left out, with a warning, for one it does not.
+    stops with a :class:`ModelError`; a two-view model (its own building head) is its own second
+    view unless the config names another; the shipped one is used with every other pair model it
+    fits, and left out, with a warning, for one it does not.
     """
     opts = cfg.detect.second_view
     if not opts.enabled or not spec.is_pair:  # a single-epoch model already is the building view
         return None
+    if spec.building is not None and opts.model is None:
+        return spec.building_view()
     path = opts.model or DEFAULT_BUILDING_MODEL_PATH
     if not path.exists():
         if opts.model is not None:

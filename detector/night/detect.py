@@ -178,6 +178,9 @@ class OnnxDetector:
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None  # ultralytics exports batch 1
         self.batch_size = self.fixed_batch or batch_size
+        head = spec.building
+        self.outputs = [self.session.get_outputs()[0].name] + ([head.output, head.baseline_output] if head else [])
+        self.last_pair: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # input, raw buildings (c, b)
 
     def __call__(self, images: list[np.ndarray], conf: float, iou: float) -> list[list[Detection]]:
         h, w = self.spec.imgsz
@@ -189,9 +192,47 @@ class OnnxDetector:
                     raise ValueError(f"model expects {h}x{w}x{self.spec.channels}, got {img.shape}")
             pad = self.fixed_batch - len(chunk) if self.fixed_batch else 0
             batch = to_input(chunk + [np.zeros_like(chunk[0])] * pad)
-            raw = self.session.run(None, {self.spec.input_name: batch})[0]
+            raw, *buildings = self.session.run(self.outputs, {self.spec.input_name: batch})
             out.extend(decode(raw[: len(chunk)], self.spec, conf, iou))
+            if buildings:  # a two-view model: keep the last pair's building outputs for the second view
+                k = len(chunk) - 1
+                self.last_pair = (chunk[k], buildings[0][k : k + 1], buildings[1][k : k + 1])
         return out
+
+
+class EmbeddedBuildingView:
+    """The second view of a two-view model: its building head's boxes, read from the pair run.
+
+    Called like a building model's detector with one epoch of the tile the pair detector has just
+    run (tonight's or the baseline's), it decodes the building output the same graph run already
+    gave: no second model and no second encoder pass. An image that is not an epoch of that pair is
+    run as an unchanged pair (the image as both epochs) and read the same way.
+    """
+
+    def __init__(self, pair: OnnxDetector):
+        self.pair = pair
+        self.spec = pair.spec.building_view()
+
+    def __call__(self, images: list[np.ndarray], conf: float, iou: float) -> list[list[Detection]]:
+        out = []
+        for img in images:
+            raw = self._raw(img)
+            if raw is None:
+                self.pair([np.concatenate([img, img], axis=2)], 1.0, iou)
+                raw = self._raw(img)
+            out.extend(decode(raw, self.spec, conf, iou))
+        return out
+
+    def _raw(self, img: np.ndarray) -> np.ndarray | None:
+        last = self.pair.last_pair
+        if last is None:
+            return None
+        pair, current, baseline = last
+        if np.array_equal(pair[..., 3:], img):
+            return current
+        if np.array_equal(pair[..., :3], img):
+            return baseline
+        return None
 
 
 def detect_tile(detector, spec: ModelSpec, baseline: np.ndarray, current: np.ndarray, conf: float, iou: float

@@ -26,6 +26,14 @@ QGIS Deepness plugin keys (so the same file loads there)
     ``model_type`` (``Detector``), ``class_names`` (JSON), ``resolution`` (cm/px),
     ``tiles_overlap`` (percent), ``det_conf``, ``det_iou_thresh``, ``tiles_size``.
 
+A two-view model (``training/twoview.py``: one encoder pass, a change head and a building head)
+is a 6-channel pair model whose graph has two more outputs, named by these keys:
+    ``buildwatch_building_output``           building boxes tonight (same layout as a 3-channel model's)
+    ``buildwatch_building_baseline_output``  building boxes in the baseline
+    ``buildwatch_building_names``            their classes (``{0: 'building'}``)
+    ``buildwatch_building_conf``             the building confidence chosen on validation
+It is its own second view (:class:`BuildingHead`): no separate building model runs.
+
 The model's sha256 is stored beside it in ``<model>.onnx.sha256`` and recomputed at load.
 """
 
@@ -60,6 +68,16 @@ REQUIRED_KEYS = ("task", "channels", "imgsz", "names", "buildwatch_gsd_m")
 
 
 @dataclass(frozen=True)
+class BuildingHead:
+    """The building outputs of a two-view model (see the module docstring)."""
+
+    output: str
+    baseline_output: str
+    names: dict[int, str]
+    conf: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the runtime needs to know about a model, read from its ONNX metadata."""
 
@@ -77,10 +95,20 @@ class ModelSpec:
     model_name: str = ""
     input_name: str = "images"
     metadata: dict = field(default_factory=dict, compare=False, repr=False)
+    building: BuildingHead | None = None  # a two-view model's building outputs
+    embedded: bool = False  # the building head of a two-view model, read from its pair run
 
     @property
     def is_pair(self) -> bool:
         return self.channels == 6
+
+    def building_view(self) -> ModelSpec:
+        """The spec of a two-view model's building head, as the second view reads it."""
+        from dataclasses import replace
+
+        head = self.building
+        return replace(self, channels=3, names=dict(head.names), conf=head.conf, building=None, embedded=True,
+                       model_name=f"{self.model_name} (building head)")
 
 
 def parse_metadata(meta: dict[str, str], path: Path, sha256: str, input_name: str = "images") -> ModelSpec:
@@ -104,7 +132,15 @@ def parse_metadata(meta: dict[str, str], path: Path, sha256: str, input_name: st
         conf = float(meta.get("buildwatch_conf", 0.25))
         iou = float(meta.get("buildwatch_iou", 0.5))
         overlap = int(float(meta.get("buildwatch_tile_overlap_px", max(imgsz) // 8)))
-    except (ValueError, SyntaxError, TypeError, IndexError, AttributeError) as exc:
+        building = None
+        if "buildwatch_building_output" in meta:
+            building = BuildingHead(
+                output=meta["buildwatch_building_output"],
+                baseline_output=meta["buildwatch_building_baseline_output"],
+                names={int(k): str(v) for k, v in ast.literal_eval(meta["buildwatch_building_names"]).items()},
+                conf=float(meta.get("buildwatch_building_conf", conf)),
+            )
+    except (ValueError, SyntaxError, TypeError, IndexError, AttributeError, KeyError) as exc:
         raise ModelError(f"{path}: malformed model metadata ({exc}); re-export with 'buildwatch export'") from None
     if task not in ("obb", "detect"):
         raise ModelError(f"{path}: model task '{task}' is not supported (need 'obb' or 'detect')")
@@ -127,6 +163,7 @@ def parse_metadata(meta: dict[str, str], path: Path, sha256: str, input_name: st
         model_name=meta.get("buildwatch_model_name", Path(path).stem),
         input_name=input_name,
         metadata=dict(meta),
+        building=building,
     )
 
 
@@ -158,6 +195,12 @@ def load_model_spec(path: str | Path | None = None) -> ModelSpec:
     shape = inputs[0].shape
     if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != spec.channels:
         raise ModelError(f"{path}: metadata says {spec.channels} channels but the graph input has {shape[1]}")
+    if spec.building is not None:
+        outputs = {o.name for o in sess.get_outputs()}
+        lacking = [n for n in (spec.building.output, spec.building.baseline_output) if n not in outputs]
+        if not spec.is_pair or lacking:
+            raise ModelError(f"{path}: metadata names building outputs {lacking or ''} the graph does not have "
+                             "(a two-view model is a 6-channel graph with three outputs); re-export it")
     return spec
 
 

@@ -341,15 +341,18 @@ _WORKER: dict = {}
 
 
 def _init_worker(ctx: RunContext) -> None:
-    from detector.night.detect import OnnxDetector
+    from detector.night.detect import EmbeddedBuildingView, OnnxDetector
 
     _WORKER["ctx"] = ctx
     _WORKER["b"] = EpochReader(ctx.baseline, ctx.grid, ctx.stretch_baseline)
     _WORKER["c"] = EpochReader(ctx.current, ctx.grid, ctx.stretch_current)
     det = ctx.config.detect
     _WORKER["det"] = OnnxDetector(ctx.spec, det.providers, det.intra_op_threads, det.batch_size)
-    _WORKER["det2"] = OnnxDetector(ctx.second, det.providers, det.intra_op_threads, det.batch_size) \
-        if ctx.second is not None else None
+    if ctx.second is not None and ctx.second.embedded:  # a two-view model's building head
+        _WORKER["det2"] = EmbeddedBuildingView(_WORKER["det"])
+    else:
+        _WORKER["det2"] = OnnxDetector(ctx.second, det.providers, det.intra_op_threads, det.batch_size) \
+            if ctx.second is not None else None
     if ctx.dsm is not None:
         from detector.night.height import DsmReader
 
