@@ -92,7 +92,7 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
     info = open_raster(mosaic, "DSM" if dsm else "mosaic", allow_pan=dsm, elevation=dsm)
     bands = list(info.bands)
     if dsm:
-        from detector.night.height import unit_scale
+        from detector.geo.dsm import unit_scale
 
         scale = unit_scale(info, units)
     warnings: list[str] = []

@@ -1,4 +1,5 @@
-"""The working grid and window arithmetic, done with :mod:`rasterio.windows` and affine transforms.
+"""The working grid, window arithmetic (done with :mod:`rasterio.windows` and affine transforms) and
+the one grid reader (:func:`warp_onto`).
 
 A *window* is a :class:`rasterio.windows.Window` (col_off, row_off, width, height) on a grid
 given by its affine transform. Map bounds become windows with
@@ -145,3 +146,42 @@ def sub_window(transform, width: int, height: int, bounds: tuple[float, float, f
     """The whole-pixel part of a ``width`` x ``height`` grid covering map ``bounds`` (snapped
     outwards), or None when disjoint."""
     return clip_window(snap_outwards(bounds_window(transform, bounds)), width, height)
+
+
+def warp_onto(src, crs, transform, width: int, height: int, resampling: str = "bilinear", **options):
+    """The one grid reader: an open raster seen on a north-up grid, as a :class:`rasterio.vrt.WarpedVRT`.
+
+    Every reader of a raster onto a grid of the project goes through here: the nightly epochs
+    (:class:`detector.night.mosaic.EpochReader`), the DSMs (:class:`detector.geo.dsm.DsmReader`), the
+    evidence chips, ``buildwatch ingest`` and the ortho baseline. GDAL's warper reprojects and
+    resamples in one pass and picks overviews of ``src`` itself.
+
+    Parameters
+    ----------
+    src : rasterio dataset
+        Open for reading (the caller keeps and closes it).
+    crs : str, rasterio CRS or pyproj CRS
+        The grid's CRS.
+    transform : affine.Affine
+        The grid's north-up transform.
+    width, height : int
+        The grid's size in pixels.
+    resampling : str
+        A :class:`rasterio.enums.Resampling` name (``"bilinear"``, ``"average"``, ...).
+    **options
+        Further :class:`~rasterio.vrt.WarpedVRT` options (``nodata``, ``src_nodata``, ``dtype``,
+        ``add_alpha``, ``warp_mem_limit``).
+
+    Returns
+    -------
+    rasterio.vrt.WarpedVRT
+        Use it as a context manager, or close it when done.
+    """
+    from rasterio.crs import CRS as RioCRS
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    if not isinstance(crs, (str, RioCRS)):  # a pyproj CRS
+        crs = RioCRS.from_user_input(crs.to_wkt())
+    return WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                     resampling=Resampling[resampling], **options)

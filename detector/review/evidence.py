@@ -5,12 +5,12 @@ chip's grid in the registry CRS, so a mosaic in another CRS, a coarser or finer 
 chip that runs past the mosaic's edge (filled black) all take the same path, and GDAL picks
 overviews instead of reading full-resolution pixels only to throw them away.
 
-With the run's DSM pair (:class:`detector.night.height.DsmPair`) a third panel shows the height
+With the run's DSM pair (:class:`detector.geo.dsm.DsmPair`) a third panel shows the height
 difference on the same grid: current − baseline − the chip's vertical offset (the run's, refined
 over the chip's flat ground exactly as a tile refines it, :func:`detector.night.height.local_offset`),
 white at 0, red for a gain and blue for a loss, full colour at :data:`HEIGHT_RANGE_M`; grey where
 a DSM has no height. The DSMs are read by the run's own reader
-(:class:`detector.night.height.DsmReader`: nodata, units). A chip whose DSMs cannot be read keeps
+(:class:`detector.geo.dsm.DsmReader`: nodata, units). A chip whose DSMs cannot be read keeps
 its two image panels (logged).
 """
 
@@ -31,7 +31,7 @@ from detector.geo.location import as_location, is_remote
 from detector.geo.raster import apply_stretch, raster_stretch, rgb_bands
 
 if TYPE_CHECKING:  # pragma: no cover
-    from detector.night.height import DsmPair
+    from detector.geo.dsm import DsmPair
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def read_height_difference(dsm: "DsmPair", crs, bounds: tuple[float, float, floa
 
     Parameters
     ----------
-    dsm : detector.night.height.DsmPair
+    dsm : detector.geo.dsm.DsmPair
         The run's validated DSM pair (paths, units, offset).
     crs : pyproj.CRS
         The CRS of ``bounds``.
@@ -177,7 +177,8 @@ def read_height_difference(dsm: "DsmPair", crs, bounds: tuple[float, float, floa
     import rasterio
     from rasterio.transform import from_bounds
 
-    from detector.night.height import DsmReader, local_offset
+    from detector.geo.dsm import DsmReader
+    from detector.night.height import local_offset
 
     transform = from_bounds(*bounds, width, height)
     east_m, north_m = unit_lengths_m(crs, (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
@@ -277,7 +278,7 @@ def write_evidence_chip(
         The two orthomosaics (any CRS; reprojected on the fly).
     title : str
         Text for the strip above the panels (case ID, date).
-    dsm : detector.night.height.DsmPair, optional
+    dsm : detector.geo.dsm.DsmPair, optional
         The run's DSM pair: adds the height-difference panel.
 
     Returns

@@ -56,6 +56,7 @@ from detector.review.vocab import (CASE_COLUMNS, CASES_STYLE_DESCRIPTION, CASES_
                                    DEMOLITION_ORDERED, GEOMETRY_COLUMN, HEIGHT_COLUMNS, HISTORY_TABLE, INTERNAL_COLUMNS,
                                    MUST_BE_GONE_STATUSES, NEW, NIGHTS_TABLE, ORIGIN_DETECTOR, ORIGIN_OPERATOR, PERMITTED,
                                    REQUIRED_CANDIDATE_COLUMNS, SIGHTINGS_TABLE, SUPPRESSING_STATUSES, height_phrase)
+from detector.styles import create_layer_styles_table, insert_default_style
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas
@@ -192,14 +193,14 @@ def _create_schema(conn: sqlite3.Connection, crs, district_prefix: str = "") -> 
     )
     gpkg.register_attributes_table(conn, SIGHTINGS_TABLE, "every night a case was seen")
     gpkg.register_attributes_table(conn, NIGHTS_TABLE, "one row per nightly registry update")
-    gpkg.create_layer_styles_table(conn)
+    create_layer_styles_table(conn)
     _refresh_schema(conn, crs, district_prefix)
 
 
 def _refresh_schema(conn: sqlite3.Connection, crs, district_prefix: str) -> None:
     """Columns, history table and triggers of this version; the cases layer's default style."""
     ensure_schema(conn, district_prefix)
-    gpkg.insert_default_style(conn, CASES_TABLE, GEOMETRY_COLUMN, CASES_STYLE_NAME, cases_layer_qml(crs),
+    insert_default_style(conn, CASES_TABLE, GEOMETRY_COLUMN, CASES_STYLE_NAME, cases_layer_qml(crs),
                               CASES_STYLE_DESCRIPTION)
 
 
