@@ -9,7 +9,7 @@ Layers, bottom to top (:data:`LAYERS`); a module imports only its own unit and u
 layers, never a unit beside it or above it:
 
 1. the shared base: the ``detector`` package itself, ``errors``, ``fileio``, ``types``,
-   ``logs``, ``styles`` (QGIS styles shared by the night's GeoPackage and the review side);
+   ``logs``, ``clock``, ``styles`` (QGIS styles shared by the night's GeoPackage and the review side);
 2. ``detector.geo`` (rasters, CRSs, grids and the one grid reader, DSMs, locations);
 3. ``detector.config`` (the run's settings; its path type is ``geo.location``'s);
 4. the stages, pure tile processing: ``detector.flight`` | ``detector.night``;
@@ -40,7 +40,7 @@ CLI_MODULES = ("detector.cli", "detector.__main__", "training.cli")
 #: longest matching prefix ("detector" alone is the package's __init__).
 LAYERS = [
     {"base": ("detector", "detector.errors", "detector.fileio", "detector.types", "detector.logs",
-              "detector.styles")},
+              "detector.styles", "detector.clock")},
     {"geo": ("detector.geo",)},
     {"config": ("detector.config",)},
     {"flight": ("detector.flight",), "night": ("detector.night",)},

@@ -24,11 +24,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from detector.geo.grid import pixel_to_map
 from detector.night.align import apply_registration, register_tile
 from detector.night.change import changes_in_tile, difference_image, new_in_current, owns_centre
 from detector.night.context import RunContext
 from detector.night.detect import detect_tile
-from detector.night.georef import pixel_to_map
 from detector.night.tiles import tile_layout, tile_window
 from detector.types import Candidate, Detection, Registration, Tile, TileResult
 
@@ -225,10 +225,8 @@ def _baseline_view(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, conf
 def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, baseline_iou: float,
                     structure_conf: float | None = None) -> Candidate:
     """A kept detection as a :class:`Candidate` in the working CRS (detection fields only)."""
-    from shapely.geometry import Polygon
-
     return Candidate(
-        geometry=Polygon(pixel_to_map(tile, ctx.grid.gsd, d.corners())),
+        geometry=_tile_polygon(tile, ctx.grid.gsd, d.corners()),
         class_name=d.class_name if ctx.spec.is_pair else "new_building",
         confidence=round(d.confidence, 4),
         pixel_change=round(changed, 3),
@@ -245,8 +243,6 @@ def _height_step(ctx: RunContext, tile: Tile, dsm_readers, reg: Registration, ch
     See :mod:`detector.night.height`: candidates over a region of gain are confirmed, those the
     DSMs cover without gain down-weighted, and unexplained regions added as candidates.
     """
-    from shapely.geometry import Polygon
-
     from detector.night.change import change_fraction, polygon_mask
     from detector.night.height import fuse, tile_heights
 
@@ -263,8 +259,18 @@ def _height_step(ctx: RunContext, tile: Tile, dsm_readers, reg: Registration, ch
                    baseline_height_m=f.baseline_m, current_height_m=f.current_m) for cand, f in zip(cands, fused)]
     diff = difference_image(b, c, valid) if extra else None
     for f in extra:
-        out.append(Candidate(geometry=Polygon(pixel_to_map(tile, gsd, f.corners)), class_name=f.class_name,
+        out.append(Candidate(geometry=_tile_polygon(tile, gsd, f.corners), class_name=f.class_name,
                              confidence=f.confidence, pixel_change=round(change_fraction(diff, valid, f.corners), 3),
                              tile_id=tile.tile_id, tags=",".join(f.tags), height_gain_m=f.gain_m,
                              baseline_height_m=f.baseline_m, current_height_m=f.current_m))
     return out
+
+
+def _tile_polygon(tile: Tile, gsd: float, corners: np.ndarray):
+    """(N, 2) tile pixel-corner coordinates (x right, y down) as a polygon in the working CRS."""
+    from affine import Affine
+    from shapely.geometry import Polygon
+
+    left, _, _, top = tile.bounds
+    xs, ys = pixel_to_map(Affine(gsd, 0.0, left, 0.0, -gsd, top), corners[:, 1], corners[:, 0])
+    return Polygon(np.column_stack([xs, ys]))

@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from detector.errors import InputError
 from detector.fileio import atomic_write_bytes
 from detector.geo.crs import unit_lengths_m
-from detector.geo.grid import map_to_pixel
+from detector.geo.grid import map_to_pixel, warp_onto
 from detector.geo.location import as_location, is_remote
 from detector.geo.raster import apply_stretch, raster_stretch, rgb_bands
 
@@ -71,15 +71,11 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
         The raster is missing, unreadable or has no CRS.
     """
     import rasterio
-    from rasterio.crs import CRS as RioCRS
-    from rasterio.enums import Resampling
     from rasterio.transform import from_bounds
-    from rasterio.vrt import WarpedVRT
 
     raster_path = as_location(raster_path)
     if not is_remote(raster_path) and not raster_path.exists():
         raise InputError(f"{raster_path}: orthomosaic not found (needed for evidence chips and the report map)")
-    target_crs = RioCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
     transform = from_bounds(*bounds, width, height)
     try:
         with rasterio.open(raster_path) as src:
@@ -88,8 +84,7 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
             indexes = list(rgb_bands(src.colorinterp, src.count) or (1, 1, 1))
             stretch = raster_stretch(raster_path, indexes)
             nodata = src.nodata
-            with WarpedVRT(src, crs=target_crs, transform=transform, width=width, height=height,
-                           resampling=Resampling.bilinear, nodata=nodata) as vrt:
+            with warp_onto(src, crs, transform, width, height, "bilinear", nodata=nodata) as vrt:
                 pixels = vrt.read(indexes)
                 valid = vrt.dataset_mask() > 0
     except rasterio.errors.RasterioError as exc:
