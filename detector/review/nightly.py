@@ -1,6 +1,7 @@
 """The review side of a nightly run: update the case registry, then write what reviewers read.
 
-:func:`update_cases` is what the nightly pipeline calls when ``cases.registry`` is set. In order:
+:func:`update_cases` is what the nightly run (:mod:`detector.run.night`) calls when
+``cases.registry`` is set. In order:
 
 1. :func:`detector.review.registry.update_registry` folds the night's candidates into
    ``cases.gpkg`` and returns what changed;
