@@ -2,6 +2,10 @@
 
 A YAML file (``configs/*.yaml``) may hold every setting; CLI flags override it. The
 resolved config is stored in the output's ``runs`` table, so a run can be reproduced.
+
+Paths: a relative path in a config file is relative to the folder of that file, wherever the
+command is run from (:func:`resolve_relative_paths`, the one rule for every config file);
+a relative path given on the command line is relative to the working folder, as for any command.
 """
 
 from __future__ import annotations
@@ -206,26 +210,45 @@ class RunConfig(_Strict):
     _workers = field_validator("workers")(_bounded_threads)
 
 
-def _resolve_relative_paths(data: dict, base: Path) -> None:
-    """Paths in a config file are relative to the file, wherever the command is run from."""
+#: Every path setting of a run, as dotted keys (``*``: each item of a list).
+RUN_PATH_KEYS = ("baseline", "current", "out", "model", "models", "baseline_dsm", "current_dsm",
+                 "detect.second_view.model", "detect.second_view.baseline_cache", "cases.registry",
+                 "cases.boundaries", "change.exclusions.*.path")
 
-    def fix(mapping: dict, key: str) -> None:
-        value = mapping.get(key)
+
+def resolve_relative_paths(data: dict, base: Path, keys=RUN_PATH_KEYS) -> None:
+    """The one rule for paths in a config file: a relative one is relative to the file's folder
+    ``base`` (wherever the command is run from); absolute paths and URLs are left alone.
+
+    Parameters
+    ----------
+    data : dict
+        The file's settings, changed in place.
+    base : Path
+        The config file's folder.
+    keys : dotted keys
+        The path settings (``"cases.registry"``; ``*`` for each item of a list).
+    """
+
+    def fix(node, parts: list[str]) -> None:
+        if not parts:
+            return
+        head, rest = parts[0], parts[1:]
+        if head == "*":
+            for item in node if isinstance(node, list) else []:
+                fix(item, rest)
+            return
+        if not isinstance(node, dict):
+            return
+        if rest:
+            fix(node.get(head), rest)
+            return
+        value = node.get(head)
         if isinstance(value, str) and value and not is_remote(value) and not Path(value).is_absolute():
-            mapping[key] = str(base / value)
+            node[head] = str(base / value)
 
-    for key in ("baseline", "current", "out", "model", "models", "baseline_dsm", "current_dsm"):
-        fix(data, key)
-    if isinstance(data.get("detect"), dict) and isinstance(data["detect"].get("second_view"), dict):
-        for key in ("model", "baseline_cache"):
-            fix(data["detect"]["second_view"], key)
-    if isinstance(data.get("cases"), dict):
-        for key in ("registry", "boundaries"):
-            fix(data["cases"], key)
-    if isinstance(data.get("change"), dict):
-        for layer in data["change"].get("exclusions") or []:
-            if isinstance(layer, dict):
-                fix(layer, "path")
+    for key in keys:
+        fix(data, key.split("."))
 
 
 def load_config(path: Path | str | None, overrides: dict | None = None) -> RunConfig:
@@ -234,7 +257,7 @@ def load_config(path: Path | str | None, overrides: dict | None = None) -> RunCo
     if path is not None:
         path = Path(path)
         data = read_yaml_mapping(path)
-        _resolve_relative_paths(data, path.parent)
+        resolve_relative_paths(data, path.parent)
     apply_dotted_overrides(data, overrides)  # "detect.conf" sets a nested setting
     return validate_settings(RunConfig, data, path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -152,6 +153,17 @@ def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def json_digest(obj, chars: int | None = None) -> str:
+    """The one digest of structured facts: sha256 (hex) of ``obj`` as canonical JSON (sorted keys,
+    ``str()`` for what JSON lacks), cut to its first ``chars`` digits when given.
+
+    Names a night's work folder (:func:`detector.run.night._fingerprint`) and a folder of kept
+    baseline views (:func:`detector.night.view_cache.cache_key`); equal facts give equal names.
+    """
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:chars] if chars else digest
 
 
 def free_bytes(folder: Path | str) -> int:

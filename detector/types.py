@@ -67,11 +67,23 @@ class Detection:
     class_name: str
 
     def corners(self) -> np.ndarray:
-        """The four corners, (4, 2) float array of (x, y) in tile pixels."""
-        c, s = np.cos(self.angle), np.sin(self.angle)
-        half = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float) * [self.w / 2, self.h / 2]
-        rot = np.array([[c, -s], [s, c]])
-        return half @ rot.T + [self.cx, self.cy]
+        """The four corners, (4, 2) float array of (x, y) in tile pixels (:func:`box_corners`)."""
+        return box_corners([[self.cx, self.cy, self.w, self.h, self.angle]])[0]
+
+
+def box_corners(boxes) -> np.ndarray:
+    """The one rotated-box geometry: (N, 5+) cx, cy, w, h, angle -> (N, 4, 2) corners (x, y).
+
+    The angle is in radians, counter-clockwise as ultralytics OBB; corners go (-w/2, -h/2),
+    (+w/2, -h/2), (+w/2, +h/2), (-w/2, +h/2) about the centre, rotated. Used for detections
+    (:meth:`Detection.corners`), rotated NMS and overlaps (:mod:`detector.night.detect`).
+    """
+    boxes = np.asarray(boxes, dtype=float)
+    cx, cy, w, h, angle = boxes.reshape(-1, boxes.shape[-1])[:, :5].T  # further columns (score, class) ignored
+    c, s = np.cos(angle), np.sin(angle)
+    half = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)[None] * np.stack([w / 2, h / 2], -1)[:, None, :]
+    rot_t = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # each box's rotation, transposed
+    return half @ rot_t + np.stack([cx, cy], -1)[:, None, :]
 
 
 @dataclass(kw_only=True)

@@ -29,7 +29,7 @@ def main() -> None:
 
     from bench_run import write_big
     from detector.config import load_config
-    from detector.night.pipeline import run_pipeline
+    from detector.run import run_pipeline
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=20000, help="mosaic side in pixels")

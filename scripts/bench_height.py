@@ -45,7 +45,7 @@ def main() -> None:
     import geopandas as gpd
 
     from detector.config import RunConfig
-    from detector.night.pipeline import run_pipeline
+    from detector.run import run_pipeline
     from detector.synth.scene import generate
 
     totals = {mode: ({c: [0, 0] for c in CLASSES}, [0], [0.0]) for mode in ("image", "image+dsm")}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from detector.config import load_config  # noqa: E402
 from detector.geo.crs import pixel_size_m  # noqa: E402
-from detector.night.pipeline import run_pipeline  # noqa: E402
+from detector.run import run_pipeline  # noqa: E402
 
 
 def moved_copy(src: Path, dst: Path, shift_m: float) -> float:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detector.config import load_config  # noqa: E402
-from detector.night.pipeline import run_pipeline  # noqa: E402
+from detector.run import run_pipeline  # noqa: E402
 from training.realpairs import banepa_val_mosaic, erase_buildings_pair, flown_twice  # noqa: E402
 
 

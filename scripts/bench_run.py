@@ -183,26 +183,28 @@ class StepTimer:
         import detector.geo.raster as raster
         import detector.night.detect as detect
         import detector.night.mosaic as mosaic
-        import detector.night.pipeline as pipeline
+        import detector.night.executors as executors
+        import detector.night.tile as tile
+        import detector.run.night as night
 
         patches = [
             (mosaic.EpochReader, "read", "read + warp (both epochs)"),
             (raster, "apply_stretch", "stretch"),
-            (pipeline, "_coverage", "coverage"),
-            (pipeline, "_register", "registration"),
+            (tile, "_coverage", "coverage"),
+            (tile, "_register", "registration"),
             (detect, "to_input", "model input (stack, /255, NCHW)"),
             (detect, "decode", "decode + rotated NMS"),
-            (pipeline, "new_in_current", "single-epoch comparison"),
-            (pipeline, "difference_image", "difference image"),
-            (pipeline, "changes_in_tile", "change rules"),
-            (pipeline, "_tile_candidate", "candidate polygons"),
-            (pipeline, "_save_tile", "serialisation (per-tile JSON)"),
-            (pipeline, "process_tile", "other (per-tile glue)"),
-            (pipeline, "_prepare_inputs", "prepare (inputs, model, mosaic registration model)"),
-            (pipeline, "_open_night", "open the night (input sha256, resume)"),
-            (pipeline, "_merge", "merge across tiles"),
-            (pipeline, "_finish_candidates", "to candidates"),
-            (pipeline, "_write_outputs", "write GeoPackage"),
+            (tile, "new_in_current", "single-epoch comparison"),
+            (tile, "difference_image", "difference image"),
+            (tile, "changes_in_tile", "change rules"),
+            (tile, "_tile_candidate", "candidate polygons"),
+            (night, "_save_tile", "serialisation (per-tile JSON)"),
+            (executors, "process_tile", "other (per-tile glue)"),
+            (night, "_prepare_inputs", "prepare (inputs, model, mosaic registration model)"),
+            (night, "_open_night", "open the night (input sha256, resume)"),
+            (night, "_merge", "merge across tiles"),
+            (night, "_finish_candidates", "to candidates"),
+            (night, "_write_outputs", "write GeoPackage"),
         ]
         timer = self
         orig_init = detect.OnnxDetector.__init__
@@ -325,7 +327,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from detector.config import load_config
-    from detector.night.pipeline import run_pipeline
+    from detector.run import run_pipeline
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         tmp = Path(args.keep) if args.keep else Path(scratch)
@@ -344,9 +346,9 @@ def main() -> None:
         if args.repeat > 1:
             base, cur = (repeat_vrt(p, Path(scratch) / f"{p.stem}-x{args.repeat}.vrt", args.repeat) for p in (base, cur))
             side = args.size * args.repeat
-        import detector.night.pipeline as pipeline
+        import detector.night.executors as executors
 
-        pipeline.PREFETCH = not args.no_prefetch
+        executors.PREFETCH = not args.no_prefetch
         cfg = load_config(args.config, {"baseline": str(base), "current": str(cur), "out": str(Path(scratch) / "out"),
                                         "model": args.model and str(args.model), "workers": args.workers,
                                         "progress": True})
@@ -388,9 +390,9 @@ def main() -> None:
         if args.profile or args.profile_only:
             timer = StepTimer()
             pcfg = cfg.model_copy(update={"workers": 1, "out": Path(scratch) / "out-profile", "progress": False})
-            import detector.night.pipeline as pipeline
+            import detector.night.executors as executors
 
-            pipeline.PREFETCH = False  # steps one after another, so that each step's time is its own
+            executors.PREFETCH = False  # steps one after another, so that each step's time is its own
             with timer.installed():
                 t = time.perf_counter()
                 ps = run_pipeline(pcfg)

@@ -204,7 +204,7 @@ def test_no_change_pair_with_residual_shift_gives_no_candidates(tmp_path, align,
     and with registration off a 1 m GNSS offset too (scripts/bench_misregistration.py: 0 false
     candidates up to 1 m on synthetic and real drone chips; they start at 2 m)."""
     from detector.config import load_config
-    from detector.night.pipeline import run_pipeline
+    from detector.run import run_pipeline
 
     root = Path(__file__).resolve().parents[1] / "sample_tiles"
     d = shift_m / np.sqrt(2)
@@ -221,7 +221,7 @@ def test_on_failure_setting_flags_or_trusts_unregistrable_tiles(tmp_path, on_fai
     import geopandas as gpd
 
     from detector.config import load_config
-    from detector.night.pipeline import run_pipeline
+    from detector.run import run_pipeline
     from pipeline_util import make_contract_model, textured_image, write_geotiff
 
     from rasterio.transform import from_origin

@@ -18,11 +18,12 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-from detector.review import gpkg, nightly
-from detector.review import registry as reg
-from detector.review.geometry import area_m2, iou
 from detector.config import CasesConfig
 from detector.errors import InputError
+from detector.geo.crs import area_m2
+from detector.review import gpkg, nightly
+from detector.review import registry as reg
+from detector.review.geometry import iou
 
 ORIGIN_X, ORIGIN_Y, GSD = 500_000.0, 2_500_200.0, 0.25  # EPSG:4547, 200 m x 200 m scene
 SIZE_PX = 800
@@ -144,6 +145,49 @@ def test_area_in_geographic_crs_is_metres():
 
     square = candidates(["A"], crs="EPSG:4326").geometry.iloc[0]
     assert area_m2(square, CRS.from_epsg(4326)) == pytest.approx(100.0, rel=2e-3)
+
+
+
+def test_area_is_ground_metres_in_web_mercator_for_candidates_and_cases(scene):
+    """A 100 m x 100 m square at 22.5°N in EPSG:3857 (whose unit there is 0.92 ground metres, so its
+    planar area is 17 % too large) measures 10,000 m² as a candidate and as a case (one area rule)."""
+    from pyproj import CRS, Geod, Transformer
+
+    from detector.geo.crs import working_crs_wkt
+    from detector.geo.grid import WorkingGrid
+    from detector.night.georef import to_output
+
+    baseline, current, config, _ = scene
+    geod, to_merc = Geod(ellps="WGS84"), Transformer.from_crs(4326, 3857, always_xy=True)
+    lon0, lat0 = 114.0, 22.5
+    lon1 = geod.fwd(lon0, lat0, 90, 100.0)[0]  # 100 m east, 100 m north on the ellipsoid
+    lat1 = geod.fwd(lon0, lat0, 0, 100.0)[1]
+    (x0, x1), (y0, y1) = to_merc.transform([lon0, lon1], [lat0, lat1])
+    square = shapely.box(x0, y0, x1, y1)  # the square expressed in EPSG:3857
+    merc = CRS.from_epsg(3857)
+    assert square.area > 1.15 * 10_000  # what a planar area in Web Mercator would say
+    assert area_m2(square, merc) == pytest.approx(10_000, rel=0.005)
+
+    # candidate path: the run measures in its working CRS (UTM here) and writes in the baseline's (3857)
+    work = working_crs_wkt(merc.to_wkt(), square.bounds)
+    grid = WorkingGrid(crs_wkt=work, output_crs_wkt=merc.to_wkt(), gsd=0.25, left=0.0, top=0.0, width=1, height=1)
+    in_work = gpd.GeoSeries([square], crs=merc).to_crs(work).iloc[0]
+    out_geoms, lon, lat, areas = to_output([in_work], grid)
+    assert areas[0] == pytest.approx(10_000, rel=0.005)
+    assert (lon[0], lat[0]) == pytest.approx(((lon0 + lon1) / 2, (lat0 + lat1) / 2), abs=1e-6)
+
+    # case path: a registry in EPSG:3857 (the candidates' CRS on its first night)
+    frame = gpd.GeoDataFrame({"candidate_id": ["cand-M"], "class": ["new_building"], "confidence": [0.8],
+                              "area_m2": [round(float(areas[0]), 2)], "tile_id": ["r0_c0"],
+                              "model_name": ["test-model"], "run_id": ["x"], "status": ["new"], "tags": [""]},
+                             geometry=out_geoms, crs=merc)
+    reg.update_registry(frame, config, run_id="r", night=date(2024, 5, 1), baseline_path=baseline,
+                        current_path=current)
+    [case] = cases_by_id(config.registry).values()
+    assert case["area_m2"] == pytest.approx(10_000, rel=0.005)
+    # candidate and case agree to the working CRS's scale error (UTM 3° off its central meridian: +0.16 %;
+    # a CRS is used as metres only within geo.crs.MAX_SCALE_ERROR)
+    assert case["area_m2"] == pytest.approx(areas[0], rel=0.005)
 
 
 # --------------------------------------------------------------------------- three nights

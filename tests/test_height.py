@@ -15,8 +15,9 @@ from affine import Affine
 from detector.cli import main
 from detector.config import HeightConfig, RunConfig
 from detector.night.change import polygon_mask
-from detector.night.height import DsmPair, fuse, greenness, tile_heights
-from detector.night.pipeline import run_pipeline
+from detector.geo.dsm import DsmPair
+from detector.night.height import fuse, greenness, tile_heights
+from detector.run import run_pipeline
 from detector.types import Detection
 from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
 

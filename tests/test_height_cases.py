@@ -18,7 +18,7 @@ import pytest
 
 from detector.cli import main
 from detector.config import RunConfig
-from detector.night.pipeline import run_pipeline
+from detector.run import run_pipeline
 from detector.review import registry as reg
 from detector.review.evidence import CHIP_PANEL_PX, GAP_PX, HEADER_PX, height_colours
 from detector.review.qgis import cases_layer_qml

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from detector.config import RunConfig
-from detector.night.pipeline import run_pipeline
+from detector.run import run_pipeline
 from pipeline_util import make_contract_model, textured_image, write_geotiff
 
 pytestmark = pytest.mark.slow

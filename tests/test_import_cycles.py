@@ -1,17 +1,27 @@
-"""The import graph of ``detector`` and ``training`` has no cycle and follows the layering.
+"""The import graph of ``detector`` and ``training`` has no cycle and its layers point down only.
 
 Every module is found with :func:`pkgutil.iter_modules` (recursively, from the files: nothing
 is imported, so ``training`` is checked without torch) and parsed with :mod:`ast`. All imports
 count, including those inside functions (an import hidden in a function still ties the two
 modules together); only imports under ``if TYPE_CHECKING:`` are left out, since they never run.
 
-Layering:
+Layers, bottom to top (:data:`LAYERS`); a module imports only its own unit and units of lower
+layers, never a unit beside it or above it:
 
-* the nightly runtime and the review side (``detector.night``, ``detector.flight``,
-  ``detector.review``, ``detector.geo``) never import ``detector.synth`` (test and demo data)
-  or ``training``;
-* no library module imports ``detector.cli`` (only the CLI, ``detector.__main__`` and
-  ``training.cli``, which registers its commands there, may).
+1. the shared base: the ``detector`` package itself, ``errors``, ``fileio``, ``types``,
+   ``logs``, ``clock``, ``styles`` (QGIS styles shared by the night's GeoPackage and the review side);
+2. ``detector.geo`` (rasters, CRSs, grids and the one grid reader, DSMs, locations);
+3. ``detector.config`` (the run's settings; its path type is ``geo.location``'s);
+4. the stages, pure tile processing: ``detector.flight`` | ``detector.night``;
+5. ``detector.review`` (the case registry) | ``detector.synth`` (test and demo data, drawn with
+   the flight stage's camera);
+6. ``detector.run`` (a night, orchestrated: lock, resume, merge, outputs, the registry update);
+7. ``training`` (uses the run to evaluate, synth to make data);
+8. ``detector.cli`` (loads ``training.cli`` by name), then ``detector.__main__``.
+
+Besides: the package graph (``detector.<package>``, ``training``) has no cycle, and
+``detector.synth`` is imported only by ``training`` and the ``buildwatch synth`` command,
+``training`` by nothing in ``detector`` (the CLI loads it by name).
 """
 
 from __future__ import annotations
@@ -22,9 +32,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("detector", "training")
-RUNTIME = ("detector.night", "detector.flight", "detector.review", "detector.geo")
-NOT_FOR_RUNTIME = ("detector.synth", "training")
+#: who may import detector.synth (test and demo data): training, and the `buildwatch synth` command
+SYNTH_USERS = ("training", "detector.cli.synth_cmd")
 CLI_MODULES = ("detector.cli", "detector.__main__", "training.cli")
+
+#: Bottom to top: each layer is {unit name: module prefixes}. A module belongs to the unit with the
+#: longest matching prefix ("detector" alone is the package's __init__).
+LAYERS = [
+    {"base": ("detector", "detector.errors", "detector.fileio", "detector.types", "detector.logs",
+              "detector.styles", "detector.clock")},
+    {"geo": ("detector.geo",)},
+    {"config": ("detector.config",)},
+    {"flight": ("detector.flight",), "night": ("detector.night",)},
+    {"review": ("detector.review",), "synth": ("detector.synth",)},
+    {"run": ("detector.run",)},
+    {"training": ("training",)},
+    {"cli": ("detector.cli",)},
+    {"main": ("detector.__main__",)},
+]
 
 
 def _under(name: str, prefixes) -> bool:
@@ -167,9 +192,9 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_module_walk_finds_the_project():
     graph = import_graph()
-    assert {"detector.review.registry", "detector.night.pipeline", "training.reviews", "detector.cli"} <= set(graph)
-    # imports inside functions count: pipeline imports the review side only inside a function
-    assert any(_under(m, ("detector.review",)) for m in graph["detector.night.pipeline"])
+    assert {"detector.review.registry", "detector.run.night", "training.reviews", "detector.cli"} <= set(graph)
+    # imports inside functions count: the run imports the review side only inside a function
+    assert any(_under(m, ("detector.review",)) for m in graph["detector.run.night"])
 
 
 def test_cycle_finder_reports_a_cycle():
@@ -185,8 +210,10 @@ def test_no_import_cycle():
 
 
 def test_runtime_never_imports_synth_or_training():
-    bad = [f"{m} imports {t}" for m, targets in import_graph().items() if _under(m, RUNTIME)
-           for t in sorted(targets) if _under(t, NOT_FOR_RUNTIME)]
+    """``detector.synth`` only from itself, ``training`` and ``buildwatch synth``; ``training`` only from itself."""
+    allowed = {"detector.synth": ("detector.synth", *SYNTH_USERS), "training": ("training",)}
+    bad = [f"{m} imports {t}" for m, targets in import_graph().items() for t in sorted(targets)
+           for package, users in allowed.items() if _under(t, (package,)) and not _under(m, users)]
     for line in bad:
         print(line)
     assert not bad, "; ".join(bad)
@@ -198,3 +225,73 @@ def test_library_never_imports_the_cli():
     for line in bad:
         print(line)
     assert not bad, "; ".join(bad)
+
+
+def unit_of(module: str) -> tuple[int, str]:
+    """(layer index, unit name) of a module: the unit with the longest prefix matching it."""
+    best = None
+    for level, layer in enumerate(LAYERS):
+        for unit, prefixes in layer.items():
+            for prefix in prefixes:
+                exact_only = prefix == "detector"  # the package itself, not everything under it
+                if module == prefix or (not exact_only and module.startswith(prefix + ".")):
+                    if best is None or len(prefix) > best[0]:
+                        best = (len(prefix), level, unit)
+    if best is None:
+        raise KeyError(module)
+    return best[1], best[2]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a unit beside or above the importing module's unit, as 'a (unit) imports b (unit)'."""
+    bad = []
+    for module, targets in sorted(graph.items()):
+        level, unit = unit_of(module)
+        for target in sorted(targets):
+            t_level, t_unit = unit_of(target)
+            if t_unit != unit and t_level >= level:
+                where = "beside" if t_level == level else "above"
+                bad.append(f"{module} ({unit}) imports {target} ({t_unit}, {where} it)")
+    return bad
+
+
+def package_of(module: str) -> str:
+    """``detector.<package>`` (or the top-level module), or ``training``."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "detector" else parts[0]
+
+
+def test_every_module_has_a_layer():
+    unplaced = []
+    for module in import_graph():
+        try:
+            unit_of(module)
+        except KeyError:
+            unplaced.append(module)
+    assert not unplaced, f"add these to LAYERS in {Path(__file__).name}: {unplaced}"
+
+
+def test_layer_check_reports_an_upward_and_a_sideways_import():
+    graph = {"detector.geo.grid": {"detector.night.mosaic"}, "detector.flight.ingest": {"detector.night.height"},
+             "detector.night.tile": {"detector.geo.grid", "detector.types"}}
+    assert upward_imports(graph) == [
+        "detector.flight.ingest (flight) imports detector.night.height (night, beside it)",
+        "detector.geo.grid (geo) imports detector.night.mosaic (night, above it)",
+    ]
+
+
+def test_layers_point_down_only():
+    bad = upward_imports(import_graph())
+    for line in bad:
+        print(line)
+    assert not bad, "; ".join(bad)
+
+
+def test_no_package_level_cycle():
+    packages: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        src = package_of(module)
+        packages.setdefault(src, set()).update(package_of(t) for t in targets if package_of(t) != src)
+    assert find_cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+    cycles = find_cycles(packages)
+    assert not cycles, "package cycle(s): " + "; ".join(" -> ".join(c) for c in cycles)

@@ -32,7 +32,7 @@ def _run(capsys, b, c, m, out, *extra):
 
 def test_second_run_on_a_locked_output_folder_is_refused(capsys, tmp_path, pair):
     from detector.fileio import exclusive_lock
-    from detector.night.pipeline import LOCK_NAME
+    from detector.run import LOCK_NAME
 
     out = tmp_path / "out"
     out.mkdir()
@@ -64,7 +64,7 @@ def test_leftovers_of_a_killed_run_are_removed_at_the_next_start(capsys, tmp_pat
 
 
 def test_ctrl_c_exits_130_with_a_resume_hint(capsys, tmp_path, pair, monkeypatch):
-    import detector.night.pipeline as pipeline
+    import detector.run.night as pipeline
 
     def interrupted(night):
         raise KeyboardInterrupt
@@ -79,7 +79,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(capsys, tmp_path, pair, monkeypatch
 
 
 def test_internal_error_is_one_line_and_the_traceback_goes_to_a_file(capsys, tmp_path, pair, monkeypatch):
-    import detector.night.pipeline as pipeline
+    import detector.run.night as pipeline
 
     def boom(night, results):
         raise RuntimeError("boom")
@@ -115,7 +115,7 @@ def test_os_errors_during_the_write_are_exit_2_and_leave_no_partial_file(capsys,
 
 
 def test_library_warnings_go_to_the_log_not_the_terminal(capsys, tmp_path, pair, monkeypatch):
-    import detector.night.pipeline as pipeline
+    import detector.run.night as pipeline
 
     real = pipeline._merge
 
@@ -179,7 +179,7 @@ def _update(registry: str, names: list[str], night: str, start_at: float, slow_c
     sys.path.insert(0, str(Path(__file__).parent))
     from test_cases import candidates
 
-    import detector.night.pipeline as pipeline
+    import detector.run.night as pipeline
     import detector.review.registry as registry_module
     from detector.config import CasesConfig, RunConfig
 

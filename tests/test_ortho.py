@@ -12,10 +12,11 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 
 from detector.cli import main
-from detector.flight.baseline import Grid, WorldFrame, open_baseline
+from detector.flight.baseline import WorldFrame, open_baseline
 from detector.flight.camera import Camera, GroundPlane, camera_rotation
 from detector.flight.ortho import OrthoConfig, orthomosaic
 from detector.flight.refine import match_to_baseline
+from detector.geo.grid import Grid
 from detector.synth.frames import render_frame_from_orthophoto, write_frame_jpeg
 
 CRS = "EPSG:32650"  # UTM 50N (Shenzhen)

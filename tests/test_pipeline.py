@@ -17,7 +17,7 @@ from affine import Affine
 from pyproj import Geod, Transformer
 
 from detector.config import RunConfig
-from detector.night.pipeline import run_pipeline
+from detector.run import run_pipeline
 from detector.types import CANDIDATE_COLUMNS
 from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
 
@@ -403,7 +403,7 @@ def test_one_logging_root_reaches_the_run_log(tmp_path):
     import re
     from pathlib import Path
 
-    import detector.night.pipeline as pipeline
+    import detector.run.night as pipeline
 
     root = Path(pipeline.__file__).parents[2]
     names = [m for f in [*root.glob("detector/**/*.py"), *root.glob("training/**/*.py")]

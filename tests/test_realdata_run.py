@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from detector.config import RunConfig
-from detector.night.pipeline import run_pipeline
+from detector.run import run_pipeline
 from training.realpairs import erase_buildings_pair
 
 pytestmark = pytest.mark.realdata

@@ -13,7 +13,7 @@ import pytest
 from affine import Affine
 
 from detector.config import RunConfig
-from detector.night.pipeline import run_pipeline
+from detector.run import run_pipeline
 from pipeline_util import make_contract_model, plant, textured_image, write_geotiff
 
 

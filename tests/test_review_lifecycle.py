@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 
 from detector.review import gpkg
 from detector.review import registry as reg
-from detector.review.geometry import area_m2, lonlat_of
+from detector.geo.crs import area_m2, lonlat_of
 from detector.review.triggers import DELETE_REFUSED
 from test_cases import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night, scene  # noqa: F401
 

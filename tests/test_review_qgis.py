@@ -15,9 +15,8 @@ import pytest
 import shapely
 
 from detector.review import registry as reg
-from detector.review.geometry import area_m2, lonlat_of
-from detector.review.gpkg import write_default_styles
-from detector.review.qgis import TILE_FILL_ALPHA, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml
+from detector.geo.crs import area_m2, lonlat_of
+from detector.styles import TILE_FILL_ALPHA, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml, write_default_styles
 from test_cases import STRUCTURES, cases_by_id, run_night, scene  # noqa: F401 - fixture reused
 from test_cases_qgis import SYSTEM_PYTHON, _system_qgis_available
 

@@ -51,9 +51,9 @@ def _dense_reference(boxes, scores, classes, iou):
     """Greedy NMS over the full IoU matrix, every pair intersected (the definition)."""
     from shapely.geometry import Polygon
 
-    from detector.night.detect import boxes_to_corners
+    from detector.types import box_corners
 
-    polys = [Polygon(c) for c in boxes_to_corners(boxes)]
+    polys = [Polygon(c) for c in box_corners(boxes)]
     order = np.argsort(-scores, kind="stable")
     keep, dead = [], set()
     for a in order:
@@ -73,7 +73,8 @@ def test_nms_rotated_and_iou_matrix_equal_the_dense_definition(seed):
     """A cluttered tile: 300 rotated anchors in clumps, 2 classes."""
     from shapely.geometry import Polygon
 
-    from detector.night.detect import boxes_to_corners, rotated_iou_matrix
+    from detector.night.detect import rotated_iou_matrix
+    from detector.types import box_corners
 
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0, 512, (25, 2))
@@ -83,7 +84,7 @@ def test_nms_rotated_and_iou_matrix_equal_the_dense_definition(seed):
     scores, classes = rng.uniform(0.1, 1.0, n), rng.integers(0, 2, n)
     for iou in (0.0, 0.3, 0.7):
         assert list(nms_rotated(boxes, scores, classes, iou)) == _dense_reference(boxes, scores, classes, iou)
-    polys = [Polygon(c) for c in boxes_to_corners(boxes[:60])]
+    polys = [Polygon(c) for c in box_corners(boxes[:60])]
     dense = np.array([[p.intersection(q).area / p.union(q).area for q in polys[30:]] for p in polys[:30]])
     np.testing.assert_allclose(rotated_iou_matrix(boxes[:30], boxes[30:60]), dense, atol=1e-9)
 

@@ -160,7 +160,7 @@ def test_tile_groups_partition_the_tiles_into_square_neighbourhoods(tmp_path, gr
 def test_prefetching_worker_keeps_tile_order_and_surfaces_read_errors(monkeypatch):
     from rasterio.errors import RasterioError
 
-    import detector.night.pipeline as pipeline
+    import detector.night.executors as pipeline
 
     reads, done = [], []
 
@@ -175,7 +175,7 @@ def test_prefetching_worker_keeps_tile_order_and_surfaces_read_errors(monkeypatc
         done.append(tile)
         return tile
 
-    monkeypatch.setattr(pipeline, "_read_tile", read)
+    monkeypatch.setattr(pipeline, "read_tile", read)
     monkeypatch.setattr(pipeline, "process_tile", process)
     monkeypatch.setitem(pipeline._WORKER, "ctx", None)
     for k in ("b", "c", "det"):

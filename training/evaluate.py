@@ -51,7 +51,7 @@ def _run_runtime(baseline: Path, current: Path, model: Path | None, work: Path, 
     import geopandas as gpd
 
     from detector.config import load_config
-    from detector.night.pipeline import run_pipeline
+    from detector.run import run_pipeline
 
     overrides = {"baseline": str(baseline), "current": str(current), "out": str(work), "model": model and str(model),
                  "progress": False, "resume": False, "workers": 1}

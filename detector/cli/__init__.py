@@ -1,4 +1,8 @@
-"""The ``buildwatch`` command line: one click group, one module per subcommand.
+"""The ``buildwatch`` command line: one click group; each subcommand lives in a module of this
+package named after its topic (``run_cmd``, ``cases_cmd``, ``doctor_cmd``, ``synth_cmd``;
+``ortho_cmd`` holds ``ortho`` and ``ingest``, ``model_cmd`` holds ``model-info`` and ``models``),
+the training commands in :mod:`training.cli`. The commands are thin: they parse options and call
+the library (:mod:`detector.run`, :mod:`detector.review`, :mod:`detector.flight`, ...).
 
 Subcommands are loaded lazily so that ``buildwatch --help`` stays fast and heavy imports
 (rasterio, onnxruntime, ultralytics) happen only in the command that needs them.
@@ -16,7 +20,7 @@ import click
 
 from detector import __version__
 
-# command name -> "module:attribute"; each module holds one click command.
+# command name -> "module:attribute" (a click command).
 COMMANDS = {
     "synth": "detector.cli.synth_cmd:synth",
     "run": "detector.cli.run_cmd:run",
@@ -80,18 +84,14 @@ class _Stderr(logging.StreamHandler):
 
 def _terminal_logging(level: int) -> None:
     """One stderr handler for the project's own loggers; library noise is kept off the terminal."""
-    root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, "_buildwatch", False)), None)
+    from detector.logs import log_to
+
+    handler = next((h for h in logging.getLogger().handlers if getattr(h, "_buildwatch", False)), None)
     if handler is None:
         handler = _Stderr()
         handler._buildwatch = True
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(_OwnLoggers())
-        root.addHandler(handler)
-    handler.setLevel(level)
-    if root.level == logging.NOTSET or root.level > level:
-        root.setLevel(level)
-    logging.captureWarnings(True)  # library warnings become log records (file only, see _OwnLoggers)
+    log_to(handler, level, ("",))  # the root logger; library warnings become log records (file only, see _OwnLoggers)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

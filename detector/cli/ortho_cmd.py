@@ -44,8 +44,10 @@ def ortho(frames, baseline, out, dem, flight_log, config_path, gsd_m, no_refine)
     if no_refine:
         overrides["refine"] = False
     cfg = load_ortho_config(config_path, overrides)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO)
+    if not logging.getLogger().handlers:  # called outside the buildwatch group (which sets up the terminal)
+        from detector.logs import log_to
+
+        log_to(logging.StreamHandler(), logging.INFO, ("",))
     logging.getLogger("detector.flight").setLevel(logging.INFO)
     result = orthomosaic(list(frames), baseline, out, dem=dem, flight_log=flight_log, cfg=cfg, progress=True)
     click.echo(f"wrote {result.out} ({result.width}x{result.height} px) from {len(result.used)} of "

@@ -38,7 +38,7 @@ def run(baseline, current, out, model, models_dir, model_version, baseline_dsm, 
         config_path, workers, scheduler, conf, cases_registry, boundaries, no_resume, no_progress):
     """Find newly built structures between BASELINE and CURRENT; write OUT/candidates.gpkg."""
     from detector.config import load_config
-    from detector.night.pipeline import run_pipeline
+    from detector.run import run_pipeline
 
     overrides = {"baseline": baseline, "current": current, "out": out, "model": model, "models": models_dir,
                  "model_version": model_version, "workers": workers, "scheduler": scheduler, "detect.conf": conf,

@@ -1,4 +1,5 @@
-"""The ortho baseline: its north-up pixel grid, how to read it, and the metric world frame.
+"""The ortho baseline: its north-up pixel grid (a :class:`detector.geo.grid.Grid`), how to read it,
+and the metric world frame.
 
 The output of ``buildwatch ortho`` / ``ingest`` lies on the baseline's pixel grid (its CRS,
 pixel size and alignment). The cameras live in a local metric *world frame*: the baseline's
@@ -8,66 +9,15 @@ CRS when its unit is a true ground metre, else the UTM zone of the flight
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from detector.geo import grid as windows
+from detector.geo.grid import Grid, warp_onto
 from detector.geo.crs import as_crs, metres_per_unit, working_crs
 from detector.geo.raster import Stretch, apply_stretch, open_raster, raster_stretch
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A north-up pixel grid in the baseline CRS: origin (upper-left corner), pixel size, shape."""
-
-    crs: object
-    left: float
-    top: float
-    res_x: float
-    res_y: float  # positive; rows go south
-    width: int
-    height: int
-
-    @property
-    def transform(self):
-        from rasterio.transform import from_origin
-
-        return from_origin(self.left, self.top, self.res_x, self.res_y)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return self.left, self.top - self.height * self.res_y, self.left + self.width * self.res_x, self.top
-
-    def pixel_centres(self) -> tuple[np.ndarray, np.ndarray]:
-        xs = self.left + (np.arange(self.width) + 0.5) * self.res_x
-        ys = self.top - (np.arange(self.height) + 0.5) * self.res_y
-        return np.meshgrid(xs, ys)
-
-    def window_of(self, other: "Grid"):
-        """The window (:class:`rasterio.windows.Window`) ``other`` (same pixel size, aligned) covers in this grid."""
-        from rasterio.windows import Window
-
-        col, row = windows.window_at(self.transform, other.left, other.top)
-        return Window(col, row, other.width, other.height)
-
-    def sub_grid(self, bounds: tuple[float, float, float, float]) -> Optional["Grid"]:
-        """The part of this grid covering ``bounds`` (snapped outwards to pixels), or None if disjoint."""
-        win = windows.sub_window(self.transform, self.width, self.height, bounds)
-        if win is None:
-            return None
-        xs, ys = windows.pixel_to_map(self.transform, [win.row_off], [win.col_off])
-        return replace(self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height))
-
-    def resampled(self, res: float) -> "Grid":
-        """The same area on a grid of pixel size ``res`` (anchored at the same corner)."""
-        import math
-
-        left, bottom, right, top = self.bounds
-        return replace(self, res_x=res, res_y=res, width=max(1, int(math.ceil((right - left) / res))),
-                       height=max(1, int(math.ceil((top - bottom) / res))))
 
 
 @dataclass
@@ -83,11 +33,8 @@ class Baseline:
     def read(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 (H, W, 3) and a validity mask of the baseline resampled onto ``grid``."""
         import rasterio
-        from rasterio.enums import Resampling
-        from rasterio.vrt import WarpedVRT
 
-        with rasterio.open(self.path) as src, WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                                                        height=grid.height, resampling=Resampling.bilinear) as vrt:
+        with rasterio.open(self.path) as src, warp_onto(src, grid.crs, grid.transform, grid.width, grid.height) as vrt:
             rgb = apply_stretch(vrt.read(list(self.bands)), self.stretch)
             mask = vrt.read_masks(1) > 0
         return np.ascontiguousarray(np.moveaxis(rgb, 0, -1)), mask

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.flight.baseline import Grid
+from detector.geo.grid import Grid
+
 
 IN_MEMORY_MOSAIC_PX = 64_000_000  # above this the per-pixel nadir distance lives in a disk-backed array
 

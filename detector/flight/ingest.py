@@ -20,6 +20,7 @@ import numpy as np
 from detector.errors import InputError
 from detector.flight.baseline import open_baseline
 from detector.geo.crs import source_gsd_m
+from detector.geo.grid import warp_onto
 from detector.geo.location import as_location
 from detector.geo.raster import apply_stretch, estimate_stretch, open_raster, write_cog
 
@@ -76,8 +77,6 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
         Missing/unreadable file, no CRS, too few bands, no overlap, too little coverage.
     """
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
     from rasterio.warp import transform_bounds
 
     mosaic, out = as_location(mosaic), Path(out)  # the mosaic may be a URL (s3://, https://)
@@ -92,7 +91,7 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
     info = open_raster(mosaic, "DSM" if dsm else "mosaic", allow_pan=dsm, elevation=dsm)
     bands = list(info.bands)
     if dsm:
-        from detector.night.height import unit_scale
+        from detector.geo.dsm import unit_scale
 
         scale = unit_scale(info, units)
     warnings: list[str] = []
@@ -106,9 +105,8 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
         if src_gsd > max_gsd_ratio * base_gsd:
             warnings.append(f"mosaic GSD {src_gsd:.3f} m is {src_gsd / base_gsd:.1f}x coarser than the baseline's "
                             f"{base_gsd:.3f} m; small structures will be missed")
-        resampling = Resampling.average if src_gsd < base_gsd / 1.5 else Resampling.bilinear
-        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                       resampling=resampling) as vrt:
+        resampling = "average" if src_gsd < base_gsd / 1.5 else "bilinear"
+        with warp_onto(src, grid.crs, grid.transform, grid.width, grid.height, resampling) as vrt:
             profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=3, dtype="uint8", crs=grid.crs,
                            transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                            photometric="RGB", bigtiff="IF_SAFER")

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from detector.errors import InputError
-from detector.flight.baseline import Baseline, Grid, WorldFrame, open_baseline
+from detector.flight.baseline import Baseline, WorldFrame, open_baseline
 from detector.flight.blend import blend_frame, nadir_distance_buffer
 from detector.flight.camera import Camera, GroundDEM, GroundPlane
 from detector.flight.config import OrthoConfig, load_ortho_config
@@ -38,6 +38,7 @@ from detector.flight.pose import FramePose, PoseError, pose_with_flight_log, rea
 from detector.flight.project import (FrameSkipped, camera_for_pose, choose_reduction, ground_footprint,
                                      load_frame_pixels, orthorectify)
 from detector.flight.refine import Refinement, match_to_baseline
+from detector.geo.grid import Grid
 from detector.geo.raster import write_cog
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,11 @@ from typing import Optional
 
 import numpy as np
 
-from detector.flight.baseline import Grid, WorldFrame
+from detector.flight.baseline import WorldFrame
 from detector.flight.camera import Camera, camera_rotation
 from detector.flight.config import OrthoConfig
 from detector.flight.pose import FramePose
+from detector.geo.grid import Grid
 
 
 class FrameSkipped(Exception):

@@ -9,8 +9,8 @@ from typing import Optional
 
 import numpy as np
 
-from detector.flight.baseline import Grid
 from detector.flight.config import OrthoConfig
+from detector.geo.grid import Grid
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The one metric working-CRS rule, and ground distances for any CRS.
+"""The one metric working-CRS rule, and ground distances, areas and lon/lat for any CRS.
 
 Everything that needs metres — the model's GSD, areas, shift limits, camera heights, the
 context around an evidence chip — works in a CRS whose unit is a true ground metre. A
@@ -14,6 +14,7 @@ metres, feet, degrees and Web Mercator alike; no "metres per degree" constant is
 
 from __future__ import annotations
 
+import numpy as np
 from pyproj import CRS, Geod, Proj, Transformer
 
 MAX_SCALE_ERROR = 0.005  # a projected CRS whose metre is off by more than this is not used as the grid
@@ -138,3 +139,77 @@ def pixel_size_m(crs, transform, width: int, height: int) -> tuple[float, float]
 def source_gsd_m(crs, transform, width: int, height: int) -> float:
     """A raster's GSD in metres: the coarser pixel side on the ground at its centre (geodesic)."""
     return max(pixel_size_m(crs, transform, width, height))
+
+
+def area_m2(geometries, crs) -> np.ndarray:
+    """Ground area in square metres of each geometry given in ``crs`` (0 for a missing or empty one).
+
+    The one area of the project (candidates and cases alike). In a CRS that is true metres at
+    the geometries (:func:`is_true_metric`: the working grid, UTM, a national grid) it is the
+    planar area; in any other -- degrees, feet, Web Mercator (whose metre at 22.5°N is 1.08 m on
+    the ground, so planar areas come out 17 % too large) -- it is the geodesic area on the WGS84
+    ellipsoid of the outline's vertices (:meth:`pyproj.Geod.geometry_area_perimeter`).
+
+    Parameters
+    ----------
+    geometries : sequence of shapely geometries (or None), or one geometry
+    crs : str, pyproj.CRS or rasterio CRS
+
+    Returns
+    -------
+    numpy.ndarray or float
+        float64, one area per geometry (a float for one geometry).
+    """
+    import shapely
+    from shapely.geometry.base import BaseGeometry
+
+    if geometries is None or isinstance(geometries, BaseGeometry):
+        return float(area_m2([geometries], crs)[0])
+    arr = np.empty(len(geometries), dtype=object)
+    arr[:] = list(geometries)
+    out = np.zeros(len(arr))
+    present = np.array([g is not None and not g.is_empty for g in arr], dtype=bool)
+    if not present.any():
+        return out
+    crs = as_crs(crs)
+    if crs.is_projected:
+        x0, y0, x1, y1 = shapely.total_bounds(arr[present])
+        lon, lat = to_lonlat(crs, (x0 + x1) / 2, (y0 + y1) / 2)
+        if is_true_metric(crs, lon, lat):
+            factor = crs.axis_info[0].unit_conversion_factor
+            out[present] = shapely.area(arr[present]) * factor * factor
+            return out
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    for i in np.flatnonzero(present):
+        lonlat = shapely.transform(arr[i], lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+        out[i] = abs(_GEOD.geometry_area_perimeter(lonlat)[0])
+    return out
+
+
+def lonlat_of(geometries, crs, point: str = "inside") -> np.ndarray:
+    """WGS84 lon/lat of one point of each geometry given in ``crs``.
+
+    Parameters
+    ----------
+    geometries : sequence of shapely geometries
+    crs : str, pyproj.CRS or rasterio CRS
+    point : str
+        ``"inside"``: GEOS's point on surface (inside even an L-shaped outline; what QGIS's
+        ``point_on_surface`` gives a reviewer); ``"centroid"``: the centroid (a rotated box's
+        centre: the nightly candidates).
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, 2) lon, lat in degrees.
+    """
+    import shapely
+
+    if len(geometries) == 0:
+        return np.zeros((0, 2))
+    arr = np.empty(len(geometries), dtype=object)
+    arr[:] = list(geometries)
+    points = shapely.point_on_surface(arr) if point == "inside" else shapely.centroid(arr)
+    lon, lat = Transformer.from_crs(as_crs(crs), "EPSG:4326", always_xy=True).transform(
+        shapely.get_x(points), shapely.get_y(points))
+    return np.column_stack([lon, lat])

@@ -1,4 +1,5 @@
-"""The working grid and window arithmetic, done with :mod:`rasterio.windows` and affine transforms.
+"""The working grid, window arithmetic (done with :mod:`rasterio.windows` and affine transforms) and
+the one grid reader (:func:`warp_onto`).
 
 A *window* is a :class:`rasterio.windows.Window` (col_off, row_off, width, height) on a grid
 given by its affine transform. Map bounds become windows with
@@ -10,7 +11,7 @@ inverse transform (:func:`map_to_pixel`). No module divides by a pixel size by h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -39,6 +40,61 @@ class WorkingGrid:
         from affine import Affine
 
         return Affine(self.gsd, 0.0, self.left, 0.0, -self.gsd, self.top)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid: CRS, origin (upper-left corner), pixel size (may differ along x and y), shape.
+
+    The grid of a raster as it is (the ortho baseline and its parts, :mod:`detector.flight`);
+    the nightly run's square metric grid is :class:`WorkingGrid`.
+    """
+
+    crs: object
+    left: float
+    top: float
+    res_x: float
+    res_y: float  # positive; rows go south
+    width: int
+    height: int
+
+    @property
+    def transform(self):
+        from rasterio.transform import from_origin
+
+        return from_origin(self.left, self.top, self.res_x, self.res_y)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return self.left, self.top - self.height * self.res_y, self.left + self.width * self.res_x, self.top
+
+    def pixel_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        xs = self.left + (np.arange(self.width) + 0.5) * self.res_x
+        ys = self.top - (np.arange(self.height) + 0.5) * self.res_y
+        return np.meshgrid(xs, ys)
+
+    def window_of(self, other: "Grid"):
+        """The window (:class:`rasterio.windows.Window`) ``other`` (same pixel size, aligned) covers in this grid."""
+        from rasterio.windows import Window
+
+        col, row = window_at(self.transform, other.left, other.top)
+        return Window(col, row, other.width, other.height)
+
+    def sub_grid(self, bounds: tuple[float, float, float, float]) -> Optional["Grid"]:
+        """The part of this grid covering ``bounds`` (snapped outwards to pixels), or None if disjoint."""
+        win = sub_window(self.transform, self.width, self.height, bounds)
+        if win is None:
+            return None
+        xs, ys = pixel_to_map(self.transform, [win.row_off], [win.col_off])
+        return replace(self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height))
+
+    def resampled(self, res: float) -> "Grid":
+        """The same area on a grid of pixel size ``res`` (anchored at the same corner)."""
+        import math
+
+        left, bottom, right, top = self.bounds
+        return replace(self, res_x=res, res_y=res, width=max(1, int(math.ceil((right - left) / res))),
+                       height=max(1, int(math.ceil((top - bottom) / res))))
 
 
 def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingGrid:
@@ -145,3 +201,42 @@ def sub_window(transform, width: int, height: int, bounds: tuple[float, float, f
     """The whole-pixel part of a ``width`` x ``height`` grid covering map ``bounds`` (snapped
     outwards), or None when disjoint."""
     return clip_window(snap_outwards(bounds_window(transform, bounds)), width, height)
+
+
+def warp_onto(src, crs, transform, width: int, height: int, resampling: str = "bilinear", **options):
+    """The one grid reader: an open raster seen on a north-up grid, as a :class:`rasterio.vrt.WarpedVRT`.
+
+    Every reader of a raster onto a grid of the project goes through here: the nightly epochs
+    (:class:`detector.night.mosaic.EpochReader`), the DSMs (:class:`detector.geo.dsm.DsmReader`), the
+    evidence chips, ``buildwatch ingest`` and the ortho baseline. GDAL's warper reprojects and
+    resamples in one pass and picks overviews of ``src`` itself.
+
+    Parameters
+    ----------
+    src : rasterio dataset
+        Open for reading (the caller keeps and closes it).
+    crs : str, rasterio CRS or pyproj CRS
+        The grid's CRS.
+    transform : affine.Affine
+        The grid's north-up transform.
+    width, height : int
+        The grid's size in pixels.
+    resampling : str
+        A :class:`rasterio.enums.Resampling` name (``"bilinear"``, ``"average"``, ...).
+    **options
+        Further :class:`~rasterio.vrt.WarpedVRT` options (``nodata``, ``src_nodata``, ``dtype``,
+        ``add_alpha``, ``warp_mem_limit``).
+
+    Returns
+    -------
+    rasterio.vrt.WarpedVRT
+        Use it as a context manager, or close it when done.
+    """
+    from rasterio.crs import CRS as RioCRS
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    if not isinstance(crs, (str, RioCRS)):  # a pyproj CRS
+        crs = RioCRS.from_user_input(crs.to_wkt())
+    return WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                     resampling=Resampling[resampling], **options)

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from detector.night.model import ModelSpec
-from detector.types import Detection
+from detector.types import Detection, box_corners
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def rotated_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
     iou, cover = np.zeros((len(a), len(b))), np.zeros((len(a), len(b)))
     if not len(a) or not len(b):
         return iou, cover
-    ca, cb = boxes_to_corners(a), boxes_to_corners(b)
+    ca, cb = box_corners(a), box_corners(b)
     i, j = np.nonzero(_bounds_overlap(ca, cb))
     if i.size:
         pa, pb = shapely.polygons(ca), shapely.polygons(cb)
@@ -87,17 +87,6 @@ def _bounds_overlap(ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
             & (lo_a[:, None, 1] < hi_b[None, :, 1]) & (lo_b[None, :, 1] < hi_a[:, None, 1]))
 
 
-def boxes_to_corners(boxes: np.ndarray) -> np.ndarray:
-    """(N, 5) cx, cy, w, h, angle -> (N, 4, 2) corners (same order as Detection.corners)."""
-    cx, cy, w, h, ang = (boxes[:, i] for i in range(5))
-    c, s = np.cos(ang), np.sin(ang)
-    hx = np.array([-1, 1, 1, -1])[None, :] * (w / 2)[:, None]
-    hy = np.array([-1, -1, 1, 1])[None, :] * (h / 2)[:, None]
-    xs = cx[:, None] + hx * c[:, None] - hy * s[:, None]
-    ys = cy[:, None] + hx * s[:, None] + hy * c[:, None]
-    return np.stack([xs, ys], axis=-1)
-
-
 def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
     """Class-aware greedy NMS over rotated boxes; returns kept indices (by descending score).
 
@@ -110,7 +99,7 @@ def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
     order = np.argsort(-scores, kind="stable")
     if order.size == 0:
         return order
-    corners = boxes_to_corners(boxes[order])
+    corners = box_corners(boxes[order])
     polys = shapely.polygons(corners)
     areas = shapely.area(polys)
     cls = classes[order]

@@ -2,11 +2,11 @@
 
 The client -- the ``buildwatch run`` process -- does everything it does for a local run
 (checks, fingerprint, resume, saving each finished tile, merge, write, cases); only
-:func:`detector.night.pipeline.process_tile` runs on the workers. Each task is one batch of
+:func:`detector.night.tile.process_tile` runs on the workers. Each task is one batch of
 tiles; a worker process opens both mosaics by the paths the client was given (so they must
 be the same on every machine: shared storage such as NFS/CephFS mounted at the same place)
 and keeps them and one ONNX session for every later batch of the same night
-(:func:`detector.night.pipeline.remote_batch`). Results come back to the client as they
+(:func:`detector.night.executors.remote_batch`). Results come back to the client as they
 finish and are saved there, so a rerun resumes exactly as after a local run, and the candidates are identical: a tile's result
 is a pure function of (inputs, tile, model, config), whoever computes it.
 
@@ -57,7 +57,7 @@ def run_batches(ctx, batches: list[list[Tile]], scheduler: str, task: Callable) 
         ``tcp://host:port`` of a running ``dask scheduler``.
     task : callable
         ``task(ctx, tiles) -> list[TileResult]``, run on a worker
-        (:func:`detector.night.pipeline.remote_batch`: opens the night's readers and ONNX session
+        (:func:`detector.night.executors.remote_batch`: opens the night's readers and ONNX session
         once per worker process).
 
     Yields

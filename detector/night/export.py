@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 
 from detector.fileio import atomic_path
-from detector.review.gpkg import write_default_styles
-from detector.review.qgis import (CANDIDATE_LABEL, CLASS_STYLE, TILE_FILL_ALPHA, TILE_LABEL, TILE_STATUS_STYLE,
-                                 simple_layer_qml)
+from detector.styles import (CANDIDATE_LABEL, CLASS_STYLE, TILE_FILL_ALPHA, TILE_LABEL, TILE_STATUS_STYLE,
+                             simple_layer_qml, write_default_styles)
 from detector.types import CANDIDATE_COLUMNS, NULLABLE_REAL_COLUMNS, Candidate, Tile, TileResult
 
 #: Columns of the ``candidates`` layer (the one schema: :class:`detector.types.Candidate`).

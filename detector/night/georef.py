@@ -1,5 +1,5 @@
-"""Tile pixels -> map polygons, areas, WGS84 centroids, location-derived IDs, and merging
-of duplicates from overlapping tiles."""
+"""Map polygons -> output geometry, areas, WGS84 centroids, location-derived IDs, and merging of
+duplicates from overlapping tiles (tile pixels become map polygons in :mod:`detector.night.tile`)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,10 @@ import hashlib
 
 import numpy as np
 
-from detector.night.mosaic import WorkingGrid
-from detector.types import Tile
+from detector.geo.crs import area_m2, lonlat_of
+from detector.geo.grid import WorkingGrid
 
 CLASS_CODES = {"new_building": "NB", "extension": "EX", "temporary_structure": "TS", "construction_site": "CS"}
-
-
-def pixel_to_map(tile: Tile, gsd: float, corners: np.ndarray) -> np.ndarray:
-    """(N, 2) tile pixel-corner coordinates -> working-CRS map coordinates."""
-    left, _, _, top = tile.bounds
-    return np.column_stack([left + corners[:, 0] * gsd, top - corners[:, 1] * gsd])
 
 
 def candidate_id(class_name: str, x: float, y: float, crs_wkt: str) -> str:
@@ -67,13 +61,10 @@ def to_output(geoms_work: list, grid: WorkingGrid):
     from pyproj import CRS, Transformer
 
     arr = np.asarray(geoms_work, dtype=object)
-    areas = shapely.area(arr) if len(arr) else np.zeros(0)
-    cents = shapely.centroid(arr) if len(arr) else np.zeros(0, dtype=object)
     work = CRS.from_wkt(grid.crs_wkt)
     out = CRS.from_wkt(grid.output_crs_wkt)
-    to_ll = Transformer.from_crs(work, "EPSG:4326", always_xy=True)
-    cx, cy = (shapely.get_x(cents), shapely.get_y(cents)) if len(arr) else (np.zeros(0), np.zeros(0))
-    lon, lat = to_ll.transform(cx, cy)
+    areas = area_m2(arr, work)
+    lon, lat = lonlat_of(arr, work, point="centroid").T
     if work == out:
         out_geoms = arr
     else:

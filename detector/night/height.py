@@ -42,20 +42,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from detector.errors import ConfigError, InputError
-from detector.geo.grid import WorkingGrid, clip_window, inner_slices
-from detector.geo.raster import MosaicInfo, open_raster
+from detector.geo.dsm import DsmPair, DsmReader, open_dsm, unit_scale
+from detector.geo.grid import WorkingGrid
+from detector.geo.raster import MosaicInfo
 
 log = logging.getLogger(__name__)
 
-#: metres per unit
-UNIT_SCALE = {"metre": 1.0, "foot": 0.3048, "us_survey_foot": 1200.0 / 3937.0}
-MIN_HEIGHT_M = -1000.0  # heights below this are nodata (an undeclared -9999 / -32767)
 SAMPLE_SIDE = 512  # the run's offset is estimated on a grid at most this many pixels on a side
 FLAT_SLOPE = 0.3  # m/m: "flat" ground and roofs used for offsets and noise
 MIN_FLAT_PIXELS = 200  # a tile with fewer flat pixels uses the run's offset and noise
@@ -63,19 +60,6 @@ ROBUST_SAMPLE = 20000  # a tile's offset and noise come from at most about this 
 GROUND_MARGIN_M = 10.0
 FOOT_RATIO = (0.45, 2.2)  # height range ratio outside this: one DSM in feet, the other in metres
 MIN_RELIEF_M = 3.0  # the ratio test needs at least this much relief
-
-
-@dataclass(frozen=True)
-class DsmPair:
-    """The run's DSMs, validated (picklable: every tile worker gets it)."""
-
-    baseline: MosaicInfo
-    current: MosaicInfo
-    baseline_scale: float  # metres per file unit
-    current_scale: float
-    offset_m: float  # current minus baseline over unchanged ground (whole run)
-    noise_m: float  # robust σ of that difference
-    coverage: float  # share of the working grid both DSMs cover
 
 
 @dataclass
@@ -107,72 +91,6 @@ class TileHeights:
 
 
 # ---------------------------------------------------------------- inputs
-
-def open_dsm(path: Path | str, role: str) -> MosaicInfo:
-    """Validate one DSM (``role`` = ``"baseline"`` / ``"current"``) with the one raster opener."""
-    return open_raster(path, f"{role} DSM", elevation=True)
-
-
-def unit_scale(info: MosaicInfo, setting: str) -> float:
-    """Metres per height unit of a DSM: the configured unit, else the declared one, else metres."""
-    unit = setting if setting != "auto" else (info.z_unit or "metre")
-    if setting == "auto" and not info.z_unit:
-        log.info("%s declares no height unit: read as metres (set height.*_units otherwise)", info.path.name)
-    return UNIT_SCALE[unit]
-
-
-class DsmReader:
-    """Reads windows of one DSM on a north-up grid, in metres, with a validity mask.
-
-    Parameters
-    ----------
-    info : MosaicInfo
-        From :func:`open_dsm`.
-    crs_wkt, transform, width, height
-        The grid (the run's working grid, or a coarser one of the same extent).
-    scale : float
-        Metres per file unit.
-    """
-
-    def __init__(self, info: MosaicInfo, crs_wkt: str, transform, width: int, height: int, scale: float = 1.0):
-        import rasterio
-        from rasterio.enums import Resampling
-        from rasterio.vrt import WarpedVRT
-
-        self.info, self.scale, self.width, self.height = info, float(scale), width, height
-        self._src = rasterio.open(info.path)
-        src_nodata = info.nodata if info.nodata is not None else -9999.0
-        self._vrt = WarpedVRT(self._src, crs=crs_wkt, transform=transform, width=width, height=height,
-                              resampling=Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan,
-                              dtype="float32", warp_mem_limit=64)
-
-    @classmethod
-    def on_grid(cls, info: MosaicInfo, grid: WorkingGrid, scale: float) -> "DsmReader":
-        return cls(info, grid.crs_wkt, grid.transform, grid.width, grid.height, scale)
-
-    def read(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W) float32 heights in metres (0 where invalid) and (H, W) bool validity."""
-        from rasterio.windows import Window
-
-        out = np.zeros((height, width), np.float32)
-        valid = np.zeros((height, width), bool)
-        wanted = Window(col_off, row_off, width, height)
-        win = clip_window(wanted, self.width, self.height)
-        if win is None:
-            return out, valid
-        data = self._vrt.read(1, window=win).astype(np.float32)
-        ok = np.isfinite(data) & (data > MIN_HEIGHT_M / max(self.scale, 1e-9))
-        if self.info.nodata is not None and np.isfinite(self.info.nodata):
-            ok &= data != np.float32(self.info.nodata)
-        ys, xs = inner_slices(wanted, win)
-        out[ys, xs] = np.where(ok, data * self.scale, 0.0)
-        valid[ys, xs] = ok
-        return out, valid
-
-    def close(self) -> None:
-        self._vrt.close()
-        self._src.close()
-
 
 def prepare_dsms(cfg, grid: WorkingGrid) -> DsmPair | None:
     """Validate the run's DSM pair and estimate the vertical offset between the surveys.
@@ -232,13 +150,6 @@ def prepare_dsms(cfg, grid: WorkingGrid) -> DsmPair | None:
                          "vertical datum and units of both, or raise the limit")
     pair = DsmPair(b, c, bs, cs, float(offset), float(noise), float(valid.mean()))
     return pair
-
-
-def describe(pair: DsmPair) -> str:
-    """One log line about the run's DSM pair."""
-    return (f"DSMs {pair.baseline.path.name} / {pair.current.path.name}: vertical offset {pair.offset_m:+.2f} m "
-            f"(current - baseline, removed), noise {pair.noise_m:.2f} m, {100 * pair.coverage:.0f} % of the grid "
-            "covered")
 
 
 def _check_overlap(info: MosaicInfo, grid: WorkingGrid) -> None:

@@ -22,9 +22,9 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
+from detector.clock import utc_now
 from detector.errors import ConfigError, InputError
 from detector.fileio import atomic_write_text, file_sha256
 
@@ -33,10 +33,6 @@ MODEL_FILE = "model.onnx"
 CHECKPOINT_FILE = "model.pt"
 VERSION_FILE = "version.json"
 _VERSION_RE = re.compile(r"^v\d{4,}$")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 @dataclass
@@ -167,7 +163,7 @@ class ModelRegistry:
                 shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
                 ck_sha = file_sha256(staging / CHECKPOINT_FILE)
             record = ModelVersion(version=version, folder=self.root / version, sha256=sha, parent=parent,
-                                  created=_now(), model_name=model_name, checkpoint_sha256=ck_sha,
+                                  created=utc_now(), model_name=model_name, checkpoint_sha256=ck_sha,
                                   data_manifest=data_manifest or {}, metrics=metrics or {}, gate=gate or {}, note=note)
             (staging / VERSION_FILE).write_text(json.dumps(record.to_json(), indent=1) + "\n")
             os.chmod(staging, 0o755)
@@ -176,7 +172,7 @@ class ModelRegistry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         index = self._index()
-        index["history"].append({"at": _now(), "action": "add", "version": version, "reason": note})
+        index["history"].append({"at": utc_now(), "action": "add", "version": version, "reason": note})
         self._write_index(index)
         return record
 
@@ -184,7 +180,7 @@ class ModelRegistry:
         """Make ``version`` the one ``run`` uses; the change is recorded in the history."""
         chosen = self.get(version)
         index = self._index()
-        index["history"].append({"at": _now(), "action": "promote", "version": version,
+        index["history"].append({"at": utc_now(), "action": "promote", "version": version,
                                  "previous": index.get("promoted"), "reason": reason})
         index["promoted"] = version
         self._write_index(index)
@@ -204,7 +200,7 @@ class ModelRegistry:
         if previous is None:
             raise ConfigError(f"{self.root}: {current} was the first promoted version; there is nothing to roll back to")
         chosen = self.get(previous)
-        index["history"].append({"at": _now(), "action": "rollback", "version": previous, "previous": current,
+        index["history"].append({"at": utc_now(), "action": "rollback", "version": previous, "previous": current,
                                  "reason": reason})
         index["promoted"] = previous
         self._write_index(index)

@@ -1,6 +1,7 @@
 """The two nightly orthomosaics: opened, validated and read tile by tile at the working GSD.
 
-Both epochs are read through a :class:`rasterio.vrt.WarpedVRT` onto one *working grid*
+Both epochs are read through the one grid reader (:func:`detector.geo.grid.warp_onto`, a
+:class:`rasterio.vrt.WarpedVRT`) onto one *working grid*
 (:func:`detector.geo.grid.make_grid`): north-up, the model's GSD in metres, in the baseline's
 CRS when its unit is a true ground metre, else in the UTM zone of its centre
 (:func:`detector.geo.crs.working_crs`). GDAL picks overviews when the working GSD is coarser
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.geo.crs import source_gsd_m as _raster_gsd_m
-from detector.geo.grid import WorkingGrid, clip_window, inner_slices, make_grid
+from detector.geo.grid import WorkingGrid, clip_window, inner_slices, make_grid, warp_onto
 from detector.geo.raster import STRETCH_HIGH, STRETCH_LOW, MosaicInfo, estimate_stretch, open_raster
 
 CV_RESAMPLE_MAX_FACTOR = 1.5  # source pixels per working pixel up to which OpenCV resamples a tile (see EpochReader)
@@ -63,8 +64,7 @@ class EpochReader:
 
     def __init__(self, info: MosaicInfo, grid: WorkingGrid, stretch: tuple[np.ndarray, np.ndarray] | None = None):
         import rasterio
-        from rasterio.enums import MaskFlags, Resampling
-        from rasterio.vrt import WarpedVRT
+        from rasterio.enums import MaskFlags
 
         self.info = info
         self.grid = grid
@@ -73,16 +73,8 @@ class EpochReader:
             self._src = rasterio.open(info.path)
         else:  # read a pyramid level at or just finer than the working GSD, not the full resolution
             self._src = rasterio.open(info.path, overview_level=self.overview_level)
-        self._vrt = WarpedVRT(
-            self._src,
-            crs=grid.crs_wkt,
-            transform=grid.transform,
-            width=grid.width,
-            height=grid.height,
-            resampling=Resampling.bilinear,
-            add_alpha=not info.has_alpha,
-            warp_mem_limit=64,
-        )
+        self._vrt = warp_onto(self._src, grid.crs_wkt, grid.transform, grid.width, grid.height, "bilinear",
+                              add_alpha=not info.has_alpha, warp_mem_limit=64)
         self._bands = list(info.bands)
         self.stretch = stretch if stretch is not None else (None if info.dtype == "uint8" else self.percentile_stretch())
         # Same CRS and both grids axis-aligned: no warping is needed, only resampling, and GDAL's

@@ -16,12 +16,11 @@ version): a new baseline, model or setting starts a new subfolder, never reads a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
-from detector.fileio import atomic_write_text
+from detector.fileio import atomic_write_text, json_digest
 from detector.types import Detection
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ KEY_FILE = "key.json"
 
 def cache_key(facts: dict) -> str:
     """The subfolder name for a night's baseline views: a sha256 (24 hex digits) of ``facts``."""
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return json_digest(facts, 24)
 
 
 def open_views(folder: Path, facts: dict, about: dict | None = None) -> Path:

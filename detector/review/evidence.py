@@ -5,12 +5,12 @@ chip's grid in the registry CRS, so a mosaic in another CRS, a coarser or finer 
 chip that runs past the mosaic's edge (filled black) all take the same path, and GDAL picks
 overviews instead of reading full-resolution pixels only to throw them away.
 
-With the run's DSM pair (:class:`detector.night.height.DsmPair`) a third panel shows the height
+With the run's DSM pair (:class:`detector.geo.dsm.DsmPair`) a third panel shows the height
 difference on the same grid: current − baseline − the chip's vertical offset (the run's, refined
 over the chip's flat ground exactly as a tile refines it, :func:`detector.night.height.local_offset`),
 white at 0, red for a gain and blue for a loss, full colour at :data:`HEIGHT_RANGE_M`; grey where
 a DSM has no height. The DSMs are read by the run's own reader
-(:class:`detector.night.height.DsmReader`: nodata, units). A chip whose DSMs cannot be read keeps
+(:class:`detector.geo.dsm.DsmReader`: nodata, units). A chip whose DSMs cannot be read keeps
 its two image panels (logged).
 """
 
@@ -26,12 +26,12 @@ from shapely.geometry.base import BaseGeometry
 from detector.errors import InputError
 from detector.fileio import atomic_write_bytes
 from detector.geo.crs import unit_lengths_m
-from detector.geo.grid import map_to_pixel
+from detector.geo.grid import map_to_pixel, warp_onto
 from detector.geo.location import as_location, is_remote
 from detector.geo.raster import apply_stretch, raster_stretch, rgb_bands
 
 if TYPE_CHECKING:  # pragma: no cover
-    from detector.night.height import DsmPair
+    from detector.geo.dsm import DsmPair
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,11 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
         The raster is missing, unreadable or has no CRS.
     """
     import rasterio
-    from rasterio.crs import CRS as RioCRS
-    from rasterio.enums import Resampling
     from rasterio.transform import from_bounds
-    from rasterio.vrt import WarpedVRT
 
     raster_path = as_location(raster_path)
     if not is_remote(raster_path) and not raster_path.exists():
         raise InputError(f"{raster_path}: orthomosaic not found (needed for evidence chips and the report map)")
-    target_crs = RioCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
     transform = from_bounds(*bounds, width, height)
     try:
         with rasterio.open(raster_path) as src:
@@ -88,8 +84,7 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
             indexes = list(rgb_bands(src.colorinterp, src.count) or (1, 1, 1))
             stretch = raster_stretch(raster_path, indexes)
             nodata = src.nodata
-            with WarpedVRT(src, crs=target_crs, transform=transform, width=width, height=height,
-                           resampling=Resampling.bilinear, nodata=nodata) as vrt:
+            with warp_onto(src, crs, transform, width, height, "bilinear", nodata=nodata) as vrt:
                 pixels = vrt.read(indexes)
                 valid = vrt.dataset_mask() > 0
     except rasterio.errors.RasterioError as exc:
@@ -155,7 +150,7 @@ def read_height_difference(dsm: "DsmPair", crs, bounds: tuple[float, float, floa
 
     Parameters
     ----------
-    dsm : detector.night.height.DsmPair
+    dsm : detector.geo.dsm.DsmPair
         The run's validated DSM pair (paths, units, offset).
     crs : pyproj.CRS
         The CRS of ``bounds``.
@@ -177,7 +172,8 @@ def read_height_difference(dsm: "DsmPair", crs, bounds: tuple[float, float, floa
     import rasterio
     from rasterio.transform import from_bounds
 
-    from detector.night.height import DsmReader, local_offset
+    from detector.geo.dsm import DsmReader
+    from detector.night.height import local_offset
 
     transform = from_bounds(*bounds, width, height)
     east_m, north_m = unit_lengths_m(crs, (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
@@ -277,7 +273,7 @@ def write_evidence_chip(
         The two orthomosaics (any CRS; reprojected on the fly).
     title : str
         Text for the strip above the panels (case ID, date).
-    dsm : detector.night.height.DsmPair, optional
+    dsm : detector.geo.dsm.DsmPair, optional
         The run's DSM pair: adds the height-difference panel.
 
     Returns

@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from detector.review.vocab import STYLES_TABLE
 
 GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
 GPKG_USER_VERSION = 10200  # GeoPackage 1.2 (QGIS 3.22 warns about 1.4)
@@ -462,73 +461,3 @@ def update_extent(conn: sqlite3.Connection, table: str, geometry_column: str, la
         f"max_y = (SELECT MAX(maxy) FROM {rtree}) WHERE table_name = ?",
         (last_change, table),
     )
-
-
-# --------------------------------------------------------------------------- QGIS default styles
-
-LAYER_STYLES_DDL = f"""
-CREATE TABLE IF NOT EXISTS "{STYLES_TABLE}" (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
-    f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT,
-    styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
-    update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
-"""
-
-
-def create_layer_styles_table(conn: sqlite3.Connection) -> None:
-    """Create QGIS's ``layer_styles`` table (if missing) and list it in ``gpkg_contents``.
-
-    Parameters
-    ----------
-    conn : sqlite3.Connection
-    """
-    conn.executescript(LAYER_STYLES_DDL)
-    conn.execute(
-        "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description) "
-        "VALUES (?, 'attributes', ?, 'QGIS layer styles')",
-        (STYLES_TABLE, STYLES_TABLE),
-    )
-
-
-def insert_default_style(conn: sqlite3.Connection, layer: str, geometry_column: str, style_name: str, qml: str,
-                         description: str) -> None:
-    """Store ``qml`` as a layer's default QGIS style (``useAsDefault=1``), replacing any style it had.
-
-    Parameters
-    ----------
-    conn : sqlite3.Connection
-        The ``layer_styles`` table must exist (:func:`create_layer_styles_table`).
-    layer, geometry_column : str
-        The styled feature table and its geometry column.
-    style_name, qml, description : str
-        QGIS applies the QML whenever the layer is added.
-    """
-    conn.execute(f'DELETE FROM "{STYLES_TABLE}" WHERE f_table_name = ?', (layer,))
-    conn.execute(
-        f'INSERT INTO "{STYLES_TABLE}" (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, '
-        "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
-        "VALUES ('', '', ?, ?, ?, ?, '', 1, ?, 'buildwatch', '')",
-        (layer, geometry_column, style_name, qml, description),
-    )
-
-
-def write_default_styles(gpkg: Path, styles: dict[str, tuple[str, str]], geometry_column: str = "geom") -> None:
-    """Store QGIS default styles in an existing GeoPackage's ``layer_styles`` table.
-
-    Parameters
-    ----------
-    gpkg : Path
-        The GeoPackage (e.g. a night's ``candidates.gpkg``).
-    styles : dict
-        Layer name -> (style name, QML). QGIS applies them when the layer is added.
-    geometry_column : str
-        The layers' geometry column.
-    """
-    conn = sqlite3.connect(str(gpkg))
-    try:
-        with conn:
-            create_layer_styles_table(conn)
-            for layer, (name, qml) in styles.items():
-                insert_default_style(conn, layer, geometry_column, name, qml, f"buildwatch default style for {layer}")
-    finally:
-        conn.close()

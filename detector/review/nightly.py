@@ -1,6 +1,7 @@
 """The review side of a nightly run: update the case registry, then write what reviewers read.
 
-:func:`update_cases` is what the nightly pipeline calls when ``cases.registry`` is set. In order:
+:func:`update_cases` is what the nightly run (:mod:`detector.run.night`) calls when
+``cases.registry`` is set. In order:
 
 1. :func:`detector.review.registry.update_registry` folds the night's candidates into
    ``cases.gpkg`` and returns what changed;
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import geopandas
 
     from detector.config import CasesConfig
-    from detector.night.height import DsmPair
+    from detector.geo.dsm import DsmPair
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def update_cases(
         The orthomosaics, for evidence chips and the QGIS project.
     out_dir : Path
         The run's output folder: ``report.html`` and ``report.csv`` go there.
-    dsm : detector.night.height.DsmPair, optional
+    dsm : detector.geo.dsm.DsmPair, optional
         The run's validated DSM pair (``RunContext.dsm``): evidence chips get a height panel.
 
     Returns
@@ -126,7 +127,7 @@ def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, basel
         The registry CRS.
     baseline_path, current_path : Path
         The orthomosaics.
-    dsm : detector.night.height.DsmPair, optional
+    dsm : detector.geo.dsm.DsmPair, optional
         The run's DSM pair: a third panel shows the height difference; the title says the
         case's height change ("new storey, +3.1 m").
 

@@ -17,17 +17,19 @@ applies it whenever the layer is added) holds
 * default values so that a drawn polygon becomes a case (``case_id`` ``pending-...``, replaced
   by the registry) and so that ``area_m2``, ``lon``, ``lat`` follow every outline edit.
 
-The QGIS project that shows these layers is :mod:`detector.review.project`.
+The QGIS project that shows these layers is :mod:`detector.review.project`; the QML building blocks
+shared with the night's ``candidates.gpkg`` are in :mod:`detector.styles`.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import Optional
 
 from detector.review.vocab import (CONFIRMED_ILLEGAL, DEMOLISHED, DEMOLITION_ORDERED, FALSE_POSITIVE,
                                    INTERNAL_COLUMNS, NEW, ORIGIN_OPERATOR, PENDING_ID_PREFIX, PERMITTED, REFERRED,
                                    VERIFIED, cases_field_names)
+from detector.styles import categorized_renderer, simple_labels
+from detector.styles import qml_option as _option
 
 # review status -> (label in the form and legend, RGB fill colour), in lifecycle order; one entry
 # for every status of vocab.REVIEW_STATUSES. "new" (needs a look) and "confirmed illegal" (needs
@@ -70,72 +72,6 @@ ALIASES = {
 }
 EVIDENCE_ROOT_EXPRESSION = "file_path(layer_property(@layer, 'path'))"  # the folder of cases.gpkg
 USER_EXPRESSION = "if(length(@user_full_name) > 0, @user_full_name, @user_account_name)"
-
-
-def _option(parent: ET.Element, name: Optional[str], value, type_: str = "QString") -> ET.Element:
-    attrs = {"type": type_}
-    if name is not None:
-        attrs["name"] = name
-    if value is not None:
-        attrs["value"] = str(value)
-    return ET.SubElement(parent, "Option", attrs)
-
-
-def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int], fill_alpha: int = 70,
-                 outline_width: float = 0.7) -> None:
-    symbol = ET.SubElement(parent, "symbol", {"type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"})
-    layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
-    options = ET.SubElement(layer, "Option", {"type": "Map"})
-    r, g, b = rgb
-    for key, value in (
-        ("color", f"{r},{g},{b},{fill_alpha}"),
-        ("outline_color", f"{r},{g},{b},255"),
-        ("outline_style", "solid"),
-        ("outline_width", str(outline_width)),
-        ("outline_width_unit", "MM"),
-        ("style", "solid"),
-        ("joinstyle", "miter"),
-    ):
-        _option(options, key, value)
-
-
-def _renderer(root: ET.Element, attr: str = CATEGORY_EXPRESSION,
-              styles: dict[str, tuple[str, tuple[int, int, int]]] | None = None,
-              fill_alpha: dict[str, int] | int = 70) -> None:
-    if styles is None:
-        styles = {ALERT: ALERT_STYLE, **STATUS_STYLE}
-    renderer = ET.SubElement(
-        root, "renderer-v2",
-        {"type": "categorizedSymbol", "attr": attr, "symbollevels": "0", "enableorderby": "0", "forceraster": "0"},
-    )
-    categories = ET.SubElement(renderer, "categories")
-    symbols = ET.SubElement(renderer, "symbols")
-    for index, (value, (label, rgb)) in enumerate(styles.items()):
-        ET.SubElement(categories, "category", {"render": "true", "symbol": str(index), "value": value, "label": label})
-        alpha = fill_alpha.get(value, 70) if isinstance(fill_alpha, dict) else fill_alpha
-        _fill_symbol(symbols, str(index), rgb, alpha, 1.4 if value == ALERT else 0.7)
-    other = str(len(styles))
-    ET.SubElement(categories, "category", {"render": "true", "symbol": other, "value": "", "label": "other"})
-    _fill_symbol(symbols, other, (255, 255, 0))
-
-
-def _labeling(root: ET.Element, expression: str = LABEL_EXPRESSION, obstacle: bool = False) -> None:
-    """Simple labels; ``obstacle`` False: the layer's polygons never push other labels away."""
-    labeling = ET.SubElement(root, "labeling", {"type": "simple"})
-    settings = ET.SubElement(labeling, "settings", {"calloutType": "simple"})
-    ET.SubElement(settings, "text-style", {
-        "fieldName": expression, "isExpression": "1", "fontSize": "9", "fontSizeUnit": "Point",
-        "fontWeight": "75", "textColor": "20,20,20,255", "textOpacity": "1",
-    })
-    ET.SubElement(settings, "text-buffer", {
-        "bufferDraw": "1", "bufferSize": "1", "bufferSizeUnits": "MM", "bufferColor": "255,255,255,255",
-        "bufferOpacity": "0.9", "bufferNoFill": "1",
-    })
-    ET.SubElement(settings, "text-format", {"multilineAlign": "1", "wrapChar": ""})
-    ET.SubElement(settings, "placement", {"placement": "1", "centroidInside": "1", "fitInPolygonOnly": "0", "dist": "0"})
-    ET.SubElement(settings, "rendering", {"drawLabels": "1", "obstacle": "1" if obstacle else "0",
-                                          "obstacleFactor": "1", "obstacleType": "0", "displayAll": "0",
-                                          "scaleVisibility": "0", "upsidedownLabels": "0", "labelPerPart": "0"})
 
 
 def _value_map_widget(field: ET.Element) -> None:
@@ -272,8 +208,8 @@ def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
 def style_elements(field_names: list[str], crs=None) -> list[ET.Element]:
     """The children of a QML ``<qgis>`` root (also embedded in the project's maplayer)."""
     holder = ET.Element("holder")
-    _renderer(holder)
-    _labeling(holder)
+    categorized_renderer(holder, CATEGORY_EXPRESSION, {ALERT: ALERT_STYLE, **STATUS_STYLE}, emphasised=(ALERT,))
+    simple_labels(holder, LABEL_EXPRESSION)
     ET.SubElement(holder, "blendMode").text = "0"
     ET.SubElement(holder, "featureBlendMode").text = "0"
     ET.SubElement(holder, "layerOpacity").text = "1"
@@ -297,41 +233,5 @@ def cases_layer_qml(crs=None) -> str:
     """
     root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
     root.extend(style_elements(cases_field_names(), crs))
-    ET.indent(root, space=" ")
-    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
-
-
-# class -> (legend label, RGB) for the nightly candidates layer; tile status for the tiles layer
-CLASS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
-    "new_building": ("New building", (228, 26, 28)),
-    "extension": ("Extension / rooftop addition", (255, 127, 0)),
-    "temporary_structure": ("Temporary structure (steel sheet)", (55, 126, 184)),
-    "construction_site": ("Construction site", (152, 78, 163)),
-}
-TILE_STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
-    "done": ("Processed", (120, 120, 120)),
-    "nodata": ("No data in an epoch", (200, 200, 200)),
-    "unregistered": ("Not registered: not checked tonight", (255, 127, 0)),
-}
-CANDIDATE_LABEL = "\"class\" || ' ' || format_number(\"confidence\", 2) || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
-# with a DSM pair: the height gain as a third line ("Δh 3.1 m")
-CANDIDATE_LABEL += " || if(\"height_gain_m\" IS NULL, '', '\\nΔh ' || format_number(\"height_gain_m\", 1) || ' m')"
-TILE_LABEL = "\"tile_id\" || CASE WHEN \"status\" = 'unregistered' THEN '\\n' || \"reason\" ELSE '' END"
-
-
-# tiles are drawn as outlines (no fill dimming the imagery, none darker where tiles overlap);
-# only a tile that could not be registered is tinted
-TILE_FILL_ALPHA = {"done": 0, "nodata": 0, "unregistered": 60}
-
-
-def simple_layer_qml(attr: str, styles: dict, label_expression: str, fill_alpha: dict[str, int] | int = 70) -> str:
-    """A QML with a categorised renderer on ``attr`` and one label expression (no form).
-
-    The layer's polygons are never label obstacles (a tiles layer must not hide every case label).
-    """
-    root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
-    _renderer(root, attr, styles, fill_alpha)
-    _labeling(root, label_expression, obstacle=False)
-    ET.SubElement(root, "layerGeometryType").text = "2"
     ET.indent(root, space=" ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")

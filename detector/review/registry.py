@@ -37,7 +37,7 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -45,10 +45,11 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from detector.clock import utc_now
 from detector.errors import InputError
+from detector.geo.crs import area_m2, lonlat_of
 from detector.review import gpkg
 from detector.review.boundaries import load_boundaries
-from detector.review.geometry import area_m2, lonlat_of
 from detector.review.matching import Sighting, match_candidates, reading_order
 from detector.review.qgis import cases_layer_qml
 from detector.review.triggers import ensure_schema
@@ -56,6 +57,7 @@ from detector.review.vocab import (CASE_COLUMNS, CASES_STYLE_DESCRIPTION, CASES_
                                    DEMOLITION_ORDERED, GEOMETRY_COLUMN, HEIGHT_COLUMNS, HISTORY_TABLE, INTERNAL_COLUMNS,
                                    MUST_BE_GONE_STATUSES, NEW, NIGHTS_TABLE, ORIGIN_DETECTOR, ORIGIN_OPERATOR, PERMITTED,
                                    REQUIRED_CANDIDATE_COLUMNS, SIGHTINGS_TABLE, SUPPRESSING_STATUSES, height_phrase)
+from detector.styles import create_layer_styles_table, insert_default_style
 
 if TYPE_CHECKING:  # pragma: no cover
     import geopandas
@@ -192,14 +194,14 @@ def _create_schema(conn: sqlite3.Connection, crs, district_prefix: str = "") -> 
     )
     gpkg.register_attributes_table(conn, SIGHTINGS_TABLE, "every night a case was seen")
     gpkg.register_attributes_table(conn, NIGHTS_TABLE, "one row per nightly registry update")
-    gpkg.create_layer_styles_table(conn)
+    create_layer_styles_table(conn)
     _refresh_schema(conn, crs, district_prefix)
 
 
 def _refresh_schema(conn: sqlite3.Connection, crs, district_prefix: str) -> None:
     """Columns, history table and triggers of this version; the cases layer's default style."""
     ensure_schema(conn, district_prefix)
-    gpkg.insert_default_style(conn, CASES_TABLE, GEOMETRY_COLUMN, CASES_STYLE_NAME, cases_layer_qml(crs),
+    insert_default_style(conn, CASES_TABLE, GEOMETRY_COLUMN, CASES_STYLE_NAME, cases_layer_qml(crs),
                               CASES_STYLE_DESCRIPTION)
 
 
@@ -459,9 +461,9 @@ def update_registry(
                 f'INSERT INTO "{NIGHTS_TABLE}" (night, run_id, candidates, opened, updated, suppressed, total, '
                 "baseline, current, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (night.isoformat(), run_id, len(frame), result.opened, result.updated, result.suppressed,
-                 result.total, str(baseline_path), str(current_path), _now()),
+                 result.total, str(baseline_path), str(current_path), utc_now("milliseconds")),
             )
-            gpkg.update_extent(conn, CASES_TABLE, GEOMETRY_COLUMN, _now())
+            gpkg.update_extent(conn, CASES_TABLE, GEOMETRY_COLUMN, utc_now("milliseconds"))
     finally:
         conn.close()
     log.info("cases: %d opened, %d updated, %d suppressed, %d alerts, %d in registry", result.opened,
@@ -493,10 +495,6 @@ def mosaic_footprint(path: Path, crs) -> Optional[BaseGeometry]:
             return shapely.box(*transform_bounds(src.crs, crs.to_wkt(), *src.bounds))
     except (rasterio.errors.RasterioError, OSError):
         return None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
 def _model_of(frame, index: int):
@@ -609,10 +607,11 @@ def _refresh_measures(conn, cases: list[CaseRow], crs, boundaries) -> None:
     if not cases:
         return
     lonlats = lonlat_of([case.geometry for case in cases], crs)
-    for case, (lon, lat) in zip(cases, lonlats):
+    areas = area_m2([case.geometry for case in cases], crs)
+    for case, (lon, lat), area in zip(cases, lonlats, areas):
         if case.geometry.is_empty:
             continue
-        fields = {"area_m2": round(area_m2(case.geometry, crs), 2), "lon": round(float(lon), 8),
+        fields = {"area_m2": round(float(area), 2), "lon": round(float(lon), 8),
                   "lat": round(float(lat), 8)}
         stale = {k: v for k, v in fields.items() if getattr(case, k) is None or abs(getattr(case, k) - v) > 1e-7}
         if boundaries is not None and not case.community:

@@ -32,6 +32,7 @@ from detector.fileio import atomic_write_bytes, atomic_write_text
 from detector.geo.crs import unit_lengths_m
 from detector.geo.grid import map_to_pixel
 from detector.review.evidence import draw_outline, read_rgb
+from detector.review.exports import CSV_ENCODING
 from detector.review.qgis import STATUS_STYLE
 from detector.review.registry import RegistryUpdate, read_cases_frame
 from detector.review.qgis import ALERT_STYLE
@@ -43,7 +44,6 @@ NO_COMMUNITY = "(outside known communities)"
 MAP_MAX_PX = 900
 CSV_COLUMNS = ("night", "community", "unit", "new_tonight", "confirmed_illegal", "open_backlog", "oldest_open_days",
                "alerts")
-CSV_ENCODING = "utf-8-sig"  # with a BOM: Excel on a Chinese-locale Windows would read plain UTF-8 as GBK
 ATTENTION_ROWS = 50
 
 

@@ -47,7 +47,6 @@ GEOMETRY_COLUMN = "geom"
 SIGHTINGS_TABLE = "case_sightings"
 HISTORY_TABLE = "case_history"  # append-only: every status, geometry and alert change, written by triggers
 NIGHTS_TABLE = "registry_nights"
-STYLES_TABLE = "layer_styles"  # QGIS's own name for its default-style table
 CASES_STYLE_NAME = "buildwatch review"
 CASES_STYLE_DESCRIPTION = "categorised by review status; labels: case id and area; review form"
 
