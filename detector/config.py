@@ -80,9 +80,10 @@ class SecondViewConfig(_Strict):
                                   "recommendation. The baseline is asked at a quarter of it")
     add: bool = Field(True, description="also report structures tonight that the baseline does not show and "
                       "no pair candidate covers (the single-epoch rule), tagged 'second_view'")
-    add_conf: float = Field(0.3, gt=0, le=1, description="confidence a structure needs to be added on the "
-                            "second view's word alone (the add rule's own checks remove most false buildings, so "
-                            "it leans to recall: MODEL_CARD.md, 'Second view')")
+    add_conf: Optional[float] = Field(None, gt=0, le=1, description="confidence a structure needs to be added on "
+                                      "the second view's word alone; None = the building confidence a two-view "
+                                      "model chose on its validation split, 0.3 with a separate building model "
+                                      "(MODEL_CARD.md, 'Second view')")
     confirm: bool = Field(False, description="keep a pair candidate of a structure class only where tonight's image "
                           "shows a structure, and drop a new building the baseline already shows as large "
                           "(off by default: it drops real finds on drone and synthetic pairs, MODEL_CARD.md)")

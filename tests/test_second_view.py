@@ -156,7 +156,7 @@ def test_second_view_adds_a_structure_the_pair_model_missed(tmp_path, pair, orac
 
 
 def test_the_defaults_add_and_do_not_confirm(tmp_path, pair, oracle):
-    assert SecondViewConfig().add_conf == 0.3 and SecondViewConfig().add and not SecondViewConfig().confirm
+    assert SecondViewConfig().add_conf is None and SecondViewConfig().add and not SecondViewConfig().confirm
     gdf = _run(tmp_path, pair, "defaults", add=True)
     assert len(gdf) == 5 + 1  # every pair candidate, and the faint roof
     assert (gdf["tags"] == "second_view").sum() == 1
@@ -287,3 +287,16 @@ def test_two_view_metadata_naming_missing_outputs_is_refused(tmp_path):
                          "buildwatch_building_names": "{0: 'building'}", "buildwatch_building_conf": "0.3"})
     with pytest.raises(ModelError, match="building outputs .*'buildings'.* re-export"):
         load_model_spec(bad)
+
+
+@pytest.mark.parametrize("configured, embedded, expected", [(None, False, 0.3), (None, True, 0.42), (0.5, True, 0.5),
+                                                            (0.5, False, 0.5)])
+def test_add_confidence_is_the_configs_else_the_models_validation_choice(configured, embedded, expected):
+    from types import SimpleNamespace
+
+    from detector.config import RunConfig
+    from detector.night.tile import second_view_add_conf
+
+    cfg = RunConfig.model_validate({"detect": {"second_view": {"add_conf": configured}}})
+    ctx = SimpleNamespace(config=cfg, second=SimpleNamespace(conf=0.42, embedded=embedded))
+    assert second_view_add_conf(ctx) == expected

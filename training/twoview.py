@@ -78,6 +78,33 @@ class TwoViewGraph(nn.Module):
         return change, buildings[b:], buildings[:b]
 
 
+def validation_conf(weights: Path, data_yaml: Path, imgsz: int, batch: int = 8) -> dict:
+    """The confidence with the best mean F1 on a dataset's **validation** split (ultralytics' F1 curve).
+
+    Thresholds are chosen here and only here: on the validation split of the training sources
+    (held-out drone areas, held-out synthetic seeds), never on an evaluation set. Returns
+    ``{"conf", "f1", "precision", "recall", "map50", "split"}``.
+    """
+    import numpy as np
+    from ultralytics import YOLO
+
+    from training.encoder import register_with_ultralytics
+    from training.offline import prepare_offline
+
+    prepare_offline()
+    register_with_ultralytics()
+    model = YOLO(str(weights), task="obb")
+    metrics = model.val(data=str(data_yaml), split="val", imgsz=imgsz, batch=batch, device="cpu", plots=False,
+                        verbose=False, workers=0, conf=0.001)
+    box = metrics.box
+    f1 = np.asarray(box.f1_curve).mean(0)
+    k = int(f1.argmax())
+    return {"conf": round(float(box.px[k]), 3), "f1": round(float(f1[k]), 4),
+            "precision": round(float(np.asarray(box.p_curve).mean(0)[k]), 4),
+            "recall": round(float(np.asarray(box.r_curve).mean(0)[k]), 4),
+            "map50": round(float(box.map50), 4), "split": f"{Path(data_yaml).resolve()} val"}
+
+
 def _load(weights: Path):
     from ultralytics import YOLO
 

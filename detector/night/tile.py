@@ -175,7 +175,7 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
     opts = ctx.config.detect.second_view
     if not changes and not opts.add:
         return [], []
-    conf = second_view_conf(ctx)
+    conf, add_conf = second_view_conf(ctx), second_view_add_conf(ctx)
     match_iou, gsd, rules = ctx.config.change.baseline_match_iou, ctx.grid.gsd, ctx.config.change
     pair_dets = [d for d, _ in changes]
     current = sv.tonight(second_view, c, conf, ctx.second.iou)
@@ -183,7 +183,7 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
     # structures tonight that would be added unless the baseline explains them (same result, and
     # on most tiles of a night one inference instead of two).
     need_baseline = bool(changes) or (opts.add and bool(changes_in_tile(
-        [d for d, _ in sv.additions(current, [], pair_dets, opts.add_conf, opts.cover, match_iou)],
+        [d for d, _ in sv.additions(current, [], pair_dets, add_conf, opts.cover, match_iou)],
         diff, valid, gsd, rules, margin, stride)))
     baseline = _baseline_view(ctx, tile, second_view, b, conf) if need_baseline else []
     verdicts = sv.judge(pair_dets, current, baseline, opts.cover, match_iou, opts.confirm, opts.confirm_below)
@@ -191,7 +191,7 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
     out = [_tile_candidate(ctx, tile, d, changed, v.baseline_iou, v.structure_conf) for (d, changed), v in kept]
     kept_changes = [change for change, _ in kept]
     if opts.add:
-        added = sv.additions(current, baseline, pair_dets, opts.add_conf, opts.cover, match_iou)
+        added = sv.additions(current, baseline, pair_dets, add_conf, opts.cover, match_iou)
         new = changes_in_tile([d for d, _ in added], diff, valid, gsd, rules, margin, stride)
         base_iou = {id(d): iou for d, iou in added}
         out += [replace(_tile_candidate(ctx, tile, d, changed, base_iou[id(d)], d.confidence), tags="second_view")
@@ -205,6 +205,20 @@ def second_view_conf(ctx: RunContext) -> float:
     at :data:`detector.night.second_view.BASELINE_CONF_FACTOR` of it)."""
     opts = ctx.config.detect.second_view
     return opts.conf if opts.conf is not None else ctx.second.conf
+
+
+#: ``detect.second_view.add_conf`` with a separate building model (the shipped one's setting).
+SEPARATE_MODEL_ADD_CONF = 0.3
+
+
+def second_view_add_conf(ctx: RunContext) -> float:
+    """The confidence a building tonight needs to be added on the second view's word alone: the
+    config's, else a two-view model's validation-chosen building confidence, else
+    :data:`SEPARATE_MODEL_ADD_CONF`."""
+    opts = ctx.config.detect.second_view
+    if opts.add_conf is not None:
+        return opts.add_conf
+    return ctx.second.conf if ctx.second.embedded else SEPARATE_MODEL_ADD_CONF
 
 
 def _baseline_view(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, conf: float) -> list[Detection]:

@@ -45,7 +45,7 @@ from detector.night.context import RunContext
 from detector.night.executors import GDAL_CACHE_MB, run_tiles
 from detector.night.georef import candidate_id, merge_duplicates, to_output
 from detector.night.model import ModelSpec
-from detector.night.tile import second_view_conf
+from detector.night.tile import second_view_add_conf, second_view_conf
 from detector.run.prepare import prepare
 from detector.types import Candidate, Tile, TileResult
 
@@ -219,7 +219,7 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
         opts = cfg.detect.second_view
         log.info("second view: building model %s (%s)%s%s", ctx.second.model_name, ctx.second.sha256[:12],
                  ", confirms candidates" if opts.confirm else "",
-                 f", adds structures only it sees (conf >= {opts.add_conf:g})" if opts.add else "")
+                 f", adds structures only it sees (conf >= {second_view_add_conf(ctx):g})" if opts.add else "")
     if ctx.mosaic_model is not None:
         m = ctx.mosaic_model
         cx, cy = m.at((ctx.grid.width - 1) / 2, (ctx.grid.height - 1) / 2)
