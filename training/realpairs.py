@@ -10,7 +10,7 @@ from real georeferenced imagery and its building footprints:
 - :func:`banepa_val_mosaic`: the OpenAerialMap Banepa chips held out of training (rows from
   ``training.sources.BANEPA_VAL_ROWS_FROM``) as one GeoTIFF with their OSM footprints.
 
-Used by ``scripts/bench_real.py`` and the real-data tests; evaluation only.
+Used by :mod:`training.realbench` (``scripts/bench_real.py``) and the real-data tests; evaluation only.
 """
 
 from __future__ import annotations
