@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import resource, sys, time
-sys.path.insert(0, {root!r})
+import resource, time
 from detector.geo.raster import open_raster
 from detector.night.mosaic import EpochReader, coarse_grid, make_grid, read_coarse
 from detector.night.align import COARSE_MAX_SIDE
@@ -53,14 +52,13 @@ def make_sparse(path: Path, side: int) -> None:
 def main(argv: list[str]) -> None:
     old = "--old" in argv
     sides = [int(a) for a in argv if a.isdigit()] or [20000, 40000, 80000]
-    root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, GDAL_CACHEMAX="128")  # what run_pipeline sets
     print(f"{'side px':>9} {'gigapixels':>10} {'seconds':>8} {'peak MB above start':>20}  ({'old WarpedVRT' if old else 'read_coarse'})")
     with tempfile.TemporaryDirectory() as tmp:
         for side in sides:
             path = Path(tmp) / f"sparse{side}.tif"
             make_sparse(path, side)
-            code = CHILD.format(root=root, path=str(path), old=old)
+            code = CHILD.format(path=str(path), old=old)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
             seconds, peak = out.stdout.split()
             print(f"{side:>9} {side * side / 1e9:>10.2f} {float(seconds):>8.1f} {float(peak):>20.0f}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Scale-out benchmark: the same night on a Dask LocalCluster of 1 and of N worker processes.
 
-Writes the synthetic 4 km² pair of ``bench_run.py`` (20,000 x 20,000 px at 0.1 m, planted
+Writes the synthetic 4 km² pair of ``bench_run.py`` (:func:`detector.synth.bigmosaic.write_big`) (20,000 x 20,000 px at 0.1 m, planted
 changes), runs ``run_pipeline`` with ``scheduler`` set to a LocalCluster of each size (one
 thread per worker, ``--no-resume``), checks that every run gives the same candidates, and
 prints wall time, km²/h and the scaling efficiency ``t(1) / (N x t(N))``.
@@ -15,21 +15,17 @@ A real district cluster is the same call with ``--scheduler tcp://HOST:8786`` (s
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
     from distributed import LocalCluster
 
-    from bench_run import write_big
     from detector.config import load_config
     from detector.run import run_pipeline
+    from detector.synth.bigmosaic import write_big
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=20000, help="mosaic side in pixels")

@@ -16,18 +16,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from detector.config import load_config
+from detector.geo.crs import pixel_size_m
+from detector.run import run_pipeline
 
-from detector.config import load_config  # noqa: E402
-from detector.geo.crs import pixel_size_m  # noqa: E402
-from detector.run import run_pipeline  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def moved_copy(src: Path, dst: Path, shift_m: float) -> float:

@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,13 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from detector.config import RunConfig
+from detector.night.align import estimate_mosaic_model, register_tile
+from detector.night.mosaic import EpochReader, make_grid, open_mosaic
+from detector.night.tiles import iter_tiles, tile_window
 
-from detector.config import RunConfig  # noqa: E402
-from detector.night.align import estimate_mosaic_model, register_tile  # noqa: E402
-from detector.night.mosaic import EpochReader, make_grid, open_mosaic  # noqa: E402
-from detector.night.tiles import iter_tiles, tile_window  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GSD_WORK = 0.25
 TILE, OVERLAP = 512, 128

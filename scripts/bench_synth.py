@@ -6,15 +6,12 @@ Usage: python scripts/bench_synth.py [--size 2048] [--gsd 0.1] [--seed 1]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detector.synth.scene import generate_scene  # noqa: E402
-from detector.synth.write import write_scene  # noqa: E402
+from detector.synth.scene import generate_scene
+from detector.synth.write import write_scene
 
 
 def main() -> None:

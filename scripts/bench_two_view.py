@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from training.realbench import measure
 
-from bench_real import measure  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: name -> (detect settings, what it means). ``None``: the pair model alone.
 RULES: dict[str, tuple[dict | None, str]] = {

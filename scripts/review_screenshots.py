@@ -31,11 +31,10 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from detector.config import CasesConfig
+from detector.review import gpkg, nightly
 
-from detector.config import CasesConfig  # noqa: E402
-from detector.review import gpkg, nightly  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ORIGIN_X, ORIGIN_Y, GSD, SIZE = 500_000.0, 2_500_200.0, 0.25, 800
 STRUCTURES = {  # (left, bottom, right, top) in EPSG:4547

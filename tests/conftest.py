@@ -27,3 +27,12 @@ def pair(tmp_path):
     c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", PAIR_TRANSFORM)
     m = make_contract_model(tmp_path / "m.onnx")
     return b, c, m
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """Runs use tests/pipeline_util.py's exact oracle detector instead of ONNX Runtime."""
+    import detector.night.detect
+    from pipeline_util import OracleDetector
+
+    monkeypatch.setattr(detector.night.detect, "OnnxDetector", OracleDetector)

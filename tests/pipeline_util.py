@@ -112,3 +112,35 @@ def plant(rgb: np.ndarray, boxes_px: list[tuple[int, int, int, int]], colour=(23
     for c, r, w, h in boxes_px:
         out[r : r + h, c : c + w] = colour
     return out
+
+
+#: ``python -c SIGNAL_MID_RUN OUT FLAG SIGNAME N buildwatch-args...``: ``buildwatch`` whose detector sends
+#: ``SIGNAME`` to the run's whole process group (as Ctrl-C, a power cut or the OOM killer would), once
+#: (``FLAG`` is created by whoever sends it), at the first detection after ``N`` tiles' results are in
+#: ``OUT/work``. Deterministic however fast the machine, unlike a signal timed from outside the run.
+SIGNAL_MID_RUN = r"""
+import os, signal, sys
+from pathlib import Path
+
+import detector.night.detect as detect
+
+out, flag, signame, after = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+
+
+class SignalledMidRun(detect.OnnxDetector):
+    def __call__(self, images, conf, iou):
+        if len(list(out.glob("work/*/*.json"))) >= after:
+            try:
+                os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.killpg(os.getpgid(0), getattr(signal, signame))
+        return super().__call__(images, conf, iou)
+
+
+detect.OnnxDetector = SignalledMidRun
+from detector.cli import main
+
+sys.exit(main(sys.argv[5:]))
+"""

@@ -19,7 +19,7 @@ from detector.geo.dsm import DsmPair
 from detector.night.height import fuse, greenness, tile_heights
 from detector.run import run_pipeline
 from detector.types import Detection
-from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
+from pipeline_util import make_contract_model, plant, textured_image, write_geotiff
 
 GSD = 0.25
 RULES = HeightConfig()
@@ -116,13 +116,6 @@ def test_fusion_confirms_downweights_adds_extensions_and_rejects_vegetation():
 SRC_GSD, SIZE, DSM_GSD = 0.1, 1400, 0.5
 X0, Y0 = 500000.0, 2500000.0
 CRS = "EPSG:32650"
-
-
-@pytest.fixture
-def oracle(monkeypatch):
-    import detector.night.detect
-
-    monkeypatch.setattr(detector.night.detect, "OnnxDetector", OracleDetector)
 
 
 def _write_dsm(path, h, crs=CRS, gsd=DSM_GSD, nodata=-9999.0, units="metre", x0=X0):

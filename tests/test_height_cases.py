@@ -25,7 +25,7 @@ from detector.review.qgis import cases_layer_qml
 from detector.review.vocab import HEIGHT_COLUMNS, height_phrase
 from pipeline_util import make_contract_model
 from test_cases import candidates, cases_by_id, run_night, scene  # noqa: F401 - fixture reused
-from test_height import X0, _fusion_scene, oracle  # noqa: F401 - fixture reused
+from test_height import X0, _fusion_scene
 
 HEIGHT_CASE_COLUMNS = (*HEIGHT_COLUMNS, "height_change")
 

@@ -19,18 +19,11 @@ from pyproj import Geod, Transformer
 from detector.config import RunConfig
 from detector.run import run_pipeline
 from detector.types import CANDIDATE_COLUMNS
-from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
+from pipeline_util import make_contract_model, plant, textured_image, write_geotiff
 
 GEOD = Geod(ellps="WGS84")
 SRC_GSD = 0.1  # metres, drone-like source
 SIZE = 1400  # source pixels (140 m)
-
-
-@pytest.fixture
-def oracle(monkeypatch):
-    import detector.night.detect
-
-    monkeypatch.setattr(detector.night.detect, "OnnxDetector", OracleDetector)
 
 
 @pytest.fixture

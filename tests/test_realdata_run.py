@@ -36,3 +36,24 @@ def test_spacenet_atlanta_erased_buildings_are_found(shared_data, tmp_path):
     assert not on_untouched
     near_erased = np.array([erased.geometry.centroid.distance(c).min() for c in centroids])
     assert (near_erased <= 10.0).mean() >= 0.9  # candidates are where buildings were erased
+
+
+def test_banepa_val_mosaic_places_every_held_out_chip_unchanged(shared_data, tmp_path):
+    """rasterio.merge builds the held-out Banepa mosaic: 2 rows of 4 chips on the first chip's grid,
+    each chip's pixels at a whole-pixel offset, unresampled (what the hand-written paste did)."""
+    import rasterio
+
+    from training.realpairs import BANEPA_VAL_ROWS_FROM, banepa_val_mosaic
+
+    path, footprints = banepa_val_mosaic(shared_data, tmp_path / "banepa_val.tif")
+    chips = [c for c in sorted((shared_data / "oam_banepa_fair" / "train" / "oam").glob("OAM-*-*-19.tif"))
+             if int(c.stem.split("-")[2]) >= BANEPA_VAL_ROWS_FROM]
+    with rasterio.open(path) as ds:
+        mosaic, transform = ds.read(), ds.transform
+        assert (ds.width, ds.height, ds.count, ds.nodata, ds.crs.to_epsg()) == (2048, 1024, 3, 0, 4326)
+    assert len(chips) == 8 and len(footprints) == 112
+    for chip in chips:
+        with rasterio.open(chip) as src:
+            col, row = (round(v) for v in ~transform * (src.transform.c, src.transform.f))
+            assert np.array_equal(mosaic[:, row:row + 512, col:col + 512], src.read([1, 2, 3])), chip.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["banepa_val.tif"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import geopandas as gpd
 import pytest
@@ -14,7 +12,7 @@ from affine import Affine
 
 from detector.config import RunConfig
 from detector.run import run_pipeline
-from pipeline_util import make_contract_model, plant, textured_image, write_geotiff
+from pipeline_util import SIGNAL_MID_RUN, make_contract_model, plant, textured_image, write_geotiff
 
 
 @pytest.fixture
@@ -46,23 +44,15 @@ def test_torn_and_missing_tile_results_are_recomputed(tmp_path, big_pair):
 def test_sigkill_mid_run_then_rerun_completes(tmp_path, big_pair):
     b, c, m = big_pair
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "detector", "run", "--baseline", str(b), "--current", str(c), "--out", str(out),
-           "--model", str(m), "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and len(list(out.glob("work/*/*.json"))) >= 3:
-            break
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        assert proc.returncode == 0, "the run crashed before it could be killed"
-        pytest.skip("the run finished before it could be killed (machine too fast for this check)")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    args = ["run", "--baseline", str(b), "--current", str(c), "--out", str(out), "--model", str(m), "--workers", "1",
+            "--no-progress"]
+    killed = subprocess.run([sys.executable, "-c", SIGNAL_MID_RUN, str(out), str(tmp_path / "signalled"), "SIGKILL", "3",
+                             *args], capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-1500:])
     assert not (out / "candidates.gpkg").exists()  # nothing half-written in place
     done_before = len(list(out.glob("work/*/*.json")))
     assert done_before >= 3
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run([sys.executable, "-m", "detector", *args], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-1500:]
     assert "resumed" in rerun.stdout
     resumed = int(rerun.stdout.split("done (")[1].split(" resumed")[0])

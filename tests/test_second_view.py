@@ -94,14 +94,8 @@ FAINT = (150, 1100, 70, 70)  # a roof the pair misses (too faint a change), the 
 
 
 @pytest.fixture
-def oracle(monkeypatch):
-    import detector.night.detect
-
-    monkeypatch.setattr(detector.night.detect, "OnnxDetector", OracleDetector)
-
-
-@pytest.fixture
-def pair(tmp_path):
+def roofs_pair(tmp_path):
+    """The roofs above as (baseline, current) GeoTIFFs, 1400 px at 0.1 m, EPSG:32650."""
     rgb = textured_image(SIZE, SIZE, seed=1)
     transform = Affine(0.1, 0, 500000.0, 0, -0.1, 2500000.0)
     base_rgb = plant(plant(rgb, [OLD_ROOF], RED), [FAINT], (200, 70, 70))
@@ -129,14 +123,14 @@ def _centre(box):
     return (c + w // 2, r + h // 2)
 
 
-def test_pair_model_alone_reports_every_difference(tmp_path, pair, oracle):
-    gdf = _run(tmp_path, pair, "alone")
+def test_pair_model_alone_reports_every_difference(tmp_path, roofs_pair, oracle):
+    gdf = _run(tmp_path, roofs_pair, "alone")
     assert len(gdf) == 5  # 3 new roofs, the touched old roof, the tarp (the faint roof is missed)
     assert gdf["structure_conf"].isna().all()
 
 
-def test_second_view_confirms_structures_and_drops_what_the_baseline_shows(tmp_path, pair, oracle):
-    gdf = _run(tmp_path, pair, "confirm", confirm=True, add=False)
+def test_second_view_confirms_structures_and_drops_what_the_baseline_shows(tmp_path, roofs_pair, oracle):
+    gdf = _run(tmp_path, roofs_pair, "confirm", confirm=True, add=False)
     assert len(gdf) == len(NEW)
     found = _centres(gdf)
     assert all(min(abs(a - x) + abs(b - y) for a, b in found) <= 3 for x, y in map(_centre, NEW))
@@ -145,8 +139,8 @@ def test_second_view_confirms_structures_and_drops_what_the_baseline_shows(tmp_p
     assert not gdf["tags"].str.contains("second_view").any()
 
 
-def test_second_view_adds_a_structure_the_pair_model_missed(tmp_path, pair, oracle):
-    gdf = _run(tmp_path, pair, "add", confirm=True, add=True)
+def test_second_view_adds_a_structure_the_pair_model_missed(tmp_path, roofs_pair, oracle):
+    gdf = _run(tmp_path, roofs_pair, "add", confirm=True, add=True)
     assert len(gdf) == len(NEW) + 1
     added = gdf[gdf["tags"] == "second_view"]
     assert len(added) == 1 and added["class"].iloc[0] == "new_building"
@@ -155,19 +149,19 @@ def test_second_view_adds_a_structure_the_pair_model_missed(tmp_path, pair, orac
     assert abs(x - fx) <= 3 and abs(y - fy) <= 3
 
 
-def test_the_defaults_add_and_do_not_confirm(tmp_path, pair, oracle):
+def test_the_defaults_add_and_do_not_confirm(tmp_path, roofs_pair, oracle):
     assert SecondViewConfig().add_conf is None and SecondViewConfig().add and not SecondViewConfig().confirm
-    gdf = _run(tmp_path, pair, "defaults", add=True)
+    gdf = _run(tmp_path, roofs_pair, "defaults", add=True)
     assert len(gdf) == 5 + 1  # every pair candidate, and the faint roof
     assert (gdf["tags"] == "second_view").sum() == 1
 
 
-def test_the_shipped_building_model_is_left_out_for_a_pair_model_it_does_not_fit(tmp_path, pair, oracle, caplog):
+def test_the_shipped_building_model_is_left_out_for_a_pair_model_it_does_not_fit(tmp_path, roofs_pair, oracle, caplog):
     """A 256-px pair model: the shipped 512-px building model cannot look at its tiles."""
     from detector.night.model import DEFAULT_BUILDING_MODEL_PATH
 
     model = make_contract_model(tmp_path / "pair.onnx", channels=6, imgsz=256)
-    cfg = RunConfig(baseline=pair[0], current=pair[1], out=tmp_path / "x", model=model, workers=1, progress=False)
+    cfg = RunConfig(baseline=roofs_pair[0], current=roofs_pair[1], out=tmp_path / "x", model=model, workers=1, progress=False)
     assert cfg.detect.second_view.enabled and cfg.detect.second_view.model is None
     with caplog.at_level("WARNING", logger="detector"):
         gdf = gpd.read_file(run_pipeline(cfg).candidates_path, layer="candidates")
@@ -176,13 +170,13 @@ def test_the_shipped_building_model_is_left_out_for_a_pair_model_it_does_not_fit
     assert any(words in r.getMessage() for r in caplog.records)
 
 
-def test_second_view_must_be_a_single_epoch_model_of_the_same_tiles(tmp_path, pair):
+def test_second_view_must_be_a_single_epoch_model_of_the_same_tiles(tmp_path, roofs_pair):
     model = make_contract_model(tmp_path / "pair.onnx", channels=6, imgsz=256)
     for bad, words in ((make_contract_model(tmp_path / "p2.onnx", channels=6, imgsz=256), "single-epoch"),
                        (make_contract_model(tmp_path / "b512.onnx", channels=3, names=("building",), imgsz=512),
                         "same tile size"),
                        (tmp_path / "missing.onnx", "detect.second_view.model not found")):
-        cfg = RunConfig(baseline=pair[0], current=pair[1], out=tmp_path / "bad", model=model, workers=1,
+        cfg = RunConfig(baseline=roofs_pair[0], current=roofs_pair[1], out=tmp_path / "bad", model=model, workers=1,
                         progress=False, detect={"second_view": {"model": bad}})
         with pytest.raises(ModelError, match=words):
             run_pipeline(cfg)
@@ -212,11 +206,11 @@ def _counting(monkeypatch):
     return calls
 
 
-def test_the_baseline_is_looked_at_only_where_it_can_change_the_verdict(tmp_path, pair, monkeypatch):
+def test_the_baseline_is_looked_at_only_where_it_can_change_the_verdict(tmp_path, roofs_pair, monkeypatch):
     """Tiles without pair candidates and without a structure tonight that could be added cost one
     building-model inference (tonight's), not two; the candidates are the same."""
     calls = _counting(monkeypatch)
-    gdf = _run(tmp_path, pair, "lazy", confirm=True, add=True)
+    gdf = _run(tmp_path, roofs_pair, "lazy", confirm=True, add=True)
     assert len(gdf) == len(NEW) + 1
     tiles = gpd.read_file(tmp_path / "lazy" / "candidates.gpkg", layer="tiles")
     done = int((tiles["status"] == "done").sum())
@@ -226,49 +220,49 @@ def test_the_baseline_is_looked_at_only_where_it_can_change_the_verdict(tmp_path
 
 # ------------------------------------------------------------------ baseline views kept between nights
 
-def test_baseline_views_are_kept_between_nights(tmp_path, pair, monkeypatch):
+def test_baseline_views_are_kept_between_nights(tmp_path, roofs_pair, monkeypatch):
     """The second night against the same baseline reads the building model's baseline view instead
     of running it, and reports exactly the same candidates."""
     calls = _counting(monkeypatch)
     cache = tmp_path / "views"
-    first = _run(tmp_path, pair, "night1", confirm=True, add=True, baseline_cache=cache)
+    first = _run(tmp_path, roofs_pair, "night1", confirm=True, add=True, baseline_cache=cache)
     computed = calls.count("baseline")
     assert computed > 0
     stored = [p for p in cache.rglob("*.json") if p.name != "key.json"]
     assert len(stored) == computed  # one file per tile whose baseline was looked at
     calls.clear()
-    second = _run(tmp_path, pair, "night2", confirm=True, add=True, baseline_cache=cache)
+    second = _run(tmp_path, roofs_pair, "night2", confirm=True, add=True, baseline_cache=cache)
     assert calls.count("baseline") == 0 and calls.count("tonight") > 0
     cols = ["class", "confidence", "baseline_iou", "structure_conf", "tags"]
     assert second[cols].equals(first[cols])
     assert [g.wkt for g in second.geometry] == [g.wkt for g in first.geometry]
-    uncached = _run(tmp_path, pair, "plain", confirm=True, add=True)
+    uncached = _run(tmp_path, roofs_pair, "plain", confirm=True, add=True)
     assert uncached[cols].equals(first[cols])
 
 
-def test_a_changed_setting_or_unreadable_view_is_computed_again(tmp_path, pair, monkeypatch):
+def test_a_changed_setting_or_unreadable_view_is_computed_again(tmp_path, roofs_pair, monkeypatch):
     calls = _counting(monkeypatch)
     cache = tmp_path / "views"
-    _run(tmp_path, pair, "night1", confirm=True, add=True, baseline_cache=cache)
+    _run(tmp_path, roofs_pair, "night1", confirm=True, add=True, baseline_cache=cache)
     computed = calls.count("baseline")
     (key,) = [p for p in cache.iterdir() if p.is_dir()]
     victim = sorted(p for p in key.glob("*.json") if p.name != "key.json")[0]
     victim.write_text("{not json")
     calls.clear()
-    _run(tmp_path, pair, "night2", confirm=True, add=True, baseline_cache=cache)
+    _run(tmp_path, roofs_pair, "night2", confirm=True, add=True, baseline_cache=cache)
     assert calls.count("baseline") == 1  # the unreadable one, rewritten
     assert victim.read_text().startswith("[")
     calls.clear()
-    _run(tmp_path, pair, "night3", confirm=True, add=True, baseline_cache=cache, conf=0.3)
+    _run(tmp_path, roofs_pair, "night3", confirm=True, add=True, baseline_cache=cache, conf=0.3)
     assert calls.count("baseline") == computed  # another confidence: another key, nothing stale is read
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
 
 
-def test_an_unwritable_view_cache_is_refused_before_work(tmp_path, pair, oracle):
+def test_an_unwritable_view_cache_is_refused_before_work(tmp_path, roofs_pair, oracle):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     with pytest.raises(OutputError, match="baseline_cache"):
-        _run(tmp_path, pair, "night", baseline_cache=blocker)
+        _run(tmp_path, roofs_pair, "night", baseline_cache=blocker)
     assert not (tmp_path / "night" / "candidates.gpkg").exists()
 
 

@@ -14,7 +14,6 @@ geography split (see :mod:`training.sources`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.fileio import atomic_write_text
 from training.config import TrainConfig
 from training.copypaste import synthesize_pair
 from training.datasets import ChipSample, DatasetWriter, OrientedBox, chip_samples, iter_windows, polygon_to_obb
@@ -196,9 +196,7 @@ def build_dataset(cfg: TrainConfig, progress: bool = True) -> BuildSummary:
         "synthetic": {"generator": "detector.synth.scene.generate_scene", "train_seeds": list(cfg.data.synthetic_train_seeds),
                       "val_seeds": list(cfg.data.synthetic_val_seeds), "size": cfg.data.synthetic_size},
     }
-    tmp = Path(cfg.data.root) / ".manifest.json.part"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, Path(cfg.data.root) / "manifest.json")
+    atomic_write_text(Path(cfg.data.root) / "manifest.json", json.dumps(manifest, indent=1))
     if progress:
         print(f"dataset {cfg.data.root}: {summary.counts} in {summary.seconds} s", flush=True)
     return summary

@@ -22,7 +22,6 @@ training checkpoint from the ONNX weights:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -220,11 +219,8 @@ def checkpoint_from_onnx(onnx_path: Path, out: Path, architecture: str = ARCHITE
             "train_args": {"task": "obb", "imgsz": imgsz, "model": architecture},
             "buildwatch": {"recovered_from": onnx_path.name, "onnx_max_abs_diff": diff,
                            "model_name": meta.get("buildwatch_model_name", "")}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".part-{out.name}")
-    try:
+    from detector.fileio import atomic_path
+
+    with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

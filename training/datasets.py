@@ -16,7 +16,6 @@ normal PNG (stored BGR as OpenCV does; ultralytics turns it back into RGB).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 
 from detector.errors import InputError
+from detector.fileio import atomic_path, atomic_write_text
 
 SPLITS = ("train", "val")
 
@@ -128,15 +128,11 @@ def read_obb_labels(path: Path, width: int, height: int, num_classes: int | None
     return boxes
 
 
-def _atomic_image_write(path: Path, writer) -> None:
-    tmp = path.with_name(f".part-{os.getpid()}-{path.name}")  # keeps the extension: OpenCV picks the codec from it
-    try:
+def atomic_image_write(path: Path, writer) -> None:
+    """Write an image through ``writer(temporary name) -> bool`` (an OpenCV writer), renamed onto ``path``."""
+    with atomic_path(path) as tmp:  # the temporary name keeps the extension: OpenCV picks the codec from it
         if not writer(str(tmp)):
             raise InputError(f"{path}: OpenCV could not write the image")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_pair_tiff(path: Path, baseline: np.ndarray, current: np.ndarray) -> None:
@@ -144,7 +140,7 @@ def write_pair_tiff(path: Path, baseline: np.ndarray, current: np.ndarray) -> No
     if baseline.shape != current.shape or baseline.ndim != 3 or baseline.shape[2] != 3:
         raise InputError(f"{path}: pair size mismatch {baseline.shape} vs {current.shape}; both must be (H, W, 3)")
     pages = [np.ascontiguousarray(img[:, :, band]) for img in (baseline, current) for band in range(3)]
-    _atomic_image_write(Path(path), lambda p: cv2.imwritemulti(p, pages, [cv2.IMWRITE_TIFF_COMPRESSION, 5]))
+    atomic_image_write(Path(path), lambda p: cv2.imwritemulti(p, pages, [cv2.IMWRITE_TIFF_COMPRESSION, 5]))
 
 
 def read_pair_tiff(path: Path) -> np.ndarray:
@@ -157,7 +153,7 @@ def read_pair_tiff(path: Path) -> np.ndarray:
 
 def write_rgb_png(path: Path, rgb: np.ndarray) -> None:
     """Write an RGB uint8 image as PNG (OpenCV stores BGR)."""
-    _atomic_image_write(Path(path), lambda p: cv2.imwrite(p, np.ascontiguousarray(rgb[:, :, ::-1])))
+    atomic_image_write(Path(path), lambda p: cv2.imwrite(p, np.ascontiguousarray(rgb[:, :, ::-1])))
 
 
 def iter_windows(height: int, width: int, size: int, stride: int):
@@ -228,9 +224,7 @@ class DatasetWriter:
             lines.append(obb_label_line(box.class_id, box.corners, w, h))
             self.class_counts[split][box.class_id] += 1
         label_path = self.root / "labels" / split / f"{sample.stem}.txt"
-        tmp = label_path.with_name(f".part-{os.getpid()}-{label_path.name}")
-        tmp.write_text("\n".join(lines) + ("\n" if lines else ""))
-        os.replace(tmp, label_path)
+        atomic_write_text(label_path, "\n".join(lines) + ("\n" if lines else ""))
         self.counts[split]["images"] += 1
         self.counts[split]["boxes"] += len(lines)
         return path
@@ -240,11 +234,7 @@ class DatasetWriter:
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(self.names))
         text = (f"path: {self.root.resolve()}\ntrain: images/train\nval: images/val\n"
                 f"channels: {self.channels}\nnames:\n{names}\n")
-        path = self.root / "data.yaml"
-        tmp = path.with_name(".data.yaml.part")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(self.root / "data.yaml", text)
 
 
 def chip_samples(image: np.ndarray, boxes: list[OrientedBox], size: int, stride: int, stem: str,

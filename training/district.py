@@ -300,12 +300,14 @@ def write_holdout_scene(pair: LabelledPair, folder: Path, gsd_m: float) -> Path:
     import shapely
     from rasterio.transform import from_origin
 
+    from detector.fileio import atomic_path
+
     folder.mkdir(parents=True, exist_ok=True)
     h, w = pair.image.shape[:2]
     transform = from_origin(500000.0, 2500000.0, gsd_m, gsd_m)
     profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs="EPSG:32650", transform=transform)
     for name, img in (("baseline.tif", pair.image[:, :, :3]), ("current.tif", pair.image[:, :, 3:])):
-        with rasterio.open(folder / name, "w", **profile) as ds:
+        with atomic_path(folder / name) as tmp, rasterio.open(tmp, "w", **profile) as ds:
             ds.write(img.transpose(2, 0, 1))
     geoms, classes = [], []
     for cls, poly in pair.objects:
@@ -314,5 +316,7 @@ def write_holdout_scene(pair: LabelledPair, folder: Path, gsd_m: float) -> Path:
         if not g.is_empty:
             geoms.append(g)
             classes.append(CHANGE_CLASSES[cls])
-    gpd.GeoDataFrame({"class": classes}, geometry=geoms, crs="EPSG:32650").to_file(folder / "truth.geojson", driver="GeoJSON")
+    with atomic_path(folder / "truth.geojson") as tmp:
+        tmp.unlink()  # the GeoJSON driver creates the file itself
+        gpd.GeoDataFrame({"class": classes}, geometry=geoms, crs="EPSG:32650").to_file(tmp, driver="GeoJSON")
     return folder

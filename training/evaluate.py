@@ -1,4 +1,4 @@
-"""``buildwatch evaluate``: score the runtime (``detector.night.pipeline.run_pipeline``) on labelled pairs.
+"""``buildwatch evaluate``: score the runtime (``detector.run.run_pipeline``) on labelled pairs.
 
 Layouts
     ``synth``  ``DIR/<scene>/baseline.tif, current.tif, truth.geojson`` (as ``buildwatch synth``
@@ -15,7 +15,6 @@ of candidate polygons. Writes JSON and a Markdown table beside it.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import InputError
+from detector.fileio import atomic_write_text
 from detector.types import CHANGE_CLASSES
 from training.metrics import ObjectScores, PixelScores, mask_components, object_scores, pixel_scores, polygon_masks, union_mask
 
@@ -244,10 +244,8 @@ def evaluate_pairs(model: Path | None, pairs_dir: Path, layout: str, out: Path, 
               "seconds": round(time.time() - start, 1), "summary": _summarise(results, layout),
               "pairs": _jsonable(results)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, json.dumps(_jsonable(report), indent=1)), (out.with_suffix(".md"), _markdown(_jsonable(report)))):
-        tmp_path = path.with_name(f".part-{path.name}")
-        tmp_path.write_text(text)
-        os.replace(tmp_path, path)
+    atomic_write_text(out, json.dumps(_jsonable(report), indent=1))
+    atomic_write_text(out.with_suffix(".md"), _markdown(_jsonable(report)))
     return _jsonable(report)
 
 

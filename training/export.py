@@ -16,8 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import InputError
-from detector.fileio import file_sha256
+from detector.fileio import atomic_path, atomic_write_text, file_sha256
 from detector.night.model import CONTRACT_VERSION, INPUT_NORMALISATION, deepness_metadata, load_model_spec
+
+
+def work_folder(out: Path):
+    """A temporary work folder beside ``out`` (hidden, marked ``.tmp`` like :func:`detector.fileio.atomic_path`'s
+    names, so a killed export's leftovers are recognisable), removed afterwards."""
+    return tempfile.TemporaryDirectory(prefix=f".{out.stem}.", suffix=".tmp", dir=out.parent)
 
 
 def write_metadata(onnx_path: Path, extra: dict[str, str]) -> None:
@@ -33,9 +39,8 @@ def write_metadata(onnx_path: Path, extra: dict[str, str]) -> None:
         else:
             prop = model.metadata_props.add()
             prop.key, prop.value = key, str(value)
-    tmp = onnx_path.with_name(f".part-{onnx_path.name}")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, onnx_path)
+    with atomic_path(onnx_path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def read_metadata(onnx_path: Path) -> dict[str, str]:
@@ -48,10 +53,7 @@ def write_sha256(onnx_path: Path) -> Path:
     """Write ``<model>.onnx.sha256`` (``<hex>  <file name>``) and return its path."""
     onnx_path = Path(onnx_path)
     sidecar = onnx_path.with_name(onnx_path.name + ".sha256")
-    tmp = sidecar.with_name(f".part-{sidecar.name}")
-    tmp.write_text(f"{file_sha256(onnx_path)}  {onnx_path.name}\n")
-    os.replace(tmp, sidecar)
-    return sidecar
+    return atomic_write_text(sidecar, f"{file_sha256(onnx_path)}  {onnx_path.name}\n")
 
 
 def buildwatch_metadata(channels: int, names: dict[int, str], imgsz: int, gsd_m: float, conf: float, iou: float,
@@ -108,7 +110,7 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
     train_imgsz = int(model.ckpt.get("train_args", {}).get("imgsz", 512)) if getattr(model, "ckpt", None) else 512
     imgsz = imgsz or train_imgsz
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    with work_folder(out) as tmp:
         tmp_weights = Path(tmp) / "model.pt"
         shutil.copyfile(weights, tmp_weights)
         model = YOLO(str(tmp_weights), task="obb")
@@ -118,7 +120,8 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
         meta = buildwatch_metadata(channels, names, imgsz, gsd_m, conf, iou, overlap_px,
                                    model_name or out.stem, provenance or {}, metrics or {})
         write_metadata(exported, meta)
-        os.replace(exported, out)
+        with atomic_path(out) as part:
+            os.replace(exported, part)
     write_sha256(out)
     if weights_fp16:
         store_weights_fp16(out)
@@ -158,12 +161,8 @@ def store_weights_fp16(onnx_path: Path, min_size: int = 16) -> Path:
     del graph.initializer[:], graph.node[:]
     graph.initializer.extend(inits)
     graph.node.extend(casts + nodes)
-    tmp = onnx_path.with_name(f".part-{onnx_path.name}")
-    try:
+    with atomic_path(onnx_path) as tmp:
         onnx.save(model, str(tmp))
-        os.replace(tmp, onnx_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     write_sha256(onnx_path)
     return onnx_path
 
@@ -214,7 +213,7 @@ def quantize_int8(onnx_path: Path, out: Path, calibration: list, exclude_decode:
         def get_next(self):
             return next(self._it, None)
 
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    with work_folder(out) as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
@@ -227,6 +226,7 @@ def quantize_int8(onnx_path: Path, out: Path, calibration: list, exclude_decode:
                         nodes_to_exclude=exclude)
         write_metadata(part, read_metadata(onnx_path) | {"buildwatch_model_name": read_metadata(onnx_path).get(
             "buildwatch_model_name", out.stem) + "-int8"})
-        os.replace(part, out)
+        with atomic_path(out) as final:
+            os.replace(part, final)
     write_sha256(out)
     return out

@@ -10,7 +10,7 @@ from real georeferenced imagery and its building footprints:
 - :func:`banepa_val_mosaic`: the OpenAerialMap Banepa chips held out of training (rows from
   ``training.sources.BANEPA_VAL_ROWS_FROM``) as one GeoTIFF with their OSM footprints.
 
-Used by ``scripts/bench_real.py`` and the real-data tests; evaluation only.
+Used by :mod:`training.realbench` (``scripts/bench_real.py``) and the real-data tests; evaluation only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from detector.errors import InputError
+from detector.fileio import atomic_path
 
 BANEPA_VAL_ROWS_FROM = 220247  # chips with this tile row or more are the held-out southern quarter
 
@@ -72,10 +73,8 @@ def erase_buildings_pair(image_path: Path, labels_path, out_dir: Path, every: in
         baseline[b] = cv2.inpaint(data[b], mask, radius, cv2.INPAINT_TELEA)
     profile.update(tiled=True, blockxsize=256, blockysize=256, compress="deflate")
     base_path, cur_path = out_dir / "baseline.tif", out_dir / "current.tif"
-    with rasterio.open(base_path, "w", **profile) as dst:
-        dst.write(baseline)
-    with rasterio.open(cur_path, "w", **profile) as dst:
-        dst.write(data)
+    _write_tif(base_path, baseline, profile)
+    _write_tif(cur_path, data, profile)
     return base_path, cur_path, erased, kept
 
 
@@ -109,9 +108,16 @@ def flown_twice(image_path: Path, out_path: Path, seed: int = 0, shift_m: float 
     img = cv2.imdecode(jpg, cv2.IMREAD_COLOR)[:, :, ::-1]
     profile.update(count=3, dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
     profile.pop("nodata", None)
-    with rasterio.open(out_path, "w", **profile) as dst:
-        dst.write(np.moveaxis(img, -1, 0))
+    _write_tif(out_path, np.moveaxis(img, -1, 0), profile)
     return out_path
+
+
+def _write_tif(path: Path, data: np.ndarray, profile: dict) -> None:
+    """Write a (bands, H, W) array as a GeoTIFF, atomically (:func:`detector.fileio.atomic_path`)."""
+    import rasterio
+
+    with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
 
 
 def banepa_val_mosaic(data_root: Path, out_path: Path):
@@ -120,8 +126,8 @@ def banepa_val_mosaic(data_root: Path, out_path: Path):
     Returns (GeoTIFF path, GeoDataFrame of the footprints inside it, in EPSG:4326).
     """
     import geopandas as gpd
-    import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.merge import merge
+    from rasterio.transform import array_bounds
     from shapely.geometry import box
 
     folder = Path(data_root) / "oam_banepa_fair" / "train"
@@ -130,24 +136,15 @@ def banepa_val_mosaic(data_root: Path, out_path: Path):
     footprints = sorted((folder / "osm").glob("*.geojson"))
     if not chips or not footprints:
         raise InputError(f"{folder}: no held-out OAM-*-19.tif chips or OSM footprints found")
-    infos = []
-    for chip in chips:
-        with rasterio.open(chip) as ds:
-            infos.append((ds.transform, ds.read([1, 2, 3])))
-    dlon, dlat = infos[0][0].a, -infos[0][0].e
-    lon0, lat0 = min(t.c for t, _ in infos), max(t.f for t, _ in infos)
-    width = int(round((max(t.c for t, _ in infos) - lon0) / dlon)) + 512
-    height = int(round((lat0 - min(t.f for t, _ in infos)) / dlat)) + 512
-    mosaic = np.zeros((3, height, width), np.uint8)
-    for t, img in infos:
-        x, y = int(round((t.c - lon0) / dlon)), int(round((lat0 - t.f) / dlat))
-        mosaic[:, y:y + img.shape[1], x:x + img.shape[2]] = img
-    transform = from_origin(lon0, lat0, dlon, dlat)
-    with rasterio.open(out_path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
-                       crs="EPSG:4326", transform=transform, nodata=0, tiled=True, blockxsize=256,
-                       blockysize=256, compress="deflate") as dst:
-        dst.write(mosaic)
-    extent = box(lon0, lat0 - height * dlat, lon0 + width * dlon, lat0)
+    # the chips are web-mercator tiles resampled to EPSG:4326, so their pixel heights differ in the
+    # 5th digit; merge puts every chip on the first chip's pixel grid (each lands within 0.02 px of a
+    # whole-pixel offset, so no chip is resampled) and a later chip wins where two meet, as before
+    mosaic, transform = merge(chips, indexes=[1, 2, 3], method="last")
+    height, width = mosaic.shape[1:]
+    _write_tif(out_path, mosaic, dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8",
+                                      crs="EPSG:4326", transform=transform, nodata=0, tiled=True, blockxsize=256,
+                                      blockysize=256, compress="deflate"))
+    extent = box(*array_bounds(height, width, transform))
     fp = gpd.read_file(footprints[0]).to_crs("EPSG:4326")
     fp = fp[fp.geometry.within(extent)]
     return out_path, fp[["geometry"]].reset_index(drop=True)

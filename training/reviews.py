@@ -49,7 +49,7 @@ def _split_for(x: float, y: float, block_m: float = 256.0, val_every: int = 5) -
 
 def _register_chip(b: np.ndarray, vb: np.ndarray, c: np.ndarray, vc: np.ndarray, gsd_m: float,
                    offset: tuple[int, int], align: AlignConfig, model: MosaicModel | None):
-    """Co-register one chip as ``detector.night.pipeline`` registers a tile; None where it would flag it."""
+    """Co-register one chip as the nightly run registers a tile (``detector.night.tile``); None where it would flag it."""
     if not align.enabled:
         return c, vc
     reg = register_tile(b, c, vb & vc, gsd_m, model=model, offset=offset, max_shift_m=align.max_shift_m,

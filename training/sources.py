@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,19 +257,20 @@ def load_sources(data_root: Path, sets: tuple[str, ...] | list[str] = ALL_SETS, 
 
 def save_pack(sources: list[SourceImage], folder: Path, quality: int = 95) -> Path:
     """Store sources as ``<name>.jpg`` + ``<name>.json`` (polygons, split, dataset, GSD)."""
+    from detector.fileio import atomic_write_text
+    from training.datasets import atomic_image_write
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     index = []
     for src in sources:
-        jpg = folder / f"{src.name}.jpg"
-        tmp = folder / f".part-{src.name}.jpg"
-        cv2.imwrite(str(tmp), src.rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        os.replace(tmp, jpg)
+        bgr = np.ascontiguousarray(src.rgb[:, :, ::-1])
+        atomic_image_write(folder / f"{src.name}.jpg", lambda p: cv2.imwrite(p, bgr, [cv2.IMWRITE_JPEG_QUALITY, quality]))
         meta = {"name": src.name, "dataset": src.dataset, "split": src.split, "gsd_m": src.gsd_m,
                 "polygons": [np.round(p, 2).tolist() for p in src.polygons]}
-        (folder / f"{src.name}.json").write_text(json.dumps(meta))
+        atomic_write_text(folder / f"{src.name}.json", json.dumps(meta))
         index.append(src.name)
-    (folder / "index.json").write_text(json.dumps({"sources": index, "attributions": ATTRIBUTIONS}, indent=1))
+    atomic_write_text(folder / "index.json", json.dumps({"sources": index, "attributions": ATTRIBUTIONS}, indent=1))
     return folder
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detector.errors import InputError
+from detector.fileio import atomic_write_text
 from training.config import TrainConfig
 from training.offline import prepare_offline
 
@@ -126,5 +127,5 @@ def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | Non
     metrics = {k: float(v) for k, v in (model.trainer.metrics or {}).items() if isinstance(v, (int, float))}
     summary = {"config": json.loads(cfg.model_dump_json()), "seconds": round(seconds, 1), "metrics": metrics,
                "data": str(data_yaml)}
-    (run_dir / "buildwatch_train.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(run_dir / "buildwatch_train.json", json.dumps(summary, indent=1))
     return TrainResult(run_dir, run_dir / "weights" / "best.pt", run_dir / "weights" / "last.pt", seconds, metrics)

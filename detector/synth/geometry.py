@@ -1,7 +1,8 @@
 """Polygon helpers shared by the planner, the painters and the writers.
 
 Polygons are ``(N, 2)`` float64 arrays of ``(x, y)``, in metres while planning and in
-pixels (corner convention) once divided by the ground sample distance.
+pixels (corner convention) once divided by the ground sample distance. Area and orientation
+are shapely's (GEOS); the clip to the image stays hand-written (see :func:`clip_to_square`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import shapely
 
 
 def rect_polygon(cx: float, cy: float, w: float, l: float, angle: float) -> np.ndarray:
@@ -35,39 +37,40 @@ def rect_polygon(cx: float, cy: float, w: float, l: float, angle: float) -> np.n
     return np.array([centre - u - v, centre + u - v, centre + u + v, centre - u + v], dtype=np.float64)
 
 
-def signed_area(ring: np.ndarray) -> float:
-    """Shoelace area of a ring; positive when counter-clockwise in an x-right, y-up frame.
+def is_ccw(ring: np.ndarray) -> bool:
+    """Whether a ring runs counter-clockwise in an x-right, y-up frame (``shapely.is_ccw``).
 
     Parameters
     ----------
     ring : numpy.ndarray
         ``(N, 2)`` vertices, not closed (the first vertex is not repeated).
-
-    Returns
-    -------
-    float
     """
-    x, y = ring[:, 0], ring[:, 1]
-    return float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
+    return bool(shapely.is_ccw(shapely.linearrings(ring)))
 
 
 def polygon_area(poly: np.ndarray) -> float:
-    """Unsigned area of a polygon, in squared units of its coordinates.
+    """Unsigned area of a polygon, in squared units of its coordinates (``shapely.area``).
 
     Parameters
     ----------
     poly : numpy.ndarray
-        ``(N, 2)`` vertices, not closed.
+        ``(N, 2)`` vertices (N >= 3), not closed.
 
     Returns
     -------
     float
     """
-    return abs(signed_area(poly))
+    return float(shapely.area(shapely.polygons(poly)))
 
 
 def clip_to_square(poly: np.ndarray, side: float) -> np.ndarray:
     """Sutherland-Hodgman clip of a polygon to ``[0, side]^2``.
+
+    Hand-written on purpose, not ``shapely.clip_by_rect``: GEOS computes the edge crossings
+    with other arithmetic (last-bit differences) and returns the ring clockwise from another
+    vertex. The clipped footprints become training labels through ``cv2.minAreaRect``, which
+    then picks another rectangle for about 1 in 125 edge-cut buildings (measured: corners moved
+    by up to 43 px), so the datasets would change. Area and orientation are shapely's.
 
     Parameters
     ----------

@@ -26,8 +26,9 @@ How a scene is made, one module per job:
 - this module puts them together (:func:`generate_scene`) and reads the truth off the plan;
 - :mod:`detector.synth.write` writes GeoTIFFs, GeoJSON truth / footprints and ``scene.json``.
 
-Only numpy, cv2 and the standard library are imported at module level (the training
-machine has no GDAL); the GeoTIFF / GeoJSON writers import rasterio and pyproj lazily.
+Only numpy, cv2, shapely (GEOS, no GDAL) and the standard library are imported at module
+level (the training machine has no GDAL); the GeoTIFF / GeoJSON writers import rasterio and
+pyproj lazily.
 Same seed => same bytes (every random draw comes from seeded ``numpy`` generators).
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.fileio import atomic_path, atomic_write_bytes
-from detector.synth.geometry import polygon_area, signed_area
+from detector.synth.geometry import is_ccw, polygon_area
 from detector.synth.types import Scene
 
 EPOCH_TIME = "10:00:00"  # local time written into TIFFTAG_DATETIME
@@ -114,7 +114,7 @@ def _geojson_bytes(features: list[tuple[np.ndarray, dict]], transform, crs: str,
         xs = transform.a * poly[:, 0] + transform.b * poly[:, 1] + transform.c
         ys = transform.d * poly[:, 0] + transform.e * poly[:, 1] + transform.f
         ring = [[round(float(x), ndigits), round(float(y), ndigits)] for x, y in zip(xs, ys)]
-        if signed_area(np.array(ring)) < 0:  # RFC 7946: exterior ring counter-clockwise
+        if not is_ccw(np.array(ring)):  # RFC 7946: exterior ring counter-clockwise
             ring = ring[::-1]
         ring.append(ring[0])
         props = dict(props, area_m2=round(polygon_area(poly) * gsd * gsd, 2))
