@@ -160,3 +160,13 @@ def test_recipe_first_epoch_two_view_export_parity_and_one_pass(tmp_path, monkey
     assert len(tonight) > 0
     view([rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)], 0.001, 0.5)  # not an epoch of that pair
     assert len(runs) == 2
+
+    # retraining a two-view model is refused before any work, in one line
+    from detector.errors import ConfigError
+    from training.config import load_train_config
+    from training.retrain import RetrainOptions, retrain
+
+    with pytest.raises(ConfigError, match="two-view model .* cannot be retrained yet"):
+        retrain(RetrainOptions(models=tmp_path / "models", work=tmp_path / "work", base_model=out),
+                load_train_config(None, {"name": "r"}))
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

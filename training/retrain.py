@@ -357,6 +357,10 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
         spec = load_model_spec(promoted.model if promoted else opts.base_model)
         if spec.channels != 6:
             raise ConfigError(f"{spec.path}: retraining needs a pair (6-channel) model; it has {spec.channels} channels")
+        if spec.building is not None:
+            raise ConfigError(f"{spec.path}: a two-view model (pretrained encoder, change and building heads) "
+                              "cannot be retrained yet; retrain the shipped pair model (leave --base-model out) "
+                              "or train the two heads with configs/train/enc-*.yaml")
         if abs(cfg.gsd_m - spec.gsd_m) > 1e-9:
             log.info("training GSD set to the parent's %.3f m (config had %.3f m)", spec.gsd_m, cfg.gsd_m)
             cfg.gsd_m = spec.gsd_m
