@@ -27,12 +27,14 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from detector.clock import utc_now
 from detector.errors import ConfigError, InputError
+from detector.fileio import json_digest
+from detector.logs import log_to, stop_logging_to
 from detector.night.model_registry import ModelRegistry, ModelVersion
 from detector.types import CHANGE_CLASSES
 from training.config import TrainConfig
@@ -119,17 +121,6 @@ def gate_decision(old: dict, new: dict, margin: float = 0.05, min_gain: float = 
                                          f"{old['district_f1']:.3f} -> {new['district_f1']:.3f}", old, new)
     return GateResult(True, f"district F1@{IOU} {old['district_f1']:.3f} -> {new['district_f1']:.3f} "
                             f"(+{gain:.3f}); no class drops more than {margin:.2f}", old, new)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _file_handler(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.INFO)
-    return handler
 
 
 def _ensure_parent(registry: ModelRegistry, base_model: Path | None, work: Path) -> ModelVersion:
@@ -290,12 +281,9 @@ FINETUNE_RECORD = "finetune.json"
 
 def finetune_digest(data_manifest: dict, cfg: TrainConfig, parent_sha256: str) -> str:
     """What a fine-tune depends on: every input's sha256 and count, the recipe, the parent model."""
-    import hashlib
-
     recipe = json.loads(cfg.model_dump_json())
     recipe["train"].pop("project", None)  # where it is written does not change what is learnt
-    blob = json.dumps({"data": data_manifest, "recipe": recipe, "parent": parent_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json_digest({"data": data_manifest, "recipe": recipe, "parent": parent_sha256})
 
 
 def record_finetune(work: Path, digest: str, result) -> None:
@@ -304,7 +292,7 @@ def record_finetune(work: Path, digest: str, result) -> None:
 
     atomic_write_text(Path(work) / FINETUNE_RECORD, json.dumps(
         {"digest": digest, "run_dir": str(result.run_dir), "best": str(result.best), "last": str(result.last),
-         "seconds": round(result.seconds, 1), "metrics": result.metrics, "finished": _now()}, indent=1))
+         "seconds": round(result.seconds, 1), "metrics": result.metrics, "finished": utc_now()}, indent=1))
 
 
 def finished_finetune(work: Path, digest: str):
@@ -346,11 +334,8 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
                        (opts.baseline, "baseline mosaic"), (opts.current, "current mosaic")):
         if path is not None and not Path(path).exists():
             raise InputError(f"{path}: {what} not found")
-    root_logger = log  # this module's messages go to <work>/retrain.log
-    handler = _file_handler(opts.work / "retrain.log")
-    root_logger.addHandler(handler)
-    if root_logger.level == logging.NOTSET or root_logger.level > logging.INFO:
-        root_logger.setLevel(logging.INFO)
+    # this module's messages go to <work>/retrain.log
+    handler = log_to(logging.FileHandler(opts.work / "retrain.log"), logging.INFO, (__name__,))
     try:
         registry = ModelRegistry(opts.models)
         promoted = registry.resolve() if registry.promoted is not None else None
@@ -390,13 +375,13 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
                                 overlap_px=spec.overlap_px, model_name=name,
                                 imgsz=spec.imgsz[0], metrics={},
                                 provenance={"parent": parent.version, "parent_sha256": parent.sha256,
-                                            "data_manifest": "version.json data_manifest", "retrained": _now()})
+                                            "data_manifest": "version.json data_manifest", "retrained": utc_now()})
         syn_dir = synthetic_holdout(opts.work, opts.synthetic_holdout, opts.synthetic_size, spec.gsd_m)
         district_dir = (opts.work / "holdout" / "district") if holdout_dirs else None
         version, gate = gate_and_register(registry, parent, candidate, result.best, syn_dir, district_dir,
                                           opts.work / "gate", opts.margin, opts.min_gain, opts.promote,
                                           data_manifest, name)
-        manifest = {"created": _now(), "parent": parent.version, "parent_sha256": parent.sha256, "version": version.version,
+        manifest = {"created": utc_now(), "parent": parent.version, "parent_sha256": parent.sha256, "version": version.version,
                     "start_checkpoint": str(start), "config": json.loads(cfg.model_dump_json()),
                     "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
                     "data": data_manifest, "train_seconds": round(result.seconds, 1), "train_metrics": result.metrics,
@@ -409,5 +394,4 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
         return RetrainResult(parent.version, version.version, promoted.version if promoted else "", gate,
                              manifest_path, time.time() - t0)
     finally:
-        root_logger.removeHandler(handler)
-        handler.close()
+        stop_logging_to(handler, (__name__,))
