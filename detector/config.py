@@ -3,9 +3,10 @@
 A YAML file (``configs/*.yaml``) may hold every setting; CLI flags override it. The
 resolved config is stored in the output's ``runs`` table, so a run can be reproduced.
 
-Paths: a relative path in a config file is relative to the folder of that file, wherever the
-command is run from (:func:`resolve_relative_paths`, the one rule for every config file);
-a relative path given on the command line is relative to the working folder, as for any command.
+Paths: a relative path in a run config file is relative to the folder of that file, wherever
+the command is run from (:func:`resolve_relative_paths`); a relative path given on the command
+line is relative to the working folder. Training configs follow another rule, for a reason:
+:func:`load_config` says both and why.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ RUN_PATH_KEYS = ("baseline", "current", "out", "model", "models", "baseline_dsm"
 
 
 def resolve_relative_paths(data: dict, base: Path, keys=RUN_PATH_KEYS) -> None:
-    """The one rule for paths in a config file: a relative one is relative to the file's folder
+    """The rule for paths in a run config file: a relative one is relative to the file's folder
     ``base`` (wherever the command is run from); absolute paths and URLs are left alone.
 
     Parameters
@@ -253,7 +254,22 @@ def resolve_relative_paths(data: dict, base: Path, keys=RUN_PATH_KEYS) -> None:
 
 
 def load_config(path: Path | str | None, overrides: dict | None = None) -> RunConfig:
-    """Read a YAML config (optional) and apply CLI overrides (None values are ignored)."""
+    """Read a YAML config (optional) and apply CLI overrides (None values are ignored).
+
+    Paths in config files, one rule per kind of file: in a run config (``configs/*.yaml``,
+    :func:`detector.config.load_config`) a relative path is relative to the folder of that file,
+    wherever the command is run from (:func:`detector.config.resolve_relative_paths`); in a
+    training config (``configs/train/*.yaml``, :func:`training.config.load_train_config`) a
+    relative path is relative to the working folder, which is the repository root. A relative
+    path given on the command line is relative to the working folder, as for any command.
+
+    Why they differ: a run config is an operator's file, kept with a district's data and run by
+    cron from any folder; a training config describes a build of this repository (datasets under
+    ``runs/``, architectures under ``training/arch/``, the shipped models under
+    ``detector/models/``, the data in ``../shared/data`` beside the checkout), and every
+    documented training command is run from the repository root. ``train.model`` may also be an
+    ultralytics model name, not a file.
+    """
     data: dict = {}
     if path is not None:
         path = Path(path)

@@ -1,4 +1,8 @@
-"""Training configuration (``configs/train/<name>.yaml``), validated with pydantic (``extra="forbid"``)."""
+"""Training configuration (``configs/train/<name>.yaml``), validated with pydantic (``extra="forbid"``).
+
+Relative paths in it are relative to the working folder, the repository root (not to the file,
+as in a run config): :func:`load_train_config` says why.
+"""
 
 from __future__ import annotations
 
@@ -86,9 +90,22 @@ class TrainConfig(_Strict):
 
 
 def load_train_config(path: Path | str | None, overrides: dict | None = None) -> TrainConfig:
-    """Read a training YAML; relative paths inside it are relative to the current directory.
+    """Read a training YAML and apply ``overrides``: dotted keys (``"train.epochs"``) to values;
+    None values are ignored.
 
-    ``overrides`` maps dotted keys (``"train.epochs"``) to values; None values are ignored.
+    Paths in config files, one rule per kind of file: in a run config (``configs/*.yaml``,
+    :func:`detector.config.load_config`) a relative path is relative to the folder of that file,
+    wherever the command is run from (:func:`detector.config.resolve_relative_paths`); in a
+    training config (``configs/train/*.yaml``, :func:`training.config.load_train_config`) a
+    relative path is relative to the working folder, which is the repository root. A relative
+    path given on the command line is relative to the working folder, as for any command.
+
+    Why they differ: a run config is an operator's file, kept with a district's data and run by
+    cron from any folder; a training config describes a build of this repository (datasets under
+    ``runs/``, architectures under ``training/arch/``, the shipped models under
+    ``detector/models/``, the data in ``../shared/data`` beside the checkout), and every
+    documented training command is run from the repository root. ``train.model`` may also be an
+    ultralytics model name, not a file.
     """
     data = read_yaml_mapping(path, "training config", " (see configs/train/)") if path is not None else {}
     apply_dotted_overrides(data, overrides)
