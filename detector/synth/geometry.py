@@ -16,6 +16,13 @@ import shapely
 def rect_polygon(cx: float, cy: float, w: float, l: float, angle: float) -> np.ndarray:
     """Corners of a rotated rectangle: ``w`` along the angle's axis, ``l`` across it.
 
+    The same corners, in the same order, as :func:`detector.types.box_corners`, but not computed
+    by it on purpose: that one rotates with a matrix product, whose rounding differs in the last
+    bit for about 4 in 5 rectangles (up to 2e-13 m, measured on 200,000 random ones). The
+    written scene files stay the same, but the scenes' truth polygons change, and they become
+    training labels through ``cv2.minAreaRect`` (see :func:`clip_to_square`), so the synthetic
+    datasets would no longer be byte-identical.
+
     Parameters
     ----------
     cx, cy : float
