@@ -25,7 +25,19 @@ SNAP_EPS = 1e-6  # pixel fractions below this are rounding noise, not a partial 
 
 @dataclass(frozen=True)
 class WorkingGrid:
-    """The north-up pixel grid all tiles are cut from."""
+    """The north-up pixel grid all tiles of a night are cut from.
+
+    Not the same thing as :class:`Grid`, and kept apart on purpose: this one is made by
+    :func:`make_grid` (square pixels of the working GSD in the metric working CRS, snapped to a
+    world grid of whole pixels so the same ground gets the same pixels every night), carries the
+    CRS the night's candidates are written in (the baseline's), and travels in the night's
+    context to every tile worker (CRSs as WKT strings: small and picklable for the process pool
+    and Dask). A :class:`Grid` is a raster's own grid as it is, in its own CRS object, with
+    pixels that may differ along x and y, and the sub-grid and resampling steps the ortho
+    baseline needs. Folding them into one class would give each side fields it must not use
+    (``output_crs_wkt`` in the ortho, ``res_x != res_y`` in the tile arithmetic, which reads
+    ``gsd`` throughout) for no shared code: only ``transform`` is common.
+    """
 
     crs_wkt: str  # working (metric) CRS
     output_crs_wkt: str  # the baseline's CRS: candidates are written in it
