@@ -6,7 +6,7 @@ Run with the system Python that has QGIS (``/usr/bin/python3``), headless::
         --crs EPSG:4547 --count 5 [--project cases.qgs]
 
 Prints one JSON object (what was found) and exits 0 when every check passes, 1 otherwise.
-Used by tests/test_cases_qgis.py; runs outside the project's virtualenv, so it imports only
+Used by tests/review/test_cases_qgis.py; runs outside the project's virtualenv, so it imports only
 QGIS and the standard library.
 """
 

@@ -5,7 +5,7 @@ Run with the system Python that has QGIS (``/usr/bin/python3``), headless::
     QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/qgis_review.py '<json plan>'
 
 The plan is a JSON list of steps; one JSON object per step is printed (one line, prefixed
-``{``). Used by tests/test_review_qgis.py; imports only QGIS and the standard library.
+``{``). Used by tests/review/test_review_qgis.py; imports only QGIS and the standard library.
 
 Steps
 -----

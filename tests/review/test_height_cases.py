@@ -1,6 +1,6 @@
 """Height change on the review side: cases carry the candidates' heights; form, report, CLI and evidence show them.
 
-The run-level test uses the fusion scene of tests/test_height.py (difference oracle in place of
+The run-level test uses the fusion scene of tests/height_util.py (difference oracle in place of
 the network, exact DSM truth): A gains 6 m from the ground (a new building, seen in the image),
 B is an image change with no height change, C is a house that gained a 3 m storey invisible in
 the image (an extension found from height alone).
@@ -24,8 +24,8 @@ from detector.review.evidence import CHIP_PANEL_PX, GAP_PX, HEADER_PX, height_co
 from detector.review.qgis import cases_layer_qml
 from detector.review.vocab import HEIGHT_COLUMNS, height_phrase
 from pipeline_util import make_contract_model
-from test_cases import candidates, cases_by_id, run_night, scene  # noqa: F401 - fixture reused
-from test_height import X0, _fusion_scene
+from cases_util import candidates, cases_by_id, run_night
+from height_util import fusion_scene
 
 HEIGHT_CASE_COLUMNS = (*HEIGHT_COLUMNS, "height_change")
 
@@ -44,7 +44,7 @@ def test_height_phrase():
 @pytest.fixture
 def height_night(tmp_path, oracle):  # noqa: F811
     """One night of the fusion scene with DSMs and a case registry: (summary, candidates, cases by id)."""
-    base, cur, bd, cd, _ = _fusion_scene(tmp_path)
+    base, cur, bd, cd, _ = fusion_scene(tmp_path)
     model = make_contract_model(tmp_path / "m.onnx", channels=6, imgsz=256, gsd=0.25, overlap=64)
     cfg = RunConfig(baseline=base, current=cur, out=tmp_path / "out", model=model, workers=1, progress=False,
                     baseline_dsm=bd, current_dsm=cd,

@@ -17,15 +17,14 @@ import shapely
 from detector.review import registry as reg
 from detector.geo.crs import area_m2, lonlat_of
 from detector.styles import TILE_FILL_ALPHA, TILE_LABEL, TILE_STATUS_STYLE, simple_layer_qml, write_default_styles
-from test_cases import STRUCTURES, cases_by_id, run_night, scene  # noqa: F401 - fixture reused
-from test_cases_qgis import SYSTEM_PYTHON, _system_qgis_available
+from cases_util import STRUCTURES, SYSTEM_PYTHON, cases_by_id, run_night, system_qgis_available
 
-DRIVER = Path(__file__).with_name("qgis_review.py")
+DRIVER = Path(__file__).resolve().parents[1] / "qgis_review.py"
 
 pytestmark = [
     pytest.mark.qgis,
     pytest.mark.slow,
-    pytest.mark.skipif(not _system_qgis_available(),
+    pytest.mark.skipif(not system_qgis_available(),
                        reason="/usr/bin/python3 cannot import qgis (apt-get install python3-qgis qgis-providers; CI has it)"),
 ]
 

@@ -16,7 +16,7 @@ from detector.review import gpkg
 from detector.review import registry as reg
 from detector.geo.crs import area_m2, lonlat_of
 from detector.review.triggers import DELETE_REFUSED
-from test_cases import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night, scene  # noqa: F401
+from cases_util import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night
 
 
 def gdal_like_update(path, case_id, **fields):

@@ -15,7 +15,7 @@ from detector.synth.scene import derive_seed, generate, generate_scene
 from detector.synth.write import write_scene
 from detector.types import CHANGE_CLASSES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _hashes(folder: Path) -> dict[str, str]:

@@ -92,7 +92,7 @@ def _tiny_train(tmp_path, channels, monkeypatch):
     from training.train import train_model
 
     monkeypatch.chdir(tmp_path)
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
     cfg = load_train_config(None, {
         "name": f"enc{channels}", "channels": channels, "imgsz": 128,
         "data.root": str(tmp_path / f"ds{channels}"), "data.synthetic_train_seeds": [0, 2],

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from detector.cli import main
+from cases_util import candidates, write_scene
 from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
 
 T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(capsys, b, c, m, out, *extra):
@@ -176,9 +177,6 @@ def _update(registry: str, names: list[str], night: str, start_at: float, slow_c
     ``slow_create_s``: this run takes that long to create the registry file after deciding to
     (the window in which, without the lock, it would replace the other run's finished registry).
     """
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_cases import candidates
-
     import detector.run.night as pipeline
     import detector.review.registry as registry_module
     from detector.config import CasesConfig, RunConfig
@@ -206,8 +204,6 @@ def test_two_first_runs_creating_one_registry_keep_both_nights_cases(tmp_path):
     import multiprocessing as mp
 
     from detector.review.registry import read_cases_frame
-
-    from test_cases import write_scene
 
     registry = str(tmp_path / "shared" / "cases.gpkg")
     (tmp_path / "shared").mkdir()

@@ -9,7 +9,7 @@ from training.copypaste import synthesize_pair
 from training.datasets import (ChipSample, DatasetWriter, OrientedBox, atomic_image_write, clip_box_to_window,
                                polygon_to_obb, read_obb_labels, read_pair_tiff, write_pair_tiff)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def rotated_rect(cx, cy, w, h, deg):

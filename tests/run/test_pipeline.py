@@ -2,7 +2,7 @@
 
 The network is replaced by an exact difference "oracle" (tests/pipeline_util.py) so that these
 tests check the geometry of the pipeline — windows, warps, tiling, ownership, merging and
-georeferencing — to the pixel. The real model is exercised in test_model_runtime.py.
+georeferencing — to the pixel. The real model is exercised in tests/run/test_sample_demo.py.
 """
 
 from __future__ import annotations

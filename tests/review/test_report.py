@@ -12,7 +12,7 @@ import numpy as np
 import shapely
 
 from detector.review.report import NO_COMMUNITY, community_table, write_report
-from test_cases import run_night, scene  # noqa: F401 - fixture reused (tests/ is on sys.path)
+from cases_util import qgis_like_edit, run_night
 
 
 def _cases(rows):
@@ -76,7 +76,6 @@ def _summary(text: str) -> dict[str, str]:
 
 
 def test_summary_counts_add_up_after_a_rerun_and_permitted_is_not_suppressed(scene):  # noqa: F811
-    from test_cases import qgis_like_edit
 
     baseline, current, config, root = scene
     run_night(scene, ["A", "B", "C"], date(2024, 5, 1))
@@ -94,7 +93,6 @@ def test_summary_counts_add_up_after_a_rerun_and_permitted_is_not_suppressed(sce
 
 
 def test_report_has_a_legend_the_backlog_as_a_list_and_classes_in_captions(scene):  # noqa: F811
-    from test_cases import qgis_like_edit
 
     from detector.review.qgis import STATUS_STYLE
 

@@ -13,23 +13,14 @@ import shapely
 
 from detector.review import registry as reg
 
-from test_cases import STRUCTURES, run_night, scene  # noqa: F401 - fixture reused (tests/ is on sys.path)
+from cases_util import STRUCTURES, SYSTEM_PYTHON, run_night, system_qgis_available
 
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-CHECK_SCRIPT = Path(__file__).with_name("qgis_check.py")
-
-
-def _system_qgis_available() -> bool:
-    if not SYSTEM_PYTHON.exists():
-        return False
-    probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, timeout=120,
-                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
-    return probe.returncode == 0
+CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "qgis_check.py"
 
 
 pytestmark = [
     pytest.mark.qgis,
-    pytest.mark.skipif(not _system_qgis_available(),
+    pytest.mark.skipif(not system_qgis_available(),
                        reason="/usr/bin/python3 cannot import qgis (apt-get install python3-qgis qgis-providers; CI has it)"),
 ]
 
@@ -81,7 +72,7 @@ def test_qgis_applies_the_candidates_and_tiles_default_styles(tmp_path):
     """Dragging the nightly candidates.gpkg into QGIS shows classes and flagged tiles styled."""
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "night"
     proc = subprocess.run([sys.executable, "-m", "detector", "run", "--baseline", str(root / "sample_tiles" / "baseline.tif"),
                            "--current", str(root / "sample_tiles" / "current.tif"), "--out", str(out), "--no-progress",
@@ -120,7 +111,7 @@ def test_qgis_opens_a_project_whose_mosaics_are_on_a_web_server(tmp_path):
     from detector.cli import main
     from rangeserver import serve
 
-    sample = Path(__file__).resolve().parents[1] / "sample_tiles"
+    sample = Path(__file__).resolve().parents[2] / "sample_tiles"
     (tmp_path / "www").mkdir()
     for name in ("baseline.tif", "current.tif"):
         shutil.copy(sample / name, tmp_path / "www" / name)

@@ -18,7 +18,7 @@ from detector.night.align import (
     structure_image,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 GSD = 0.25
 
 
@@ -206,7 +206,7 @@ def test_no_change_pair_with_residual_shift_gives_no_candidates(tmp_path, align,
     from detector.config import load_config
     from detector.run import run_pipeline
 
-    root = Path(__file__).resolve().parents[1] / "sample_tiles"
+    root = Path(__file__).resolve().parents[2] / "sample_tiles"
     d = shift_m / np.sqrt(2)
     cur = _shifted_copy(root / "baseline.tif", tmp_path / "again.tif", d, -d)  # diagonal
     cfg = load_config(None, {"baseline": str(root / "baseline.tif"), "current": str(cur), "out": str(tmp_path / "o"),

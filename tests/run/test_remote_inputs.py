@@ -18,7 +18,7 @@ from detector.config import load_config
 from detector.geo.location import RemotePath, as_location, is_remote, location_fingerprint
 from rangeserver import s3_env, serve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_tiles"
 
 

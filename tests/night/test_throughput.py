@@ -11,7 +11,7 @@ from affine import Affine
 
 from detector.night.mosaic import EpochReader, make_grid, open_mosaic
 from detector.night.tiles import iter_tiles, tile_groups, tile_layout
-from tests.pipeline_util import textured_image, write_geotiff
+from pipeline_util import textured_image, write_geotiff
 
 CRS = "EPSG:32650"
 

@@ -85,7 +85,7 @@ def test_pair_v2_config_fine_tunes_with_pair_aug():
     from training.config import load_train_config
     from training.train import train_args
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_train_config(root / "configs" / "train" / "pair-v2.yaml", {"train.weights": "x.pt"})
     assert cfg.train.pair_aug is not None and cfg.train.pair_aug.scale == (1.0, 2.5)
     assert cfg.data.parallel_real and cfg.data.synthetic_train_seeds == (0, 160)
@@ -100,7 +100,7 @@ def test_pair_cpu_config_is_a_timed_recipe_exported_for_512_tiles():
     from training.config import load_train_config
     from training.train import train_args
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_train_config(root / "configs" / "train" / "pair-cpu.yaml")
     args = train_args(cfg, root / "configs" / "train" / "pair-cpu.yaml")
     assert (args["imgsz"], cfg.export.imgsz, cfg.gsd_m) == (320, 512, 0.25)

@@ -19,6 +19,7 @@ import pytest
 from affine import Affine
 
 from detector.cli import main
+from cases_util import candidates
 from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
 
 T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
@@ -402,10 +403,6 @@ def test_cases_list_never_writes(capsys, tmp_path, kind, needle):
 
 def test_cases_list_reads_a_registry_without_writing(capsys, tmp_path):
     """A real registry is listed, and its bytes and folder are unchanged (no WAL switch, no -shm left)."""
-    import sys as _sys
-
-    _sys.path.insert(0, str(Path(__file__).parent))
-    from test_cases import candidates
     from detector.config import CasesConfig
     from detector.review.registry import update_registry
 
@@ -422,11 +419,8 @@ def test_cases_list_reads_a_registry_without_writing(capsys, tmp_path):
 
 
 def test_cases_export_onto_a_folder(capsys, tmp_path):
-    import sys as _sys
     from datetime import date
 
-    _sys.path.insert(0, str(Path(__file__).parent))
-    from test_cases import candidates
     from detector.config import CasesConfig
     from detector.review.registry import update_registry
 

@@ -19,7 +19,8 @@ from detector.geo.dsm import DsmPair
 from detector.night.height import fuse, greenness, tile_heights
 from detector.run import run_pipeline
 from detector.types import Detection
-from pipeline_util import make_contract_model, plant, textured_image, write_geotiff
+from height_util import CRS, SRC_GSD, X0, Y0, fusion_scene, write_dsm
+from pipeline_util import make_contract_model, textured_image, write_geotiff
 
 GSD = 0.25
 RULES = HeightConfig()
@@ -113,57 +114,8 @@ def test_fusion_confirms_downweights_adds_extensions_and_rejects_vegetation():
 
 # ---------------------------------------------------------------- through the run (oracle)
 
-SRC_GSD, SIZE, DSM_GSD = 0.1, 1400, 0.5
-X0, Y0 = 500000.0, 2500000.0
-CRS = "EPSG:32650"
-
-
-def _write_dsm(path, h, crs=CRS, gsd=DSM_GSD, nodata=-9999.0, units="metre", x0=X0):
-    import rasterio
-
-    with rasterio.open(path, "w", driver="GTiff", width=h.shape[1], height=h.shape[0], count=1, dtype="float32",
-                       crs=crs, transform=Affine(gsd, 0, x0, 0, -gsd, Y0), nodata=nodata) as dst:
-        dst.write(h.astype(np.float32), 1)
-        if units:
-            dst.units = (units,)
-    return path
-
-
-def _dsm_cells(col, row, w, h):
-    """Source-pixel box (col, row, w, h) at 0.1 m -> DSM slices at 0.5 m."""
-    f = int(DSM_GSD / SRC_GSD)
-    return slice(row // f, (row + h) // f), slice(col // f, (col + w) // f)
-
-
-def _fusion_scene(tmp_path, units_current="metre", scale_current=1.0, offset=0.9):
-    """Imagery: A and B planted (seen by the oracle). DSM: A gains 6 m (confirmed), B nothing (down-weighted),
-    a house C gains a 3 m storey invisible in the image (-> extension), a green patch D gains 5 m (a tree)."""
-    t = Affine(SRC_GSD, 0, X0, 0, -SRC_GSD, Y0)
-    rgb = textured_image(SIZE, SIZE, seed=2)
-    rgb = np.repeat(rgb[..., :1], 3, axis=2)
-    d_box = (1000, 200, 120, 120)
-    rgb[200:320, 1000:1120] = (50, 150, 60)  # D is green in both epochs
-    base = write_geotiff(tmp_path / "b.tif", rgb, CRS, t, date="2026:05:01 00:00:00")
-    a_box, b_box, c_box = (200, 200, 100, 80), (700, 900, 90, 90), (300, 800, 150, 150)
-    cur = write_geotiff(tmp_path / "c.tif", plant(rgb, [a_box, b_box]), CRS, t, date="2026:06:01 00:00:00")
-    n = SIZE * SRC_GSD / DSM_GSD
-    hb = np.full((int(n), int(n)), 30.0, np.float32)
-    hb[_dsm_cells(*c_box)] += 6  # house C
-    hc = hb.copy()
-    hc[_dsm_cells(*a_box)] += 6
-    ys, xs = _dsm_cells(*c_box)
-    hc[ys.start + 5 : ys.stop - 5, xs.start + 5 : xs.stop - 5] += 3  # storey on C: 10 x 10 m
-    hc[_dsm_cells(*d_box)] += 5
-    rng = np.random.default_rng(0)
-    hb += rng.normal(0, 0.05, hb.shape).astype(np.float32)
-    hc = (hc + rng.normal(0, 0.05, hc.shape).astype(np.float32) + offset) * scale_current
-    bd = _write_dsm(tmp_path / "dsm_b.tif", hb)
-    cd = _write_dsm(tmp_path / "dsm_c.tif", hc, units=units_current)
-    return base, cur, bd, cd, t
-
-
 def test_fusion_through_the_run(tmp_path, oracle):
-    base, cur, bd, cd, t = _fusion_scene(tmp_path)
+    base, cur, bd, cd, t = fusion_scene(tmp_path)
     model = make_contract_model(tmp_path / "m.onnx", channels=6, imgsz=256, gsd=0.25, overlap=64)
     cfg = RunConfig(baseline=base, current=cur, out=tmp_path / "out", model=model, workers=1, progress=False,
                     baseline_dsm=bd, current_dsm=cd)
@@ -187,7 +139,7 @@ def test_fusion_through_the_run(tmp_path, oracle):
 
 
 def test_feet_declared_current_dsm_is_converted(tmp_path, oracle):
-    base, cur, bd, cd, t = _fusion_scene(tmp_path, units_current="ft", scale_current=1 / 0.3048)
+    base, cur, bd, cd, t = fusion_scene(tmp_path, units_current="ft", scale_current=1 / 0.3048)
     model = make_contract_model(tmp_path / "m.onnx", channels=6, imgsz=256, gsd=0.25, overlap=64)
     cfg = RunConfig(baseline=base, current=cur, out=tmp_path / "out", model=model, workers=1, progress=False,
                     baseline_dsm=bd, current_dsm=cd)
@@ -231,7 +183,7 @@ def _cli(capsys, tmp_path, b, c, m, *extra):
 ])
 def test_bad_dsm_is_refused_before_work(capsys, tmp_path, dsm_pair, case, needle):
     b, c, m, hb = dsm_pair
-    bd = _write_dsm(tmp_path / "dsm_b.tif", hb)
+    bd = write_dsm(tmp_path / "dsm_b.tif", hb)
     hc, kw = hb.copy(), {}
     if case == "no_crs":
         kw["crs"] = None
@@ -244,7 +196,7 @@ def test_bad_dsm_is_refused_before_work(capsys, tmp_path, dsm_pair, case, needle
         kw["units"] = None
     elif case == "offset":
         hc = hc + 400
-    cd = _write_dsm(tmp_path / "dsm_c.tif", hc, **kw)
+    cd = write_dsm(tmp_path / "dsm_c.tif", hc, **kw)
     args = ["--baseline-dsm", str(bd)]
     if case != "only_one":
         args += ["--current-dsm", str(tmp_path / "nope.tif") if case == "missing" else str(cd)]
@@ -254,8 +206,8 @@ def test_bad_dsm_is_refused_before_work(capsys, tmp_path, dsm_pair, case, needle
 
 def test_good_dsm_pair_runs_from_the_cli(capsys, tmp_path, dsm_pair):
     b, c, m, hb = dsm_pair
-    bd = _write_dsm(tmp_path / "dsm_b.tif", hb)
-    cd = _write_dsm(tmp_path / "dsm_c.tif", hb + 0.4, nodata=None, units=None)
+    bd = write_dsm(tmp_path / "dsm_b.tif", hb)
+    cd = write_dsm(tmp_path / "dsm_c.tif", hb + 0.4, nodata=None, units=None)
     out = tmp_path / "out"
     code = main(["run", "--baseline", str(b), "--current", str(c), "--out", str(out), "--model", str(m),
                  "--workers", "1", "--no-progress", "--baseline-dsm", str(bd), "--current-dsm", str(cd)])

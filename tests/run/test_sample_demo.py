@@ -11,7 +11,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_tiles"
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from detector.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "buildwatch-nightly.sh"
 
 

@@ -10,7 +10,7 @@ import pyogrio
 import pytest
 
 from detector.cli import main
-from test_cases import qgis_like_edit, run_night, scene  # noqa: F401 - fixture reused (tests/ is on sys.path)
+from cases_util import qgis_like_edit, run_night
 
 
 @pytest.fixture
