@@ -134,7 +134,7 @@ class ChangeConfig(_Strict):
     max_area_m2: float = Field(5000.0, gt=0)
     max_structure_m: float = Field(32.0, gt=0, description="structures up to this size are always seen whole by the "
                                    "tile that reports them (the tile overlap covers it); larger ones may be cut at a "
-                                   "tile border. 24 m: held-out F1 as with 32 m, 13 % fewer tiles (README, Benchmarks)")
+                                   "tile border. 24 m: held-out F1 as with 32 m, 13 % fewer tiles (docs/benchmarks.md, \"Tile overlap\")")
     merge_iou: float = Field(0.3, ge=0, le=1)
     merge_ioa: float = Field(0.6, ge=0, le=1)
     # single-epoch (3-channel) models: a current structure is new when the baseline has no

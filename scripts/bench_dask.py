@@ -9,7 +9,7 @@ prints wall time, km²/h and the scaling efficiency ``t(1) / (N x t(N))``.
     python scripts/bench_dask.py --size 20000 --workers 1 2
     python scripts/bench_dask.py --size 6000 --workers 1 2        # quick check
 
-A real district cluster is the same call with ``--scheduler tcp://HOST:8786`` (see README).
+A real district cluster is the same call with ``--scheduler tcp://HOST:8786`` (docs/operations.md, "Scale-out on Dask").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Screenshots of the review side for the README, generated (never hand-made).
+"""Screenshots of the review side for docs/review.md, generated (never hand-made).
 
 Builds a synthetic three-night case registry (two communities; an operator confirms one case,
 rejects one, marks one demolished that is still standing the next night, orders another down

@@ -153,6 +153,8 @@ class ModelRegistry:
             self.get(parent)
         self.root.mkdir(parents=True, exist_ok=True)
         version = self._next_version()
+        # a whole folder appears at once: staged here, renamed below (fileio's atomic helpers
+        # stage single files only)
         staging = Path(tempfile.mkdtemp(prefix=f".part-{version}-", dir=self.root))
         try:
             shutil.copyfile(model, staging / MODEL_FILE)

@@ -172,7 +172,7 @@ def test_geopackage_layout(tmp_path, oracle, model):
     assert styles == {"candidates": 1, "tiles": 1}
     assert con.execute("select count(*) from sqlite_master where name like 'rtree_candidates_geom%'").fetchone()[0] > 0
     cols = [r[1] for r in con.execute("pragma table_info(candidates)") if r[1] not in ("fid", "geom")]
-    # the README's "Output schema", in order; the one schema is detector.types.Candidate
+    # docs/operations.md#output-schema, in order; the one schema is detector.types.Candidate
     assert cols == list(CANDIDATE_COLUMNS) == [
         "candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date", "current_date",
         "shift_m", "model_name", "model_sha256", "run_id", "status", "tags", "pixel_change", "baseline_iou",
