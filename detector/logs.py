@@ -28,8 +28,14 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LIBRARY_LOGGERS = ("py.warnings", "rasterio", "pyogrio", "fiona", "distributed")
 
 
-def log_to(handler: logging.Handler, level: int, loggers: Iterable[str] = (LOG_ROOT,), *,
-           also: Iterable[str] = (), fmt: str = FORMAT) -> logging.Handler:
+def log_to(
+    handler: logging.Handler,
+    level: int,
+    loggers: Iterable[str] = (LOG_ROOT,),
+    *,
+    also: Iterable[str] = (),
+    fmt: str = FORMAT,
+) -> logging.Handler:
     """Send records of ``level`` and above from ``loggers`` (and from ``also``) to ``handler``.
 
     Parameters

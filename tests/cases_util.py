@@ -46,16 +46,27 @@ def write_scene(path: Path, names: list[str]) -> Path:
         r0, r1 = int((ORIGIN_Y - top) / GSD), int((ORIGIN_Y - bottom) / GSD)
         c0, c1 = int((left - ORIGIN_X) / GSD), int((right - ORIGIN_X) / GSD)
         pixels[:, r0:r1, c0:c1] = ROOF
-    profile = dict(driver="GTiff", width=SIZE_PX, height=SIZE_PX, count=3, dtype="uint8", crs="EPSG:4547",
-                   transform=from_origin(ORIGIN_X, ORIGIN_Y, GSD, GSD))
+    profile = dict(
+        driver="GTiff",
+        width=SIZE_PX,
+        height=SIZE_PX,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4547",
+        transform=from_origin(ORIGIN_X, ORIGIN_Y, GSD, GSD),
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(pixels)
     return path
 
 
-def candidates(names: list[str], *, jitter_m: float = 0.0, crs: str = "EPSG:4547", confidence: float = 0.8):
+def candidates(
+    names: list[str], *, jitter_m: float = 0.0, crs: str = "EPSG:4547", confidence: float = 0.8
+):
     """A candidates layer as the nightly run writes it, one polygon per named structure."""
-    geoms = [shapely.affinity.translate(shapely.box(*STRUCTURES[n]), jitter_m, -jitter_m) for n in names]
+    geoms = [
+        shapely.affinity.translate(shapely.box(*STRUCTURES[n]), jitter_m, -jitter_m) for n in names
+    ]
     frame = gpd.GeoDataFrame(
         {
             "candidate_id": [f"cand-{n}" for n in names],
@@ -76,8 +87,15 @@ def candidates(names: list[str], *, jitter_m: float = 0.0, crs: str = "EPSG:4547
 
 def run_night(scene_, names, night: date, **kwargs):
     baseline, current, config, root = scene_
-    return nightly.update_cases(candidates(names, **kwargs), config, run_id=f"run-{night}", night=night,
-                                baseline_path=baseline, current_path=current, out_dir=root / f"out-{night}")
+    return nightly.update_cases(
+        candidates(names, **kwargs),
+        config,
+        run_id=f"run-{night}",
+        night=night,
+        baseline_path=baseline,
+        current_path=current,
+        out_dir=root / f"out-{night}",
+    )
 
 
 def cases_by_id(path: Path) -> dict:
@@ -114,6 +132,10 @@ def system_qgis_available() -> bool:
     """Whether ``/usr/bin/python3`` imports ``qgis.core`` (python3-qgis)."""
     if not SYSTEM_PYTHON.exists():
         return False
-    probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, timeout=120,
-                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    probe = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import qgis.core"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     return probe.returncode == 0

@@ -19,8 +19,18 @@ CRS = "EPSG:32650"
 def write_dsm(path, h, crs=CRS, gsd=DSM_GSD, nodata=-9999.0, units="metre", x0=X0):
     import rasterio
 
-    with rasterio.open(path, "w", driver="GTiff", width=h.shape[1], height=h.shape[0], count=1, dtype="float32",
-                       crs=crs, transform=Affine(gsd, 0, x0, 0, -gsd, Y0), nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=h.shape[1],
+        height=h.shape[0],
+        count=1,
+        dtype="float32",
+        crs=crs,
+        transform=Affine(gsd, 0, x0, 0, -gsd, Y0),
+        nodata=nodata,
+    ) as dst:
         dst.write(h.astype(np.float32), 1)
         if units:
             dst.units = (units,)
@@ -43,7 +53,9 @@ def fusion_scene(tmp_path, units_current="metre", scale_current=1.0, offset=0.9)
     rgb[200:320, 1000:1120] = (50, 150, 60)  # D is green in both epochs
     base = write_geotiff(tmp_path / "b.tif", rgb, CRS, t, date="2026:05:01 00:00:00")
     a_box, b_box, c_box = (200, 200, 100, 80), (700, 900, 90, 90), (300, 800, 150, 150)
-    cur = write_geotiff(tmp_path / "c.tif", plant(rgb, [a_box, b_box]), CRS, t, date="2026:06:01 00:00:00")
+    cur = write_geotiff(
+        tmp_path / "c.tif", plant(rgb, [a_box, b_box]), CRS, t, date="2026:06:01 00:00:00"
+    )
     n = SIZE * SRC_GSD / DSM_GSD
     hb = np.full((int(n), int(n)), 30.0, np.float32)
     hb[dsm_cells(*c_box)] += 6  # house C

@@ -29,17 +29,27 @@ class DataConfig(_Strict):
     root: Path = Path("runs/datasets/default")  # dataset folder written by build-dataset
     data_root: Optional[Path] = None  # ../shared/data (real sets, needs rasterio)
     pack: Optional[Path] = None  # or a source pack (JPEG + JSON, numpy/cv2 only)
-    real_sets: list[str] = ["oam_banepa_fair", "oam_kampala_fair", "spacenet1_rio", "negatives_deepforest"]
+    real_sets: list[str] = [
+        "oam_banepa_fair",
+        "oam_kampala_fair",
+        "spacenet1_rio",
+        "negatives_deepforest",
+    ]
     chip_stride: int = Field(256, ge=32)
-    pairs_per_chip: int = Field(3, ge=1, description="copy-paste pairs made from each real chip (channels 6)")
+    pairs_per_chip: int = Field(
+        3, ge=1, description="copy-paste pairs made from each real chip (channels 6)"
+    )
     synthetic_train_seeds: tuple[int, int] = (0, 200)  # [start, stop) of generate_scene seeds
     synthetic_val_seeds: tuple[int, int] = (500000, 500016)
     synthetic_size: int = Field(1024, ge=64)
     seed: int = 0
     workers: int = Field(2, ge=1)
-    parallel_real: bool = Field(False, description="copy-paste pairs in worker processes too (chunks of chips, "
-                                "one seeded generator per chunk: a different draw than the serial build), "
-                                "and every chip written by its worker")
+    parallel_real: bool = Field(
+        False,
+        description="copy-paste pairs in worker processes too (chunks of chips, "
+        "one seeded generator per chunk: a different draw than the serial build), "
+        "and every chip written by its worker",
+    )
 
 
 class TrainSettings(_Strict):
@@ -53,15 +63,27 @@ class TrainSettings(_Strict):
     seed: int = 0
     patience: int = 100
     project: Path = Path("runs/train")
-    time_hours: Optional[float] = Field(None, ge=0, description="stop after this many hours (ultralytics 'time', "
-                                        "which fits the learning-rate schedule to the epochs that fit); 0: no limit, "
-                                        "train 'epochs'")
-    weights: Optional[Path] = Field(None, description="fine-tune from these ultralytics weights (our own best.pt) instead of 'model'")
-    init_from: Optional[Path] = Field(None, description="start 'model' with every layer whose shape matches taken from "
-                                      "these weights (an ultralytics .pt, or a buildwatch .onnx, whose checkpoint is "
-                                      "recovered first): e.g. a 3-channel model from the pair model's backbone. Unlike "
-                                      "'weights', the architecture, channels and classes stay those of this config")
-    pair_aug: Optional[PairAugParams] = Field(None, description="batch augmentation of 6-channel pairs (training.augment)")
+    time_hours: Optional[float] = Field(
+        None,
+        ge=0,
+        description="stop after this many hours (ultralytics 'time', "
+        "which fits the learning-rate schedule to the epochs that fit); 0: no limit, "
+        "train 'epochs'",
+    )
+    weights: Optional[Path] = Field(
+        None,
+        description="fine-tune from these ultralytics weights (our own best.pt) instead of 'model'",
+    )
+    init_from: Optional[Path] = Field(
+        None,
+        description="start 'model' with every layer whose shape matches taken from "
+        "these weights (an ultralytics .pt, or a buildwatch .onnx, whose checkpoint is "
+        "recovered first): e.g. a 3-channel model from the pair model's backbone. Unlike "
+        "'weights', the architecture, channels and classes stay those of this config",
+    )
+    pair_aug: Optional[PairAugParams] = Field(
+        None, description="batch augmentation of 6-channel pairs (training.augment)"
+    )
     extra: dict = {}
 
 
@@ -70,9 +92,14 @@ class ExportSettings(_Strict):
     iou: float = Field(0.5, ge=0, le=1)
     overlap_px: int = Field(64, ge=0)
     model_name: str = "buildwatch-pair-v1"
-    imgsz: Optional[int] = Field(None, ge=64, multiple_of=32, description="input size of the exported model, i.e. the runtime tile "
-                                 "in pixels (default: the training chip size). The network is fully "
-                                 "convolutional, so chips smaller than the runtime tile train faster at the same GSD")
+    imgsz: Optional[int] = Field(
+        None,
+        ge=64,
+        multiple_of=32,
+        description="input size of the exported model, i.e. the runtime tile "
+        "in pixels (default: the training chip size). The network is fully "
+        "convolutional, so chips smaller than the runtime tile train faster at the same GSD",
+    )
 
 
 class TrainConfig(_Strict):
@@ -107,6 +134,10 @@ def load_train_config(path: Path | str | None, overrides: dict | None = None) ->
     documented training command is run from the repository root. ``train.model`` may also be an
     ultralytics model name, not a file.
     """
-    data = read_yaml_mapping(path, "training config", " (see configs/train/)") if path is not None else {}
+    data = (
+        read_yaml_mapping(path, "training config", " (see configs/train/)")
+        if path is not None
+        else {}
+    )
     apply_dotted_overrides(data, overrides)
     return validate_settings(TrainConfig, data, path or "training config")

@@ -34,7 +34,10 @@ class Baseline:
         """RGB uint8 (H, W, 3) and a validity mask of the baseline resampled onto ``grid``."""
         import rasterio
 
-        with rasterio.open(self.path) as src, warp_onto(src, grid.crs, grid.transform, grid.width, grid.height) as vrt:
+        with (
+            rasterio.open(self.path) as src,
+            warp_onto(src, grid.crs, grid.transform, grid.width, grid.height) as vrt,
+        ):
             rgb = apply_stretch(vrt.read(list(self.bands)), self.stretch)
             mask = vrt.read_masks(1) > 0
         return np.ascontiguousarray(np.moveaxis(rgb, 0, -1)), mask
@@ -53,11 +56,15 @@ def open_baseline(path: str | Path) -> Baseline:
     info = open_raster(path, "baseline", allow_pan=True, north_up=True)
     t = info.transform
     crs = CRS.from_wkt(info.crs_wkt)
-    grid = Grid(crs=crs, left=t.c, top=t.f, res_x=t.a, res_y=-t.e, width=info.width, height=info.height)
+    grid = Grid(
+        crs=crs, left=t.c, top=t.f, res_x=t.a, res_y=-t.e, width=info.width, height=info.height
+    )
     left, bottom, right, top = grid.bounds
     mpu = metres_per_unit(info.crs_wkt, (left + right) / 2, (bottom + top) / 2)
     stretch = raster_stretch(info.path, info.bands) if info.dtype != "uint8" else None
-    return Baseline(path=info.path, grid=grid, metre_per_unit=mpu, bands=info.bands, stretch=stretch)
+    return Baseline(
+        path=info.path, grid=grid, metre_per_unit=mpu, bands=info.bands, stretch=stretch
+    )
 
 
 class WorldFrame:

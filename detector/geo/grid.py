@@ -78,7 +78,12 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return self.left, self.top - self.height * self.res_y, self.left + self.width * self.res_x, self.top
+        return (
+            self.left,
+            self.top - self.height * self.res_y,
+            self.left + self.width * self.res_x,
+            self.top,
+        )
 
     def pixel_centres(self) -> tuple[np.ndarray, np.ndarray]:
         xs = self.left + (np.arange(self.width) + 0.5) * self.res_x
@@ -98,15 +103,22 @@ class Grid:
         if win is None:
             return None
         xs, ys = pixel_to_map(self.transform, [win.row_off], [win.col_off])
-        return replace(self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height))
+        return replace(
+            self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height)
+        )
 
     def resampled(self, res: float) -> "Grid":
         """The same area on a grid of pixel size ``res`` (anchored at the same corner)."""
         import math
 
         left, bottom, right, top = self.bounds
-        return replace(self, res_x=res, res_y=res, width=max(1, int(math.ceil((right - left) / res))),
-                       height=max(1, int(math.ceil((top - bottom) / res))))
+        return replace(
+            self,
+            res_x=res,
+            res_y=res,
+            width=max(1, int(math.ceil((right - left) / res))),
+            height=max(1, int(math.ceil((top - bottom) / res))),
+        )
 
 
 def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingGrid:
@@ -134,8 +146,15 @@ def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingG
     top = math.ceil(b[3] / gsd) * gsd
     width = int(math.ceil((b[2] - left) / gsd))
     height = int(math.ceil((top - b[1]) / gsd))
-    return WorkingGrid(crs_wkt=work_crs, output_crs_wkt=baseline.crs_wkt, gsd=gsd, left=left, top=top,
-                       width=width, height=height)
+    return WorkingGrid(
+        crs_wkt=work_crs,
+        output_crs_wkt=baseline.crs_wkt,
+        gsd=gsd,
+        left=left,
+        top=top,
+        width=width,
+        height=height,
+    )
 
 
 def window_at(transform, left: float, top: float) -> tuple[int, int]:
@@ -186,7 +205,9 @@ def map_to_pixel(transform, xs, ys) -> tuple[np.ndarray, np.ndarray]:
     corner of the first pixel; pixel centres are at +0.5)."""
     from rasterio.transform import rowcol
 
-    rows, cols = rowcol(transform, np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), op=float)
+    rows, cols = rowcol(
+        transform, np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), op=float
+    )
     return np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
 
 
@@ -195,7 +216,9 @@ def pixel_to_map(transform, rows, cols) -> tuple[np.ndarray, np.ndarray]:
     corner of the first pixel) on the grid of ``transform``."""
     from rasterio.transform import xy
 
-    xs, ys = xy(transform, np.asarray(rows, dtype=float), np.asarray(cols, dtype=float), offset="ul")
+    xs, ys = xy(
+        transform, np.asarray(rows, dtype=float), np.asarray(cols, dtype=float), offset="ul"
+    )
     return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
@@ -209,13 +232,17 @@ def grid_for_bounds(bounds: tuple[float, float, float, float], width: int):
     return from_origin(left, top, res, res), height
 
 
-def sub_window(transform, width: int, height: int, bounds: tuple[float, float, float, float]) -> Optional[object]:
+def sub_window(
+    transform, width: int, height: int, bounds: tuple[float, float, float, float]
+) -> Optional[object]:
     """The whole-pixel part of a ``width`` x ``height`` grid covering map ``bounds`` (snapped
     outwards), or None when disjoint."""
     return clip_window(snap_outwards(bounds_window(transform, bounds)), width, height)
 
 
-def warp_onto(src, crs, transform, width: int, height: int, resampling: str = "bilinear", **options):
+def warp_onto(
+    src, crs, transform, width: int, height: int, resampling: str = "bilinear", **options
+):
     """The one grid reader: an open raster seen on a north-up grid, as a :class:`rasterio.vrt.WarpedVRT`.
 
     Every reader of a raster onto a grid of the project goes through here: the nightly epochs
@@ -250,5 +277,12 @@ def warp_onto(src, crs, transform, width: int, height: int, resampling: str = "b
 
     if not isinstance(crs, (str, RioCRS)):  # a pyproj CRS
         crs = RioCRS.from_user_input(crs.to_wkt())
-    return WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                     resampling=Resampling[resampling], **options)
+    return WarpedVRT(
+        src,
+        crs=crs,
+        transform=transform,
+        width=width,
+        height=height,
+        resampling=Resampling[resampling],
+        **options,
+    )

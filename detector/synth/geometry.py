@@ -41,7 +41,9 @@ def rect_polygon(cx: float, cy: float, w: float, l: float, angle: float) -> np.n
     u = np.array([c, s]) * (w / 2)
     v = np.array([-s, c]) * (l / 2)
     centre = np.array([cx, cy])
-    return np.array([centre - u - v, centre + u - v, centre + u + v, centre - u + v], dtype=np.float64)
+    return np.array(
+        [centre - u - v, centre + u - v, centre + u + v, centre - u + v], dtype=np.float64
+    )
 
 
 def is_ccw(ring: np.ndarray) -> bool:
@@ -92,7 +94,12 @@ def clip_to_square(poly: np.ndarray, side: float) -> np.ndarray:
         ``(M, 2)`` float64 vertices of the clipped polygon (``M`` is 0 when nothing is inside).
     """
     out = [tuple(p) for p in poly]
-    for axis, limit, keep_below in ((0, 0.0, False), (0, side, True), (1, 0.0, False), (1, side, True)):
+    for axis, limit, keep_below in (
+        (0, 0.0, False),
+        (0, side, True),
+        (1, 0.0, False),
+        (1, side, True),
+    ):
         src, out = out, []
         if not src:
             break

@@ -14,8 +14,23 @@ T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
 
 def _run(capsys, tmp_path, b, c, m, *extra):
     out = tmp_path / "out"
-    code = main(["run", "--baseline", str(b), "--current", str(c), "--out", str(out), "--model", str(m),
-                 "--workers", "1", "--no-progress", *extra])
+    code = main(
+        [
+            "run",
+            "--baseline",
+            str(b),
+            "--current",
+            str(c),
+            "--out",
+            str(out),
+            "--model",
+            str(m),
+            "--workers",
+            "1",
+            "--no-progress",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     return code, err, out
 
@@ -53,7 +68,9 @@ def test_no_crs(capsys, tmp_path, pair):
 
     b, c, m = pair
     nocrs = tmp_path / "nocrs.tif"
-    with rasterio.open(nocrs, "w", driver="GTiff", width=100, height=100, count=3, dtype="uint8", transform=T) as d:
+    with rasterio.open(
+        nocrs, "w", driver="GTiff", width=100, height=100, count=3, dtype="uint8", transform=T
+    ) as d:
         d.write(np.zeros((3, 100, 100), np.uint8))
     code, err, out = _run(capsys, tmp_path, b, nocrs, m)
     _assert_clean_failure(code, err, out, "has no CRS")
@@ -61,7 +78,12 @@ def test_no_crs(capsys, tmp_path, pair):
 
 def test_no_overlap(capsys, tmp_path, pair):
     b, c, m = pair
-    far = write_geotiff(tmp_path / "far.tif", textured_image(100, 100), "EPSG:4547", Affine(0.1, 0, 600000, 0, -0.1, 2513000))
+    far = write_geotiff(
+        tmp_path / "far.tif",
+        textured_image(100, 100),
+        "EPSG:4547",
+        Affine(0.1, 0, 600000, 0, -0.1, 2513000),
+    )
     code, err, out = _run(capsys, tmp_path, b, far, m)
     _assert_clean_failure(code, err, out, "does not overlap")
 
@@ -71,8 +93,17 @@ def test_band_count_mismatch(capsys, tmp_path, pair):
 
     b, c, m = pair
     two = tmp_path / "two.tif"
-    with rasterio.open(two, "w", driver="GTiff", width=100, height=100, count=2, dtype="uint8", transform=T,
-                       crs="EPSG:4547") as d:
+    with rasterio.open(
+        two,
+        "w",
+        driver="GTiff",
+        width=100,
+        height=100,
+        count=2,
+        dtype="uint8",
+        transform=T,
+        crs="EPSG:4547",
+    ) as d:
         d.write(np.zeros((2, 100, 100), np.uint8))
     code, err, out = _run(capsys, tmp_path, b, two, m)
     _assert_clean_failure(code, err, out, "2 band(s)")
@@ -90,18 +121,23 @@ def test_truncated_tiff(capsys, tmp_path, pair):
 def test_all_nodata_current_is_refused_not_reported_as_nothing_new(capsys, tmp_path, pair):
     """A night that saw nothing is not 'zero increment': exit 2 before any output."""
     b, c, m = pair
-    empty = write_geotiff(tmp_path / "empty.tif", np.zeros((600, 600, 3), np.uint8), "EPSG:4547", T, nodata=0)
+    empty = write_geotiff(
+        tmp_path / "empty.tif", np.zeros((600, 600, 3), np.uint8), "EPSG:4547", T, nodata=0
+    )
     code, err, out = _run(capsys, tmp_path, b, empty, m)
     _assert_clean_failure(code, err, out, "covers 0.0% of the baseline")
     assert "was the flight processed?" in err[0]
 
 
-@pytest.mark.parametrize("kind,needle", [
-    ("missing", "model file not found"),
-    ("not_onnx", "not a readable ONNX model"),
-    ("no_metadata", "lacks buildwatch metadata"),
-    ("wrong_channels", "model has 4 input channels"),
-])
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("missing", "model file not found"),
+        ("not_onnx", "not a readable ONNX model"),
+        ("no_metadata", "lacks buildwatch metadata"),
+        ("wrong_channels", "model has 4 input channels"),
+    ],
+)
 def test_bad_model(capsys, tmp_path, pair, kind, needle):
     b, c, _ = pair
     m = tmp_path / "bad.onnx"
@@ -148,7 +184,9 @@ def test_rgb_baseline_with_panchromatic_current(capsys, tmp_path, pair):
     b, c, m = pair
     pan = write_geotiff(tmp_path / "pan.tif", textured_image(600, 600)[..., :1], "EPSG:4547", T)
     code, err, out = _run(capsys, tmp_path, b, pan, m)
-    _assert_clean_failure(code, err, out, "pan.tif: current mosaic has 1 colour band(s) but the baseline")
+    _assert_clean_failure(
+        code, err, out, "pan.tif: current mosaic has 1 colour band(s) but the baseline"
+    )
 
 
 def test_dated_permits_need_a_current_date(capsys, tmp_path, pair):
@@ -156,10 +194,15 @@ def test_dated_permits_need_a_current_date(capsys, tmp_path, pair):
     from shapely.geometry import box
 
     b, c, m = pair  # neither mosaic carries TIFFTAG_DATETIME
-    gpd.GeoDataFrame({"valid_to": ["2020-01-01"]}, geometry=[box(500000, 2512990, 500010, 2513000)],
-                     crs="EPSG:4547").to_file(tmp_path / "permits.gpkg")
+    gpd.GeoDataFrame(
+        {"valid_to": ["2020-01-01"]},
+        geometry=[box(500000, 2512990, 500010, 2513000)],
+        crs="EPSG:4547",
+    ).to_file(tmp_path / "permits.gpkg")
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("change:\n  exclusions:\n    - path: permits.gpkg\n      kind: permitted\n      action: drop\n")
+    cfg.write_text(
+        "change:\n  exclusions:\n    - path: permits.gpkg\n      kind: permitted\n      action: drop\n"
+    )
     code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
     _assert_clean_failure(code, err, out, "has no acquisition date")
     cfg.write_text(cfg.read_text() + "current_date: 2026-05-02\n")
@@ -172,7 +215,9 @@ def test_missing_exclusion_layer_fails_before_any_tile(capsys, tmp_path, pair):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("change:\n  exclusions:\n    - path: nowhere.gpkg\n      kind: known_building\n")
     code, err, out = _run(capsys, tmp_path, b, c, m, "--config", str(cfg))
-    _assert_clean_failure(code, err, out, "nowhere.gpkg: exclusion layer (known_building) not found")
+    _assert_clean_failure(
+        code, err, out, "nowhere.gpkg: exclusion layer (known_building) not found"
+    )
     assert not (out / "work").exists()
 
 

@@ -26,14 +26,19 @@ def test_nightly_wrapper_runs_one_night_once_at_a_time(tmp_path):
     first = subprocess.Popen(["sh", str(SCRIPT), "night.yaml", "2026-05-01"], env=env)
     time.sleep(1.0)
     second = subprocess.run(["sh", str(SCRIPT), "night.yaml", "2026-05-01"], env=env, timeout=30)
-    other_night = subprocess.run(["sh", str(SCRIPT), "night.yaml", "2026-05-02"], env=env, timeout=30)
+    other_night = subprocess.run(
+        ["sh", str(SCRIPT), "night.yaml", "2026-05-02"], env=env, timeout=30
+    )
     assert first.wait(timeout=30) == 0
     assert second.returncode == 75  # the same night is already running
     assert other_night.returncode == 0
     log = (tmp_path / "bw" / "logs" / "nightly.log").read_text()
     assert "night 2026-05-01: already running" in log
     views = tmp_path / "bw" / "cache" / "baseline-views"
-    assert f"--out {tmp_path / 'bw' / 'nights' / '2026-05-01'} --baseline-cache {views} --no-progress" in log
+    assert (
+        f"--out {tmp_path / 'bw' / 'nights' / '2026-05-01'} --baseline-cache {views} --no-progress"
+        in log
+    )
     assert log.count("night 2026-05-01: exit 0") == 1
 
 
@@ -54,7 +59,11 @@ def test_doctor_fails_with_exit_2_on_a_broken_model_and_folder(tmp_path, capsys)
     captured = capsys.readouterr()
     assert code == 2
     fails = [line for line in captured.out.splitlines() if line.startswith("FAIL")]
-    assert len(fails) == 2 and "not a readable ONNX model" in fails[0] and "cannot be created" in fails[1]
+    assert (
+        len(fails) == 2
+        and "not a readable ONNX model" in fails[0]
+        and "cannot be created" in fails[1]
+    )
     assert captured.err.strip() == "error: doctor: 2 check(s) failed; fix the FAIL lines above"
 
 
@@ -68,10 +77,31 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
     c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", T)
     m = make_contract_model(tmp_path / "m.onnx")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "detector", "run", "--baseline", str(b), "--current", str(c),
-                             "--out", str(out), "--model", str(m), "--workers", "1", "--no-progress",
-                             "--no-resume"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "detector",
+            "run",
+            "--baseline",
+            str(b),
+            "--current",
+            str(c),
+            "--out",
+            str(out),
+            "--model",
+            str(m),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--no-resume",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("work/*/*.json")):
         time.sleep(0.05)
@@ -81,5 +111,6 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
         pytest.skip("the run finished before SIGTERM")
     assert proc.returncode == 130, stderr
     assert [line for line in stderr.splitlines() if line.strip()] == [
-        "interrupted; finished tiles are kept, rerun the same command to resume"]
+        "interrupted; finished tiles are kept, rerun the same command to resume"
+    ]
     assert not (out / "candidates.gpkg").exists()

@@ -21,6 +21,7 @@ NEW_YORK = (-73.97, 40.78)
 
 # --- stretch ---------------------------------------------------------------------------------
 
+
 def test_stretch_maps_the_percentiles_of_valid_nonzero_pixels_per_band():
     band0 = np.arange(1, 101, dtype=np.uint16).reshape(10, 10)  # 1..100
     band1 = band0 * 10  # 10..1000
@@ -31,7 +32,9 @@ def test_stretch_maps_the_percentiles_of_valid_nonzero_pixels_per_band():
     out = graster.apply_stretch(data, (lo, hi))
     assert out.dtype == np.uint8
     assert out[0, 0, 0] == 0 and out[0, -1, -1] == 255 and out[1, -1, -1] == 255
-    assert out[0].ravel()[49] == int((50 - 1) * 255 / 99)  # linear in between (truncated like a cast)
+    assert out[0].ravel()[49] == int(
+        (50 - 1) * 255 / 99
+    )  # linear in between (truncated like a cast)
     assert (out[2] == 0).all()
 
 
@@ -54,19 +57,40 @@ def test_apply_stretch_without_stretch_only_casts():
 def test_raster_stretch_uses_the_whole_raster_and_is_none_for_uint8(tmp_path):
     path = tmp_path / "u16.tif"
     vals = np.arange(1, 10001, dtype=np.uint16).reshape(100, 100)
-    with rasterio.open(path, "w", driver="GTiff", width=100, height=100, count=3, dtype="uint16", crs="EPSG:32650",
-                       transform=from_origin(500000, 2500000, 1, 1)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=100,
+        height=100,
+        count=3,
+        dtype="uint16",
+        crs="EPSG:32650",
+        transform=from_origin(500000, 2500000, 1, 1),
+    ) as dst:
         dst.write(np.stack([vals, vals, vals]))
     lo, hi = graster.raster_stretch(path)
-    assert lo == pytest.approx([np.percentile(vals, 1)] * 3) and hi == pytest.approx([np.percentile(vals, 99)] * 3)
+    assert lo == pytest.approx([np.percentile(vals, 1)] * 3) and hi == pytest.approx(
+        [np.percentile(vals, 99)] * 3
+    )
     path8 = tmp_path / "u8.tif"
-    with rasterio.open(path8, "w", driver="GTiff", width=4, height=4, count=3, dtype="uint8", crs="EPSG:32650",
-                       transform=from_origin(500000, 2500000, 1, 1)) as dst:
+    with rasterio.open(
+        path8,
+        "w",
+        driver="GTiff",
+        width=4,
+        height=4,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32650",
+        transform=from_origin(500000, 2500000, 1, 1),
+    ) as dst:
         dst.write(np.zeros((3, 4, 4), np.uint8))
     assert graster.raster_stretch(path8) is None
 
 
 # --- the metric working CRS ---------------------------------------------------------------------
+
 
 def test_metric_crs_rule():
     # CGCS2000 3-degree Gauss-Krüger CM 114E: true metres in Shenzhen -> kept
@@ -100,24 +124,31 @@ def test_working_crs_wkt_keeps_the_same_string():
 
 # --- ground lengths -------------------------------------------------------------------------
 
+
 def test_unit_lengths_for_degrees_feet_and_utm():
     east, north = gcrs.unit_lengths_m("EPSG:4326", 0.0, 0.0)
-    assert east == pytest.approx(111_319.49, abs=0.05)  # a degree of longitude on the equator (WGS84)
+    assert east == pytest.approx(
+        111_319.49, abs=0.05
+    )  # a degree of longitude on the equator (WGS84)
     assert north == pytest.approx(110_574.39, abs=0.2)  # a degree of latitude there
     east60, _ = gcrs.unit_lengths_m("EPSG:4326", 0.0, 60.0)
     assert east60 == pytest.approx(55_799.98, rel=1e-4)
     x, y = Transformer.from_crs("EPSG:4326", "EPSG:2263", always_xy=True).transform(*NEW_YORK)
     ft = gcrs.unit_lengths_m("EPSG:2263", x, y)
     assert ft == pytest.approx((0.3048006, 0.3048006), rel=2e-4)  # US survey foot, scale ~1
-    assert gcrs.metres_per_unit("EPSG:32650", 500_000.0, 2_500_000.0) == pytest.approx(1 / 0.9996, rel=1e-6)
+    assert gcrs.metres_per_unit("EPSG:32650", 500_000.0, 2_500_000.0) == pytest.approx(
+        1 / 0.9996, rel=1e-6
+    )
 
 
 def test_source_gsd_is_geodesic_for_any_crs():
     utm = from_origin(500_000, 2_500_000, 0.5, 0.5)
     assert gcrs.source_gsd_m("EPSG:32650", utm, 100, 100) == pytest.approx(0.5 / 0.9996, rel=1e-6)
     deg = Affine(1e-5, 0, 114.0, 0, -1e-5, 22.6)
-    expected = max(Geod(ellps="WGS84").inv(114.00050, 22.59950, 114.00051, 22.59950)[2],
-                   Geod(ellps="WGS84").inv(114.00050, 22.59950, 114.00050, 22.59949)[2])
+    expected = max(
+        Geod(ellps="WGS84").inv(114.00050, 22.59950, 114.00051, 22.59950)[2],
+        Geod(ellps="WGS84").inv(114.00050, 22.59950, 114.00050, 22.59949)[2],
+    )
     assert gcrs.source_gsd_m("EPSG:4326", deg, 100, 100) == pytest.approx(expected, rel=1e-6)
 
 
@@ -142,7 +173,9 @@ def test_clip_window_and_inner_slices():
     rows, cols = ggrid.inner_slices(wanted, clipped)
     assert (rows, cols) == (slice(0, 10), slice(5, 20))
     assert ggrid.clip_window(Window(200, 0, 10, 10), 100, 100) is None
-    assert ggrid.clip_window(Window(100, 0, 10, 10), 100, 100) is None  # touching is not overlapping
+    assert (
+        ggrid.clip_window(Window(100, 0, 10, 10), 100, 100) is None
+    )  # touching is not overlapping
 
 
 def test_sub_window_snaps_outwards_and_clips():
@@ -165,17 +198,38 @@ def test_tile_window_matches_the_tile_bounds():
     from detector.geo.grid import WorkingGrid
     from detector.night.tiles import iter_tiles, tile_window
 
-    grid = WorkingGrid(crs_wkt="", output_crs_wkt="", gsd=0.25, left=1000.0, top=5000.0, width=900, height=700)
+    grid = WorkingGrid(
+        crs_wkt="", output_crs_wkt="", gsd=0.25, left=1000.0, top=5000.0, width=900, height=700
+    )
     for tile in iter_tiles(grid, 256, 64):
         col, row = tile_window(grid, tile)
-        assert (grid.left + col * grid.gsd, grid.top - row * grid.gsd) == pytest.approx((tile.bounds[0], tile.bounds[3]))
+        assert (grid.left + col * grid.gsd, grid.top - row * grid.gsd) == pytest.approx(
+            (tile.bounds[0], tile.bounds[3])
+        )
 
 
 # --- open / validate --------------------------------------------------------------------------
 
-def _write(path, count=3, dtype="uint8", crs="EPSG:32650", transform=from_origin(500000, 2500000, 1, 1), interp=None):
-    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=count, dtype=dtype, crs=crs,
-                       transform=transform) as dst:
+
+def _write(
+    path,
+    count=3,
+    dtype="uint8",
+    crs="EPSG:32650",
+    transform=from_origin(500000, 2500000, 1, 1),
+    interp=None,
+):
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=32,
+        height=32,
+        count=count,
+        dtype=dtype,
+        crs=crs,
+        transform=transform,
+    ) as dst:
         dst.write(np.ones((count, 32, 32), dtype))
         if interp:
             dst.colorinterp = interp
@@ -218,6 +272,8 @@ def test_acquisition_date_forms():
 
     assert graster.acquisition_date({"TIFFTAG_DATETIME": "2024:05:01 10:00:00"}) == date(2024, 5, 1)
     assert graster.acquisition_date({"DATE": "2024-05-02"}) == date(2024, 5, 2)
-    assert graster.acquisition_date({"ACQUISITIONDATETIME": "2024-05-03T01:02:03Z"}) == date(2024, 5, 3)
+    assert graster.acquisition_date({"ACQUISITIONDATETIME": "2024-05-03T01:02:03Z"}) == date(
+        2024, 5, 3
+    )
     assert graster.acquisition_date({"TIFFTAG_DATETIME": "yesterday"}) is None
     assert graster.acquisition_date({}) is None

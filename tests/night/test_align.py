@@ -59,7 +59,9 @@ def test_match_translation_subpixel_without_bias():
         errors.append((m.dx - dx, m.dy - dy))
     e = np.array(errors) * GSD
     assert np.abs(e).max() <= 0.05  # metres, every single estimate
-    assert np.abs(e.mean(axis=0)).max() <= 0.01  # no bias toward zero (the old estimator lost ~0.2 m of 1.6 m)
+    assert (
+        np.abs(e.mean(axis=0)).max() <= 0.01
+    )  # no bias toward zero (the old estimator lost ~0.2 m of 1.6 m)
 
 
 def test_match_translation_beyond_search_range_is_not_trusted():
@@ -80,7 +82,9 @@ def test_mosaic_model_recovers_shift_and_rotation():
         got = np.array(model.at(x, y))
         want = truth @ (x, y, 1.0) - (x, y)
         assert np.hypot(*(got - want)) * GSD <= 0.05, (x, y, got, want)
-    assert model.rotation_deg == pytest.approx(-0.3, abs=0.02)  # image rows point down: clockwise on the map
+    assert model.rotation_deg == pytest.approx(
+        -0.3, abs=0.02
+    )  # image rows point down: clockwise on the map
 
 
 def test_tile_changed_wholesale_gets_the_mosaic_model():
@@ -104,11 +108,15 @@ def test_tile_estimate_refines_the_model_when_it_agrees():
     assert reg.residual_m == pytest.approx(np.hypot(1.2, 0.8) * GSD, abs=0.03)
 
 
-@pytest.mark.parametrize("on_failure, ok, source", [("flag", False, "tile"), ("georef", True, "georef")])
+@pytest.mark.parametrize(
+    "on_failure, ok, source", [("flag", False, "tile"), ("georef", True, "georef")]
+)
 def test_unregistrable_tile_is_flagged_or_trusted(on_failure, ok, source):
     img = _scene(512, seed=5)
     unrelated = _scene(512, seed=11)
-    reg = register_tile(img, unrelated, np.ones((512, 512), bool), GSD, model=None, on_failure=on_failure)
+    reg = register_tile(
+        img, unrelated, np.ones((512, 512), bool), GSD, model=None, on_failure=on_failure
+    )
     assert (reg.ok, reg.source) == (ok, source)
     assert reg.reason  # says why
     if ok:
@@ -132,11 +140,18 @@ def test_apply_registration_undoes_a_rotation():
 
 # ---------------------------------------------------------------- real seasonal pairs
 
+
 def _levir(name: str):
-    a, b = DATA / "levir_cd_1024" / "A" / f"{name}.png", DATA / "levir_cd_1024" / "B" / f"{name}.png"
+    a, b = (
+        DATA / "levir_cd_1024" / "A" / f"{name}.png",
+        DATA / "levir_cd_1024" / "B" / f"{name}.png",
+    )
     if not (a.exists() and b.exists()):
         pytest.skip(f"{a.parent.parent} absent (real LEVIR-CD pairs live in ../shared/data)")
-    up = [cv2.resize(cv2.imread(str(p))[:, :, ::-1], None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR) for p in (a, b)]
+    up = [
+        cv2.resize(cv2.imread(str(p))[:, :, ::-1], None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
+        for p in (a, b)
+    ]
     return up  # on the 0.25 m working grid, as a run reads the 0.5 m pair
 
 
@@ -175,7 +190,9 @@ def test_real_pair_every_tile_registered_and_consistent_with_the_model():
     for row in range(0, 2048 - 511, 384):
         for col in range(0, 2048 - 511, 384):
             win = (slice(row, row + 512), slice(col, col + 512))
-            reg = register_tile(a[win], moved[win], valid, GSD, model=model, offset=(col, row), max_shift_m=4.0)
+            reg = register_tile(
+                a[win], moved[win], valid, GSD, model=model, offset=(col, row), max_shift_m=4.0
+            )
             assert reg.ok
             sources.append(reg.source)
             want = np.array(model.at(col + 255.5, row + 255.5))
@@ -184,6 +201,7 @@ def test_real_pair_every_tile_registered_and_consistent_with_the_model():
 
 
 # ---------------------------------------------------------------- through the nightly run
+
 
 def _shifted_copy(src_path: Path, dst_path: Path, dx_m: float, dy_m: float) -> Path:
     """The same pixels georeferenced (dx_m, dy_m) away: a 'second flight' with a GNSS offset."""
@@ -209,15 +227,28 @@ def test_no_change_pair_with_residual_shift_gives_no_candidates(tmp_path, align,
     root = Path(__file__).resolve().parents[2] / "sample_tiles"
     d = shift_m / np.sqrt(2)
     cur = _shifted_copy(root / "baseline.tif", tmp_path / "again.tif", d, -d)  # diagonal
-    cfg = load_config(None, {"baseline": str(root / "baseline.tif"), "current": str(cur), "out": str(tmp_path / "o"),
-                             "workers": 1, "progress": False, "align.enabled": align})
+    cfg = load_config(
+        None,
+        {
+            "baseline": str(root / "baseline.tif"),
+            "current": str(cur),
+            "out": str(tmp_path / "o"),
+            "workers": 1,
+            "progress": False,
+            "align.enabled": align,
+        },
+    )
     s = run_pipeline(cfg)
     assert s.tiles_done == s.tiles_total and s.candidates == 0
 
 
-@pytest.mark.parametrize("on_failure, status, registration", [("flag", "unregistered", "tile"),
-                                                                ("georef", "done", "georef")])
-def test_on_failure_setting_flags_or_trusts_unregistrable_tiles(tmp_path, on_failure, status, registration):
+@pytest.mark.parametrize(
+    "on_failure, status, registration",
+    [("flag", "unregistered", "tile"), ("georef", "done", "georef")],
+)
+def test_on_failure_setting_flags_or_trusts_unregistrable_tiles(
+    tmp_path, on_failure, status, registration
+):
     import geopandas as gpd
 
     from detector.config import load_config
@@ -228,11 +259,23 @@ def test_on_failure_setting_flags_or_trusts_unregistrable_tiles(tmp_path, on_fai
 
     t = from_origin(500000.0, 2500000.0, 0.2, 0.2)
     base = write_geotiff(tmp_path / "b.tif", textured_image(900, 900, seed=1), "EPSG:32650", t)
-    blank = np.full((900, 900, 3), 140, np.uint8)  # nothing to register on (cleared ground, cloud, overexposure)
+    blank = np.full(
+        (900, 900, 3), 140, np.uint8
+    )  # nothing to register on (cleared ground, cloud, overexposure)
     cur = write_geotiff(tmp_path / "c.tif", blank, "EPSG:32650", t)
     model = make_contract_model(tmp_path / "m.onnx")
-    cfg = load_config(None, {"baseline": str(base), "current": str(cur), "out": str(tmp_path / "o"), "model": str(model),
-                             "workers": 1, "progress": False, "align.on_failure": on_failure})
+    cfg = load_config(
+        None,
+        {
+            "baseline": str(base),
+            "current": str(cur),
+            "out": str(tmp_path / "o"),
+            "model": str(model),
+            "workers": 1,
+            "progress": False,
+            "align.on_failure": on_failure,
+        },
+    )
     s = run_pipeline(cfg)
     tiles = gpd.read_file(s.candidates_path, layer="tiles")
     assert set(tiles.status) == {status} and set(tiles.registration) == {registration}

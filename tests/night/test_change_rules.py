@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from detector.config import ChangeConfig
-from detector.night.change import (CHANGE_THRESHOLD, MAX_INVALID_IN_BOX, changes_in_tile, keep_detection,
-                                   owns_centre, polygon_mask)
+from detector.night.change import (
+    CHANGE_THRESHOLD,
+    MAX_INVALID_IN_BOX,
+    changes_in_tile,
+    keep_detection,
+    owns_centre,
+    polygon_mask,
+)
 from detector.types import Detection
 
 SIZE, GSD, MARGIN, STRIDE = 20, 1.0, 4, 12
@@ -51,10 +57,18 @@ def test_a_fully_changed_box_is_kept_with_its_change_share():
     assert keep(box(), *tile(changed=25)) == 1.0
 
 
-@pytest.mark.parametrize("cx,cy,owned", [
-    (10, 10, True), (4, 4, True), (15.99, 15.99, True),  # the core is [margin, margin + stride)
-    (16, 10, False), (10, 16, False), (3.99, 10, False), (10, 3.99, False),
-])
+@pytest.mark.parametrize(
+    "cx,cy,owned",
+    [
+        (10, 10, True),
+        (4, 4, True),
+        (15.99, 15.99, True),  # the core is [margin, margin + stride)
+        (16, 10, False),
+        (10, 16, False),
+        (3.99, 10, False),
+        (10, 3.99, False),
+    ],
+)
 def test_only_the_tile_owning_the_centre_reports_it(cx, cy, owned):
     assert owns_centre(box(cx, cy), MARGIN, STRIDE) is owned
 
@@ -65,12 +79,15 @@ def test_a_box_centred_outside_the_core_is_not_reported():
     assert keep(d, diff, np.ones((SIZE, SIZE), bool)) is None
 
 
-@pytest.mark.parametrize("w,h,kept", [
-    (2, 2, True),     # 4 m²: min_area_m2 is inclusive
-    (1.9, 2, False),  # 3.8 m²
-    (10, 10, True),   # 100 m²: max_area_m2 is inclusive
-    (10, 10.1, False),
-])
+@pytest.mark.parametrize(
+    "w,h,kept",
+    [
+        (2, 2, True),  # 4 m²: min_area_m2 is inclusive
+        (1.9, 2, False),  # 3.8 m²
+        (10, 10, True),  # 100 m²: max_area_m2 is inclusive
+        (10, 10.1, False),
+    ],
+)
 def test_area_limits(w, h, kept):
     diff = np.full((SIZE, SIZE), 255, np.float32)
     result = keep(box(w=w, h=h), diff, np.ones((SIZE, SIZE), bool))

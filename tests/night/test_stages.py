@@ -15,8 +15,13 @@ from detector.night.mosaic import WorkingGrid
 from detector.night.tiles import core_bounds, iter_tiles
 from pipeline_util import textured_image
 
-META = {"task": "obb", "channels": "6", "imgsz": "[256, 256]", "buildwatch_gsd_m": "0.25",
-        "names": "{0: 'new_building', 1: 'extension', 2: 'temporary_structure', 3: 'construction_site'}"}
+META = {
+    "task": "obb",
+    "channels": "6",
+    "imgsz": "[256, 256]",
+    "buildwatch_gsd_m": "0.25",
+    "names": "{0: 'new_building', 1: 'extension', 2: 'temporary_structure', 3: 'construction_site'}",
+}
 
 
 def spec(**kw):
@@ -38,9 +43,12 @@ def test_decode_raw_obb_applies_nms():
     nc = 4
     out = np.zeros((1, 4 + nc + 1, 5), np.float32)
     # two overlapping boxes of class 0 and one of class 2 at the same place
-    out[0, :4, 0] = [100, 100, 40, 20]; out[0, 4, 0] = 0.9
-    out[0, :4, 1] = [102, 101, 40, 20]; out[0, 4, 1] = 0.8
-    out[0, :4, 2] = [100, 100, 40, 20]; out[0, 6, 2] = 0.7
+    out[0, :4, 0] = [100, 100, 40, 20]
+    out[0, 4, 0] = 0.9
+    out[0, :4, 1] = [102, 101, 40, 20]
+    out[0, 4, 1] = 0.8
+    out[0, :4, 2] = [100, 100, 40, 20]
+    out[0, 6, 2] = 0.7
     out[0, 8, :] = 0.1  # angle
     dets = decode(out, spec(end2end="False"), conf=0.25, iou=0.5)[0]
     assert sorted(d.class_name for d in dets) == ["new_building", "temporary_structure"]
@@ -80,12 +88,18 @@ def test_nms_rotated_and_iou_matrix_equal_the_dense_definition(seed):
     centres = rng.uniform(0, 512, (25, 2))
     n = 300
     at = centres[rng.integers(0, 25, n)] + rng.normal(0, 4, (n, 2))
-    boxes = np.column_stack([at, rng.uniform(8, 60, n), rng.uniform(8, 60, n), rng.uniform(-1.6, 1.6, n)])
+    boxes = np.column_stack(
+        [at, rng.uniform(8, 60, n), rng.uniform(8, 60, n), rng.uniform(-1.6, 1.6, n)]
+    )
     scores, classes = rng.uniform(0.1, 1.0, n), rng.integers(0, 2, n)
     for iou in (0.0, 0.3, 0.7):
-        assert list(nms_rotated(boxes, scores, classes, iou)) == _dense_reference(boxes, scores, classes, iou)
+        assert list(nms_rotated(boxes, scores, classes, iou)) == _dense_reference(
+            boxes, scores, classes, iou
+        )
     polys = [Polygon(c) for c in box_corners(boxes[:60])]
-    dense = np.array([[p.intersection(q).area / p.union(q).area for q in polys[30:]] for p in polys[:30]])
+    dense = np.array(
+        [[p.intersection(q).area / p.union(q).area for q in polys[30:]] for p in polys[:30]]
+    )
     np.testing.assert_allclose(rotated_iou_matrix(boxes[:30], boxes[30:60]), dense, atol=1e-9)
 
 
@@ -98,7 +112,9 @@ def test_nms_rotated_keeps_disjoint_boxes():
 @pytest.mark.parametrize("dx,dy", [(0, 0), (3.0, -2.0), (-5.5, 4.25), (7, 7)])
 def test_tile_registration_recovers_known_shift_under_illumination_change(dx, dy):
     img = textured_image(256, 256, seed=4)
-    moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (256, 256), borderMode=cv2.BORDER_REFLECT)
+    moved = cv2.warpAffine(
+        img, np.float32([[1, 0, dx], [0, 1, dy]]), (256, 256), borderMode=cv2.BORDER_REFLECT
+    )
     moved = np.clip(moved * 0.7 + 30, 0, 255).astype(np.uint8)  # illumination change
     reg = register_tile(img, moved, np.ones((256, 256), bool), 0.25, max_shift_m=3.0)
     assert reg.ok and reg.source == "tile"
@@ -140,26 +156,41 @@ def test_tile_cores_partition_the_plane():
 def test_merge_duplicates_is_class_aware():
     from shapely.geometry import box
 
-    geoms = [box(0, 0, 10, 10), box(1, 0, 11, 10), box(0, 0, 10, 10), box(50, 50, 60, 60), box(2, 2, 6, 6)]
+    geoms = [
+        box(0, 0, 10, 10),
+        box(1, 0, 11, 10),
+        box(0, 0, 10, 10),
+        box(50, 50, 60, 60),
+        box(2, 2, 6, 6),
+    ]
     classes = ["new_building", "new_building", "extension", "new_building", "new_building"]
-    kept = merge_duplicates(geoms, classes, [0.5, 0.9, 0.6, 0.4, 0.3], iou=0.3, ioa=0.6, cross_class_iou=0.95)
+    kept = merge_duplicates(
+        geoms, classes, [0.5, 0.9, 0.6, 0.4, 0.3], iou=0.3, ioa=0.6, cross_class_iou=0.95
+    )
     assert sorted(kept) == [1, 2, 3]  # 0 duplicates 1 (IoU), 4 lies inside 1 (IoA)
 
 
 def test_merge_duplicates_joins_one_outline_predicted_as_two_classes():
     from shapely.geometry import box
 
-    geoms = [box(0, 0, 10, 10), box(0.5, 0, 10.5, 10), box(10, 0, 14, 10)]  # 2 = an extension beside it
+    geoms = [
+        box(0, 0, 10, 10),
+        box(0.5, 0, 10.5, 10),
+        box(10, 0, 14, 10),
+    ]  # 2 = an extension beside it
     classes = ["temporary_structure", "extension", "extension"]
     assert sorted(merge_duplicates(geoms, classes, [0.4, 0.3, 0.8], iou=0.3, ioa=0.6)) == [0, 2]
 
 
-@pytest.mark.parametrize("meta,needle", [
-    ({"channels": "4"}, "4 input channels"),
-    ({"task": "segment"}, "not supported"),
-    ({"buildwatch_gsd_m": "-1"}, "must be > 0"),
-    ({"names": "not a dict"}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "meta,needle",
+    [
+        ({"channels": "4"}, "4 input channels"),
+        ({"task": "segment"}, "not supported"),
+        ({"buildwatch_gsd_m": "-1"}, "must be > 0"),
+        ({"names": "not a dict"}, "malformed"),
+    ],
+)
 def test_bad_metadata_is_refused(meta, needle):
     from detector.errors import ModelError
 

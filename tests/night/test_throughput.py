@@ -16,7 +16,9 @@ from pipeline_util import textured_image, write_geotiff
 CRS = "EPSG:32650"
 
 
-def _pair(tmp_path: Path, origin=(500003.03, 2500001.07), res=0.1, size=900, mask_cols=0, alpha=False):
+def _pair(
+    tmp_path: Path, origin=(500003.03, 2500001.07), res=0.1, size=900, mask_cols=0, alpha=False
+):
     """A same-CRS pair whose origin is off the working grid's whole pixels (so every grid pixel
     straddles source pixels and the extent ends mid-pixel)."""
     import rasterio
@@ -32,8 +34,18 @@ def _pair(tmp_path: Path, origin=(500003.03, 2500001.07), res=0.1, size=900, mas
             write_geotiff(cur, rgb, CRS, t, alpha=a)
         else:
             with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-                with rasterio.open(cur, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                                   crs=CRS, transform=t, tiled=True) as dst:
+                with rasterio.open(
+                    cur,
+                    "w",
+                    driver="GTiff",
+                    width=size,
+                    height=size,
+                    count=3,
+                    dtype="uint8",
+                    crs=CRS,
+                    transform=t,
+                    tiled=True,
+                ) as dst:
                     dst.write(np.moveaxis(rgb, -1, 0))
                     dst.write_mask(a)
     else:
@@ -53,8 +65,14 @@ def _read_both_ways(info, grid, windows):
 
 
 # windows inside, across every edge, and wholly outside the grid
-WINDOWS = [(10, 10, 128, 128), (-40, -30, 128, 128), (300, 300, 128, 128), (330, -5, 64, 400),
-           (-500, 0, 64, 64), (0, 0, 361, 361)]
+WINDOWS = [
+    (10, 10, 128, 128),
+    (-40, -30, 128, 128),
+    (300, 300, 128, 128),
+    (330, -5, 64, 400),
+    (-500, 0, 64, 64),
+    (0, 0, 361, 361),
+]
 
 
 @pytest.mark.parametrize("mask", ["none", "internal", "alpha"])
@@ -64,7 +82,9 @@ def test_direct_read_matches_the_warped_read(tmp_path, mask):
     grid = make_grid(b, c, 0.25)
     assert (grid.width, grid.height) == (361, 361)  # 90 m from an origin off the 0.25 m world grid
     for (px, valid), (px_w, valid_w) in _read_both_ways(c, grid, WINDOWS):
-        assert np.array_equal(valid, valid_w)  # the warper's validity rule: pixel centre inside the source
+        assert np.array_equal(
+            valid, valid_w
+        )  # the warper's validity rule: pixel centre inside the source
         # inside, the same bilinear resampling; on the rim of the valid area the warper
         # extrapolates the pixels only partly inside the source, the direct read repeats its neighbour
         diff = np.abs(px.astype(int) - px_w)
@@ -89,9 +109,20 @@ def test_epoch_in_another_crs_is_warped(tmp_path):
     b, _ = _pair(tmp_path)
     dst = tmp_path / "c3857.tif"
     with rasterio.open(b.path) as src:
-        t, w, h = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
-        with rasterio.open(dst, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs="EPSG:3857",
-                           transform=t) as out:
+        t, w, h = calculate_default_transform(
+            src.crs, "EPSG:3857", src.width, src.height, *src.bounds
+        )
+        with rasterio.open(
+            dst,
+            "w",
+            driver="GTiff",
+            width=w,
+            height=h,
+            count=3,
+            dtype="uint8",
+            crs="EPSG:3857",
+            transform=t,
+        ) as out:
             for i in (1, 2, 3):
                 reproject(rasterio.band(src, i), rasterio.band(out, i))
     c = open_mosaic(dst, "current")
@@ -120,19 +151,25 @@ def test_opencv_resampled_read_keeps_geometry_and_values(tmp_path):
     # not: per-pixel noise differs by ~2 grey levels, what survives a 1-pixel blur by well under 1
     inner = valid & ~_edge_of(valid)
     diff = np.abs(px.astype(int) - px_w)[inner]
-    smooth = np.abs(cv2.GaussianBlur(px, (0, 0), 1.0).astype(int) - cv2.GaussianBlur(px_w, (0, 0), 1.0))[inner]
+    smooth = np.abs(
+        cv2.GaussianBlur(px, (0, 0), 1.0).astype(int) - cv2.GaussianBlur(px_w, (0, 0), 1.0)
+    )[inner]
     assert diff.mean() < 2.5
     assert smooth.mean() < 1.0 and np.percentile(smooth, 99) <= 3
 
     roof = open_mosaic(tmp_path / "roof.tif", "current")
     window = (37, 11, 256, 256)  # wholly inside
     (px, _), (px_w, _) = _read_both_ways(roof, grid, [window])[0]
-    truth = ((500003.03 + 290 * 0.2 - grid.left) / 0.25 - window[0] - 0.5,
-             (grid.top - (2500001.07 - 250 * 0.2)) / 0.25 - window[1] - 0.5)
+    truth = (
+        (500003.03 + 290 * 0.2 - grid.left) / 0.25 - window[0] - 0.5,
+        (grid.top - (2500001.07 - 250 * 0.2)) / 0.25 - window[1] - 0.5,
+    )
     for img in (px, px_w):
         mass = img[..., 0].astype(float) - 100
         ys, xs = np.indices(mass.shape)
-        assert mass.sum() == pytest.approx(80 * 100 * 150 * 0.2**2 / 0.25**2, rel=1e-3)  # brightness is kept
+        assert mass.sum() == pytest.approx(
+            80 * 100 * 150 * 0.2**2 / 0.25**2, rel=1e-3
+        )  # brightness is kept
         centre = ((mass * xs).sum() / mass.sum(), (mass * ys).sum() / mass.sum())
         assert abs(centre[0] - truth[0]) < 0.1 and abs(centre[1] - truth[1]) < 0.1
 
@@ -152,7 +189,9 @@ def test_tile_groups_partition_the_tiles_into_square_neighbourhoods(tmp_path, gr
         rows, cols = {t.row for t in g}, {t.col for t in g}
         assert max(rows) - min(rows) < group and max(cols) - min(cols) < group
         assert len(g) <= group * group
-        assert [(t.row, t.col) for t in g] == sorted((t.row, t.col) for t in g)  # row-major inside a group
+        assert [(t.row, t.col) for t in g] == sorted(
+            (t.row, t.col) for t in g
+        )  # row-major inside a group
     with pytest.raises(ValueError):
         tile_groups(tiles, 0)
 
@@ -205,7 +244,9 @@ def test_difference_image_cancels_a_scene_wide_shift_and_keeps_local_change():
     from detector.night.change import CHANGE_THRESHOLD, difference_image
 
     base = textured_image(256, 256, seed=11)
-    cur = np.clip(base.astype(int) * 0.8 + 20, 0, 255).astype(np.uint8)  # exposure/season: the whole scene
+    cur = np.clip(base.astype(int) * 0.8 + 20, 0, 255).astype(
+        np.uint8
+    )  # exposure/season: the whole scene
     cur[100:140, 60:120] = (230, 30, 30)  # a new red roof, 40 x 60 px
     valid = np.ones((256, 256), bool)
     valid[:, :30] = False  # nodata strip: excluded from the statistics, zero in the result

@@ -19,8 +19,7 @@ from detector.geo.crs import area_m2
 from detector.review import gpkg, nightly
 from detector.review import registry as reg
 
-from cases_util import (STRUCTURES, candidates, case_id_of, cases_by_id,
-                        qgis_like_edit, run_night)
+from cases_util import STRUCTURES, candidates, case_id_of, cases_by_id, qgis_like_edit, run_night
 
 # --------------------------------------------------------------------------- GeoPackage encoding
 
@@ -53,7 +52,6 @@ def test_area_in_geographic_crs_is_metres():
     assert area_m2(square, CRS.from_epsg(4326)) == pytest.approx(100.0, rel=2e-3)
 
 
-
 def test_area_is_ground_metres_in_web_mercator_for_candidates_and_cases(scene):
     """A 100 m x 100 m square at 22.5°N in EPSG:3857 (whose unit there is 0.92 ground metres, so its
     planar area is 17 % too large) measures 10,000 m² as a candidate and as a case (one area rule)."""
@@ -76,19 +74,38 @@ def test_area_is_ground_metres_in_web_mercator_for_candidates_and_cases(scene):
 
     # candidate path: the run measures in its working CRS (UTM here) and writes in the baseline's (3857)
     work = working_crs_wkt(merc.to_wkt(), square.bounds)
-    grid = WorkingGrid(crs_wkt=work, output_crs_wkt=merc.to_wkt(), gsd=0.25, left=0.0, top=0.0, width=1, height=1)
+    grid = WorkingGrid(
+        crs_wkt=work, output_crs_wkt=merc.to_wkt(), gsd=0.25, left=0.0, top=0.0, width=1, height=1
+    )
     in_work = gpd.GeoSeries([square], crs=merc).to_crs(work).iloc[0]
     out_geoms, lon, lat, areas = to_output([in_work], grid)
     assert areas[0] == pytest.approx(10_000, rel=0.005)
     assert (lon[0], lat[0]) == pytest.approx(((lon0 + lon1) / 2, (lat0 + lat1) / 2), abs=1e-6)
 
     # case path: a registry in EPSG:3857 (the candidates' CRS on its first night)
-    frame = gpd.GeoDataFrame({"candidate_id": ["cand-M"], "class": ["new_building"], "confidence": [0.8],
-                              "area_m2": [round(float(areas[0]), 2)], "tile_id": ["r0_c0"],
-                              "model_name": ["test-model"], "run_id": ["x"], "status": ["new"], "tags": [""]},
-                             geometry=out_geoms, crs=merc)
-    reg.update_registry(frame, config, run_id="r", night=date(2024, 5, 1), baseline_path=baseline,
-                        current_path=current)
+    frame = gpd.GeoDataFrame(
+        {
+            "candidate_id": ["cand-M"],
+            "class": ["new_building"],
+            "confidence": [0.8],
+            "area_m2": [round(float(areas[0]), 2)],
+            "tile_id": ["r0_c0"],
+            "model_name": ["test-model"],
+            "run_id": ["x"],
+            "status": ["new"],
+            "tags": [""],
+        },
+        geometry=out_geoms,
+        crs=merc,
+    )
+    reg.update_registry(
+        frame,
+        config,
+        run_id="r",
+        night=date(2024, 5, 1),
+        baseline_path=baseline,
+        current_path=current,
+    )
     [case] = cases_by_id(config.registry).values()
     assert case["area_m2"] == pytest.approx(10_000, rel=0.005)
     # candidate and case agree to the working CRS's scale error (UTM 3° off its central meridian: +0.16 %;
@@ -113,10 +130,20 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     # between nights, in QGIS: A rejected, B's outline moved 2 m east by an operator, C confirmed
     moved_b = shapely.affinity.translate(shapely.box(*STRUCTURES["B"]), 2.0, 0.0)
     srs_id = 4547
-    qgis_like_edit(registry, ids["A"], status="false_positive", reviewer="li", reviewed_at="2024-05-01T09:00:00",
-                   note="shadow of a tree")
-    qgis_like_edit(registry, ids["B"], geom=gpkg.encode_gpkg_geometry(moved_b, srs_id), reviewer="wang")
-    qgis_like_edit(registry, ids["C"], status="confirmed_illegal", reviewer="wang", note="no permit")
+    qgis_like_edit(
+        registry,
+        ids["A"],
+        status="false_positive",
+        reviewer="li",
+        reviewed_at="2024-05-01T09:00:00",
+        note="shadow of a tree",
+    )
+    qgis_like_edit(
+        registry, ids["B"], geom=gpkg.encode_gpkg_geometry(moved_b, srs_id), reviewer="wang"
+    )
+    qgis_like_edit(
+        registry, ids["C"], status="confirmed_illegal", reviewer="wang", note="no permit"
+    )
 
     second = run_night(scene, ["A", "B", "C", "D", "E"], date(2024, 5, 2), jitter_m=0.3)
     assert (second.opened, second.updated, second.suppressed, second.total) == (2, 2, 1, 5)
@@ -135,7 +162,11 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     a, b, c = cases[ids["A"]], cases[ids["B"]], cases[ids["C"]]
     # review fields untouched by two runs
     assert (a["status"], a["reviewer"], a["reviewed_at"], a["note"]) == (
-        "false_positive", "li", "2024-05-01T09:00:00", "shadow of a tree")
+        "false_positive",
+        "li",
+        "2024-05-01T09:00:00",
+        "shadow of a tree",
+    )
     assert (c["status"], c["reviewer"], c["note"]) == ("confirmed_illegal", "wang", "no permit")
     assert b["status"] == "new" and b["reviewer"] == "wang"
     # the operator's geometry is kept (exactly), flagged as edited; the run still tracks sightings
@@ -144,7 +175,9 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     assert b["times_seen"] == 3 and b["last_seen"] == "2024-05-03"
     # C not seen on night 3: kept, last seen night 2; its geometry followed the 0.3 m jitter of night 2
     assert (c["times_seen"], c["first_seen"], c["last_seen"]) == (2, "2024-05-01", "2024-05-02")
-    assert c["geometry"].equals(shapely.affinity.translate(shapely.box(*STRUCTURES["C"]), 0.3, -0.3))
+    assert c["geometry"].equals(
+        shapely.affinity.translate(shapely.box(*STRUCTURES["C"]), 0.3, -0.3)
+    )
     assert c["geometry_edited"] == 0
     assert c["area_m2"] == pytest.approx(60.0)
     assert [cases[ids[n]]["times_seen"] for n in "ADEF"] == [3, 2, 1, 1]
@@ -156,13 +189,17 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     with sqlite3.connect(registry) as conn:
         nights = [r[0] for r in conn.execute("SELECT night FROM registry_nights ORDER BY night")]
     assert nights == ["2024-05-01", "2024-05-02", "2024-05-03"]
-    assert {k: v["times_seen"] for k, v in cases_by_id(registry).items()} == {k: v["times_seen"] for k, v in cases.items()}
+    assert {k: v["times_seen"] for k, v in cases_by_id(registry).items()} == {
+        k: v["times_seen"] for k, v in cases.items()
+    }
 
     # evidence chips exist for every case; report of night 3 counts F as the only new case
     for case_id in ids.values():
         assert (registry.parent / "evidence" / f"{case_id}.png").exists()
     csv_text = (root / "out-2024-05-03" / "report.csv").read_text(encoding="utf-8-sig").splitlines()
-    assert csv_text[-1] == "2024-05-03,all communities,,1,1,5,2,0"  # new 1, confirmed 1, open 5 (not A), oldest 2 days
+    assert (
+        csv_text[-1] == "2024-05-03,all communities,,1,1,5,2,0"
+    )  # new 1, confirmed 1, open 5 (not A), oldest 2 days
 
 
 def test_candidates_in_another_crs_match_existing_cases(scene):
@@ -179,8 +216,14 @@ def test_same_structure_twice_in_one_night_is_one_case(scene):
     baseline, current, config, root = scene
     frame = candidates(["A", "A"])
     frame.loc[1, "geometry"] = shapely.affinity.translate(frame.geometry.iloc[1], 0.5, 0.0)
-    result = reg.update_registry(frame, config, run_id="r", night=date(2024, 5, 1), baseline_path=baseline,
-                                 current_path=current)
+    result = reg.update_registry(
+        frame,
+        config,
+        run_id="r",
+        night=date(2024, 5, 1),
+        baseline_path=baseline,
+        current_path=current,
+    )
     assert (result.opened, result.total) == (1, 1)
     assert cases_by_id(config.registry)["LG20240501-0001"]["max_confidence"] == pytest.approx(0.81)
 
@@ -188,18 +231,41 @@ def test_same_structure_twice_in_one_night_is_one_case(scene):
 def test_registry_update_only_writes_the_registry_and_nightly_writes_the_rest(scene):
     baseline, current, config, root = scene
     registry = config.registry
-    result = reg.update_registry(candidates(["A", "B"]), config, run_id="r", night=date(2024, 5, 1),
-                                 baseline_path=baseline, current_path=current)
+    result = reg.update_registry(
+        candidates(["A", "B"]),
+        config,
+        run_id="r",
+        night=date(2024, 5, 1),
+        baseline_path=baseline,
+        current_path=current,
+    )
     assert (result.opened, result.total) == (2, 2)
-    assert sorted(p.name for p in registry.parent.iterdir() if not p.name.startswith("cases.gpkg")) == []
+    assert (
+        sorted(p.name for p in registry.parent.iterdir() if not p.name.startswith("cases.gpkg"))
+        == []
+    )
     assert not (root / "out").exists()
 
-    night2 = nightly.update_cases(candidates(["A", "B", "C"]), config, run_id="r2", night=date(2024, 5, 2),
-                                  baseline_path=baseline, current_path=current, out_dir=root / "out")
-    assert isinstance(night2, reg.RegistryUpdate) and (night2.opened, night2.updated, night2.total) == (1, 2, 3)
+    night2 = nightly.update_cases(
+        candidates(["A", "B", "C"]),
+        config,
+        run_id="r2",
+        night=date(2024, 5, 2),
+        baseline_path=baseline,
+        current_path=current,
+        out_dir=root / "out",
+    )
+    assert isinstance(night2, reg.RegistryUpdate) and (
+        night2.opened,
+        night2.updated,
+        night2.total,
+    ) == (1, 2, 3)
     # the missing chips of night 1 are written too
     assert sorted(p.name for p in night2.evidence_paths) == [
-        "LG20240501-0001.png", "LG20240501-0002.png", "LG20240502-0001.png"]
+        "LG20240501-0001.png",
+        "LG20240501-0002.png",
+        "LG20240502-0001.png",
+    ]
     assert night2.project_path == registry.with_suffix(".qgs") and night2.project_path.exists()
     assert night2.report_html.exists() and night2.report_csv.exists()
 
@@ -224,13 +290,32 @@ def test_reviewer_writing_during_a_run_loses_nothing(scene):
     config = config.model_copy(update={"evidence": False, "report": False})
     registry = config.registry
     # 40 small structures on a grid, opened on night 1
-    grid = [shapely.box(500_005 + 4 * i, 2_500_005 + 4 * j, 500_007 + 4 * i, 2_500_007 + 4 * j)
-            for i in range(8) for j in range(5)]
+    grid = [
+        shapely.box(500_005 + 4 * i, 2_500_005 + 4 * j, 500_007 + 4 * i, 2_500_007 + 4 * j)
+        for i in range(8)
+        for j in range(5)
+    ]
+
     def frame_of(geoms):
-        return gpd.GeoDataFrame({"candidate_id": [f"g{i}" for i in range(len(geoms))], "class": "new_building",
-                                 "confidence": 0.7, "tags": ""}, geometry=geoms, crs="EPSG:4547")
-    reg.update_registry(frame_of(grid), config, run_id="n1", night=date(2024, 5, 1), baseline_path=baseline,
-                        current_path=current)
+        return gpd.GeoDataFrame(
+            {
+                "candidate_id": [f"g{i}" for i in range(len(geoms))],
+                "class": "new_building",
+                "confidence": 0.7,
+                "tags": "",
+            },
+            geometry=geoms,
+            crs="EPSG:4547",
+        )
+
+    reg.update_registry(
+        frame_of(grid),
+        config,
+        run_id="n1",
+        night=date(2024, 5, 1),
+        baseline_path=baseline,
+        current_path=current,
+    )
     case_ids = sorted(cases_by_id(registry))
     assert len(case_ids) == 40
 
@@ -256,15 +341,25 @@ def test_reviewer_writing_during_a_run_loses_nothing(scene):
     thread.start()
     first_written.wait(timeout=30)  # the reviewer is mid-way through its edits when the run starts
     run_started = time.monotonic()
-    result = reg.update_registry(frame_of(more), config, run_id="n2", night=date(2024, 5, 2),
-                                 baseline_path=baseline, current_path=current)
+    result = reg.update_registry(
+        frame_of(more),
+        config,
+        run_id="n2",
+        night=date(2024, 5, 2),
+        baseline_path=baseline,
+        current_path=current,
+    )
     run_finished = time.monotonic()
     thread.join(timeout=60)
     assert not errors and len(written) == 40
-    assert any(run_started < t < run_finished for t in write_times), "the reviewer and the run did not overlap"
+    assert any(run_started < t < run_finished for t in write_times), (
+        "the reviewer and the run did not overlap"
+    )
     assert (result.opened, result.updated, result.total) == (40, 40, 80)
     cases = cases_by_id(registry)
-    assert all(cases[c]["note"] == f"checked {c}" and cases[c]["reviewer"] == "zhao" for c in case_ids)
+    assert all(
+        cases[c]["note"] == f"checked {c}" and cases[c]["reviewer"] == "zhao" for c in case_ids
+    )
     assert all(cases[c]["times_seen"] == 2 for c in case_ids)
     conn = sqlite3.connect(str(registry))
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -279,54 +374,103 @@ def test_boundaries_in_another_crs_give_community_and_unit(scene):
     baseline, current, config, root = scene
     west = shapely.box(500_000, 2_500_000, 500_050, 2_500_200)
     east = shapely.box(500_050, 2_500_000, 500_200, 2_500_200)
-    boundaries = gpd.GeoDataFrame({"name": ["Xinsheng", "Longdong"], "unit": ["team 1", "team 2"]},
-                                  geometry=[west, east], crs="EPSG:4547").to_crs("EPSG:4326")
+    boundaries = gpd.GeoDataFrame(
+        {"name": ["Xinsheng", "Longdong"], "unit": ["team 1", "team 2"]},
+        geometry=[west, east],
+        crs="EPSG:4547",
+    ).to_crs("EPSG:4326")
     boundaries.to_file(root / "communities.geojson", driver="GeoJSON")
     config = config.model_copy(update={"boundaries": root / "communities.geojson"})
-    nightly.update_cases(candidates(["A", "B", "D", "E"]), config, run_id="r", night=date(2024, 5, 1),
-                         baseline_path=baseline, current_path=current, out_dir=root / "out")
-    located = {row["case_id"]: (row["community"], row["unit"]) for row in cases_by_id(config.registry).values()}
+    nightly.update_cases(
+        candidates(["A", "B", "D", "E"]),
+        config,
+        run_id="r",
+        night=date(2024, 5, 1),
+        baseline_path=baseline,
+        current_path=current,
+        out_dir=root / "out",
+    )
+    located = {
+        row["case_id"]: (row["community"], row["unit"])
+        for row in cases_by_id(config.registry).values()
+    }
     by_name = {name: located[case_id_of(config.registry, name)] for name in "ABDE"}
-    assert by_name == {"A": ("Xinsheng", "team 1"), "B": ("Longdong", "team 2"),
-                       "D": ("Xinsheng", "team 1"), "E": ("Longdong", "team 2")}
+    assert by_name == {
+        "A": ("Xinsheng", "team 1"),
+        "B": ("Longdong", "team 2"),
+        "D": ("Xinsheng", "team 1"),
+        "E": ("Longdong", "team 2"),
+    }
     raw = (root / "out" / "report.csv").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")  # BOM: Excel in a Chinese locale reads UTF-8, not GBK
     rows = raw.decode("utf-8-sig").splitlines()
-    assert rows[1:] == ["2024-05-01,Longdong,team 2,2,0,2,0,0", "2024-05-01,Xinsheng,team 1,2,0,2,0,0",
-                        "2024-05-01,all communities,\"team 1, team 2\",4,0,4,0,0"]
+    assert rows[1:] == [
+        "2024-05-01,Longdong,team 2,2,0,2,0,0",
+        "2024-05-01,Xinsheng,team 1,2,0,2,0,0",
+        '2024-05-01,all communities,"team 1, team 2",4,0,4,0,0',
+    ]
 
     bad = config.model_copy(update={"boundary_name_field": "shequ"})
     with pytest.raises(InputError, match="no field 'shequ'"):
-        reg.update_registry(candidates(["A"]), bad, run_id="r", night=date(2024, 5, 2), baseline_path=baseline,
-                            current_path=current)
+        reg.update_registry(
+            candidates(["A"]),
+            bad,
+            run_id="r",
+            night=date(2024, 5, 2),
+            baseline_path=baseline,
+            current_path=current,
+        )
 
 
 def test_bad_inputs_are_one_line_input_errors(scene, tmp_path):
     baseline, current, config, root = scene
     no_crs = candidates(["A"]).set_crs(None, allow_override=True)
     with pytest.raises(InputError, match="no CRS"):
-        reg.update_registry(no_crs, config, run_id="r", night=date(2024, 5, 1), baseline_path=baseline,
-                            current_path=current)
+        reg.update_registry(
+            no_crs,
+            config,
+            run_id="r",
+            night=date(2024, 5, 1),
+            baseline_path=baseline,
+            current_path=current,
+        )
     not_gpkg = tmp_path / "notes.gpkg"
     not_gpkg.write_text("hello")
     with pytest.raises(InputError, match="not a GeoPackage"):
-        reg.update_registry(candidates(["A"]), config.model_copy(update={"registry": not_gpkg}), run_id="r",
-                            night=date(2024, 5, 1), baseline_path=baseline, current_path=current)
+        reg.update_registry(
+            candidates(["A"]),
+            config.model_copy(update={"registry": not_gpkg}),
+            run_id="r",
+            night=date(2024, 5, 1),
+            baseline_path=baseline,
+            current_path=current,
+        )
     with pytest.raises(InputError, match="missing column"):
-        reg.update_registry(candidates(["A"]).drop(columns="confidence"), config, run_id="r",
-                            night=date(2024, 5, 1), baseline_path=baseline, current_path=current)
+        reg.update_registry(
+            candidates(["A"]).drop(columns="confidence"),
+            config,
+            run_id="r",
+            night=date(2024, 5, 1),
+            baseline_path=baseline,
+            current_path=current,
+        )
 
 
-@pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="ogrinfo not installed (apt-get install gdal-bin; CI has it)")
+@pytest.mark.skipif(
+    shutil.which("ogrinfo") is None,
+    reason="ogrinfo not installed (apt-get install gdal-bin; CI has it)",
+)
 def test_ogrinfo_opens_registry_without_warnings(scene):
     registry = scene[2].registry
     run_night(scene, ["A", "B"], date(2024, 5, 1))
     qgis_like_edit(registry, "LG20240501-0001", status="false_positive")
     run_night(scene, ["A", "B", "C"], date(2024, 5, 2))
-    proc = subprocess.run(["ogrinfo", "-al", "-so", str(registry)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["ogrinfo", "-al", "-so", str(registry)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "" and "Warning" not in proc.stdout
-    assert "Feature Count: 3" in proc.stdout and "EPSG\",4547" in proc.stdout
+    assert "Feature Count: 3" in proc.stdout and 'EPSG",4547' in proc.stdout
     conn = sqlite3.connect(str(registry))
     assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 10200

@@ -20,8 +20,10 @@ CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "qgis_check.py"
 
 pytestmark = [
     pytest.mark.qgis,
-    pytest.mark.skipif(not system_qgis_available(),
-                       reason="/usr/bin/python3 cannot import qgis (apt-get install python3-qgis qgis-providers; CI has it)"),
+    pytest.mark.skipif(
+        not system_qgis_available(),
+        reason="/usr/bin/python3 cannot import qgis (apt-get install python3-qgis qgis-providers; CI has it)",
+    ),
 ]
 
 
@@ -29,8 +31,20 @@ def _qgis_check(registry, count, *args) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["QT_QPA_PLATFORM"] = "offscreen"
     proc = subprocess.run(
-        [str(SYSTEM_PYTHON), str(CHECK_SCRIPT), str(registry), "--crs", "EPSG:4547", "--count", str(count), *args],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            str(SYSTEM_PYTHON),
+            str(CHECK_SCRIPT),
+            str(registry),
+            "--crs",
+            "EPSG:4547",
+            "--count",
+            str(count),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no report from qgis_check.py (rc {proc.returncode}): {proc.stderr[-2000:]}"
@@ -42,8 +56,17 @@ def test_qgis_loads_cases_with_default_style_form_and_project(scene):  # noqa: F
     registry = scene[2].registry
     run_night(scene, ["A", "B", "C"], date(2024, 5, 1))
     # a reviewer edits in QGIS itself: A rejected, B's outline moved 1.5 m east
-    report = _qgis_check(registry, 3, "--set-status", "LG20240501-0001", "false_positive",
-                         "--move", "LG20240501-0002", "1.5", "0")
+    report = _qgis_check(
+        registry,
+        3,
+        "--set-status",
+        "LG20240501-0001",
+        "false_positive",
+        "--move",
+        "LG20240501-0002",
+        "1.5",
+        "0",
+    )
     assert report["problems"] == [], report
     moved_b = reg.read_cases_frame(registry).set_index("case_id").geometry["LG20240501-0002"]
     assert moved_b.equals(shapely.affinity.translate(shapely.box(*STRUCTURES["B"]), 1.5, 0))
@@ -53,18 +76,35 @@ def test_qgis_loads_cases_with_default_style_form_and_project(scene):  # noqa: F
     cases = reg.read_cases_frame(registry).set_index("case_id")
     assert cases.loc["LG20240501-0001", "status"] == "false_positive"
     assert cases.loc["LG20240501-0001", "reviewer"] == "qgis-check"
-    assert cases.loc["LG20240501-0001", "reviewed_at"] >= "2020"  # set by the registry on the status change
-    assert cases.geometry["LG20240501-0002"].equals(moved_b)  # QGIS-written geometry detected as an edit, kept
+    assert (
+        cases.loc["LG20240501-0001", "reviewed_at"] >= "2020"
+    )  # set by the registry on the status change
+    assert cases.geometry["LG20240501-0002"].equals(
+        moved_b
+    )  # QGIS-written geometry detected as an edit, kept
     assert cases.loc["LG20240501-0002", "geometry_edited"] == 1
 
     report = _qgis_check(registry, 4, "--project", str(registry.with_suffix(".qgs")))
     assert report["problems"] == [], report
     layer = report["layer"]
-    assert (layer["crs"], layer["count"], layer["renderer"]) == ("EPSG:4547", 4, "categorizedSymbol")
-    assert layer["renderer_attr"].startswith("CASE WHEN \"alert\"") and layer["renderer_attr"].endswith('"status" END')
-    assert (layer["status_widget"], layer["evidence_widget"], layer["evidence_viewer"]) == ("ValueMap", "ExternalResource", 1)
+    assert (layer["crs"], layer["count"], layer["renderer"]) == (
+        "EPSG:4547",
+        4,
+        "categorizedSymbol",
+    )
+    assert layer["renderer_attr"].startswith('CASE WHEN "alert"') and layer[
+        "renderer_attr"
+    ].endswith('"status" END')
+    assert (layer["status_widget"], layer["evidence_widget"], layer["evidence_viewer"]) == (
+        "ValueMap",
+        "ExternalResource",
+        1,
+    )
     assert sorted(name for name, _, valid in report["project"]["layers"] if valid) == [
-        "baseline (baseline.tif)", "cases", "current (current.tif)"]
+        "baseline (baseline.tif)",
+        "cases",
+        "current (current.tif)",
+    ]
 
 
 @pytest.mark.slow
@@ -74,9 +114,26 @@ def test_qgis_applies_the_candidates_and_tiles_default_styles(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "night"
-    proc = subprocess.run([sys.executable, "-m", "detector", "run", "--baseline", str(root / "sample_tiles" / "baseline.tif"),
-                           "--current", str(root / "sample_tiles" / "current.tif"), "--out", str(out), "--no-progress",
-                           "--workers", "1"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "detector",
+            "run",
+            "--baseline",
+            str(root / "sample_tiles" / "baseline.tif"),
+            "--current",
+            str(root / "sample_tiles" / "current.tif"),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-1500:]
     script = f"""
 import json
@@ -84,7 +141,7 @@ from qgis.core import QgsApplication, QgsVectorLayer
 app = QgsApplication([], False); app.initQgis()
 report = {{}}
 for name in ("candidates", "tiles"):
-    layer = QgsVectorLayer(r"{out / 'candidates.gpkg'}|layername=" + name, name, "ogr")
+    layer = QgsVectorLayer(r"{out / "candidates.gpkg"}|layername=" + name, name, "ogr")
     r = layer.renderer()
     report[name] = [layer.isValid(), layer.featureCount(), r.type(), getattr(r, "classAttribute", lambda: "")(),
                     layer.crs().authid(), layer.labelsEnabled()]
@@ -94,7 +151,9 @@ app.exitQgis()
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["QT_QPA_PLATFORM"] = "offscreen"
-    res = subprocess.run([str(SYSTEM_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    res = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
     assert lines, res.stderr[-2000:]
     report = json.loads(lines[-1])
@@ -117,9 +176,27 @@ def test_qgis_opens_a_project_whose_mosaics_are_on_a_web_server(tmp_path):
         shutil.copy(sample / name, tmp_path / "www" / name)
     registry = tmp_path / "cases" / "cases.gpkg"
     with serve(tmp_path / "www") as (url, _):
-        assert main(["run", "--baseline", f"{url}/baseline.tif", "--current", f"{url}/current.tif",
-                     "--out", str(tmp_path / "out"), "--cases", str(registry), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--baseline",
+                    f"{url}/baseline.tif",
+                    "--current",
+                    f"{url}/current.tif",
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--cases",
+                    str(registry),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         report = _qgis_check(registry, 13, "--project", str(registry.with_suffix(".qgs")))
     assert report["problems"] == [], report
-    assert report["project"]["layers"] == [["baseline (baseline.tif)", 1, True], ["cases", 0, True],
-                                           ["current (current.tif)", 1, True]]  # both mosaics valid rasters
+    assert report["project"]["layers"] == [
+        ["baseline (baseline.tif)", 1, True],
+        ["cases", 0, True],
+        ["current (current.tif)", 1, True],
+    ]  # both mosaics valid rasters

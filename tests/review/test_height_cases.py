@@ -46,9 +46,17 @@ def height_night(tmp_path, oracle):  # noqa: F811
     """One night of the fusion scene with DSMs and a case registry: (summary, candidates, cases by id)."""
     base, cur, bd, cd, _ = fusion_scene(tmp_path)
     model = make_contract_model(tmp_path / "m.onnx", channels=6, imgsz=256, gsd=0.25, overlap=64)
-    cfg = RunConfig(baseline=base, current=cur, out=tmp_path / "out", model=model, workers=1, progress=False,
-                    baseline_dsm=bd, current_dsm=cd,
-                    cases={"registry": tmp_path / "reg" / "cases.gpkg", "district_prefix": "LG"})
+    cfg = RunConfig(
+        baseline=base,
+        current=cur,
+        out=tmp_path / "out",
+        model=model,
+        workers=1,
+        progress=False,
+        baseline_dsm=bd,
+        current_dsm=cd,
+        cases={"registry": tmp_path / "reg" / "cases.gpkg", "district_prefix": "LG"},
+    )
     summary = run_pipeline(cfg)
     cands = gpd.read_file(summary.candidates_path, layer="candidates")
     return summary, cands, cases_by_id(tmp_path / "reg" / "cases.gpkg")
@@ -68,8 +76,12 @@ def test_cases_carry_the_candidates_heights(height_night):
         case = by_candidate[cand["candidate_id"]]
         for name in HEIGHT_COLUMNS:  # exactly the candidate's values
             assert case[name] == cand[name], (name, case[name], cand[name])
-        assert case["height_change"] == height_phrase(cand["height_gain_m"], cand["baseline_height_m"],
-                                                      cand["current_height_m"], cand["class"])
+        assert case["height_change"] == height_phrase(
+            cand["height_gain_m"],
+            cand["baseline_height_m"],
+            cand["current_height_m"],
+            cand["class"],
+        )
     a, c, b = (by_candidate[cand["candidate_id"]] for cand in _by_x(cands))
     assert c["class"] == "extension" and c["height_gain_m"] == pytest.approx(3.0, abs=0.15)
     assert c["height_change"] == f"new storey, +{c['height_gain_m']:.1f} m"
@@ -81,16 +93,27 @@ def test_cases_carry_the_candidates_heights(height_night):
 def test_evidence_chip_has_a_height_panel(height_night):
     summary, cands, cases = height_night
     registry = summary.cases.registry
-    a, c, b = (next(r for r in cases.values() if r["candidate_id"] == cand["candidate_id"]) for cand in _by_x(cands))
+    a, c, b = (
+        next(r for r in cases.values() if r["candidate_id"] == cand["candidate_id"])
+        for cand in _by_x(cands)
+    )
     left = 2 * (CHIP_PANEL_PX + GAP_PX)
     for case, gain in ((c, c["height_gain_m"]), (a, a["height_gain_m"]), (b, 0.0)):
         chip = cv2.imread(str(registry.parent / case["evidence"]))
         assert chip.shape == (HEADER_PX + CHIP_PANEL_PX, 3 * CHIP_PANEL_PX + 2 * GAP_PX, 3)
         panel = chip[HEADER_PX:, left:].astype(int)
         # the chip is centred on the case: its centre shows the gain in the panel's colours
-        centre = panel[CHIP_PANEL_PX // 2 - 4: CHIP_PANEL_PX // 2 + 4, CHIP_PANEL_PX // 2 - 4: CHIP_PANEL_PX // 2 + 4]
-        expected = height_colours(np.array([[gain]], np.float32), np.array([[True]]))[0, 0].astype(int)
-        assert np.abs(np.median(centre.reshape(-1, 3), axis=0) - expected).max() <= 8, (case["case_id"], expected)
+        centre = panel[
+            CHIP_PANEL_PX // 2 - 4 : CHIP_PANEL_PX // 2 + 4,
+            CHIP_PANEL_PX // 2 - 4 : CHIP_PANEL_PX // 2 + 4,
+        ]
+        expected = height_colours(np.array([[gain]], np.float32), np.array([[True]]))[0, 0].astype(
+            int
+        )
+        assert np.abs(np.median(centre.reshape(-1, 3), axis=0) - expected).max() <= 8, (
+            case["case_id"],
+            expected,
+        )
     # C: a +3 m storey is half-saturated red (blue = green = 128 +- 6 for 3.0 +- 0.15 m); its ground is white
     chip = cv2.imread(str(registry.parent / c["evidence"]))[HEADER_PX:, left:].astype(int)
     centre = np.median(chip[124:132, 124:132].reshape(-1, 3), axis=0)
@@ -138,12 +161,22 @@ def test_older_registry_upgraded_and_heights_kept_on_a_night_without_dsm(scene):
     conn.close()
 
     def night(frame, day):
-        return nightly.update_cases(frame, config, run_id=f"run-{day}", night=day, baseline_path=baseline,
-                                    current_path=current, out_dir=root / f"out-{day}")
+        return nightly.update_cases(
+            frame,
+            config,
+            run_id=f"run-{day}",
+            night=day,
+            baseline_path=baseline,
+            current_path=current,
+            out_dir=root / f"out-{day}",
+        )
 
     night(_with_heights(["A", "B", "C"], [3.14, 0.2, 6.0], [6.0, 4.0, 0.0]), date(2024, 5, 2))
     cases = cases_by_id(config.registry)
-    columns = [row[1] for row in sqlite3.connect(str(config.registry)).execute('PRAGMA table_info("cases")')]
+    columns = [
+        row[1]
+        for row in sqlite3.connect(str(config.registry)).execute('PRAGMA table_info("cases")')
+    ]
     assert set(HEIGHT_CASE_COLUMNS) <= set(columns)
     a, b, c = cases["LG20240501-0001"], cases["LG20240501-0002"], cases["LG20240502-0001"]
     assert (a["height_gain_m"], a["baseline_height_m"], a["current_height_m"]) == (3.14, 6.0, 9.14)
@@ -156,8 +189,12 @@ def test_older_registry_upgraded_and_heights_kept_on_a_night_without_dsm(scene):
     again = cases_by_id(config.registry)
     assert again["LG20240501-0001"]["times_seen"] == 4
     for case_id in ("LG20240501-0001", "LG20240501-0002", "LG20240502-0001"):
-        assert [again[case_id][n] for n in HEIGHT_CASE_COLUMNS] == [cases[case_id][n] for n in HEIGHT_CASE_COLUMNS]
+        assert [again[case_id][n] for n in HEIGHT_CASE_COLUMNS] == [
+            cases[case_id][n] for n in HEIGHT_CASE_COLUMNS
+        ]
     # a later night with DSMs measures again
     night(_with_heights(["A"], [6.3], [6.0]), date(2024, 5, 5))
-    assert cases_by_id(config.registry)["LG20240501-0001"]["height_change"] == "2 new storeys, +6.3 m"
+    assert (
+        cases_by_id(config.registry)["LG20240501-0001"]["height_change"] == "2 new storeys, +6.3 m"
+    )
     assert reg.read_cases_frame(config.registry)["height_gain_m"].tolist()[:3] == [6.3, 0.2, 6.0]

@@ -20,8 +20,19 @@ SAMPLE = ROOT / "sample_tiles"
 
 
 def _run(out: Path, *extra: str) -> int:
-    return main(["run", "--baseline", str(SAMPLE / "baseline.tif"), "--current", str(SAMPLE / "current.tif"),
-                 "--out", str(out), "--no-progress", *extra])
+    return main(
+        [
+            "run",
+            "--baseline",
+            str(SAMPLE / "baseline.tif"),
+            "--current",
+            str(SAMPLE / "current.tif"),
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def _layers(out: Path):
@@ -51,8 +62,17 @@ def cluster():
     from distributed import Client, LocalCluster
 
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=50) as c, Client(c, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=50,
+        ) as c,
+        Client(c, set_as_default=False) as client,
+    ):
         yield c, client
 
 
@@ -74,7 +94,9 @@ def test_local_cluster_gives_the_local_candidates(tmp_path, cluster, local_run, 
 
 
 @pytest.mark.slow
-def test_killed_worker_mid_run_still_gives_identical_candidates(tmp_path, cluster, local_run, capsys):
+def test_killed_worker_mid_run_still_gives_identical_candidates(
+    tmp_path, cluster, local_run, capsys
+):
     c, client = cluster
     out = tmp_path / "dask-kill"
     cfg = tmp_path / "small-batches.yaml"
@@ -121,8 +143,22 @@ def test_workers_read_the_mosaics_over_http(tmp_path, cluster, local_run, capsys
         shutil.copy(SAMPLE / name, tmp_path / "www" / name)
     out = tmp_path / "dask-http"
     with serve(tmp_path / "www") as (url, counts):
-        code = main(["run", "--baseline", f"{url}/baseline.tif", "--current", f"{url}/current.tif", "--out", str(out),
-                     "--no-progress", "--scheduler", c.scheduler_address])
+        code = main(
+            [
+                "run",
+                "--baseline",
+                f"{url}/baseline.tif",
+                "--current",
+                f"{url}/current.tif",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--scheduler",
+                c.scheduler_address,
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         assert counts["/current.tif"] > 1
-    assert _assert_identical(local_run, out, same_config=False) == 13  # another location: another fingerprint
+    assert (
+        _assert_identical(local_run, out, same_config=False) == 13
+    )  # another location: another fingerprint

@@ -71,8 +71,16 @@ def test_real_lidar_dsm_storeys_on_ten_buildings(shared_data, tmp_path):
     b_dsm, c_dsm, storeys, grid = _storey_pair(shared_data, tmp_path)
     base, cur = _imagery(tmp_path, grid)
     model = make_contract_model(tmp_path / "m.onnx", channels=6, imgsz=256, gsd=1.0, overlap=64)
-    cfg = RunConfig(baseline=base, current=cur, out=tmp_path / "out", model=model, workers=1, progress=False,
-                    baseline_dsm=b_dsm, current_dsm=c_dsm)
+    cfg = RunConfig(
+        baseline=base,
+        current=cur,
+        out=tmp_path / "out",
+        model=model,
+        workers=1,
+        progress=False,
+        baseline_dsm=b_dsm,
+        current_dsm=c_dsm,
+    )
     summary = run_pipeline(cfg)
     gdf = gpd.read_file(summary.candidates_path, layer="candidates").to_crs(grid[1])
     found = [any(g.intersection(s).area > 0.3 * g.area for s in storeys) for g in gdf.geometry]

@@ -24,10 +24,17 @@ SIZE, GSD = 768, 0.25
 
 def _run(tmp_path, folder, name):
     model = make_contract_model(tmp_path / "m.onnx", channels=6, imgsz=512, gsd=GSD, overlap=128)
-    cfg = RunConfig(baseline=folder / "baseline.tif", current=folder / "current.tif", out=tmp_path / name,
-                    model=model, workers=1, progress=False, baseline_dsm=folder / "dsm_baseline.tif",
-                    current_dsm=folder / "dsm_current.tif",
-                    detect={"second_view": {"enabled": False}})  # the image model finds nothing: height alone
+    cfg = RunConfig(
+        baseline=folder / "baseline.tif",
+        current=folder / "current.tif",
+        out=tmp_path / name,
+        model=model,
+        workers=1,
+        progress=False,
+        baseline_dsm=folder / "dsm_baseline.tif",
+        current_dsm=folder / "dsm_current.tif",
+        detect={"second_view": {"enabled": False}},
+    )  # the image model finds nothing: height alone
     return gpd.read_file(run_pipeline(cfg).candidates_path, layer="candidates")
 
 
@@ -90,14 +97,24 @@ def _unchanged(tmp_path, seed, growth):
 
 
 def test_unchanged_scene_with_tree_growth_gives_no_candidate(tmp_path):
-    folder, scene = _unchanged(tmp_path, 13, growth=1.3)  # a season of growth: crowns 30 % wider and taller
+    folder, scene = _unchanged(
+        tmp_path, 13, growth=1.3
+    )  # a season of growth: crowns 30 % wider and taller
     grown = scene.dsms[1] - scene.dsms[0]
     assert np.percentile(grown, 99.5) > 3  # crowns grew by more than a storey over many pixels
     gdf = _run(tmp_path, folder, "out")
     assert len(gdf) == 0, gdf[["class", "height_gain_m", "area_m2"]]
     # it is the greenness test that rejects the growth: without it the crowns would be candidates
     model = make_contract_model(tmp_path / "m.onnx", channels=6, imgsz=512, gsd=GSD, overlap=128)
-    cfg = RunConfig(baseline=folder / "baseline.tif", current=folder / "current.tif", out=tmp_path / "nogreen",
-                    model=model, workers=1, progress=False, baseline_dsm=folder / "dsm_baseline.tif",
-                    current_dsm=folder / "dsm_current.tif", height={"max_greenness": 1.0})
+    cfg = RunConfig(
+        baseline=folder / "baseline.tif",
+        current=folder / "current.tif",
+        out=tmp_path / "nogreen",
+        model=model,
+        workers=1,
+        progress=False,
+        baseline_dsm=folder / "dsm_baseline.tif",
+        current_dsm=folder / "dsm_current.tif",
+        height={"max_greenness": 1.0},
+    )
     assert len(gpd.read_file(run_pipeline(cfg).candidates_path, layer="candidates")) > 0

@@ -25,8 +25,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(capsys, b, c, m, out, *extra):
-    code = main(["run", "--baseline", str(b), "--current", str(c), "--out", str(out), "--model", str(m),
-                 "--workers", "1", "--no-progress", *extra])
+    code = main(
+        [
+            "run",
+            "--baseline",
+            str(b),
+            "--current",
+            str(c),
+            "--out",
+            str(out),
+            "--model",
+            str(m),
+            "--workers",
+            "1",
+            "--no-progress",
+            *extra,
+        ]
+    )
     captured = capsys.readouterr()
     return code, [line for line in captured.err.splitlines() if line.strip()], captured.out
 
@@ -49,8 +64,11 @@ def test_second_run_on_a_locked_output_folder_is_refused(capsys, tmp_path, pair)
 def test_leftovers_of_a_killed_run_are_removed_at_the_next_start(capsys, tmp_path, pair):
     out = tmp_path / "out"
     out.mkdir()
-    litter = [out / ".candidates.k2j3h4.tmp.gpkg", out / ".candidates.k2j3h4.tmp.gpkg-journal",
-              out / ".report.x9.tmp.html"]
+    litter = [
+        out / ".candidates.k2j3h4.tmp.gpkg",
+        out / ".candidates.k2j3h4.tmp.gpkg-journal",
+        out / ".report.x9.tmp.html",
+    ]
     for p in litter:
         p.write_bytes(b"x" * 1000)
     (out / ".ingest-abc").mkdir()
@@ -79,7 +97,9 @@ def test_ctrl_c_exits_130_with_a_resume_hint(capsys, tmp_path, pair, monkeypatch
     assert not (out / "candidates.gpkg").exists()
 
 
-def test_internal_error_is_one_line_and_the_traceback_goes_to_a_file(capsys, tmp_path, pair, monkeypatch):
+def test_internal_error_is_one_line_and_the_traceback_goes_to_a_file(
+    capsys, tmp_path, pair, monkeypatch
+):
     import detector.run.night as pipeline
 
     def boom(night, results):
@@ -96,13 +116,20 @@ def test_internal_error_is_one_line_and_the_traceback_goes_to_a_file(capsys, tmp
     assert "RuntimeError: boom" in (tmp_path / "out" / "buildwatch.log").read_text()
 
 
-@pytest.mark.parametrize("err_no,needle", [
-    (errno.ENOSPC, "no space left on device; free space, then rerun the same command to resume"),
-    (errno.EROFS, "read-only file system; choose a writable folder"),
-    (errno.EACCES, "permission denied"),
-])
-def test_os_errors_during_the_write_are_exit_2_and_leave_no_partial_file(capsys, tmp_path, pair, monkeypatch,
-                                                                         err_no, needle):
+@pytest.mark.parametrize(
+    "err_no,needle",
+    [
+        (
+            errno.ENOSPC,
+            "no space left on device; free space, then rerun the same command to resume",
+        ),
+        (errno.EROFS, "read-only file system; choose a writable folder"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_os_errors_during_the_write_are_exit_2_and_leave_no_partial_file(
+    capsys, tmp_path, pair, monkeypatch, err_no, needle
+):
     def fail(df, path, *args, **kwargs):
         raise OSError(err_no, os.strerror(err_no), str(path))
 
@@ -130,7 +157,9 @@ def test_library_warnings_go_to_the_log_not_the_terminal(capsys, tmp_path, pair,
     import logging
 
     monkeypatch.setattr(pipeline, "_merge", noisy)
-    logging.captureWarnings(False)  # undo an earlier test's capture, which pytest's warning recorder replaced
+    logging.captureWarnings(
+        False
+    )  # undo an earlier test's capture, which pytest's warning recorder replaced
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -171,7 +200,9 @@ def test_coverage_of_baseline_exact():
         assert coverage_of_baseline(b, c, grid) == pytest.approx(0.5, abs=0.01)
 
 
-def _update(registry: str, names: list[str], night: str, start_at: float, slow_create_s: float = 0.0) -> int:
+def _update(
+    registry: str, names: list[str], night: str, start_at: float, slow_create_s: float = 0.0
+) -> int:
     """One run's registry step (the pipeline's, with its lock), started at the same moment as another.
 
     ``slow_create_s``: this run takes that long to create the registry file after deciding to
@@ -189,13 +220,24 @@ def _update(registry: str, names: list[str], night: str, start_at: float, slow_c
 
     registry_module.create_registry = slow_create
 
-    cfg = RunConfig(cases=CasesConfig(registry=registry, evidence=False, report=False, district_prefix="LG"))
-    ctx = SimpleNamespace(baseline=SimpleNamespace(path=Path(registry).parent / "b.tif"),
-                          current=SimpleNamespace(path=Path(registry).parent / "c.tif"), dsm=None)
+    cfg = RunConfig(
+        cases=CasesConfig(registry=registry, evidence=False, report=False, district_prefix="LG")
+    )
+    ctx = SimpleNamespace(
+        baseline=SimpleNamespace(path=Path(registry).parent / "b.tif"),
+        current=SimpleNamespace(path=Path(registry).parent / "c.tif"),
+        dsm=None,
+    )
     while time.time() < start_at:
         time.sleep(0.001)
-    result = pipeline._update_cases(candidates(names), cfg, f"run-{names[0]}", date.fromisoformat(night), ctx,
-                                    Path(registry).parent)
+    result = pipeline._update_cases(
+        candidates(names),
+        cfg,
+        f"run-{names[0]}",
+        date.fromisoformat(night),
+        ctx,
+        Path(registry).parent,
+    )
     return result.opened
 
 
@@ -212,8 +254,13 @@ def test_two_first_runs_creating_one_registry_keep_both_nights_cases(tmp_path):
     start_at = time.time() + 3.0
     ctx = mp.get_context("fork")
     with ctx.Pool(2) as pool:
-        opened = pool.starmap(_update, [(registry, ["A", "B", "C"], "2026-05-01", start_at, 0.0),
-                                        (registry, ["D", "E", "F"], "2026-05-01", start_at, 2.0)])
+        opened = pool.starmap(
+            _update,
+            [
+                (registry, ["A", "B", "C"], "2026-05-01", start_at, 0.0),
+                (registry, ["D", "E", "F"], "2026-05-01", start_at, 2.0),
+            ],
+        )
     assert opened == [3, 3]
     assert len(read_cases_frame(registry)) == 6
 
@@ -221,8 +268,13 @@ def test_two_first_runs_creating_one_registry_keep_both_nights_cases(tmp_path):
 @pytest.mark.slow
 def test_coarse_read_memory_is_flat_without_overviews():
     """The coarse whole-mosaic read of a 1.6-gigapixel mosaic without overviews stays under 150 MB."""
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_coarse_read.py"), "40000"],
-                         capture_output=True, text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_coarse_read.py"), "40000"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     side, _gigapixels, seconds, peak_mb = (float(v) for v in out.stdout.splitlines()[-1].split())
     assert side == 40000 and peak_mb < 150, (seconds, peak_mb)
 
@@ -237,21 +289,48 @@ def test_real_ctrl_c_with_two_workers_prints_one_line(tmp_path):
     c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", T)
     m = make_contract_model(tmp_path / "m.onnx")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "detector", "run", "--baseline", str(b), "--current", str(c),
-                             "--out", str(out), "--model", str(m), "--workers", "2", "--no-progress"],
-                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "detector",
+            "run",
+            "--baseline",
+            str(b),
+            "--current",
+            str(c),
+            "--out",
+            str(out),
+            "--model",
+            str(m),
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     # the pool's workers are up once tile results are written (they are spawned: a detector patched in
     # this process, as test_resume does, would not reach them, so the interrupt is sent from outside)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(list(out.glob("work/*/*.json"))) < 3:
+    while (
+        time.time() < deadline and proc.poll() is None and len(list(out.glob("work/*/*.json"))) < 3
+    ):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    if proc.returncode == 0 or "output: " in stdout:  # finished: the interrupt hit the interpreter's exit
+    if (
+        proc.returncode == 0 or "output: " in stdout
+    ):  # finished: the interrupt hit the interpreter's exit
         pytest.skip("the run finished before the interrupt")
     assert proc.returncode == 130, stderr
-    assert lines == ["interrupted; finished tiles are kept, rerun the same command to resume"], stderr
+    assert lines == ["interrupted; finished tiles are kept, rerun the same command to resume"], (
+        stderr
+    )
 
 
 def test_ingest_removes_a_killed_ingests_work_folder_but_not_a_live_one(tmp_path, pair, capsys):
@@ -264,5 +343,7 @@ def test_ingest_removes_a_killed_ingests_work_folder_but_not_a_live_one(tmp_path
         (d / "current.tif").write_bytes(b"x" * 100)
     two_days_ago = time.time() - 2 * 86400
     os.utime(old, (two_days_ago, two_days_ago))
-    assert main(["ingest", str(c), "--baseline", str(b), "--out", str(out_dir / "current.tif")]) == 0
+    assert (
+        main(["ingest", str(c), "--baseline", str(b), "--out", str(out_dir / "current.tif")]) == 0
+    )
     assert not old.exists() and live.exists() and (out_dir / "current.tif").is_file()

@@ -28,7 +28,9 @@ SIZE = 1400  # source pixels (140 m)
 
 @pytest.fixture
 def model(tmp_path):
-    return make_contract_model(tmp_path / "contract.onnx", channels=6, imgsz=256, gsd=0.25, overlap=64)
+    return make_contract_model(
+        tmp_path / "contract.onnx", channels=6, imgsz=256, gsd=0.25, overlap=64
+    )
 
 
 def _transform_for(crs: str, lon=114.25, lat=22.72):
@@ -51,7 +53,9 @@ def _scene(tmp_path, crs: str, current_crs: str | None = None, shift_px=(0, 0), 
     transform = _transform_for(crs)
     base = write_geotiff(tmp_path / "baseline.tif", rgb, crs, transform, date="2026:05:01 00:00:00")
     cur_rgb = plant(np.roll(rgb, shift_px, axis=(0, 1)), planted)
-    cur = write_geotiff(tmp_path / "current_native.tif", cur_rgb, crs, transform, date="2026:05:02 00:00:00")
+    cur = write_geotiff(
+        tmp_path / "current_native.tif", cur_rgb, crs, transform, date="2026:05:02 00:00:00"
+    )
     if current_crs:
         cur = _reproject(cur, tmp_path / "current.tif", current_crs)
     truth = []
@@ -67,17 +71,35 @@ def _reproject(src_path, dst_path, dst_crs):
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
     with rasterio.open(src_path) as src:
-        transform, width, height = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds)
-        profile = src.profile | {"crs": dst_crs, "transform": transform, "width": width, "height": height, "nodata": 0}
+        transform, width, height = calculate_default_transform(
+            src.crs, dst_crs, src.width, src.height, *src.bounds
+        )
+        profile = src.profile | {
+            "crs": dst_crs,
+            "transform": transform,
+            "width": width,
+            "height": height,
+            "nodata": 0,
+        }
         with rasterio.open(dst_path, "w", **profile) as dst:
             for b in range(1, src.count + 1):
-                reproject(rasterio.band(src, b), rasterio.band(dst, b), resampling=Resampling.bilinear)
+                reproject(
+                    rasterio.band(src, b), rasterio.band(dst, b), resampling=Resampling.bilinear
+                )
             dst.update_tags(**src.tags())
     return dst_path
 
 
 def _run(tmp_path, base, cur, model, **kw):
-    cfg = RunConfig(baseline=base, current=cur, out=tmp_path / "out", model=model, workers=1, progress=False, **kw)
+    cfg = RunConfig(
+        baseline=base,
+        current=cur,
+        out=tmp_path / "out",
+        model=model,
+        workers=1,
+        progress=False,
+        **kw,
+    )
     return run_pipeline(cfg)
 
 
@@ -89,12 +111,15 @@ def _errors_m(gdf, truth):
     return np.array(errs)
 
 
-@pytest.mark.parametrize("crs,current_crs", [
-    ("EPSG:4547", None),
-    ("EPSG:32650", None),
-    ("EPSG:4326", None),
-    ("EPSG:4547", "EPSG:32650"),
-])
+@pytest.mark.parametrize(
+    "crs,current_crs",
+    [
+        ("EPSG:4547", None),
+        ("EPSG:32650", None),
+        ("EPSG:4326", None),
+        ("EPSG:4547", "EPSG:32650"),
+    ],
+)
 def test_planted_structures_come_back_within_one_pixel(tmp_path, oracle, model, crs, current_crs):
     base, cur, truth = _scene(tmp_path, crs, current_crs)
     summary = _run(tmp_path, base, cur, model)
@@ -105,7 +130,9 @@ def test_planted_structures_come_back_within_one_pixel(tmp_path, oracle, model, 
     expected_area = sorted(w * h * SRC_GSD**2 for _, _, w, h in PLANTED)
     assert np.allclose(sorted(gdf["area_m2"]), expected_area, rtol=0.12)
     assert (gdf["status"] == "new").all()
-    assert set(gdf["baseline_date"]) == {"2026-05-01"} and set(gdf["current_date"]) == {"2026-05-02"}
+    assert set(gdf["baseline_date"]) == {"2026-05-01"} and set(gdf["current_date"]) == {
+        "2026-05-02"
+    }
 
 
 def test_output_crs_is_the_baseline_crs(tmp_path, oracle, model):
@@ -127,11 +154,22 @@ def test_structure_straddling_tile_boundary_yields_one_candidate(tmp_path, oracl
     base, cur, truth = _scene(tmp_path, "EPSG:32650", planted=straddler)
     from detector.config import ChangeConfig, DetectConfig
 
-    summary = _run(tmp_path, base, cur, model, detect=DetectConfig(overlap_px=64),
-                   change=ChangeConfig(max_structure_m=16.0))
+    summary = _run(
+        tmp_path,
+        base,
+        cur,
+        model,
+        detect=DetectConfig(overlap_px=64),
+        change=ChangeConfig(max_structure_m=16.0),
+    )
     tiles = gpd.read_file(summary.candidates_path, layer="tiles")
     cells = {(int(t.split("_")[0][1:]), int(t.split("_")[1][1:])) for t in tiles.tile_id}
-    assert {(k - 1, -kr - 1), (k, -kr - 1), (k - 1, -kr), (k, -kr)} <= cells  # the four tiles meeting at the corner
+    assert {
+        (k - 1, -kr - 1),
+        (k, -kr - 1),
+        (k - 1, -kr),
+        (k, -kr),
+    } <= cells  # the four tiles meeting at the corner
     gdf = gpd.read_file(summary.candidates_path, layer="candidates")
     assert len(gdf) == 1
     assert _errors_m(gdf, truth).max() <= 0.25
@@ -156,7 +194,10 @@ def test_rerun_resumes_and_gives_same_ids(tmp_path, oracle, model):
     ids1 = sorted(gpd.read_file(first.candidates_path, layer="candidates")["candidate_id"])
     second = _run(tmp_path, base, cur, model)
     ids2 = sorted(gpd.read_file(second.candidates_path, layer="candidates")["candidate_id"])
-    assert second.tiles_resumed == second.tiles_total - second.tiles_nodata or second.tiles_resumed == second.tiles_total
+    assert (
+        second.tiles_resumed == second.tiles_total - second.tiles_nodata
+        or second.tiles_resumed == second.tiles_total
+    )
     assert ids1 == ids2 and len(ids1) == len(PLANTED)
 
 
@@ -166,18 +207,52 @@ def test_geopackage_layout(tmp_path, oracle, model):
     con = sqlite3.connect(path)
     assert con.execute("pragma user_version").fetchone()[0] == 10200  # GeoPackage 1.2
     contents = dict(con.execute("select table_name, data_type from gpkg_contents").fetchall())
-    assert contents == {"candidates": "features", "tiles": "features", "runs": "attributes",
-                        "layer_styles": "attributes"}
+    assert contents == {
+        "candidates": "features",
+        "tiles": "features",
+        "runs": "attributes",
+        "layer_styles": "attributes",
+    }
     styles = dict(con.execute("select f_table_name, useAsDefault from layer_styles").fetchall())
     assert styles == {"candidates": 1, "tiles": 1}
-    assert con.execute("select count(*) from sqlite_master where name like 'rtree_candidates_geom%'").fetchone()[0] > 0
-    cols = [r[1] for r in con.execute("pragma table_info(candidates)") if r[1] not in ("fid", "geom")]
+    assert (
+        con.execute(
+            "select count(*) from sqlite_master where name like 'rtree_candidates_geom%'"
+        ).fetchone()[0]
+        > 0
+    )
+    cols = [
+        r[1] for r in con.execute("pragma table_info(candidates)") if r[1] not in ("fid", "geom")
+    ]
     # docs/operations.md#output-schema, in order; the one schema is detector.types.Candidate
-    assert cols == list(CANDIDATE_COLUMNS) == [
-        "candidate_id", "class", "confidence", "area_m2", "lon", "lat", "tile_id", "baseline_date", "current_date",
-        "shift_m", "model_name", "model_sha256", "run_id", "status", "tags", "pixel_change", "baseline_iou",
-        "structure_conf", "height_gain_m", "baseline_height_m", "current_height_m",
-        "model_version"]
+    assert (
+        cols
+        == list(CANDIDATE_COLUMNS)
+        == [
+            "candidate_id",
+            "class",
+            "confidence",
+            "area_m2",
+            "lon",
+            "lat",
+            "tile_id",
+            "baseline_date",
+            "current_date",
+            "shift_m",
+            "model_name",
+            "model_sha256",
+            "run_id",
+            "status",
+            "tags",
+            "pixel_change",
+            "baseline_iou",
+            "structure_conf",
+            "height_gain_m",
+            "baseline_height_m",
+            "current_height_m",
+            "model_version",
+        ]
+    )
     run = con.execute("select baseline_sha256, candidates, tiles_total from runs").fetchone()
     assert len(run[0]) == 64 and run[1] == len(PLANTED) and run[2] > 0
     assert not list(path.parent.glob(".*.tmp*"))
@@ -205,28 +280,40 @@ def test_exclusion_layer_tags_and_drops(tmp_path, oracle, model):
     base, cur, truth = _scene(tmp_path, "EPSG:4547")
     to_4326 = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
     x, y = to_4326.transform(*truth[1])  # a permit (in another CRS) over the second structure
-    permits = gpd.GeoDataFrame({"permit": ["P-17"], "valid_from": ["2026-01-01"], "valid_to": ["2026-12-31"]},
-                               geometry=[box(x - 10, y - 10, x + 10, y + 10)], crs="EPSG:3857")
+    permits = gpd.GeoDataFrame(
+        {"permit": ["P-17"], "valid_from": ["2026-01-01"], "valid_to": ["2026-12-31"]},
+        geometry=[box(x - 10, y - 10, x + 10, y + 10)],
+        crs="EPSG:3857",
+    )
     permits.to_file(tmp_path / "permits.gpkg")
-    layer = ExclusionLayer(path=tmp_path / "permits.gpkg", kind="permitted", action="tag", id_field="permit")
+    layer = ExclusionLayer(
+        path=tmp_path / "permits.gpkg", kind="permitted", action="tag", id_field="permit"
+    )
     s = _run(tmp_path, base, cur, model, change=ChangeConfig(exclusions=[layer]))
     gdf = gpd.read_file(s.candidates_path, layer="candidates")
     assert (gdf["tags"] == "permitted:P-17").sum() == 1 and len(gdf) == len(PLANTED)
     layer_drop = ExclusionLayer(path=tmp_path / "permits.gpkg", kind="permitted", action="drop")
     s = _run(tmp_path, base, cur, model, change=ChangeConfig(exclusions=[layer_drop]))
     assert len(gpd.read_file(s.candidates_path, layer="candidates")) == len(PLANTED) - 1
-    expired = ExclusionLayer(path=tmp_path / "permits.gpkg", kind="permitted", action="drop",
-                             valid_to_field="valid_from")  # "valid until" 2026-01-01: expired by May
+    expired = ExclusionLayer(
+        path=tmp_path / "permits.gpkg", kind="permitted", action="drop", valid_to_field="valid_from"
+    )  # "valid until" 2026-01-01: expired by May
     s = _run(tmp_path, base, cur, model, change=ChangeConfig(exclusions=[expired]))
     assert len(gpd.read_file(s.candidates_path, layer="candidates")) == len(PLANTED)
 
 
 def test_two_worker_processes_give_the_same_tiles(tmp_path, model):
     base, cur, _ = _scene(tmp_path, "EPSG:4547")
-    one = run_pipeline(RunConfig(baseline=base, current=cur, out=tmp_path / "w1", model=model, workers=1,
-                                 progress=False))
-    two = run_pipeline(RunConfig(baseline=base, current=cur, out=tmp_path / "w2", model=model, workers=2,
-                                 progress=False))
+    one = run_pipeline(
+        RunConfig(
+            baseline=base, current=cur, out=tmp_path / "w1", model=model, workers=1, progress=False
+        )
+    )
+    two = run_pipeline(
+        RunConfig(
+            baseline=base, current=cur, out=tmp_path / "w2", model=model, workers=2, progress=False
+        )
+    )
     t1 = gpd.read_file(one.candidates_path, layer="tiles").sort_values("tile_id")
     t2 = gpd.read_file(two.candidates_path, layer="tiles").sort_values("tile_id")
     assert list(t1.tile_id) == list(t2.tile_id) and two.tiles_total == one.tiles_total
@@ -255,7 +342,9 @@ def test_mosaic_model_matches_the_applied_shift(tmp_path, model):
     from detector.night.align import estimate_mosaic_model
     from detector.night.mosaic import make_grid, open_mosaic
 
-    base, cur, _ = _scene(tmp_path, "EPSG:32650", shift_px=(12, -15))  # rows +1.2 m south, cols -1.5 m
+    base, cur, _ = _scene(
+        tmp_path, "EPSG:32650", shift_px=(12, -15)
+    )  # rows +1.2 m south, cols -1.5 m
     b, c = open_mosaic(base, "baseline"), open_mosaic(cur, "current")
     grid = make_grid(b, c, 0.25)
     m = estimate_mosaic_model(b, c, grid)
@@ -303,12 +392,16 @@ def test_overviews_are_used_and_georeferencing_stays_exact(tmp_path, oracle, mod
 
 def test_single_epoch_model_reports_only_structures_absent_from_the_baseline(tmp_path, oracle):
     """A 3-channel model runs on both epochs; a structure in both is not new."""
-    model3 = make_contract_model(tmp_path / "single.onnx", channels=3, names=("building",), imgsz=256, overlap=64)
+    model3 = make_contract_model(
+        tmp_path / "single.onnx", channels=3, names=("building",), imgsz=256, overlap=64
+    )
     rgb = textured_image(SIZE, SIZE, seed=1)
     transform = _transform_for("EPSG:32650")
     existing = [(100, 1000, 80, 60), (900, 900, 70, 70)]
     base = write_geotiff(tmp_path / "baseline.tif", plant(rgb, existing), "EPSG:32650", transform)
-    cur = write_geotiff(tmp_path / "current.tif", plant(rgb, existing + PLANTED), "EPSG:32650", transform)
+    cur = write_geotiff(
+        tmp_path / "current.tif", plant(rgb, existing + PLANTED), "EPSG:32650", transform
+    )
     gdf = gpd.read_file(_run(tmp_path, base, cur, model3).candidates_path, layer="candidates")
     assert len(gdf) == len(PLANTED)
     assert set(gdf["class"]) == {"new_building"}
@@ -327,8 +420,18 @@ def test_internal_mask_is_respected(tmp_path, oracle, model):
     mask = np.full((SIZE, SIZE), 255, np.uint8)
     mask[:, : SIZE // 2] = 0
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(cur_path, "w", driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8",
-                           crs="EPSG:32650", transform=transform, tiled=True) as dst:
+        with rasterio.open(
+            cur_path,
+            "w",
+            driver="GTiff",
+            width=SIZE,
+            height=SIZE,
+            count=3,
+            dtype="uint8",
+            crs="EPSG:32650",
+            transform=transform,
+            tiled=True,
+        ) as dst:
             dst.write(np.moveaxis(cur_rgb, -1, 0))
             dst.write_mask(mask)
     s = _run(tmp_path, base, cur_path, model)
@@ -367,8 +470,9 @@ def test_crs_whose_units_are_not_ground_metres(tmp_path, oracle, model, crs, lon
 
 
 @pytest.mark.parametrize("max_structure_m,overlap,length_m", [(None, 127, 25.0), (24.0, 96, 23.0)])
-def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle, model, max_structure_m, overlap,
-                                                                length_m):
+def test_large_structure_across_a_tile_border_comes_back_whole(
+    tmp_path, oracle, model, max_structure_m, overlap, length_m
+):
     """A building larger than the model's own 16 m overlap, centred on a border: one, whole, up to
     ``change.max_structure_m`` (default 32 m; 24 m when configured)."""
     from detector.night.tiles import tile_layout
@@ -383,7 +487,9 @@ def test_large_structure_across_a_tile_border_comes_back_whole(tmp_path, oracle,
     base, cur, truth = _scene(tmp_path, "EPSG:32650", planted=big)
     from detector.config import ChangeConfig
 
-    kw = {} if max_structure_m is None else {"change": ChangeConfig(max_structure_m=max_structure_m)}
+    kw = (
+        {} if max_structure_m is None else {"change": ChangeConfig(max_structure_m=max_structure_m)}
+    )
     gdf = gpd.read_file(_run(tmp_path, base, cur, model, **kw).candidates_path, layer="candidates")
     assert len(gdf) == 1
     assert gdf["area_m2"].iloc[0] == pytest.approx(length_m * 12.0, rel=0.08)
@@ -399,16 +505,33 @@ def test_one_logging_root_reaches_the_run_log(tmp_path):
     import detector.run.night as pipeline
 
     root = Path(pipeline.__file__).parents[2]
-    names = [m for f in [*root.glob("detector/**/*.py"), *root.glob("training/**/*.py")]
-             for m in re.findall(r"getLogger\(([^)]*)\)", f.read_text())]
-    named = {n for n in names if n not in ("__name__", "", "LOG_ROOT")}  # "": the root logger's handlers
+    names = [
+        m
+        for f in [*root.glob("detector/**/*.py"), *root.glob("training/**/*.py")]
+        for m in re.findall(r"getLogger\(([^)]*)\)", f.read_text())
+    ]
+    named = {
+        n for n in names if n not in ("__name__", "", "LOG_ROOT")
+    }  # "": the root logger's handlers
     assert names and all(n.strip("\"'").split(".")[0] == pipeline.LOG_ROOT for n in named), named
     handler, path = pipeline._attach_log(tmp_path)
     try:
-        for name in ("detector.flight.ortho", "detector.flight.ingest", "detector.cli", "detector.review.registry"):
+        for name in (
+            "detector.flight.ortho",
+            "detector.flight.ingest",
+            "detector.cli",
+            "detector.review.registry",
+        ):
             logging.getLogger(name).warning("hello from %s", name)
     finally:
         pipeline._detach_log(handler)
     text = path.read_text()
-    assert all(f"hello from {n}" in text for n in ("detector.flight.ortho", "detector.flight.ingest", "detector.cli",
-                                                   "detector.review.registry"))
+    assert all(
+        f"hello from {n}" in text
+        for n in (
+            "detector.flight.ortho",
+            "detector.flight.ingest",
+            "detector.cli",
+            "detector.review.registry",
+        )
+    )

@@ -22,35 +22,53 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_tiles"
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("s3://bucket/night/c.tif", "/vsis3/bucket/night/c.tif"),
-    ("S3://bucket/c.tif", "/vsis3/bucket/c.tif"),
-    ("gs://bucket/c.tif", "/vsigs/bucket/c.tif"),
-    ("az://container/c.tif", "/vsiaz/container/c.tif"),
-    ("https://host:8443/a/c.tif", "/vsicurl/https://host:8443/a/c.tif"),
-    ("http://host/a//c.tif?x=1", "/vsicurl/http://host/a//c.tif?x=1"),
-    ("/vsis3/bucket/c.tif", "/vsis3/bucket/c.tif"),
-    ("/vsicurl/https://host/c.tif", "/vsicurl/https://host/c.tif"),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("s3://bucket/night/c.tif", "/vsis3/bucket/night/c.tif"),
+        ("S3://bucket/c.tif", "/vsis3/bucket/c.tif"),
+        ("gs://bucket/c.tif", "/vsigs/bucket/c.tif"),
+        ("az://container/c.tif", "/vsiaz/container/c.tif"),
+        ("https://host:8443/a/c.tif", "/vsicurl/https://host:8443/a/c.tif"),
+        ("http://host/a//c.tif?x=1", "/vsicurl/http://host/a//c.tif?x=1"),
+        ("/vsis3/bucket/c.tif", "/vsis3/bucket/c.tif"),
+        ("/vsicurl/https://host/c.tif", "/vsicurl/https://host/c.tif"),
+    ],
+)
 def test_urls_become_gdal_locations(given, expected):
     loc = as_location(given)
     assert isinstance(loc, RemotePath) and loc == expected and is_remote(loc)
     assert loc.name == expected.rsplit("/", 1)[-1]
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("B.tif", Path("B.tif")),
-    ("/data/night/B.tif", Path("/data/night/B.tif")),
-    ("file:///data/B.tif", Path("/data/B.tif")),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("B.tif", Path("B.tif")),
+        ("/data/night/B.tif", Path("/data/night/B.tif")),
+        ("file:///data/B.tif", Path("/data/B.tif")),
+    ],
+)
 def test_local_paths_stay_paths(given, expected):
     loc = as_location(given)
     assert type(loc) is type(expected) and loc == expected and not is_remote(loc)
 
 
 def test_unsupported_scheme_is_one_config_line(tmp_path, capsys):
-    assert main(["run", "--baseline", "ftp://host/B.tif", "--current", str(SAMPLE / "current.tif"),
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--baseline",
+                "ftp://host/B.tif",
+                "--current",
+                str(SAMPLE / "current.tif"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ftp:// is not a location buildwatch reads" in err
     assert not (tmp_path / "out").exists()
@@ -59,8 +77,10 @@ def test_unsupported_scheme_is_one_config_line(tmp_path, capsys):
 def test_config_file_keeps_urls_and_resolves_local_paths(tmp_path):
     cfg = tmp_path / "conf" / "night.yaml"
     cfg.parent.mkdir()
-    cfg.write_text("baseline: s3://district/baseline.tif\ncurrent: tonight.tif\nout: out\n"
-                   "baseline_dsm: https://host/dsm.tif\n")
+    cfg.write_text(
+        "baseline: s3://district/baseline.tif\ncurrent: tonight.tif\nout: out\n"
+        "baseline_dsm: https://host/dsm.tif\n"
+    )
     c = load_config(cfg)
     assert c.baseline == "/vsis3/district/baseline.tif" and isinstance(c.baseline, RemotePath)
     assert c.baseline_dsm == "/vsicurl/https://host/dsm.tif"
@@ -81,8 +101,23 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "out"
-    assert main(["run", "--baseline", str(SAMPLE / "baseline.tif"), "--current", str(SAMPLE / "current.tif"),
-                 "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--baseline",
+                str(SAMPLE / "baseline.tif"),
+                "--current",
+                str(SAMPLE / "current.tif"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -100,28 +135,65 @@ def _same_candidates(a: Path, b: Path) -> int:
     return len(ca)
 
 
-def test_https_run_gives_the_local_candidates_and_reads_partially(tmp_path, served, local_run, capsys):
+def test_https_run_gives_the_local_candidates_and_reads_partially(
+    tmp_path, served, local_run, capsys
+):
     url, counts, root = served
     counts.clear()
     out = tmp_path / "out"
-    assert main(["run", "--baseline", f"{url}/night/baseline.tif", "--current", f"{url}/night/current.tif",
-                 "--out", str(out), "--no-progress", "--workers", "2"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "run",
+                "--baseline",
+                f"{url}/night/baseline.tif",
+                "--current",
+                f"{url}/night/current.tif",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert _same_candidates(local_run, out) == 13
     assert counts["/night/current.tif"] > 1  # range requests, not one whole-file GET
     import pyogrio
 
     runs = pyogrio.read_dataframe(out / "candidates.gpkg", layer="runs")
-    assert runs.current[0] == f"/vsicurl/{url}/night/current.tif"  # the run record names the location
+    assert (
+        runs.current[0] == f"/vsicurl/{url}/night/current.tif"
+    )  # the run record names the location
 
 
-def test_s3_run_with_registry_refers_to_the_bucket_in_qgis(tmp_path, served, local_run, monkeypatch, capsys):
+def test_s3_run_with_registry_refers_to_the_bucket_in_qgis(
+    tmp_path, served, local_run, monkeypatch, capsys
+):
     url, _, root = served
     for key, value in s3_env(url).items():
         monkeypatch.setenv(key, value)
     out, cases = tmp_path / "out", tmp_path / "cases" / "cases.gpkg"
-    assert main(["run", "--baseline", "s3://night/baseline.tif", "--current", "/vsis3/night/current.tif",
-                 "--out", str(out), "--cases", str(cases), "--no-progress", "--workers", "1"]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "run",
+                "--baseline",
+                "s3://night/baseline.tif",
+                "--current",
+                "/vsis3/night/current.tif",
+                "--out",
+                str(out),
+                "--cases",
+                str(cases),
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert _same_candidates(local_run, out) == 13
     qgs = (cases.parent / "cases.qgs").read_text()
     assert "<datasource>/vsis3/night/current.tif</datasource>" in qgs
@@ -137,15 +209,33 @@ def test_remote_fingerprint_is_stable_and_tells_files_apart(served):
     assert location_fingerprint(b) != location_fingerprint(c)
 
 
-@pytest.mark.parametrize("where, expect", [
-    ("missing", "HTTP response code: 404"),
-    ("refused", "Could not connect"),
-])
+@pytest.mark.parametrize(
+    "where, expect",
+    [
+        ("missing", "HTTP response code: 404"),
+        ("refused", "Could not connect"),
+    ],
+)
 def test_unreadable_remote_mosaic_is_one_line_before_work(tmp_path, served, capsys, where, expect):
     url, _, _ = served
-    current = f"{url}/night/nothere.tif" if where == "missing" else "http://127.0.0.1:9/night/current.tif"
+    current = (
+        f"{url}/night/nothere.tif" if where == "missing" else "http://127.0.0.1:9/night/current.tif"
+    )
     out = tmp_path / "out"
-    assert main(["run", "--baseline", f"{url}/night/baseline.tif", "--current", current, "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--baseline",
+                f"{url}/night/baseline.tif",
+                "--current",
+                current,
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "current mosaic cannot be read over the network" in err and expect in err
@@ -155,13 +245,19 @@ def test_unreadable_remote_mosaic_is_one_line_before_work(tmp_path, served, caps
 def test_doctor_checks_the_configs_remote_inputs(tmp_path, served, capsys):
     url, _, _ = served
     cfg = tmp_path / "night.yaml"
-    cfg.write_text(f"baseline: {url}/night/baseline.tif\ncurrent: {url}/night/tonight-not-flown.tif\n")
+    cfg.write_text(
+        f"baseline: {url}/night/baseline.tif\ncurrent: {url}/night/tonight-not-flown.tif\n"
+    )
     assert main(["doctor", "--config", str(cfg)]) == 0  # tonight's mosaic missing is a warning
     out = capsys.readouterr().out
-    assert f"ok   baseline mosaic /vsicurl/{url}/night/baseline.tif: 2,048 x 2,048 px, readable" in out
+    assert (
+        f"ok   baseline mosaic /vsicurl/{url}/night/baseline.tif: 2,048 x 2,048 px, readable" in out
+    )
     assert "warn /vsicurl/" in out and "HTTP response code: 404" in out
     cfg.write_text(f"baseline: {url}/night/gone.tif\n")
-    assert main(["doctor", "--config", str(cfg)]) == 2  # a baseline nobody can read fails the installation
+    assert (
+        main(["doctor", "--config", str(cfg)]) == 2
+    )  # a baseline nobody can read fails the installation
     assert "FAIL /vsicurl/" in capsys.readouterr().out
 
 
@@ -172,11 +268,38 @@ def test_ingest_reads_another_tools_mosaic_from_a_url(tmp_path, served, capsys):
 
     url, _, _ = served
     out = tmp_path / "night" / "current.tif"
-    assert main(["ingest", f"{url}/night/current.tif", "--baseline", str(SAMPLE / "baseline.tif"),
-                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "ingest",
+                f"{url}/night/current.tif",
+                "--baseline",
+                str(SAMPLE / "baseline.tif"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     with rasterio.open(out) as got, rasterio.open(SAMPLE / "current.tif") as local:
         assert got.transform == local.transform and got.crs == local.crs
-        assert np.abs(got.read().astype(int) - local.read().astype(int)).mean() < 1.0  # same grid: a copy
-    assert main(["ingest", f"{url}/night/missing.tif", "--baseline", str(SAMPLE / "baseline.tif"),
-                 "--out", str(tmp_path / "x" / "current.tif")]) == 2
-    assert "mosaic cannot be read over the network (HTTP response code: 404)" in capsys.readouterr().err
+        assert (
+            np.abs(got.read().astype(int) - local.read().astype(int)).mean() < 1.0
+        )  # same grid: a copy
+    assert (
+        main(
+            [
+                "ingest",
+                f"{url}/night/missing.tif",
+                "--baseline",
+                str(SAMPLE / "baseline.tif"),
+                "--out",
+                str(tmp_path / "x" / "current.tif"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        "mosaic cannot be read over the network (HTTP response code: 404)"
+        in capsys.readouterr().err
+    )

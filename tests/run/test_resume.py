@@ -44,22 +44,52 @@ def test_torn_and_missing_tile_results_are_recomputed(tmp_path, big_pair):
 def test_sigkill_mid_run_then_rerun_completes(tmp_path, big_pair):
     b, c, m = big_pair
     out = tmp_path / "out"
-    args = ["run", "--baseline", str(b), "--current", str(c), "--out", str(out), "--model", str(m), "--workers", "1",
-            "--no-progress"]
-    killed = subprocess.run([sys.executable, "-c", SIGNAL_MID_RUN, str(out), str(tmp_path / "signalled"), "SIGKILL", "3",
-                             *args], capture_output=True, text=True, timeout=300, start_new_session=True)
+    args = [
+        "run",
+        "--baseline",
+        str(b),
+        "--current",
+        str(c),
+        "--out",
+        str(out),
+        "--model",
+        str(m),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SIGNAL_MID_RUN,
+            str(out),
+            str(tmp_path / "signalled"),
+            "SIGKILL",
+            "3",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-1500:])
     assert not (out / "candidates.gpkg").exists()  # nothing half-written in place
     done_before = len(list(out.glob("work/*/*.json")))
     assert done_before >= 3
-    rerun = subprocess.run([sys.executable, "-m", "detector", *args], capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "detector", *args], capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-1500:]
     assert "resumed" in rerun.stdout
     resumed = int(rerun.stdout.split("done (")[1].split(" resumed")[0])
     assert resumed >= done_before - 1  # a tile being written at the kill may be redone
     runs = gpd.read_file(out / "candidates.gpkg", layer="runs")
     assert runs["tiles_resumed"].iloc[0] == resumed
-    assert len(gpd.read_file(out / "candidates.gpkg", layer="candidates")) == 0  # the contract model finds nothing
+    assert (
+        len(gpd.read_file(out / "candidates.gpkg", layer="candidates")) == 0
+    )  # the contract model finds nothing
 
 
 def test_tile_work_file_round_trip():
@@ -70,8 +100,14 @@ def test_tile_work_file_round_trip():
 
     from detector.types import Candidate, TileResult
 
-    cand = Candidate(class_name="extension", confidence=0.5, pixel_change=0.25, baseline_iou=0.125, tile_id="c1_r2",
-                     geometry=box(0.1, 0.2, 1.3, 2.7))
+    cand = Candidate(
+        class_name="extension",
+        confidence=0.5,
+        pixel_change=0.25,
+        baseline_iou=0.125,
+        tile_id="c1_r2",
+        geometry=box(0.1, 0.2, 1.3, 2.7),
+    )
     result = TileResult("c1_r2", "done", 1.0, 9.0, 0.1, -0.2, 0.3, 0.4, "", [cand], 0.5, "mosaic")
     back = TileResult.from_json(result.to_json())
     assert back.candidates[0].geometry.equals_exact(cand.geometry, 0)
@@ -79,6 +115,15 @@ def test_tile_work_file_round_trip():
     assert replace(back.candidates[0], geometry=None) == replace(cand, geometry=None)
     # a work file from before candidates had a type (wkt + the detection keys, no tile_id) still resumes
     old = json.loads(result.to_json())
-    old["candidates"] = [{"wkt": cand.geometry.wkt, "class": "extension", "confidence": 0.5, "pixel_change": 0.25,
-                          "baseline_iou": 0.125}]
-    assert replace(TileResult.from_json(json.dumps(old)).candidates[0], geometry=None) == replace(cand, geometry=None)
+    old["candidates"] = [
+        {
+            "wkt": cand.geometry.wkt,
+            "class": "extension",
+            "confidence": 0.5,
+            "pixel_change": 0.25,
+            "baseline_iou": 0.125,
+        }
+    ]
+    assert replace(TileResult.from_json(json.dumps(old)).candidates[0], geometry=None) == replace(
+        cand, geometry=None
+    )

@@ -17,9 +17,24 @@ SAMPLE = ROOT / "sample_tiles"
 
 def test_readme_run_command_on_sample_tiles(tmp_path):
     out = tmp_path / "sample"
-    proc = subprocess.run([sys.executable, "-m", "detector", "run", "--baseline", str(SAMPLE / "baseline.tif"),
-                           "--current", str(SAMPLE / "current.tif"), "--out", str(out), "--no-progress"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "detector",
+            "run",
+            "--baseline",
+            str(SAMPLE / "baseline.tif"),
+            "--current",
+            str(SAMPLE / "current.tif"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "candidates:" in proc.stdout and "km²/h" in proc.stdout
     cand = gpd.read_file(out / "candidates.gpkg", layer="candidates")
@@ -28,7 +43,9 @@ def test_readme_run_command_on_sample_tiles(tmp_path):
 
     from training.metrics import match_one_to_one
 
-    ious = np.array([[c.intersection(t).area / c.union(t).area for t in truth.geometry] for c in cand.geometry])
+    ious = np.array(
+        [[c.intersection(t).area / c.union(t).area for t in truth.geometry] for c in cand.geometry]
+    )
     matches = match_one_to_one(ious, 0.3) if len(cand) else []
     recall = len(matches) / len(truth)
     false = len(cand) - len(matches)

@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _mask(polygons, size: int) -> np.ndarray:
@@ -38,10 +41,16 @@ def _pixel_change(scene, t: int) -> np.ndarray:
     dx1, dy1 = scene.shifts[t + 1]
     for img, (dx, dy) in ((before, (dx0, dy0)), (after, (dx1, dy1))):
         if dx or dy:
-            img[:] = cv2.warpAffine(img, np.float32([[1, 0, -dx], [0, 1, -dy]]), img.shape[1::-1],
-                                    borderMode=cv2.BORDER_REFLECT)
+            img[:] = cv2.warpAffine(
+                img,
+                np.float32([[1, 0, -dx], [0, 1, -dy]]),
+                img.shape[1::-1],
+                borderMode=cv2.BORDER_REFLECT,
+            )
     # remove the scene-wide illumination shift (a distractor, not a change): match mean and std per channel
-    after = (after - after.mean((0, 1))) / after.std((0, 1)) * before.std((0, 1)) + before.mean((0, 1))
+    after = (after - after.mean((0, 1))) / after.std((0, 1)) * before.std((0, 1)) + before.mean(
+        (0, 1)
+    )
     return np.abs(after - before).mean(axis=2)
 
 
@@ -51,7 +60,9 @@ def test_same_seed_same_scene_in_process(tmp_path):
     b = generate_scene(11, size=256, gsd=0.25)
     for ea, eb in zip(a.epochs, b.epochs):
         assert np.array_equal(ea, eb)
-    assert [(c.cls, c.structure_id) for c in a.changes[0]] == [(c.cls, c.structure_id) for c in b.changes[0]]
+    assert [(c.cls, c.structure_id) for c in a.changes[0]] == [
+        (c.cls, c.structure_id) for c in b.changes[0]
+    ]
     write_scene(a, tmp_path / "a")
     write_scene(b, tmp_path / "b")
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
@@ -60,9 +71,24 @@ def test_same_seed_same_scene_in_process(tmp_path):
 
 
 def test_cli_is_deterministic_across_processes(tmp_path):
-    cmd = [sys.executable, "-m", "detector", "synth", "--seed", "4", "--scenes", "2", "--size", "192", "--gsd", "0.3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "detector",
+        "synth",
+        "--seed",
+        "4",
+        "--scenes",
+        "2",
+        "--size",
+        "192",
+        "--gsd",
+        "0.3",
+    ]
     for name in ("run1", "run2"):
-        done = subprocess.run(cmd[:4] + [str(tmp_path / name)] + cmd[4:], cwd=REPO, capture_output=True, text=True)
+        done = subprocess.run(
+            cmd[:4] + [str(tmp_path / name)] + cmd[4:], cwd=REPO, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
     first = _hashes(tmp_path / "run1")
     assert len(first) == 2 * 6  # 2 scenes x (2 tif, 3 geojson, scene.json)
@@ -75,16 +101,29 @@ def test_scene_module_keeps_the_names_its_callers_import():
     """CLI, training and older scripts import these from ``detector.synth.scene``."""
     import detector.synth.scene as scene
 
-    for name in ("generate", "generate_scene", "write_scene", "derive_seed", "scene_transform", "Scene",
-                 "Footprint", "ChangeTruth", "CHANGE_CLASSES", "DEFAULT_CRS", "BASELINE_DATE"):
+    for name in (
+        "generate",
+        "generate_scene",
+        "write_scene",
+        "derive_seed",
+        "scene_transform",
+        "Scene",
+        "Footprint",
+        "ChangeTruth",
+        "CHANGE_CLASSES",
+        "DEFAULT_CRS",
+        "BASELINE_DATE",
+    ):
         assert hasattr(scene, name), name
     assert scene.CHANGE_CLASSES is CHANGE_CLASSES
 
 
 def test_planning_and_rendering_need_no_gdal():
     """The training machine has no GDAL: importing the generator loads neither rasterio nor pyproj."""
-    code = ("import sys, detector.synth.scene; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rasterio', 'pyproj', 'osgeo')))")
+    code = (
+        "import sys, detector.synth.scene; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rasterio', 'pyproj', 'osgeo')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
@@ -96,8 +135,12 @@ def test_scene_seeds_are_derived_and_stable():
 
 
 def test_cli_rejects_bad_size_with_exit_code_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "detector", "synth", str(tmp_path / "x"), "--size", "10"],
-                          cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "detector", "synth", str(tmp_path / "x"), "--size", "10"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert "--size 10" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -108,7 +151,9 @@ def test_truth_polygons_cover_changed_pixels(seed, size, gsd):
     scene = generate_scene(seed, size=size, gsd=gsd)
     assert scene.changes[0], "every scene has changes"
     diff = _pixel_change(scene, 0)
-    explained = _mask([c.polygon for c in scene.changes[0]] + [d.polygon for d in scene.demolished[0]], size)
+    explained = _mask(
+        [c.polygon for c in scene.changes[0]] + [d.polygon for d in scene.demolished[0]], size
+    )
     # typical (median) change of an unchanged pixel: shadows that moved, cars, noise, residual shift
     unchanged_level = float(np.median(diff[~explained]))
     assert unchanged_level < 20
@@ -116,7 +161,12 @@ def test_truth_polygons_cover_changed_pixels(seed, size, gsd):
         inside = _mask([change.polygon], size)
         inner = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         level = float(np.median(diff[inner if inner.sum() > 20 else inside]))
-        assert level > 2.5 * unchanged_level, (change.cls, change.structure_id, level, unchanged_level)
+        assert level > 2.5 * unchanged_level, (
+            change.cls,
+            change.structure_id,
+            level,
+            unchanged_level,
+        )
 
 
 @pytest.mark.parametrize("seed", [5, 6])
@@ -139,10 +189,17 @@ def test_default_scene_has_every_class_with_metric_sizes():
     classes = {c.cls for c in scene.changes[0]}
     assert classes == set(CHANGE_CLASSES)
     for change in scene.changes[0]:
-        edges = np.linalg.norm(np.diff(np.vstack([change.polygon, change.polygon[:1]]), axis=0), axis=1) * scene.gsd
+        edges = (
+            np.linalg.norm(np.diff(np.vstack([change.polygon, change.polygon[:1]]), axis=0), axis=1)
+            * scene.gsd
+        )
         longest = edges.max()
-        limits = {"new_building": (5.9, 25.1), "extension": (2.9, 8.1),
-                  "temporary_structure": (2.9, 10.1), "construction_site": (9.9, 30.1)}[change.cls]
+        limits = {
+            "new_building": (5.9, 25.1),
+            "extension": (2.9, 8.1),
+            "temporary_structure": (2.9, 10.1),
+            "construction_site": (9.9, 30.1),
+        }[change.cls]
         assert limits[0] <= longest <= limits[1], (change.cls, longest)
 
 
@@ -205,7 +262,9 @@ def test_crs_and_geotransform(tmp_path, crs):
         to_ll = Transformer.from_crs(ds.crs, "EPSG:4326", always_xy=True)
         width_m = geod.inv(*to_ll.transform(cx, cy), *to_ll.transform(x1, y1))[2]
         height_m = geod.inv(*to_ll.transform(cx, cy), *to_ll.transform(x2, y2))[2]
-        assert width_m == pytest.approx(0.25, rel=0.01) and height_m == pytest.approx(0.25, rel=0.01)
+        assert width_m == pytest.approx(0.25, rel=0.01) and height_m == pytest.approx(
+            0.25, rel=0.01
+        )
         bounds = ds.bounds
     with rasterio.open(paths["current"]) as ds:
         assert ds.tags()["TIFFTAG_DATETIME"] == "2026:05:02 10:00:00"
@@ -213,7 +272,12 @@ def test_crs_and_geotransform(tmp_path, crs):
     assert truth.crs.to_epsg() == int(crs.split(":")[1])
     assert set(truth["class"]) <= set(CHANGE_CLASSES) and len(truth) == len(scene.changes[0])
     left, bottom, right, top = truth.total_bounds
-    assert bounds.left <= left and right <= bounds.right and bounds.bottom <= bottom and top <= bounds.top
+    assert (
+        bounds.left <= left
+        and right <= bounds.right
+        and bounds.bottom <= bottom
+        and top <= bounds.top
+    )
     expected = sorted(round(_area(c.polygon) * 0.0625, 2) for c in scene.changes[0])
     assert sorted(truth["area_m2"]) == pytest.approx(expected)
     if crs != "EPSG:4326":
@@ -228,8 +292,19 @@ def _area(poly: np.ndarray) -> float:
 def test_multi_night_files(tmp_path):
     folders = generate(tmp_path, seed=3, scenes=1, size=160, gsd=0.3, nights=2)
     names = {p.name for p in folders[0].iterdir()}
-    for expected in ("baseline.tif", "current.tif", "truth.geojson", "epoch_00.tif", "epoch_02.tif",
-                     "truth_01.geojson", "truth_02.geojson", "footprints_00.geojson", "footprints_02.geojson"):
+    for expected in (
+        "baseline.tif",
+        "current.tif",
+        "truth.geojson",
+        "epoch_00.tif",
+        "epoch_02.tif",
+        "truth_01.geojson",
+        "truth_02.geojson",
+        "footprints_00.geojson",
+        "footprints_02.geojson",
+    ):
         assert expected in names
     assert (folders[0] / "baseline.tif").read_bytes() == (folders[0] / "epoch_00.tif").read_bytes()
-    assert (folders[0] / "truth.geojson").read_bytes() == (folders[0] / "truth_01.geojson").read_bytes()
+    assert (folders[0] / "truth.geojson").read_bytes() == (
+        folders[0] / "truth_01.geojson"
+    ).read_bytes()

@@ -16,7 +16,7 @@ def _scene_batch(b=4, size=96, seed=0):
     img[:, : size // 2, : size // 2] = [0.55, 0.42, 0.3]  # brown ground
     for _ in range(6):
         x, y = rng.integers(0, size - 16, 2)
-        img[:, y:y + 12, x:x + 14] = [0.7, 0.7, 0.72]  # roofs
+        img[:, y : y + 12, x : x + 14] = [0.7, 0.7, 0.72]  # roofs
     img += rng.normal(0, 0.03, img.shape).astype(np.float32)
     pair = np.concatenate([img, img], axis=3).clip(0, 1)
     return torch.from_numpy(pair).permute(0, 3, 1, 2).contiguous()
@@ -41,7 +41,9 @@ def test_batch_keeps_shape_range_and_input():
 def test_resolution_loss_is_the_same_for_both_epochs():
     torch.manual_seed(0)
     x = _scene_batch()  # both epochs identical
-    y = augment_pair_batch(x, PairAugParams(resolution_prob=1, scale=(2.0, 2.5), blur_prob=1, season_prob=0))
+    y = augment_pair_batch(
+        x, PairAugParams(resolution_prob=1, scale=(2.0, 2.5), blur_prob=1, season_prob=0)
+    )
     assert torch.allclose(y[:, :3], y[:, 3:])  # no fake change between epochs
     assert _detail(y) < 0.7 * _detail(x)
     same = degrade_resolution(x[0], 1.0)
@@ -67,15 +69,29 @@ def test_parallel_build_writes_the_same_synthetic_chips(tmp_path):
 
     counts = []
     for flag in (False, True):
-        cfg = load_train_config(None, {"name": "t", "channels": 6, "imgsz": 128, "data.root": str(tmp_path / str(flag)),
-                                       "data.synthetic_train_seeds": [0, 2], "data.synthetic_val_seeds": [9000, 9001],
-                                       "data.synthetic_size": 256, "data.workers": 2, "data.parallel_real": flag})
+        cfg = load_train_config(
+            None,
+            {
+                "name": "t",
+                "channels": 6,
+                "imgsz": 128,
+                "data.root": str(tmp_path / str(flag)),
+                "data.synthetic_train_seeds": [0, 2],
+                "data.synthetic_val_seeds": [9000, 9001],
+                "data.synthetic_size": 256,
+                "data.workers": 2,
+                "data.parallel_real": flag,
+            },
+        )
         summary = build_dataset(cfg, progress=False)
         files = sorted(p.name for p in (tmp_path / str(flag) / "images" / "train").iterdir())
         assert len(files) == summary.counts["train"]["images"] == 8
         counts.append((summary.counts, summary.class_counts, files))
     assert counts[0] == counts[1]
-    a, b = (tmp_path / str(f) / "labels" / "train" / counts[0][2][0].replace(".tif", ".txt") for f in (False, True))
+    a, b = (
+        tmp_path / str(f) / "labels" / "train" / counts[0][2][0].replace(".tif", ".txt")
+        for f in (False, True)
+    )
     assert a.read_text() == b.read_text()
 
 
@@ -106,8 +122,10 @@ def test_pair_cpu_config_is_a_timed_recipe_exported_for_512_tiles():
     assert (args["imgsz"], cfg.export.imgsz, cfg.gsd_m) == (320, 512, 0.25)
     assert args["time"] == 1.25 and args["cache"] == "ram" and args["epochs"] > 10
     assert cfg.train.weights is None  # from the YAML: the whole recipe runs on CPU
-    no_limit = train_args(load_train_config(root / "configs" / "train" / "pair-cpu.yaml", {"train.time_hours": 0}),
-                          root / "configs" / "train" / "pair-cpu.yaml")
+    no_limit = train_args(
+        load_train_config(root / "configs" / "train" / "pair-cpu.yaml", {"train.time_hours": 0}),
+        root / "configs" / "train" / "pair-cpu.yaml",
+    )
     assert "time" not in no_limit
 
 

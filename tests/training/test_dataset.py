@@ -6,8 +6,17 @@ import pytest
 
 from detector.errors import InputError
 from training.copypaste import synthesize_pair
-from training.datasets import (ChipSample, DatasetWriter, OrientedBox, atomic_image_write, clip_box_to_window,
-                               polygon_to_obb, read_obb_labels, read_pair_tiff, write_pair_tiff)
+from training.datasets import (
+    ChipSample,
+    DatasetWriter,
+    OrientedBox,
+    atomic_image_write,
+    clip_box_to_window,
+    polygon_to_obb,
+    read_obb_labels,
+    read_pair_tiff,
+    write_pair_tiff,
+)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -24,14 +33,28 @@ def _same_rectangle(a, b, tol=1.0):
 
 def test_obb_labels_round_trip_within_one_pixel(tmp_path):
     rng = np.random.default_rng(3)
-    writer = DatasetWriter(tmp_path / "ds", 6, ["new_building", "extension", "temporary_structure", "construction_site"])
-    polys = [rotated_rect(rng.uniform(40, 470), rng.uniform(40, 470), rng.uniform(10, 60), rng.uniform(10, 60),
-                          rng.uniform(0, 90)) for _ in range(12)]
+    writer = DatasetWriter(
+        tmp_path / "ds",
+        6,
+        ["new_building", "extension", "temporary_structure", "construction_site"],
+    )
+    polys = [
+        rotated_rect(
+            rng.uniform(40, 470),
+            rng.uniform(40, 470),
+            rng.uniform(10, 60),
+            rng.uniform(10, 60),
+            rng.uniform(0, 90),
+        )
+        for _ in range(12)
+    ]
     boxes = [OrientedBox(i % 4, polygon_to_obb(p)) for i, p in enumerate(polys)]
     pair = rng.integers(0, 255, (512, 512, 6), dtype=np.uint8)
     image = writer.add("train", ChipSample("chip", pair, boxes))
     writer.write_yaml()
-    back = read_obb_labels(tmp_path / "ds" / "labels" / "train" / "chip.txt", 512, 512, num_classes=4)
+    back = read_obb_labels(
+        tmp_path / "ds" / "labels" / "train" / "chip.txt", 512, 512, num_classes=4
+    )
     assert [b.class_id for b in back] == [i % 4 for i in range(12)]
     for poly, box in zip(polys, back):
         assert _same_rectangle(poly, box.corners, tol=1.0)
@@ -54,7 +77,9 @@ def test_clip_box_keeps_visible_part_and_drops_mostly_outside():
     box = rotated_rect(100, 50, 40, 20, 0)  # x 80..120
     clipped = clip_box_to_window(box, 90, 0, 64, 64)  # 30 of 40 px visible
     assert clipped is not None
-    assert clipped[:, 0].min() == pytest.approx(0, abs=1e-3) and clipped[:, 0].max() == pytest.approx(30, abs=1e-3)
+    assert clipped[:, 0].min() == pytest.approx(0, abs=1e-3) and clipped[
+        :, 0
+    ].max() == pytest.approx(30, abs=1e-3)
     assert clip_box_to_window(box, 115, 0, 64, 64) is None  # 5 of 40 px visible
 
 
@@ -69,9 +94,13 @@ def test_bad_labels_raise_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="class id 7"):
         read_obb_labels(bad, 64, 64, num_classes=4)
     with pytest.raises(InputError, match="mismatch"):
-        write_pair_tiff(tmp_path / "x.tif", np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8))
+        write_pair_tiff(
+            tmp_path / "x.tif", np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)
+        )
     with pytest.raises(InputError, match="needs 6 channels"):
-        DatasetWriter(tmp_path / "d", 6, ["x"]).add("train", ChipSample("c", np.zeros((8, 8, 3), np.uint8)))
+        DatasetWriter(tmp_path / "d", 6, ["x"]).add(
+            "train", ChipSample("c", np.zeros((8, 8, 3), np.uint8))
+        )
     assert not (tmp_path / "x.tif").exists()
 
 
@@ -79,11 +108,20 @@ def test_dataset_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     """Chips, labels and data.yaml go through detector.fileio's atomic writes: a failed image write
     leaves neither the chip nor a temporary file, a finished dataset holds only its own files."""
     writer = DatasetWriter(tmp_path / "ds", 3, ["building"])
-    writer.add("train", ChipSample("a", np.zeros((16, 16, 3), np.uint8), [OrientedBox(0, rotated_rect(8, 8, 6, 4, 0))]))
+    writer.add(
+        "train",
+        ChipSample(
+            "a", np.zeros((16, 16, 3), np.uint8), [OrientedBox(0, rotated_rect(8, 8, 6, 4, 0))]
+        ),
+    )
     writer.write_yaml()
     with pytest.raises(InputError, match="could not write"):
         atomic_image_write(tmp_path / "ds" / "images" / "train" / "b.png", lambda name: False)
-    files = sorted(p.relative_to(tmp_path / "ds").as_posix() for p in (tmp_path / "ds").rglob("*") if p.is_file())
+    files = sorted(
+        p.relative_to(tmp_path / "ds").as_posix()
+        for p in (tmp_path / "ds").rglob("*")
+        if p.is_file()
+    )
     assert files == ["data.yaml", "images/train/a.png", "labels/train/a.txt"]
 
 
@@ -103,11 +141,15 @@ def test_copy_paste_removes_labelled_buildings_from_baseline_only():
         for poly in ex.changes:
             cx, cy = poly.mean(axis=0)
             x, y = int(round(cx)), int(round(cy))
-            assert ex.current[y, x, 0] > 150  # still a red roof now (photometric changes keep it bright)
+            assert (
+                ex.current[y, x, 0] > 150
+            )  # still a red roof now (photometric changes keep it bright)
             assert ex.baseline[y, x, 0] < 150  # gone from the baseline
             assert abs(ex.baseline[y, x].astype(int) - [230, 40, 40]).sum() > 150
     assert changed >= 4  # the checks above ran on most seeds, not only on no-change pairs
-    again = synthesize_pair(img, polys, np.random.default_rng(7))  # a pure function of the generator's state
+    again = synthesize_pair(
+        img, polys, np.random.default_rng(7)
+    )  # a pure function of the generator's state
     first = synthesize_pair(img, polys, np.random.default_rng(7))
     assert again.mode == first.mode and np.array_equal(again.baseline, first.baseline)
     assert np.array_equal(again.current, first.current) and len(again.changes) == len(first.changes)

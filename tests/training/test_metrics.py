@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from training.metrics import (ObjectScores, mask_components, match_one_to_one, object_scores, pixel_scores,
-                              polygon_masks)
+from training.metrics import (
+    ObjectScores,
+    mask_components,
+    match_one_to_one,
+    object_scores,
+    pixel_scores,
+    polygon_masks,
+)
 
 
 def square(x, y, s):
@@ -27,12 +33,21 @@ def test_components_are_4_connected_and_small_ones_dropped():
 def test_object_scores_exact_precision_recall_f1():
     shape = (100, 100)
     truth = polygon_masks([square(0, 0, 10), square(30, 30, 10), square(60, 60, 10)], shape)
-    preds = polygon_masks([square(0, 0, 10),  # exact: IoU 1
-                           square(33, 30, 10),  # IoU 70/130 = 0.538
-                           square(80, 0, 10)], shape)  # nothing there
+    preds = polygon_masks(
+        [
+            square(0, 0, 10),  # exact: IoU 1
+            square(33, 30, 10),  # IoU 70/130 = 0.538
+            square(80, 0, 10),
+        ],
+        shape,
+    )  # nothing there
     s3 = object_scores(preds, truth, 0.3)
     assert (s3.tp, s3.fp, s3.fn) == (2, 1, 1)
-    assert s3.precision == pytest.approx(2 / 3) and s3.recall == pytest.approx(2 / 3) and s3.f1 == pytest.approx(2 / 3)
+    assert (
+        s3.precision == pytest.approx(2 / 3)
+        and s3.recall == pytest.approx(2 / 3)
+        and s3.f1 == pytest.approx(2 / 3)
+    )
     s6 = object_scores(preds, truth, 0.6)
     assert (s6.tp, s6.fp, s6.fn) == (1, 2, 2)
     assert s6.f1 == pytest.approx(1 / 3)
@@ -40,15 +55,20 @@ def test_object_scores_exact_precision_recall_f1():
 
 def test_matching_is_one_to_one():
     ious = np.array([[0.9, 0.8], [0.85, 0.1]])
-    assert sorted(match_one_to_one(ious, 0.3)) == [(0, 0)]  # p1's only good truth is taken; 0.1 < 0.3
+    assert sorted(match_one_to_one(ious, 0.3)) == [
+        (0, 0)
+    ]  # p1's only good truth is taken; 0.1 < 0.3
     assert object_scores([], [], 0.3).f1 == 0.0
     total = ObjectScores(0.3, 1, 0, 1) + ObjectScores(0.3, 1, 2, 0)
     assert (total.tp, total.fp, total.fn) == (2, 2, 1) and total.precision == 0.5
 
 
 def test_pixel_scores():
-    p = np.zeros((4, 4), np.uint8); t = np.zeros((4, 4), np.uint8)
-    p[0, :] = 255; t[0, :2] = 255; t[1, 0] = 255
+    p = np.zeros((4, 4), np.uint8)
+    t = np.zeros((4, 4), np.uint8)
+    p[0, :] = 255
+    t[0, :2] = 255
+    t[1, 0] = 255
     s = pixel_scores(p, t)
     assert (s.tp, s.fp, s.fn) == (2, 2, 1)
     assert s.f1 == pytest.approx(4 / 7) and s.iou == pytest.approx(2 / 5)

@@ -28,19 +28,27 @@ def three_models(tmp_path):
 
 def test_registry_versions_promote_rollback(tmp_path, three_models):
     reg = ModelRegistry(tmp_path / "models")
-    assert reg.versions() == [] and reg.promoted is None and not (tmp_path / "models").exists()  # reading writes nothing
+    assert (
+        reg.versions() == [] and reg.promoted is None and not (tmp_path / "models").exists()
+    )  # reading writes nothing
     v1 = reg.add(three_models[0], note="first", data_manifest={"tiles": ["a"]})
     assert v1.version == "v0001" and v1.parent is None and v1.checkpoint is None
     with pytest.raises(InputError, match="no model version 'v0009'"):
         reg.add(three_models[1], parent="v0009")
     ck = tmp_path / "best.pt"
     ck.write_bytes(b"checkpoint")
-    v2 = reg.add(three_models[1], checkpoint=ck, parent="v0001", metrics={"new": {"district_f1": 0.5}})
+    v2 = reg.add(
+        three_models[1], checkpoint=ck, parent="v0001", metrics={"new": {"district_f1": 0.5}}
+    )
     v3 = reg.add(three_models[2], parent="v0002")
     assert [v.version for v in reg.versions()] == ["v0001", "v0002", "v0003"]
     assert v2.checkpoint.read_bytes() == b"checkpoint" and reg.get("v0002").parent == "v0001"
     record = json.loads((tmp_path / "models" / "v0001" / "version.json").read_text())
-    assert record["data_manifest"] == {"tiles": ["a"]} and len(record["sha256"]) == 64 and record["created"]
+    assert (
+        record["data_manifest"] == {"tiles": ["a"]}
+        and len(record["sha256"]) == 64
+        and record["created"]
+    )
     from detector.fileio import file_sha256
 
     assert reg.get("v0003").sha256 == file_sha256(three_models[2])
@@ -55,7 +63,10 @@ def test_registry_versions_promote_rollback(tmp_path, three_models):
     with pytest.raises(ConfigError, match="first promoted version"):
         reg.rollback()
     actions = [(h["action"], h["version"]) for h in reg.history]
-    assert actions[-2:] == [("rollback", "v0002"), ("rollback", "v0001")] and reg.history[-2]["reason"] == "bad night"
+    assert (
+        actions[-2:] == [("rollback", "v0002"), ("rollback", "v0001")]
+        and reg.history[-2]["reason"] == "bad night"
+    )
     assert not list((tmp_path / "models").glob(".part-*"))
     # a changed model file is refused before a run uses it
     (tmp_path / "models" / "v0001" / "model.onnx").write_bytes(three_models[1].read_bytes())
@@ -93,7 +104,10 @@ def test_models_cli(tmp_path, three_models, capsys):
     assert main(["models", "promote", "v0002", "--models", root, "--reason", "better on Buji"]) == 0
     assert main(["models", "list", "--models", root, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
-    assert listed["promoted"] == "v0002" and [v["parent"] for v in listed["versions"]] == [None, "v0001"]
+    assert listed["promoted"] == "v0002" and [v["parent"] for v in listed["versions"]] == [
+        None,
+        "v0001",
+    ]
     assert main(["models", "rollback", "--models", root]) == 0
     assert "v0002 -> v0001" in capsys.readouterr().out
     assert main(["models", "rollback", "--models", root]) == 2
@@ -104,24 +118,43 @@ def test_models_cli(tmp_path, three_models, capsys):
 
 
 def _metrics(district, syn=None, dis_cls=None):
-    return {"district_f1": district, "synthetic_per_class": syn or {}, "district_per_class": dis_cls or {}}
+    return {
+        "district_f1": district,
+        "synthetic_per_class": syn or {},
+        "district_per_class": dis_cls or {},
+    }
 
 
 def test_gate_rules():
     old = _metrics(0.40, {"new_building": 0.80, "extension": 0.60}, {"new_building": 0.40})
-    better = gate_decision(old, _metrics(0.55, {"new_building": 0.78, "extension": 0.57}, {"new_building": 0.55}))
+    better = gate_decision(
+        old, _metrics(0.55, {"new_building": 0.78, "extension": 0.57}, {"new_building": 0.55})
+    )
     assert better.promote and "0.400 -> 0.550" in better.reason
     same = gate_decision(old, _metrics(0.40, {"new_building": 0.9, "extension": 0.9}))
     assert not same.promote and "no improvement" in same.reason
     district = {"new_building": 0.70}
-    worse_class = gate_decision(old, _metrics(0.70, {"new_building": 0.80, "extension": 0.50}, district), margin=0.05)
-    assert not worse_class.promote and "synthetic extension F1@0.3 drops 0.600 -> 0.500" in worse_class.reason
-    assert gate_decision(old, _metrics(0.70, {"new_building": 0.80, "extension": 0.50}, district), margin=0.15).promote
-    lost = gate_decision(old, _metrics(0.70, {"new_building": 0.80}, district))  # a class no longer found at all
+    worse_class = gate_decision(
+        old, _metrics(0.70, {"new_building": 0.80, "extension": 0.50}, district), margin=0.05
+    )
+    assert (
+        not worse_class.promote
+        and "synthetic extension F1@0.3 drops 0.600 -> 0.500" in worse_class.reason
+    )
+    assert gate_decision(
+        old, _metrics(0.70, {"new_building": 0.80, "extension": 0.50}, district), margin=0.15
+    ).promote
+    lost = gate_decision(
+        old, _metrics(0.70, {"new_building": 0.80}, district)
+    )  # a class no longer found at all
     assert not lost.promote and "extension" in lost.reason
-    district_drop = gate_decision(old, _metrics(0.70, old["synthetic_per_class"], {"new_building": 0.30}))
+    district_drop = gate_decision(
+        old, _metrics(0.70, old["synthetic_per_class"], {"new_building": 0.30})
+    )
     assert not district_drop.promote and "district new_building" in district_drop.reason
-    assert not gate_decision(old, _metrics(0.45, old["synthetic_per_class"], district), min_gain=0.1).promote
+    assert not gate_decision(
+        old, _metrics(0.45, old["synthetic_per_class"], district), min_gain=0.1
+    ).promote
     assert not gate_decision(_metrics(None), _metrics(0.9)).promote
     for result in (better, same, worse_class, lost):
         assert "\n" not in result.reason
@@ -134,8 +167,17 @@ def _write_pair(folder, rgb_b, rgb_c, left, top, gsd=0.5, crs="EPSG:32650"):
     folder.mkdir(parents=True)
     h, w = rgb_b.shape[:2]
     for name, img in (("baseline.tif", rgb_b), ("current.tif", rgb_c)):
-        with rasterio.open(folder / name, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs=crs,
-                           transform=from_origin(left, top, gsd, gsd)) as ds:
+        with rasterio.open(
+            folder / name,
+            "w",
+            driver="GTiff",
+            width=w,
+            height=h,
+            count=3,
+            dtype="uint8",
+            crs=crs,
+            transform=from_origin(left, top, gsd, gsd),
+        ) as ds:
             ds.write(img.transpose(2, 0, 1))
 
 
@@ -148,10 +190,38 @@ def test_label_formats_agree(tmp_path):
     left, top = 400000.0, 2500000.0
     house = shapely.box(left + 10 * 0.5, top - 32 * 0.5, left + 30 * 0.5, top - 20 * 0.5)
     for name, write in (
-        ("poly", lambda d: gpd.GeoDataFrame({"class": ["extension"]}, geometry=[house], crs="EPSG:32650").to_file(d / "labels.gpkg")),
-        ("mask", lambda d: cv2.imwrite(str(d / "change.png"), ((c[:, :, 0] == 200) * 255).astype(np.uint8))),
-        ("yolo", lambda d: (d / "labels.txt").write_text("0 " + " ".join(f"{v:.6f}" for v in
-                                                                         (10 / 64, 20 / 64, 30 / 64, 20 / 64, 30 / 64, 32 / 64, 10 / 64, 32 / 64)) + "\n")),
+        (
+            "poly",
+            lambda d: gpd.GeoDataFrame(
+                {"class": ["extension"]}, geometry=[house], crs="EPSG:32650"
+            ).to_file(d / "labels.gpkg"),
+        ),
+        (
+            "mask",
+            lambda d: cv2.imwrite(
+                str(d / "change.png"), ((c[:, :, 0] == 200) * 255).astype(np.uint8)
+            ),
+        ),
+        (
+            "yolo",
+            lambda d: (d / "labels.txt").write_text(
+                "0 "
+                + " ".join(
+                    f"{v:.6f}"
+                    for v in (
+                        10 / 64,
+                        20 / 64,
+                        30 / 64,
+                        20 / 64,
+                        30 / 64,
+                        32 / 64,
+                        10 / 64,
+                        32 / 64,
+                    )
+                )
+                + "\n"
+            ),
+        ),
     ):
         k = ["poly", "mask", "yolo"].index(name)
         _write_pair(tmp_path / "tiles" / name, b, c, left + k * 1000.0, top)
@@ -163,14 +233,19 @@ def test_label_formats_agree(tmp_path):
     assert [p.group for p in pairs] == ["mask", "poly", "yolo"]  # 1 km apart: three groups
     for p in pairs:
         assert p.image.shape == (128, 128, 6)
-        (cls, poly), = p.objects
-        area = shapely.Polygon(poly).area * 0.25 ** 2
+        ((cls, poly),) = p.objects
+        area = shapely.Polygon(poly).area * 0.25**2
         assert area == pytest.approx(60.0, abs=0.5), p.label_format  # 10 m x 6 m
         x0, y0 = poly.min(axis=0)
         assert (x0, y0) == pytest.approx((20.0, 40.0), abs=0.01)
         assert cls == (1 if p.label_format == "polygons" else 0)
-        assert set(p.sha256) == {"baseline.tif", "current.tif", {"mask": "change.png", "polygons": "labels.gpkg",
-                                                                "yolo_obb": "labels.txt"}[p.label_format]}
+        assert set(p.sha256) == {
+            "baseline.tif",
+            "current.tif",
+            {"mask": "change.png", "polygons": "labels.gpkg", "yolo_obb": "labels.txt"}[
+                p.label_format
+            ],
+        }
     # a bad label file: one clear line before anything is trained
     (tmp_path / "tiles" / "yolo" / "labels.txt").write_text("7 0 0 1 0 1 1 0 1\n")
     with pytest.raises(InputError, match="labels.txt:1: class must be"):
@@ -193,10 +268,17 @@ def test_levir_layout_groups_and_split(tmp_path):
     with pytest.raises(InputError, match="--tiles-gsd"):
         read_labelled_tiles(root, gsd_m=0.25)
     pairs = read_labelled_tiles(root, gsd_m=0.25, tiles_gsd=0.5)
-    assert {p.name: p.group for p in pairs} == {"test_1": "test_1", "test_2": "test_2", "test_2_3": "test_2",
-                                                 "test_2_11": "test_2", "train_5": "train_5"}
+    assert {p.name: p.group for p in pairs} == {
+        "test_1": "test_1",
+        "test_2": "test_2",
+        "test_2_3": "test_2",
+        "test_2_11": "test_2",
+        "train_5": "train_5",
+    }
     assert all(p.image.shape == (64, 64, 6) and len(p.objects) == 1 for p in pairs)
-    assert shapely.Polygon(pairs[0].objects[0][1]).area == pytest.approx(256.0)  # 8x8 px at 0.5 m -> 16x16 at 0.25
+    assert shapely.Polygon(pairs[0].objects[0][1]).area == pytest.approx(
+        256.0
+    )  # 8x8 px at 0.5 m -> 16x16 at 0.25
     train, held = split_groups(pairs, 0.2, ["test_2"])
     assert sorted(p.name for p in held) == ["test_2", "test_2_11", "test_2_3"]
     for seed in range(5):
@@ -214,12 +296,51 @@ def test_retrain_bad_input_fails_before_any_work(tmp_path, capsys):
     assert "give --tiles and/or --cases" in capsys.readouterr().err
     b = np.zeros((16, 16, 3), np.uint8)
     _write_pair(tmp_path / "tiles" / "t0", b, b, 400000.0, 2500000.0)
-    assert main(["retrain", "--models", str(models), "--work", str(work), "--tiles", str(tmp_path / "tiles")]) == 2
+    assert (
+        main(
+            [
+                "retrain",
+                "--models",
+                str(models),
+                "--work",
+                str(work),
+                "--tiles",
+                str(tmp_path / "tiles"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "t0: no labels" in err and "labels.geojson" in err
-    assert main(["retrain", "--models", str(models), "--work", str(work), "--tiles", str(tmp_path / "nowhere")]) == 2
+    assert (
+        main(
+            [
+                "retrain",
+                "--models",
+                str(models),
+                "--work",
+                str(work),
+                "--tiles",
+                str(tmp_path / "nowhere"),
+            ]
+        )
+        == 2
+    )
     assert "labelled tiles folder not found" in capsys.readouterr().err
-    assert main(["retrain", "--models", str(models), "--work", str(work), "--cases", str(tmp_path / "cases.gpkg")]) == 2
+    assert (
+        main(
+            [
+                "retrain",
+                "--models",
+                str(models),
+                "--work",
+                str(work),
+                "--cases",
+                str(tmp_path / "cases.gpkg"),
+            ]
+        )
+        == 2
+    )
     assert "case registry not found" in capsys.readouterr().err
     assert not models.exists()
 
@@ -230,11 +351,24 @@ def test_holdout_scene_without_change_is_scored(tmp_path):
     from training.evaluate import evaluate_pairs
 
     img = np.random.default_rng(1).integers(0, 255, (96, 96, 6), dtype=np.uint8)
-    write_holdout_scene(LabelledPair("calm", img, [], "x", "mask"), tmp_path / "hold" / "calm", 0.25)
-    report = evaluate_pairs(make_contract_model(tmp_path / "m.onnx", imgsz=128), tmp_path / "hold", "synth",
-                            tmp_path / "r.json")
-    assert report["summary"]["any_class"]["0.3"] == {"iou_threshold": 0.3, "tp": 0, "fp": 0, "fn": 0,
-                                                     "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    write_holdout_scene(
+        LabelledPair("calm", img, [], "x", "mask"), tmp_path / "hold" / "calm", 0.25
+    )
+    report = evaluate_pairs(
+        make_contract_model(tmp_path / "m.onnx", imgsz=128),
+        tmp_path / "hold",
+        "synth",
+        tmp_path / "r.json",
+    )
+    assert report["summary"]["any_class"]["0.3"] == {
+        "iou_threshold": 0.3,
+        "tp": 0,
+        "fp": 0,
+        "fn": 0,
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+    }
 
 
 def test_a_finished_finetune_is_reused_only_for_the_same_data_recipe_and_parent(tmp_path):
@@ -245,14 +379,22 @@ def test_a_finished_finetune_is_reused_only_for_the_same_data_recipe_and_parent(
     from training.train import TrainResult
 
     cfg = load_train_config(None, {"name": "retrain"})
-    data = {"tiles": [{"name": "t0", "sha256": ["a", "b", "c"]}], "counts": {"train": {"images": 12}}}
+    data = {
+        "tiles": [{"name": "t0", "sha256": ["a", "b", "c"]}],
+        "counts": {"train": {"images": 12}},
+    }
     digest = finetune_digest(data, cfg, "parent-sha")
     assert finished_finetune(tmp_path, digest) is None  # nothing recorded yet
     best = tmp_path / "runs" / "finetune" / "weights" / "best.pt"
     best.parent.mkdir(parents=True)
     best.write_bytes(b"weights")
-    record_finetune(tmp_path, digest, TrainResult(best.parent.parent, best, best.with_name("last.pt"), 1234.5,
-                                                  {"metrics/mAP50(B)": 0.8}))
+    record_finetune(
+        tmp_path,
+        digest,
+        TrainResult(
+            best.parent.parent, best, best.with_name("last.pt"), 1234.5, {"metrics/mAP50(B)": 0.8}
+        ),
+    )
     again = finished_finetune(tmp_path, finetune_digest(data, cfg, "parent-sha"))
     assert again is not None and again.best == best and again.seconds == 1234.5
     assert again.metrics == {"metrics/mAP50(B)": 0.8}
@@ -262,8 +404,11 @@ def test_a_finished_finetune_is_reused_only_for_the_same_data_recipe_and_parent(
     changed_data = {**data, "tiles": [{"name": "t0", "sha256": ["a", "b", "X"]}]}
     longer = cfg.model_copy(deep=True)
     longer.train.time_hours = 2.0
-    for d in (finetune_digest(changed_data, cfg, "parent-sha"), finetune_digest(data, longer, "parent-sha"),
-              finetune_digest(data, cfg, "another-parent")):
+    for d in (
+        finetune_digest(changed_data, cfg, "parent-sha"),
+        finetune_digest(data, longer, "parent-sha"),
+        finetune_digest(data, cfg, "another-parent"),
+    ):
         assert d != digest and finished_finetune(tmp_path, d) is None
     best.unlink()  # weights gone: train again
     assert finished_finetune(tmp_path, digest) is None
