@@ -11,11 +11,10 @@ line is relative to the working folder. Training configs follow another rule, fo
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
-
-import os
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -78,9 +77,9 @@ class ExclusionLayer(_Strict):
     min_overlap: float = Field(
         0.3, ge=0, le=1, description="fraction of the candidate's area covered"
     )
-    valid_from_field: Optional[str] = "valid_from"  # permits only: dates compared to current_date
-    valid_to_field: Optional[str] = "valid_to"
-    id_field: Optional[str] = None
+    valid_from_field: str | None = "valid_from"  # permits only: dates compared to current_date
+    valid_to_field: str | None = "valid_to"
+    id_field: str | None = None
 
 
 class SecondViewConfig(_Strict):
@@ -88,13 +87,13 @@ class SecondViewConfig(_Strict):
     model looks at each epoch of a tile on its own and checks the pair model's change candidates."""
 
     enabled: bool = Field(True, description="False: the pair model decides alone")
-    model: Optional[Path] = Field(
+    model: Path | None = Field(
         None,
         description="the 3-channel building model (ONNX, 'buildwatch export'); "
         "None = the shipped one (detector/models/buildwatch-buildings.onnx), used with "
         "any pair model of the same tile size and GSD",
     )
-    conf: Optional[float] = Field(
+    conf: float | None = Field(
         None,
         gt=0,
         le=1,
@@ -106,7 +105,7 @@ class SecondViewConfig(_Strict):
         description="also report structures tonight that the baseline does not show and "
         "no pair candidate covers (the single-epoch rule), tagged 'second_view'",
     )
-    add_conf: Optional[float] = Field(
+    add_conf: float | None = Field(
         None,
         gt=0,
         le=1,
@@ -128,7 +127,7 @@ class SecondViewConfig(_Strict):
         description="pair candidates at or above this confidence keep "
         "without confirmation (1: every candidate is checked)",
     )
-    baseline_cache: Optional[Path] = Field(
+    baseline_cache: Path | None = Field(
         None,
         description="folder where the building model's view of each "
         "baseline tile is kept between nights (the baseline does not change): "
@@ -146,11 +145,11 @@ class SecondViewConfig(_Strict):
 
 
 class DetectConfig(_Strict):
-    conf: Optional[float] = Field(
+    conf: float | None = Field(
         None, gt=0, le=1, description="None = the model's recommendation; 0 would keep every anchor"
     )
-    iou: Optional[float] = Field(None, ge=0, le=1)
-    overlap_px: Optional[int] = Field(None, ge=0, description="None = the model's recommendation")
+    iou: float | None = Field(None, ge=0, le=1)
+    overlap_px: int | None = Field(None, ge=0, description="None = the model's recommendation")
     batch_size: int = Field(4, ge=1, le=256)
     providers: list[str] = [
         "CUDAExecutionProvider",
@@ -277,37 +276,33 @@ class HeightConfig(_Strict):
 class CasesConfig(_Strict):
     _paths = field_validator("registry", "boundaries", mode="before")(_no_empty_path)
 
-    registry: Optional[Path] = None  # cases.gpkg; None = do not update a case registry
+    registry: Path | None = None  # cases.gpkg; None = do not update a case registry
     district_prefix: str = ""
-    boundaries: Optional[Path] = None  # communities/grids, any OGR format and CRS
+    boundaries: Path | None = None  # communities/grids, any OGR format and CRS
     boundary_name_field: str = "name"
-    boundary_unit_field: Optional[str] = "unit"
+    boundary_unit_field: str | None = "unit"
     match_iou: float = Field(0.2, ge=0, le=1)
     evidence: bool = True
     report: bool = True
 
 
 class RunConfig(_Strict):
-    baseline: Optional[RasterLocation] = (
-        None  # a path, URL (s3://, https://...) or GDAL /vsi... path
-    )
-    current: Optional[RasterLocation] = None
-    out: Optional[Path] = None
-    model: Optional[Path] = (
+    baseline: RasterLocation | None = None  # a path, URL (s3://, https://...) or GDAL /vsi... path
+    current: RasterLocation | None = None
+    out: Path | None = None
+    model: Path | None = (
         None  # None = the promoted version of ``models``, else the shipped default model
     )
-    models: Optional[Path] = (
+    models: Path | None = (
         None  # model registry folder (detector.night.model_registry); None = not used
     )
-    model_version: Optional[str] = (
-        None  # a version of ``models`` to run instead of the promoted one
-    )
-    baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
-    current_date: Optional[date] = None
-    baseline_dsm: Optional[RasterLocation] = (
+    model_version: str | None = None  # a version of ``models`` to run instead of the promoted one
+    baseline_date: date | None = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
+    current_date: date | None = None
+    baseline_dsm: RasterLocation | None = (
         None  # DSM of the baseline survey (optional; both or neither)
     )
-    current_dsm: Optional[RasterLocation] = None
+    current_dsm: RasterLocation | None = None
     workers: int = Field(2, ge=1)
     min_coverage: float = Field(
         0.01,
@@ -316,7 +311,7 @@ class RunConfig(_Strict):
         description="refuse a current mosaic holding imagery for less "
         "than this share of the baseline (an unprocessed flight is not 'nothing new')",
     )
-    scheduler: Optional[str] = Field(
+    scheduler: str | None = Field(
         None,
         description="Dask scheduler address (tcp://host:8786): tiles run on "
         "that cluster's workers (pip install 'buildwatch[dask]'); None = local processes",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Optional
 
 STYLES_TABLE = "layer_styles"  # QGIS's own name for its default-style table
 
@@ -25,9 +24,7 @@ STYLES_TABLE = "layer_styles"  # QGIS's own name for its default-style table
 # --------------------------------------------------------------------------- QML pieces
 
 
-def qml_option(
-    parent: ET.Element, name: Optional[str], value, type_: str = "QString"
-) -> ET.Element:
+def qml_option(parent: ET.Element, name: str | None, value, type_: str = "QString") -> ET.Element:
     attrs = {"type": type_}
     if name is not None:
         attrs["name"] = name
@@ -168,7 +165,10 @@ TILE_STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
     "nodata": ("No data in an epoch", (200, 200, 200)),
     "unregistered": ("Not registered: not checked tonight", (255, 127, 0)),
 }
-CANDIDATE_LABEL = "\"class\" || ' ' || format_number(\"confidence\", 2) || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
+CANDIDATE_LABEL = (
+    "\"class\" || ' ' || format_number(\"confidence\", 2) || '\\n' || "
+    "format_number(\"area_m2\", 0) || ' m²'"
+)
 # with a DSM pair: the height gain as a third line ("Δh 3.1 m")
 CANDIDATE_LABEL += (
     " || if(\"height_gain_m\" IS NULL, '', '\\nΔh ' || format_number(\"height_gain_m\", 1) || ' m')"

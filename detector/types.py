@@ -173,7 +173,7 @@ class Candidate:
         return {col: getattr(self, name) for name, col in _CANDIDATE_COLUMN_OF.items()}
 
     @classmethod
-    def from_row(cls, row: dict, geometry=None) -> "Candidate":
+    def from_row(cls, row: dict, geometry=None) -> Candidate:
         """Inverse of :meth:`row`; columns absent from ``row`` keep their defaults."""
         return cls(
             geometry=geometry,
@@ -230,7 +230,7 @@ class TileResult:
         return json.dumps(data)
 
     @classmethod
-    def from_json(cls, text: str) -> "TileResult":
+    def from_json(cls, text: str) -> TileResult:
         """Inverse of :meth:`to_json`."""
         import shapely
 

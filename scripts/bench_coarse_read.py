@@ -67,7 +67,8 @@ def main(argv: list[str]) -> None:
     sides = [int(a) for a in argv if a.isdigit()] or [20000, 40000, 80000]
     env = dict(os.environ, GDAL_CACHEMAX="128")  # what run_pipeline sets
     print(
-        f"{'side px':>9} {'gigapixels':>10} {'seconds':>8} {'peak MB above start':>20}  ({'old WarpedVRT' if old else 'read_coarse'})"
+        f"{'side px':>9} {'gigapixels':>10} {'seconds':>8} {'peak MB above start':>20}  "
+        f"({'old WarpedVRT' if old else 'read_coarse'})"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for side in sides:

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Scale-out benchmark: the same night on a Dask LocalCluster of 1 and of N worker processes.
 
-Writes the synthetic 4 km² pair of ``bench_run.py`` (:func:`detector.synth.bigmosaic.write_big`) (20,000 x 20,000 px at 0.1 m, planted
-changes), runs ``run_pipeline`` with ``scheduler`` set to a LocalCluster of each size (one
-thread per worker, ``--no-resume``), checks that every run gives the same candidates, and
-prints wall time, km²/h and the scaling efficiency ``t(1) / (N x t(N))``.
+Writes the synthetic 4 km² pair of ``bench_run.py`` (:func:`detector.synth.bigmosaic.write_big`)
+(20,000 x 20,000 px at 0.1 m, planted changes), runs ``run_pipeline`` with ``scheduler`` set to a
+LocalCluster of each size (one thread per worker, ``--no-resume``), checks that every run gives the
+same candidates, and prints wall time, km²/h and the scaling efficiency ``t(1) / (N x t(N))``.
 
     python scripts/bench_dask.py --size 20000 --workers 1 2
     python scripts/bench_dask.py --size 6000 --workers 1 2        # quick check

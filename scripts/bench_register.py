@@ -246,7 +246,8 @@ def main() -> int:
                 src = Counter(reg.source if reg.ok else "flagged" for _, reg in regs.values())
                 rel_med = np.median(e_rel) if real and e_rel else float("nan")
                 print(
-                    f"{name:34s} rel med {rel_med:.2f} {dict(src)} shift ({shift[0]:+.2f}, {shift[1]:+.2f}) m rot {rot:+.2f}°  model "
+                    f"{name:34s} rel med {rel_med:.2f} {dict(src)} "
+                    f"shift ({shift[0]:+.2f}, {shift[1]:+.2f}) m rot {rot:+.2f}°  model "
                     f"{'ok' if model.ok else 'NO'} ({model.inliers}/{model.blocks} blocks)  tiles {len(regs)} "
                     f"flagged {flagged}  abs err median {np.median(e_abs) if e_abs else float('nan'):.3f} m",
                     flush=True,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import threading
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -166,8 +166,8 @@ class StepTimer:
 
         import detector.geo.raster as raster
         import detector.night.detect as detect
-        import detector.night.mosaic as mosaic
         import detector.night.executors as executors
+        import detector.night.mosaic as mosaic
         import detector.night.tile as tile
         import detector.run.night as night
 

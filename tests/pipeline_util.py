@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from affine import Affine
 
 from detector.types import CHANGE_CLASSES, Detection

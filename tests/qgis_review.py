@@ -38,7 +38,7 @@ def _edit(step) -> dict:
 
     def feature_of(case_id):
         return next(
-            layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'"))
+            layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'"))  # noqa: F821 - the del below comes after the last call
         )
 
     layer.startEditing()

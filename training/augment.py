@@ -84,7 +84,10 @@ def season_shift(rgb, p: PairAugParams, apply, gen=None):
     b = rgb.shape[0]
     if not bool(apply.any()):
         return rgb
-    col = lambda v: v.view(b, 1, 1, 1)
+
+    def col(v):
+        return v.view(b, 1, 1, 1)
+
     r, g, bl = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
     lum = rgb.mean(dim=1, keepdim=True)
     kind = torch.rand(b, device=rgb.device, generator=gen)

@@ -293,8 +293,8 @@ def export(
     )
     click.echo(f"wrote {path} and {path.name}.sha256")
     if int8_out:
-        from training.export import quantize_int8
         from training.evaluate import calibration_inputs
+        from training.export import quantize_int8
 
         click.echo(f"wrote {quantize_int8(path, int8_out, calibration_inputs(path))}")
 
@@ -481,7 +481,8 @@ def evaluate(model_path, pairs, layout, out, gsd, conf, limit, no_align, run_con
     type=int,
     default=32,
     show_default=True,
-    help="synthetic scenes mixed into training (fewer let the classes the district never labels erode: the gate then refuses)",
+    help="synthetic scenes mixed into training (fewer let the classes the district never labels "
+    "erode: the gate then refuses)",
 )
 @click.option(
     "--synthetic-size",
@@ -531,7 +532,8 @@ def retrain(
     """Fine-tune the promoted model on the district's reviews and labelled tiles; promote it only if
     the gate finds it better on the district's hold-out and no class worse."""
     from training.config import load_train_config
-    from training.retrain import RetrainOptions, retrain as run_retrain
+    from training.retrain import RetrainOptions
+    from training.retrain import retrain as run_retrain
 
     if tiles is None and cases is None:
         raise click.UsageError("give --tiles and/or --cases (with --baseline and --current)")

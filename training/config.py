@@ -7,7 +7,7 @@ as in a run config): :func:`load_train_config` says why.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,8 +27,8 @@ class DataConfig(_Strict):
     """Where the training chips come from and where the YOLO dataset goes."""
 
     root: Path = Path("runs/datasets/default")  # dataset folder written by build-dataset
-    data_root: Optional[Path] = None  # ../shared/data (real sets, needs rasterio)
-    pack: Optional[Path] = None  # or a source pack (JPEG + JSON, numpy/cv2 only)
+    data_root: Path | None = None  # ../shared/data (real sets, needs rasterio)
+    pack: Path | None = None  # or a source pack (JPEG + JSON, numpy/cv2 only)
     real_sets: list[str] = [
         "oam_banepa_fair",
         "oam_kampala_fair",
@@ -63,25 +63,25 @@ class TrainSettings(_Strict):
     seed: int = 0
     patience: int = 100
     project: Path = Path("runs/train")
-    time_hours: Optional[float] = Field(
+    time_hours: float | None = Field(
         None,
         ge=0,
         description="stop after this many hours (ultralytics 'time', "
         "which fits the learning-rate schedule to the epochs that fit); 0: no limit, "
         "train 'epochs'",
     )
-    weights: Optional[Path] = Field(
+    weights: Path | None = Field(
         None,
         description="fine-tune from these ultralytics weights (our own best.pt) instead of 'model'",
     )
-    init_from: Optional[Path] = Field(
+    init_from: Path | None = Field(
         None,
         description="start 'model' with every layer whose shape matches taken from "
         "these weights (an ultralytics .pt, or a buildwatch .onnx, whose checkpoint is "
         "recovered first): e.g. a 3-channel model from the pair model's backbone. Unlike "
         "'weights', the architecture, channels and classes stay those of this config",
     )
-    pair_aug: Optional[PairAugParams] = Field(
+    pair_aug: PairAugParams | None = Field(
         None, description="batch augmentation of 6-channel pairs (training.augment)"
     )
     extra: dict = {}
@@ -92,7 +92,7 @@ class ExportSettings(_Strict):
     iou: float = Field(0.5, ge=0, le=1)
     overlap_px: int = Field(64, ge=0)
     model_name: str = "buildwatch-pair-v1"
-    imgsz: Optional[int] = Field(
+    imgsz: int | None = Field(
         None,
         ge=64,
         multiple_of=32,

@@ -80,7 +80,7 @@ def mask_objects(mask: np.ndarray, gsd_m: float) -> list[np.ndarray]:
     keep = np.zeros(n, bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] * gsd_m**2 >= MIN_OBJECT_M2
     out = []
-    for geom, value in shapes(labels.astype(np.int32), mask=keep[labels], connectivity=4):
+    for geom, _value in shapes(labels.astype(np.int32), mask=keep[labels], connectivity=4):
         out.append(np.asarray(geom["coordinates"][0], np.float64))
     return out
 

@@ -86,7 +86,8 @@ class SamePad(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Mobile inverted bottleneck without squeeze-excitation (the Lite block); parameter names as EfficientNet-PyTorch."""
+    """Mobile inverted bottleneck without squeeze-excitation (the Lite block); parameter names
+    as EfficientNet-PyTorch."""
 
     def __init__(self, kernel: int, stride: int, expand: int, c_in: int, c_out: int):
         super().__init__()

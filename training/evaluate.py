@@ -272,7 +272,8 @@ def _markdown(report: dict) -> str:
     for scope, by_t in rows:
         for t, v in by_t.items():
             lines.append(
-                f"| {scope} | {t} | {v['tp']} | {v['fp']} | {v['fn']} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |"
+                f"| {scope} | {t} | {v['tp']} | {v['fp']} | {v['fn']} "
+                f"| {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |"
             )
     if s.get("pixel"):
         lines += ["", f"Pixel F1 {s['pixel']['f1']:.3f}, IoU {s['pixel']['iou']:.3f}"]
@@ -387,5 +388,5 @@ def calibration_inputs(model: Path, count: int = 16, seed: int = 990000) -> list
                 b = scene.epochs[0][y0 : y0 + h, x0 : x0 + w]
                 c = scene.epochs[1][y0 : y0 + h, x0 : x0 + w]
                 img = np.concatenate([b, c], axis=2) if spec.channels == 6 else c
-                out.append((img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0))
+                out.append(img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
     return out[:count]

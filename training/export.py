@@ -271,7 +271,6 @@ def quantize_int8(
     is False: quantizing it zeroes every class score.
     """
     import onnx
-
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,

@@ -34,7 +34,7 @@ class ObjectScores:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
 
-    def __add__(self, other: "ObjectScores") -> "ObjectScores":
+    def __add__(self, other: ObjectScores) -> ObjectScores:
         return ObjectScores(
             self.iou_threshold, self.tp + other.tp, self.fp + other.fp, self.fn + other.fn
         )
@@ -63,7 +63,7 @@ class PixelScores:
     def iou(self) -> float:
         return self.tp / (self.tp + self.fp + self.fn) if self.tp + self.fp + self.fn else 0.0
 
-    def __add__(self, other: "PixelScores") -> "PixelScores":
+    def __add__(self, other: PixelScores) -> PixelScores:
         return PixelScores(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
 
     def as_dict(self) -> dict:

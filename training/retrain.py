@@ -38,7 +38,7 @@ from detector.logs import log_to, stop_logging_to
 from detector.night.model_registry import ModelRegistry, ModelVersion
 from detector.types import CHANGE_CLASSES
 from training.config import TrainConfig
-from training.datasets import ChipSample, DatasetWriter, OrientedBox, chip_samples, polygon_to_obb
+from training.datasets import DatasetWriter, OrientedBox, chip_samples, polygon_to_obb
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class RetrainOptions:
     current: Path | None = None
     holdout_fraction: float = 0.2
     holdout: list[str] = field(default_factory=list)
-    synthetic_train: int = 32  # synthetic scenes mixed into training (keeps the other classes in view; 8 and 16 let them erode)
+    # synthetic scenes mixed into training (keeps the other classes in view; 8 and 16 let them erode)
+    synthetic_train: int = 32
     synthetic_holdout: int = 4  # synthetic scenes the gate scores both models on
     synthetic_size: int = 1024
     margin: float = 0.05
@@ -271,7 +272,7 @@ def build_retrain_dataset(
                 "--cases needs --baseline and --current (the mosaics of the night the cases were reviewed on)"
             )
         chips = review_samples(opts.cases, opts.baseline, opts.current, model_gsd, cfg.imgsz)
-        for split, sample in chips.samples:
+        for _split, sample in chips.samples:
             writer.add("train", sample)
         from detector.fileio import file_sha256
 

@@ -70,7 +70,8 @@ def _register_chip(
     align: AlignConfig,
     model: MosaicModel | None,
 ):
-    """Co-register one chip as the nightly run registers a tile (``detector.night.tile``); None where it would flag it."""
+    """Co-register one chip as the nightly run registers a tile (``detector.night.tile``); None
+    where it would flag it."""
     if not align.enabled:
         return c, vc
     reg = register_tile(

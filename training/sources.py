@@ -36,8 +36,10 @@ from detector.geo.crs import pixel_size_m, unit_lengths_m
 from detector.geo.raster import apply_stretch, rgb_bands, stretch_from_array
 
 ATTRIBUTIONS = {
-    "oam_banepa_fair": "OpenAerialMap imagery (HOTOSM, CC-BY-4.0) with building footprints © OpenStreetMap contributors (ODbL), via hotosm/fAIr-models",
-    "oam_kampala_fair": "OpenAerialMap imagery (CC-BY-4.0) with building polygons © OpenStreetMap contributors (ODbL) / fAIr, via hotosm/fAIr-utilities",
+    "oam_banepa_fair": "OpenAerialMap imagery (HOTOSM, CC-BY-4.0) with building footprints "
+    "© OpenStreetMap contributors (ODbL), via hotosm/fAIr-models",
+    "oam_kampala_fair": "OpenAerialMap imagery (CC-BY-4.0) with building polygons "
+    "© OpenStreetMap contributors (ODbL) / fAIr, via hotosm/fAIr-utilities",
     "spacenet1_rio": "SpaceNet-1 Rio de Janeiro (SpaceNet, CC BY-SA 4.0)",
     "negatives_deepforest": "DeepForest sample tiles (weecology/DeepForest, MIT; NEON / OAM-TCD imagery)",
 }
@@ -322,7 +324,7 @@ def save_pack(sources: list[SourceImage], folder: Path, quality: int = 95) -> Pa
         bgr = np.ascontiguousarray(src.rgb[:, :, ::-1])
         atomic_image_write(
             folder / f"{src.name}.jpg",
-            lambda p: cv2.imwrite(p, bgr, [cv2.IMWRITE_JPEG_QUALITY, quality]),
+            lambda p: cv2.imwrite(p, bgr, [cv2.IMWRITE_JPEG_QUALITY, quality]),  # noqa: B023 - called at once
         )
         meta = {
             "name": src.name,

@@ -183,13 +183,13 @@ def export_two_view(
     The metadata is a 6-channel pair model's (the runtime contract) plus :data:`BUILDING_KEYS`
     naming the building outputs, their classes and the building confidence chosen on validation.
     """
+    from detector.night.model import load_model_spec
     from training.export import (
         buildwatch_metadata,
         store_weights_fp16,
         write_metadata,
         write_sha256,
     )
-    from detector.night.model import load_model_spec
 
     out = Path(out)
     graph = build_graph(Path(change_weights), Path(building_weights))

@@ -78,12 +78,10 @@ def _check_second_view(cfg) -> list[tuple[str, str]]:
 
 
 def _check_model(model: Path | None) -> list[tuple[str, str]]:
-    from detector.errors import BuildwatchError
+    from detector.errors import BuildwatchError, ModelError
+    from detector.fileio import check_regular_file
     from detector.night.context import check_model_gsd
     from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
-
-    from detector.errors import ModelError
-    from detector.fileio import check_regular_file
 
     path = model or DEFAULT_MODEL_PATH
     try:

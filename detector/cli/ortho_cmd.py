@@ -14,7 +14,9 @@ def _summary_line(rep) -> str:
         return "-" if x != x else f"{x:.2f}"
 
     detail = f"offset {num(rep.shift_m)} m, residual {num(rep.residual_m)} m, {rep.inliers} inliers"
-    return f"  {rep.name:<28} {rep.status:<8} {detail if rep.status != 'skipped' else ''}{'  ' + rep.reason if rep.reason else ''}"
+    shown = detail if rep.status != "skipped" else ""
+    reason = "  " + rep.reason if rep.reason else ""
+    return f"  {rep.name:<28} {rep.status:<8} {shown}{reason}"
 
 
 @click.command("ortho")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from detector.geo.grid import Grid, warp_onto
 from detector.geo.crs import as_crs, metres_per_unit, working_crs
+from detector.geo.grid import Grid, warp_onto
 from detector.geo.raster import Stretch, apply_stretch, open_raster, raster_stretch
 
 
@@ -28,7 +27,7 @@ class Baseline:
     grid: Grid
     metre_per_unit: float  # ground metres per CRS unit at the baseline's centre
     bands: tuple[int, int, int] = (1, 2, 3)
-    stretch: Optional[Stretch] = None  # the project's stretch to uint8 (None: uint8 already)
+    stretch: Stretch | None = None  # the project's stretch to uint8 (None: uint8 already)
 
     def read(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 (H, W, 3) and a validity mask of the baseline resampled onto ``grid``."""

@@ -9,7 +9,6 @@ import numpy as np
 
 from detector.geo.grid import Grid
 
-
 IN_MEMORY_MOSAIC_PX = (
     64_000_000  # above this the per-pixel nadir distance lives in a disk-backed array
 )

@@ -101,8 +101,8 @@ class GroundDEM:
         res_m: float = 1.0,
     ):
         import rasterio
-        from rasterio.warp import Resampling, reproject
         from rasterio.transform import from_origin
+        from rasterio.warp import Resampling, reproject
 
         path = Path(path)
         left, bottom, right, top = bounds

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,14 +15,14 @@ class OrthoConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gsd_m: Optional[float] = Field(
+    gsd_m: float | None = Field(
         None, gt=0, description="output GSD in CRS units; None = the baseline's"
     )
-    flight_altitude_m: Optional[float] = Field(
+    flight_altitude_m: float | None = Field(
         None, gt=0, description="height above ground when a frame has no RelativeAltitude"
     )
     altitude_source: Literal["relative", "absolute"] = "relative"
-    takeoff_height_m: Optional[float] = Field(
+    takeoff_height_m: float | None = Field(
         None,
         description="ground height of the take-off point in the DEM's datum: relative altitudes (DJI "
         "RelativeAltitude) are above it. None: above the ground below each frame (exact on flat ground)",
@@ -30,11 +30,11 @@ class OrthoConfig(BaseModel):
     altitude_offset_m: float = Field(
         0.0, description="added to absolute altitudes (geoid/ellipsoid vs DEM datum)"
     )
-    sensor_width_mm: Optional[float] = Field(None, gt=0)
-    focal_px: Optional[float] = Field(None, gt=0)
+    sensor_width_mm: float | None = Field(None, gt=0)
+    focal_px: float | None = Field(None, gt=0)
     k1: float = 0.0
     k2: float = 0.0
-    default_pitch_deg: Optional[float] = Field(
+    default_pitch_deg: float | None = Field(
         None, le=0, ge=-90, description="for cameras without gimbal angles"
     )
     max_pitch_deg: float = Field(
@@ -44,7 +44,7 @@ class OrthoConfig(BaseModel):
         70.0, gt=0, lt=89, description="ground pixels seen more obliquely are not used"
     )
     refine: bool = True
-    refine_gsd_m: Optional[float] = Field(
+    refine_gsd_m: float | None = Field(
         None, gt=0, description="working GSD for matching; None = automatic"
     )
     refine_max_px: int = Field(

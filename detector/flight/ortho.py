@@ -25,7 +25,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -104,7 +103,7 @@ class PreparedFrame:
     camera: Camera
     grid: Grid  # the output-grid window the frame covers
     nadir_xy: tuple[float, float]  # camera position in the baseline CRS
-    correction: Optional[np.ndarray]
+    correction: np.ndarray | None
     report: FrameReport
     reduce: int = 1
 
@@ -187,7 +186,7 @@ def prepare_frame(
     )
     if cfg.refine:
         yaw_offsets = (0.0, 180.0) if cfg.retry_flipped_yaw else (0.0,)
-        first: Optional[Refinement] = None
+        first: Refinement | None = None
         for yaw_offset in yaw_offsets:
             cam = (
                 camera
@@ -244,7 +243,7 @@ def prepare_frame(
 class OrthoResult:
     """What ``buildwatch ortho`` produced."""
 
-    out: Optional[Path]
+    out: Path | None
     frames: list[FrameReport] = field(default_factory=list)
     width: int = 0
     height: int = 0
@@ -286,8 +285,9 @@ def list_frames(inputs: list[str | Path]) -> list[Path]:
 
 
 def _frame_datetime(path: Path) -> str:
-    import rasterio
     import warnings
+
+    import rasterio
 
     try:
         with warnings.catch_warnings():
@@ -386,7 +386,7 @@ def orthomosaic(
         if not cfg.gsd_m
         else baseline.grid.resampled(cfg.gsd_m / baseline.metre_per_unit)
     )
-    prepared: list[tuple[PreparedFrame, Optional[np.ndarray]]] = []
+    prepared: list[tuple[PreparedFrame, np.ndarray | None]] = []
     iterator = poses
     if progress:
         from tqdm import tqdm

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -108,7 +107,7 @@ def projection_maps(
     ground,
     world: WorldFrame,
     grid: Grid,
-    correction: Optional[np.ndarray] = None,
+    correction: np.ndarray | None = None,
     max_view_angle_deg: float = 89.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image coordinates of every pixel of ``grid`` (for ``cv2.remap``) and its view angle mask.
@@ -206,7 +205,7 @@ def orthorectify(
     ground,
     world: WorldFrame,
     grid: Grid,
-    correction: Optional[np.ndarray] = None,
+    correction: np.ndarray | None = None,
     max_view_angle_deg: float = 89.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resample a frame onto ``grid``: returns RGB uint8 (H, W, 3) and a validity mask.

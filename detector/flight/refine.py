@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -18,7 +17,7 @@ class Refinement:
     """Outcome of matching one orthorectified frame to the baseline."""
 
     ok: bool
-    correction: Optional[np.ndarray] = None  # (3, 3) map -> map in the baseline CRS
+    correction: np.ndarray | None = None  # (3, 3) map -> map in the baseline CRS
     shift_m: float = float(
         "nan"
     )  # size of the correction at the frame centre (the offset before refinement)

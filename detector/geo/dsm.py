@@ -91,7 +91,7 @@ class DsmReader:
         )
 
     @classmethod
-    def on_grid(cls, info: MosaicInfo, grid: WorkingGrid, scale: float) -> "DsmReader":
+    def on_grid(cls, info: MosaicInfo, grid: WorkingGrid, scale: float) -> DsmReader:
         return cls(info, grid.crs_wkt, grid.transform, grid.width, grid.height, scale)
 
     def read(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import numpy as np
 
@@ -90,14 +89,14 @@ class Grid:
         ys = self.top - (np.arange(self.height) + 0.5) * self.res_y
         return np.meshgrid(xs, ys)
 
-    def window_of(self, other: "Grid"):
+    def window_of(self, other: Grid):
         """The window (:class:`rasterio.windows.Window`) ``other`` (same pixel size, aligned) covers in this grid."""
         from rasterio.windows import Window
 
         col, row = window_at(self.transform, other.left, other.top)
         return Window(col, row, other.width, other.height)
 
-    def sub_grid(self, bounds: tuple[float, float, float, float]) -> Optional["Grid"]:
+    def sub_grid(self, bounds: tuple[float, float, float, float]) -> Grid | None:
         """The part of this grid covering ``bounds`` (snapped outwards to pixels), or None if disjoint."""
         win = sub_window(self.transform, self.width, self.height, bounds)
         if win is None:
@@ -107,7 +106,7 @@ class Grid:
             self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height)
         )
 
-    def resampled(self, res: float) -> "Grid":
+    def resampled(self, res: float) -> Grid:
         """The same area on a grid of pixel size ``res`` (anchored at the same corner)."""
         import math
 
@@ -234,7 +233,7 @@ def grid_for_bounds(bounds: tuple[float, float, float, float], width: int):
 
 def sub_window(
     transform, width: int, height: int, bounds: tuple[float, float, float, float]
-) -> Optional[object]:
+) -> object | None:
     """The whole-pixel part of a ``width`` x ``height`` grid covering map ``bounds`` (snapped
     outwards), or None when disjoint."""
     return clip_window(snap_outwards(bounds_window(transform, bounds)), width, height)

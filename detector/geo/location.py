@@ -68,7 +68,7 @@ class RemotePath(str):
     def is_dir(self) -> bool:
         return False
 
-    def resolve(self) -> "RemotePath":
+    def resolve(self) -> RemotePath:
         return self
 
     def exists(self) -> bool:

@@ -22,7 +22,6 @@ import functools
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -49,10 +48,10 @@ class MosaicInfo:
     dtype: str
     res: tuple[float, float]
     has_alpha: bool
-    acquired: Optional[date]
+    acquired: date | None
     transform: object = None  # affine.Affine
     bands: tuple[int, int, int] = (1, 2, 3)  # the band indexes read as R, G, B (see rgb_bands)
-    nodata: Optional[float] = None  # the file's nodata value (elevation rasters)
+    nodata: float | None = None  # the file's nodata value (elevation rasters)
     z_unit: str = ""  # elevation rasters: the height unit the file declares ("" = not declared)
 
     @property
@@ -64,7 +63,7 @@ class MosaicInfo:
         return self.colour_bands >= 3
 
 
-def acquisition_date(tags: dict) -> Optional[date]:
+def acquisition_date(tags: dict) -> date | None:
     """The acquisition date in a raster's metadata (``TIFFTAG_DATETIME``, ``ACQUISITIONDATETIME``,
     ``DATE``; EXIF ``YYYY:MM:DD HH:MM:SS`` or ISO forms), or None."""
     raw = tags.get("TIFFTAG_DATETIME") or tags.get("ACQUISITIONDATETIME") or tags.get("DATE")
@@ -84,7 +83,7 @@ def acquisition_date(tags: dict) -> Optional[date]:
     return None
 
 
-def rgb_bands(colorinterp, count: int) -> Optional[tuple[int, int, int]]:
+def rgb_bands(colorinterp, count: int) -> tuple[int, int, int] | None:
     """Band indexes (1-based) to read as R, G, B; None when the raster has 2 colour bands or none.
 
     Parameters
@@ -294,7 +293,7 @@ Stretch = tuple[np.ndarray, np.ndarray]  # per-band (low, high) values mapped to
 
 def stretch_from_array(
     data: np.ndarray,
-    valid: Optional[np.ndarray] = None,
+    valid: np.ndarray | None = None,
     low: float = STRETCH_LOW,
     high: float = STRETCH_HIGH,
 ) -> Stretch:
@@ -355,7 +354,7 @@ def _cached_stretch(
 
 def raster_stretch(
     path: Path | str, bands=None, low: float = STRETCH_LOW, high: float = STRETCH_HIGH
-) -> Optional[Stretch]:
+) -> Stretch | None:
     """The stretch of a raster file (None for uint8, which is used as is); cached per file version.
 
     ``bands`` defaults to :func:`rgb_bands`.
@@ -377,7 +376,7 @@ def raster_stretch(
     )
 
 
-def apply_stretch(data: np.ndarray, stretch: Optional[Stretch]) -> np.ndarray:
+def apply_stretch(data: np.ndarray, stretch: Stretch | None) -> np.ndarray:
     """Map (bands, H, W) pixels to uint8 with ``stretch`` (None: already uint8, cast only)."""
     if stretch is None:
         return np.asarray(data).astype(np.uint8)

@@ -7,8 +7,9 @@ tiles; a worker process opens both mosaics by the paths the client was given (so
 be the same on every machine: shared storage such as NFS/CephFS mounted at the same place)
 and keeps them and one ONNX session for every later batch of the same night
 (:func:`detector.night.executors.remote_batch`). Results come back to the client as they
-finish and are saved there, so a rerun resumes exactly as after a local run, and the candidates are identical: a tile's result
-is a pure function of (inputs, tile, model, config), whoever computes it.
+finish and are saved there, so a rerun resumes exactly as after a local run, and the
+candidates are identical: a tile's result is a pure function of (inputs, tile, model,
+config), whoever computes it.
 
 A worker that dies mid-batch has its batches recomputed elsewhere by the scheduler
 (``distributed.scheduler.allowed-failures``); a task that fails on an input error fails the

@@ -5,13 +5,13 @@ The pair model (6 channels) sees both epochs at once and proposes changes. The s
 at each epoch of the same co-registered tile on its own:
 
 confirm (``detect.second_view.confirm``)
-    A candidate of a structure class (below ``confirm_below`` pair confidence) (new building, extension, temporary structure) stays only
-    where tonight's image shows a structure: a building box covering at least ``cover`` of the
-    smaller of the two boxes. A *new* structure (new building, temporary structure) is dropped
-    when the baseline already shows a structure at the same place (IoU >= ``baseline_match_iou``)
-    at least :data:`AS_LARGE` as large as tonight's: an extension makes a building larger, a new
-    building was not there. Construction sites pass unchecked: the building model does not know
-    them.
+    A candidate of a structure class (below ``confirm_below`` pair confidence) (new building,
+    extension, temporary structure) stays only where tonight's image shows a structure: a
+    building box covering at least ``cover`` of the smaller of the two boxes. A *new* structure
+    (new building, temporary structure) is dropped when the baseline already shows a structure
+    at the same place (IoU >= ``baseline_match_iou``) at least :data:`AS_LARGE` as large as
+    tonight's: an extension makes a building larger, a new building was not there. Construction
+    sites pass unchecked: the building model does not know them.
 add (``detect.second_view.add``)
     Structures tonight with at least ``add_conf`` that no baseline structure explains (the
     single-epoch rule, :func:`detector.night.change.new_in_current`, and no baseline structure

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import shapely
 from shapely.geometry.base import BaseGeometry
@@ -18,9 +17,9 @@ class Boundaries:
 
     geometries: list[BaseGeometry]
     names: list[str]
-    units: list[Optional[str]]
+    units: list[str | None]
 
-    def locate(self, geometry: BaseGeometry) -> tuple[Optional[str], Optional[str]]:
+    def locate(self, geometry: BaseGeometry) -> tuple[str | None, str | None]:
         """(community, unit) containing the geometry's representative point, or the most overlapped one.
 
         Parameters
@@ -47,7 +46,7 @@ class Boundaries:
         return self.names[best], self.units[best]
 
 
-def load_boundaries(path: Path, name_field: str, unit_field: Optional[str], crs) -> Boundaries:
+def load_boundaries(path: Path, name_field: str, unit_field: str | None, crs) -> Boundaries:
     """Read a boundary layer (any OGR format and CRS) and reproject it to ``crs``.
 
     Parameters

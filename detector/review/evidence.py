@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
@@ -127,7 +127,6 @@ def draw_outline(
 ) -> None:
     """Draw a polygon's rings (map coordinates inside ``bounds``) onto an (H, W, 3) image in place."""
     import cv2
-
     from rasterio.transform import from_bounds
 
     height, width = image.shape[:2]
@@ -166,7 +165,7 @@ def height_colours(diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def read_height_difference(
-    dsm: "DsmPair", crs, bounds: tuple[float, float, float, float], width: int, height: int
+    dsm: DsmPair, crs, bounds: tuple[float, float, float, float], width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Current − baseline height (metres) on a chip's grid, the chip's vertical offset removed.
 
@@ -230,7 +229,7 @@ def _label(image: np.ndarray, text: str, origin: tuple[int, int], scale: float =
     )
 
 
-def _height_panel(geometry: BaseGeometry, crs, bounds, dsm: "DsmPair") -> np.ndarray:
+def _height_panel(geometry: BaseGeometry, crs, bounds, dsm: DsmPair) -> np.ndarray:
     diff, valid, _ = read_height_difference(dsm, crs, bounds, CHIP_PANEL_PX, CHIP_PANEL_PX)
     panel = height_colours(diff, valid)
     draw_outline(panel, geometry, bounds, HEIGHT_OUTLINE)
@@ -246,7 +245,7 @@ def render_chip(
     current_path: Path,
     *,
     title: str = "",
-    dsm: Optional["DsmPair"] = None,
+    dsm: DsmPair | None = None,
 ) -> np.ndarray:
     """The evidence image: a title strip over 'before' (baseline) and 'after' (current) panels, BGR uint8.
 
@@ -309,7 +308,7 @@ def write_evidence_chip(
     current_path: Path,
     *,
     title: str = "",
-    dsm: Optional["DsmPair"] = None,
+    dsm: DsmPair | None = None,
 ) -> Path:
     """Render and write one case's before/after chip.
 

@@ -197,7 +197,7 @@ def kml_document(frame) -> str:
         '<kml xmlns="http://www.opengis.net/kml/2.2"><Document>',
         "<name>buildwatch cases</name>",
     ]
-    for key, (label, rgb) in styles.items():
+    for key, (_label, rgb) in styles.items():
         width = 4 if key == "alert" else 2
         parts.append(
             f'<Style id="status_{key}"><LineStyle><color>{_kml_colour(rgb, 255)}</color><width>{width}</width>'

@@ -17,12 +17,11 @@ import sqlite3
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import shapely
 from shapely.geometry.base import BaseGeometry
-
 
 GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
 GPKG_USER_VERSION = 10200  # GeoPackage 1.2 (QGIS 3.22 warns about 1.4)
@@ -377,7 +376,8 @@ def create_feature_table(
         f'"{geometry_column}" {geometry_type}, {column_sql})'
     )
     conn.execute(
-        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) VALUES (?, 'features', ?, ?, ?)",
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
+        "VALUES (?, 'features', ?, ?, ?)",
         (table, table, description, srs_id),
     )
     conn.execute(
@@ -415,7 +415,8 @@ def _create_rtree(conn: sqlite3.Connection, table: str, column: str, pk: str) ->
         """
     )
     conn.execute(
-        "INSERT INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', 'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
+        "INSERT INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', "
+        "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
         (table, column),
     )
 

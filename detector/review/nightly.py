@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from detector.errors import InputError
 from detector.geo.location import as_location
@@ -52,21 +52,21 @@ class NightlyCases(RegistryUpdate):
     """What one night did to the registry (:class:`RegistryUpdate`) and the files written for reviewers."""
 
     evidence_paths: list[Path] = field(default_factory=list)
-    project_path: Optional[Path] = None
-    report_html: Optional[Path] = None
-    report_csv: Optional[Path] = None
+    project_path: Path | None = None
+    report_html: Path | None = None
+    report_csv: Path | None = None
 
 
 def update_cases(
-    candidates: "geopandas.GeoDataFrame",
-    config: "CasesConfig",
+    candidates: geopandas.GeoDataFrame,
+    config: CasesConfig,
     *,
     run_id: str,
     night: date,
     baseline_path: Path,
     current_path: Path,
     out_dir: Path,
-    dsm: Optional["DsmPair"] = None,
+    dsm: DsmPair | None = None,
 ) -> NightlyCases:
     """Fold one night's candidates into the case registry, then write evidence, project and report.
 
@@ -136,7 +136,7 @@ def write_case_evidence(
     crs,
     baseline_path: Path,
     current_path: Path,
-    dsm: Optional["DsmPair"] = None,
+    dsm: DsmPair | None = None,
 ) -> list[Path]:
     """Before/after chips for the cases opened tonight, any case whose chip is missing, and edited cases.
 

@@ -229,7 +229,8 @@ def _owned_layer(
     tree_position: int,
     visible: bool,
 ) -> tuple[ET.Element, bool]:
-    """Find (by its ``buildwatch_role`` custom property, else its ID) or add one of buildwatch's layers and set its source."""
+    """Find (by its ``buildwatch_role`` custom property, else its ID) or add one of
+    buildwatch's layers and set its source."""
     layers = _child(root, "projectlayers")
     layer = next(
         (m for m in layers.findall("maplayer") if _custom_property(m, ROLE_PROPERTY) == role), None

@@ -39,7 +39,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -120,26 +120,26 @@ class CaseRow:
     case_id: str
     status: str
     geometry: BaseGeometry
-    run_geom_hash: Optional[str]
-    detected: Optional[BaseGeometry]
-    first_seen: Optional[str]
-    last_seen: Optional[str]
+    run_geom_hash: str | None
+    detected: BaseGeometry | None
+    first_seen: str | None
+    last_seen: str | None
     times_seen: int
-    max_confidence: Optional[float]
-    community: Optional[str]
-    evidence: Optional[str]
-    alert: Optional[str] = None
-    demolition_due: Optional[str] = None
-    area_m2: Optional[float] = None
-    lon: Optional[float] = None
-    lat: Optional[float] = None
-    case_class: Optional[str] = None
-    origin: Optional[str] = None
-    evidence_hash: Optional[str] = None
-    height_gain_m: Optional[float] = None
-    baseline_height_m: Optional[float] = None
-    current_height_m: Optional[float] = None
-    height_change: Optional[str] = None
+    max_confidence: float | None
+    community: str | None
+    evidence: str | None
+    alert: str | None = None
+    demolition_due: str | None = None
+    area_m2: float | None = None
+    lon: float | None = None
+    lat: float | None = None
+    case_class: str | None = None
+    origin: str | None = None
+    evidence_hash: str | None = None
+    height_gain_m: float | None = None
+    baseline_height_m: float | None = None
+    current_height_m: float | None = None
+    height_change: str | None = None
 
     @property
     def operator_edited(self) -> bool:
@@ -382,7 +382,7 @@ def read_cases(conn: sqlite3.Connection) -> list[CaseRow]:
     return cases
 
 
-def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> "geopandas.GeoDataFrame":
+def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> geopandas.GeoDataFrame:
     """The cases layer as a GeoDataFrame in the registry CRS (for the report and the CLI).
 
     Parameters
@@ -411,7 +411,7 @@ def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> "geopa
     return gpd.GeoDataFrame(frame, geometry=geometries, crs=crs)
 
 
-def read_history(path: Path | str, case_id: Optional[str] = None) -> list[dict]:
+def read_history(path: Path | str, case_id: str | None = None) -> list[dict]:
     """The append-only history (oldest first), of one case or of all; empty for an older registry.
 
     Parameters
@@ -473,8 +473,8 @@ def format_case_id(prefix: str, night: date, sequence: int) -> str:
 
 
 def update_registry(
-    candidates: "geopandas.GeoDataFrame",
-    config: "CasesConfig",
+    candidates: geopandas.GeoDataFrame,
+    config: CasesConfig,
     *,
     run_id: str,
     night: date,
@@ -565,7 +565,7 @@ def update_registry(
     return result
 
 
-def mosaic_footprint(path: Path, crs) -> Optional[BaseGeometry]:
+def mosaic_footprint(path: Path, crs) -> BaseGeometry | None:
     """The bounds of a mosaic as a polygon in ``crs``; None when it cannot be read (coverage unknown).
 
     Parameters
@@ -707,7 +707,7 @@ def _apply_night(
 
 def demolition_alert(
     case: CaseRow, seen_tonight: bool, covered: bool, night_iso: str
-) -> Optional[str]:
+) -> str | None:
     """The alert a case carries after tonight (demolition verification); ``case.alert`` when unknown.
 
     Parameters
@@ -836,7 +836,7 @@ def _update_case(
     boundaries,
     run_id,
     night_iso,
-) -> Optional[str]:
+) -> str | None:
     """Update the run-owned fields of a case seen tonight; returns the class written (None when kept)."""
     strongest = _strongest(frame, sightings)
     index = strongest.candidate_index

@@ -23,7 +23,6 @@ import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -33,9 +32,8 @@ from detector.geo.crs import unit_lengths_m
 from detector.geo.grid import map_to_pixel
 from detector.review.evidence import draw_outline, read_rgb
 from detector.review.exports import CSV_ENCODING
-from detector.review.qgis import STATUS_STYLE
+from detector.review.qgis import ALERT_STYLE, STATUS_STYLE
 from detector.review.registry import RegistryUpdate, read_cases_frame
-from detector.review.qgis import ALERT_STYLE
 from detector.review.vocab import CONFIRMED_ILLEGAL, OPEN_STATUSES
 
 log = logging.getLogger(__name__)
@@ -64,7 +62,7 @@ class CommunityRow:
     new_tonight: int
     confirmed_illegal: int
     open_backlog: int
-    oldest_open_days: Optional[int]
+    oldest_open_days: int | None
     alerts: int = 0
 
 
@@ -109,7 +107,7 @@ def community_table(cases, night: date) -> list[CommunityRow]:
     return table
 
 
-def _age_days(row, night: date) -> Optional[int]:
+def _age_days(row, night: date) -> int | None:
     if not isinstance(row.first_seen, str) or not row.first_seen:
         return None
     return (night - date.fromisoformat(row.first_seen[:10])).days
@@ -172,7 +170,7 @@ def _map_bounds(cases, crs) -> tuple[float, float, float, float]:
     return minx - pad, miny - pad, maxx + pad, maxy + pad
 
 
-def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndarray:
+def render_map(cases, crs, current_path: Path | None, night: date) -> np.ndarray:
     """A BGR map image: current orthomosaic (when readable) with every case outlined in its status colour.
 
     Tonight's new cases get a numbered marker (their order in the thumbnail list).
@@ -241,7 +239,7 @@ THUMB_SCALE = (
 )
 
 
-def _file_data_uri(path: Path) -> tuple[Optional[str], int]:
+def _file_data_uri(path: Path) -> tuple[str | None, int]:
     """An image file as a JPEG data URI and the width to show it at (None, 0 when unreadable)."""
     import cv2
 
@@ -260,8 +258,8 @@ def write_report(
     *,
     night: date,
     run_id: str = "",
-    current_path: Optional[Path] = None,
-    update: Optional[RegistryUpdate] = None,
+    current_path: Path | None = None,
+    update: RegistryUpdate | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.csv`` for one night from the registry.
 
@@ -319,7 +317,7 @@ def write_report(
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % rgb
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def _text(value, default: str = "–") -> str:
@@ -378,7 +376,7 @@ def _case_table(esc, rows, night, columns=CASE_TABLE_COLUMNS):
 
 
 def attention_rows(
-    cases, night: date, update: Optional[RegistryUpdate] = None
+    cases, night: date, update: RegistryUpdate | None = None
 ) -> list[tuple[object, str]]:
     """What needs attention tonight: (case row, why), demolition alerts first.
 

@@ -127,7 +127,8 @@ def cases_field_names() -> list[str]:
 NO_HEIGHT_CHANGE_M = (
     1.25  # |gain| below this is "no height change" (half of height.min_gain_m's default)
 )
-EXISTING_ROOF_M = 2.0  # a baseline this high above the ground is a roof: a gain on it is a storey (height.existing_roof_m)
+# a baseline this high above the ground is a roof: a gain on it is a storey (height.existing_roof_m)
+EXISTING_ROOF_M = 2.0
 STOREY_M = 3.0  # one storey, for the count of storeys added
 
 
@@ -148,7 +149,8 @@ def height_phrase(gain_m, baseline_m=None, current_m=None, case_class=None) -> s
     str
         ``"new storey, +3.1 m"`` (gain on a roof at least :data:`EXISTING_ROOF_M` high; ``"2 new
         storeys, +6.2 m"`` for about two :data:`STOREY_M`), ``"new building, +6.0 m"``
-        (gain from the ground; ``"(4.5 m high)"`` added when the current height is not the gain), ``"no height change (+0.2 m)"``, ``"lower by 3.0 m"``, or ``""``.
+        (gain from the ground; ``"(4.5 m high)"`` added when the current height is not the
+        gain), ``"no height change (+0.2 m)"``, ``"lower by 3.0 m"``, or ``""``.
     """
 
     def missing(value) -> bool:

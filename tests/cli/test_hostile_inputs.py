@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from detector.cli import main
 from cases_util import candidates
+from detector.cli import main
 from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
 
 T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)

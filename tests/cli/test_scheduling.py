@@ -68,8 +68,9 @@ def test_doctor_fails_with_exit_2_on_a_broken_model_and_folder(tmp_path, capsys)
 
 
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
-    from pipeline_util import make_contract_model, textured_image, write_geotiff
     from affine import Affine
+
+    from pipeline_util import make_contract_model, textured_image, write_geotiff
 
     T = Affine(0.1, 0, 500000, 0, -0.1, 2513000)
     rgb = textured_image(2400, 2400)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
-from rasterio.warp import reproject, Resampling
+from rasterio.warp import Resampling, reproject
 
 from detector.cli import main
 from detector.errors import InputError

@@ -216,9 +216,10 @@ def _write(
     count=3,
     dtype="uint8",
     crs="EPSG:32650",
-    transform=from_origin(500000, 2500000, 1, 1),
+    transform=None,
     interp=None,
 ):
+    transform = transform if transform is not None else from_origin(500000, 2500000, 1, 1)
     with rasterio.open(
         path,
         "w",

@@ -250,12 +250,11 @@ def test_on_failure_setting_flags_or_trusts_unregistrable_tiles(
     tmp_path, on_failure, status, registration
 ):
     import geopandas as gpd
+    from rasterio.transform import from_origin
 
     from detector.config import load_config
     from detector.run import run_pipeline
     from pipeline_util import make_contract_model, textured_image, write_geotiff
-
-    from rasterio.transform import from_origin
 
     t = from_origin(500000.0, 2500000.0, 0.2, 0.2)
     base = write_geotiff(tmp_path / "b.tif", textured_image(900, 900, seed=1), "EPSG:32650", t)

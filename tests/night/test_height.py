@@ -14,8 +14,8 @@ from affine import Affine
 
 from detector.cli import main
 from detector.config import HeightConfig, RunConfig
-from detector.night.change import polygon_mask
 from detector.geo.dsm import DsmPair
+from detector.night.change import polygon_mask
 from detector.night.height import fuse, greenness, tile_heights
 from detector.run import run_pipeline
 from detector.types import Detection

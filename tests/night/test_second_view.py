@@ -14,8 +14,8 @@ from affine import Affine
 
 from detector.config import RunConfig, SecondViewConfig
 from detector.errors import ModelError, OutputError
-from detector.run import run_pipeline
 from detector.night.second_view import additions, judge, overlap_matrices
+from detector.run import run_pipeline
 from detector.types import Detection
 from pipeline_util import OracleDetector, make_contract_model, plant, textured_image, write_geotiff
 

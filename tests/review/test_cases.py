@@ -14,12 +14,11 @@ import geopandas as gpd
 import pytest
 import shapely
 
+from cases_util import STRUCTURES, candidates, case_id_of, cases_by_id, qgis_like_edit, run_night
 from detector.errors import InputError
 from detector.geo.crs import area_m2
 from detector.review import gpkg, nightly
 from detector.review import registry as reg
-
-from cases_util import STRUCTURES, candidates, case_id_of, cases_by_id, qgis_like_edit, run_night
 
 # --------------------------------------------------------------------------- GeoPackage encoding
 

@@ -9,8 +9,8 @@ from datetime import date
 import pyogrio
 import pytest
 
-from detector.cli import main
 from cases_util import qgis_like_edit, run_night
+from detector.cli import main
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import shapely
 from pyproj import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
+from cases_util import GROUND, ROOF, STRUCTURES, write_scene
 from detector.errors import InputError
 from detector.review.evidence import CHIP_PANEL_PX, GAP_PX, HEADER_PX, read_rgb, render_chip
-from cases_util import GROUND, ROOF, STRUCTURES, write_scene
 
 REGISTRY_CRS = CRS.from_epsg(4547)
 

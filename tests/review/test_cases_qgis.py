@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import shapely
 
-from detector.review import registry as reg
-
 from cases_util import STRUCTURES, SYSTEM_PYTHON, run_night, system_qgis_available
+from detector.review import registry as reg
 
 CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "qgis_check.py"
 

@@ -16,16 +16,16 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
+from cases_util import candidates, cases_by_id, run_night
 from detector.cli import main
 from detector.config import RunConfig
-from detector.run import run_pipeline
 from detector.review import registry as reg
 from detector.review.evidence import CHIP_PANEL_PX, GAP_PX, HEADER_PX, height_colours
 from detector.review.qgis import cases_layer_qml
 from detector.review.vocab import HEIGHT_COLUMNS, height_phrase
-from pipeline_util import make_contract_model
-from cases_util import candidates, cases_by_id, run_night
+from detector.run import run_pipeline
 from height_util import fusion_scene
+from pipeline_util import make_contract_model
 
 HEIGHT_CASE_COLUMNS = (*HEIGHT_COLUMNS, "height_change")
 

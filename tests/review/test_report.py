@@ -11,8 +11,8 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from detector.review.report import NO_COMMUNITY, community_table, write_report
 from cases_util import qgis_like_edit, run_night
+from detector.review.report import NO_COMMUNITY, community_table, write_report
 
 
 def _cases(rows):
@@ -134,7 +134,7 @@ def test_report_has_a_legend_the_backlog_as_a_list_and_classes_in_captions(scene
     items = re.findall(r"border-color:(#[0-9a-f]{6});[^']*'></span>([^<]*)</li>", legend)
     assert items[0] == ("#ff00ff", "ALERT: still standing after demolition (0)")
     assert items[1:] == [
-        ("#%02x%02x%02x" % rgb, f"{label} ({n})")
+        ("#{:02x}{:02x}{:02x}".format(*rgb), f"{label} ({n})")
         for (label, rgb), n in zip(STATUS_STYLE.values(), [2, 1, 0, 0, 0, 0, 0, 0])
     ]
     backlog = text.split("<h2>Open backlog (3, oldest first)</h2>", 1)[1].split("</table>", 1)[0]

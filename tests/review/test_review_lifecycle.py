@@ -12,11 +12,11 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
+from cases_util import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night
+from detector.geo.crs import area_m2, lonlat_of
 from detector.review import gpkg
 from detector.review import registry as reg
-from detector.geo.crs import area_m2, lonlat_of
 from detector.review.triggers import DELETE_REFUSED
-from cases_util import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night
 
 
 def gdal_like_update(path, case_id, **fields):

@@ -14,8 +14,9 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from detector.review import registry as reg
+from cases_util import STRUCTURES, SYSTEM_PYTHON, cases_by_id, run_night, system_qgis_available
 from detector.geo.crs import area_m2, lonlat_of
+from detector.review import registry as reg
 from detector.styles import (
     TILE_FILL_ALPHA,
     TILE_LABEL,
@@ -23,7 +24,6 @@ from detector.styles import (
     simple_layer_qml,
     write_default_styles,
 )
-from cases_util import STRUCTURES, SYSTEM_PYTHON, cases_by_id, run_night, system_qgis_available
 
 DRIVER = Path(__file__).resolve().parents[1] / "qgis_review.py"
 

@@ -13,11 +13,10 @@ from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
-from detector.cli import main
 from cases_util import candidates, write_scene
+from detector.cli import main
 from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
 
 T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
@@ -148,7 +147,7 @@ def test_library_warnings_go_to_the_log_not_the_terminal(capsys, tmp_path, pair,
     real = pipeline._merge
 
     def noisy(night, results):
-        warnings.warn("a library grumbles", UserWarning)
+        warnings.warn("a library grumbles", UserWarning, stacklevel=1)
         import logging
 
         logging.getLogger("rasterio._env").warning("CPLE_AppDefined in GDAL says something")
@@ -208,8 +207,8 @@ def _update(
     ``slow_create_s``: this run takes that long to create the registry file after deciding to
     (the window in which, without the lock, it would replace the other run's finished registry).
     """
-    import detector.run.night as pipeline
     import detector.review.registry as registry_module
+    import detector.run.night as pipeline
     from detector.config import CasesConfig, RunConfig
 
     create = registry_module.create_registry

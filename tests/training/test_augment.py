@@ -5,7 +5,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.augment import PairAugParams, augment_pair_batch, degrade_resolution
+from training.augment import (  # noqa: E402 - after the importorskip check
+    PairAugParams,
+    augment_pair_batch,
+    degrade_resolution,
+)
 
 
 def _scene_batch(b=4, size=96, seed=0):
@@ -56,10 +60,16 @@ def test_season_changes_each_epoch_on_its_own():
     y = augment_pair_batch(x, PairAugParams(resolution_prob=0, season_prob=1, haze_prob=0.5))
     diff = (y[:, :3] - y[:, 3:]).abs().mean(dim=(1, 2, 3))
     assert (diff > 0.01).float().mean() > 0.8  # the two epochs now look different
+
     # some draws turn vegetation (lower right) away from green, some turn brown ground (upper left) greener
-    g_minus_r = lambda t: (t[:, 1] - t[:, 0])[..., 60:90, 60:90].mean(dim=(1, 2))
+    def g_minus_r(t):
+        return (t[:, 1] - t[:, 0])[..., 60:90, 60:90].mean(dim=(1, 2))
+
     assert bool((g_minus_r(y[:, :3]) < g_minus_r(x[:, :3]) - 0.1).any())
-    ground = lambda t: (t[:, 1] - t[:, 0])[..., :30, :30].mean(dim=(1, 2))
+
+    def ground(t):
+        return (t[:, 1] - t[:, 0])[..., :30, :30].mean(dim=(1, 2))
+
     assert bool((ground(y[:, :3]) > ground(x[:, :3]) + 0.03).any())
 
 

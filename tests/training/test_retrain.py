@@ -17,7 +17,7 @@ from detector.errors import ConfigError, InputError
 from detector.night.context import resolve_model
 from detector.night.model_registry import ModelRegistry
 from pipeline_util import make_contract_model
-from training.district import assign_groups, mask_objects, read_labelled_tiles, split_groups
+from training.district import mask_objects, read_labelled_tiles, split_groups
 from training.retrain import gate_decision
 
 
@@ -40,7 +40,7 @@ def test_registry_versions_promote_rollback(tmp_path, three_models):
     v2 = reg.add(
         three_models[1], checkpoint=ck, parent="v0001", metrics={"new": {"district_f1": 0.5}}
     )
-    v3 = reg.add(three_models[2], parent="v0002")
+    reg.add(three_models[2], parent="v0002")
     assert [v.version for v in reg.versions()] == ["v0001", "v0002", "v0003"]
     assert v2.checkpoint.read_bytes() == b"checkpoint" and reg.get("v0002").parent == "v0001"
     record = json.loads((tmp_path / "models" / "v0001" / "version.json").read_text())
@@ -193,7 +193,9 @@ def test_label_formats_agree(tmp_path):
         (
             "poly",
             lambda d: gpd.GeoDataFrame(
-                {"class": ["extension"]}, geometry=[house], crs="EPSG:32650"
+                {"class": ["extension"]},
+                geometry=[house],  # noqa: B023 - called at once
+                crs="EPSG:32650",
             ).to_file(d / "labels.gpkg"),
         ),
         (

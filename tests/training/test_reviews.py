@@ -8,9 +8,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
+from detector.config import CasesConfig
 from detector.review import registry as reg
 from detector.review.gpkg import connect
-from detector.config import CasesConfig
 from detector.synth.scene import generate_scene, write_scene
 from training.datasets import convex_area, read_obb_labels
 from training.reviews import review_samples, write_review_dataset

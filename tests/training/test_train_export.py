@@ -18,9 +18,8 @@ def test_tiny_train_export_onnxruntime(tmp_path, monkeypatch, channels):
     from detector.night.model import load_model_spec
     from training.build import build_dataset
     from training.config import load_train_config
-    from training.export import read_metadata
+    from training.export import export_onnx, read_metadata
     from training.train import train_model
-    from training.export import export_onnx
 
     monkeypatch.chdir(tmp_path)  # .yolo/ config dir lands here
     cfg = load_train_config(
