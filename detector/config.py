@@ -3,20 +3,28 @@
 A YAML file (``configs/*.yaml``) may hold every setting; CLI flags override it. The
 resolved config is stored in the output's ``runs`` table, so a run can be reproduced.
 
-Paths: a relative path in a config file is relative to the folder of that file, wherever the
-command is run from (:func:`resolve_relative_paths`, the one rule for every config file);
-a relative path given on the command line is relative to the working folder, as for any command.
+Paths: a relative path in a run config file is relative to the folder of that file, wherever
+the command is run from (:func:`resolve_relative_paths`); a relative path given on the command
+line is relative to the working folder. Training configs follow another rule, for a reason:
+:func:`load_config` says both and why.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
-import os
-
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+)
 
 from detector.errors import ConfigError
 from detector.fileio import apply_dotted_overrides, read_yaml_mapping
@@ -34,8 +42,10 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 def _bounded_threads(value: int) -> int:
     if value > MAX_THREADS:
-        raise ValueError(f"{value} is more than 4 x the {os.cpu_count()} CPU cores ({MAX_THREADS}); "
-                         "more would only oversubscribe the machine")
+        raise ValueError(
+            f"{value} is more than 4 x the {os.cpu_count()} CPU cores ({MAX_THREADS}); "
+            "more would only oversubscribe the machine"
+        )
     return value
 
 
@@ -53,7 +63,9 @@ def _raster_location(value):
 
 #: A raster input: a local path, or a URL / GDAL ``/vsi...`` path kept verbatim (see
 #: :mod:`detector.geo.location`; ``pathlib`` would turn ``https://`` into ``https:/``).
-RasterLocation = Annotated[Any, PlainValidator(_raster_location), PlainSerializer(str, return_type=str, when_used="json")]
+RasterLocation = Annotated[
+    Any, PlainValidator(_raster_location), PlainSerializer(str, return_type=str, when_used="json")
+]
 
 
 class ExclusionLayer(_Strict):
@@ -62,10 +74,12 @@ class ExclusionLayer(_Strict):
     path: Path
     kind: Literal["permitted", "known_building"]
     action: Literal["drop", "tag"] = "tag"
-    min_overlap: float = Field(0.3, ge=0, le=1, description="fraction of the candidate's area covered")
-    valid_from_field: Optional[str] = "valid_from"  # permits only: dates compared to current_date
-    valid_to_field: Optional[str] = "valid_to"
-    id_field: Optional[str] = None
+    min_overlap: float = Field(
+        0.3, ge=0, le=1, description="fraction of the candidate's area covered"
+    )
+    valid_from_field: str | None = "valid_from"  # permits only: dates compared to current_date
+    valid_to_field: str | None = "valid_to"
+    id_field: str | None = None
 
 
 class SecondViewConfig(_Strict):
@@ -73,38 +87,74 @@ class SecondViewConfig(_Strict):
     model looks at each epoch of a tile on its own and checks the pair model's change candidates."""
 
     enabled: bool = Field(True, description="False: the pair model decides alone")
-    model: Optional[Path] = Field(None, description="the 3-channel building model (ONNX, 'buildwatch export'); "
-                                  "None = the shipped one (detector/models/buildwatch-buildings.onnx), used with "
-                                  "any pair model of the same tile size and GSD")
-    conf: Optional[float] = Field(None, gt=0, le=1, description="a building seen tonight; None = the model's "
-                                  "recommendation. The baseline is asked at a quarter of it")
-    add: bool = Field(True, description="also report structures tonight that the baseline does not show and "
-                      "no pair candidate covers (the single-epoch rule), tagged 'second_view'")
-    add_conf: Optional[float] = Field(None, gt=0, le=1, description="confidence a structure needs to be added on "
-                                      "the second view's word alone; None = the building confidence a two-view "
-                                      "model chose on its validation split, 0.3 with a separate building model "
-                                      "(MODEL_CARD.md, 'Second view')")
-    confirm: bool = Field(False, description="keep a pair candidate of a structure class only where tonight's image "
-                          "shows a structure, and drop a new building the baseline already shows as large "
-                          "(off by default: it drops real finds on drone and synthetic pairs, MODEL_CARD.md)")
-    confirm_below: float = Field(1.0, gt=0, le=1, description="pair candidates at or above this confidence keep "
-                                 "without confirmation (1: every candidate is checked)")
-    baseline_cache: Optional[Path] = Field(None, description="folder where the building model's view of each "
-                                           "baseline tile is kept between nights (the baseline does not change): "
-                                           "later nights read it instead of running the model again; None = no "
-                                           "cache. One subfolder per baseline, model and setting")
-    cover: float = Field(0.3, gt=0, le=1, description="share of the smaller of candidate and building box that "
-                         "must overlap for the building to confirm the candidate, or for a pair candidate to "
-                         "cover an addition")
+    model: Path | None = Field(
+        None,
+        description="the 3-channel building model (ONNX, 'buildwatch export'); "
+        "None = the shipped one (detector/models/buildwatch-buildings.onnx), used with "
+        "any pair model of the same tile size and GSD",
+    )
+    conf: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="a building seen tonight; None = the model's "
+        "recommendation. The baseline is asked at a quarter of it",
+    )
+    add: bool = Field(
+        True,
+        description="also report structures tonight that the baseline does not show and "
+        "no pair candidate covers (the single-epoch rule), tagged 'second_view'",
+    )
+    add_conf: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="confidence a structure needs to be added on "
+        "the second view's word alone; None = the building confidence a two-view "
+        "model chose on its validation split, 0.3 with a separate building model "
+        "(MODEL_CARD.md, 'Second view')",
+    )
+    confirm: bool = Field(
+        False,
+        description="keep a pair candidate of a structure class only where tonight's image "
+        "shows a structure, and drop a new building the baseline already shows as large "
+        "(off by default: it drops real finds on drone and synthetic pairs, MODEL_CARD.md)",
+    )
+    confirm_below: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="pair candidates at or above this confidence keep "
+        "without confirmation (1: every candidate is checked)",
+    )
+    baseline_cache: Path | None = Field(
+        None,
+        description="folder where the building model's view of each "
+        "baseline tile is kept between nights (the baseline does not change): "
+        "later nights read it instead of running the model again; None = no "
+        "cache. One subfolder per baseline, model and setting",
+    )
+    cover: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="share of the smaller of candidate and building box that "
+        "must overlap for the building to confirm the candidate, or for a pair candidate to "
+        "cover an addition",
+    )
 
 
 class DetectConfig(_Strict):
-    conf: Optional[float] = Field(None, gt=0, le=1, description="None = the model's recommendation; 0 would keep "
-                                  "every anchor")
-    iou: Optional[float] = Field(None, ge=0, le=1)
-    overlap_px: Optional[int] = Field(None, ge=0, description="None = the model's recommendation")
+    conf: float | None = Field(
+        None, gt=0, le=1, description="None = the model's recommendation; 0 would keep every anchor"
+    )
+    iou: float | None = Field(None, ge=0, le=1)
+    overlap_px: int | None = Field(None, ge=0, description="None = the model's recommendation")
     batch_size: int = Field(4, ge=1, le=256)
-    providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # those available are used
+    providers: list[str] = [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]  # those available are used
     intra_op_threads: int = Field(1, ge=1)
     second_view: SecondViewConfig = SecondViewConfig()
 
@@ -115,25 +165,49 @@ class AlignConfig(_Strict):
     """Co-registration of tonight's mosaic with the baseline (see ``detector/night/align.py``)."""
 
     enabled: bool = Field(True, description="off only for comparisons: users' runs register")
-    max_shift_m: float = Field(3.0, ge=0, description="largest displacement between the epochs corrected")
-    tile_tolerance_m: float = Field(0.75, ge=0, description="a tile's own estimate further than this from the "
-                                    "mosaic model is not trusted; the model is used")
-    min_quality: float = Field(0.1, ge=0, le=1, description="peak distinctiveness (0..1) a tile's own estimate "
-                               "needs to refine the mosaic model")
-    min_inliers: int = Field(4, ge=2, description="blocks that must agree for the mosaic model to be used")
-    min_spread: float = Field(0.25, ge=0, le=1, description="share of the pair's extent the agreeing blocks "
-                              "must span to fix a rotation (else a pure shift)")
+    max_shift_m: float = Field(
+        3.0, ge=0, description="largest displacement between the epochs corrected"
+    )
+    tile_tolerance_m: float = Field(
+        0.75,
+        ge=0,
+        description="a tile's own estimate further than this from the "
+        "mosaic model is not trusted; the model is used",
+    )
+    min_quality: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="peak distinctiveness (0..1) a tile's own estimate "
+        "needs to refine the mosaic model",
+    )
+    min_inliers: int = Field(
+        4, ge=2, description="blocks that must agree for the mosaic model to be used"
+    )
+    min_spread: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="share of the pair's extent the agreeing blocks "
+        "must span to fix a rotation (else a pure shift)",
+    )
     on_failure: Literal["flag", "georef"] = Field(
-        "flag", description="a tile with neither a usable own estimate nor a mosaic model: 'flag' it (no "
-        "candidates) or trust the georeferencing ('georef': processed unshifted, for RTK/PPK or GCP flights)")
+        "flag",
+        description="a tile with neither a usable own estimate nor a mosaic model: 'flag' it (no "
+        "candidates) or trust the georeferencing ('georef': processed unshifted, for RTK/PPK or GCP flights)",
+    )
 
 
 class ChangeConfig(_Strict):
     min_area_m2: float = Field(4.0, ge=0)
     max_area_m2: float = Field(5000.0, gt=0)
-    max_structure_m: float = Field(32.0, gt=0, description="structures up to this size are always seen whole by the "
-                                   "tile that reports them (the tile overlap covers it); larger ones may be cut at a "
-                                   "tile border. 24 m: held-out F1 as with 32 m, 13 % fewer tiles (README, Benchmarks)")
+    max_structure_m: float = Field(
+        32.0,
+        gt=0,
+        description="structures up to this size are always seen whole by the "
+        "tile that reports them (the tile overlap covers it); larger ones may be cut at a "
+        'tile border. 24 m: held-out F1 as with 32 m, 13 % fewer tiles (docs/benchmarks.md, "Tile overlap")',
+    )
     merge_iou: float = Field(0.3, ge=0, le=1)
     merge_ioa: float = Field(0.6, ge=0, le=1)
     # single-epoch (3-channel) models: a current structure is new when the baseline has no
@@ -149,22 +223,52 @@ HeightUnit = Literal["auto", "metre", "foot", "us_survey_foot"]
 class HeightConfig(_Strict):
     """Height change from a DSM pair (``baseline_dsm`` / ``current_dsm``; see ``detector/night/height.py``)."""
 
-    min_gain_m: float = Field(2.5, gt=0, description="height gain that counts as a new storey or structure")
+    min_gain_m: float = Field(
+        2.5, gt=0, description="height gain that counts as a new storey or structure"
+    )
     min_area_m2: float = Field(6.0, ge=0, description="smallest region of gain reported")
-    noise_k: float = Field(3.0, gt=0, description="a pixel's gain must exceed this many times its noise")
-    noise_floor_m: float = Field(0.1, gt=0, description="lower bound of the DSM noise estimated per tile")
-    edge_tolerance_m: float = Field(0.5, ge=0, description="horizontal DSM smear / residual misregistration: at "
-                                    "steep edges the noise grows by slope x this")
-    max_vertical_offset_m: float = Field(150.0, gt=0, description="largest datum offset between the surveys accepted")
-    existing_roof_m: float = Field(2.0, ge=0, description="baseline height above ground that makes a region of gain "
-                                   "an extension of an existing roof (else a new building)")
-    confirm_boost: float = Field(0.5, ge=0, le=1, description="an image candidate with height gain: confidence "
-                                 "1 - (1 - c) * (1 - boost)")
-    no_change_weight: float = Field(0.5, ge=0, le=1, description="an image candidate with no height change where "
-                                    "the DSMs cover it: confidence times this (1 = off)")
+    noise_k: float = Field(
+        3.0, gt=0, description="a pixel's gain must exceed this many times its noise"
+    )
+    noise_floor_m: float = Field(
+        0.1, gt=0, description="lower bound of the DSM noise estimated per tile"
+    )
+    edge_tolerance_m: float = Field(
+        0.5,
+        ge=0,
+        description="horizontal DSM smear / residual misregistration: at "
+        "steep edges the noise grows by slope x this",
+    )
+    max_vertical_offset_m: float = Field(
+        150.0, gt=0, description="largest datum offset between the surveys accepted"
+    )
+    existing_roof_m: float = Field(
+        2.0,
+        ge=0,
+        description="baseline height above ground that makes a region of gain "
+        "an extension of an existing roof (else a new building)",
+    )
+    confirm_boost: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="an image candidate with height gain: confidence 1 - (1 - c) * (1 - boost)",
+    )
+    no_change_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="an image candidate with no height change where "
+        "the DSMs cover it: confidence times this (1 = off)",
+    )
     no_change_classes: list[str] = ["new_building", "extension"]
-    max_greenness: float = Field(0.5, ge=0, le=1, description="share of green pixels (current image) above which "
-                                 "a region of gain is vegetation growth, not a structure")
+    max_greenness: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of green pixels (current image) above which "
+        "a region of gain is vegetation growth, not a structure",
+    )
     baseline_units: HeightUnit = "auto"  # auto = what the file declares, else metres
     current_units: HeightUnit = "auto"
 
@@ -172,32 +276,46 @@ class HeightConfig(_Strict):
 class CasesConfig(_Strict):
     _paths = field_validator("registry", "boundaries", mode="before")(_no_empty_path)
 
-    registry: Optional[Path] = None  # cases.gpkg; None = do not update a case registry
+    registry: Path | None = None  # cases.gpkg; None = do not update a case registry
     district_prefix: str = ""
-    boundaries: Optional[Path] = None  # communities/grids, any OGR format and CRS
+    boundaries: Path | None = None  # communities/grids, any OGR format and CRS
     boundary_name_field: str = "name"
-    boundary_unit_field: Optional[str] = "unit"
+    boundary_unit_field: str | None = "unit"
     match_iou: float = Field(0.2, ge=0, le=1)
     evidence: bool = True
     report: bool = True
 
 
 class RunConfig(_Strict):
-    baseline: Optional[RasterLocation] = None  # a path, URL (s3://, https://...) or GDAL /vsi... path
-    current: Optional[RasterLocation] = None
-    out: Optional[Path] = None
-    model: Optional[Path] = None  # None = the promoted version of ``models``, else the shipped default model
-    models: Optional[Path] = None  # model registry folder (detector.night.model_registry); None = not used
-    model_version: Optional[str] = None  # a version of ``models`` to run instead of the promoted one
-    baseline_date: Optional[date] = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
-    current_date: Optional[date] = None
-    baseline_dsm: Optional[RasterLocation] = None  # DSM of the baseline survey (optional; both or neither)
-    current_dsm: Optional[RasterLocation] = None
+    baseline: RasterLocation | None = None  # a path, URL (s3://, https://...) or GDAL /vsi... path
+    current: RasterLocation | None = None
+    out: Path | None = None
+    model: Path | None = (
+        None  # None = the promoted version of ``models``, else the shipped default model
+    )
+    models: Path | None = (
+        None  # model registry folder (detector.night.model_registry); None = not used
+    )
+    model_version: str | None = None  # a version of ``models`` to run instead of the promoted one
+    baseline_date: date | None = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
+    current_date: date | None = None
+    baseline_dsm: RasterLocation | None = (
+        None  # DSM of the baseline survey (optional; both or neither)
+    )
+    current_dsm: RasterLocation | None = None
     workers: int = Field(2, ge=1)
-    min_coverage: float = Field(0.01, ge=0, le=1, description="refuse a current mosaic holding imagery for less "
-                                "than this share of the baseline (an unprocessed flight is not 'nothing new')")
-    scheduler: Optional[str] = Field(None, description="Dask scheduler address (tcp://host:8786): tiles run on "
-                                     "that cluster's workers (pip install 'buildwatch[dask]'); None = local processes")
+    min_coverage: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="refuse a current mosaic holding imagery for less "
+        "than this share of the baseline (an unprocessed flight is not 'nothing new')",
+    )
+    scheduler: str | None = Field(
+        None,
+        description="Dask scheduler address (tcp://host:8786): tiles run on "
+        "that cluster's workers (pip install 'buildwatch[dask]'); None = local processes",
+    )
     resume: bool = True
     progress: bool = True
     detect: DetectConfig = DetectConfig()
@@ -206,19 +324,31 @@ class RunConfig(_Strict):
     cases: CasesConfig = CasesConfig()
     height: HeightConfig = HeightConfig()
 
-    _paths = field_validator("baseline", "current", "out", "model", "baseline_dsm", "current_dsm",
-                             mode="before")(_no_empty_path)
+    _paths = field_validator(
+        "baseline", "current", "out", "model", "baseline_dsm", "current_dsm", mode="before"
+    )(_no_empty_path)
     _workers = field_validator("workers")(_bounded_threads)
 
 
 #: Every path setting of a run, as dotted keys (``*``: each item of a list).
-RUN_PATH_KEYS = ("baseline", "current", "out", "model", "models", "baseline_dsm", "current_dsm",
-                 "detect.second_view.model", "detect.second_view.baseline_cache", "cases.registry",
-                 "cases.boundaries", "change.exclusions.*.path")
+RUN_PATH_KEYS = (
+    "baseline",
+    "current",
+    "out",
+    "model",
+    "models",
+    "baseline_dsm",
+    "current_dsm",
+    "detect.second_view.model",
+    "detect.second_view.baseline_cache",
+    "cases.registry",
+    "cases.boundaries",
+    "change.exclusions.*.path",
+)
 
 
 def resolve_relative_paths(data: dict, base: Path, keys=RUN_PATH_KEYS) -> None:
-    """The one rule for paths in a config file: a relative one is relative to the file's folder
+    """The rule for paths in a run config file: a relative one is relative to the file's folder
     ``base`` (wherever the command is run from); absolute paths and URLs are left alone.
 
     Parameters
@@ -245,7 +375,12 @@ def resolve_relative_paths(data: dict, base: Path, keys=RUN_PATH_KEYS) -> None:
             fix(node.get(head), rest)
             return
         value = node.get(head)
-        if isinstance(value, str) and value and not is_remote(value) and not Path(value).is_absolute():
+        if (
+            isinstance(value, str)
+            and value
+            and not is_remote(value)
+            and not Path(value).is_absolute()
+        ):
             node[head] = str(base / value)
 
     for key in keys:
@@ -253,7 +388,22 @@ def resolve_relative_paths(data: dict, base: Path, keys=RUN_PATH_KEYS) -> None:
 
 
 def load_config(path: Path | str | None, overrides: dict | None = None) -> RunConfig:
-    """Read a YAML config (optional) and apply CLI overrides (None values are ignored)."""
+    """Read a YAML config (optional) and apply CLI overrides (None values are ignored).
+
+    Paths in config files, one rule per kind of file: in a run config (``configs/*.yaml``,
+    :func:`detector.config.load_config`) a relative path is relative to the folder of that file,
+    wherever the command is run from (:func:`detector.config.resolve_relative_paths`); in a
+    training config (``configs/train/*.yaml``, :func:`training.config.load_train_config`) a
+    relative path is relative to the working folder, which is the repository root. A relative
+    path given on the command line is relative to the working folder, as for any command.
+
+    Why they differ: a run config is an operator's file, kept with a district's data and run by
+    cron from any folder; a training config describes a build of this repository (datasets under
+    ``runs/``, architectures under ``training/arch/``, the shipped models under
+    ``detector/models/``, the data in ``../shared/data`` beside the checkout), and every
+    documented training command is run from the repository root. ``train.model`` may also be an
+    ultralytics model name, not a file.
+    """
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -271,4 +421,6 @@ def validate_settings(model: type[BaseModel], data: dict, source: Path | str | N
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         where = f"{source}: " if source else ""
-        raise ConfigError(f"{where}setting '{loc}': {first['msg']} ({exc.error_count()} problem(s) in all)") from None
+        raise ConfigError(
+            f"{where}setting '{loc}': {first['msg']} ({exc.error_count()} problem(s) in all)"
+        ) from None

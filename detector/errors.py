@@ -37,7 +37,10 @@ RESUME_HINT = "rerun the same command to resume"
 
 _OS_FIXES = {
     errno.EACCES: ("permission denied", "choose a folder you can write to, or fix its permissions"),
-    errno.EPERM: ("operation not permitted", "choose a folder you can write to, or fix its permissions"),
+    errno.EPERM: (
+        "operation not permitted",
+        "choose a folder you can write to, or fix its permissions",
+    ),
     errno.EROFS: ("read-only file system", "choose a writable folder"),
     errno.ENOSPC: ("no space left on device", f"free space, then {RESUME_HINT}"),
     errno.EDQUOT: ("disk quota exceeded", f"free space, then {RESUME_HINT}"),
@@ -49,7 +52,11 @@ _OS_FIXES = {
 _SQLITE_FIXES = (
     ("disk is full", "no space left on device", f"free space, then {RESUME_HINT}"),
     ("readonly database", "the file or its folder is read-only", "use writable storage"),
-    ("unable to open database file", "cannot open or create the database", "check the folder exists and is writable"),
+    (
+        "unable to open database file",
+        "cannot open or create the database",
+        "check the folder exists and is writable",
+    ),
     ("file is not a database", "not a GeoPackage/SQLite file", "point at a buildwatch GeoPackage"),
 )
 
@@ -80,12 +87,18 @@ def user_error_from(exc: BaseException) -> BuildwatchError | None:
             where = exc.filename if exc.filename else "output"
             return OutputError(f"{where}: {what}; {fix}")
         text = str(exc).lower()
-        if isinstance(exc, sqlite3.Error) or "sqlite" in type(exc).__module__.lower() or "disk" in text:
+        if (
+            isinstance(exc, sqlite3.Error)
+            or "sqlite" in type(exc).__module__.lower()
+            or "disk" in text
+        ):
             for needle, what, fix in _SQLITE_FIXES:
                 if needle in text:
                     return OutputError(f"{what} ({str(exc).splitlines()[0][:120]}); {fix}")
         if "no space left on device" in text:
-            return OutputError(f"no space left on device ({str(exc).splitlines()[0][:120]}); "
-                               f"free space, then {RESUME_HINT}")
+            return OutputError(
+                f"no space left on device ({str(exc).splitlines()[0][:120]}); "
+                f"free space, then {RESUME_HINT}"
+            )
         exc = exc.__cause__ or exc.__context__
     return None

@@ -41,13 +41,19 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     if path.is_dir():  # found now, before the work, not at the rename
-        raise OutputError(f"{path}: is a folder where buildwatch writes a file; remove or rename it, or give a file name")
+        raise OutputError(
+            f"{path}: is a folder where buildwatch writes a file; remove or rename it, or give a file name"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise OutputError(f"{path}: cannot create its folder {path.parent}: a file is in the way; "
-                          "give another path (or remove the file)") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
+        raise OutputError(
+            f"{path}: cannot create its folder {path.parent}: a file is in the way; "
+            "give another path (or remove the file)"
+        ) from None
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -96,12 +102,16 @@ def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "
         raise ConfigError(f"{path}: {what} not found{hint}")
     check_regular_file(path, what, error=ConfigError)
     if path.stat().st_size > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: {what} is {path.stat().st_size / 1e6:.1f} MB; a settings file is a few KB: "
-                          "is this the right file?")
+        raise ConfigError(
+            f"{path}: {what} is {path.stat().st_size / 1e6:.1f} MB; a settings file is a few KB: "
+            "is this the right file?"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: {what} is not UTF-8 text (a binary file?); give a YAML file") from None
+        raise ConfigError(
+            f"{path}: {what} is not UTF-8 text (a binary file?); give a YAML file"
+        ) from None
     if "\x00" in text:
         raise ConfigError(f"{path}: {what} is not text (a binary file?); give a YAML file")
     try:
@@ -110,7 +120,11 @@ def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
     except RecursionError:
         raise ConfigError(f"{path}: {what} is nested too deeply to be a settings file") from None
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date 2026-02-30 in the YAML timestamp form
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+    ) as exc:  # e.g. a date 2026-02-30 in the YAML timestamp form
         raise ConfigError(f"{path}: {what} holds an impossible value ({exc}); fix it") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
@@ -118,6 +132,7 @@ def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "
 
 
 # --------------------------------------------------------------------------- up-front checks
+
 
 def check_regular_file(path: Path | str, what: str, *, error: type = InputError) -> Path:
     """Refuse anything but an existing, readable regular file (folders, FIFOs, devices, sockets).
@@ -139,8 +154,14 @@ def check_regular_file(path: Path | str, what: str, *, error: type = InputError)
     if stat.S_ISDIR(st.st_mode):
         raise error(f"{path}: {what} is a folder; give a file")
     if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device, socket or other special file"
-        raise error(f"{path}: {what} is {kind}, not a regular file; copy the data to a file and give that")
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device, socket or other special file"
+        )
+        raise error(
+            f"{path}: {what} is {kind}, not a regular file; copy the data to a file and give that"
+        )
     if not os.access(path, os.R_OK):
         raise error(f"{path}: {what} is not readable (permission denied); fix its permissions")
     return path
@@ -178,12 +199,20 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-SQLITE_MAX_PATH = 512  # SQLite's unix VFS limit on a database's absolute path (MAX_PATHNAME), in bytes
+SQLITE_MAX_PATH = (
+    512  # SQLite's unix VFS limit on a database's absolute path (MAX_PATHNAME), in bytes
+)
 SQLITE_PATH_MARGIN = 40  # what the atomic write's temporary name and the "-journal" suffix add
 
 
-def check_output_folder(folder: Path | str, *, what: str = "output folder", files: tuple[str, ...] = (),
-                        folders: tuple[str, ...] = (), need_bytes: int = 0) -> Path:
+def check_output_folder(
+    folder: Path | str,
+    *,
+    what: str = "output folder",
+    files: tuple[str, ...] = (),
+    folders: tuple[str, ...] = (),
+    need_bytes: int = 0,
+) -> Path:
     """Check, before any work, that ``folder`` can take the outputs; :class:`OutputError` otherwise.
 
     Parameters
@@ -211,30 +240,40 @@ def check_output_folder(folder: Path | str, *, what: str = "output folder", file
         os.unlink(probe)
     except OSError as exc:
         reason = {errno.EROFS: "is on read-only storage", errno.ENOSPC: "is on a full disk"}.get(
-            exc.errno, f"is not writable ({exc.strerror})")
+            exc.errno, f"is not writable ({exc.strerror})"
+        )
         raise OutputError(f"{probe_dir}: {what} {reason}; choose a writable folder") from None
     for name in files:
         if (folder / name).is_dir():
-            raise OutputError(f"{folder / name}: is a folder but buildwatch writes a file there; remove or rename it")
+            raise OutputError(
+                f"{folder / name}: is a folder but buildwatch writes a file there; remove or rename it"
+            )
         if name.endswith((".gpkg", ".sqlite")):
             # SQLite (so every GeoPackage) cannot open a file whose absolute path exceeds 512 bytes;
             # the atomic write's temporary name and the journal add a few more
             length = len(os.fsencode(os.path.abspath(folder / name))) + SQLITE_PATH_MARGIN
             if length > SQLITE_MAX_PATH:
-                raise OutputError(f"{folder / name}: the path is too long for a GeoPackage (SQLite opens at most "
-                                  f"{SQLITE_MAX_PATH} bytes, this needs {length}); choose a shorter {what} path")
+                raise OutputError(
+                    f"{folder / name}: the path is too long for a GeoPackage (SQLite opens at most "
+                    f"{SQLITE_MAX_PATH} bytes, this needs {length}); choose a shorter {what} path"
+                )
     for name in folders:
         if (folder / name).exists() and not (folder / name).is_dir():
-            raise OutputError(f"{folder / name}: is a file but buildwatch keeps a folder there; remove or rename it")
+            raise OutputError(
+                f"{folder / name}: is a file but buildwatch keeps a folder there; remove or rename it"
+            )
     if need_bytes:
         free = free_bytes(probe_dir)
         if free < need_bytes:
-            raise OutputError(f"{probe_dir}: {what} has {free / 1e6:.0f} MB free, the run needs about "
-                              f"{need_bytes / 1e6:.0f} MB; free space or choose another folder")
+            raise OutputError(
+                f"{probe_dir}: {what} has {free / 1e6:.0f} MB free, the run needs about "
+                f"{need_bytes / 1e6:.0f} MB; free space or choose another folder"
+            )
     return folder
 
 
 # --------------------------------------------------------------------------- locks and leftovers
+
 
 @contextmanager
 def exclusive_lock(lock_path: Path | str, what: str, *, wait: bool = False) -> Iterator[Path]:
@@ -260,8 +299,10 @@ def exclusive_lock(lock_path: Path | str, what: str, *, wait: bool = False) -> I
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise OutputError(f"{lock_path.parent}: another buildwatch process (pid {holder}) is using {what}; "
-                              "wait for it to finish (or give another --out)") from None
+            raise OutputError(
+                f"{lock_path.parent}: another buildwatch process (pid {holder}) is using {what}; "
+                "wait for it to finish (or give another --out)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield lock_path

@@ -2,13 +2,15 @@
 
 Every module logs to ``logging.getLogger(__name__)``, so all project records are under
 :data:`LOG_ROOT` (``training`` under its own root). Where they go is decided by handlers,
-added in three places, all with :func:`log_to`:
+added in four places, all with :func:`log_to`:
 
 * the terminal (:func:`detector.cli.main`): one stderr handler on the root logger, filtered to
   the project's own loggers, quiet unless ``-v``;
 * a night's ``buildwatch.log`` (:mod:`detector.run.night`): INFO and above from the project, and
   whatever the libraries in :data:`LIBRARY_LOGGERS` say (GDAL messages, warnings);
-* ``buildwatch ortho`` called outside the CLI group: a plain stderr handler.
+* ``buildwatch ortho`` called outside the CLI group: a plain stderr handler;
+* a retraining's ``<work>/retrain.log`` (:func:`training.retrain.retrain`): INFO and above from
+  ``training.retrain``.
 
 :func:`stop_logging_to` takes a handler off again and closes it.
 """
@@ -26,8 +28,14 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LIBRARY_LOGGERS = ("py.warnings", "rasterio", "pyogrio", "fiona", "distributed")
 
 
-def log_to(handler: logging.Handler, level: int, loggers: Iterable[str] = (LOG_ROOT,), *,
-           also: Iterable[str] = (), fmt: str = FORMAT) -> logging.Handler:
+def log_to(
+    handler: logging.Handler,
+    level: int,
+    loggers: Iterable[str] = (LOG_ROOT,),
+    *,
+    also: Iterable[str] = (),
+    fmt: str = FORMAT,
+) -> logging.Handler:
     """Send records of ``level`` and above from ``loggers`` (and from ``also``) to ``handler``.
 
     Parameters

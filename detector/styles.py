@@ -17,14 +17,14 @@ from __future__ import annotations
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Optional
 
 STYLES_TABLE = "layer_styles"  # QGIS's own name for its default-style table
 
 
 # --------------------------------------------------------------------------- QML pieces
 
-def qml_option(parent: ET.Element, name: Optional[str], value, type_: str = "QString") -> ET.Element:
+
+def qml_option(parent: ET.Element, name: str | None, value, type_: str = "QString") -> ET.Element:
     attrs = {"type": type_}
     if name is not None:
         attrs["name"] = name
@@ -33,10 +33,21 @@ def qml_option(parent: ET.Element, name: Optional[str], value, type_: str = "QSt
     return ET.SubElement(parent, "Option", attrs)
 
 
-def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int], fill_alpha: int = 70,
-                 outline_width: float = 0.7) -> None:
-    symbol = ET.SubElement(parent, "symbol", {"type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"})
-    layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
+def _fill_symbol(
+    parent: ET.Element,
+    name: str,
+    rgb: tuple[int, int, int],
+    fill_alpha: int = 70,
+    outline_width: float = 0.7,
+) -> None:
+    symbol = ET.SubElement(
+        parent,
+        "symbol",
+        {"type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"},
+    )
+    layer = ET.SubElement(
+        symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"}
+    )
     options = ET.SubElement(layer, "Option", {"type": "Map"})
     r, g, b = rgb
     for key, value in (
@@ -51,23 +62,41 @@ def _fill_symbol(parent: ET.Element, name: str, rgb: tuple[int, int, int], fill_
         qml_option(options, key, value)
 
 
-def categorized_renderer(root: ET.Element, attr: str, styles: dict[str, tuple[str, tuple[int, int, int]]],
-                         fill_alpha: dict[str, int] | int = 70, emphasised: tuple[str, ...] = ()) -> None:
+def categorized_renderer(
+    root: ET.Element,
+    attr: str,
+    styles: dict[str, tuple[str, tuple[int, int, int]]],
+    fill_alpha: dict[str, int] | int = 70,
+    emphasised: tuple[str, ...] = (),
+) -> None:
     """A categorised renderer on ``attr`` (a field or an expression): one fill per category
     (value -> (legend label, RGB)), a thicker outline for the ``emphasised`` values, and a yellow
     ``other`` category for values not listed."""
     renderer = ET.SubElement(
-        root, "renderer-v2",
-        {"type": "categorizedSymbol", "attr": attr, "symbollevels": "0", "enableorderby": "0", "forceraster": "0"},
+        root,
+        "renderer-v2",
+        {
+            "type": "categorizedSymbol",
+            "attr": attr,
+            "symbollevels": "0",
+            "enableorderby": "0",
+            "forceraster": "0",
+        },
     )
     categories = ET.SubElement(renderer, "categories")
     symbols = ET.SubElement(renderer, "symbols")
     for index, (value, (label, rgb)) in enumerate(styles.items()):
-        ET.SubElement(categories, "category", {"render": "true", "symbol": str(index), "value": value, "label": label})
+        ET.SubElement(
+            categories,
+            "category",
+            {"render": "true", "symbol": str(index), "value": value, "label": label},
+        )
         alpha = fill_alpha.get(value, 70) if isinstance(fill_alpha, dict) else fill_alpha
         _fill_symbol(symbols, str(index), rgb, alpha, 1.4 if value in emphasised else 0.7)
     other = str(len(styles))
-    ET.SubElement(categories, "category", {"render": "true", "symbol": other, "value": "", "label": "other"})
+    ET.SubElement(
+        categories, "category", {"render": "true", "symbol": other, "value": "", "label": "other"}
+    )
     _fill_symbol(symbols, other, (255, 255, 0))
 
 
@@ -75,19 +104,51 @@ def simple_labels(root: ET.Element, expression: str, obstacle: bool = False) -> 
     """Simple labels; ``obstacle`` False: the layer's polygons never push other labels away."""
     labeling = ET.SubElement(root, "labeling", {"type": "simple"})
     settings = ET.SubElement(labeling, "settings", {"calloutType": "simple"})
-    ET.SubElement(settings, "text-style", {
-        "fieldName": expression, "isExpression": "1", "fontSize": "9", "fontSizeUnit": "Point",
-        "fontWeight": "75", "textColor": "20,20,20,255", "textOpacity": "1",
-    })
-    ET.SubElement(settings, "text-buffer", {
-        "bufferDraw": "1", "bufferSize": "1", "bufferSizeUnits": "MM", "bufferColor": "255,255,255,255",
-        "bufferOpacity": "0.9", "bufferNoFill": "1",
-    })
+    ET.SubElement(
+        settings,
+        "text-style",
+        {
+            "fieldName": expression,
+            "isExpression": "1",
+            "fontSize": "9",
+            "fontSizeUnit": "Point",
+            "fontWeight": "75",
+            "textColor": "20,20,20,255",
+            "textOpacity": "1",
+        },
+    )
+    ET.SubElement(
+        settings,
+        "text-buffer",
+        {
+            "bufferDraw": "1",
+            "bufferSize": "1",
+            "bufferSizeUnits": "MM",
+            "bufferColor": "255,255,255,255",
+            "bufferOpacity": "0.9",
+            "bufferNoFill": "1",
+        },
+    )
     ET.SubElement(settings, "text-format", {"multilineAlign": "1", "wrapChar": ""})
-    ET.SubElement(settings, "placement", {"placement": "1", "centroidInside": "1", "fitInPolygonOnly": "0", "dist": "0"})
-    ET.SubElement(settings, "rendering", {"drawLabels": "1", "obstacle": "1" if obstacle else "0",
-                                          "obstacleFactor": "1", "obstacleType": "0", "displayAll": "0",
-                                          "scaleVisibility": "0", "upsidedownLabels": "0", "labelPerPart": "0"})
+    ET.SubElement(
+        settings,
+        "placement",
+        {"placement": "1", "centroidInside": "1", "fitInPolygonOnly": "0", "dist": "0"},
+    )
+    ET.SubElement(
+        settings,
+        "rendering",
+        {
+            "drawLabels": "1",
+            "obstacle": "1" if obstacle else "0",
+            "obstacleFactor": "1",
+            "obstacleType": "0",
+            "displayAll": "0",
+            "scaleVisibility": "0",
+            "upsidedownLabels": "0",
+            "labelPerPart": "0",
+        },
+    )
 
 
 # --------------------------------------------------------------------------- layer styles of the night
@@ -104,10 +165,17 @@ TILE_STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
     "nodata": ("No data in an epoch", (200, 200, 200)),
     "unregistered": ("Not registered: not checked tonight", (255, 127, 0)),
 }
-CANDIDATE_LABEL = "\"class\" || ' ' || format_number(\"confidence\", 2) || '\\n' || format_number(\"area_m2\", 0) || ' m²'"
+CANDIDATE_LABEL = (
+    "\"class\" || ' ' || format_number(\"confidence\", 2) || '\\n' || "
+    "format_number(\"area_m2\", 0) || ' m²'"
+)
 # with a DSM pair: the height gain as a third line ("Δh 3.1 m")
-CANDIDATE_LABEL += " || if(\"height_gain_m\" IS NULL, '', '\\nΔh ' || format_number(\"height_gain_m\", 1) || ' m')"
-TILE_LABEL = "\"tile_id\" || CASE WHEN \"status\" = 'unregistered' THEN '\\n' || \"reason\" ELSE '' END"
+CANDIDATE_LABEL += (
+    " || if(\"height_gain_m\" IS NULL, '', '\\nΔh ' || format_number(\"height_gain_m\", 1) || ' m')"
+)
+TILE_LABEL = (
+    "\"tile_id\" || CASE WHEN \"status\" = 'unregistered' THEN '\\n' || \"reason\" ELSE '' END"
+)
 
 
 # tiles are drawn as outlines (no fill dimming the imagery, none darker where tiles overlap);
@@ -115,17 +183,23 @@ TILE_LABEL = "\"tile_id\" || CASE WHEN \"status\" = 'unregistered' THEN '\\n' ||
 TILE_FILL_ALPHA = {"done": 0, "nodata": 0, "unregistered": 60}
 
 
-def simple_layer_qml(attr: str, styles: dict, label_expression: str, fill_alpha: dict[str, int] | int = 70) -> str:
+def simple_layer_qml(
+    attr: str, styles: dict, label_expression: str, fill_alpha: dict[str, int] | int = 70
+) -> str:
     """A QML with a categorised renderer on ``attr`` and one label expression (no form).
 
     The layer's polygons are never label obstacles (a tiles layer must not hide every case label).
     """
-    root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
+    root = ET.Element(
+        "qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"}
+    )
     categorized_renderer(root, attr, styles, fill_alpha)
     simple_labels(root, label_expression, obstacle=False)
     ET.SubElement(root, "layerGeometryType").text = "2"
     ET.indent(root, space=" ")
-    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
+        root, encoding="unicode"
+    )
 
 
 # --------------------------------------------------------------------------- GeoPackage default styles
@@ -154,8 +228,14 @@ def create_layer_styles_table(conn: sqlite3.Connection) -> None:
     )
 
 
-def insert_default_style(conn: sqlite3.Connection, layer: str, geometry_column: str, style_name: str, qml: str,
-                         description: str) -> None:
+def insert_default_style(
+    conn: sqlite3.Connection,
+    layer: str,
+    geometry_column: str,
+    style_name: str,
+    qml: str,
+    description: str,
+) -> None:
     """Store ``qml`` as a layer's default QGIS style (``useAsDefault=1``), replacing any style it had.
 
     Parameters
@@ -176,7 +256,9 @@ def insert_default_style(conn: sqlite3.Connection, layer: str, geometry_column: 
     )
 
 
-def write_default_styles(gpkg: Path, styles: dict[str, tuple[str, str]], geometry_column: str = "geom") -> None:
+def write_default_styles(
+    gpkg: Path, styles: dict[str, tuple[str, str]], geometry_column: str = "geom"
+) -> None:
     """Store QGIS default styles in an existing GeoPackage's ``layer_styles`` table.
 
     Parameters
@@ -193,6 +275,8 @@ def write_default_styles(gpkg: Path, styles: dict[str, tuple[str, str]], geometr
         with conn:
             create_layer_styles_table(conn)
             for layer, (name, qml) in styles.items():
-                insert_default_style(conn, layer, geometry_column, name, qml, f"buildwatch default style for {layer}")
+                insert_default_style(
+                    conn, layer, geometry_column, name, qml, f"buildwatch default style for {layer}"
+                )
     finally:
         conn.close()

@@ -26,7 +26,9 @@ class Tile:
     tile_id: str  # "c{col}_r{row}": world cell indices from the working CRS's origin (rows count southwards)
     row: int
     col: int
-    bounds: tuple[float, float, float, float]  # (left, bottom, right, top) in the working CRS, incl. the overlap
+    bounds: tuple[
+        float, float, float, float
+    ]  # (left, bottom, right, top) in the working CRS, incl. the overlap
     width: int  # pixels at the working GSD
     height: int
 
@@ -79,10 +81,17 @@ def box_corners(boxes) -> np.ndarray:
     (:meth:`Detection.corners`), rotated NMS and overlaps (:mod:`detector.night.detect`).
     """
     boxes = np.asarray(boxes, dtype=float)
-    cx, cy, w, h, angle = boxes.reshape(-1, boxes.shape[-1])[:, :5].T  # further columns (score, class) ignored
+    cx, cy, w, h, angle = boxes.reshape(-1, boxes.shape[-1])[
+        :, :5
+    ].T  # further columns (score, class) ignored
     c, s = np.cos(angle), np.sin(angle)
-    half = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)[None] * np.stack([w / 2, h / 2], -1)[:, None, :]
-    rot_t = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # each box's rotation, transposed
+    half = (
+        np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)[None]
+        * np.stack([w / 2, h / 2], -1)[:, None, :]
+    )
+    rot_t = np.stack(
+        [np.stack([c, s], -1), np.stack([-s, c], -1)], 1
+    )  # each box's rotation, transposed
     return half @ rot_t + np.stack([cx, cy], -1)[:, None, :]
 
 
@@ -164,20 +173,31 @@ class Candidate:
         return {col: getattr(self, name) for name, col in _CANDIDATE_COLUMN_OF.items()}
 
     @classmethod
-    def from_row(cls, row: dict, geometry=None) -> "Candidate":
+    def from_row(cls, row: dict, geometry=None) -> Candidate:
         """Inverse of :meth:`row`; columns absent from ``row`` keep their defaults."""
-        return cls(geometry=geometry, **{name: row[col] for name, col in _CANDIDATE_COLUMN_OF.items() if col in row})
+        return cls(
+            geometry=geometry,
+            **{name: row[col] for name, col in _CANDIDATE_COLUMN_OF.items() if col in row},
+        )
 
 
 # field name -> column name, in column order
-_CANDIDATE_COLUMN_OF = {f.name: f.metadata.get("column", f.name) for f in fields(Candidate)
-                        if f.metadata.get("column", f.name) is not None}
+_CANDIDATE_COLUMN_OF = {
+    f.name: f.metadata.get("column", f.name)
+    for f in fields(Candidate)
+    if f.metadata.get("column", f.name) is not None
+}
 
 #: Columns of the ``candidates`` layer, in order (derived from :class:`Candidate`).
 CANDIDATE_COLUMNS: tuple[str, ...] = tuple(_CANDIDATE_COLUMN_OF.values())
 
 #: Real-valued columns that may be NULL (written as REAL even when every row is NULL).
-NULLABLE_REAL_COLUMNS: tuple[str, ...] = ("structure_conf", "height_gain_m", "baseline_height_m", "current_height_m")
+NULLABLE_REAL_COLUMNS: tuple[str, ...] = (
+    "structure_conf",
+    "height_gain_m",
+    "baseline_height_m",
+    "current_height_m",
+)
 
 
 @dataclass
@@ -193,9 +213,13 @@ class TileResult:
     shift_m: float = 0.0
     quality: float = 0.0
     reason: str = ""
-    candidates: list[Candidate] = field(default_factory=list)  # detection fields filled, geometry in the working CRS
+    candidates: list[Candidate] = field(
+        default_factory=list
+    )  # detection fields filled, geometry in the working CRS
     seconds: float = 0.0
-    registration: str = "tile"  # Registration.source: "tile" | "mosaic" | "georef" | "none" (alignment disabled)
+    registration: str = (
+        "tile"  # Registration.source: "tile" | "mosaic" | "georef" | "none" (alignment disabled)
+    )
     residual_m: float = 0.0  # the tile's own estimate minus the mosaic model
     inliers: int = 0  # blocks agreeing with the mosaic model (0: no model)
 
@@ -206,11 +230,13 @@ class TileResult:
         return json.dumps(data)
 
     @classmethod
-    def from_json(cls, text: str) -> "TileResult":
+    def from_json(cls, text: str) -> TileResult:
         """Inverse of :meth:`to_json`."""
         import shapely
 
         data = json.loads(text)
-        data["candidates"] = [Candidate.from_row({"tile_id": data["tile_id"], **row}, shapely.from_wkt(row["wkt"]))
-                              for row in data.get("candidates", [])]
+        data["candidates"] = [
+            Candidate.from_row({"tile_id": data["tile_id"], **row}, shapely.from_wkt(row["wkt"]))
+            for row in data.get("candidates", [])
+        ]
         return cls(**data)

@@ -43,9 +43,22 @@ def make_sparse(path: Path, side: int) -> None:
     from affine import Affine
     from rasterio.windows import Window
 
-    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=3, dtype="uint8", crs="EPSG:4547",
-                       transform=Affine(0.05, 0, 500000, 0, -0.05, 2513000), tiled=True, blockxsize=512,
-                       blockysize=512, sparse_ok=True, bigtiff="YES") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=side,
+        height=side,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4547",
+        transform=Affine(0.05, 0, 500000, 0, -0.05, 2513000),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        sparse_ok=True,
+        bigtiff="YES",
+    ) as dst:
         dst.write(np.full((3, 512, 512), 100, np.uint8), window=Window(0, 0, 512, 512))
 
 
@@ -53,15 +66,22 @@ def main(argv: list[str]) -> None:
     old = "--old" in argv
     sides = [int(a) for a in argv if a.isdigit()] or [20000, 40000, 80000]
     env = dict(os.environ, GDAL_CACHEMAX="128")  # what run_pipeline sets
-    print(f"{'side px':>9} {'gigapixels':>10} {'seconds':>8} {'peak MB above start':>20}  ({'old WarpedVRT' if old else 'read_coarse'})")
+    print(
+        f"{'side px':>9} {'gigapixels':>10} {'seconds':>8} {'peak MB above start':>20}  "
+        f"({'old WarpedVRT' if old else 'read_coarse'})"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for side in sides:
             path = Path(tmp) / f"sparse{side}.tif"
             make_sparse(path, side)
             code = CHILD.format(path=str(path), old=old)
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+            )
             seconds, peak = out.stdout.split()
-            print(f"{side:>9} {side * side / 1e9:>10.2f} {float(seconds):>8.1f} {float(peak):>20.0f}")
+            print(
+                f"{side:>9} {side * side / 1e9:>10.2f} {float(seconds):>8.1f} {float(peak):>20.0f}"
+            )
             path.unlink()
 
 

@@ -22,6 +22,7 @@ CLASSES = ("new_building", "extension", "temporary_structure", "construction_sit
 
 def _score(gdf, truth):
     """(per class [hit, total], false candidates) at IoU >= 0.3."""
+
     def best(g, others):
         return max((g.intersection(o).area / g.union(o).area for o in others), default=0.0)
 
@@ -50,15 +51,30 @@ def main() -> None:
 
     totals = {mode: ({c: [0, 0] for c in CLASSES}, [0], [0.0]) for mode in ("image", "image+dsm")}
     with tempfile.TemporaryDirectory() as tmp:
-        folders = generate(Path(tmp) / "scenes", seed=args.seed, scenes=args.scenes, size=args.size, gsd=args.gsd,
-                           dsm=True)
+        folders = generate(
+            Path(tmp) / "scenes",
+            seed=args.seed,
+            scenes=args.scenes,
+            size=args.size,
+            gsd=args.gsd,
+            dsm=True,
+        )
         for k, folder in enumerate(folders):
             truth = gpd.read_file(folder / "truth.geojson")
             for mode in ("image", "image+dsm"):
-                dsm = {"baseline_dsm": folder / "dsm_baseline.tif", "current_dsm": folder / "dsm_current.tif"}
-                cfg = RunConfig(baseline=folder / "baseline.tif", current=folder / "current.tif",
-                                out=Path(tmp) / f"out{k}_{mode}", workers=args.workers, progress=False, resume=False,
-                                **(dsm if mode == "image+dsm" else {}))
+                dsm = {
+                    "baseline_dsm": folder / "dsm_baseline.tif",
+                    "current_dsm": folder / "dsm_current.tif",
+                }
+                cfg = RunConfig(
+                    baseline=folder / "baseline.tif",
+                    current=folder / "current.tif",
+                    out=Path(tmp) / f"out{k}_{mode}",
+                    workers=args.workers,
+                    progress=False,
+                    resume=False,
+                    **(dsm if mode == "image+dsm" else {}),
+                )
                 t0 = time.perf_counter()
                 summary = run_pipeline(cfg)
                 seconds = time.perf_counter() - t0
@@ -70,8 +86,12 @@ def main() -> None:
                     acc[c][1] += per[c][1]
                 fa[0] += false
                 tt[0] += seconds
-                print(f"scene {k} {mode:9s}: {len(gdf):3d} candidates, {false} false, {seconds:.1f} s")
-    print(f"\n{args.scenes} scenes {args.size} px at {args.gsd} m, shipped model, recall at IoU >= 0.3")
+                print(
+                    f"scene {k} {mode:9s}: {len(gdf):3d} candidates, {false} false, {seconds:.1f} s"
+                )
+    print(
+        f"\n{args.scenes} scenes {args.size} px at {args.gsd} m, shipped model, recall at IoU >= 0.3"
+    )
     for mode, (acc, fa, tt) in totals.items():
         recall = ", ".join(f"{c} {h}/{n} = {h / max(n, 1):.2f}" for c, (h, n) in acc.items())
         print(f"{mode:9s}: {recall}; false candidates {fa[0]}; {tt[0]:.1f} s")

@@ -38,7 +38,9 @@ def moved_copy(src: Path, dst: Path, shift_m: float) -> float:
         gsd_x, gsd_y = pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
     d = shift_m / np.sqrt(2)
     m = np.float32([[1, 0, d / gsd_x], [0, 1, d / gsd_y]])
-    out = np.stack([cv2.warpAffine(b, m, (b.shape[1], b.shape[0]), flags=cv2.INTER_LINEAR) for b in img[:3]])
+    out = np.stack(
+        [cv2.warpAffine(b, m, (b.shape[1], b.shape[0]), flags=cv2.INTER_LINEAR) for b in img[:3]]
+    )
     out = np.clip(out.astype(np.float32) * 0.85 + 10, 0, 255).astype(np.uint8)
     profile.update(count=3, dtype="uint8")
     with rasterio.open(dst, "w", **profile) as ds:
@@ -52,8 +54,18 @@ def false_candidates(sources: list[Path], shift_m: float, tmp: Path) -> tuple[in
         work = tmp / f"{shift_m}-{i}"
         work.mkdir(parents=True)
         km2 += moved_copy(src, work / "current.tif", shift_m)
-        cfg = load_config(None, {"baseline": str(src), "current": str(work / "current.tif"), "out": str(work / "out"),
-                                 "workers": 1, "progress": False, "resume": False, "align.enabled": False})
+        cfg = load_config(
+            None,
+            {
+                "baseline": str(src),
+                "current": str(work / "current.tif"),
+                "out": str(work / "out"),
+                "workers": 1,
+                "progress": False,
+                "resume": False,
+                "align.enabled": False,
+            },
+        )
         n += run_pipeline(cfg).candidates
     return n, km2
 
@@ -62,7 +74,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--shifts", default="0,0.5,1,1.5,2,3", help="comma-separated offsets in metres")
-    ap.add_argument("--scenes", type=int, default=6, help="held-out synthetic scenes (seed 777, 1024 px at 0.25 m)")
+    ap.add_argument(
+        "--scenes",
+        type=int,
+        default=6,
+        help="held-out synthetic scenes (seed 777, 1024 px at 0.25 m)",
+    )
     ap.add_argument("--chips", type=int, default=12, help="OpenAerialMap Banepa drone chips")
     args = ap.parse_args()
     shifts = [float(s) for s in args.shifts.split(",")]
@@ -76,7 +93,9 @@ def main() -> int:
             from detector.synth.scene import generate
 
             generate(tmp / "synth", seed=777, scenes=args.scenes, size=1024, gsd=0.25)
-            groups["synthetic held-out (seed 777)"] = sorted((tmp / "synth").glob("scene_*/baseline.tif"))
+            groups["synthetic held-out (seed 777)"] = sorted(
+                (tmp / "synth").glob("scene_*/baseline.tif")
+            )
         chips = sorted((args.data / "oam_banepa_fair" / "train").rglob("*.tif"))[: args.chips]
         if chips:
             groups[f"real drone: OAM Banepa ({len(chips)} chips)"] = chips

@@ -68,15 +68,22 @@ def tile_inputs(pairs: Path, spec, count: int) -> list[np.ndarray]:
             base, cur = a.read()[:3].transpose(1, 2, 0), b.read()[:3].transpose(1, 2, 0)
         for y0 in range(0, base.shape[0] - h + 1, h):
             for x0 in range(0, base.shape[1] - w + 1, w):
-                img = np.concatenate([base[y0:y0 + h, x0:x0 + w], cur[y0:y0 + h, x0:x0 + w]], axis=2)
+                img = np.concatenate(
+                    [base[y0 : y0 + h, x0 : x0 + w], cur[y0 : y0 + h, x0 : x0 + w]], axis=2
+                )
                 tiles.append(to_input([img if spec.channels == 6 else img[:, :, 3:]]))
     if not tiles:
         raise SystemExit(f"{pairs}: no scene large enough for a {h}x{w} tile")
     return [tiles[i % len(tiles)] for i in range(count)]
 
 
-def latencies_ms(models: dict[str, Path], inputs: list[np.ndarray], threads: int, rounds: int = 3,
-                 warmup: int = 3) -> dict[str, float]:
+def latencies_ms(
+    models: dict[str, Path],
+    inputs: list[np.ndarray],
+    threads: int,
+    rounds: int = 3,
+    warmup: int = 3,
+) -> dict[str, float]:
     """Median wall time of one ``session.run`` per tile (batch 1) per model.
 
     The models take turns for ``rounds`` rounds (a shared machine's load hits all alike);
@@ -106,14 +113,20 @@ def accuracy(model: Path, pairs: Path, out: Path) -> dict:
     from training.evaluate import evaluate_pairs
 
     s = evaluate_pairs(model, pairs, "synth", out)["summary"]
-    return {"any_class_f1_0.3": s["any_class"]["0.3"]["f1"], "all_classes_f1_0.3": s["all_classes"]["0.3"]["f1"],
-            "new_building_f1_0.3": s["per_class"]["new_building"]["0.3"]["f1"], "pixel_f1": s["pixel"]["f1"]}
+    return {
+        "any_class_f1_0.3": s["any_class"]["0.3"]["f1"],
+        "all_classes_f1_0.3": s["all_classes"]["0.3"]["f1"],
+        "new_building_f1_0.3": s["per_class"]["new_building"]["0.3"]["f1"],
+        "pixel_f1": s["pixel"]["f1"],
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    ap.add_argument("--pairs", type=Path, required=True, help="held-out synthetic scenes (synth layout)")
+    ap.add_argument(
+        "--pairs", type=Path, required=True, help="held-out synthetic scenes (synth layout)"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/bw-bench"))
     ap.add_argument("--out", type=Path, help="JSON with all numbers")
     ap.add_argument("--threads", type=int, default=2)
@@ -137,7 +150,11 @@ def main(argv=None) -> int:
     ms = latencies_ms({v: paths[v] for v in order}, inputs, args.threads, args.rounds)
     for name in order:
         path = paths[name]
-        row = {"file": str(path), "size_mb": round(path.stat().st_size / 1e6, 2), "ms_per_tile": round(ms[name], 1)}
+        row = {
+            "file": str(path),
+            "size_mb": round(path.stat().st_size / 1e6, 2),
+            "ms_per_tile": round(ms[name], 1),
+        }
         if not args.no_accuracy:
             row.update(accuracy(path, args.pairs, args.work / f"eval-{name}.json"))
         rows[name] = row
@@ -145,11 +162,22 @@ def main(argv=None) -> int:
     base = rows["fp32"]["ms_per_tile"]
     for row in rows.values():
         row["ratio_vs_fp32"] = round(row["ms_per_tile"] / base, 2)
-    result = {"model": str(args.model), "sha256": spec.sha256, "threads": args.threads, "tiles": args.tiles,
-              "rounds": args.rounds, "onnxruntime": __import__("onnxruntime").__version__,
-              "tile": list(spec.imgsz), "pairs": str(args.pairs), "variants": rows}
-    cols = ["size_mb", "ms_per_tile", "ratio_vs_fp32"] + ([] if args.no_accuracy else
-            ["any_class_f1_0.3", "all_classes_f1_0.3", "new_building_f1_0.3", "pixel_f1"])
+    result = {
+        "model": str(args.model),
+        "sha256": spec.sha256,
+        "threads": args.threads,
+        "tiles": args.tiles,
+        "rounds": args.rounds,
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "tile": list(spec.imgsz),
+        "pairs": str(args.pairs),
+        "variants": rows,
+    }
+    cols = ["size_mb", "ms_per_tile", "ratio_vs_fp32"] + (
+        []
+        if args.no_accuracy
+        else ["any_class_f1_0.3", "all_classes_f1_0.3", "new_building_f1_0.3", "pixel_f1"]
+    )
     print("| variant | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name, row in rows.items():

@@ -34,16 +34,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    ap.add_argument(
+        "--model", type=Path, default=None, help="ONNX model (default: the shipped one)"
+    )
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--config", type=Path, default=None, help="nightly config whose settings every run uses")
+    ap.add_argument(
+        "--config", type=Path, default=None, help="nightly config whose settings every run uses"
+    )
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
     logging.getLogger("detector").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     rows, numbers = measure(args.model, args.data, args.skip_synthetic, args.config)
-    print(f"\nmodel: {args.model or 'shipped'}; config: {args.config or 'defaults'}; {time.perf_counter() - t0:.0f} s\n")
+    print(
+        f"\nmodel: {args.model or 'shipped'}; config: {args.config or 'defaults'}; {time.perf_counter() - t0:.0f} s\n"
+    )
     print("| set | measured | target |\n|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")

@@ -45,9 +45,21 @@ def write_tif(path: Path, rgb: np.ndarray, gsd: float, crs: str = "EPSG:32614") 
     from rasterio.transform import from_origin
 
     h, w = rgb.shape[:2]
-    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs=crs,
-                       transform=from_origin(500000.0, 3300000.0 + h * gsd, gsd, gsd), tiled=True,
-                       blockxsize=256, blockysize=256, compress="deflate") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=from_origin(500000.0, 3300000.0 + h * gsd, gsd, gsd),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    ) as dst:
         dst.write(np.moveaxis(rgb, -1, 0))
 
 
@@ -61,7 +73,9 @@ def moved(rgb: np.ndarray, gsd: float, shift_m: tuple[float, float], rot_deg: fl
     c = ((w - 1) / 2, (h - 1) / 2)
     m = cv2.getRotationMatrix2D(c, rot_deg, 1.0)
     m[:, 2] += (shift_m[0] / gsd, shift_m[1] / gsd)
-    out = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out = cv2.warpAffine(
+        rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     # pixel-centre coords -> metres: x_m = (x + 0.5) * gsd
     s = np.array([[gsd, 0, 0.5 * gsd], [0, gsd, 0.5 * gsd], [0, 0, 1]])
     t_m = s @ np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(s)
@@ -74,8 +88,14 @@ def register_pair(base_path: Path, cur_path: Path, cfg: RunConfig) -> tuple[dict
     grid = make_grid(b_info, c_info, GSD_WORK)
     a = cfg.align
     t0 = time.perf_counter()
-    model = estimate_mosaic_model(b_info, c_info, grid, max_shift_m=a.max_shift_m, min_inliers=a.min_inliers,
-                                  min_spread=a.min_spread)
+    model = estimate_mosaic_model(
+        b_info,
+        c_info,
+        grid,
+        max_shift_m=a.max_shift_m,
+        min_inliers=a.min_inliers,
+        min_spread=a.min_spread,
+    )
     rb, rc = EpochReader(b_info, grid), EpochReader(c_info, grid)
     out = {}
     try:
@@ -86,9 +106,18 @@ def register_pair(base_path: Path, cur_path: Path, cfg: RunConfig) -> tuple[dict
             valid = vb & vc
             if valid.mean() < 0.02:
                 continue
-            reg = register_tile(b, c, valid, grid.gsd, model=model, offset=(col, row), max_shift_m=a.max_shift_m,
-                                tile_tolerance_m=a.tile_tolerance_m, min_quality=a.min_quality,
-                                on_failure=a.on_failure)
+            reg = register_tile(
+                b,
+                c,
+                valid,
+                grid.gsd,
+                model=model,
+                offset=(col, row),
+                max_shift_m=a.max_shift_m,
+                tile_tolerance_m=a.tile_tolerance_m,
+                min_quality=a.min_quality,
+                on_failure=a.on_failure,
+            )
             # tile centre in metres from the image's upper-left corner (the grid starts there)
             centre = ((col + tile.width / 2) * grid.gsd, (row + tile.height / 2) * grid.gsd)
             out[tile.tile_id] = (centre, reg)
@@ -124,7 +153,12 @@ def real_pairs(data: Path):
         for a in sorted((folder / "A").glob("*.png")) if folder.exists() else []:
             b = folder / "B" / a.name
             if b.exists():
-                yield f"{name}/{a.stem}", cv2.imread(str(a))[:, :, ::-1], cv2.imread(str(b))[:, :, ::-1], gsd
+                yield (
+                    f"{name}/{a.stem}",
+                    cv2.imread(str(a))[:, :, ::-1],
+                    cv2.imread(str(b))[:, :, ::-1],
+                    gsd,
+                )
 
 
 def synth_pairs(n: int):
@@ -139,12 +173,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--trials", type=int, default=3, help="moved copies per real pair")
-    ap.add_argument("--synthetic", type=int, default=4, help="synthetic pairs (shift only, exact truth)")
+    ap.add_argument(
+        "--synthetic", type=int, default=4, help="synthetic pairs (shift only, exact truth)"
+    )
     ap.add_argument("--max-shift", type=float, default=3.0)
     ap.add_argument("--max-rot", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pair-offset", type=float, default=1.0,
-                    help="the real pairs' own offset between epochs (m) added to the search range")
+    ap.add_argument(
+        "--pair-offset",
+        type=float,
+        default=1.0,
+        help="the real pairs' own offset between epochs (m) added to the search range",
+    )
     args = ap.parse_args()
     cfg = RunConfig()
     # The real pairs carry their own epoch-to-epoch offset (up to ~1 m) on top of the applied move:
@@ -158,8 +198,18 @@ def main() -> int:
         sources = list(real_pairs(args.data)) + list(synth_pairs(args.synthetic))
         for name, a, b, gsd in sources:
             group = name.split("/")[0]
-            stats = rows.setdefault(group, {"abs": [], "rel": [], "rel_tiles": 0, "flagged": 0, "tiles": 0, "models": 0,
-                                              "pairs": 0})
+            stats = rows.setdefault(
+                group,
+                {
+                    "abs": [],
+                    "rel": [],
+                    "rel_tiles": 0,
+                    "flagged": 0,
+                    "tiles": 0,
+                    "models": 0,
+                    "pairs": 0,
+                },
+            )
             write_tif(tmp / "a.tif", a, gsd)
             write_tif(tmp / "b.tif", b, gsd)
             real = group != "synthetic"
@@ -184,18 +234,28 @@ def main() -> int:
                     e_rel = tile_errors(regs, t_m, reference, GSD_WORK)[0]
                     stats["rel"] += e_rel
                     stats["rel_tiles"] += len(e_rel) + sum(
-                        1 for tid, (_, r) in regs.items()
-                        if (not r.ok or r.source == "georef") and tid in reference and reference[tid][1].ok
-                        and reference[tid][1].source != "georef")
+                        1
+                        for tid, (_, r) in regs.items()
+                        if (not r.ok or r.source == "georef")
+                        and tid in reference
+                        and reference[tid][1].ok
+                        and reference[tid][1].source != "georef"
+                    )
                 from collections import Counter
+
                 src = Counter(reg.source if reg.ok else "flagged" for _, reg in regs.values())
                 rel_med = np.median(e_rel) if real and e_rel else float("nan")
-                print(f"{name:34s} rel med {rel_med:.2f} {dict(src)} shift ({shift[0]:+.2f}, {shift[1]:+.2f}) m rot {rot:+.2f}°  model "
-                      f"{'ok' if model.ok else 'NO'} ({model.inliers}/{model.blocks} blocks)  tiles {len(regs)} "
-                      f"flagged {flagged}  abs err median {np.median(e_abs) if e_abs else float('nan'):.3f} m",
-                      flush=True)
-    print("\n| pairs | moved copies | tiles | flagged | mosaic model ok | within 0.5 m (abs) | median abs err | "
-          "within 0.5 m (rel, of tiles the unmoved pair registers) | mean err (synthetic) |")
+                print(
+                    f"{name:34s} rel med {rel_med:.2f} {dict(src)} "
+                    f"shift ({shift[0]:+.2f}, {shift[1]:+.2f}) m rot {rot:+.2f}°  model "
+                    f"{'ok' if model.ok else 'NO'} ({model.inliers}/{model.blocks} blocks)  tiles {len(regs)} "
+                    f"flagged {flagged}  abs err median {np.median(e_abs) if e_abs else float('nan'):.3f} m",
+                    flush=True,
+                )
+    print(
+        "\n| pairs | moved copies | tiles | flagged | mosaic model ok | within 0.5 m (abs) | median abs err | "
+        "within 0.5 m (rel, of tiles the unmoved pair registers) | mean err (synthetic) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for group, s in rows.items():
         n = s["tiles"]
@@ -203,10 +263,14 @@ def main() -> int:
         rel = np.array(s["rel"])
         within = (ab <= 0.5).sum() / max(n, 1)
         within_rel = (rel <= 0.5).sum() / max(s["rel_tiles"], 1) if rel.size else float("nan")
-        print(f"| {group} | {s['pairs']} | {n} | {s['flagged']} | {s['models']}/{s['pairs']} | {within:.1%} | "
-              f"{np.median(ab) if ab.size else float('nan'):.3f} m | "
-              f"{within_rel:.1%} | {ab.mean() if group == 'synthetic' and ab.size else float('nan'):.3f} m |")
-    print(f"\nregistration time per tile (mosaic model amortised): {1000 * np.mean(seconds):.1f} ms")
+        print(
+            f"| {group} | {s['pairs']} | {n} | {s['flagged']} | {s['models']}/{s['pairs']} | {within:.1%} | "
+            f"{np.median(ab) if ab.size else float('nan'):.3f} m | "
+            f"{within_rel:.1%} | {ab.mean() if group == 'synthetic' and ab.size else float('nan'):.3f} m |"
+        )
+    print(
+        f"\nregistration time per tile (mosaic model amortised): {1000 * np.mean(seconds):.1f} ms"
+    )
     return 0
 
 

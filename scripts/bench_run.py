@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import threading
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -39,16 +39,25 @@ def repeat_vrt(src: Path, out: Path, n: int) -> Path:
         f'<SimpleSource><SourceFilename relativeToVRT="0">{src}</SourceFilename><SourceBand>{b}</SourceBand>'
         f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{i * w}" yOff="{j * h}" xSize="{w}" '
         f'ySize="{h}"/></SimpleSource>'
-        for b in (1, 2, 3) for j in range(n) for i in range(n)).split("</SimpleSource>")
+        for b in (1, 2, 3)
+        for j in range(n)
+        for i in range(n)
+    ).split("</SimpleSource>")
     bands = []
     for b in (1, 2, 3):
-        sources = "".join(x + "</SimpleSource>" for x in blocks if f"<SourceBand>{b}</SourceBand>" in x)
+        sources = "".join(
+            x + "</SimpleSource>" for x in blocks if f"<SourceBand>{b}</SourceBand>" in x
+        )
         interp = ("Red", "Green", "Blue")[b - 1]
-        bands.append(f'<VRTRasterBand dataType="Byte" band="{b}"><ColorInterp>{interp}</ColorInterp>{sources}'
-                     f"</VRTRasterBand>")
+        bands.append(
+            f'<VRTRasterBand dataType="Byte" band="{b}"><ColorInterp>{interp}</ColorInterp>{sources}'
+            f"</VRTRasterBand>"
+        )
     gt = f"{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}"
-    out.write_text(f'<VRTDataset rasterXSize="{w * n}" rasterYSize="{h * n}"><SRS>{crs}</SRS>'
-                   f"<GeoTransform>{gt}</GeoTransform>{''.join(bands)}</VRTDataset>")
+    out.write_text(
+        f'<VRTDataset rasterXSize="{w * n}" rasterYSize="{h * n}"><SRS>{crs}</SRS>'
+        f"<GeoTransform>{gt}</GeoTransform>{''.join(bands)}</VRTDataset>"
+    )
     return out
 
 
@@ -112,6 +121,7 @@ class RssSampler(threading.Thread):
 
 # ---------------------------------------------------------------- per-tile profile
 
+
 class StepTimer:
     """Wall time per named step, summed over a run (one process: ``workers=1``).
 
@@ -121,9 +131,13 @@ class StepTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}  # CPU time of the calling thread: robust to other load on the machine
+        self.cpu: dict[
+            str, float
+        ] = {}  # CPU time of the calling thread: robust to other load on the machine
         self.calls: dict[str, int] = {}
-        self._local = threading.local()  # one stack of open steps per thread (reads run in a prefetch thread)
+        self._local = (
+            threading.local()
+        )  # one stack of open steps per thread (reads run in a prefetch thread)
 
     def wrap(self, name: str, fn):
         import functools
@@ -152,8 +166,8 @@ class StepTimer:
 
         import detector.geo.raster as raster
         import detector.night.detect as detect
-        import detector.night.mosaic as mosaic
         import detector.night.executors as executors
+        import detector.night.mosaic as mosaic
         import detector.night.tile as tile
         import detector.run.night as night
 
@@ -181,7 +195,9 @@ class StepTimer:
 
         def init(det, *a, **k):  # time session.run (the model itself) on the detector's session
             orig_init(det, *a, **k)
-            det.session = _TimedSession(det.session, timer.wrap("inference (session.run)", det.session.run))
+            det.session = _TimedSession(
+                det.session, timer.wrap("inference (session.run)", det.session.run)
+            )
 
         stack = contextlib.ExitStack()
         for owner, attr, name in patches:
@@ -198,10 +214,14 @@ class StepTimer:
         cpu_tiles = sum(self.cpu[k] for k in per_tile)
         rows = [f"{'step':52s} {'CPU ms/tile':>11s} {'wall ms/tile':>12s} {'CPU share':>9s}"]
         for k in sorted(per_tile, key=lambda k: -self.cpu[k]):
-            rows.append(f"{k:52s} {1000 * self.cpu[k] / max(tiles, 1):11.1f} {1000 * self.seconds[k] / max(tiles, 1):12.1f} "
-                        f"{self.cpu[k] / max(cpu_tiles, 1e-9):9.1%}")
-        rows.append(f"{'all per-tile steps':52s} {1000 * cpu_tiles / max(tiles, 1):11.1f} "
-                    f"{1000 * sum(self.seconds[k] for k in per_tile) / max(tiles, 1):12.1f}")
+            rows.append(
+                f"{k:52s} {1000 * self.cpu[k] / max(tiles, 1):11.1f} {1000 * self.seconds[k] / max(tiles, 1):12.1f} "
+                f"{self.cpu[k] / max(cpu_tiles, 1e-9):9.1%}"
+            )
+        rows.append(
+            f"{'all per-tile steps':52s} {1000 * cpu_tiles / max(tiles, 1):11.1f} "
+            f"{1000 * sum(self.seconds[k] for k in per_tile) / max(tiles, 1):12.1f}"
+        )
         rows.append(f"{'once per run':52s} {'CPU s':>11s} {'wall s':>12s}")
         for k in _RUN_STEPS:
             if k in self.seconds:
@@ -211,8 +231,13 @@ class StepTimer:
         return "\n".join(rows)
 
 
-_RUN_STEPS = ("prepare (inputs, model, mosaic registration model)", "open the night (input sha256, resume)",
-              "merge across tiles", "to candidates", "write GeoPackage")
+_RUN_STEPS = (
+    "prepare (inputs, model, mosaic registration model)",
+    "open the night (input sha256, resume)",
+    "merge across tiles",
+    "to candidates",
+    "write GeoPackage",
+)
 
 
 class _TimedSession:
@@ -227,7 +252,10 @@ class _TimedSession:
 
 # ---------------------------------------------------------------- the SAHI + ultralytics comparison
 
-def sahi_run(current: Path, gsd: float, slice_px: int, overlap: float, weights: Path | None, threads: int) -> dict:
+
+def sahi_run(
+    current: Path, gsd: float, slice_px: int, overlap: float, weights: Path | None, threads: int
+) -> dict:
     """What a user would pick instead: SAHI sliced inference with an ultralytics YOLO26n-OBB on the
     current epoch alone, read at the same working GSD through the overviews. Timed reading included.
 
@@ -255,44 +283,95 @@ def sahi_run(current: Path, gsd: float, slice_px: int, overlap: float, weights: 
         yolo = YOLO("yolo26n-obb.yaml", task="obb")
         yolo.model = OBBModel("yolo26n-obb.yaml", ch=3, nc=4, verbose=False)
         name = "YOLO26n-OBB from yolo26n-obb.yaml (untrained, 4 classes)"
-    model = AutoDetectionModel.from_pretrained(model_type="ultralytics", model=yolo, confidence_threshold=0.25,
-                                               device="cpu", image_size=slice_px)
+    model = AutoDetectionModel.from_pretrained(
+        model_type="ultralytics",
+        model=yolo,
+        confidence_threshold=0.25,
+        device="cpu",
+        image_size=slice_px,
+    )
     t0, cpu0 = time.perf_counter(), _cpu_seconds(resource.RUSAGE_SELF)
     with rasterio.open(current) as src:
         factor = gsd / src.res[0]
         h, w = round(src.height / factor), round(src.width / factor)
-        image = np.moveaxis(src.read([1, 2, 3], out_shape=(3, h, w), resampling=Resampling.bilinear), 0, -1)
+        image = np.moveaxis(
+            src.read([1, 2, 3], out_shape=(3, h, w), resampling=Resampling.bilinear), 0, -1
+        )
     t_read = time.perf_counter() - t0
-    result = get_sliced_prediction(image, model, slice_height=slice_px, slice_width=slice_px,
-                                   overlap_height_ratio=overlap, overlap_width_ratio=overlap,
-                                   perform_standard_pred=False, verbose=0)
+    result = get_sliced_prediction(
+        image,
+        model,
+        slice_height=slice_px,
+        slice_width=slice_px,
+        overlap_height_ratio=overlap,
+        overlap_width_ratio=overlap,
+        perform_standard_pred=False,
+        verbose=0,
+    )
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds(resource.RUSAGE_SELF) - cpu0
     km2 = h * w * gsd * gsd / 1e6
-    return {"model": name, "seconds": seconds, "cpu_s": cpu, "read_s": t_read, "km2": km2, "km2_per_hour": km2 / seconds * 3600,
-            "detections": len(result.object_prediction_list), "slices": result.durations_in_seconds.get("slice")}
+    return {
+        "model": name,
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "read_s": t_read,
+        "km2": km2,
+        "km2_per_hour": km2 / seconds * 3600,
+        "detections": len(result.object_prediction_list),
+        "slices": result.durations_in_seconds.get("slice"),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=20000)
     ap.add_argument("--gsd", type=float, default=0.1, help="source GSD in metres (drone: 0.02-0.1)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--config", type=Path, default=None,
-                    help="nightly config whose settings the run uses (e.g. detect.second_view.enabled: false)")
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="nightly config whose settings the run uses (e.g. detect.second_view.enabled: false)",
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="folder for temporary files")
-    ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the generated mosaics in this folder")
-    ap.add_argument("--sahi", action="store_true",
-                    help="also time SAHI + ultralytics on the current epoch (needs the 'bench' extra) and print the ratio")
-    ap.add_argument("--sahi-weights", type=Path, default=None,
-                    help="ultralytics checkpoint/export for SAHI (3 channels); default: YOLO26n-OBB built from its yaml")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep (and reuse) the generated mosaics in this folder",
+    )
+    ap.add_argument(
+        "--sahi",
+        action="store_true",
+        help="also time SAHI + ultralytics on the current epoch (needs the 'bench' extra) and print the ratio",
+    )
+    ap.add_argument(
+        "--sahi-weights",
+        type=Path,
+        default=None,
+        help="ultralytics checkpoint/export for SAHI (3 channels); default: YOLO26n-OBB built from its yaml",
+    )
     ap.add_argument("--sahi-overlap", type=float, default=0.25, help="SAHI slice overlap ratio")
-    ap.add_argument("--overlap-px", type=int, default=None, help="tile overlap (default: the run's default)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run on a VRT of repeat x repeat copies of each mosaic (memory must stay flat)")
-    ap.add_argument("--no-prefetch", action="store_true", help="read each tile only when it is processed")
-    ap.add_argument("--profile", action="store_true",
-                    help="also run once in one process with every step timed and print the per-tile breakdown")
+    ap.add_argument(
+        "--overlap-px", type=int, default=None, help="tile overlap (default: the run's default)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run on a VRT of repeat x repeat copies of each mosaic (memory must stay flat)",
+    )
+    ap.add_argument(
+        "--no-prefetch", action="store_true", help="read each tile only when it is processed"
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run once in one process with every step timed and print the per-tile breakdown",
+    )
     ap.add_argument("--profile-only", action="store_true", help="only the one-process profile")
     args = ap.parse_args()
 
@@ -306,69 +385,122 @@ def main() -> None:
         if not ((tmp / "baseline.tif").exists() and (tmp / "current.tif").exists()):
             # Generate in a child process so that the numbers below are the run's alone.
             with ProcessPoolExecutor(1) as pool:
-                list(pool.map(write_big, [tmp / "baseline.tif", tmp / "current.tif"], [args.size] * 2,
-                              [args.gsd] * 2, [1, 1], [False, True]))
-            print(f"wrote two {args.size}x{args.size} mosaics at {args.gsd} m in {time.perf_counter() - t0:.1f} s "
-                  f"({(tmp / 'baseline.tif').stat().st_size / 1e6:.0f} MB each on disk)")
+                list(
+                    pool.map(
+                        write_big,
+                        [tmp / "baseline.tif", tmp / "current.tif"],
+                        [args.size] * 2,
+                        [args.gsd] * 2,
+                        [1, 1],
+                        [False, True],
+                    )
+                )
+            print(
+                f"wrote two {args.size}x{args.size} mosaics at {args.gsd} m in {time.perf_counter() - t0:.1f} s "
+                f"({(tmp / 'baseline.tif').stat().st_size / 1e6:.0f} MB each on disk)"
+            )
         else:
             print(f"reusing the mosaics in {tmp}")
         base, cur, side = tmp / "baseline.tif", tmp / "current.tif", args.size
         if args.repeat > 1:
-            base, cur = (repeat_vrt(p, Path(scratch) / f"{p.stem}-x{args.repeat}.vrt", args.repeat) for p in (base, cur))
+            base, cur = (
+                repeat_vrt(p, Path(scratch) / f"{p.stem}-x{args.repeat}.vrt", args.repeat)
+                for p in (base, cur)
+            )
             side = args.size * args.repeat
         import detector.night.executors as executors
 
         executors.PREFETCH = not args.no_prefetch
-        cfg = load_config(args.config, {"baseline": str(base), "current": str(cur), "out": str(Path(scratch) / "out"),
-                                        "model": args.model and str(args.model), "workers": args.workers,
-                                        "progress": True})
+        cfg = load_config(
+            args.config,
+            {
+                "baseline": str(base),
+                "current": str(cur),
+                "out": str(Path(scratch) / "out"),
+                "model": args.model and str(args.model),
+                "workers": args.workers,
+                "progress": True,
+            },
+        )
         if args.overlap_px is not None:
             cfg.detect.overlap_px = args.overlap_px
         s = None
         if not args.profile_only:
-            print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            print(
+                f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+            )
             sampler = RssSampler()
             sampler.start()
             cpu0 = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
             s = run_pipeline(cfg)
-            run_cpu = _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
+            run_cpu = (
+                _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
+            )
             sampler.stop()
             print(s.text())
-            print(f"tiles: {s.tiles_total}; mosaic: {side}x{side} px = {(side * args.gsd / 1000) ** 2:.2f} km²; "
-                  f"load average after: {os.getloadavg()[0]:.1f}")
-            print(f"peak RSS: main process {sampler.peak_main:.0f} MB, largest worker {sampler.peak_child:.0f} MB, "
-                  f"all processes together {sampler.peak_total:.0f} MB -> {sampler.peak_total / 1536:.2f} x the "
-                  f"1.5 GB target ({'OK' if sampler.peak_total <= 1536 else 'OVER'})")
-            print(f"throughput {s.km2_per_hour:.0f} km²/h; CPU {run_cpu:.1f} s in all processes "
-                  f"({run_cpu / s.km2:.1f} CPU s per km²: what a machine without other load would need, / cores)")
+            print(
+                f"tiles: {s.tiles_total}; mosaic: {side}x{side} px = {(side * args.gsd / 1000) ** 2:.2f} km²; "
+                f"load average after: {os.getloadavg()[0]:.1f}"
+            )
+            print(
+                f"peak RSS: main process {sampler.peak_main:.0f} MB, largest worker {sampler.peak_child:.0f} MB, "
+                f"all processes together {sampler.peak_total:.0f} MB -> {sampler.peak_total / 1536:.2f} x the "
+                f"1.5 GB target ({'OK' if sampler.peak_total <= 1536 else 'OVER'})"
+            )
+            print(
+                f"throughput {s.km2_per_hour:.0f} km²/h; CPU {run_cpu:.1f} s in all processes "
+                f"({run_cpu / s.km2:.1f} CPU s per km²: what a machine without other load would need, / cores)"
+            )
         if args.sahi and s is not None:
             from detector.night.model import load_model_spec
 
             spec = load_model_spec(args.model)
             spec_gsd, slice_px = spec.gsd_m, spec.imgsz[0]
-            with ProcessPoolExecutor(1, mp_context=__import__("multiprocessing").get_context("spawn")) as pool:
-                r = pool.submit(sahi_run, tmp / "current.tif", spec_gsd, slice_px, args.sahi_overlap, args.sahi_weights,
-                                args.workers).result()
-            print(f"\nSAHI + ultralytics ({r['model']}; current epoch only, {slice_px} px slices at {spec_gsd} m, "
-                  f"{args.sahi_overlap:.0%} overlap, {args.workers} torch threads): {r['seconds']:.1f} s "
-                  f"(read {r['read_s']:.1f} s) for {r['km2']:.2f} km² -> {r['km2_per_hour']:.0f} km²/h")
+            with ProcessPoolExecutor(
+                1, mp_context=__import__("multiprocessing").get_context("spawn")
+            ) as pool:
+                r = pool.submit(
+                    sahi_run,
+                    tmp / "current.tif",
+                    spec_gsd,
+                    slice_px,
+                    args.sahi_overlap,
+                    args.sahi_weights,
+                    args.workers,
+                ).result()
+            print(
+                f"\nSAHI + ultralytics ({r['model']}; current epoch only, {slice_px} px slices at {spec_gsd} m, "
+                f"{args.sahi_overlap:.0%} overlap, {args.workers} torch threads): {r['seconds']:.1f} s "
+                f"(read {r['read_s']:.1f} s) for {r['km2']:.2f} km² -> {r['km2_per_hour']:.0f} km²/h"
+            )
             print(f"  CPU {r['cpu_s']:.1f} s ({r['cpu_s'] / r['km2']:.1f} CPU s per km²)")
-            print(f"buildwatch run (both epochs): {s.seconds:.1f} s -> {s.km2_per_hour:.0f} km²/h; "
-                  f"CPU {run_cpu:.1f} s ({run_cpu / s.km2:.1f} CPU s per km²)")
-            print(f"ratio buildwatch / SAHI: {s.km2_per_hour / r['km2_per_hour']:.2f}x in km²/h (wall clock), "
-                  f"{(r['cpu_s'] / r['km2']) / (run_cpu / s.km2):.2f}x in CPU per km²")
+            print(
+                f"buildwatch run (both epochs): {s.seconds:.1f} s -> {s.km2_per_hour:.0f} km²/h; "
+                f"CPU {run_cpu:.1f} s ({run_cpu / s.km2:.1f} CPU s per km²)"
+            )
+            print(
+                f"ratio buildwatch / SAHI: {s.km2_per_hour / r['km2_per_hour']:.2f}x in km²/h (wall clock), "
+                f"{(r['cpu_s'] / r['km2']) / (run_cpu / s.km2):.2f}x in CPU per km²"
+            )
         if args.profile or args.profile_only:
             timer = StepTimer()
-            pcfg = cfg.model_copy(update={"workers": 1, "out": Path(scratch) / "out-profile", "progress": False})
+            pcfg = cfg.model_copy(
+                update={"workers": 1, "out": Path(scratch) / "out-profile", "progress": False}
+            )
             import detector.night.executors as executors
 
-            executors.PREFETCH = False  # steps one after another, so that each step's time is its own
+            executors.PREFETCH = (
+                False  # steps one after another, so that each step's time is its own
+            )
             with timer.installed():
                 t = time.perf_counter()
                 ps = run_pipeline(pcfg)
                 wall = time.perf_counter() - t
-            print(f"\nprofile: one process, {ps.tiles_total} tiles in {wall:.1f} s ({ps.km2_per_hour:.0f} km²/h)")
+            print(
+                f"\nprofile: one process, {ps.tiles_total} tiles in {wall:.1f} s ({ps.km2_per_hour:.0f} km²/h)"
+            )
             print(timer.table(ps.tiles_total, wall))
+
 
 if __name__ == "__main__":
     main()

@@ -27,9 +27,11 @@ def main() -> None:
         paths = write_scene(scene, Path(tmp))
         written = time.perf_counter()
         megabytes = sum(p.stat().st_size for p in paths.values()) / 1e6
-    print(f"size {args.size} px, gsd {args.gsd} m: render {rendered - start:.2f} s, "
-          f"write {written - rendered:.2f} s, total {written - start:.2f} s, {megabytes:.2f} MB, "
-          f"{len(scene.changes[0])} changes, {len(scene.footprints[0])} baseline structures")
+    print(
+        f"size {args.size} px, gsd {args.gsd} m: render {rendered - start:.2f} s, "
+        f"write {written - rendered:.2f} s, total {written - start:.2f} s, {megabytes:.2f} MB, "
+        f"{len(scene.changes[0])} changes, {len(scene.footprints[0])} baseline structures"
+    )
 
 
 if __name__ == "__main__":

@@ -30,18 +30,33 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES: dict[str, tuple[dict | None, str]] = {
     "pair": (None, "pair model alone (conf 0.25)"),
     "confirm": ({"confirm": True, "add": False}, "every candidate confirmed by the building model"),
-    "confirm<0.5": ({"confirm": True, "confirm_below": 0.5, "add": False}, "candidates under 0.5 confirmed"),
-    "add0.3": ({"confirm": False, "add": True, "add_conf": 0.3}, "pair candidates + structures only the building "
-               "model sees (>= 0.3, the default)"),
-    "add0.37": ({"confirm": False, "add": True, "add_conf": 0.37}, "the same, added at >= 0.37 (where the building "
-                "model's own F1 peaks on its validation areas)"),
+    "confirm<0.5": (
+        {"confirm": True, "confirm_below": 0.5, "add": False},
+        "candidates under 0.5 confirmed",
+    ),
+    "add0.3": (
+        {"confirm": False, "add": True, "add_conf": 0.3},
+        "pair candidates + structures only the building model sees (>= 0.3, the default)",
+    ),
+    "add0.37": (
+        {"confirm": False, "add": True, "add_conf": 0.37},
+        "the same, added at >= 0.37 (where the building "
+        "model's own F1 peaks on its validation areas)",
+    ),
     "add0.4": ({"confirm": False, "add": True, "add_conf": 0.4}, "the same, added at >= 0.4"),
     "add0.5": ({"confirm": False, "add": True, "add_conf": 0.5}, "the same, added at >= 0.5"),
-    "confirm+add0.37": ({"confirm": True, "add": True, "add_conf": 0.37}, "confirm and add (>= 0.37)"),
-    "confirm<0.5+add0.37": ({"confirm": True, "confirm_below": 0.5, "add": True, "add_conf": 0.37},
-                            "confirm under 0.5, add (>= 0.37)"),
-    "pair0.15+confirm": ({"confirm": True, "add": False, "_conf": 0.15}, "pair proposals from 0.15, every one "
-                         "confirmed"),
+    "confirm+add0.37": (
+        {"confirm": True, "add": True, "add_conf": 0.37},
+        "confirm and add (>= 0.37)",
+    ),
+    "confirm<0.5+add0.37": (
+        {"confirm": True, "confirm_below": 0.5, "add": True, "add_conf": 0.37},
+        "confirm under 0.5, add (>= 0.37)",
+    ),
+    "pair0.15+confirm": (
+        {"confirm": True, "add": False, "_conf": 0.15},
+        "pair proposals from 0.15, every one confirmed",
+    ),
 }
 
 
@@ -62,10 +77,16 @@ def write_config(folder: Path, name: str, building: Path, settings: dict | None)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--building", type=Path, required=True, help="the 3-channel building model (ONNX)")
-    ap.add_argument("--model", type=Path, default=None, help="pair model (default: the shipped one)")
+    ap.add_argument(
+        "--building", type=Path, required=True, help="the 3-channel building model (ONNX)"
+    )
+    ap.add_argument(
+        "--model", type=Path, default=None, help="pair model (default: the shipped one)"
+    )
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--rules", default=",".join(RULES), help=f"comma-separated, of: {', '.join(RULES)}")
+    ap.add_argument(
+        "--rules", default=",".join(RULES), help=f"comma-separated, of: {', '.join(RULES)}"
+    )
     ap.add_argument("--levir-only", action="store_true", help="LEVIR-CD pooled only")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -80,8 +101,13 @@ def main() -> int:
         for name in names:
             t0 = time.perf_counter()
             cfg = write_config(Path(tmp), name, args.building, RULES[name][0])
-            rows, numbers = measure(args.model, args.data, skip_synthetic=args.levir_only, run_config=cfg,
-                                    levir_only=args.levir_only)
+            rows, numbers = measure(
+                args.model,
+                args.data,
+                skip_synthetic=args.levir_only,
+                run_config=cfg,
+                levir_only=args.levir_only,
+            )
             numbers["seconds"] = round(time.perf_counter() - t0, 1)
             results[name] = {"rule": RULES[name][1], "rows": rows, "numbers": numbers}
             print(f"{name}: " + "; ".join(f"{r[0]}: {r[1]}" for r in rows), flush=True)

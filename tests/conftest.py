@@ -1,4 +1,14 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures.
+
+The tests are in folders that mirror the packages: ``geo/``, ``flight/``, ``night/``,
+``review/``, ``run/``, ``cli/``, ``synth/``, ``training/``, ``docs/``; what tests the project as
+a whole (the import layers, the runtime's imports, the run config) is here at the top. Helpers
+shared across folders are plain modules here, on the path through ``pythonpath`` in
+``pyproject.toml``: ``pipeline_util`` (contract models, the exact oracle, test rasters),
+``cases_util`` (the case registry's scene), ``height_util`` (the DSM fusion scene),
+``rangeserver`` (a loopback server with byte ranges); ``qgis_check.py`` and ``qgis_review.py``
+are run by the system QGIS's Python.
+"""
 
 from __future__ import annotations
 

@@ -7,24 +7,34 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from affine import Affine
 
 from detector.types import CHANGE_CLASSES, Detection
 
-PAIR_TRANSFORM = Affine(0.1, 0, 500000, 0, -0.1, 2513000)  # the `pair` fixture's grid (tests/conftest.py)
+PAIR_TRANSFORM = Affine(
+    0.1, 0, 500000, 0, -0.1, 2513000
+)  # the `pair` fixture's grid (tests/conftest.py)
 
 
-def make_contract_model(path: Path, channels: int = 6, imgsz: int = 256, gsd: float = 0.25,
-                        names: tuple[str, ...] = CHANGE_CLASSES, overlap: int = 64, extra_meta: dict | None = None,
-                        drop_keys: tuple[str, ...] = ()) -> Path:
+def make_contract_model(
+    path: Path,
+    channels: int = 6,
+    imgsz: int = 256,
+    gsd: float = 0.25,
+    names: tuple[str, ...] = CHANGE_CLASSES,
+    overlap: int = 64,
+    extra_meta: dict | None = None,
+    drop_keys: tuple[str, ...] = (),
+) -> Path:
     """A tiny valid ONNX graph with the buildwatch contract metadata; it outputs no detections."""
     import onnx
     from onnx import TensorProto, helper
 
     inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, channels, imgsz, imgsz])
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 300, 7])
-    zeros = helper.make_tensor("zeros", TensorProto.FLOAT, [1, 300, 7], np.zeros(2100, dtype=np.float32))
+    zeros = helper.make_tensor(
+        "zeros", TensorProto.FLOAT, [1, 300, 7], np.zeros(2100, dtype=np.float32)
+    )
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
         helper.make_node("Mul", ["m", "zero"], ["m0"]),
@@ -35,10 +45,17 @@ def make_contract_model(path: Path, channels: int = 6, imgsz: int = 256, gsd: fl
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     meta = {
-        "task": "obb", "channels": str(channels), "imgsz": f"[{imgsz}, {imgsz}]",
-        "names": str({i: n for i, n in enumerate(names)}), "end2end": "True",
-        "buildwatch_contract": "1", "buildwatch_gsd_m": str(gsd), "buildwatch_conf": "0.25",
-        "buildwatch_iou": "0.5", "buildwatch_tile_overlap_px": str(overlap), "buildwatch_model_name": "test-contract",
+        "task": "obb",
+        "channels": str(channels),
+        "imgsz": f"[{imgsz}, {imgsz}]",
+        "names": str({i: n for i, n in enumerate(names)}),
+        "end2end": "True",
+        "buildwatch_contract": "1",
+        "buildwatch_gsd_m": str(gsd),
+        "buildwatch_conf": "0.25",
+        "buildwatch_iou": "0.5",
+        "buildwatch_tile_overlap_px": str(overlap),
+        "buildwatch_model_name": "test-contract",
     }
     meta.update(extra_meta or {})
     for k in drop_keys:
@@ -70,7 +87,9 @@ class OracleDetector:
                 x, y, w, h, a = stats[k]
                 if a < 20:
                     continue
-                dets.append(Detection(x + w / 2, y + h / 2, float(w), float(h), 0.0, 0.9, "new_building"))
+                dets.append(
+                    Detection(x + w / 2, y + h / 2, float(w), float(h), 0.0, 0.9, "new_building")
+                )
             out.append(dets)
         return out
 
@@ -84,15 +103,33 @@ def textured_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img.astype(int) // 2 + 60 + fine, 0, 255).astype(np.uint8)
 
 
-def write_geotiff(path: Path, rgb: np.ndarray, crs: str, transform, nodata=None, date: str | None = None,
-                  alpha: np.ndarray | None = None) -> Path:
+def write_geotiff(
+    path: Path,
+    rgb: np.ndarray,
+    crs: str,
+    transform,
+    nodata=None,
+    date: str | None = None,
+    alpha: np.ndarray | None = None,
+) -> Path:
     import rasterio
 
     bands = [rgb[..., i] for i in range(rgb.shape[2])]
     if alpha is not None:
         bands.append(alpha)
-    profile = dict(driver="GTiff", width=rgb.shape[1], height=rgb.shape[0], count=len(bands), dtype=rgb.dtype,
-                   crs=crs, transform=transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        count=len(bands),
+        dtype=rgb.dtype,
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    )
     if nodata is not None:
         profile["nodata"] = nodata
     with rasterio.open(path, "w", **profile) as dst:
@@ -100,13 +137,20 @@ def write_geotiff(path: Path, rgb: np.ndarray, crs: str, transform, nodata=None,
         if alpha is not None:
             from rasterio.enums import ColorInterp
 
-            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+            dst.colorinterp = [
+                ColorInterp.red,
+                ColorInterp.green,
+                ColorInterp.blue,
+                ColorInterp.alpha,
+            ]
         if date:
             dst.update_tags(TIFFTAG_DATETIME=date)
     return path
 
 
-def plant(rgb: np.ndarray, boxes_px: list[tuple[int, int, int, int]], colour=(230, 30, 30)) -> np.ndarray:
+def plant(
+    rgb: np.ndarray, boxes_px: list[tuple[int, int, int, int]], colour=(230, 30, 30)
+) -> np.ndarray:
     """Paint solid rectangles (col, row, width, height) on a copy of ``rgb``."""
     out = rgb.copy()
     for c, r, w, h in boxes_px:

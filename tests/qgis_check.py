@@ -6,7 +6,7 @@ Run with the system Python that has QGIS (``/usr/bin/python3``), headless::
         --crs EPSG:4547 --count 5 [--project cases.qgs]
 
 Prints one JSON object (what was found) and exits 0 when every check passes, 1 otherwise.
-Used by tests/test_cases_qgis.py; runs outside the project's virtualenv, so it imports only
+Used by tests/review/test_cases_qgis.py; runs outside the project's virtualenv, so it imports only
 QGIS and the standard library.
 """
 
@@ -17,8 +17,16 @@ import json
 import os
 import sys
 
-STATUSES = {"new", "confirmed_illegal", "demolition_ordered", "demolished", "demolition_verified", "permitted",
-            "false_positive", "referred"}
+STATUSES = {
+    "new",
+    "confirmed_illegal",
+    "demolition_ordered",
+    "demolished",
+    "demolition_verified",
+    "permitted",
+    "false_positive",
+    "referred",
+}
 
 
 def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, list[str]]:
@@ -31,8 +39,12 @@ def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, li
     facts["count"] = layer.featureCount()
     renderer = layer.renderer()
     facts["renderer"] = renderer.type() if renderer else None
-    facts["renderer_attr"] = renderer.classAttribute() if renderer and renderer.type() == "categorizedSymbol" else None
-    facts["categories"] = sorted(c.value() for c in renderer.categories()) if facts["renderer_attr"] else []
+    facts["renderer_attr"] = (
+        renderer.classAttribute() if renderer and renderer.type() == "categorizedSymbol" else None
+    )
+    facts["categories"] = (
+        sorted(c.value() for c in renderer.categories()) if facts["renderer_attr"] else []
+    )
     facts["labels"] = bool(layer.labelsEnabled())
     fields = layer.fields()
     status_setup = layer.editorWidgetSetup(fields.indexOf("status"))
@@ -48,15 +60,21 @@ def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, li
     if facts["count"] != expected_count:
         problems.append(f"feature count {facts['count']} != {expected_count}")
     if facts["renderer"] != "categorizedSymbol" or '"status"' not in (facts["renderer_attr"] or ""):
-        problems.append(f"renderer {facts['renderer']} on {facts['renderer_attr']}, expected categorizedSymbol on status")
+        problems.append(
+            f"renderer {facts['renderer']} on {facts['renderer_attr']}, expected categorizedSymbol on status"
+        )
     if not STATUSES | {"alert"} <= set(facts["categories"]):
         problems.append(f"categories {facts['categories']} miss some statuses")
     if not facts["labels"]:
         problems.append("labels not enabled")
     if facts["status_widget"] != "ValueMap" or set(facts["status_values"]) != STATUSES:
-        problems.append(f"status widget {facts['status_widget']} with values {facts['status_values']}")
+        problems.append(
+            f"status widget {facts['status_widget']} with values {facts['status_values']}"
+        )
     if facts["evidence_widget"] != "ExternalResource" or int(facts["evidence_viewer"] or 0) != 1:
-        problems.append(f"evidence widget {facts['evidence_widget']} viewer {facts['evidence_viewer']} (want image viewer 1)")
+        problems.append(
+            f"evidence widget {facts['evidence_widget']} viewer {facts['evidence_viewer']} (want image viewer 1)"
+        )
     return facts, problems
 
 
@@ -67,11 +85,15 @@ def edit_like_a_reviewer(layer, statuses, moves) -> list[str]:
     fields = layer.fields()
     layer.startEditing()
     for case_id, status in statuses:
-        for feature in layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'")):
+        for feature in layer.getFeatures(
+            QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'")
+        ):
             layer.changeAttributeValue(feature.id(), fields.indexOf("status"), status)
             layer.changeAttributeValue(feature.id(), fields.indexOf("reviewer"), "qgis-check")
     for case_id, dx, dy in moves:
-        for feature in layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'")):
+        for feature in layer.getFeatures(
+            QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'")
+        ):
             geometry = feature.geometry()
             geometry.translate(float(dx), float(dy))
             layer.changeGeometry(feature.id(), geometry)
@@ -86,8 +108,14 @@ def check_project(project, path: str) -> tuple[dict, list[str]]:
     problems: list[str] = []
     facts: dict = {"read": bool(project.read(path))}
     layers = list(project.mapLayers().values())
-    facts["layers"] = sorted((layer.name(), layer.type().value if hasattr(layer.type(), "value") else int(layer.type()),
-                              layer.isValid()) for layer in layers)
+    facts["layers"] = sorted(
+        (
+            layer.name(),
+            layer.type().value if hasattr(layer.type(), "value") else int(layer.type()),
+            layer.isValid(),
+        )
+        for layer in layers
+    )
     if not facts["read"]:
         problems.append("project could not be read")
     if len(layers) != 3 or not all(layer.isValid() for layer in layers):
@@ -98,7 +126,9 @@ def check_project(project, path: str) -> tuple[dict, list[str]]:
         facts["cases_renderer"] = renderer.type() if renderer else None
         if facts["cases_renderer"] != "categorizedSymbol":
             problems.append(f"project cases renderer {facts['cases_renderer']}")
-        facts["cases_status_widget"] = cases[0].editorWidgetSetup(cases[0].fields().indexOf("status")).type()
+        facts["cases_status_widget"] = (
+            cases[0].editorWidgetSetup(cases[0].fields().indexOf("status")).type()
+        )
         if facts["cases_status_widget"] != "ValueMap":
             problems.append("project cases layer lost the status value map")
     else:
@@ -112,10 +142,22 @@ def main() -> int:
     parser.add_argument("--crs", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--project")
-    parser.add_argument("--set-status", nargs=2, metavar=("CASE_ID", "STATUS"), action="append", default=[],
-                        help="edit in QGIS first: set a case's review status (and reviewer 'qgis-check')")
-    parser.add_argument("--move", nargs=3, metavar=("CASE_ID", "DX", "DY"), action="append", default=[],
-                        help="edit in QGIS first: translate a case's geometry by DX, DY map units")
+    parser.add_argument(
+        "--set-status",
+        nargs=2,
+        metavar=("CASE_ID", "STATUS"),
+        action="append",
+        default=[],
+        help="edit in QGIS first: set a case's review status (and reviewer 'qgis-check')",
+    )
+    parser.add_argument(
+        "--move",
+        nargs=3,
+        metavar=("CASE_ID", "DX", "DY"),
+        action="append",
+        default=[],
+        help="edit in QGIS first: translate a case's geometry by DX, DY map units",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -126,8 +168,11 @@ def main() -> int:
     report: dict = {"qgis": Qgis.QGIS_VERSION}
     problems: list[str] = []
     if args.set_status or args.move:
-        problems += edit_like_a_reviewer(QgsVectorLayer(f"{args.registry}|layername=cases", "edit", "ogr"),
-                                         args.set_status, args.move)
+        problems += edit_like_a_reviewer(
+            QgsVectorLayer(f"{args.registry}|layername=cases", "edit", "ogr"),
+            args.set_status,
+            args.move,
+        )
     layer = QgsVectorLayer(f"{args.registry}|layername=cases", "cases", "ogr")
     report["layer"], layer_problems = check_layer(layer, args.crs, args.count)
     problems += layer_problems

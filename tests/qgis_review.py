@@ -5,7 +5,7 @@ Run with the system Python that has QGIS (``/usr/bin/python3``), headless::
     QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/qgis_review.py '<json plan>'
 
 The plan is a JSON list of steps; one JSON object per step is printed (one line, prefixed
-``{``). Used by tests/test_review_qgis.py; imports only QGIS and the standard library.
+``{``). Used by tests/review/test_review_qgis.py; imports only QGIS and the standard library.
 
 Steps
 -----
@@ -37,7 +37,9 @@ def _edit(step) -> dict:
     result = {"valid": layer.isValid()}
 
     def feature_of(case_id):
-        return next(layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'")))
+        return next(
+            layer.getFeatures(QgsFeatureRequest().setFilterExpression(f"\"case_id\" = '{case_id}'"))  # noqa: F821 - the del below comes after the last call
+        )
 
     layer.startEditing()
     for case_id, status in step.get("status", []):
@@ -53,8 +55,11 @@ def _edit(step) -> dict:
         context = layer.createExpressionContext()
         feature = QgsVectorLayerUtils.createFeature(layer, QgsGeometry.fromWkt(wkt), {}, context)
         result.setdefault("added_defaults", []).append(
-            {name: (None if feature[name] is None else str(feature[name])) for name in
-             ("case_id", "status", "origin", "area_m2", "lon", "lat", "edited_by")})
+            {
+                name: (None if feature[name] is None else str(feature[name]))
+                for name in ("case_id", "status", "origin", "area_m2", "lon", "lat", "edited_by")
+            }
+        )
         layer.addFeature(feature)
     result["committed"] = bool(layer.commitChanges())
     result["errors"] = [str(e) for e in layer.commitErrors()]
@@ -73,26 +78,42 @@ def _evidence(step) -> dict:
     setup = layer.editorWidgetSetup(layer.fields().indexOf("evidence"))
     config = setup.config()
     collection = QgsPropertyCollection()
-    collection.loadVariant(config.get("PropertyCollection", {}), QgsWidgetWrapper.propertyDefinitions())
+    collection.loadVariant(
+        config.get("PropertyCollection", {}), QgsWidgetWrapper.propertyDefinitions()
+    )
     context = layer.createExpressionContext()
     root, _ = collection.valueAsString(QgsWidgetWrapper.RootPath, context, "")
-    result = {"widget": setup.type(), "relative_storage": config.get("RelativeStorage"), "root": root,
-              "paths": {f["case_id"]: os.path.join(root, f["evidence"]) for f in layer.getFeatures()}}
+    result = {
+        "widget": setup.type(),
+        "relative_storage": config.get("RelativeStorage"),
+        "root": root,
+        "paths": {f["case_id"]: os.path.join(root, f["evidence"]) for f in layer.getFeatures()},
+    }
     del layer
     return result
 
 
 def _project(step) -> dict:
-    from qgis.core import (QgsCoordinateTransform, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject,
-                           QgsRasterLayer, QgsRectangle, QgsVectorLayer)
+    from qgis.core import (
+        QgsCoordinateTransform,
+        QgsMapRendererSequentialJob,
+        QgsMapSettings,
+        QgsProject,
+        QgsRasterLayer,
+        QgsRectangle,
+        QgsVectorLayer,
+    )
     from qgis.PyQt.QtCore import QSize
 
     project = QgsProject.instance()
     result = {"read": bool(project.read(step["path"]))}
     result["crs"] = project.crs().authid()
     for path, name in step.get("add_layers", []):
-        layer = (QgsRasterLayer(path, name, "gdal") if path.lower().endswith(".tif")
-                 else QgsVectorLayer(path, name, "ogr"))
+        layer = (
+            QgsRasterLayer(path, name, "gdal")
+            if path.lower().endswith(".tif")
+            else QgsVectorLayer(path, name, "ogr")
+        )
         project.addMapLayer(layer)
     if step.get("save"):
         result["saved"] = bool(project.write())
@@ -100,10 +121,23 @@ def _project(step) -> dict:
     extents = {}
     for layer in project.mapLayers().values():
         to_project = QgsCoordinateTransform(layer.crs(), project.crs(), project)
-        extent = to_project.transformBoundingBox(layer.extent()) if layer.isValid() else QgsRectangle()
-        extents[layer.name()] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
-        layers.append([layer.name(), layer.isValid(), project.pathResolver().writePath(layer.source()),
-                       layer.crs().authid()])
+        extent = (
+            to_project.transformBoundingBox(layer.extent()) if layer.isValid() else QgsRectangle()
+        )
+        extents[layer.name()] = [
+            extent.xMinimum(),
+            extent.yMinimum(),
+            extent.xMaximum(),
+            extent.yMaximum(),
+        ]
+        layers.append(
+            [
+                layer.name(),
+                layer.isValid(),
+                project.pathResolver().writePath(layer.source()),
+                layer.crs().authid(),
+            ]
+        )
     result["layers"] = sorted(layers)
     result["extents"] = extents
     if step.get("render"):
@@ -119,10 +153,16 @@ def _project(step) -> dict:
         job = QgsMapRendererSequentialJob(settings)
         job.start()
         job.waitForFinished()
-        labels = job.takeLabelingResults().allLabels() if hasattr(job, "takeLabelingResults") else []
+        labels = (
+            job.takeLabelingResults().allLabels() if hasattr(job, "takeLabelingResults") else []
+        )
         counts = {}
         for label in labels:
-            name = project.mapLayer(label.layerID).name() if project.mapLayer(label.layerID) else label.layerID
+            name = (
+                project.mapLayer(label.layerID).name()
+                if project.mapLayer(label.layerID)
+                else label.layerID
+            )
             counts[name] = counts.get(name, 0) + 1
         result["labels"] = counts
         if step.get("image"):

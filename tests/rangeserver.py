@@ -66,14 +66,20 @@ class RequestCounts:
         return self.counts()[path]
 
     def counts(self) -> collections.Counter:
-        return collections.Counter(self.log.read_text().splitlines()) if self.log.exists() else collections.Counter()
+        return (
+            collections.Counter(self.log.read_text().splitlines())
+            if self.log.exists()
+            else collections.Counter()
+        )
 
     def clear(self) -> None:
         self.log.write_text("")
 
 
 def _serve_forever(root: str, request_log: str, ready) -> None:
-    handler = functools.partial(type("Handler", (_RangeHandler,), {"request_log": request_log}), directory=root)
+    handler = functools.partial(
+        type("Handler", (_RangeHandler,), {"request_log": request_log}), directory=root
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ready.send(server.server_address[1])
     server.serve_forever()
@@ -100,5 +106,9 @@ def serve(root: Path | str):
 
 def s3_env(base_url: str) -> dict:
     """GDAL settings that send ``s3://`` / ``/vsis3/`` reads to the server at ``base_url``, unsigned."""
-    return {"AWS_S3_ENDPOINT": base_url.split("://", 1)[1], "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
-            "AWS_NO_SIGN_REQUEST": "YES"}
+    return {
+        "AWS_S3_ENDPOINT": base_url.split("://", 1)[1],
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+        "AWS_NO_SIGN_REQUEST": "YES",
+    }

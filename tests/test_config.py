@@ -22,12 +22,15 @@ def test_flags_override_file(tmp_path):
     assert cfg.cases.registry == tmp_path / "reg" / "cases.gpkg"
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("unknown_key: 1\n", "unknown_key"),
-    ("align:\n  max_shift_m: -1\n", "align.max_shift_m"),
-    ("[1, 2]\n", "mapping"),
-    ("a: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("unknown_key: 1\n", "unknown_key"),
+        ("align:\n  max_shift_m: -1\n", "align.max_shift_m"),
+        ("[1, 2]\n", "mapping"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_names_the_setting(tmp_path, text, needle):
     f = tmp_path / "c.yaml"
     f.write_text(text)

@@ -39,8 +39,17 @@ CLI_MODULES = ("detector.cli", "detector.__main__", "training.cli")
 #: Bottom to top: each layer is {unit name: module prefixes}. A module belongs to the unit with the
 #: longest matching prefix ("detector" alone is the package's __init__).
 LAYERS = [
-    {"base": ("detector", "detector.errors", "detector.fileio", "detector.types", "detector.logs",
-              "detector.styles", "detector.clock")},
+    {
+        "base": (
+            "detector",
+            "detector.errors",
+            "detector.fileio",
+            "detector.types",
+            "detector.logs",
+            "detector.styles",
+            "detector.clock",
+        )
+    },
     {"geo": ("detector.geo",)},
     {"config": ("detector.config",)},
     {"flight": ("detector.flight",), "night": ("detector.night",)},
@@ -76,7 +85,8 @@ def project_modules() -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _runtime_imports(tree: ast.AST):
@@ -110,7 +120,9 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
             targets = []
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                targets.append(sub if sub in modules else base)  # a submodule, or a name from `base`
+                targets.append(
+                    sub if sub in modules else base
+                )  # a submodule, or a name from `base`
         for target in targets:
             # `import a.b.c` -> the deepest project module named
             while target and target not in modules:
@@ -134,7 +146,9 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     components: list[list[str]] = []
     counter = [0]
 
-    def strongconnect(v: str) -> None:  # Tarjan, iterative over the successors is not needed at this size
+    def strongconnect(
+        v: str,
+    ) -> None:  # Tarjan, iterative over the successors is not needed at this size
         index[v] = low[v] = counter[0]
         counter[0] += 1
         stack.append(v)
@@ -192,7 +206,12 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_module_walk_finds_the_project():
     graph = import_graph()
-    assert {"detector.review.registry", "detector.run.night", "training.reviews", "detector.cli"} <= set(graph)
+    assert {
+        "detector.review.registry",
+        "detector.run.night",
+        "training.reviews",
+        "detector.cli",
+    } <= set(graph)
     # imports inside functions count: the run imports the review side only inside a function
     assert any(_under(m, ("detector.review",)) for m in graph["detector.run.night"])
 
@@ -212,16 +231,26 @@ def test_no_import_cycle():
 def test_runtime_never_imports_synth_or_training():
     """``detector.synth`` only from itself, ``training`` and ``buildwatch synth``; ``training`` only from itself."""
     allowed = {"detector.synth": ("detector.synth", *SYNTH_USERS), "training": ("training",)}
-    bad = [f"{m} imports {t}" for m, targets in import_graph().items() for t in sorted(targets)
-           for package, users in allowed.items() if _under(t, (package,)) and not _under(m, users)]
+    bad = [
+        f"{m} imports {t}"
+        for m, targets in import_graph().items()
+        for t in sorted(targets)
+        for package, users in allowed.items()
+        if _under(t, (package,)) and not _under(m, users)
+    ]
     for line in bad:
         print(line)
     assert not bad, "; ".join(bad)
 
 
 def test_library_never_imports_the_cli():
-    bad = [f"{m} imports {t}" for m, targets in import_graph().items() if not _under(m, CLI_MODULES)
-           for t in sorted(targets) if _under(t, ("detector.cli",))]
+    bad = [
+        f"{m} imports {t}"
+        for m, targets in import_graph().items()
+        if not _under(m, CLI_MODULES)
+        for t in sorted(targets)
+        if _under(t, ("detector.cli",))
+    ]
     for line in bad:
         print(line)
     assert not bad, "; ".join(bad)
@@ -272,8 +301,11 @@ def test_every_module_has_a_layer():
 
 
 def test_layer_check_reports_an_upward_and_a_sideways_import():
-    graph = {"detector.geo.grid": {"detector.night.mosaic"}, "detector.flight.ingest": {"detector.night.height"},
-             "detector.night.tile": {"detector.geo.grid", "detector.types"}}
+    graph = {
+        "detector.geo.grid": {"detector.night.mosaic"},
+        "detector.flight.ingest": {"detector.night.height"},
+        "detector.night.tile": {"detector.geo.grid", "detector.types"},
+    }
     assert upward_imports(graph) == [
         "detector.flight.ingest (flight) imports detector.night.height (night, beside it)",
         "detector.geo.grid (geo) imports detector.night.mosaic (night, above it)",
@@ -291,7 +323,9 @@ def test_no_package_level_cycle():
     packages: dict[str, set[str]] = {}
     for module, targets in import_graph().items():
         src = package_of(module)
-        packages.setdefault(src, set()).update(package_of(t) for t in targets if package_of(t) != src)
+        packages.setdefault(src, set()).update(
+            package_of(t) for t in targets if package_of(t) != src
+        )
     assert find_cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
     cycles = find_cycles(packages)
     assert not cycles, "package cycle(s): " + "; ".join(" -> ".join(c) for c in cycles)

@@ -15,8 +15,8 @@ for m in pkgutil.walk_packages(detector.__path__, "detector."):
     if m.name != "detector.__main__":
         importlib.import_module(m.name)
 from detector.cli import main
-rc = main(["run", "--baseline", r"{ROOT / 'sample_tiles' / 'baseline.tif'}", "--current",
-           r"{ROOT / 'sample_tiles' / 'current.tif'}", "--out", r"{tmp_path / 'out'}", "--workers", "1",
+rc = main(["run", "--baseline", r"{ROOT / "sample_tiles" / "baseline.tif"}", "--current",
+           r"{ROOT / "sample_tiles" / "current.tif"}", "--out", r"{tmp_path / "out"}", "--workers", "1",
            "--no-progress"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "ultralytics"))
 print("HEAVY", heavy, "RC", rc)

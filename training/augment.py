@@ -69,7 +69,9 @@ def degrade_resolution(img, factor: float, blur_sigma: float = 0.0, mode: str = 
     x = img[None]
     if factor > 1.01:
         small = (max(1, round(h / factor)), max(1, round(w / factor)))
-        x = F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode=mode, align_corners=False)
+        x = F.interpolate(
+            F.interpolate(x, size=small, mode="area"), size=(h, w), mode=mode, align_corners=False
+        )
     if blur_sigma > 0:
         x = _gaussian_blur(x, blur_sigma)
     return x[0].clamp(0, 1)
@@ -82,31 +84,58 @@ def season_shift(rgb, p: PairAugParams, apply, gen=None):
     b = rgb.shape[0]
     if not bool(apply.any()):
         return rgb
-    col = lambda v: v.view(b, 1, 1, 1)
+
+    def col(v):
+        return v.view(b, 1, 1, 1)
+
     r, g, bl = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
     lum = rgb.mean(dim=1, keepdim=True)
     kind = torch.rand(b, device=rgb.device, generator=gen)
     # green -> brown / straw (dry season, autumn)
     veg = (2 * g - r - bl).mul(5).clamp(0, 1) * col(_uniform(b, 0.5, 1.0, rgb, gen))
-    dry_tint = torch.stack([_uniform(b, 0.9, 1.35, rgb, gen), _uniform(b, 0.8, 1.05, rgb, gen),
-                            _uniform(b, 0.55, 0.85, rgb, gen)], dim=1).view(b, 3, 1, 1)
+    dry_tint = torch.stack(
+        [
+            _uniform(b, 0.9, 1.35, rgb, gen),
+            _uniform(b, 0.8, 1.05, rgb, gen),
+            _uniform(b, 0.55, 0.85, rgb, gen),
+        ],
+        dim=1,
+    ).view(b, 3, 1, 1)
     dry = (lum * dry_tint * col(_uniform(b, 1.0, 1.4, rgb, gen))).clamp(0, 1)
     # dry ground / brown -> green (rainy season, spring)
     soil = ((r - bl) * 4 - (r - g).abs() * 2).clamp(0, 1) * col(_uniform(b, 0.3, 0.6, rgb, gen))
-    green_tint = torch.stack([_uniform(b, 0.6, 0.85, rgb, gen), _uniform(b, 1.05, 1.3, rgb, gen),
-                              _uniform(b, 0.55, 0.8, rgb, gen)], dim=1).view(b, 3, 1, 1)
+    green_tint = torch.stack(
+        [
+            _uniform(b, 0.6, 0.85, rgb, gen),
+            _uniform(b, 1.05, 1.3, rgb, gen),
+            _uniform(b, 0.55, 0.8, rgb, gen),
+        ],
+        dim=1,
+    ).view(b, 3, 1, 1)
     green = (lum * green_tint).clamp(0, 1)
     to_dry = col((kind < 0.45).to(rgb.dtype))
     to_green = col(((kind >= 0.45) & (kind < 0.8)).to(rgb.dtype))
     out = rgb + to_dry * veg * (dry - rgb) + to_green * soil * (green - rgb)
     out = out.clamp(0, 1) ** col(_uniform(b, *p.gamma, rgb, gen))
-    gains = 1 + (2 * torch.rand(b, 3, 1, 1, device=rgb.device, dtype=rgb.dtype, generator=gen) - 1) * p.gain
+    gains = (
+        1
+        + (2 * torch.rand(b, 3, 1, 1, device=rgb.device, dtype=rgb.dtype, generator=gen) - 1)
+        * p.gain
+    )
     out = out * gains
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * col(_uniform(b, *p.contrast, rgb, gen)) + mean
-    haze = (torch.rand(b, device=rgb.device, generator=gen) < p.haze_prob).to(rgb.dtype) * _uniform(b, *p.haze_alpha, rgb, gen)
-    veil = torch.stack([_uniform(b, 0.75, 0.9, rgb, gen), _uniform(b, 0.8, 0.92, rgb, gen),
-                        _uniform(b, 0.85, 1.0, rgb, gen)], dim=1).view(b, 3, 1, 1)
+    haze = (torch.rand(b, device=rgb.device, generator=gen) < p.haze_prob).to(rgb.dtype) * _uniform(
+        b, *p.haze_alpha, rgb, gen
+    )
+    veil = torch.stack(
+        [
+            _uniform(b, 0.75, 0.9, rgb, gen),
+            _uniform(b, 0.8, 0.92, rgb, gen),
+            _uniform(b, 0.85, 1.0, rgb, gen),
+        ],
+        dim=1,
+    ).view(b, 3, 1, 1)
     out = out * (1 - col(haze)) + veil * col(haze)
     return torch.where(col(apply), out.clamp(0, 1), rgb)
 
@@ -137,8 +166,15 @@ def augment_pair_batch(imgs, params: PairAugParams | None = None, gen=None):
     for i in range(b):
         if draws[i, 0] < p.resolution_prob:
             factor = float(p.scale[0] + (p.scale[1] - p.scale[0]) * draws[i, 1])
-            sigma = float(p.blur_sigma[0] + (p.blur_sigma[1] - p.blur_sigma[0]) * torch.rand(1, generator=gen, device=imgs.device).item()) \
-                if draws[i, 2] < p.blur_prob else 0.0
+            sigma = (
+                float(
+                    p.blur_sigma[0]
+                    + (p.blur_sigma[1] - p.blur_sigma[0])
+                    * torch.rand(1, generator=gen, device=imgs.device).item()
+                )
+                if draws[i, 2] < p.blur_prob
+                else 0.0
+            )
             mode = "bilinear" if (i + int(factor * 1000)) % 2 else "bicubic"
             out[i] = degrade_resolution(out[i], factor, sigma, mode)
     for half in (slice(0, 3), slice(3, 6)):

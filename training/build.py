@@ -24,7 +24,14 @@ import numpy as np
 from detector.fileio import atomic_write_text
 from training.config import TrainConfig
 from training.copypaste import synthesize_pair
-from training.datasets import ChipSample, DatasetWriter, OrientedBox, chip_samples, iter_windows, polygon_to_obb
+from training.datasets import (
+    ChipSample,
+    DatasetWriter,
+    OrientedBox,
+    chip_samples,
+    iter_windows,
+    polygon_to_obb,
+)
 from training.sources import ATTRIBUTIONS, SourceImage
 
 SINGLE_KINDS = ("building", "extension", "temporary_structure")
@@ -40,18 +47,26 @@ class BuildSummary:
     sources: list[str]
 
 
-def _scene_samples(seed: int, channels: int, size: int, gsd: float, imgsz: int, names: tuple[str, ...]) -> list[ChipSample]:
+def _scene_samples(
+    seed: int, channels: int, size: int, gsd: float, imgsz: int, names: tuple[str, ...]
+) -> list[ChipSample]:
     from detector.synth.scene import generate_scene
 
     scene = generate_scene(seed, size=size, gsd=gsd)
     if channels == 6:
-        boxes = [OrientedBox(names.index(c.cls), polygon_to_obb(c.polygon)) for c in scene.changes[0]]
+        boxes = [
+            OrientedBox(names.index(c.cls), polygon_to_obb(c.polygon)) for c in scene.changes[0]
+        ]
         pair = np.concatenate([scene.epochs[0], scene.epochs[1]], axis=2)
         return chip_samples(pair, boxes, imgsz, imgsz, f"syn{seed}")
     out = []
     for epoch in (0, 1):
         dx, dy = scene.shifts[epoch] if scene.shifts else (0.0, 0.0)
-        boxes = [OrientedBox(0, polygon_to_obb(f.polygon + [dx, dy])) for f in scene.footprints[epoch] if f.kind in SINGLE_KINDS]
+        boxes = [
+            OrientedBox(0, polygon_to_obb(f.polygon + [dx, dy]))
+            for f in scene.footprints[epoch]
+            if f.kind in SINGLE_KINDS
+        ]
         out.extend(chip_samples(scene.epochs[epoch], boxes, imgsz, imgsz, f"syn{seed}e{epoch}"))
     return out
 
@@ -60,13 +75,22 @@ def _polygons_in_window(polygons, x0, y0, size):
     out = []
     for p in polygons:
         q = np.asarray(p, np.float64) - [x0, y0]
-        if q[:, 0].max() > 0 and q[:, 1].max() > 0 and q[:, 0].min() < size and q[:, 1].min() < size:
+        if (
+            q[:, 0].max() > 0
+            and q[:, 1].max() > 0
+            and q[:, 0].min() < size
+            and q[:, 1].min() < size
+        ):
             out.append(q)
     return out
 
 
-def real_samples(src: SourceImage, cfg: TrainConfig, rng: np.random.Generator,
-                 chips: tuple[int, int] | None = None) -> list[ChipSample]:
+def real_samples(
+    src: SourceImage,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    chips: tuple[int, int] | None = None,
+) -> list[ChipSample]:
     """Chips of one real source: copy-paste pairs (channels 6) or footprint-labelled singles (channels 3).
 
     ``chips`` = (start, stop) limits the work to those chips of the source (window order).
@@ -75,7 +99,7 @@ def real_samples(src: SourceImage, cfg: TrainConfig, rng: np.random.Generator,
     boxes = [OrientedBox(0, polygon_to_obb(p)) for p in src.polygons]
     singles = chip_samples(src.rgb, boxes, size, cfg.data.chip_stride, src.name)
     if chips is not None:
-        singles = singles[chips[0]:chips[1]]
+        singles = singles[chips[0] : chips[1]]
     if cfg.channels == 3:
         return singles
     out = []
@@ -119,12 +143,16 @@ def _write_job(cfg_json: str, kind: str, args: tuple) -> tuple[dict, dict]:
             writer.add(src.split, sample)
     else:
         split, seed = args
-        for sample in _scene_samples(seed, cfg.channels, cfg.data.synthetic_size, cfg.gsd_m, cfg.imgsz, cfg.names):
+        for sample in _scene_samples(
+            seed, cfg.channels, cfg.data.synthetic_size, cfg.gsd_m, cfg.imgsz, cfg.names
+        ):
             writer.add(split, sample)
     return writer.counts, writer.class_counts
 
 
-def _build_parallel(cfg: TrainConfig, writer: DatasetWriter, sources: list[SourceImage], jobs: list) -> None:
+def _build_parallel(
+    cfg: TrainConfig, writer: DatasetWriter, sources: list[SourceImage], jobs: list
+) -> None:
     import multiprocessing as mp
 
     global _FORKED_SOURCES
@@ -133,18 +161,25 @@ def _build_parallel(cfg: TrainConfig, writer: DatasetWriter, sources: list[Sourc
     for index, src in enumerate(sources):
         h, w = src.rgb.shape[:2]
         n = len(list(iter_windows(h, w, cfg.imgsz, cfg.data.chip_stride)))
-        work += [("real", (index, start, min(n, start + REAL_CHUNK))) for start in range(0, n, REAL_CHUNK)]
+        work += [
+            ("real", (index, start, min(n, start + REAL_CHUNK)))
+            for start in range(0, n, REAL_CHUNK)
+        ]
     work.sort(key=lambda job: -(job[1][2] - job[1][1]))  # big real chunks first, then scenes
     work += [("syn", job) for job in jobs]
     cfg_json = cfg.model_dump_json()
     try:
-        with ProcessPoolExecutor(max_workers=cfg.data.workers, mp_context=mp.get_context("fork")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=cfg.data.workers, mp_context=mp.get_context("fork")
+        ) as pool:
             for fut in [pool.submit(_write_job, cfg_json, kind, args) for kind, args in work]:
                 counts, class_counts = fut.result()
                 for split in counts:
                     writer.counts[split]["images"] += counts[split]["images"]
                     writer.counts[split]["boxes"] += counts[split]["boxes"]
-                    writer.class_counts[split] = [a + b for a, b in zip(writer.class_counts[split], class_counts[split])]
+                    writer.class_counts[split] = [
+                        a + b for a, b in zip(writer.class_counts[split], class_counts[split])
+                    ]
     finally:
         _FORKED_SOURCES = []
 
@@ -166,8 +201,9 @@ def build_dataset(cfg: TrainConfig, progress: bool = True) -> BuildSummary:
     writer = DatasetWriter(cfg.data.root, cfg.channels, cfg.names)
     rng = np.random.default_rng(cfg.data.seed)
     sources = _load_real(cfg)
-    jobs = [("train", s) for s in range(*cfg.data.synthetic_train_seeds)] + \
-           [("val", s) for s in range(*cfg.data.synthetic_val_seeds)]
+    jobs = [("train", s) for s in range(*cfg.data.synthetic_train_seeds)] + [
+        ("val", s) for s in range(*cfg.data.synthetic_val_seeds)
+    ]
     if cfg.data.parallel_real:
         _build_parallel(cfg, writer, sources, jobs)
         jobs = []
@@ -185,16 +221,30 @@ def build_dataset(cfg: TrainConfig, progress: bool = True) -> BuildSummary:
                 for sample in fut.result():
                     writer.add(split, sample)
     data_yaml = writer.write_yaml()
-    summary = BuildSummary(Path(cfg.data.root), data_yaml, writer.counts,
-                           {s: dict(zip(cfg.names, c)) for s, c in writer.class_counts.items()},
-                           round(time.time() - start, 1), sorted({s.dataset for s in sources}))
+    summary = BuildSummary(
+        Path(cfg.data.root),
+        data_yaml,
+        writer.counts,
+        {s: dict(zip(cfg.names, c)) for s, c in writer.class_counts.items()},
+        round(time.time() - start, 1),
+        sorted({s.dataset for s in sources}),
+    )
     manifest = {
-        "config": json.loads(cfg.model_dump_json()), "counts": summary.counts, "class_counts": summary.class_counts,
-        "seconds": summary.seconds, "real_sources": [{"name": s.name, "dataset": s.dataset, "split": s.split,
-                                                      "buildings": len(s.polygons)} for s in sources],
+        "config": json.loads(cfg.model_dump_json()),
+        "counts": summary.counts,
+        "class_counts": summary.class_counts,
+        "seconds": summary.seconds,
+        "real_sources": [
+            {"name": s.name, "dataset": s.dataset, "split": s.split, "buildings": len(s.polygons)}
+            for s in sources
+        ],
         "attributions": {k: ATTRIBUTIONS[k] for k in summary.sources},
-        "synthetic": {"generator": "detector.synth.scene.generate_scene", "train_seeds": list(cfg.data.synthetic_train_seeds),
-                      "val_seeds": list(cfg.data.synthetic_val_seeds), "size": cfg.data.synthetic_size},
+        "synthetic": {
+            "generator": "detector.synth.scene.generate_scene",
+            "train_seeds": list(cfg.data.synthetic_train_seeds),
+            "val_seeds": list(cfg.data.synthetic_val_seeds),
+            "size": cfg.data.synthetic_size,
+        },
     }
     atomic_write_text(Path(cfg.data.root) / "manifest.json", json.dumps(manifest, indent=1))
     if progress:

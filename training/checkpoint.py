@@ -45,9 +45,15 @@ def _onnx_weights(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, str
 
     model = onnx.load(str(onnx_path))
     inits = {}
-    for i in model.graph.initializer:  # weights stored in half precision (export --weights-fp16) under their own name
+    for i in (
+        model.graph.initializer
+    ):  # weights stored in half precision (export --weights-fp16) under their own name
         name = i.name[: -len(FP16_SUFFIX)] if i.name.endswith(FP16_SUFFIX) else i.name
-        inits[name] = numpy_helper.to_array(i).astype(np.float32) if name != i.name else numpy_helper.to_array(i)
+        inits[name] = (
+            numpy_helper.to_array(i).astype(np.float32)
+            if name != i.name
+            else numpy_helper.to_array(i)
+        )
     return inits, {p.key: p.value for p in model.metadata_props}
 
 
@@ -64,7 +70,9 @@ def _calibration_batch(channels: int, size: int, count: int = 8, seed: int = 991
     return np.stack(out)
 
 
-def recover_model(onnx_path: Path, architecture: str = ARCHITECTURE, calibration: np.ndarray | None = None):
+def recover_model(
+    onnx_path: Path, architecture: str = ARCHITECTURE, calibration: np.ndarray | None = None
+):
     """An ultralytics ``OBBModel`` holding the weights of an exported buildwatch ONNX (see module doc).
 
     Returns
@@ -84,22 +92,29 @@ def recover_model(onnx_path: Path, architecture: str = ARCHITECTURE, calibration
 
     inits, meta = _onnx_weights(onnx_path)
     if meta.get("task", "obb") != "obb":
-        raise ModelError(f"{onnx_path}: task {meta.get('task')!r}; only OBB models can be recovered")
+        raise ModelError(
+            f"{onnx_path}: task {meta.get('task')!r}; only OBB models can be recovered"
+        )
     channels = int(meta.get("channels", 3))
     names = {int(k): v for k, v in ast.literal_eval(meta["names"]).items()}
     imgsz = int(ast.literal_eval(meta.get("imgsz", "[512, 512]"))[0])
     model = OBBModel(architecture, ch=channels, nc=len(names), verbose=False)
     model.names = names
     convs = {name: m for name, m in model.named_modules() if isinstance(m, Conv)}
-    plain = {name: m for name, m in model.named_modules()
-             if isinstance(m, nn.Conv2d) and not any(name.startswith(c + ".") for c in convs)}
+    plain = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and not any(name.startswith(c + ".") for c in convs)
+    }
     used: set[str] = set()
 
     def tensor(key, like):
         value = inits[key]
         if tuple(value.shape) != tuple(like.shape):
-            raise ModelError(f"{onnx_path}: {key} has shape {tuple(value.shape)}, {architecture} expects "
-                             f"{tuple(like.shape)}; the model was not trained from {architecture}")
+            raise ModelError(
+                f"{onnx_path}: {key} has shape {tuple(value.shape)}, {architecture} expects "
+                f"{tuple(like.shape)}; the model was not trained from {architecture}"
+            )
         used.add(key)
         return torch.from_numpy(value.copy()).to(like.dtype)
 
@@ -118,11 +133,15 @@ def recover_model(onnx_path: Path, architecture: str = ARCHITECTURE, calibration
                     m.bias.copy_(tensor(f"{name}.bias", m.bias))
     unused = sorted(set(inits) - used)
     if unused:
-        raise ModelError(f"{onnx_path}: {len(unused)} ONNX weights have no place in {architecture} (e.g. {unused[0]})")
+        raise ModelError(
+            f"{onnx_path}: {len(unused)} ONNX weights have no place in {architecture} (e.g. {unused[0]})"
+        )
 
     # BatchNorm statistics of the folded convolutions, measured on calibration pairs
     # (fully convolutional: 256-px scenes give the same per-channel statistics at a quarter of the cost)
-    calibration = _calibration_batch(channels, min(imgsz, 256)) if calibration is None else calibration
+    calibration = (
+        _calibration_batch(channels, min(imgsz, 256)) if calibration is None else calibration
+    )
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []
     for name, m in convs.items():
@@ -135,6 +154,7 @@ def recover_model(onnx_path: Path, architecture: str = ARCHITECTURE, calibration
             def hook(mod, inp, out, name=name):
                 z = out.detach().double()
                 stats[name] = (z.mean(dim=(0, 2, 3)), z.var(dim=(0, 2, 3), unbiased=False))
+
             hooks.append(m.conv.register_forward_hook(hook))
     model.eval()
     with torch.no_grad():
@@ -164,7 +184,11 @@ def onnx_output_difference(model, onnx_path: Path, x: np.ndarray) -> float:
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     head = model.model[-1]
-    saved = (getattr(head, "export", False), getattr(head, "format", None), getattr(head, "end2end", False))
+    saved = (
+        getattr(head, "export", False),
+        getattr(head, "format", None),
+        getattr(head, "end2end", False),
+    )
     head.export, head.format = True, "onnx"
     if hasattr(head, "end2end"):
         head.end2end = False
@@ -210,15 +234,29 @@ def checkpoint_from_onnx(onnx_path: Path, out: Path, architecture: str = ARCHITE
     model, meta = recover_model(onnx_path, architecture)
     import ast
 
-    channels, imgsz = int(meta.get("channels", 3)), int(ast.literal_eval(meta.get("imgsz", "[512, 512]"))[0])
+    channels, imgsz = (
+        int(meta.get("channels", 3)),
+        int(ast.literal_eval(meta.get("imgsz", "[512, 512]"))[0]),
+    )
     x = _calibration_batch(channels, imgsz, count=1, seed=991900)
     diff = onnx_output_difference(model, onnx_path, x)
     if diff > MAX_OUTPUT_DIFF:
-        raise ModelError(f"{onnx_path}: recovered checkpoint differs from the ONNX by {diff:.4g} (> {MAX_OUTPUT_DIFF})")
-    ckpt = {"model": model, "ema": None, "updates": None, "optimizer": None, "epoch": -1,
-            "train_args": {"task": "obb", "imgsz": imgsz, "model": architecture},
-            "buildwatch": {"recovered_from": onnx_path.name, "onnx_max_abs_diff": diff,
-                           "model_name": meta.get("buildwatch_model_name", "")}}
+        raise ModelError(
+            f"{onnx_path}: recovered checkpoint differs from the ONNX by {diff:.4g} (> {MAX_OUTPUT_DIFF})"
+        )
+    ckpt = {
+        "model": model,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "epoch": -1,
+        "train_args": {"task": "obb", "imgsz": imgsz, "model": architecture},
+        "buildwatch": {
+            "recovered_from": onnx_path.name,
+            "onnx_max_abs_diff": diff,
+            "model_name": meta.get("buildwatch_model_name", ""),
+        },
+    }
     from detector.fileio import atomic_path
 
     with atomic_path(out) as tmp:

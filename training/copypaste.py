@@ -39,22 +39,30 @@ class PairExample:
 
     baseline: np.ndarray  # (H, W, 3) uint8 RGB
     current: np.ndarray
-    changes: list[np.ndarray] = field(default_factory=list)  # (N, 2) float polygons, class new_building
+    changes: list[np.ndarray] = field(
+        default_factory=list
+    )  # (N, 2) float polygons, class new_building
     mode: str = "partial"
 
 
-def polygons_mask(shape: tuple[int, int], polygons: list[np.ndarray], dilate_px: int = 0) -> np.ndarray:
+def polygons_mask(
+    shape: tuple[int, int], polygons: list[np.ndarray], dilate_px: int = 0
+) -> np.ndarray:
     """uint8 0/255 mask of filled polygons, optionally dilated."""
     mask = np.zeros(shape, np.uint8)
     if polygons:
         cv2.fillPoly(mask, [np.round(p).astype(np.int32).reshape(-1, 1, 2) for p in polygons], 255)
     if dilate_px > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
+        kernel = cv2.getStructuringElement(
+            cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1)
+        )
         mask = cv2.dilate(mask, kernel)
     return mask
 
 
-def _texture_fill(image: np.ndarray, mask: np.ndarray, avoid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _texture_fill(
+    image: np.ndarray, mask: np.ndarray, avoid: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Fill mask with a patch of the same image taken where ``avoid`` (buildings) is empty."""
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
@@ -67,17 +75,23 @@ def _texture_fill(image: np.ndarray, mask: np.ndarray, avoid: np.ndarray, rng: n
     sub_mask = mask[y0:y1, x0:x1]
     for _ in range(30):
         sx, sy = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-        if not np.any(avoid[sy:sy + bh, sx:sx + bw][sub_mask > 0]):
-            alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.5)[y0:y1, x0:x1, None]
+        if not np.any(avoid[sy : sy + bh, sx : sx + bw][sub_mask > 0]):
+            alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.5)[
+                y0:y1, x0:x1, None
+            ]
             out = image.copy()
-            patch = image[sy:sy + bh, sx:sx + bw].astype(np.float32)
+            patch = image[sy : sy + bh, sx : sx + bw].astype(np.float32)
             out[y0:y1, x0:x1] = (alpha * patch + (1 - alpha) * out[y0:y1, x0:x1]).astype(np.uint8)
             return out
     return cv2.inpaint(image, mask, 5, cv2.INPAINT_TELEA)
 
 
-def erase_regions(image: np.ndarray, polygons: list[np.ndarray], buildings_mask: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+def erase_regions(
+    image: np.ndarray,
+    polygons: list[np.ndarray],
+    buildings_mask: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Remove polygons from an image by inpainting or by same-image ground texture (random per polygon)."""
     out = image
     for poly in polygons:
@@ -89,16 +103,24 @@ def erase_regions(image: np.ndarray, polygons: list[np.ndarray], buildings_mask:
     return out
 
 
-def clear_block(image: np.ndarray, rect: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
+def clear_block(
+    image: np.ndarray, rect: tuple[int, int, int, int], rng: np.random.Generator
+) -> np.ndarray:
     """Replace a rectangle with graded bare soil (whole-block clearing: houses and roads together)."""
     x0, y0, x1, y1 = rect
     out = image.copy()
     region = image[y0:y1, x0:x1].astype(np.float32)
-    soil = np.array([rng.uniform(120, 190), rng.uniform(100, 160), rng.uniform(70, 130)], np.float32)
+    soil = np.array(
+        [rng.uniform(120, 190), rng.uniform(100, 160), rng.uniform(70, 130)], np.float32
+    )
     soil = 0.6 * soil + 0.4 * np.median(region.reshape(-1, 3), axis=0)
-    noise = cv2.GaussianBlur(rng.normal(0, 1, region.shape[:2]).astype(np.float32), (0, 0), rng.uniform(2, 6))
+    noise = cv2.GaussianBlur(
+        rng.normal(0, 1, region.shape[:2]).astype(np.float32), (0, 0), rng.uniform(2, 6)
+    )
     noise = noise / (noise.std() + 1e-6) * rng.uniform(6, 14)
-    fill = soil[None, None, :] + noise[..., None] + rng.normal(0, 3, region.shape).astype(np.float32)
+    fill = (
+        soil[None, None, :] + noise[..., None] + rng.normal(0, 3, region.shape).astype(np.float32)
+    )
     feather = np.zeros(image.shape[:2], np.float32)
     feather[y0:y1, x0:x1] = 1
     feather = cv2.GaussianBlur(feather, (0, 0), 3)[y0:y1, x0:x1, None]
@@ -127,9 +149,13 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.4:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.2))
     if rng.random() < 0.5:
-        out = np.clip(out.astype(np.float32) + rng.normal(0, rng.uniform(1, 5), out.shape), 0, 255).astype(np.uint8)
+        out = np.clip(
+            out.astype(np.float32) + rng.normal(0, rng.uniform(1, 5), out.shape), 0, 255
+        ).astype(np.uint8)
     if rng.random() < 0.5:
-        ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(55, 95))])
+        ok, buf = cv2.imencode(
+            ".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(55, 95))]
+        )
         if ok:
             out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
     return out
@@ -140,7 +166,9 @@ def small_warp(image: np.ndarray, rng: np.random.Generator, max_shift: float, ma
     h, w = image.shape[:2]
     matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-max_rot_deg, max_rot_deg), 1.0)
     matrix[:, 2] += rng.uniform(-max_shift, max_shift, 2)
-    warped = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    warped = cv2.warpAffine(
+        image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )
     return warped, matrix
 
 
@@ -165,8 +193,12 @@ def _random_blobs(shape, count, avoid, rng) -> list[np.ndarray]:
     return blobs
 
 
-def synthesize_pair(image: np.ndarray, footprints: list[np.ndarray], rng: np.random.Generator,
-                    params: PairParams | None = None) -> PairExample:
+def synthesize_pair(
+    image: np.ndarray,
+    footprints: list[np.ndarray],
+    rng: np.random.Generator,
+    params: PairParams | None = None,
+) -> PairExample:
     """Make one labelled pair from a real RGB chip and its building footprints (chip pixels).
 
     Parameters
@@ -183,7 +215,11 @@ def synthesize_pair(image: np.ndarray, footprints: list[np.ndarray], rng: np.ran
     """
     params = params or PairParams()
     h, w = image.shape[:2]
-    usable = [p for p in footprints if cv2.contourArea(np.asarray(p, np.float32)) >= params.min_building_px]
+    usable = [
+        p
+        for p in footprints
+        if cv2.contourArea(np.asarray(p, np.float32)) >= params.min_building_px
+    ]
     buildings_mask = polygons_mask((h, w), footprints, dilate_px=3)
     baseline, current = image.copy(), image.copy()
     changes: list[np.ndarray] = []
@@ -196,9 +232,13 @@ def synthesize_pair(image: np.ndarray, footprints: list[np.ndarray], rng: np.ran
         x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
         baseline = clear_block(baseline, (x0, y0, x0 + bw, y0 + bh), rng)
         for poly in footprints:
-            inside = polygons_mask((h, w), [poly])[y0:y0 + bh, x0:x0 + bw].sum()
+            inside = polygons_mask((h, w), [poly])[y0 : y0 + bh, x0 : x0 + bw].sum()
             total = polygons_mask((h, w), [poly]).sum()
-            if total and inside / total >= 0.5 and cv2.contourArea(np.asarray(poly, np.float32)) >= params.min_building_px:
+            if (
+                total
+                and inside / total >= 0.5
+                and cv2.contourArea(np.asarray(poly, np.float32)) >= params.min_building_px
+            ):
                 changes.append(np.asarray(poly, np.float64))
     else:
         mode = "partial"
@@ -209,15 +249,25 @@ def synthesize_pair(image: np.ndarray, footprints: list[np.ndarray], rng: np.ran
         changes.extend(removed)
     # unlabelled look-alikes of the removal: decoys in either epoch, demolitions in the current one
     for target in ("baseline", "current"):
-        blobs = _random_blobs((h, w), int(rng.integers(params.decoys[0], params.decoys[1] + 1)), buildings_mask > 0, rng)
+        blobs = _random_blobs(
+            (h, w),
+            int(rng.integers(params.decoys[0], params.decoys[1] + 1)),
+            buildings_mask > 0,
+            rng,
+        )
         if target == "baseline":
             baseline = erase_regions(baseline, blobs, buildings_mask, rng)
         else:
             current = erase_regions(current, blobs, buildings_mask, rng)
     changed_ids = {id(p) for p in changes}
-    kept = [p for p in usable if not any(np.array_equal(np.asarray(p, np.float64), c) for c in changes)]
+    kept = [
+        p for p in usable if not any(np.array_equal(np.asarray(p, np.float64), c) for c in changes)
+    ]
     if kept and rng.random() < params.demolition_prob and changed_ids is not None:
-        gone = [np.asarray(kept[i]) for i in rng.choice(len(kept), size=min(2, len(kept)), replace=False)]
+        gone = [
+            np.asarray(kept[i])
+            for i in rng.choice(len(kept), size=min(2, len(kept)), replace=False)
+        ]
         current = erase_regions(current, gone, buildings_mask, rng)
     baseline = degrade(photometric(baseline, rng), rng)
     current = photometric(current, rng)

@@ -58,8 +58,9 @@ def convex_area(points: np.ndarray) -> float:
     return float(cv2.contourArea(np.asarray(points, dtype=np.float32)))
 
 
-def clip_box_to_window(corners: np.ndarray, x0: float, y0: float, width: int, height: int,
-                       min_visible: float = 0.5) -> np.ndarray | None:
+def clip_box_to_window(
+    corners: np.ndarray, x0: float, y0: float, width: int, height: int, min_visible: float = 0.5
+) -> np.ndarray | None:
     """Shift a rotated box into a window's coordinates and clip it to the window.
 
     Parameters
@@ -95,7 +96,9 @@ def obb_label_line(class_id: int, corners: np.ndarray, width: int, height: int) 
     return f"{int(class_id)} " + " ".join(f"{v:.6f}" for v in pts.reshape(-1))
 
 
-def read_obb_labels(path: Path, width: int, height: int, num_classes: int | None = None) -> list[OrientedBox]:
+def read_obb_labels(
+    path: Path, width: int, height: int, num_classes: int | None = None
+) -> list[OrientedBox]:
     """Read a YOLO OBB label file back into pixel corners.
 
     Raises
@@ -106,7 +109,9 @@ def read_obb_labels(path: Path, width: int, height: int, num_classes: int | None
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: label file not found; rebuild the dataset with 'buildwatch build-dataset'")
+        raise InputError(
+            f"{path}: label file not found; rebuild the dataset with 'buildwatch build-dataset'"
+        )
     boxes = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -117,20 +122,28 @@ def read_obb_labels(path: Path, width: int, height: int, num_classes: int | None
         except ValueError:
             values = []
         if len(values) != 9:
-            raise InputError(f"{path}:{number}: expected 'cls x1 y1 ... x4 y4' (9 numbers), got {len(parts)} fields")
+            raise InputError(
+                f"{path}:{number}: expected 'cls x1 y1 ... x4 y4' (9 numbers), got {len(parts)} fields"
+            )
         class_id = int(values[0])
         if class_id < 0 or (num_classes is not None and class_id >= num_classes):
-            raise InputError(f"{path}:{number}: class id {class_id} outside 0..{(num_classes or 1) - 1}")
+            raise InputError(
+                f"{path}:{number}: class id {class_id} outside 0..{(num_classes or 1) - 1}"
+            )
         coords = np.array(values[1:]).reshape(4, 2)
         if coords.min() < 0 or coords.max() > 1:
-            raise InputError(f"{path}:{number}: label coordinates outside the image (must be normalised 0..1)")
+            raise InputError(
+                f"{path}:{number}: label coordinates outside the image (must be normalised 0..1)"
+            )
         boxes.append(OrientedBox(class_id, (coords * [width, height]).astype(np.float32)))
     return boxes
 
 
 def atomic_image_write(path: Path, writer) -> None:
     """Write an image through ``writer(temporary name) -> bool`` (an OpenCV writer), renamed onto ``path``."""
-    with atomic_path(path) as tmp:  # the temporary name keeps the extension: OpenCV picks the codec from it
+    with atomic_path(
+        path
+    ) as tmp:  # the temporary name keeps the extension: OpenCV picks the codec from it
         if not writer(str(tmp)):
             raise InputError(f"{path}: OpenCV could not write the image")
 
@@ -138,16 +151,24 @@ def atomic_image_write(path: Path, writer) -> None:
 def write_pair_tiff(path: Path, baseline: np.ndarray, current: np.ndarray) -> None:
     """Write a co-registered pair as a 6-page grayscale TIFF (baseline RGB, current RGB)."""
     if baseline.shape != current.shape or baseline.ndim != 3 or baseline.shape[2] != 3:
-        raise InputError(f"{path}: pair size mismatch {baseline.shape} vs {current.shape}; both must be (H, W, 3)")
-    pages = [np.ascontiguousarray(img[:, :, band]) for img in (baseline, current) for band in range(3)]
-    atomic_image_write(Path(path), lambda p: cv2.imwritemulti(p, pages, [cv2.IMWRITE_TIFF_COMPRESSION, 5]))
+        raise InputError(
+            f"{path}: pair size mismatch {baseline.shape} vs {current.shape}; both must be (H, W, 3)"
+        )
+    pages = [
+        np.ascontiguousarray(img[:, :, band]) for img in (baseline, current) for band in range(3)
+    ]
+    atomic_image_write(
+        Path(path), lambda p: cv2.imwritemulti(p, pages, [cv2.IMWRITE_TIFF_COMPRESSION, 5])
+    )
 
 
 def read_pair_tiff(path: Path) -> np.ndarray:
     """Read a 6-page pair TIFF back as (H, W, 6) uint8 (baseline RGB, current RGB)."""
     ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
     if not ok or len(pages) != 6:
-        raise InputError(f"{path}: expected a 6-page pair TIFF, found {len(pages) if ok else 0} readable pages")
+        raise InputError(
+            f"{path}: expected a 6-page pair TIFF, found {len(pages) if ok else 0} readable pages"
+        )
     return np.stack(pages, axis=2)
 
 
@@ -158,6 +179,7 @@ def write_rgb_png(path: Path, rgb: np.ndarray) -> None:
 
 def iter_windows(height: int, width: int, size: int, stride: int):
     """Upper-left corners (x0, y0) of size×size windows covering an image; the last ones end at its edge."""
+
     def starts(extent):
         if extent <= size:
             return [0]
@@ -210,7 +232,9 @@ class DatasetWriter:
         image = sample.image
         h, w = image.shape[:2]
         if image.ndim != 3 or image.shape[2] != self.channels:
-            raise InputError(f"{sample.stem}: chip has shape {image.shape}, dataset needs {self.channels} channels")
+            raise InputError(
+                f"{sample.stem}: chip has shape {image.shape}, dataset needs {self.channels} channels"
+            )
         if self.channels == 6:
             path = self.root / "images" / split / f"{sample.stem}.tif"
             write_pair_tiff(path, image[:, :, :3], image[:, :, 3:])
@@ -220,7 +244,9 @@ class DatasetWriter:
         lines = []
         for box in sample.boxes:
             if not 0 <= box.class_id < len(self.names):
-                raise InputError(f"{sample.stem}: class id {box.class_id} outside 0..{len(self.names) - 1}")
+                raise InputError(
+                    f"{sample.stem}: class id {box.class_id} outside 0..{len(self.names) - 1}"
+                )
             lines.append(obb_label_line(box.class_id, box.corners, w, h))
             self.class_counts[split][box.class_id] += 1
         label_path = self.root / "labels" / split / f"{sample.stem}.txt"
@@ -232,22 +258,32 @@ class DatasetWriter:
     def write_yaml(self) -> Path:
         """Write ``data.yaml`` (absolute ``path``) and return it."""
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(self.names))
-        text = (f"path: {self.root.resolve()}\ntrain: images/train\nval: images/val\n"
-                f"channels: {self.channels}\nnames:\n{names}\n")
+        text = (
+            f"path: {self.root.resolve()}\ntrain: images/train\nval: images/val\n"
+            f"channels: {self.channels}\nnames:\n{names}\n"
+        )
         return atomic_write_text(self.root / "data.yaml", text)
 
 
-def chip_samples(image: np.ndarray, boxes: list[OrientedBox], size: int, stride: int, stem: str,
-                 min_visible: float = 0.5) -> list[ChipSample]:
+def chip_samples(
+    image: np.ndarray,
+    boxes: list[OrientedBox],
+    size: int,
+    stride: int,
+    stem: str,
+    min_visible: float = 0.5,
+) -> list[ChipSample]:
     """Cut an image with boxes in its pixels into size×size chips with clipped boxes."""
     h, w = image.shape[:2]
     padded = pad_to(image, size)
     out = []
     for x0, y0 in iter_windows(h, w, size, stride):
-        chip = padded[y0:y0 + size, x0:x0 + size]
+        chip = padded[y0 : y0 + size, x0 : x0 + size]
         chip_boxes = []
         for box in boxes:
-            clipped = clip_box_to_window(box.corners, x0, y0, min(size, w - x0), min(size, h - y0), min_visible)
+            clipped = clip_box_to_window(
+                box.corners, x0, y0, min(size, w - x0), min(size, h - y0), min_visible
+            )
             if clipped is not None:
                 chip_boxes.append(OrientedBox(box.class_id, clipped))
         out.append(ChipSample(f"{stem}_x{x0}_y{y0}", np.ascontiguousarray(chip), chip_boxes))

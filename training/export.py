@@ -17,7 +17,12 @@ import numpy as np
 
 from detector.errors import InputError
 from detector.fileio import atomic_path, atomic_write_text, file_sha256
-from detector.night.model import CONTRACT_VERSION, INPUT_NORMALISATION, deepness_metadata, load_model_spec
+from detector.night.model import (
+    CONTRACT_VERSION,
+    INPUT_NORMALISATION,
+    deepness_metadata,
+    load_model_spec,
+)
 
 
 def work_folder(out: Path):
@@ -46,7 +51,9 @@ def write_metadata(onnx_path: Path, extra: dict[str, str]) -> None:
 def read_metadata(onnx_path: Path) -> dict[str, str]:
     import onnx
 
-    return {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return {
+        p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props
+    }
 
 
 def write_sha256(onnx_path: Path) -> Path:
@@ -56,8 +63,18 @@ def write_sha256(onnx_path: Path) -> Path:
     return atomic_write_text(sidecar, f"{file_sha256(onnx_path)}  {onnx_path.name}\n")
 
 
-def buildwatch_metadata(channels: int, names: dict[int, str], imgsz: int, gsd_m: float, conf: float, iou: float,
-                        overlap_px: int, model_name: str, provenance: dict, metrics: dict) -> dict[str, str]:
+def buildwatch_metadata(
+    channels: int,
+    names: dict[int, str],
+    imgsz: int,
+    gsd_m: float,
+    conf: float,
+    iou: float,
+    overlap_px: int,
+    model_name: str,
+    provenance: dict,
+    metrics: dict,
+) -> dict[str, str]:
     """The ``buildwatch_*`` keys plus the Deepness keys for one model."""
     meta = {
         "buildwatch_contract": CONTRACT_VERSION,
@@ -74,10 +91,20 @@ def buildwatch_metadata(channels: int, names: dict[int, str], imgsz: int, gsd_m:
     return meta
 
 
-def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.25, iou: float = 0.5,
-                overlap_px: int = 64, model_name: str | None = None, provenance: dict | None = None,
-                metrics: dict | None = None, imgsz: int | None = None, opset: int = 17,
-                weights_fp16: bool = False) -> Path:
+def export_onnx(
+    weights: Path,
+    out: Path,
+    gsd_m: float = 0.25,
+    conf: float = 0.25,
+    iou: float = 0.5,
+    overlap_px: int = 64,
+    model_name: str | None = None,
+    provenance: dict | None = None,
+    metrics: dict | None = None,
+    imgsz: int | None = None,
+    opset: int = 17,
+    weights_fp16: bool = False,
+) -> Path:
     """Export ultralytics weights to ONNX at ``out`` with the full buildwatch contract.
 
     Parameters
@@ -96,7 +123,9 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
     """
     weights, out = Path(weights), Path(out)
     if not weights.exists():
-        raise InputError(f"{weights}: weights file not found (use runs/train/<name>/weights/best.pt)")
+        raise InputError(
+            f"{weights}: weights file not found (use runs/train/<name>/weights/best.pt)"
+        )
     from training.offline import prepare_offline
 
     prepare_offline()
@@ -105,20 +134,45 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
     try:
         model = YOLO(str(weights), task="obb")
     except Exception as exc:  # noqa: BLE001 - torch/pickle errors of a broken file
-        raise InputError(f"{weights}: not readable ultralytics weights ({type(exc).__name__})") from None
+        raise InputError(
+            f"{weights}: not readable ultralytics weights ({type(exc).__name__})"
+        ) from None
     channels = int(model.model.yaml.get("channels", getattr(model.model, "channels", 3)))
-    train_imgsz = int(model.ckpt.get("train_args", {}).get("imgsz", 512)) if getattr(model, "ckpt", None) else 512
+    train_imgsz = (
+        int(model.ckpt.get("train_args", {}).get("imgsz", 512))
+        if getattr(model, "ckpt", None)
+        else 512
+    )
     imgsz = imgsz or train_imgsz
     out.parent.mkdir(parents=True, exist_ok=True)
     with work_folder(out) as tmp:
         tmp_weights = Path(tmp) / "model.pt"
         shutil.copyfile(weights, tmp_weights)
         model = YOLO(str(tmp_weights), task="obb")
-        exported = Path(model.export(format="onnx", imgsz=imgsz, opset=opset, simplify=False, dynamic=False,
-                                     batch=1, device="cpu"))
+        exported = Path(
+            model.export(
+                format="onnx",
+                imgsz=imgsz,
+                opset=opset,
+                simplify=False,
+                dynamic=False,
+                batch=1,
+                device="cpu",
+            )
+        )
         names = {int(k): str(v) for k, v in model.names.items()}
-        meta = buildwatch_metadata(channels, names, imgsz, gsd_m, conf, iou, overlap_px,
-                                   model_name or out.stem, provenance or {}, metrics or {})
+        meta = buildwatch_metadata(
+            channels,
+            names,
+            imgsz,
+            gsd_m,
+            conf,
+            iou,
+            overlap_px,
+            model_name or out.stem,
+            provenance or {},
+            metrics or {},
+        )
         write_metadata(exported, meta)
         with atomic_path(out) as part:
             os.replace(exported, part)
@@ -129,7 +183,9 @@ def export_onnx(weights: Path, out: Path, gsd_m: float = 0.25, conf: float = 0.2
     return out
 
 
-FP16_SUFFIX = "__fp16"  # an initializer stored in half precision; a Cast node restores the float32 name
+FP16_SUFFIX = (
+    "__fp16"  # an initializer stored in half precision; a Cast node restores the float32 name
+)
 
 
 def store_weights_fp16(onnx_path: Path, min_size: int = 16) -> Path:
@@ -151,10 +207,19 @@ def store_weights_fp16(onnx_path: Path, min_size: int = 16) -> Path:
     inits, casts = [], []
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= min_size:
-            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + FP16_SUFFIX)
+            half = numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float16), init.name + FP16_SUFFIX
+            )
             inits.append(half)
-            casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
-                                          name=init.name + FP16_SUFFIX + "_cast"))
+            casts.append(
+                helper.make_node(
+                    "Cast",
+                    [half.name],
+                    [init.name],
+                    to=TensorProto.FLOAT,
+                    name=init.name + FP16_SUFFIX + "_cast",
+                )
+            )
         else:
             inits.append(init)
     nodes = list(graph.node)
@@ -183,24 +248,35 @@ def decode_tail_nodes(model, include_last_convs: bool = True) -> list[str]:
             consumers.setdefault(name, []).append(i)
     reaches_conv = [False] * len(nodes)
     for i in range(len(nodes) - 1, -1, -1):  # graph nodes are topologically sorted
-        reaches_conv[i] = any(nodes[j].op_type == "Conv" or reaches_conv[j]
-                              for o in nodes[i].output for j in consumers.get(o, []))
+        reaches_conv[i] = any(
+            nodes[j].op_type == "Conv" or reaches_conv[j]
+            for o in nodes[i].output
+            for j in consumers.get(o, [])
+        )
     tail = {i for i, n in enumerate(nodes) if not reaches_conv[i] and n.op_type != "Conv"}
     names = [nodes[i].name for i in sorted(tail)]
     if include_last_convs:
-        names += [n.name for i, n in enumerate(nodes) if n.op_type == "Conv" and not reaches_conv[i]]
+        names += [
+            n.name for i, n in enumerate(nodes) if n.op_type == "Conv" and not reaches_conv[i]
+        ]
     return [n for n in names if n]
 
 
-def quantize_int8(onnx_path: Path, out: Path, calibration: list, exclude_decode: bool = True) -> Path:
+def quantize_int8(
+    onnx_path: Path, out: Path, calibration: list, exclude_decode: bool = True
+) -> Path:
     """Static QDQ int8 copy of a model, calibrated on a list of (1, C, H, W) float32 arrays.
 
     The box-decoding tail (:func:`decode_tail_nodes`) stays float32 unless ``exclude_decode``
     is False: quantizing it zeroes every class score.
     """
     import onnx
-
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, out = Path(onnx_path), Path(out)
@@ -221,11 +297,26 @@ def quantize_int8(onnx_path: Path, out: Path, calibration: list, exclude_decode:
             shutil.copyfile(onnx_path, pre)
         part = Path(tmp) / "q.onnx"
         exclude = decode_tail_nodes(onnx.load(str(pre))) if exclude_decode else []
-        quantize_static(str(pre), str(part), _Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_exclude=exclude)
-        write_metadata(part, read_metadata(onnx_path) | {"buildwatch_model_name": read_metadata(onnx_path).get(
-            "buildwatch_model_name", out.stem) + "-int8"})
+        quantize_static(
+            str(pre),
+            str(part),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=exclude,
+        )
+        write_metadata(
+            part,
+            read_metadata(onnx_path)
+            | {
+                "buildwatch_model_name": read_metadata(onnx_path).get(
+                    "buildwatch_model_name", out.stem
+                )
+                + "-int8"
+            },
+        )
         with atomic_path(out) as final:
             os.replace(part, final)
     write_sha256(out)

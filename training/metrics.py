@@ -34,11 +34,17 @@ class ObjectScores:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
 
-    def __add__(self, other: "ObjectScores") -> "ObjectScores":
-        return ObjectScores(self.iou_threshold, self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+    def __add__(self, other: ObjectScores) -> ObjectScores:
+        return ObjectScores(
+            self.iou_threshold, self.tp + other.tp, self.fp + other.fp, self.fn + other.fn
+        )
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"precision": round(self.precision, 4), "recall": round(self.recall, 4), "f1": round(self.f1, 4)}
+        return asdict(self) | {
+            "precision": round(self.precision, 4),
+            "recall": round(self.recall, 4),
+            "f1": round(self.f1, 4),
+        }
 
 
 @dataclass
@@ -49,13 +55,15 @@ class PixelScores:
 
     @property
     def f1(self) -> float:
-        return 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp + self.fp + self.fn else 0.0
+        return (
+            2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp + self.fp + self.fn else 0.0
+        )
 
     @property
     def iou(self) -> float:
         return self.tp / (self.tp + self.fp + self.fn) if self.tp + self.fp + self.fn else 0.0
 
-    def __add__(self, other: "PixelScores") -> "PixelScores":
+    def __add__(self, other: PixelScores) -> PixelScores:
         return PixelScores(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
 
     def as_dict(self) -> dict:
@@ -80,7 +88,9 @@ def polygon_masks(polygons: list[np.ndarray], shape: tuple[int, int]) -> list[np
 
 def mask_components(mask: np.ndarray, min_area_px: float = 0) -> list[np.ndarray]:
     """4-connected components of a change mask (non-zero = change) of at least ``min_area_px`` pixels."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((np.asarray(mask) > 0).astype(np.uint8), connectivity=4)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (np.asarray(mask) > 0).astype(np.uint8), connectivity=4
+    )
     return [labels == i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
 
 
@@ -113,7 +123,9 @@ def match_one_to_one(ious: np.ndarray, threshold: float) -> list[tuple[int, int]
     return pairs
 
 
-def object_scores(preds: list[np.ndarray], truths: list[np.ndarray], threshold: float) -> ObjectScores:
+def object_scores(
+    preds: list[np.ndarray], truths: list[np.ndarray], threshold: float
+) -> ObjectScores:
     """TP/FP/FN of predicted vs truth object masks at an IoU threshold (one-to-one)."""
     tp = len(match_one_to_one(iou_matrix(preds, truths), threshold))
     return ObjectScores(threshold, tp, len(preds) - tp, len(truths) - tp)

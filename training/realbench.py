@@ -24,13 +24,25 @@ def run(base: Path, cur: Path, out: Path, model: Path | None, run_config: Path |
     from detector.config import load_config
     from detector.run import run_pipeline
 
-    cfg = load_config(run_config, {"baseline": str(base), "current": str(cur), "out": str(out), "workers": 1,
-                             "progress": False, "resume": False, "model": model and str(model)})
+    cfg = load_config(
+        run_config,
+        {
+            "baseline": str(base),
+            "current": str(cur),
+            "out": str(out),
+            "workers": 1,
+            "progress": False,
+            "resume": False,
+            "model": model and str(model),
+        },
+    )
     summary = run_pipeline(cfg)
     return gpd.read_file(summary.candidates_path, layer="candidates")
 
 
-def erased_scores(image: Path, labels, tmp: Path, model: Path | None, run_config: Path | None = None) -> dict:
+def erased_scores(
+    image: Path, labels, tmp: Path, model: Path | None, run_config: Path | None = None
+) -> dict:
     """Erase every third building; how many come back within 2 m, and candidates on untouched ones."""
     base, cur, erased, kept = erase_buildings_pair(image, labels, tmp, every=3)
     return score_erased(erased, kept, run(base, cur, tmp / "out", model, run_config))
@@ -52,12 +64,21 @@ def score_erased(erased, kept, cand) -> dict:
     for g in c.geometry:
         ik, ie = (x.geometry.intersection(g).area.sum() / max(g.area, 1e-9) for x in (k, e))
         on_kept += int(ik > ie and ik >= 0.25)
-    return {"erased": len(e), "within_2m": int((dist <= 2.0).sum()), "candidates": len(c),
-            "on_untouched": int(on_kept)}
+    return {
+        "erased": len(e),
+        "within_2m": int((dist <= 2.0).sum()),
+        "candidates": len(c),
+        "on_untouched": int(on_kept),
+    }
 
 
-def measure(model: Path | None, data: Path, skip_synthetic: bool = False, run_config: Path | None = None,
-            levir_only: bool = False) -> tuple[list, dict]:
+def measure(
+    model: Path | None,
+    data: Path,
+    skip_synthetic: bool = False,
+    run_config: Path | None = None,
+    levir_only: bool = False,
+) -> tuple[list, dict]:
     """Every set's numbers for one model and nightly config: (table rows, numbers)."""
     from training.evaluate import evaluate_pairs
 
@@ -68,34 +89,54 @@ def measure(model: Path | None, data: Path, skip_synthetic: bool = False, run_co
         tp = fp = fn = 0
         for name in ("levir_cd_1024", "levir_cd_256"):
             if (data / name).is_dir():
-                any3 = evaluate_pairs(model, data / name, "levir", tmp / f"{name}.json",
-                                      run_config=run_config)["summary"][
-                    "any_class"]["0.3"]
+                any3 = evaluate_pairs(
+                    model, data / name, "levir", tmp / f"{name}.json", run_config=run_config
+                )["summary"]["any_class"]["0.3"]
                 tp, fp, fn = tp + any3["tp"], fp + any3["fp"], fn + any3["fn"]
                 numbers[name] = any3
         if tp + fp + fn:
             f1 = 2 * tp / max(2 * tp + fp + fn, 1)
             numbers["levir_pooled_f1"] = round(f1, 3)
-            rows.append(("LEVIR-CD 1024 + 256, object F1@0.3 (registration on)", f"{f1:.3f} ({tp}/{fp}/{fn} TP/FP/FN)",
-                         "≥ 0.45"))
+            rows.append(
+                (
+                    "LEVIR-CD 1024 + 256, object F1@0.3 (registration on)",
+                    f"{f1:.3f} ({tp}/{fp}/{fn} TP/FP/FN)",
+                    "≥ 0.45",
+                )
+            )
         if levir_only:
             return rows, numbers
         # erased buildings
         atl = data / "spacenet4_atlanta_sample"
         if atl.is_dir():
-            r = erased_scores(atl / "sample_geotiff.tif", atl / "geotiff_labels.geojson", tmp / "atlanta", model,
-                              run_config)
+            r = erased_scores(
+                atl / "sample_geotiff.tif",
+                atl / "geotiff_labels.geojson",
+                tmp / "atlanta",
+                model,
+                run_config,
+            )
             numbers["atlanta_erased"] = r
-            rows.append(("SpaceNet Atlanta, erased buildings found within 2 m",
-                         f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
-                         f"{r['on_untouched']} of {r['candidates']} candidates on untouched buildings", "≥ 90 %; 0"))
+            rows.append(
+                (
+                    "SpaceNet Atlanta, erased buildings found within 2 m",
+                    f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
+                    f"{r['on_untouched']} of {r['candidates']} candidates on untouched buildings",
+                    "≥ 90 %; 0",
+                )
+            )
         if (data / "oam_banepa_fair").is_dir():
             mosaic, fp_gdf = banepa_val_mosaic(data, tmp / "banepa_val.tif")
             r = erased_scores(mosaic, fp_gdf, tmp / "banepa", model, run_config)
             numbers["banepa_erased"] = r
-            rows.append(("OAM Banepa hold-out (drone), erased buildings within 2 m",
-                         f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
-                         f"{r['on_untouched']} of {r['candidates']} candidates on untouched buildings", "≥ 90 %; 0"))
+            rows.append(
+                (
+                    "OAM Banepa hold-out (drone), erased buildings within 2 m",
+                    f"{r['within_2m']}/{r['erased']} ({r['within_2m'] / r['erased']:.0%}); "
+                    f"{r['on_untouched']} of {r['candidates']} candidates on untouched buildings",
+                    "≥ 90 %; 0",
+                )
+            )
             import rasterio
 
             from detector.geo.crs import pixel_size_m
@@ -109,15 +150,27 @@ def measure(model: Path | None, data: Path, skip_synthetic: bool = False, run_co
                 valid = (ds.read(1) > 0).sum()
             km2 = valid * gx * gy / 1e6
             numbers["banepa_flown_twice"] = {"false_candidates": counts, "km2": round(km2, 4)}
-            rows.append(("OAM Banepa hold-out flown twice (3 draws), false candidates",
-                         f"{sum(counts)} on {3 * km2:.3f} km² = {sum(counts) / (3 * km2):.1f}/km²", "≤ 5/km²"))
+            rows.append(
+                (
+                    "OAM Banepa hold-out flown twice (3 draws), false candidates",
+                    f"{sum(counts)} on {3 * km2:.3f} km² = {sum(counts) / (3 * km2):.1f}/km²",
+                    "≤ 5/km²",
+                )
+            )
         if not skip_synthetic:
             from detector.synth.scene import generate
 
             generate(tmp / "synth", seed=777, scenes=6, size=1024, gsd=0.25)
-            s = evaluate_pairs(model, tmp / "synth", "synth", tmp / "synth.json", run_config=run_config)["summary"]
+            s = evaluate_pairs(
+                model, tmp / "synth", "synth", tmp / "synth.json", run_config=run_config
+            )["summary"]
             nb, allc = s["per_class"]["new_building"]["0.3"]["f1"], s["all_classes"]["0.3"]["f1"]
             numbers["synthetic"] = {"new_building_f1": nb, "all_classes_f1": allc}
-            rows.append(("synthetic held-out (seed 777), F1@0.3 new_building / all classes", f"{nb} / {allc}",
-                         "≥ 0.95 / ≥ 0.85"))
+            rows.append(
+                (
+                    "synthetic held-out (seed 777), F1@0.3 new_building / all classes",
+                    f"{nb} / {allc}",
+                    "≥ 0.95 / ≥ 0.85",
+                )
+            )
     return rows, numbers

@@ -27,7 +27,9 @@ from detector.fileio import atomic_path
 BANEPA_VAL_ROWS_FROM = 220247  # chips with this tile row or more are the held-out southern quarter
 
 
-def erase_buildings_pair(image_path: Path, labels_path, out_dir: Path, every: int = 3, dilate_m: float = 1.5):
+def erase_buildings_pair(
+    image_path: Path, labels_path, out_dir: Path, every: int = 3, dilate_m: float = 1.5
+):
     """Write ``baseline.tif`` (every ``every``-th labelled building inpainted away) and ``current.tif``.
 
     Parameters
@@ -48,7 +50,9 @@ def erase_buildings_pair(image_path: Path, labels_path, out_dir: Path, every: in
     from rasterio.features import rasterize
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = labels_path if isinstance(labels_path, gpd.GeoDataFrame) else gpd.read_file(labels_path)
+    labels = (
+        labels_path if isinstance(labels_path, gpd.GeoDataFrame) else gpd.read_file(labels_path)
+    )
     from detector.geo.crs import pixel_size_m
 
     with rasterio.open(image_path) as src:
@@ -65,8 +69,13 @@ def erase_buildings_pair(image_path: Path, labels_path, out_dir: Path, every: in
     erased = order.iloc[::every]
     kept = order.drop(index=erased.index)
     dilate = dilate_m * res / gsd_m  # metres -> CRS units (degrees for a geographic raster)
-    mask = rasterize(((g.buffer(dilate), 1) for g in erased.geometry), out_shape=data.shape[1:],
-                     transform=transform, fill=0, dtype="uint8")
+    mask = rasterize(
+        ((g.buffer(dilate), 1) for g in erased.geometry),
+        out_shape=data.shape[1:],
+        transform=transform,
+        fill=0,
+        dtype="uint8",
+    )
     baseline = np.empty_like(data)
     radius = max(3, int(round(3 / gsd_m)))
     for b in range(data.shape[0]):
@@ -104,9 +113,13 @@ def flown_twice(image_path: Path, out_path: Path, seed: int = 0, shift_m: float 
     img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     gain = rng.uniform(0.8, 1.2) * rng.uniform(0.93, 1.07, size=3)  # exposure and white balance
     img = np.clip(img.astype(np.float32) * gain + rng.uniform(-10, 10), 0, 255).astype(np.uint8)
-    ok, jpg = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 85))])
+    ok, jpg = cv2.imencode(
+        ".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 85))]
+    )
     img = cv2.imdecode(jpg, cv2.IMREAD_COLOR)[:, :, ::-1]
-    profile.update(count=3, dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    profile.update(
+        count=3, dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate"
+    )
     profile.pop("nodata", None)
     _write_tif(out_path, np.moveaxis(img, -1, 0), profile)
     return out_path
@@ -131,8 +144,11 @@ def banepa_val_mosaic(data_root: Path, out_path: Path):
     from shapely.geometry import box
 
     folder = Path(data_root) / "oam_banepa_fair" / "train"
-    chips = [c for c in sorted((folder / "oam").glob("OAM-*-*-19.tif"))
-             if int(c.stem.split("-")[2]) >= BANEPA_VAL_ROWS_FROM]
+    chips = [
+        c
+        for c in sorted((folder / "oam").glob("OAM-*-*-19.tif"))
+        if int(c.stem.split("-")[2]) >= BANEPA_VAL_ROWS_FROM
+    ]
     footprints = sorted((folder / "osm").glob("*.geojson"))
     if not chips or not footprints:
         raise InputError(f"{folder}: no held-out OAM-*-19.tif chips or OSM footprints found")
@@ -141,9 +157,24 @@ def banepa_val_mosaic(data_root: Path, out_path: Path):
     # whole-pixel offset, so no chip is resampled) and a later chip wins where two meet, as before
     mosaic, transform = merge(chips, indexes=[1, 2, 3], method="last")
     height, width = mosaic.shape[1:]
-    _write_tif(out_path, mosaic, dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8",
-                                      crs="EPSG:4326", transform=transform, nodata=0, tiled=True, blockxsize=256,
-                                      blockysize=256, compress="deflate"))
+    _write_tif(
+        out_path,
+        mosaic,
+        dict(
+            driver="GTiff",
+            width=width,
+            height=height,
+            count=3,
+            dtype="uint8",
+            crs="EPSG:4326",
+            transform=transform,
+            nodata=0,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+        ),
+    )
     extent = box(*array_bounds(height, width, transform))
     fp = gpd.read_file(footprints[0]).to_crs("EPSG:4326")
     fp = fp[fp.geometry.within(extent)]

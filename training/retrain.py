@@ -27,16 +27,18 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from detector.clock import utc_now
 from detector.errors import ConfigError, InputError
+from detector.fileio import json_digest
+from detector.logs import log_to, stop_logging_to
 from detector.night.model_registry import ModelRegistry, ModelVersion
 from detector.types import CHANGE_CLASSES
 from training.config import TrainConfig
-from training.datasets import ChipSample, DatasetWriter, OrientedBox, chip_samples, polygon_to_obb
+from training.datasets import DatasetWriter, OrientedBox, chip_samples, polygon_to_obb
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +58,20 @@ class RetrainOptions:
     current: Path | None = None
     holdout_fraction: float = 0.2
     holdout: list[str] = field(default_factory=list)
-    synthetic_train: int = 32  # synthetic scenes mixed into training (keeps the other classes in view; 8 and 16 let them erode)
+    # synthetic scenes mixed into training (keeps the other classes in view; 8 and 16 let them erode)
+    synthetic_train: int = 32
     synthetic_holdout: int = 4  # synthetic scenes the gate scores both models on
     synthetic_size: int = 1024
     margin: float = 0.05
     min_gain: float = 0.0
     promote: bool = True
-    resume: bool = True  # reuse a finished fine-tune of an earlier attempt on the same data and recipe
+    resume: bool = (
+        True  # reuse a finished fine-tune of an earlier attempt on the same data and recipe
+    )
     seed: int = 0
-    base_model: Path | None = None  # the model v0001 is made from when the registry is empty (default: shipped)
+    base_model: Path | None = (
+        None  # the model v0001 is made from when the registry is empty (default: shipped)
+    )
 
 
 @dataclass
@@ -80,17 +87,27 @@ class GateResult:
 
 def gate_metrics(synthetic_report: dict | None, district_report: dict | None) -> dict:
     """The numbers the gate compares, from two :func:`training.evaluate.evaluate_pairs` reports."""
-    out: dict = {"district_f1": None, "district_per_class": {}, "synthetic_f1": None, "synthetic_per_class": {}}
+    out: dict = {
+        "district_f1": None,
+        "district_per_class": {},
+        "synthetic_f1": None,
+        "synthetic_per_class": {},
+    }
     if district_report is not None:
         s = district_report["summary"]
         out["district_f1"] = s["any_class"][IOU]["f1"]
-        out["district_per_class"] = {c: v[IOU]["f1"] for c, v in s.get("per_class", {}).items()
-                                     if v[IOU]["tp"] + v[IOU]["fn"] > 0}
+        out["district_per_class"] = {
+            c: v[IOU]["f1"]
+            for c, v in s.get("per_class", {}).items()
+            if v[IOU]["tp"] + v[IOU]["fn"] > 0
+        }
         out["district_counts"] = {k: s["any_class"][IOU][k] for k in ("tp", "fp", "fn")}
     if synthetic_report is not None:
         s = synthetic_report["summary"]
         out["synthetic_f1"] = s["all_classes"][IOU]["f1"]
-        out["synthetic_per_class"] = {c: v[IOU]["f1"] for c, v in s["per_class"].items() if v[IOU]["tp"] + v[IOU]["fn"] > 0}
+        out["synthetic_per_class"] = {
+            c: v[IOU]["f1"] for c, v in s["per_class"].items() if v[IOU]["tp"] + v[IOU]["fn"] > 0
+        }
     return out
 
 
@@ -104,32 +121,41 @@ def gate_decision(old: dict, new: dict, margin: float = 0.05, min_gain: float = 
         From :func:`gate_metrics` for the promoted model and the candidate.
     """
     if old.get("district_f1") is None or new.get("district_f1") is None:
-        return GateResult(False, "no district hold-out was scored; nothing shows the new model is better", old, new)
+        return GateResult(
+            False,
+            "no district hold-out was scored; nothing shows the new model is better",
+            old,
+            new,
+        )
     gain = new["district_f1"] - old["district_f1"]
     if gain <= min_gain:
-        return GateResult(False, f"district F1@{IOU} {old['district_f1']:.3f} -> {new['district_f1']:.3f}: "
-                                 f"no improvement (needs > +{min_gain:.3f})", old, new)
+        return GateResult(
+            False,
+            f"district F1@{IOU} {old['district_f1']:.3f} -> {new['district_f1']:.3f}: "
+            f"no improvement (needs > +{min_gain:.3f})",
+            old,
+            new,
+        )
     for scope in ("synthetic_per_class", "district_per_class"):
         for cls, before in old.get(scope, {}).items():
             after = new.get(scope, {}).get(cls, 0.0)
             if before - after > margin:
                 where = scope.split("_")[0]
-                return GateResult(False, f"{where} {cls} F1@{IOU} drops {before:.3f} -> {after:.3f} "
-                                         f"(more than the margin {margin:.2f}), although the district F1 rises "
-                                         f"{old['district_f1']:.3f} -> {new['district_f1']:.3f}", old, new)
-    return GateResult(True, f"district F1@{IOU} {old['district_f1']:.3f} -> {new['district_f1']:.3f} "
-                            f"(+{gain:.3f}); no class drops more than {margin:.2f}", old, new)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _file_handler(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.INFO)
-    return handler
+                return GateResult(
+                    False,
+                    f"{where} {cls} F1@{IOU} drops {before:.3f} -> {after:.3f} "
+                    f"(more than the margin {margin:.2f}), although the district F1 rises "
+                    f"{old['district_f1']:.3f} -> {new['district_f1']:.3f}",
+                    old,
+                    new,
+                )
+    return GateResult(
+        True,
+        f"district F1@{IOU} {old['district_f1']:.3f} -> {new['district_f1']:.3f} "
+        f"(+{gain:.3f}); no class drops more than {margin:.2f}",
+        old,
+        new,
+    )
 
 
 def _ensure_parent(registry: ModelRegistry, base_model: Path | None, work: Path) -> ModelVersion:
@@ -137,8 +163,10 @@ def _ensure_parent(registry: ModelRegistry, base_model: Path | None, work: Path)
     if registry.promoted is not None:
         return registry.resolve()
     if registry.versions():
-        raise ConfigError(f"{registry.root}: has versions but none promoted; promote one first "
-                          "('buildwatch models promote VERSION --models ...')")
+        raise ConfigError(
+            f"{registry.root}: has versions but none promoted; promote one first "
+            "('buildwatch models promote VERSION --models ...')"
+        )
     from detector.night.model import load_model_spec
 
     spec = load_model_spec(base_model)
@@ -146,13 +174,24 @@ def _ensure_parent(registry: ModelRegistry, base_model: Path | None, work: Path)
 
     ck = checkpoint_beside(spec.path)
     if not ck.exists():  # the shipped model has none: recover it once, keep it in the registry
-        log.info("%s has no training checkpoint beside it: recovering one from the ONNX", spec.path.name)
+        log.info(
+            "%s has no training checkpoint beside it: recovering one from the ONNX", spec.path.name
+        )
         ck = checkpoint_from_onnx(spec.path, work / "recovered.pt")
-    first = registry.add(spec.path, checkpoint=ck, model_name=spec.model_name,
-                         note=f"initial version: {spec.path.name} ({spec.model_name})",
-                         metrics={"embedded": spec.metadata.get("buildwatch_metrics", "")})
+    first = registry.add(
+        spec.path,
+        checkpoint=ck,
+        model_name=spec.model_name,
+        note=f"initial version: {spec.path.name} ({spec.model_name})",
+        metrics={"embedded": spec.metadata.get("buildwatch_metrics", "")},
+    )
     registry.promote(first.version, "initial version")
-    log.info("registry %s was empty: registered %s as %s and promoted it", registry.root, spec.path, first.version)
+    log.info(
+        "registry %s was empty: registered %s as %s and promoted it",
+        registry.root,
+        spec.path,
+        first.version,
+    )
     return registry.resolve()
 
 
@@ -179,7 +218,9 @@ def _synthetic_scenes(seeds, size: int, gsd: float):
         yield seed, generate_scene(seed, size=size, gsd=gsd)
 
 
-def build_retrain_dataset(opts: RetrainOptions, cfg: TrainConfig, model_gsd: float) -> tuple[Path, dict, list]:
+def build_retrain_dataset(
+    opts: RetrainOptions, cfg: TrainConfig, model_gsd: float
+) -> tuple[Path, dict, list]:
     """Write the fine-tuning dataset and the district hold-out scenes; return (data.yaml, manifest part, holdout)."""
     from training.district import read_labelled_tiles, split_groups, write_holdout_scene
 
@@ -197,51 +238,90 @@ def build_retrain_dataset(opts: RetrainOptions, cfg: TrainConfig, model_gsd: flo
             chips = chip_samples(p.image, _boxes(p.objects), cfg.imgsz, stride, f"tile_{p.name}")
             for chip in chips:
                 writer.add("train", chip)
-            manifest["tiles"].append({"name": p.name, "group": p.group, "format": p.label_format, "source": p.source,
-                                      "objects": len(p.objects), "chips": len(chips), "sha256": p.sha256})
+            manifest["tiles"].append(
+                {
+                    "name": p.name,
+                    "group": p.group,
+                    "format": p.label_format,
+                    "source": p.source,
+                    "objects": len(p.objects),
+                    "chips": len(chips),
+                    "sha256": p.sha256,
+                }
+            )
         hold_root = opts.work / "holdout" / "district"
         if hold_root.exists():
             shutil.rmtree(hold_root)
         for p in held:
             holdout_dirs.append(write_holdout_scene(p, hold_root / p.name, model_gsd))
-            manifest["holdout"].append({"name": p.name, "group": p.group, "format": p.label_format, "source": p.source,
-                                        "objects": len(p.objects), "sha256": p.sha256})
+            manifest["holdout"].append(
+                {
+                    "name": p.name,
+                    "group": p.group,
+                    "format": p.label_format,
+                    "source": p.source,
+                    "objects": len(p.objects),
+                    "sha256": p.sha256,
+                }
+            )
     if opts.cases is not None:
         from training.reviews import review_samples
 
         if opts.baseline is None or opts.current is None:
-            raise InputError("--cases needs --baseline and --current (the mosaics of the night the cases were reviewed on)")
+            raise InputError(
+                "--cases needs --baseline and --current (the mosaics of the night the cases were reviewed on)"
+            )
         chips = review_samples(opts.cases, opts.baseline, opts.current, model_gsd, cfg.imgsz)
-        for split, sample in chips.samples:
+        for _split, sample in chips.samples:
             writer.add("train", sample)
         from detector.fileio import file_sha256
 
-        manifest["reviews"] = {"registry": str(opts.cases), "registry_sha256": file_sha256(opts.cases),
-                               "baseline": str(opts.baseline), "current": str(opts.current),
-                               "positives": chips.positives, "negatives": chips.negatives,
-                               "skipped_unreviewed": chips.skipped_unreviewed,
-                               "skipped_unregistered": chips.skipped_unregistered}
+        manifest["reviews"] = {
+            "registry": str(opts.cases),
+            "registry_sha256": file_sha256(opts.cases),
+            "baseline": str(opts.baseline),
+            "current": str(opts.current),
+            "positives": chips.positives,
+            "negatives": chips.negatives,
+            "skipped_unreviewed": chips.skipped_unreviewed,
+            "skipped_unregistered": chips.skipped_unregistered,
+        }
     district_train = writer.counts["train"]["images"]
     if district_train == 0:
-        raise InputError("nothing to learn from: no labelled training tiles and no reviewed cases "
-                         "(give --tiles and/or --cases with --baseline/--current)")
+        raise InputError(
+            "nothing to learn from: no labelled training tiles and no reviewed cases "
+            "(give --tiles and/or --cases with --baseline/--current)"
+        )
     train_seeds = range(800000 + opts.seed * 1000, 800000 + opts.seed * 1000 + opts.synthetic_train)
-    val_seeds = range(810000 + opts.seed * 1000, 810000 + opts.seed * 1000 + max(1, opts.synthetic_train // 4))
+    val_seeds = range(
+        810000 + opts.seed * 1000, 810000 + opts.seed * 1000 + max(1, opts.synthetic_train // 4)
+    )
     for split, seeds in (("train", train_seeds), ("val", val_seeds)):
         for seed, scene in _synthetic_scenes(seeds, opts.synthetic_size, model_gsd):
-            boxes = [OrientedBox(CHANGE_CLASSES.index(c.cls), polygon_to_obb(c.polygon)) for c in scene.changes[0]]
+            boxes = [
+                OrientedBox(CHANGE_CLASSES.index(c.cls), polygon_to_obb(c.polygon))
+                for c in scene.changes[0]
+            ]
             pair = np.concatenate([scene.epochs[0], scene.epochs[1]], axis=2)
             for chip in chip_samples(pair, boxes, cfg.imgsz, cfg.imgsz, f"syn{seed}"):
                 writer.add(split, chip)
-    manifest["synthetic"] = {"generator": "detector.synth.scene.generate_scene", "train_seeds": [train_seeds.start, train_seeds.stop],
-                             "val_seeds": [val_seeds.start, val_seeds.stop], "size": opts.synthetic_size}
+    manifest["synthetic"] = {
+        "generator": "detector.synth.scene.generate_scene",
+        "train_seeds": [train_seeds.start, train_seeds.stop],
+        "val_seeds": [val_seeds.start, val_seeds.stop],
+        "size": opts.synthetic_size,
+    }
     manifest["counts"] = writer.counts
-    manifest["class_counts"] = {s: dict(zip(CHANGE_CLASSES, c)) for s, c in writer.class_counts.items()}
+    manifest["class_counts"] = {
+        s: dict(zip(CHANGE_CLASSES, c)) for s, c in writer.class_counts.items()
+    }
     manifest["district_train_chips"] = district_train
     return writer.write_yaml(), manifest, holdout_dirs
 
 
-def synthetic_holdout(work: Path, count: int, size: int, gsd: float, seed0: int = 820000) -> Path | None:
+def synthetic_holdout(
+    work: Path, count: int, size: int, gsd: float, seed0: int = 820000
+) -> Path | None:
     """``count`` synthetic scenes (fixed seeds, never trained on) written for the gate."""
     if count <= 0:
         return None
@@ -254,32 +334,64 @@ def synthetic_holdout(work: Path, count: int, size: int, gsd: float, seed0: int 
     return root
 
 
-def evaluate_for_gate(model: Path, synthetic_dir: Path | None, district_dir: Path | None, out: Path) -> dict:
+def evaluate_for_gate(
+    model: Path, synthetic_dir: Path | None, district_dir: Path | None, out: Path
+) -> dict:
     """Gate numbers of one model (:func:`gate_metrics`); reports written under ``out``."""
     from training.evaluate import evaluate_pairs
 
-    syn = evaluate_pairs(model, synthetic_dir, "synth", out / "synthetic.json") if synthetic_dir else None
-    dis = evaluate_pairs(model, district_dir, "synth", out / "district.json") if district_dir else None
+    syn = (
+        evaluate_pairs(model, synthetic_dir, "synth", out / "synthetic.json")
+        if synthetic_dir
+        else None
+    )
+    dis = (
+        evaluate_pairs(model, district_dir, "synth", out / "district.json")
+        if district_dir
+        else None
+    )
     return gate_metrics(syn, dis)
 
 
-def gate_and_register(registry: ModelRegistry, parent: ModelVersion, candidate: Path, checkpoint: Path | None,
-                      synthetic_dir: Path | None, district_dir: Path | None, out: Path, margin: float = 0.05,
-                      min_gain: float = 0.0, promote: bool = True, data_manifest: dict | None = None,
-                      model_name: str = "") -> tuple[ModelVersion, GateResult]:
+def gate_and_register(
+    registry: ModelRegistry,
+    parent: ModelVersion,
+    candidate: Path,
+    checkpoint: Path | None,
+    synthetic_dir: Path | None,
+    district_dir: Path | None,
+    out: Path,
+    margin: float = 0.05,
+    min_gain: float = 0.0,
+    promote: bool = True,
+    data_manifest: dict | None = None,
+    model_name: str = "",
+) -> tuple[ModelVersion, GateResult]:
     """Score ``parent`` and ``candidate`` on the same hold-outs, register the candidate with the
     verdict, and promote it only if the gate passes (and ``promote``); the reason is logged."""
     old = evaluate_for_gate(parent.model, synthetic_dir, district_dir, Path(out) / "old")
     new = evaluate_for_gate(candidate, synthetic_dir, district_dir, Path(out) / "new")
     gate = gate_decision(old, new, margin, min_gain)
-    version = registry.add(candidate, checkpoint=checkpoint, parent=parent.version, model_name=model_name,
-                           data_manifest=data_manifest or {}, metrics={"old": old, "new": new}, gate=gate.to_json(),
-                           note=("gate passed: " if gate.promote else "gate refused: ") + gate.reason)
+    version = registry.add(
+        candidate,
+        checkpoint=checkpoint,
+        parent=parent.version,
+        model_name=model_name,
+        data_manifest=data_manifest or {},
+        metrics={"old": old, "new": new},
+        gate=gate.to_json(),
+        note=("gate passed: " if gate.promote else "gate refused: ") + gate.reason,
+    )
     if gate.promote and promote:
         registry.promote(version.version, gate.reason)
         log.info("promoted %s: %s", version.version, gate.reason)
     elif gate.promote:
-        log.info("%s passed the gate but --no-promote: %s stays promoted (%s)", version.version, parent.version, gate.reason)
+        log.info(
+            "%s passed the gate but --no-promote: %s stays promoted (%s)",
+            version.version,
+            parent.version,
+            gate.reason,
+        )
     else:
         log.info("kept %s, %s not promoted: %s", parent.version, version.version, gate.reason)
     return version, gate
@@ -290,21 +402,30 @@ FINETUNE_RECORD = "finetune.json"
 
 def finetune_digest(data_manifest: dict, cfg: TrainConfig, parent_sha256: str) -> str:
     """What a fine-tune depends on: every input's sha256 and count, the recipe, the parent model."""
-    import hashlib
-
     recipe = json.loads(cfg.model_dump_json())
     recipe["train"].pop("project", None)  # where it is written does not change what is learnt
-    blob = json.dumps({"data": data_manifest, "recipe": recipe, "parent": parent_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json_digest({"data": data_manifest, "recipe": recipe, "parent": parent_sha256})
 
 
 def record_finetune(work: Path, digest: str, result) -> None:
     """Note a finished fine-tune in ``<work>/finetune.json`` (written after the weights)."""
     from detector.fileio import atomic_write_text
 
-    atomic_write_text(Path(work) / FINETUNE_RECORD, json.dumps(
-        {"digest": digest, "run_dir": str(result.run_dir), "best": str(result.best), "last": str(result.last),
-         "seconds": round(result.seconds, 1), "metrics": result.metrics, "finished": _now()}, indent=1))
+    atomic_write_text(
+        Path(work) / FINETUNE_RECORD,
+        json.dumps(
+            {
+                "digest": digest,
+                "run_dir": str(result.run_dir),
+                "best": str(result.best),
+                "last": str(result.last),
+                "seconds": round(result.seconds, 1),
+                "metrics": result.metrics,
+                "finished": utc_now(),
+            },
+            indent=1,
+        ),
+    )
 
 
 def finished_finetune(work: Path, digest: str):
@@ -320,8 +441,13 @@ def finished_finetune(work: Path, digest: str):
         return None
     if rec.get("digest") != digest or not Path(rec.get("best", "")).is_file():
         return None
-    return TrainResult(Path(rec["run_dir"]), Path(rec["best"]), Path(rec["last"]), float(rec["seconds"]),
-                       rec.get("metrics") or {})
+    return TrainResult(
+        Path(rec["run_dir"]),
+        Path(rec["best"]),
+        Path(rec["last"]),
+        float(rec["seconds"]),
+        rec.get("metrics") or {},
+    )
 
 
 @dataclass
@@ -342,35 +468,52 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
     t0 = time.time()
     opts.work = Path(opts.work)
     opts.work.mkdir(parents=True, exist_ok=True)
-    for path, what in ((opts.tiles, "labelled tiles folder"), (opts.cases, "case registry"),
-                       (opts.baseline, "baseline mosaic"), (opts.current, "current mosaic")):
+    for path, what in (
+        (opts.tiles, "labelled tiles folder"),
+        (opts.cases, "case registry"),
+        (opts.baseline, "baseline mosaic"),
+        (opts.current, "current mosaic"),
+    ):
         if path is not None and not Path(path).exists():
             raise InputError(f"{path}: {what} not found")
-    root_logger = log  # this module's messages go to <work>/retrain.log
-    handler = _file_handler(opts.work / "retrain.log")
-    root_logger.addHandler(handler)
-    if root_logger.level == logging.NOTSET or root_logger.level > logging.INFO:
-        root_logger.setLevel(logging.INFO)
+    # this module's messages go to <work>/retrain.log
+    handler = log_to(logging.FileHandler(opts.work / "retrain.log"), logging.INFO, (__name__,))
     try:
         registry = ModelRegistry(opts.models)
         promoted = registry.resolve() if registry.promoted is not None else None
         spec = load_model_spec(promoted.model if promoted else opts.base_model)
         if spec.channels != 6:
-            raise ConfigError(f"{spec.path}: retraining needs a pair (6-channel) model; it has {spec.channels} channels")
+            raise ConfigError(
+                f"{spec.path}: retraining needs a pair (6-channel) model; it has {spec.channels} channels"
+            )
         if spec.building is not None:
-            raise ConfigError(f"{spec.path}: a two-view model (pretrained encoder, change and building heads) "
-                              "cannot be retrained yet; retrain the shipped pair model (leave --base-model out) "
-                              "or train the two heads with configs/train/enc-*.yaml")
+            raise ConfigError(
+                f"{spec.path}: a two-view model (pretrained encoder, change and building heads) "
+                "cannot be retrained yet; retrain the shipped pair model (leave --base-model out) "
+                "or train the two heads with configs/train/enc-*.yaml"
+            )
         if abs(cfg.gsd_m - spec.gsd_m) > 1e-9:
-            log.info("training GSD set to the parent's %.3f m (config had %.3f m)", spec.gsd_m, cfg.gsd_m)
+            log.info(
+                "training GSD set to the parent's %.3f m (config had %.3f m)", spec.gsd_m, cfg.gsd_m
+            )
             cfg.gsd_m = spec.gsd_m
         # the data first: bad labels fail before anything is written to the registry
         data_yaml, data_manifest, holdout_dirs = build_retrain_dataset(opts, cfg, spec.gsd_m)
         parent = _ensure_parent(registry, opts.base_model, opts.work)
         start = _parent_checkpoint(parent, opts.work)
-        log.info("retrain from %s (%s, sha256 %s), checkpoint %s", parent.version, spec.model_name, spec.sha256[:12], start)
-        log.info("dataset %s: %s; district hold-out %s", data_yaml.parent, data_manifest["counts"],
-                 [h["name"] for h in data_manifest["holdout"]])
+        log.info(
+            "retrain from %s (%s, sha256 %s), checkpoint %s",
+            parent.version,
+            spec.model_name,
+            spec.sha256[:12],
+            start,
+        )
+        log.info(
+            "dataset %s: %s; district hold-out %s",
+            data_yaml.parent,
+            data_manifest["counts"],
+            [h["name"] for h in data_manifest["holdout"]],
+        )
         if cfg.train.device == "auto":
             import torch
 
@@ -381,8 +524,11 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
         digest = finetune_digest(data_manifest, cfg, parent.sha256)
         result = finished_finetune(opts.work, digest) if opts.resume else None
         if result is not None:
-            log.info("reusing the fine-tune an earlier attempt finished (%s, %.0f s): same data, recipe and parent",
-                     result.best, result.seconds)
+            log.info(
+                "reusing the fine-tune an earlier attempt finished (%s, %.0f s): same data, recipe and parent",
+                result.best,
+                result.seconds,
+            )
         else:
             result = train_model(cfg, data_yaml, name="finetune")
             record_finetune(opts.work, digest, result)
@@ -390,28 +536,66 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
         from training.export import export_onnx
 
         name = f"{spec.model_name.split('+')[0]}+ft"
-        candidate = export_onnx(result.best, opts.work / "candidate.onnx", gsd_m=spec.gsd_m, conf=spec.conf, iou=spec.iou,
-                                overlap_px=spec.overlap_px, model_name=name,
-                                imgsz=spec.imgsz[0], metrics={},
-                                provenance={"parent": parent.version, "parent_sha256": parent.sha256,
-                                            "data_manifest": "version.json data_manifest", "retrained": _now()})
-        syn_dir = synthetic_holdout(opts.work, opts.synthetic_holdout, opts.synthetic_size, spec.gsd_m)
+        candidate = export_onnx(
+            result.best,
+            opts.work / "candidate.onnx",
+            gsd_m=spec.gsd_m,
+            conf=spec.conf,
+            iou=spec.iou,
+            overlap_px=spec.overlap_px,
+            model_name=name,
+            imgsz=spec.imgsz[0],
+            metrics={},
+            provenance={
+                "parent": parent.version,
+                "parent_sha256": parent.sha256,
+                "data_manifest": "version.json data_manifest",
+                "retrained": utc_now(),
+            },
+        )
+        syn_dir = synthetic_holdout(
+            opts.work, opts.synthetic_holdout, opts.synthetic_size, spec.gsd_m
+        )
         district_dir = (opts.work / "holdout" / "district") if holdout_dirs else None
-        version, gate = gate_and_register(registry, parent, candidate, result.best, syn_dir, district_dir,
-                                          opts.work / "gate", opts.margin, opts.min_gain, opts.promote,
-                                          data_manifest, name)
-        manifest = {"created": _now(), "parent": parent.version, "parent_sha256": parent.sha256, "version": version.version,
-                    "start_checkpoint": str(start), "config": json.loads(cfg.model_dump_json()),
-                    "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
-                    "data": data_manifest, "train_seconds": round(result.seconds, 1), "train_metrics": result.metrics,
-                    "gate": gate.to_json()}
+        version, gate = gate_and_register(
+            registry,
+            parent,
+            candidate,
+            result.best,
+            syn_dir,
+            district_dir,
+            opts.work / "gate",
+            opts.margin,
+            opts.min_gain,
+            opts.promote,
+            data_manifest,
+            name,
+        )
+        manifest = {
+            "created": utc_now(),
+            "parent": parent.version,
+            "parent_sha256": parent.sha256,
+            "version": version.version,
+            "start_checkpoint": str(start),
+            "config": json.loads(cfg.model_dump_json()),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+            "data": data_manifest,
+            "train_seconds": round(result.seconds, 1),
+            "train_metrics": result.metrics,
+            "gate": gate.to_json(),
+        }
         manifest_path = opts.work / "manifest.json"
         from detector.fileio import atomic_write_text
 
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1, default=str))
         promoted = registry.promoted
-        return RetrainResult(parent.version, version.version, promoted.version if promoted else "", gate,
-                             manifest_path, time.time() - t0)
+        return RetrainResult(
+            parent.version,
+            version.version,
+            promoted.version if promoted else "",
+            gate,
+            manifest_path,
+            time.time() - t0,
+        )
     finally:
-        root_logger.removeHandler(handler)
-        handler.close()
+        stop_logging_to(handler, (__name__,))

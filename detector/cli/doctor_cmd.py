@@ -27,14 +27,30 @@ def _check_gdal() -> list[tuple[str, str]]:
     with rasterio.Env() as env:
         have = env.drivers()
     missing = [d for d in RASTER_DRIVERS if d not in have]
-    lines.append(("FAIL" if missing else "ok",
-                  f"GDAL {rasterio.__gdal_version__} (rasterio {rasterio.__version__}): raster drivers "
-                  + (f"missing {', '.join(missing)}; reinstall rasterio wheels" if missing else ", ".join(RASTER_DRIVERS))))
+    lines.append(
+        (
+            "FAIL" if missing else "ok",
+            f"GDAL {rasterio.__gdal_version__} (rasterio {rasterio.__version__}): raster drivers "
+            + (
+                f"missing {', '.join(missing)}; reinstall rasterio wheels"
+                if missing
+                else ", ".join(RASTER_DRIVERS)
+            ),
+        )
+    )
     vector = pyogrio.list_drivers()
     missing = [d for d in VECTOR_DRIVERS if d not in vector or "w" not in vector[d]]
-    lines.append(("FAIL" if missing else "ok",
-                  f"pyogrio {pyogrio.__version__}: vector drivers "
-                  + (f"missing/read-only {', '.join(missing)}; reinstall pyogrio" if missing else ", ".join(VECTOR_DRIVERS))))
+    lines.append(
+        (
+            "FAIL" if missing else "ok",
+            f"pyogrio {pyogrio.__version__}: vector drivers "
+            + (
+                f"missing/read-only {', '.join(missing)}; reinstall pyogrio"
+                if missing
+                else ", ".join(VECTOR_DRIVERS)
+            ),
+        )
+    )
     return lines
 
 
@@ -44,20 +60,28 @@ def _check_second_view(cfg) -> list[tuple[str, str]]:
 
     opts = cfg.detect.second_view
     if not opts.enabled:
-        return [("ok", "second view: off (detect.second_view.enabled: false); the pair model decides alone")]
+        return [
+            (
+                "ok",
+                "second view: off (detect.second_view.enabled: false); the pair model decides alone",
+            )
+        ]
     path = opts.model or DEFAULT_BUILDING_MODEL_PATH
     if opts.model is None and not path.exists():
-        return [("warn", f"second view: the shipped building model {path} is missing; the pair model decides alone")]
+        return [
+            (
+                "warn",
+                f"second view: the shipped building model {path} is missing; the pair model decides alone",
+            )
+        ]
     return [(status, "second view: " + text) for status, text in _check_model(path)]
 
 
 def _check_model(model: Path | None) -> list[tuple[str, str]]:
-    from detector.errors import BuildwatchError
+    from detector.errors import BuildwatchError, ModelError
+    from detector.fileio import check_regular_file
     from detector.night.context import check_model_gsd
     from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
-
-    from detector.errors import ModelError
-    from detector.fileio import check_regular_file
 
     path = model or DEFAULT_MODEL_PATH
     try:
@@ -67,10 +91,18 @@ def _check_model(model: Path | None) -> list[tuple[str, str]]:
     except BuildwatchError as exc:
         return [("FAIL", f"model: {exc}")]
     sidecar = spec.path.with_name(spec.path.name + ".sha256")
-    verified = "checksum matches " + sidecar.name if sidecar.exists() else "no .sha256 sidecar to verify against"
-    return [("ok" if sidecar.exists() else "warn",
-             f"model {spec.model_name} ({spec.path}): sha256 {spec.sha256[:12]}…, {verified}; "
-             f"{spec.channels}-channel {spec.task}, {spec.imgsz[0]} px at {spec.gsd_m:g} m")]
+    verified = (
+        "checksum matches " + sidecar.name
+        if sidecar.exists()
+        else "no .sha256 sidecar to verify against"
+    )
+    return [
+        (
+            "ok" if sidecar.exists() else "warn",
+            f"model {spec.model_name} ({spec.path}): sha256 {spec.sha256[:12]}…, {verified}; "
+            f"{spec.channels}-channel {spec.task}, {spec.imgsz[0]} px at {spec.gsd_m:g} m",
+        )
+    ]
 
 
 def _check_onnxruntime(providers: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -86,7 +118,12 @@ def _check_onnxruntime(providers: tuple[str, ...]) -> list[tuple[str, str]]:
         # the default list (GPU first, then CPU) means "those available": CPU-only is a normal install
         return [("ok", line + f"; runs on CPU ({', '.join(wanted)} not in this install)")]
     if wanted:
-        return [("warn", line + f"; asked for {', '.join(wanted)}, which this install lacks (CPU is used)")]
+        return [
+            (
+                "warn",
+                line + f"; asked for {', '.join(wanted)}, which this install lacks (CPU is used)",
+            )
+        ]
     return [("ok", line)]
 
 
@@ -114,14 +151,23 @@ def _check_inputs(cfg) -> list[tuple[str, str]]:
 
     apply_network_defaults()
     lines = []
-    for location, what, missing in ((cfg.baseline, "baseline mosaic", "FAIL"), (cfg.current, "current mosaic", "warn"),
-                                    (cfg.baseline_dsm, "baseline DSM", "FAIL")):
+    for location, what, missing in (
+        (cfg.baseline, "baseline mosaic", "FAIL"),
+        (cfg.current, "current mosaic", "warn"),
+        (cfg.baseline_dsm, "baseline DSM", "FAIL"),
+    ):
         if location is None:
             continue
         try:
             info = open_raster(location, what, elevation=what.endswith("DSM"))
         except BuildwatchError as exc:
-            lines.append((missing, str(exc) + ("" if missing == "FAIL" else " (tonight's flight may not be ready)")))
+            lines.append(
+                (
+                    missing,
+                    str(exc)
+                    + ("" if missing == "FAIL" else " (tonight's flight may not be ready)"),
+                )
+            )
             continue
         lines.append(("ok", f"{what} {location}: {info.width:,} x {info.height:,} px, readable"))
     return lines
@@ -132,7 +178,12 @@ def _check_dask(scheduler: str | None) -> list[tuple[str, str]]:
         import distributed
     except ImportError:
         status = "FAIL" if scheduler else "ok"
-        return [(status, "Dask not installed (only needed for --scheduler: pip install 'buildwatch[dask]')")]
+        return [
+            (
+                status,
+                "Dask not installed (only needed for --scheduler: pip install 'buildwatch[dask]')",
+            )
+        ]
     if not scheduler:
         return [("ok", f"Dask distributed {distributed.__version__} installed")]
     from detector.errors import BuildwatchError
@@ -147,15 +198,35 @@ def _check_dask(scheduler: str | None) -> list[tuple[str, str]]:
     finally:
         client.close()
     status = "ok" if workers else "FAIL"
-    return [(status, f"Dask scheduler {scheduler}: {len(workers)} worker(s)" + ("" if workers else "; start workers"))]
+    return [
+        (
+            status,
+            f"Dask scheduler {scheduler}: {len(workers)} worker(s)"
+            + ("" if workers else "; start workers"),
+        )
+    ]
 
 
 @click.command("doctor")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="The nightly config: its model, output folder, registry and scheduler are checked.")
-@click.option("--model", type=click.Path(path_type=Path), help="ONNX model to verify (default: the config's or shipped).")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder to check for write access and free space.")
-@click.option("--scheduler", type=str, help="Dask scheduler to reach (default: the config's, if any).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The nightly config: its model, output folder, registry and scheduler are checked.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    help="ONNX model to verify (default: the config's or shipped).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Output folder to check for write access and free space.",
+)
+@click.option(
+    "--scheduler", type=str, help="Dask scheduler to reach (default: the config's, if any)."
+)
 def doctor(config_path, model, out, scheduler):
     """Check GDAL drivers, the model's checksum, ONNX Runtime providers, the config's inputs (local or
     URLs), write access and free space."""
@@ -166,27 +237,44 @@ def doctor(config_path, model, out, scheduler):
     model = model or cfg.model
     out = out or cfg.out
     scheduler = scheduler or cfg.scheduler
-    lines = [("ok", f"buildwatch {__import__('detector').__version__}, Python {os.sys.version.split()[0]}, "
-                    f"{os.cpu_count()} CPU cores")]
-    checks = [("GDAL", _check_gdal), ("model", lambda: _check_model(model)),
-              ("second view", lambda: _check_second_view(cfg)),
-              ("ONNX Runtime", lambda: _check_onnxruntime(tuple(cfg.detect.providers)))]
+    lines = [
+        (
+            "ok",
+            f"buildwatch {__import__('detector').__version__}, Python {os.sys.version.split()[0]}, "
+            f"{os.cpu_count()} CPU cores",
+        )
+    ]
+    checks = [
+        ("GDAL", _check_gdal),
+        ("model", lambda: _check_model(model)),
+        ("second view", lambda: _check_second_view(cfg)),
+        ("ONNX Runtime", lambda: _check_onnxruntime(tuple(cfg.detect.providers))),
+    ]
     if cfg.baseline is not None or cfg.current is not None:
         checks.append(("inputs", lambda: _check_inputs(cfg)))
     if out is not None:
         checks.append(("output folder", lambda: _check_folder(Path(out), "output folder")))
     if cfg.cases.registry is not None:
-        checks.append(("registry", lambda: _check_folder(Path(cfg.cases.registry).parent, "case registry folder")))
+        checks.append(
+            (
+                "registry",
+                lambda: _check_folder(Path(cfg.cases.registry).parent, "case registry folder"),
+            )
+        )
     views = cfg.detect.second_view.baseline_cache
     if views is not None and cfg.detect.second_view.enabled:
-        checks.append(("baseline views", lambda: _check_folder(Path(views), "baseline view cache folder")))
+        checks.append(
+            ("baseline views", lambda: _check_folder(Path(views), "baseline view cache folder"))
+        )
     checks.append(("error log", lambda: _check_folder(error_log_path().parent, "error log folder")))
     checks.append(("Dask", lambda: _check_dask(scheduler)))
     for name, check in checks:
         try:
             lines += check()
         except Exception as exc:  # noqa: BLE001 - a broken component is a FAIL line, not a crash
-            lines.append(("FAIL", f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"))
+            lines.append(
+                ("FAIL", f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            )
     for status, text in lines:
         click.echo(f"{status:<4} {text}")
     failed = sum(s == "FAIL" for s, _ in lines)

@@ -33,5 +33,9 @@ def existing_raster(ctx, param, value):
     return location if is_remote(location) else existing_file(ctx, param, value)
 
 
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                             help="YAML run configuration (see configs/); flags override it.")
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML run configuration (see configs/); flags override it.",
+)

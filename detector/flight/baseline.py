@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from detector.geo.grid import Grid, warp_onto
 from detector.geo.crs import as_crs, metres_per_unit, working_crs
+from detector.geo.grid import Grid, warp_onto
 from detector.geo.raster import Stretch, apply_stretch, open_raster, raster_stretch
 
 
@@ -28,13 +27,16 @@ class Baseline:
     grid: Grid
     metre_per_unit: float  # ground metres per CRS unit at the baseline's centre
     bands: tuple[int, int, int] = (1, 2, 3)
-    stretch: Optional[Stretch] = None  # the project's stretch to uint8 (None: uint8 already)
+    stretch: Stretch | None = None  # the project's stretch to uint8 (None: uint8 already)
 
     def read(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 (H, W, 3) and a validity mask of the baseline resampled onto ``grid``."""
         import rasterio
 
-        with rasterio.open(self.path) as src, warp_onto(src, grid.crs, grid.transform, grid.width, grid.height) as vrt:
+        with (
+            rasterio.open(self.path) as src,
+            warp_onto(src, grid.crs, grid.transform, grid.width, grid.height) as vrt,
+        ):
             rgb = apply_stretch(vrt.read(list(self.bands)), self.stretch)
             mask = vrt.read_masks(1) > 0
         return np.ascontiguousarray(np.moveaxis(rgb, 0, -1)), mask
@@ -53,11 +55,15 @@ def open_baseline(path: str | Path) -> Baseline:
     info = open_raster(path, "baseline", allow_pan=True, north_up=True)
     t = info.transform
     crs = CRS.from_wkt(info.crs_wkt)
-    grid = Grid(crs=crs, left=t.c, top=t.f, res_x=t.a, res_y=-t.e, width=info.width, height=info.height)
+    grid = Grid(
+        crs=crs, left=t.c, top=t.f, res_x=t.a, res_y=-t.e, width=info.width, height=info.height
+    )
     left, bottom, right, top = grid.bounds
     mpu = metres_per_unit(info.crs_wkt, (left + right) / 2, (bottom + top) / 2)
     stretch = raster_stretch(info.path, info.bands) if info.dtype != "uint8" else None
-    return Baseline(path=info.path, grid=grid, metre_per_unit=mpu, bands=info.bands, stretch=stretch)
+    return Baseline(
+        path=info.path, grid=grid, metre_per_unit=mpu, bands=info.bands, stretch=stretch
+    )
 
 
 class WorldFrame:

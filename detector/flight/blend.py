@@ -9,8 +9,9 @@ import numpy as np
 
 from detector.geo.grid import Grid
 
-
-IN_MEMORY_MOSAIC_PX = 64_000_000  # above this the per-pixel nadir distance lives in a disk-backed array
+IN_MEMORY_MOSAIC_PX = (
+    64_000_000  # above this the per-pixel nadir distance lives in a disk-backed array
+)
 
 
 def nadir_distance_buffer(shape: tuple[int, int], folder: Path) -> np.ndarray:
@@ -21,13 +22,17 @@ def nadir_distance_buffer(shape: tuple[int, int], folder: Path) -> np.ndarray:
     """
     if shape[0] * shape[1] <= IN_MEMORY_MOSAIC_PX:
         return np.full(shape, np.inf, np.float32)
-    best = np.lib.format.open_memmap(Path(folder) / "nadir_distance.npy", mode="w+", dtype=np.float32, shape=shape)
+    best = np.lib.format.open_memmap(
+        Path(folder) / "nadir_distance.npy", mode="w+", dtype=np.float32, shape=shape
+    )
     for r0 in range(0, shape[0], 1024):
         best[r0 : r0 + 1024] = np.inf
     return best
 
 
-def frame_gains(new_rgb: np.ndarray, new_valid: np.ndarray, old_rgb: np.ndarray, old_valid: np.ndarray) -> np.ndarray:
+def frame_gains(
+    new_rgb: np.ndarray, new_valid: np.ndarray, old_rgb: np.ndarray, old_valid: np.ndarray
+) -> np.ndarray:
     """Per-channel gains (0.67–1.5) matching a frame's overlap with the mosaic to the mosaic; ones
     when they share fewer than 500 pixels."""
     both = new_valid & old_valid
@@ -38,8 +43,16 @@ def frame_gains(new_rgb: np.ndarray, new_valid: np.ndarray, old_rgb: np.ndarray,
     return np.clip(old_mean / np.maximum(new_mean, 1.0), 0.67, 1.5).astype(np.float32)
 
 
-def blend_frame(dst, mosaic_grid: Grid, grid: Grid, rgb: np.ndarray, valid: np.ndarray, nadir_xy: tuple[float, float],
-                best: np.ndarray, balance: bool = True) -> None:
+def blend_frame(
+    dst,
+    mosaic_grid: Grid,
+    grid: Grid,
+    rgb: np.ndarray,
+    valid: np.ndarray,
+    nadir_xy: tuple[float, float],
+    best: np.ndarray,
+    balance: bool = True,
+) -> None:
     """Write a rendered frame into the open mosaic ``dst`` where it is the nadir-most frame.
 
     Parameters

@@ -26,7 +26,9 @@ def camera_rotation(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.nda
     level = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])  # columns: right=E, down=-Up, forward=N
     rot_pitch = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
     rot_roll = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
-    rot_yaw = np.array([[math.cos(-y), -math.sin(-y), 0], [math.sin(-y), math.cos(-y), 0], [0, 0, 1]])
+    rot_yaw = np.array(
+        [[math.cos(-y), -math.sin(-y), 0], [math.sin(-y), math.cos(-y), 0], [0, 0, 1]]
+    )
     return rot_yaw @ level @ rot_pitch @ rot_roll
 
 
@@ -46,7 +48,9 @@ class Camera:
     def principal_point(self) -> tuple[float, float]:
         return (self.width - 1) / 2.0, (self.height - 1) / 2.0
 
-    def project(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def project(
+        self, x: np.ndarray, y: np.ndarray, z: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World points -> image pixel coordinates (u=column, v=row) and depth along the view."""
         dx, dy, dz = x - self.center[0], y - self.center[1], z - self.center[2]
         rt = self.rotation.T
@@ -65,12 +69,16 @@ class Camera:
     def rays(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Unit view directions (N, 3) in world coordinates for pixels (distortion ignored)."""
         cx, cy = self.principal_point
-        d = np.stack([(u - cx) / self.focal_px, (v - cy) / self.focal_px, np.ones_like(u, dtype=float)], axis=-1)
+        d = np.stack(
+            [(u - cx) / self.focal_px, (v - cy) / self.focal_px, np.ones_like(u, dtype=float)],
+            axis=-1,
+        )
         d = d @ self.rotation.T
         return d / np.linalg.norm(d, axis=-1, keepdims=True)
 
 
 # --- ground models -----------------------------------------------------------------------
+
 
 class GroundPlane:
     """Flat ground at a fixed height (metres, same datum as the camera height)."""
@@ -85,27 +93,48 @@ class GroundPlane:
 class GroundDEM:
     """Terrain heights from a DEM/DSM GeoTIFF, sampled bilinearly in the metric world frame."""
 
-    def __init__(self, path: str | Path, metric_crs, bounds: tuple[float, float, float, float], res_m: float = 1.0):
+    def __init__(
+        self,
+        path: str | Path,
+        metric_crs,
+        bounds: tuple[float, float, float, float],
+        res_m: float = 1.0,
+    ):
         import rasterio
-        from rasterio.warp import Resampling, reproject
         from rasterio.transform import from_origin
+        from rasterio.warp import Resampling, reproject
 
         path = Path(path)
         left, bottom, right, top = bounds
-        width, height = max(2, int(math.ceil((right - left) / res_m)) + 2), max(2, int(math.ceil((top - bottom) / res_m)) + 2)
+        width, height = (
+            max(2, int(math.ceil((right - left) / res_m)) + 2),
+            max(2, int(math.ceil((top - bottom) / res_m)) + 2),
+        )
         self.transform = from_origin(left - res_m, top + res_m, res_m, res_m)
         self.values = np.full((height, width), np.nan, dtype=np.float32)
         try:
             with rasterio.open(path) as src:
                 if src.crs is None:
-                    raise InputError(f"{path}: DEM has no CRS; assign one (gdal_edit.py -a_srs) and retry")
-                reproject(rasterio.band(src, 1), self.values, dst_transform=self.transform, dst_crs=metric_crs,
-                          dst_nodata=np.nan, resampling=Resampling.bilinear)
+                    raise InputError(
+                        f"{path}: DEM has no CRS; assign one (gdal_edit.py -a_srs) and retry"
+                    )
+                reproject(
+                    rasterio.band(src, 1),
+                    self.values,
+                    dst_transform=self.transform,
+                    dst_crs=metric_crs,
+                    dst_nodata=np.nan,
+                    resampling=Resampling.bilinear,
+                )
         except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"{path}: DEM is not a readable raster ({str(exc).splitlines()[0][:120]})") from None
+            raise InputError(
+                f"{path}: DEM is not a readable raster ({str(exc).splitlines()[0][:120]})"
+            ) from None
         finite = np.isfinite(self.values)
         if not finite.any():
-            raise InputError(f"{path}: DEM has no data under the frames; give a DEM covering the flight")
+            raise InputError(
+                f"{path}: DEM has no data under the frames; give a DEM covering the flight"
+            )
         self.fill = float(np.median(self.values[finite]))
         self.values[~finite] = self.fill
 
@@ -116,6 +145,12 @@ class GroundDEM:
         col = (inv.a * x + inv.b * y + inv.c - 0.5).astype(np.float32)
         row = (inv.d * x + inv.e * y + inv.f - 0.5).astype(np.float32)
         shape = np.shape(x)
-        out = cv2.remap(self.values, col.reshape(-1, 1) if col.ndim == 1 else col, row.reshape(-1, 1) if row.ndim == 1 else row,
-                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill)
+        out = cv2.remap(
+            self.values,
+            col.reshape(-1, 1) if col.ndim == 1 else col,
+            row.reshape(-1, 1) if row.ndim == 1 else row,
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=self.fill,
+        )
         return out.reshape(shape).astype(np.float64)

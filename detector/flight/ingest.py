@@ -27,7 +27,9 @@ from detector.geo.raster import apply_stretch, estimate_stretch, open_raster, wr
 log = logging.getLogger(__name__)
 
 DSM_NODATA = -9999.0  # nodata of an ingested DSM (float32, metres)
-STALE_TEMP_S = 24 * 3600  # temporary files/folders older than this beside the output are a killed run's
+STALE_TEMP_S = (
+    24 * 3600
+)  # temporary files/folders older than this beside the output are a killed run's
 
 
 @dataclass
@@ -44,9 +46,16 @@ class IngestReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_coverage: float = 0.01,
-           max_gsd_ratio: float = 4.0, compress: str = "deflate", dsm: bool = False,
-           units: str = "auto") -> IngestReport:
+def ingest(
+    mosaic: str | Path,
+    baseline: str | Path,
+    out: str | Path,
+    min_coverage: float = 0.01,
+    max_gsd_ratio: float = 4.0,
+    compress: str = "deflate",
+    dsm: bool = False,
+    units: str = "auto",
+) -> IngestReport:
     """Reproject and resample an external orthomosaic (or DSM) onto the baseline's grid.
 
     Parameters
@@ -83,7 +92,9 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
     base = open_baseline(baseline)
     from detector.fileio import check_output_folder, clean_stale_temps
 
-    check_output_folder(out.parent, files=(out.name,))  # a file in the way, read-only, ... before the work
+    check_output_folder(
+        out.parent, files=(out.name,)
+    )  # a file in the way, read-only, ... before the work
 
     # work folders of a killed ingest/ortho beside the output (a live one is younger than this)
     if out.parent.is_dir():
@@ -97,28 +108,51 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
     warnings: list[str] = []
     with rasterio.open(mosaic) as src:
         src_gsd = source_gsd_m(src.crs, src.transform, src.width, src.height)
-        base_gsd = source_gsd_m(base.grid.crs, base.grid.transform, base.grid.width, base.grid.height)
+        base_gsd = source_gsd_m(
+            base.grid.crs, base.grid.transform, base.grid.width, base.grid.height
+        )
         in_base = transform_bounds(src.crs, base.grid.crs, *src.bounds, densify_pts=21)
         grid = base.grid.sub_grid(in_base)
         if grid is None:
-            raise InputError(f"{mosaic}: does not overlap the baseline {base.path.name}; check that both show the same site")
+            raise InputError(
+                f"{mosaic}: does not overlap the baseline {base.path.name}; check that both show the same site"
+            )
         if src_gsd > max_gsd_ratio * base_gsd:
-            warnings.append(f"mosaic GSD {src_gsd:.3f} m is {src_gsd / base_gsd:.1f}x coarser than the baseline's "
-                            f"{base_gsd:.3f} m; small structures will be missed")
+            warnings.append(
+                f"mosaic GSD {src_gsd:.3f} m is {src_gsd / base_gsd:.1f}x coarser than the baseline's "
+                f"{base_gsd:.3f} m; small structures will be missed"
+            )
         resampling = "average" if src_gsd < base_gsd / 1.5 else "bilinear"
         with warp_onto(src, grid.crs, grid.transform, grid.width, grid.height, resampling) as vrt:
-            profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=3, dtype="uint8", crs=grid.crs,
-                           transform=grid.transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-                           photometric="RGB", bigtiff="IF_SAFER")
+            profile = dict(
+                driver="GTiff",
+                width=grid.width,
+                height=grid.height,
+                count=3,
+                dtype="uint8",
+                crs=grid.crs,
+                transform=grid.transform,
+                tiled=True,
+                blockxsize=256,
+                blockysize=256,
+                compress="deflate",
+                photometric="RGB",
+                bigtiff="IF_SAFER",
+            )
             if dsm:
                 profile.update(count=1, dtype="float32", nodata=DSM_NODATA, predictor=3)
                 del profile["photometric"]
             valid_px = 0
             stretch = estimate_stretch(src, bands) if info.dtype != "uint8" and not dsm else None
-            out.parent.mkdir(parents=True, exist_ok=True)  # like run --out: a new night's folder is made
+            out.parent.mkdir(
+                parents=True, exist_ok=True
+            )  # like run --out: a new night's folder is made
             with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out.parent) as tmpdir:
                 work = Path(tmpdir) / "current.tif"
-                with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(work, "w", **profile) as dst:
+                with (
+                    rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+                    rasterio.open(work, "w", **profile) as dst,
+                ):
                     if dsm:
                         dst.units = ("metre",)
                     for _, window in dst.block_windows(1):
@@ -134,19 +168,39 @@ def ingest(mosaic: str | Path, baseline: str | Path, out: str | Path, min_covera
                             dst.write_mask(mask, window=window)
                     coverage = valid_px / float(base.grid.width * base.grid.height)
                     if valid_px == 0:
-                        raise InputError(f"{mosaic}: has no valid pixels over the baseline {base.path.name} (all nodata there)")
+                        raise InputError(
+                            f"{mosaic}: has no valid pixels over the baseline {base.path.name} (all nodata there)"
+                        )
                     if coverage < min_coverage:
-                        raise InputError(f"{mosaic}: covers only {coverage:.2%} of the baseline (< {min_coverage:.0%}); "
-                                         f"check that both show the same site")
-                    dst.update_tags(TIFFTAG_SOFTWARE="buildwatch ingest", buildwatch_ingest=json.dumps(
-                        {"source": str(mosaic), "source_crs": src.crs.to_string(), "source_gsd_m": round(src_gsd, 4),
-                         "coverage": round(coverage, 4), **({"kind": "dsm", "metres_per_unit": scale} if dsm else {})}))
+                        raise InputError(
+                            f"{mosaic}: covers only {coverage:.2%} of the baseline (< {min_coverage:.0%}); "
+                            f"check that both show the same site"
+                        )
+                    dst.update_tags(
+                        TIFFTAG_SOFTWARE="buildwatch ingest",
+                        buildwatch_ingest=json.dumps(
+                            {
+                                "source": str(mosaic),
+                                "source_crs": src.crs.to_string(),
+                                "source_gsd_m": round(src_gsd, 4),
+                                "coverage": round(coverage, 4),
+                                **({"kind": "dsm", "metres_per_unit": scale} if dsm else {}),
+                            }
+                        ),
+                    )
                     date = src.tags().get("TIFFTAG_DATETIME")
                     if date:
                         dst.update_tags(TIFFTAG_DATETIME=date)
                 write_cog(work, out, compress)
     for w in warnings:
         log.warning("%s: %s", mosaic.name, w)
-    return IngestReport(out=out, source_crs=src.crs.to_string(), source_gsd_m=src_gsd, baseline_gsd_m=base_gsd,
-                        coverage=coverage, width=grid.width, height=grid.height, warnings=warnings)
-
+    return IngestReport(
+        out=out,
+        source_crs=src.crs.to_string(),
+        source_gsd_m=src_gsd,
+        baseline_gsd_m=base_gsd,
+        coverage=coverage,
+        width=grid.width,
+        height=grid.height,
+        warnings=warnings,
+    )

@@ -115,7 +115,10 @@ def parse_coordinate(text: str) -> float:
         pass
     numbers = [float(v) for v in _NUMBER.findall(text)]
     hemisphere = re.search(r"[NSEW]\s*$", text.upper())
-    return dms_to_degrees([abs(n) for n in numbers], hemisphere.group(0) if hemisphere else ("S" if text.startswith("-") else ""))
+    return dms_to_degrees(
+        [abs(n) for n in numbers],
+        hemisphere.group(0) if hemisphere else ("S" if text.startswith("-") else ""),
+    )
 
 
 def read_xmp(path: Path, max_bytes: int = 1 << 20) -> dict[str, str]:
@@ -172,7 +175,9 @@ def _xmp_float(xmp: dict[str, str], *keys: str) -> float | None:
     return None
 
 
-def focal_length_px(tags: dict[str, str], width: int, height: int, sensor_width_mm: float | None = None) -> float:
+def focal_length_px(
+    tags: dict[str, str], width: int, height: int, sensor_width_mm: float | None = None
+) -> float:
     """Focal length in pixels from EXIF.
 
     Order: an explicit sensor width, the camera table (:data:`CAMERA_SENSOR_WIDTH_MM`),
@@ -193,19 +198,27 @@ def focal_length_px(tags: dict[str, str], width: int, height: int, sensor_width_
     res = parse_gdal_rational_list(tags.get("EXIF_FocalPlaneXResolution", ""))
     exif_width = parse_gdal_rational_list(tags.get("EXIF_PixelXDimension", "")) or [width]
     if focal_mm and res and res[0] > 0:
-        unit_mm = {"2": 25.4, "3": 10.0, "4": 1.0, "5": 0.001}.get(tags.get("EXIF_FocalPlaneResolutionUnit", "2").strip(), 25.4)
+        unit_mm = {"2": 25.4, "3": 10.0, "4": 1.0, "5": 0.001}.get(
+            tags.get("EXIF_FocalPlaneResolutionUnit", "2").strip(), 25.4
+        )
         sensor_from_res = exif_width[0] / res[0] * unit_mm
         if 1.0 < sensor_from_res < 60.0:
             return focal_mm / sensor_from_res * long_side
     f35 = (parse_gdal_rational_list(tags.get("EXIF_FocalLengthIn35mmFilm", "")) or [None])[0]
     if f35:
         return f35 / 36.0 * long_side
-    raise PoseError("no focal length in EXIF (FocalLength with a known camera, or FocalLengthIn35mmFilm); "
-                    "set ortho.sensor_width_mm / focal_px in the config")
+    raise PoseError(
+        "no focal length in EXIF (FocalLength with a known camera, or FocalLengthIn35mmFilm); "
+        "set ortho.sensor_width_mm / focal_px in the config"
+    )
 
 
-def read_pose(path: str | Path, sensor_width_mm: float | None = None, focal_px: float | None = None,
-              default_pitch_deg: float | None = None) -> FramePose:
+def read_pose(
+    path: str | Path,
+    sensor_width_mm: float | None = None,
+    focal_px: float | None = None,
+    default_pitch_deg: float | None = None,
+) -> FramePose:
     """Read a frame's pose from its EXIF and XMP.
 
     Parameters
@@ -233,7 +246,9 @@ def read_pose(path: str | Path, sensor_width_mm: float | None = None, focal_px: 
     lat_parts = parse_gdal_rational_list(tags.get("EXIF_GPSLatitude", ""))
     lon_parts = parse_gdal_rational_list(tags.get("EXIF_GPSLongitude", ""))
     if not lat_parts or not lon_parts:
-        raise PoseError("no GPS position in EXIF (GPSLatitude/GPSLongitude); give a --flight-log with this file name")
+        raise PoseError(
+            "no GPS position in EXIF (GPSLatitude/GPSLongitude); give a --flight-log with this file name"
+        )
     lat = dms_to_degrees(lat_parts, tags.get("EXIF_GPSLatitudeRef", "N"))
     lon = dms_to_degrees(lon_parts, tags.get("EXIF_GPSLongitudeRef", "E"))
     abs_alt = _xmp_float(xmp, "drone-dji:AbsoluteAltitude")
@@ -251,19 +266,37 @@ def read_pose(path: str | Path, sensor_width_mm: float | None = None, focal_px: 
         yaw = _xmp_float(xmp, "Camera:Yaw")
         roll = _xmp_float(xmp, "Camera:Roll")
     if yaw is None:
-        track = parse_gdal_rational_list(tags.get("EXIF_GPSImgDirection", "") or tags.get("EXIF_GPSTrack", ""))
+        track = parse_gdal_rational_list(
+            tags.get("EXIF_GPSImgDirection", "") or tags.get("EXIF_GPSTrack", "")
+        )
         yaw = track[0] if track else None
     if pitch is None:
         if default_pitch_deg is None:
-            raise PoseError("no camera orientation in XMP (GimbalPitchDegree / Camera:Pitch); "
-                            "set ortho.default_pitch_deg: -90 for a fixed nadir camera, or give a --flight-log")
+            raise PoseError(
+                "no camera orientation in XMP (GimbalPitchDegree / Camera:Pitch); "
+                "set ortho.default_pitch_deg: -90 for a fixed nadir camera, or give a --flight-log"
+            )
         pitch = default_pitch_deg
     if yaw is None:
-        raise PoseError("no heading in XMP/EXIF (GimbalYawDegree, FlightYawDegree, GPSImgDirection); give a --flight-log")
+        raise PoseError(
+            "no heading in XMP/EXIF (GimbalYawDegree, FlightYawDegree, GPSImgDirection); give a --flight-log"
+        )
     fpx = focal_px or focal_length_px(tags, width, height, sensor_width_mm)
-    return FramePose(path=path, lat=lat, lon=lon, abs_alt_m=abs_alt, rel_alt_m=rel_alt, yaw_deg=float(yaw),
-                     pitch_deg=float(pitch), roll_deg=float(roll or 0.0), focal_px=float(fpx), width=width,
-                     height=height, camera_model=tags.get("EXIF_Model", "").strip(), source="exif")
+    return FramePose(
+        path=path,
+        lat=lat,
+        lon=lon,
+        abs_alt_m=abs_alt,
+        rel_alt_m=rel_alt,
+        yaw_deg=float(yaw),
+        pitch_deg=float(pitch),
+        roll_deg=float(roll or 0.0),
+        focal_px=float(fpx),
+        width=width,
+        height=height,
+        camera_model=tags.get("EXIF_Model", "").strip(),
+        source="exif",
+    )
 
 
 # flight-log column names (lower-case) for each field, first match wins
@@ -315,9 +348,14 @@ def read_flight_log(path: str | Path) -> dict[str, FlightLogEntry]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = {h.strip().lower(): h for h in (reader.fieldnames or [])}
-        columns = {field: next((header[c] for c in names if c in header), None) for field, names in _LOG_COLUMNS.items()}
+        columns = {
+            field: next((header[c] for c in names if c in header), None)
+            for field, names in _LOG_COLUMNS.items()
+        }
         if columns["name"] is None:
-            raise InputError(f"{path}: flight log has no file-name column (one of {', '.join(_LOG_COLUMNS['name'])})")
+            raise InputError(
+                f"{path}: flight log has no file-name column (one of {', '.join(_LOG_COLUMNS['name'])})"
+            )
         entries: dict[str, FlightLogEntry] = {}
         for line_no, row in enumerate(reader, start=2):
             try:
@@ -329,16 +367,30 @@ def read_flight_log(path: str | Path) -> dict[str, FlightLogEntry]:
                     raw = row.get(columns[field], "") if columns[field] else ""
                     values[field] = float(raw) if str(raw).strip() else None
             except (ValueError, PoseError) as exc:
-                raise InputError(f"{path}: line {line_no}: malformed value ({exc}); fix or remove the row") from None
+                raise InputError(
+                    f"{path}: line {line_no}: malformed value ({exc}); fix or remove the row"
+                ) from None
             name = Path(str(row[columns["name"]]).replace("\\", "/")).name.lower()
-            entries[name] = FlightLogEntry(name=name, lat=values["lat"], lon=values["lon"], rel_alt_m=values["rel_alt"],
-                                           abs_alt_m=values["abs_alt"], yaw_deg=values["yaw"],
-                                           pitch_deg=values["pitch"], roll_deg=values["roll"])
+            entries[name] = FlightLogEntry(
+                name=name,
+                lat=values["lat"],
+                lon=values["lon"],
+                rel_alt_m=values["rel_alt"],
+                abs_alt_m=values["abs_alt"],
+                yaw_deg=values["yaw"],
+                pitch_deg=values["pitch"],
+                roll_deg=values["roll"],
+            )
     return entries
 
 
-def pose_with_flight_log(path: Path, entry: FlightLogEntry, sensor_width_mm: float | None = None,
-                         focal_px: float | None = None, default_pitch_deg: float | None = None) -> FramePose:
+def pose_with_flight_log(
+    path: Path,
+    entry: FlightLogEntry,
+    sensor_width_mm: float | None = None,
+    focal_px: float | None = None,
+    default_pitch_deg: float | None = None,
+) -> FramePose:
     """A frame's pose from its flight-log row, filling gaps from the file's EXIF/XMP.
 
     Raises
@@ -355,15 +407,36 @@ def pose_with_flight_log(path: Path, entry: FlightLogEntry, sensor_width_mm: flo
     lon = entry.lon if entry.lon is not None else (base.lon if base else None)
     if lat is None or lon is None:
         raise PoseError("no GPS position in the flight log row or in EXIF")
-    pitch = entry.pitch_deg if entry.pitch_deg is not None else (base.pitch_deg if base else default_pitch_deg)
+    pitch = (
+        entry.pitch_deg
+        if entry.pitch_deg is not None
+        else (base.pitch_deg if base else default_pitch_deg)
+    )
     yaw = entry.yaw_deg if entry.yaw_deg is not None else (base.yaw_deg if base else None)
     if pitch is None or yaw is None:
         raise PoseError("no camera orientation (pitch/yaw) in the flight log row or in XMP")
     roll = entry.roll_deg if entry.roll_deg is not None else (base.roll_deg if base else 0.0)
-    fpx = base.focal_px if base else (focal_px or focal_length_px(tags, width, height, sensor_width_mm))
-    return FramePose(path=Path(path), lat=lat, lon=lon,
-                     abs_alt_m=entry.abs_alt_m if entry.abs_alt_m is not None else (base.abs_alt_m if base else None),
-                     rel_alt_m=entry.rel_alt_m if entry.rel_alt_m is not None else (base.rel_alt_m if base else None),
-                     yaw_deg=float(yaw), pitch_deg=float(pitch), roll_deg=float(roll), focal_px=float(fpx),
-                     width=width, height=height, camera_model=tags.get("EXIF_Model", "").strip(),
-                     source="exif+flight-log" if base else "flight-log")
+    fpx = (
+        base.focal_px
+        if base
+        else (focal_px or focal_length_px(tags, width, height, sensor_width_mm))
+    )
+    return FramePose(
+        path=Path(path),
+        lat=lat,
+        lon=lon,
+        abs_alt_m=entry.abs_alt_m
+        if entry.abs_alt_m is not None
+        else (base.abs_alt_m if base else None),
+        rel_alt_m=entry.rel_alt_m
+        if entry.rel_alt_m is not None
+        else (base.rel_alt_m if base else None),
+        yaw_deg=float(yaw),
+        pitch_deg=float(pitch),
+        roll_deg=float(roll),
+        focal_px=float(fpx),
+        width=width,
+        height=height,
+        camera_model=tags.get("EXIF_Model", "").strip(),
+        source="exif+flight-log" if base else "flight-log",
+    )

@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 from pyproj import CRS, Geod, Proj, Transformer
 
-MAX_SCALE_ERROR = 0.005  # a projected CRS whose metre is off by more than this is not used as the grid
+MAX_SCALE_ERROR = (
+    0.005  # a projected CRS whose metre is off by more than this is not used as the grid
+)
 
 _GEOD = Geod(ellps="WGS84")
 _METRE_NAMES = ("metre", "meter", "m")
@@ -60,11 +62,19 @@ def utm_crs(lon: float, lat: float) -> CRS:
     from pyproj.aoi import AreaOfInterest
     from pyproj.database import query_utm_crs_info
 
-    found = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+    found = query_utm_crs_info(
+        datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat)
+    )
     if not found:  # pragma: no cover - pyproj covers the globe between 80°S and 84°N
         raise ValueError(f"no UTM zone covers lon {lon:.4f}, lat {lat:.4f}")
     # on a zone boundary two zones match: take the eastern one (zones are [west, east) intervals)
-    best = max(found, key=lambda info: (info.area_of_use.west <= lon < info.area_of_use.east, info.area_of_use.west))
+    best = max(
+        found,
+        key=lambda info: (
+            info.area_of_use.west <= lon < info.area_of_use.east,
+            info.area_of_use.west,
+        ),
+    )
     return CRS.from_epsg(int(best.code))
 
 
@@ -181,7 +191,9 @@ def area_m2(geometries, crs) -> np.ndarray:
             return out
     to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     for i in np.flatnonzero(present):
-        lonlat = shapely.transform(arr[i], lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+        lonlat = shapely.transform(
+            arr[i], lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1]))
+        )
         out[i] = abs(_GEOD.geometry_area_perimeter(lonlat)[0])
     return out
 
@@ -211,5 +223,6 @@ def lonlat_of(geometries, crs, point: str = "inside") -> np.ndarray:
     arr[:] = list(geometries)
     points = shapely.point_on_surface(arr) if point == "inside" else shapely.centroid(arr)
     lon, lat = Transformer.from_crs(as_crs(crs), "EPSG:4326", always_xy=True).transform(
-        shapely.get_x(points), shapely.get_y(points))
+        shapely.get_x(points), shapely.get_y(points)
+    )
     return np.column_stack([lon, lat])

@@ -49,7 +49,10 @@ def unit_scale(info: MosaicInfo, setting: str) -> float:
     """Metres per height unit of a DSM: the configured unit, else the declared one, else metres."""
     unit = setting if setting != "auto" else (info.z_unit or "metre")
     if setting == "auto" and not info.z_unit:
-        log.info("%s declares no height unit: read as metres (set height.*_units otherwise)", info.path.name)
+        log.info(
+            "%s declares no height unit: read as metres (set height.*_units otherwise)",
+            info.path.name,
+        )
     return UNIT_SCALE[unit]
 
 
@@ -66,20 +69,34 @@ class DsmReader:
         Metres per file unit.
     """
 
-    def __init__(self, info: MosaicInfo, crs_wkt: str, transform, width: int, height: int, scale: float = 1.0):
+    def __init__(
+        self, info: MosaicInfo, crs_wkt: str, transform, width: int, height: int, scale: float = 1.0
+    ):
         import rasterio
 
         self.info, self.scale, self.width, self.height = info, float(scale), width, height
         self._src = rasterio.open(info.path)
         src_nodata = info.nodata if info.nodata is not None else -9999.0
-        self._vrt = warp_onto(self._src, crs_wkt, transform, width, height, "bilinear", src_nodata=src_nodata,
-                              nodata=np.nan, dtype="float32", warp_mem_limit=64)
+        self._vrt = warp_onto(
+            self._src,
+            crs_wkt,
+            transform,
+            width,
+            height,
+            "bilinear",
+            src_nodata=src_nodata,
+            nodata=np.nan,
+            dtype="float32",
+            warp_mem_limit=64,
+        )
 
     @classmethod
-    def on_grid(cls, info: MosaicInfo, grid: WorkingGrid, scale: float) -> "DsmReader":
+    def on_grid(cls, info: MosaicInfo, grid: WorkingGrid, scale: float) -> DsmReader:
         return cls(info, grid.crs_wkt, grid.transform, grid.width, grid.height, scale)
 
-    def read(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, col_off: int, row_off: int, width: int, height: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(H, W) float32 heights in metres (0 where invalid) and (H, W) bool validity."""
         from rasterio.windows import Window
 
@@ -105,6 +122,8 @@ class DsmReader:
 
 def describe(pair: DsmPair) -> str:
     """One log line about the run's DSM pair."""
-    return (f"DSMs {pair.baseline.path.name} / {pair.current.path.name}: vertical offset {pair.offset_m:+.2f} m "
-            f"(current - baseline, removed), noise {pair.noise_m:.2f} m, {100 * pair.coverage:.0f} % of the grid "
-            "covered")
+    return (
+        f"DSMs {pair.baseline.path.name} / {pair.current.path.name}: vertical offset {pair.offset_m:+.2f} m "
+        f"(current - baseline, removed), noise {pair.noise_m:.2f} m, {100 * pair.coverage:.0f} % of the grid "
+        "covered"
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import numpy as np
 
@@ -25,7 +24,19 @@ SNAP_EPS = 1e-6  # pixel fractions below this are rounding noise, not a partial 
 
 @dataclass(frozen=True)
 class WorkingGrid:
-    """The north-up pixel grid all tiles are cut from."""
+    """The north-up pixel grid all tiles of a night are cut from.
+
+    Not the same thing as :class:`Grid`, and kept apart on purpose: this one is made by
+    :func:`make_grid` (square pixels of the working GSD in the metric working CRS, snapped to a
+    world grid of whole pixels so the same ground gets the same pixels every night), carries the
+    CRS the night's candidates are written in (the baseline's), and travels in the night's
+    context to every tile worker (CRSs as WKT strings: small and picklable for the process pool
+    and Dask). A :class:`Grid` is a raster's own grid as it is, in its own CRS object, with
+    pixels that may differ along x and y, and the sub-grid and resampling steps the ortho
+    baseline needs. Folding them into one class would give each side fields it must not use
+    (``output_crs_wkt`` in the ortho, ``res_x != res_y`` in the tile arithmetic, which reads
+    ``gsd`` throughout) for no shared code: only ``transform`` is common.
+    """
 
     crs_wkt: str  # working (metric) CRS
     output_crs_wkt: str  # the baseline's CRS: candidates are written in it
@@ -66,35 +77,47 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return self.left, self.top - self.height * self.res_y, self.left + self.width * self.res_x, self.top
+        return (
+            self.left,
+            self.top - self.height * self.res_y,
+            self.left + self.width * self.res_x,
+            self.top,
+        )
 
     def pixel_centres(self) -> tuple[np.ndarray, np.ndarray]:
         xs = self.left + (np.arange(self.width) + 0.5) * self.res_x
         ys = self.top - (np.arange(self.height) + 0.5) * self.res_y
         return np.meshgrid(xs, ys)
 
-    def window_of(self, other: "Grid"):
+    def window_of(self, other: Grid):
         """The window (:class:`rasterio.windows.Window`) ``other`` (same pixel size, aligned) covers in this grid."""
         from rasterio.windows import Window
 
         col, row = window_at(self.transform, other.left, other.top)
         return Window(col, row, other.width, other.height)
 
-    def sub_grid(self, bounds: tuple[float, float, float, float]) -> Optional["Grid"]:
+    def sub_grid(self, bounds: tuple[float, float, float, float]) -> Grid | None:
         """The part of this grid covering ``bounds`` (snapped outwards to pixels), or None if disjoint."""
         win = sub_window(self.transform, self.width, self.height, bounds)
         if win is None:
             return None
         xs, ys = pixel_to_map(self.transform, [win.row_off], [win.col_off])
-        return replace(self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height))
+        return replace(
+            self, left=float(xs[0]), top=float(ys[0]), width=int(win.width), height=int(win.height)
+        )
 
-    def resampled(self, res: float) -> "Grid":
+    def resampled(self, res: float) -> Grid:
         """The same area on a grid of pixel size ``res`` (anchored at the same corner)."""
         import math
 
         left, bottom, right, top = self.bounds
-        return replace(self, res_x=res, res_y=res, width=max(1, int(math.ceil((right - left) / res))),
-                       height=max(1, int(math.ceil((top - bottom) / res))))
+        return replace(
+            self,
+            res_x=res,
+            res_y=res,
+            width=max(1, int(math.ceil((right - left) / res))),
+            height=max(1, int(math.ceil((top - bottom) / res))),
+        )
 
 
 def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingGrid:
@@ -122,8 +145,15 @@ def make_grid(baseline: MosaicInfo, current: MosaicInfo, gsd: float) -> WorkingG
     top = math.ceil(b[3] / gsd) * gsd
     width = int(math.ceil((b[2] - left) / gsd))
     height = int(math.ceil((top - b[1]) / gsd))
-    return WorkingGrid(crs_wkt=work_crs, output_crs_wkt=baseline.crs_wkt, gsd=gsd, left=left, top=top,
-                       width=width, height=height)
+    return WorkingGrid(
+        crs_wkt=work_crs,
+        output_crs_wkt=baseline.crs_wkt,
+        gsd=gsd,
+        left=left,
+        top=top,
+        width=width,
+        height=height,
+    )
 
 
 def window_at(transform, left: float, top: float) -> tuple[int, int]:
@@ -174,7 +204,9 @@ def map_to_pixel(transform, xs, ys) -> tuple[np.ndarray, np.ndarray]:
     corner of the first pixel; pixel centres are at +0.5)."""
     from rasterio.transform import rowcol
 
-    rows, cols = rowcol(transform, np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), op=float)
+    rows, cols = rowcol(
+        transform, np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), op=float
+    )
     return np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
 
 
@@ -183,7 +215,9 @@ def pixel_to_map(transform, rows, cols) -> tuple[np.ndarray, np.ndarray]:
     corner of the first pixel) on the grid of ``transform``."""
     from rasterio.transform import xy
 
-    xs, ys = xy(transform, np.asarray(rows, dtype=float), np.asarray(cols, dtype=float), offset="ul")
+    xs, ys = xy(
+        transform, np.asarray(rows, dtype=float), np.asarray(cols, dtype=float), offset="ul"
+    )
     return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
@@ -197,13 +231,17 @@ def grid_for_bounds(bounds: tuple[float, float, float, float], width: int):
     return from_origin(left, top, res, res), height
 
 
-def sub_window(transform, width: int, height: int, bounds: tuple[float, float, float, float]) -> Optional[object]:
+def sub_window(
+    transform, width: int, height: int, bounds: tuple[float, float, float, float]
+) -> object | None:
     """The whole-pixel part of a ``width`` x ``height`` grid covering map ``bounds`` (snapped
     outwards), or None when disjoint."""
     return clip_window(snap_outwards(bounds_window(transform, bounds)), width, height)
 
 
-def warp_onto(src, crs, transform, width: int, height: int, resampling: str = "bilinear", **options):
+def warp_onto(
+    src, crs, transform, width: int, height: int, resampling: str = "bilinear", **options
+):
     """The one grid reader: an open raster seen on a north-up grid, as a :class:`rasterio.vrt.WarpedVRT`.
 
     Every reader of a raster onto a grid of the project goes through here: the nightly epochs
@@ -238,5 +276,12 @@ def warp_onto(src, crs, transform, width: int, height: int, resampling: str = "b
 
     if not isinstance(crs, (str, RioCRS)):  # a pyproj CRS
         crs = RioCRS.from_user_input(crs.to_wkt())
-    return WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                     resampling=Resampling[resampling], **options)
+    return WarpedVRT(
+        src,
+        crs=crs,
+        transform=transform,
+        width=width,
+        height=height,
+        resampling=Resampling[resampling],
+        **options,
+    )

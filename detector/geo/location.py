@@ -68,7 +68,7 @@ class RemotePath(str):
     def is_dir(self) -> bool:
         return False
 
-    def resolve(self) -> "RemotePath":
+    def resolve(self) -> RemotePath:
         return self
 
     def exists(self) -> bool:
@@ -113,8 +113,10 @@ def as_location(value) -> Path | RemotePath:
     if scheme == "file":
         return Path("/" + rest.lstrip("/"))
     if scheme not in SCHEMES:
-        raise ValueError(f"{value}: {scheme}:// is not a location buildwatch reads; use a local path, "
-                         f"{', '.join(s + '://' for s in SCHEMES)} or a GDAL /vsi... path")
+        raise ValueError(
+            f"{value}: {scheme}:// is not a location buildwatch reads; use a local path, "
+            f"{', '.join(s + '://' for s in SCHEMES)} or a GDAL /vsi... path"
+        )
     return RemotePath(SCHEMES[scheme] + rest)
 
 
@@ -143,17 +145,37 @@ def location_fingerprint(location: Path | RemotePath) -> str:
 
     h = hashlib.sha256()
     with rasterio.open(str(location)) as src:
-        facts = {"location": str(location), "driver": src.driver, "width": src.width, "height": src.height,
-                 "count": src.count, "dtypes": list(src.dtypes), "crs": src.crs.to_wkt() if src.crs else "",
-                 "transform": list(src.transform)[:6], "nodata": src.nodata, "overviews": src.overviews(1),
-                 "tags": src.tags()}
+        facts = {
+            "location": str(location),
+            "driver": src.driver,
+            "width": src.width,
+            "height": src.height,
+            "count": src.count,
+            "dtypes": list(src.dtypes),
+            "crs": src.crs.to_wkt() if src.crs else "",
+            "transform": list(src.transform)[:6],
+            "nodata": src.nodata,
+            "overviews": src.overviews(1),
+            "tags": src.tags(),
+        }
         h.update(json.dumps(facts, sort_keys=True, default=str).encode())
         step = max(1, max(src.width, src.height) // 256)
-        h.update(src.read(out_shape=(src.count, max(1, src.height // step), max(1, src.width // step))).tobytes())
+        h.update(
+            src.read(
+                out_shape=(src.count, max(1, src.height // step), max(1, src.width // step))
+            ).tobytes()
+        )
         bh, bw = src.block_shapes[0]
         bw, bh = min(bw, src.width), min(bh, src.height)
-        for col, row in ((0, 0), (src.width - bw, 0), (0, src.height - bh), (src.width - bw, src.height - bh),
-                         ((src.width - bw) // 2, (src.height - bh) // 2)):
+        for col, row in (
+            (0, 0),
+            (src.width - bw, 0),
+            (0, src.height - bh),
+            (src.width - bw, src.height - bh),
+            ((src.width - bw) // 2, (src.height - bh) // 2),
+        ):
             window = Window(col, row, bw, bh)
-            h.update(str([src.checksum(b, window=window) for b in range(1, src.count + 1)]).encode())
+            h.update(
+                str([src.checksum(b, window=window) for b in range(1, src.count + 1)]).encode()
+            )
     return h.hexdigest()

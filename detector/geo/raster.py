@@ -22,7 +22,6 @@ import functools
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -31,7 +30,9 @@ from detector.geo.location import as_location, is_remote
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 STRETCH_LOW, STRETCH_HIGH = 1.0, 99.0  # percentiles mapped to 0 and 255
-STRETCH_SAMPLE_SIDE = 1024  # the stretch is estimated from a read at most this many pixels on a side
+STRETCH_SAMPLE_SIDE = (
+    1024  # the stretch is estimated from a read at most this many pixels on a side
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class MosaicInfo:
     dtype: str
     res: tuple[float, float]
     has_alpha: bool
-    acquired: Optional[date]
+    acquired: date | None
     transform: object = None  # affine.Affine
     bands: tuple[int, int, int] = (1, 2, 3)  # the band indexes read as R, G, B (see rgb_bands)
-    nodata: Optional[float] = None  # the file's nodata value (elevation rasters)
+    nodata: float | None = None  # the file's nodata value (elevation rasters)
     z_unit: str = ""  # elevation rasters: the height unit the file declares ("" = not declared)
 
     @property
@@ -62,14 +63,19 @@ class MosaicInfo:
         return self.colour_bands >= 3
 
 
-def acquisition_date(tags: dict) -> Optional[date]:
+def acquisition_date(tags: dict) -> date | None:
     """The acquisition date in a raster's metadata (``TIFFTAG_DATETIME``, ``ACQUISITIONDATETIME``,
     ``DATE``; EXIF ``YYYY:MM:DD HH:MM:SS`` or ISO forms), or None."""
     raw = tags.get("TIFFTAG_DATETIME") or tags.get("ACQUISITIONDATETIME") or tags.get("DATE")
     if raw:
         text = raw.strip()
-        for fmt, n in (("%Y:%m:%d %H:%M:%S", 19), ("%Y-%m-%d %H:%M:%S", 19), ("%Y-%m-%dT%H:%M:%S", 19),
-                       ("%Y-%m-%d", 10), ("%Y:%m:%d", 10)):
+        for fmt, n in (
+            ("%Y:%m:%d %H:%M:%S", 19),
+            ("%Y-%m-%d %H:%M:%S", 19),
+            ("%Y-%m-%dT%H:%M:%S", 19),
+            ("%Y-%m-%d", 10),
+            ("%Y:%m:%d", 10),
+        ):
             try:
                 return datetime.strptime(text[:n], fmt).date()
             except ValueError:
@@ -77,7 +83,7 @@ def acquisition_date(tags: dict) -> Optional[date]:
     return None
 
 
-def rgb_bands(colorinterp, count: int) -> Optional[tuple[int, int, int]]:
+def rgb_bands(colorinterp, count: int) -> tuple[int, int, int] | None:
     """Band indexes (1-based) to read as R, G, B; None when the raster has 2 colour bands or none.
 
     Parameters
@@ -101,8 +107,14 @@ def rgb_bands(colorinterp, count: int) -> Optional[tuple[int, int, int]]:
     return None
 
 
-def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up: bool = False,
-                elevation: bool = False) -> MosaicInfo:
+def open_raster(
+    path: Path | str,
+    what: str,
+    *,
+    allow_pan: bool = True,
+    north_up: bool = False,
+    elevation: bool = False,
+) -> MosaicInfo:
     """Validate an input orthomosaic; raise :class:`InputError` naming the file and the fix.
 
     Checks: the file exists and is a raster GDAL reads to its end (a decimated read, which uses
@@ -151,60 +163,98 @@ def open_raster(path: Path | str, what: str, *, allow_pan: bool = True, north_up
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
-                raise InputError(f"{path}: {what} has no CRS (not georeferenced); assign one "
-                                 "(e.g. gdal_edit.py -a_srs EPSG:4547) and rerun")
+                raise InputError(
+                    f"{path}: {what} has no CRS (not georeferenced); assign one "
+                    "(e.g. gdal_edit.py -a_srs EPSG:4547) and rerun"
+                )
             t = src.transform
             if t.is_identity:
                 raise InputError(f"{path}: {what} has no georeferencing (identity geotransform)")
             if src.crs.is_geographic:
                 left, bottom, right, top = src.bounds
-                if not (-180.5 <= min(left, right) and max(left, right) <= 360.5
-                        and -90.5 <= min(bottom, top) and max(bottom, top) <= 90.5):
-                    raise InputError(f"{path}: {what} is labelled {src.crs.to_string()} (degrees) but its corners "
-                                     f"({left:.0f}, {top:.0f}) are not longitudes/latitudes: the CRS label is wrong; "
-                                     "assign the right one (gdal_edit.py -a_srs EPSG:...)")
+                if not (
+                    -180.5 <= min(left, right)
+                    and max(left, right) <= 360.5
+                    and -90.5 <= min(bottom, top)
+                    and max(bottom, top) <= 90.5
+                ):
+                    raise InputError(
+                        f"{path}: {what} is labelled {src.crs.to_string()} (degrees) but its corners "
+                        f"({left:.0f}, {top:.0f}) are not longitudes/latitudes: the CRS label is wrong; "
+                        "assign the right one (gdal_edit.py -a_srs EPSG:...)"
+                    )
             if north_up and (t.b != 0 or t.d != 0 or t.e >= 0):
                 raise InputError(f"{path}: {what} is not a north-up grid; warp it first (gdalwarp)")
             dtype = src.dtypes[0]
             if elevation:
                 if dtype in ("complex64", "complex128", "complex_int16") or dtype.startswith("c"):
-                    raise InputError(f"{path}: {what} has pixel type {dtype}; a DSM holds real heights "
-                                     "(float32, int16, ...)")
+                    raise InputError(
+                        f"{path}: {what} has pixel type {dtype}; a DSM holds real heights "
+                        "(float32, int16, ...)"
+                    )
                 if dtype == "uint8" and src.count >= 3:
-                    raise InputError(f"{path}: {what} has {src.count} uint8 bands: this is an image, not a DSM "
-                                     "(heights in one band); give the photogrammetry tool's DSM export")
+                    raise InputError(
+                        f"{path}: {what} has {src.count} uint8 bands: this is an image, not a DSM "
+                        "(heights in one band); give the photogrammetry tool's DSM export"
+                    )
             elif dtype not in SUPPORTED_DTYPES:
-                raise InputError(f"{path}: {what} has pixel type {dtype}; buildwatch reads uint8 or uint16 imagery")
+                raise InputError(
+                    f"{path}: {what} has pixel type {dtype}; buildwatch reads uint8 or uint16 imagery"
+                )
             has_alpha = ColorInterp.alpha in src.colorinterp
             bands = (1, 1, 1) if elevation else rgb_bands(src.colorinterp, src.count)
             if bands is None or (not allow_pan and bands[0] == bands[1]):
                 colour = src.count - (1 if has_alpha else 0)
                 pan = " or one panchromatic band" if allow_pan else ""
-                raise InputError(f"{path}: {what} has {src.count} band(s) ({colour} colour); needs RGB "
-                                 f"(3+ bands, optionally + alpha){pan}")
+                raise InputError(
+                    f"{path}: {what} has {src.count} band(s) ({colour} colour); needs RGB "
+                    f"(3+ bands, optionally + alpha){pan}"
+                )
             # Touch the data once: a low-resolution read (overviews) and the last full-resolution
             # block, which is what a truncated file (COGs store overviews first) is missing.
             step = max(1, max(src.width, src.height) // 256)
             src.read(1, out_shape=(max(1, src.height // step), max(1, src.width // step)))
             bh, bw = src.block_shapes[0]
-            last = Window(max(0, src.width - bw), max(0, src.height - bh), min(bw, src.width), min(bh, src.height))
+            last = Window(
+                max(0, src.width - bw),
+                max(0, src.height - bh),
+                min(bw, src.width),
+                min(bh, src.height),
+            )
             src.read(window=last)
-            info = MosaicInfo(path=path, crs_wkt=src.crs.to_wkt(), bounds=tuple(src.bounds), width=src.width,
-                              height=src.height, count=src.count, dtype=dtype, res=src.res, has_alpha=has_alpha,
-                              acquired=acquisition_date(src.tags()), transform=t, bands=bands,
-                              nodata=src.nodata if elevation else None,
-                              z_unit=vertical_unit(src) if elevation else "")
+            info = MosaicInfo(
+                path=path,
+                crs_wkt=src.crs.to_wkt(),
+                bounds=tuple(src.bounds),
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=dtype,
+                res=src.res,
+                has_alpha=has_alpha,
+                acquired=acquisition_date(src.tags()),
+                transform=t,
+                bands=bands,
+                nodata=src.nodata if elevation else None,
+                z_unit=vertical_unit(src) if elevation else "",
+            )
     except InputError:
         raise
     except RasterioIOError as exc:
         msg = str(exc).splitlines()[0][:160] if str(exc).strip() else "unreadable"
         if remote:
-            raise InputError(f"{path}: {what} cannot be read over the network ({msg}); check the address, and the "
-                             "credentials and endpoint in GDAL's environment (AWS_*, GS_*, AZURE_*, GDAL_HTTP_*)") from None
-        raise InputError(f"{path}: {what} cannot be read ({msg}); it is not a raster, or it is truncated "
-                         "or corrupt: export or copy it again") from None
+            raise InputError(
+                f"{path}: {what} cannot be read over the network ({msg}); check the address, and the "
+                "credentials and endpoint in GDAL's environment (AWS_*, GS_*, AZURE_*, GDAL_HTTP_*)"
+            ) from None
+        raise InputError(
+            f"{path}: {what} cannot be read ({msg}); it is not a raster, or it is truncated "
+            "or corrupt: export or copy it again"
+        ) from None
     except Exception as exc:  # GDAL errors on truncated files surface as several types
-        raise InputError(f"{path}: {what} is unreadable or truncated ({type(exc).__name__}: {str(exc)[:160]})") from None
+        raise InputError(
+            f"{path}: {what} is unreadable or truncated ({type(exc).__name__}: {str(exc)[:160]})"
+        ) from None
     return info
 
 
@@ -226,7 +276,10 @@ def vertical_unit(src) -> str:
     for name in names[:1]:
         if "survey" in name and ("foot" in name or "feet" in name or "ft" in name):
             return "us_survey_foot"
-        if name in ("ft", "foot", "feet", "international foot", "foot (international)") or "foot" in name:
+        if (
+            name in ("ft", "foot", "feet", "international foot", "foot (international)")
+            or "foot" in name
+        ):
             return "foot"
         if name in ("m", "metre", "meter", "metres", "meters"):
             return "metre"
@@ -238,8 +291,12 @@ def vertical_unit(src) -> str:
 Stretch = tuple[np.ndarray, np.ndarray]  # per-band (low, high) values mapped to 0 and 255
 
 
-def stretch_from_array(data: np.ndarray, valid: Optional[np.ndarray] = None, low: float = STRETCH_LOW,
-                       high: float = STRETCH_HIGH) -> Stretch:
+def stretch_from_array(
+    data: np.ndarray,
+    valid: np.ndarray | None = None,
+    low: float = STRETCH_LOW,
+    high: float = STRETCH_HIGH,
+) -> Stretch:
     """Per-band stretch of ``data`` (bands, H, W): the ``low``/``high`` percentiles of its valid,
     non-zero pixels (a band with none: 0–1). ``high`` is at least ``low + 1``.
 
@@ -270,8 +327,13 @@ def stretch_from_array(data: np.ndarray, valid: Optional[np.ndarray] = None, low
     return lo, hi
 
 
-def estimate_stretch(src, bands, low: float = STRETCH_LOW, high: float = STRETCH_HIGH,
-                     max_side: int = STRETCH_SAMPLE_SIDE) -> Stretch:
+def estimate_stretch(
+    src,
+    bands,
+    low: float = STRETCH_LOW,
+    high: float = STRETCH_HIGH,
+    max_side: int = STRETCH_SAMPLE_SIDE,
+) -> Stretch:
     """:func:`stretch_from_array` of an open rasterio dataset, from a read decimated to about
     ``max_side`` pixels on a side (GDAL serves it from the overviews)."""
     step = max(1, max(src.width, src.height) // max_side)
@@ -281,14 +343,18 @@ def estimate_stretch(src, bands, low: float = STRETCH_LOW, high: float = STRETCH
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_stretch(path: str, mtime_ns: int, bands: tuple[int, ...], low: float, high: float) -> Stretch:
+def _cached_stretch(
+    path: str, mtime_ns: int, bands: tuple[int, ...], low: float, high: float
+) -> Stretch:
     import rasterio
 
     with rasterio.open(path) as src:
         return estimate_stretch(src, bands, low, high)
 
 
-def raster_stretch(path: Path | str, bands=None, low: float = STRETCH_LOW, high: float = STRETCH_HIGH) -> Optional[Stretch]:
+def raster_stretch(
+    path: Path | str, bands=None, low: float = STRETCH_LOW, high: float = STRETCH_HIGH
+) -> Stretch | None:
     """The stretch of a raster file (None for uint8, which is used as is); cached per file version.
 
     ``bands`` defaults to :func:`rgb_bands`.
@@ -298,22 +364,31 @@ def raster_stretch(path: Path | str, bands=None, low: float = STRETCH_LOW, high:
     with rasterio.open(path) as src:
         if src.dtypes[0] == "uint8":
             return None
-        bands = tuple(bands) if bands is not None else rgb_bands(src.colorinterp, src.count) or (1, 1, 1)
+        bands = (
+            tuple(bands)
+            if bands is not None
+            else rgb_bands(src.colorinterp, src.count) or (1, 1, 1)
+        )
     if is_remote(path):  # no cheap change stamp over the network: cached for this process's life
         return _cached_stretch(str(path), 0, tuple(bands), low, high)
-    return _cached_stretch(str(Path(path).resolve()), Path(path).stat().st_mtime_ns, tuple(bands), low, high)
+    return _cached_stretch(
+        str(Path(path).resolve()), Path(path).stat().st_mtime_ns, tuple(bands), low, high
+    )
 
 
-def apply_stretch(data: np.ndarray, stretch: Optional[Stretch]) -> np.ndarray:
+def apply_stretch(data: np.ndarray, stretch: Stretch | None) -> np.ndarray:
     """Map (bands, H, W) pixels to uint8 with ``stretch`` (None: already uint8, cast only)."""
     if stretch is None:
         return np.asarray(data).astype(np.uint8)
     lo, hi = (np.asarray(a, dtype=np.float64) for a in stretch)
-    out = (np.asarray(data).astype(np.float32) - lo[:, None, None]) * (255.0 / (hi - lo))[:, None, None]
+    out = (np.asarray(data).astype(np.float32) - lo[:, None, None]) * (255.0 / (hi - lo))[
+        :, None, None
+    ]
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
 # --- writing ---------------------------------------------------------------------------------
+
 
 def write_cog(src_path: Path | str, out: Path | str, compress: str = "deflate") -> None:
     """Copy a tiled GeoTIFF to a COG (overviews, internal mask) atomically at ``out``.
@@ -332,7 +407,12 @@ def write_cog(src_path: Path | str, out: Path | str, compress: str = "deflate") 
 
     from detector.fileio import atomic_path
 
-    opts = {"compress": compress.upper(), "overview_resampling": "average", "blocksize": 512, "bigtiff": "IF_SAFER"}
+    opts = {
+        "compress": compress.upper(),
+        "overview_resampling": "average",
+        "blocksize": 512,
+        "bigtiff": "IF_SAFER",
+    }
     if compress == "jpeg":
         opts["quality"] = 90
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), atomic_path(Path(out), suffix=".tif") as tmp:

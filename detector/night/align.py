@@ -47,7 +47,10 @@ REFINE_WINDOW_PX = 256  # side of the window a tile's own estimate is correlated
 
 # ---------------------------------------------------------------- structure image and matching
 
-def structure_image(rgb: np.ndarray, valid: np.ndarray | None = None, sigma: float = STRUCTURE_SIGMA_PX) -> np.ndarray:
+
+def structure_image(
+    rgb: np.ndarray, valid: np.ndarray | None = None, sigma: float = STRUCTURE_SIGMA_PX
+) -> np.ndarray:
     """Doubled-angle gradient orientation, an (H, W, 2) float32 image invariant to brightness.
 
     Parameters
@@ -73,7 +76,11 @@ def structure_image(rgb: np.ndarray, valid: np.ndarray | None = None, sigma: flo
     # the rest of this function together)
     sub = m[::4, ::4]
     sub_valid = valid[::4, ::4] if valid is not None else None
-    ref = float(np.median(sub[sub_valid])) if sub_valid is not None and sub_valid.any() else float(np.median(sub))
+    ref = (
+        float(np.median(sub[sub_valid]))
+        if sub_valid is not None and sub_valid.any()
+        else float(np.median(sub))
+    )
     weight = m / (m + max(ref, 1e-3))
     inv = 1.0 / np.maximum(m2, 1e-6)
     out = np.empty((*gray.shape, 2), np.float32)
@@ -134,13 +141,17 @@ def match_translation(base: np.ndarray, cur: np.ndarray, search_px: int) -> Matc
         return Match(np.nan, np.nan, 0.0, 0.0)
     on_border = x in (0, surface.shape[1] - 1) or y in (0, surface.shape[0] - 1)
     side = surface.copy()
-    side[max(0, y - PEAK_EXCLUDE_PX) : y + PEAK_EXCLUDE_PX + 1, max(0, x - PEAK_EXCLUDE_PX) : x + PEAK_EXCLUDE_PX + 1] = -1
+    side[
+        max(0, y - PEAK_EXCLUDE_PX) : y + PEAK_EXCLUDE_PX + 1,
+        max(0, x - PEAK_EXCLUDE_PX) : x + PEAK_EXCLUDE_PX + 1,
+    ] = -1
     second = float(side.max()) if side.size > (2 * PEAK_EXCLUDE_PX + 1) ** 2 else 0.0
     quality = 0.0 if on_border else float(np.clip(1.0 - max(second, 0.0) / peak, 0.0, 1.0))
     return Match(fx - s, fy - s, float(peak), quality)
 
 
 # ---------------------------------------------------------------- the mosaic model
+
 
 @dataclass(frozen=True)
 class MosaicModel:
@@ -173,9 +184,18 @@ class MosaicModel:
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 
 
-def fit_mosaic_model(base: np.ndarray, cur: np.ndarray, gsd: float, max_shift_m: float, *, block: int = BLOCK_PX,
-                     min_inliers: int = 4, min_spread: float = 0.25, min_block_quality: float = 0.05,
-                     valid: np.ndarray | None = None) -> MosaicModel:
+def fit_mosaic_model(
+    base: np.ndarray,
+    cur: np.ndarray,
+    gsd: float,
+    max_shift_m: float,
+    *,
+    block: int = BLOCK_PX,
+    min_inliers: int = 4,
+    min_spread: float = 0.25,
+    min_block_quality: float = 0.05,
+    valid: np.ndarray | None = None,
+) -> MosaicModel:
     """Fit the mosaic model to two co-gridded structure images (see :func:`structure_image`).
 
     Parameters
@@ -202,7 +222,9 @@ def fit_mosaic_model(base: np.ndarray, cur: np.ndarray, gsd: float, max_shift_m:
             if valid is not None and valid[y0 : y0 + size, x0 : x0 + size].mean() < MIN_BLOCK_VALID:
                 continue
             tried += 1
-            m = match_translation(base[y0 : y0 + size, x0 : x0 + size], cur[y0 : y0 + size, x0 : x0 + size], search)
+            m = match_translation(
+                base[y0 : y0 + size, x0 : x0 + size], cur[y0 : y0 + size, x0 : x0 + size], search
+            )
             if m.ok and m.quality >= min_block_quality:
                 cx, cy = x0 + (size - 1) / 2, y0 + (size - 1) / 2
                 src.append((cx, cy))
@@ -210,38 +232,74 @@ def fit_mosaic_model(base: np.ndarray, cur: np.ndarray, gsd: float, max_shift_m:
                 q.append(m.quality)
     n = len(src)
     if n < max(2, min_inliers):
-        return MosaicModel(IDENTITY, False, 0, n, 0.0, 0.0,
-                           f"only {n} of {tried} blocks matched distinctly (need {min_inliers})")
+        return MosaicModel(
+            IDENTITY,
+            False,
+            0,
+            n,
+            0.0,
+            0.0,
+            f"only {n} of {tried} blocks matched distinctly (need {min_inliers})",
+        )
     src_a, dst_a = np.float32(src), np.float32(dst)
     threshold = max(1.0, 0.5 / gsd)  # blocks within 0.5 m (or a pixel) of the model agree with it
-    matrix, inl = cv2.estimateAffinePartial2D(src_a, dst_a, method=cv2.RANSAC, ransacReprojThreshold=threshold,
-                                              maxIters=4000, confidence=0.999, refineIters=20)
+    matrix, inl = cv2.estimateAffinePartial2D(
+        src_a,
+        dst_a,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=threshold,
+        maxIters=4000,
+        confidence=0.999,
+        refineIters=20,
+    )
     if matrix is None:
-        return MosaicModel(IDENTITY, False, 0, n, 0.0, 0.0, "no consistent model among the block shifts")
+        return MosaicModel(
+            IDENTITY, False, 0, n, 0.0, 0.0, "no consistent model among the block shifts"
+        )
     inl = inl.ravel().astype(bool)
     k = int(inl.sum())
     pts = src_a[inl]
-    spread = float(min(np.ptp(pts[:, 0]) / max(w - size, 1), np.ptp(pts[:, 1]) / max(h - size, 1))) if k else 0.0
+    spread = (
+        float(min(np.ptp(pts[:, 0]) / max(w - size, 1), np.ptp(pts[:, 1]) / max(h - size, 1)))
+        if k
+        else 0.0
+    )
     if w <= size or h <= size:  # a pair no larger than one block: spread cannot be judged
         spread = 1.0
     pred = src_a[inl] @ matrix[:, :2].T + matrix[:, 2]
     residual = float(np.sqrt(np.mean(np.sum((pred - dst_a[inl]) ** 2, axis=1)))) * gsd if k else 0.0
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
     if k < min_inliers:  # (n >= min_inliers >= 2 here)
-        return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
-                           f"only {k} of {n} matched blocks agree (need {min_inliers})")
+        return MosaicModel(
+            _as_tuple(matrix),
+            False,
+            k,
+            n,
+            spread,
+            residual,
+            f"only {k} of {n} matched blocks agree (need {min_inliers})",
+        )
     if k < 3 or spread < min_spread:
         # Too few or too clustered to fix a rotation: a pure shift from the agreeing blocks.
         d = np.median(dst_a[inl] - src_a[inl], axis=0)
         matrix = np.float64([[1, 0, d[0]], [0, 1, d[1]]])
     if abs(scale - 1) > 0.01:
-        return MosaicModel(_as_tuple(matrix), False, k, n, spread, residual,
-                           f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid")
+        return MosaicModel(
+            _as_tuple(matrix),
+            False,
+            k,
+            n,
+            spread,
+            residual,
+            f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid",
+        )
     model = MosaicModel(_as_tuple(matrix), True, k, n, spread, residual)
     cx, cy = (w - 1) / 2, (h - 1) / 2
     shift_m = float(np.hypot(*model.at(cx, cy))) * gsd
     if shift_m > max_shift_m:
-        return replace(model, ok=False, reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum")
+        return replace(
+            model, ok=False, reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+        )
     return model
 
 
@@ -259,8 +317,16 @@ def _as_tuple(matrix) -> tuple:
     return (tuple(float(v) for v in m[0]), tuple(float(v) for v in m[1]))
 
 
-def estimate_mosaic_model(baseline_info, current_info, grid, stretches=(None, None), *, max_shift_m: float = 3.0,
-                          min_inliers: int = 4, min_spread: float = 0.25) -> MosaicModel:
+def estimate_mosaic_model(
+    baseline_info,
+    current_info,
+    grid,
+    stretches=(None, None),
+    *,
+    max_shift_m: float = 3.0,
+    min_inliers: int = 4,
+    min_spread: float = 0.25,
+) -> MosaicModel:
     """The mosaic model from a coarse read of both mosaics (decimated reads; memory flat in the extent).
 
     Returned in pixels of the *working* grid (the coarse fit is scaled back).
@@ -272,8 +338,15 @@ def estimate_mosaic_model(baseline_info, current_info, grid, stretches=(None, No
     b, vb = read_coarse(baseline_info, coarse, stretches[0])
     c, vc = read_coarse(current_info, coarse, stretches[1])
     valid = vb & vc
-    model = fit_mosaic_model(structure_image(b, vb), structure_image(c, vc), coarse.gsd, max_shift_m,
-                             min_inliers=min_inliers, min_spread=min_spread, valid=valid)
+    model = fit_mosaic_model(
+        structure_image(b, vb),
+        structure_image(c, vc),
+        coarse.gsd,
+        max_shift_m,
+        min_inliers=min_inliers,
+        min_spread=min_spread,
+        valid=valid,
+    )
     # coarse pixel p_c = p_w / factor (pixel-corner convention): M_w = S M_c S^-1
     m = np.asarray(model.matrix, dtype=float)
     m_w = np.array([[m[0, 0], m[0, 1], m[0, 2] * factor], [m[1, 0], m[1, 1], m[1, 2] * factor]])
@@ -281,6 +354,7 @@ def estimate_mosaic_model(baseline_info, current_info, grid, stretches=(None, No
 
 
 # ---------------------------------------------------------------- per tile
+
 
 def local_matrix(model: MosaicModel, col_off: int, row_off: int) -> np.ndarray:
     """The mosaic model in the pixel frame of a tile whose upper-left is (col_off, row_off)."""
@@ -290,9 +364,19 @@ def local_matrix(model: MosaicModel, col_off: int, row_off: int) -> np.ndarray:
     return np.hstack([a, (a @ o + t - o)[:, None]])
 
 
-def register_tile(baseline: np.ndarray, current: np.ndarray, valid: np.ndarray, gsd: float, *,
-                  model: MosaicModel | None = None, offset: tuple[int, int] = (0, 0), max_shift_m: float = 3.0,
-                  tile_tolerance_m: float = 0.75, min_quality: float = 0.1, on_failure: str = "flag") -> Registration:
+def register_tile(
+    baseline: np.ndarray,
+    current: np.ndarray,
+    valid: np.ndarray,
+    gsd: float,
+    *,
+    model: MosaicModel | None = None,
+    offset: tuple[int, int] = (0, 0),
+    max_shift_m: float = 3.0,
+    tile_tolerance_m: float = 0.75,
+    min_quality: float = 0.1,
+    on_failure: str = "flag",
+) -> Registration:
     """Register one tile: its own estimate where it is distinct and agrees with the mosaic model,
     else the mosaic model, else (``on_failure``) flagged or processed unshifted ("georef").
 
@@ -326,12 +410,16 @@ def register_tile(baseline: np.ndarray, current: np.ndarray, valid: np.ndarray, 
             b_rgb, c_rgb = baseline[box], _translate(current[box], -rx, -ry)
             v = valid[box] & _translate(valid[box], -rx, -ry)
             win = _structured_window(b_rgb, c_rgb, v, REFINE_WINDOW_PX + 2 * search)
-            m = match_translation(structure_image(b_rgb[win], v[win]), structure_image(c_rgb[win], v[win]), search)
+            m = match_translation(
+                structure_image(b_rgb[win], v[win]), structure_image(c_rgb[win], v[win]), search
+            )
             own = Match(m.dx + rx, m.dy + ry, m.peak, m.quality) if m.ok else m
         else:  # search twice the allowed range: a larger true shift is then seen (and refused), not aliased
-            own = match_translation(structure_image(baseline[box], valid[box]),
-                                    structure_image(current[box], valid[box]),
-                                    max(2, int(np.ceil(2 * max_shift_m / gsd)) + 1))
+            own = match_translation(
+                structure_image(baseline[box], valid[box]),
+                structure_image(current[box], valid[box]),
+                max(2, int(np.ceil(2 * max_shift_m / gsd)) + 1),
+            )
         why = f"weak or ambiguous correlation (quality {own.quality:.2f})"
 
     def shift_only(dx: float, dy: float) -> tuple:
@@ -344,25 +432,43 @@ def register_tile(baseline: np.ndarray, current: np.ndarray, valid: np.ndarray, 
             if residual <= tile_tolerance_m:
                 m = base_m.copy()
                 m[:, 2] += (own.dx - prior[0], own.dy - prior[1])
-                return _registration(m, centre, gsd, own.quality, "tile", residual_m=residual,
-                                     inliers=model.inliers)
+                return _registration(
+                    m, centre, gsd, own.quality, "tile", residual_m=residual, inliers=model.inliers
+                )
             why = f"tile estimate {residual:.2f} m from the mosaic model"
-        return _registration(base_m, centre, gsd, own.quality if own else 0.0, "mosaic",
-                             reason=f"{why}; mosaic model used", inliers=model.inliers)
+        return _registration(
+            base_m,
+            centre,
+            gsd,
+            own.quality if own else 0.0,
+            "mosaic",
+            reason=f"{why}; mosaic model used",
+            inliers=model.inliers,
+        )
     if own_good:
-        reg = _registration(np.asarray(shift_only(own.dx, own.dy)), centre, gsd, own.quality, "tile")
+        reg = _registration(
+            np.asarray(shift_only(own.dx, own.dy)), centre, gsd, own.quality, "tile"
+        )
         if reg.shift_m <= max_shift_m:
             return reg
         why = f"shift {reg.shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
-    model_why = f"; mosaic model unusable ({model.reason})" if model is not None and model.reason else ""
+    model_why = (
+        f"; mosaic model unusable ({model.reason})" if model is not None and model.reason else ""
+    )
     if on_failure == "georef":
-        return Registration(0.0, 0.0, 0.0, 0.0, True, f"{why}{model_why}; georeferencing trusted", "georef")
+        return Registration(
+            0.0, 0.0, 0.0, 0.0, True, f"{why}{model_why}; georeferencing trusted", "georef"
+        )
     quality = own.quality if own is not None else 0.0
     dx, dy = (own.dx, own.dy) if own is not None and own.ok else (0.0, 0.0)
-    return Registration(dx, dy, float(np.hypot(dx, dy)) * gsd, quality, False, f"{why}{model_why}", "tile")
+    return Registration(
+        dx, dy, float(np.hypot(dx, dy)) * gsd, quality, False, f"{why}{model_why}", "tile"
+    )
 
 
-def _structured_window(base: np.ndarray, cur: np.ndarray, valid: np.ndarray, side: int) -> tuple[slice, slice]:
+def _structured_window(
+    base: np.ndarray, cur: np.ndarray, valid: np.ndarray, side: int
+) -> tuple[slice, slice]:
     """The square window of ``side`` pixels (the whole image if smaller) where both epochs hold
     the most edge weight, judged on half-resolution structure images.
 
@@ -375,15 +481,24 @@ def _structured_window(base: np.ndarray, cur: np.ndarray, valid: np.ndarray, sid
         return slice(0, h), slice(0, w)
     half = (max(1, w // 2), max(1, h // 2))
     v = cv2.resize(valid.astype(np.uint8), half, interpolation=cv2.INTER_NEAREST) > 0
-    sb, sc = (structure_image(cv2.resize(im, half, interpolation=cv2.INTER_AREA), v, STRUCTURE_SIGMA_PX / 2)
-              for im in (base, cur))
+    sb, sc = (
+        structure_image(
+            cv2.resize(im, half, interpolation=cv2.INTER_AREA), v, STRUCTURE_SIGMA_PX / 2
+        )
+        for im in (base, cur)
+    )
     weight = np.minimum(np.hypot(sb[..., 0], sb[..., 1]), np.hypot(sc[..., 0], sc[..., 1]))
     integral = cv2.integral(weight.astype(np.float32), sdepth=cv2.CV_64F)
     hs = side // 2
     best, best_at = -1.0, (0, 0)
     for y0 in _starts(half[1], hs, max(1, hs // 4)):
         for x0 in _starts(half[0], hs, max(1, hs // 4)):
-            e = integral[y0 + hs, x0 + hs] - integral[y0, x0 + hs] - integral[y0 + hs, x0] + integral[y0, x0]
+            e = (
+                integral[y0 + hs, x0 + hs]
+                - integral[y0, x0 + hs]
+                - integral[y0 + hs, x0]
+                + integral[y0, x0]
+            )
             if e > best:
                 best, best_at = e, (y0, x0)
     y0, x0 = min(2 * best_at[0], h - side), min(2 * best_at[1], w - side)
@@ -400,24 +515,63 @@ def _translate(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return out
 
 
-def _registration(matrix: np.ndarray, centre, gsd: float, quality: float, source: str, *, reason: str = "",
-                  residual_m: float = 0.0, inliers: int = 0) -> Registration:
+def _registration(
+    matrix: np.ndarray,
+    centre,
+    gsd: float,
+    quality: float,
+    source: str,
+    *,
+    reason: str = "",
+    residual_m: float = 0.0,
+    inliers: int = 0,
+) -> Registration:
     dx, dy = np.asarray(matrix) @ (*centre, 1.0) - centre
-    return Registration(float(dx), float(dy), float(np.hypot(dx, dy)) * gsd, float(quality), True, reason, source,
-                        matrix=_as_tuple(matrix), residual_m=round(float(residual_m), 3), inliers=int(inliers))
+    return Registration(
+        float(dx),
+        float(dy),
+        float(np.hypot(dx, dy)) * gsd,
+        float(quality),
+        True,
+        reason,
+        source,
+        matrix=_as_tuple(matrix),
+        residual_m=round(float(residual_m), 3),
+        inliers=int(inliers),
+    )
 
 
-def apply_registration(image: np.ndarray, valid: np.ndarray, reg: Registration) -> tuple[np.ndarray, np.ndarray]:
+def apply_registration(
+    image: np.ndarray, valid: np.ndarray, reg: Registration
+) -> tuple[np.ndarray, np.ndarray]:
     """Resample the current tile onto the baseline's pixels; returns image and validity."""
     if not reg.ok:
         return image, valid
-    m = np.asarray(reg.matrix if reg.matrix is not None else ((1, 0, reg.dx_px), (0, 1, reg.dy_px)), dtype=np.float64)
+    m = np.asarray(
+        reg.matrix if reg.matrix is not None else ((1, 0, reg.dx_px), (0, 1, reg.dy_px)),
+        dtype=np.float64,
+    )
     if np.allclose(m, IDENTITY, atol=1e-3):
         return image, valid
     h, w = valid.shape
     flags = cv2.WARP_INVERSE_MAP
-    moved = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=0)
-    moved_valid = cv2.warpAffine(valid.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST | flags,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    moved = cv2.warpAffine(
+        image,
+        m,
+        (w, h),
+        flags=cv2.INTER_LINEAR | flags,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    moved_valid = (
+        cv2.warpAffine(
+            valid.astype(np.uint8),
+            m,
+            (w, h),
+            flags=cv2.INTER_NEAREST | flags,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        > 0
+    )
     return moved, moved_valid

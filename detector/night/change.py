@@ -19,7 +19,9 @@ CHANGE_THRESHOLD = 30  # grey levels of normalised per-pixel difference that cou
 def polygon_mask(shape: tuple[int, int], corners: np.ndarray) -> np.ndarray:
     """Boolean raster mask of a polygon given in pixel-corner coordinates."""
     mask = np.zeros(shape, dtype=np.uint8)
-    pts = np.round((corners - 0.5) * 16).astype(np.int32)  # pixel centres at +0.5; 4 fractional bits
+    pts = np.round((corners - 0.5) * 16).astype(
+        np.int32
+    )  # pixel centres at +0.5; 4 fractional bits
     cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
     return mask.astype(bool)
 
@@ -60,7 +62,9 @@ def invalid_fraction(valid: np.ndarray, corners: np.ndarray) -> float:
     return 1.0 if n == 0 else float((~valid[inside]).mean())
 
 
-MAX_INVALID_IN_BOX = 0.10  # detections with more nodata than this inside their box are edge artefacts
+MAX_INVALID_IN_BOX = (
+    0.10  # detections with more nodata than this inside their box are edge artefacts
+)
 
 
 def owns_centre(d: Detection, margin: int, stride: int) -> bool:
@@ -72,8 +76,9 @@ def owns_centre(d: Detection, margin: int, stride: int) -> bool:
     return margin <= d.cx < margin + stride and margin <= d.cy < margin + stride
 
 
-def keep_detection(d: Detection, diff: np.ndarray, valid: np.ndarray, gsd: float, rules, margin: int,
-                   stride: int) -> float | None:
+def keep_detection(
+    d: Detection, diff: np.ndarray, valid: np.ndarray, gsd: float, rules, margin: int, stride: int
+) -> float | None:
     """Apply the change rules to one detection of a co-registered tile.
 
     Parameters
@@ -113,8 +118,15 @@ def keep_detection(d: Detection, diff: np.ndarray, valid: np.ndarray, gsd: float
     return changed
 
 
-def changes_in_tile(dets: list[Detection], diff: np.ndarray, valid: np.ndarray, gsd: float, rules, margin: int,
-                    stride: int) -> list[tuple[Detection, float]]:
+def changes_in_tile(
+    dets: list[Detection],
+    diff: np.ndarray,
+    valid: np.ndarray,
+    gsd: float,
+    rules,
+    margin: int,
+    stride: int,
+) -> list[tuple[Detection, float]]:
     """The detections that are changes this tile reports, with their pixel-change share.
 
     See :func:`keep_detection` for the parameters and rules; order is preserved.
@@ -127,7 +139,9 @@ def changes_in_tile(dets: list[Detection], diff: np.ndarray, valid: np.ndarray, 
     return out
 
 
-def new_in_current(current: list[Detection], baseline: list[Detection], match_iou: float) -> list[tuple[Detection, float]]:
+def new_in_current(
+    current: list[Detection], baseline: list[Detection], match_iou: float
+) -> list[tuple[Detection, float]]:
     """Single-epoch models: current structures with no overlapping baseline structure.
 
     Returns (detection, best IoU with any baseline detection) for the ones considered new.
@@ -160,13 +174,19 @@ def exclusion_layer_info(layer) -> dict:
     from detector.errors import InputError
 
     if not layer.path.exists():
-        raise InputError(f"{layer.path}: exclusion layer ({layer.kind}) not found; fix change.exclusions in the config")
+        raise InputError(
+            f"{layer.path}: exclusion layer ({layer.kind}) not found; fix change.exclusions in the config"
+        )
     try:
         info = pyogrio.read_info(layer.path)
     except Exception as exc:  # pyogrio DataSourceError and friends
-        raise InputError(f"{layer.path}: cannot read exclusion layer ({str(exc).splitlines()[0][:120]})") from None
+        raise InputError(
+            f"{layer.path}: cannot read exclusion layer ({str(exc).splitlines()[0][:120]})"
+        ) from None
     if not info.get("crs"):
-        raise InputError(f"{layer.path}: exclusion layer has no CRS; save it with one (e.g. EPSG:4547)")
+        raise InputError(
+            f"{layer.path}: exclusion layer has no CRS; save it with one (e.g. EPSG:4547)"
+        )
     return info
 
 
@@ -196,8 +216,10 @@ def apply_exclusions(candidates, layers, current_date: date | None, out_crs):
         ex["geometry"] = ex.geometry.make_valid()
         if layer.kind == "permitted" and current_date is not None:
             keep = np.ones(len(ex), dtype=bool)
-            for fld, cmp in ((layer.valid_from_field, lambda d: d <= current_date),
-                             (layer.valid_to_field, lambda d: d >= current_date)):
+            for fld, cmp in (
+                (layer.valid_from_field, lambda d: d <= current_date),
+                (layer.valid_to_field, lambda d: d >= current_date),
+            ):
                 if fld and fld in ex.columns:
                     keep &= np.array([(_as_date(v) is None) or cmp(_as_date(v)) for v in ex[fld]])
             ex = ex[keep]

@@ -25,7 +25,9 @@ def make_session(spec: ModelSpec, providers: list[str] | None = None, threads: i
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or [
+        "CPUExecutionProvider"
+    ]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -77,17 +79,25 @@ def rotated_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def detection_boxes(dets: list[Detection]) -> np.ndarray:
     """Detections as an (N, 5) array of cx, cy, w, h, angle."""
-    return np.array([[d.cx, d.cy, d.w, d.h, d.angle] for d in dets], dtype=np.float64).reshape(-1, 5)
+    return np.array([[d.cx, d.cy, d.w, d.h, d.angle] for d in dets], dtype=np.float64).reshape(
+        -1, 5
+    )
 
 
 def _bounds_overlap(ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
     """(N, M) whether the axis-aligned bounds of corner sets (N, 4, 2) and (M, 4, 2) overlap."""
     lo_a, hi_a, lo_b, hi_b = ca.min(axis=1), ca.max(axis=1), cb.min(axis=1), cb.max(axis=1)
-    return ((lo_a[:, None, 0] < hi_b[None, :, 0]) & (lo_b[None, :, 0] < hi_a[:, None, 0])
-            & (lo_a[:, None, 1] < hi_b[None, :, 1]) & (lo_b[None, :, 1] < hi_a[:, None, 1]))
+    return (
+        (lo_a[:, None, 0] < hi_b[None, :, 0])
+        & (lo_b[None, :, 0] < hi_a[:, None, 0])
+        & (lo_a[:, None, 1] < hi_b[None, :, 1])
+        & (lo_b[None, :, 1] < hi_a[:, None, 1])
+    )
 
 
-def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+def nms_rotated(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float
+) -> np.ndarray:
     """Class-aware greedy NMS over rotated boxes; returns kept indices (by descending score).
 
     Each kept box is intersected only with the lower-scored boxes of its class whose axis-aligned
@@ -109,8 +119,15 @@ def nms_rotated(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
         if not alive[i]:
             continue
         keep.append(order[i])
-        rest = i + 1 + np.flatnonzero(alive[i + 1:] & (cls[i + 1:] == cls[i])
-                                      & _bounds_overlap(corners[i:i + 1], corners[i + 1:])[0])
+        rest = (
+            i
+            + 1
+            + np.flatnonzero(
+                alive[i + 1 :]
+                & (cls[i + 1 :] == cls[i])
+                & _bounds_overlap(corners[i : i + 1], corners[i + 1 :])[0]
+            )
+        )
         if rest.size:
             inter = shapely.area(shapely.intersection(polys[i], polys[rest]))
             union = areas[i] + areas[rest] - inter
@@ -125,7 +142,9 @@ def decode(output: np.ndarray, spec: ModelSpec, conf: float, iou: float) -> list
     nc = len(names)
     obb = spec.task == "obb"
     results: list[list[Detection]] = []
-    end2end = output.ndim == 3 and output.shape[2] in (6, 7) and output.shape[1] != 4 + nc + int(obb)
+    end2end = (
+        output.ndim == 3 and output.shape[2] in (6, 7) and output.shape[1] != 4 + nc + int(obb)
+    )
     for item in output:
         if end2end:
             rows = item[item[:, 4] >= conf]
@@ -133,9 +152,13 @@ def decode(output: np.ndarray, spec: ModelSpec, conf: float, iou: float) -> list
                 boxes = np.column_stack([rows[:, 0:4], rows[:, 6]])
             else:  # x1 y1 x2 y2 -> cx cy w h
                 x1, y1, x2, y2 = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
-                boxes = np.column_stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, np.zeros(len(rows))])
+                boxes = np.column_stack(
+                    [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, np.zeros(len(rows))]
+                )
             scores, classes = rows[:, 4], rows[:, 5].astype(int)
-            keep = nms_rotated(boxes, scores, classes, max(iou, 0.7))  # light clean-up of NMS-free output
+            keep = nms_rotated(
+                boxes, scores, classes, max(iou, 0.7)
+            )  # light clean-up of NMS-free output
         else:
             cols = item.T  # (N, 4 + nc [+1])
             cls_scores = cols[:, 4 : 4 + nc]
@@ -147,8 +170,15 @@ def decode(output: np.ndarray, spec: ModelSpec, conf: float, iou: float) -> list
             boxes = np.column_stack([cols[:, 0:4], angle])
             keep = nms_rotated(boxes, scores, classes, iou)
         dets = [
-            Detection(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4]), float(scores[k]),
-                      names.get(int(classes[k]), str(int(classes[k]))))
+            Detection(
+                float(b[0]),
+                float(b[1]),
+                float(b[2]),
+                float(b[3]),
+                float(b[4]),
+                float(scores[k]),
+                names.get(int(classes[k]), str(int(classes[k]))),
+            )
             for k in keep
             for b in [boxes[k]]
             if b[2] > 0 and b[3] > 0
@@ -160,16 +190,27 @@ def decode(output: np.ndarray, spec: ModelSpec, conf: float, iou: float) -> list
 class OnnxDetector:
     """Detections for batches of model inputs, configured from the model's metadata."""
 
-    def __init__(self, spec: ModelSpec, providers: list[str] | None = None, threads: int = 1,
-                 batch_size: int = 4):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        providers: list[str] | None = None,
+        threads: int = 1,
+        batch_size: int = 4,
+    ):
         self.spec = spec
         self.session = make_session(spec, providers, threads)
         batch_dim = self.session.get_inputs()[0].shape[0]
-        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None  # ultralytics exports batch 1
+        self.fixed_batch = (
+            batch_dim if isinstance(batch_dim, int) else None
+        )  # ultralytics exports batch 1
         self.batch_size = self.fixed_batch or batch_size
         head = spec.building
-        self.outputs = [self.session.get_outputs()[0].name] + ([head.output, head.baseline_output] if head else [])
-        self.last_pair: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # input, raw buildings (c, b)
+        self.outputs = [self.session.get_outputs()[0].name] + (
+            [head.output, head.baseline_output] if head else []
+        )
+        self.last_pair: tuple[np.ndarray, np.ndarray, np.ndarray] | None = (
+            None  # input, raw buildings (c, b)
+        )
 
     def __call__(self, images: list[np.ndarray], conf: float, iou: float) -> list[list[Detection]]:
         h, w = self.spec.imgsz
@@ -183,7 +224,9 @@ class OnnxDetector:
             batch = to_input(chunk + [np.zeros_like(chunk[0])] * pad)
             raw, *buildings = self.session.run(self.outputs, {self.spec.input_name: batch})
             out.extend(decode(raw[: len(chunk)], self.spec, conf, iou))
-            if buildings:  # a two-view model: keep the last pair's building outputs for the second view
+            if (
+                buildings
+            ):  # a two-view model: keep the last pair's building outputs for the second view
                 k = len(chunk) - 1
                 self.last_pair = (chunk[k], buildings[0][k : k + 1], buildings[1][k : k + 1])
         return out
@@ -224,8 +267,9 @@ class EmbeddedBuildingView:
         return None
 
 
-def detect_tile(detector, spec: ModelSpec, baseline: np.ndarray, current: np.ndarray, conf: float, iou: float
-                ) -> tuple[list[Detection], list[Detection]]:
+def detect_tile(
+    detector, spec: ModelSpec, baseline: np.ndarray, current: np.ndarray, conf: float, iou: float
+) -> tuple[list[Detection], list[Detection]]:
     """(current-epoch or change detections, baseline detections) for one co-registered tile."""
     if spec.is_pair:
         return detector([np.concatenate([baseline, current], axis=2)], conf, iou)[0], []

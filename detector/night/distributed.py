@@ -7,8 +7,9 @@ tiles; a worker process opens both mosaics by the paths the client was given (so
 be the same on every machine: shared storage such as NFS/CephFS mounted at the same place)
 and keeps them and one ONNX session for every later batch of the same night
 (:func:`detector.night.executors.remote_batch`). Results come back to the client as they
-finish and are saved there, so a rerun resumes exactly as after a local run, and the candidates are identical: a tile's result
-is a pure function of (inputs, tile, model, config), whoever computes it.
+finish and are saved there, so a rerun resumes exactly as after a local run, and the
+candidates are identical: a tile's result is a pure function of (inputs, tile, model,
+config), whoever computes it.
 
 A worker that dies mid-batch has its batches recomputed elsewhere by the scheduler
 (``distributed.scheduler.allowed-failures``); a task that fails on an input error fails the
@@ -31,21 +32,28 @@ CONNECT_TIMEOUT_S = 30  # reaching the scheduler
 STALL_S = 1800  # no batch finished for this long: the cluster has no usable workers
 TASK_RETRIES = 2  # a batch that raises (e.g. a worker's disk hiccup) is tried again this often
 
+
 def connect(scheduler: str):
     """A :class:`distributed.Client` for ``scheduler``; one :class:`ConfigError` line if impossible."""
     try:
         from distributed import Client
     except ImportError:
-        raise ConfigError(f"scheduler {scheduler} is set but Dask is not installed; "
-                          "pip install 'buildwatch[dask]' (or remove --scheduler)") from None
+        raise ConfigError(
+            f"scheduler {scheduler} is set but Dask is not installed; "
+            "pip install 'buildwatch[dask]' (or remove --scheduler)"
+        ) from None
     try:
         return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise ConfigError(f"{scheduler}: cannot reach the Dask scheduler ({' '.join(str(exc).split())[:160]}); "
-                          "start it ('dask scheduler') or fix --scheduler") from None
+        raise ConfigError(
+            f"{scheduler}: cannot reach the Dask scheduler ({' '.join(str(exc).split())[:160]}); "
+            "start it ('dask scheduler') or fix --scheduler"
+        ) from None
 
 
-def run_batches(ctx, batches: list[list[Tile]], scheduler: str, task: Callable) -> Iterator[list[TileResult]]:
+def run_batches(
+    ctx, batches: list[list[Tile]], scheduler: str, task: Callable
+) -> Iterator[list[TileResult]]:
     """Submit every batch to the cluster at ``scheduler``; yield each batch's results as it finishes.
 
     Parameters
@@ -78,8 +86,17 @@ def run_batches(ctx, batches: list[list[Tile]], scheduler: str, task: Callable) 
         workers = client.scheduler_info().get("workers", {})
         log.info("dask: %d batches on %s (%d workers now)", len(batches), scheduler, len(workers))
         [ctx_future] = client.scatter([ctx], broadcast=True, hash=False)
-        futures = [client.submit(task, ctx_future, batch, pure=False, retries=TASK_RETRIES,
-                                 key=f"buildwatch-{batch[0].tile_id}-{i}") for i, batch in enumerate(batches)]
+        futures = [
+            client.submit(
+                task,
+                ctx_future,
+                batch,
+                pure=False,
+                retries=TASK_RETRIES,
+                key=f"buildwatch-{batch[0].tile_id}-{i}",
+            )
+            for i, batch in enumerate(batches)
+        ]
         pending = set(futures)
         while pending:
             with client.as_current():  # wait() uses the current client
@@ -88,8 +105,10 @@ def run_batches(ctx, batches: list[list[Tile]], scheduler: str, task: Callable) 
                 except TimeoutError:
                     done = set()
             if not done:
-                raise BuildwatchError(f"{scheduler}: the Dask cluster finished no tile for {STALL_S} s (no workers?); "
-                                      "finished tiles are kept: start workers, then rerun the same command to resume")
+                raise BuildwatchError(
+                    f"{scheduler}: the Dask cluster finished no tile for {STALL_S} s (no workers?); "
+                    "finished tiles are kept: start workers, then rerun the same command to resume"
+                )
             for fut in done:
                 yield fut.result()
     finally:

@@ -33,10 +33,14 @@ __all__ = ["GDAL_CACHE_MB", "PREFETCH", "TILE_GROUP", "remote_batch", "run_tiles
 
 PREFETCH = True  # read the next tile in a thread while this one runs (off: the profile times steps one by one)
 TILE_GROUP = 4  # a worker takes 4 x 4 neighbouring tiles at a time (see tiles.tile_groups)
-GDAL_CACHE_MB = 128  # per process; GDAL's default (5 % of RAM per process) would grow with the mosaic
+GDAL_CACHE_MB = (
+    128  # per process; GDAL's default (5 % of RAM per process) would grow with the mosaic
+)
 
 
-def run_tiles(ctx: RunContext, todo: list[Tile], on_batch: Callable[[list[TileResult]], None]) -> None:
+def run_tiles(
+    ctx: RunContext, todo: list[Tile], on_batch: Callable[[list[TileResult]], None]
+) -> None:
     """Process every tile of ``todo``; call ``on_batch(results)`` in this process as each group finishes.
 
     Parameters
@@ -49,7 +53,9 @@ def run_tiles(ctx: RunContext, todo: list[Tile], on_batch: Callable[[list[TileRe
         an interrupted night resumes from there).
     """
     cfg = ctx.config
-    batches = tile_groups(todo, TILE_GROUP)  # neighbours together: each source block decoded about once
+    batches = tile_groups(
+        todo, TILE_GROUP
+    )  # neighbours together: each source block decoded about once
     workers = min(cfg.workers, len(batches)) if batches else 1
     pool = None
     try:
@@ -63,8 +69,12 @@ def run_tiles(ctx: RunContext, todo: list[Tile], on_batch: Callable[[list[TileRe
         else:
             import multiprocessing as mp
 
-            with _sigint_ignored():  # workers are born ignoring Ctrl-C: the main process handles it, quietly
-                pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(ctx,))
+            with (
+                _sigint_ignored()
+            ):  # workers are born ignoring Ctrl-C: the main process handles it, quietly
+                pool = mp.get_context("spawn").Pool(
+                    workers, initializer=_init_worker, initargs=(ctx,)
+                )
             iterator = pool.imap_unordered(_work, batches)
         for batch in iterator:
             on_batch(batch)
@@ -113,13 +123,18 @@ def _init_worker(ctx: RunContext) -> None:
     if ctx.second is not None and ctx.second.embedded:  # a two-view model's building head
         _WORKER["det2"] = EmbeddedBuildingView(_WORKER["det"])
     else:
-        _WORKER["det2"] = OnnxDetector(ctx.second, det.providers, det.intra_op_threads, det.batch_size) \
-            if ctx.second is not None else None
+        _WORKER["det2"] = (
+            OnnxDetector(ctx.second, det.providers, det.intra_op_threads, det.batch_size)
+            if ctx.second is not None
+            else None
+        )
     if ctx.dsm is not None:
         from detector.geo.dsm import DsmReader
 
-        _WORKER["dsm"] = (DsmReader.on_grid(ctx.dsm.baseline, ctx.grid, ctx.dsm.baseline_scale),
-                          DsmReader.on_grid(ctx.dsm.current, ctx.grid, ctx.dsm.current_scale))
+        _WORKER["dsm"] = (
+            DsmReader.on_grid(ctx.dsm.baseline, ctx.grid, ctx.dsm.baseline_scale),
+            DsmReader.on_grid(ctx.dsm.current, ctx.grid, ctx.dsm.current_scale),
+        )
 
 
 def _work(tiles: list[Tile]) -> list[TileResult]:
@@ -141,7 +156,9 @@ def _work(tiles: list[Tile]) -> list[TileResult]:
             pixels = nxt.result()
             if k + 1 < len(tiles):
                 nxt = pool.submit(read_tile, ctx, tiles[k + 1], b, c)
-            out.append(process_tile(ctx, t, b, c, w["det"], dsm, pixels=pixels, second_view=w.get("det2")))
+            out.append(
+                process_tile(ctx, t, b, c, w["det"], dsm, pixels=pixels, second_view=w.get("det2"))
+            )
     return out
 
 
@@ -157,7 +174,12 @@ def remote_batch(ctx: RunContext, tiles: list[Tile]) -> list[TileResult]:
     (:func:`_init_worker`, as a local pool worker does) and keeps them for the night's later batches."""
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
     apply_network_defaults()
-    key = (str(ctx.baseline.path), str(ctx.current.path), ctx.spec.sha256, ctx.config.model_dump_json())
+    key = (
+        str(ctx.baseline.path),
+        str(ctx.current.path),
+        ctx.spec.sha256,
+        ctx.config.model_dump_json(),
+    )
     if _WORKER.get("key") != key:  # a new night on a long-lived worker
         _close_worker()
         _init_worker(ctx)

@@ -10,7 +10,12 @@ import numpy as np
 from detector.geo.crs import area_m2, lonlat_of
 from detector.geo.grid import WorkingGrid
 
-CLASS_CODES = {"new_building": "NB", "extension": "EX", "temporary_structure": "TS", "construction_site": "CS"}
+CLASS_CODES = {
+    "new_building": "NB",
+    "extension": "EX",
+    "temporary_structure": "TS",
+    "construction_site": "CS",
+}
 
 
 def candidate_id(class_name: str, x: float, y: float, crs_wkt: str) -> str:
@@ -19,8 +24,14 @@ def candidate_id(class_name: str, x: float, y: float, crs_wkt: str) -> str:
     return f"{CLASS_CODES.get(class_name, 'XX')}-{hashlib.sha1(key).hexdigest()[:10]}"
 
 
-def merge_duplicates(geoms: list, classes: list[str], scores: list[float], iou: float, ioa: float,
-                     cross_class_iou: float = 0.6) -> list[int]:
+def merge_duplicates(
+    geoms: list,
+    classes: list[str],
+    scores: list[float],
+    iou: float,
+    ioa: float,
+    cross_class_iou: float = 0.6,
+) -> list[int]:
     """Greedy merge in map coordinates: keep the most confident of each overlapping group.
 
     Two polygons of the same class are duplicates when IoU > ``iou`` or intersection over the
@@ -69,5 +80,7 @@ def to_output(geoms_work: list, grid: WorkingGrid):
         out_geoms = arr
     else:
         to_out = Transformer.from_crs(work, out, always_xy=True)
-        out_geoms = shapely.transform(arr, lambda xy: np.column_stack(to_out.transform(xy[:, 0], xy[:, 1])))
+        out_geoms = shapely.transform(
+            arr, lambda xy: np.column_stack(to_out.transform(xy[:, 0], xy[:, 1]))
+        )
     return list(out_geoms), np.asarray(lon), np.asarray(lat), np.asarray(areas)

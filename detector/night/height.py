@@ -56,7 +56,9 @@ log = logging.getLogger(__name__)
 SAMPLE_SIDE = 512  # the run's offset is estimated on a grid at most this many pixels on a side
 FLAT_SLOPE = 0.3  # m/m: "flat" ground and roofs used for offsets and noise
 MIN_FLAT_PIXELS = 200  # a tile with fewer flat pixels uses the run's offset and noise
-ROBUST_SAMPLE = 20000  # a tile's offset and noise come from at most about this many flat pixels (evenly spaced)
+ROBUST_SAMPLE = (
+    20000  # a tile's offset and noise come from at most about this many flat pixels (evenly spaced)
+)
 GROUND_MARGIN_M = 10.0
 FOOT_RATIO = (0.45, 2.2)  # height range ratio outside this: one DSM in feet, the other in metres
 MIN_RELIEF_M = 3.0  # the ratio test needs at least this much relief
@@ -92,6 +94,7 @@ class TileHeights:
 
 # ---------------------------------------------------------------- inputs
 
+
 def prepare_dsms(cfg, grid: WorkingGrid) -> DsmPair | None:
     """Validate the run's DSM pair and estimate the vertical offset between the surveys.
 
@@ -116,7 +119,11 @@ def prepare_dsms(cfg, grid: WorkingGrid) -> DsmPair | None:
     if cfg.baseline_dsm is None and cfg.current_dsm is None:
         return None
     if cfg.baseline_dsm is None or cfg.current_dsm is None:
-        missing = "--baseline-dsm (baseline_dsm)" if cfg.baseline_dsm is None else "--current-dsm (current_dsm)"
+        missing = (
+            "--baseline-dsm (baseline_dsm)"
+            if cfg.baseline_dsm is None
+            else "--current-dsm (current_dsm)"
+        )
         raise ConfigError(f"height change needs both DSMs: give {missing} too, or neither")
     h = cfg.height
     b, c = open_dsm(cfg.baseline_dsm, "baseline"), open_dsm(cfg.current_dsm, "current")
@@ -137,17 +144,23 @@ def prepare_dsms(cfg, grid: WorkingGrid) -> DsmPair | None:
     valid = vb & vc
     for info, v in ((b, vb), (c, vc)):
         if not v.any():
-            raise InputError(f"{info.path}: {info.path.name} has no valid heights over the mosaics (all nodata "
-                             "there); check its nodata value and extent")
+            raise InputError(
+                f"{info.path}: {info.path.name} has no valid heights over the mosaics (all nodata "
+                "there); check its nodata value and extent"
+            )
     if valid.mean() < 0.01:
-        raise InputError(f"{c.path}: the two DSMs have (almost) no valid heights in common over the mosaics; "
-                         "check that both cover the flight area")
+        raise InputError(
+            f"{c.path}: the two DSMs have (almost) no valid heights in common over the mosaics; "
+            "check that both cover the flight area"
+        )
     _check_units(b, hb[valid], c, hc[valid])
     offset, noise = ground_offset(hb, hc, valid, grid.gsd * step)
     if abs(offset) > h.max_vertical_offset_m:
-        raise InputError(f"{c.path}: the current DSM lies {offset:+.1f} m from the baseline DSM {b.path.name} over "
-                         f"unchanged ground (height.max_vertical_offset_m {h.max_vertical_offset_m:g}); check the "
-                         "vertical datum and units of both, or raise the limit")
+        raise InputError(
+            f"{c.path}: the current DSM lies {offset:+.1f} m from the baseline DSM {b.path.name} over "
+            f"unchanged ground (height.max_vertical_offset_m {h.max_vertical_offset_m:g}); check the "
+            "vertical datum and units of both, or raise the limit"
+        )
     pair = DsmPair(b, c, bs, cs, float(offset), float(noise), float(valid.mean()))
     return pair
 
@@ -155,11 +168,15 @@ def prepare_dsms(cfg, grid: WorkingGrid) -> DsmPair | None:
 def _check_overlap(info: MosaicInfo, grid: WorkingGrid) -> None:
     from rasterio.warp import transform_bounds
 
-    left, bottom, right, top = transform_bounds(info.crs_wkt, grid.crs_wkt, *info.bounds, densify_pts=21)
+    left, bottom, right, top = transform_bounds(
+        info.crs_wkt, grid.crs_wkt, *info.bounds, densify_pts=21
+    )
     g_right, g_bottom = grid.left + grid.width * grid.gsd, grid.top - grid.height * grid.gsd
     if min(right, g_right) <= max(left, grid.left) or min(top, grid.top) <= max(bottom, g_bottom):
-        raise InputError(f"{info.path}: {info.path.name} does not overlap the mosaics; check that it covers the "
-                         "same area and carries the right CRS")
+        raise InputError(
+            f"{info.path}: {info.path.name} does not overlap the mosaics; check that it covers the "
+            "same area and carries the right CRS"
+        )
 
 
 def _check_units(b: MosaicInfo, hb: np.ndarray, c: MosaicInfo, hc: np.ndarray) -> None:
@@ -170,9 +187,11 @@ def _check_units(b: MosaicInfo, hb: np.ndarray, c: MosaicInfo, hc: np.ndarray) -
         return
     ratio = rc / rb
     if not FOOT_RATIO[0] <= ratio <= FOOT_RATIO[1]:
-        raise InputError(f"{c.path}: heights in the current DSM span {ratio:.2f}x those of the baseline DSM "
-                         f"{b.path.name} ({rc:.1f} vs {rb:.1f} m): one is in feet, the other in metres; set "
-                         "height.baseline_units / height.current_units (metre, foot, us_survey_foot)")
+        raise InputError(
+            f"{c.path}: heights in the current DSM span {ratio:.2f}x those of the baseline DSM "
+            f"{b.path.name} ({rc:.1f} vs {rb:.1f} m): one is in feet, the other in metres; set "
+            "height.baseline_units / height.current_units (metre, foot, us_survey_foot)"
+        )
 
 
 def slope(h: np.ndarray, gsd: float) -> np.ndarray:
@@ -202,7 +221,9 @@ def _robust(x: np.ndarray, floor: float = 0.05) -> tuple[float, float]:
     return m, s
 
 
-def ground_offset(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float) -> tuple[float, float]:
+def ground_offset(
+    hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float
+) -> tuple[float, float]:
     """(offset, noise): robust median and σ of ``hc - hb`` over unchanged flat pixels."""
     flat = _flat(slope(hb, gsd), slope(hc, gsd), valid)
     pick = flat if flat.sum() >= 50 else valid
@@ -211,8 +232,16 @@ def ground_offset(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float)
 
 # ---------------------------------------------------------------- one tile
 
-def local_offset(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float, pair: DsmPair,
-                 sb: np.ndarray | None = None, sc: np.ndarray | None = None) -> tuple[float, float]:
+
+def local_offset(
+    hb: np.ndarray,
+    hc: np.ndarray,
+    valid: np.ndarray,
+    gsd: float,
+    pair: DsmPair,
+    sb: np.ndarray | None = None,
+    sc: np.ndarray | None = None,
+) -> tuple[float, float]:
     """The vertical offset and noise of one window (a tile, an evidence chip): it refines the run's.
 
     Robust median and σ of ``hc - hb`` over flat pixels within ``max(1 m, 3 σ_run)`` of the run's
@@ -245,8 +274,9 @@ def local_offset(hb: np.ndarray, hc: np.ndarray, valid: np.ndarray, gsd: float, 
     return _robust(x[:: max(1, x.size // ROBUST_SAMPLE)])
 
 
-def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray, gsd: float, pair: DsmPair,
-                 rules) -> TileHeights:
+def tile_heights(
+    hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray, gsd: float, pair: DsmPair, rules
+) -> TileHeights:
     """Height change of one co-registered tile and its regions of gain.
 
     Parameters
@@ -282,7 +312,9 @@ def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray,
     half = 0.5 * rules.min_gain_m
     loose = valid & (d >= half)
     seeds = loose & (d >= rules.noise_k * sigma)
-    n, labels, stats, cents = cv2.connectedComponentsWithStats(loose.astype(np.uint8), connectivity=8)
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(
+        loose.astype(np.uint8), connectivity=8
+    )
     for k in np.unique(labels[seeds]):
         if k == 0:
             continue
@@ -300,21 +332,35 @@ def tile_heights(hb: np.ndarray, vb: np.ndarray, hc: np.ndarray, vc: np.ndarray,
         if corners is None:
             continue
         base_m, cur_m = heights_above_ground(out, mask)
-        out.regions.append(Region(mask, corners, float(cents[k][0]) + 0.5, float(cents[k][1]) + 0.5,
-                                  float(area), gain, base_m, cur_m))
+        out.regions.append(
+            Region(
+                mask,
+                corners,
+                float(cents[k][0]) + 0.5,
+                float(cents[k][1]) + 0.5,
+                float(area),
+                gain,
+                base_m,
+                cur_m,
+            )
+        )
     return out
 
 
 def outline(mask: np.ndarray) -> np.ndarray | None:
     """The outer outline of a region as (N, 2) pixel-corner coordinates (None: degenerate)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     if not contours:
         return None
     cnt = max(contours, key=cv2.contourArea)
     poly = cv2.approxPolyDP(cnt, 0.75, True).reshape(-1, 2).astype(np.float64)
     if len(poly) < 3 or cv2.contourArea(poly.astype(np.float32)) < 1:
         x, y, w, h = cv2.boundingRect(cnt)
-        poly = np.array([[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]], np.float64)
+        poly = np.array(
+            [[x, y], [x + w - 1, y], [x + w - 1, y + h - 1], [x, y + h - 1]], np.float64
+        )
     # contour points are pixel centres; push the outline half a pixel outwards to the pixel corners
     c = poly.mean(axis=0)
     v = poly - c
@@ -330,11 +376,16 @@ def heights_above_ground(th: TileHeights, mask: np.ndarray) -> tuple[float | Non
     ys, xs = np.nonzero(inside)
     m = int(round(GROUND_MARGIN_M / th.gsd))
     h, w = mask.shape
-    box = (slice(max(0, ys.min() - m), min(h, ys.max() + m + 1)), slice(max(0, xs.min() - m), min(w, xs.max() + m + 1)))
+    box = (
+        slice(max(0, ys.min() - m), min(h, ys.max() + m + 1)),
+        slice(max(0, xs.min() - m), min(w, xs.max() + m + 1)),
+    )
     around = th.valid[box]
     ground = float(np.percentile(th.baseline[box][around], 5))
-    return (round(float(np.median(th.baseline[inside])) - ground, 2),
-            round(float(np.median(th.current[inside])) - ground, 2))
+    return (
+        round(float(np.median(th.baseline[inside])) - ground, 2),
+        round(float(np.median(th.current[inside])) - ground, 2),
+    )
 
 
 def greenness(rgb: np.ndarray, mask: np.ndarray) -> float:
@@ -349,6 +400,7 @@ def greenness(rgb: np.ndarray, mask: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- fusion
 
+
 @dataclass
 class Fused:
     """What the height step says about one image candidate or one height-only region."""
@@ -362,8 +414,15 @@ class Fused:
     corners: np.ndarray | None = None  # height-only regions: outline in tile pixel corners
 
 
-def fuse(changes: list, th: TileHeights, rgb_current: np.ndarray, rules, margin: int, stride: int,
-         polygon_mask) -> tuple[list[Fused], list[Fused]]:
+def fuse(
+    changes: list,
+    th: TileHeights,
+    rgb_current: np.ndarray,
+    rules,
+    margin: int,
+    stride: int,
+    polygon_mask,
+) -> tuple[list[Fused], list[Fused]]:
     """Fuse a tile's image candidates with its height change.
 
     Parameters
@@ -424,6 +483,15 @@ def fuse(changes: list, th: TileHeights, rgb_current: np.ndarray, rules, margin:
         existing = r.baseline_m is not None and r.baseline_m >= rules.existing_roof_m
         over = (r.gain_m - rules.min_gain_m) / rules.min_gain_m
         conf = round(0.5 + 0.4 * min(1.0, max(0.0, over + 0.5)), 4)
-        extra.append(Fused(conf, ["height_only"], round(r.gain_m, 2), r.baseline_m, r.current_m,
-                           "extension" if existing else "new_building", r.corners))
+        extra.append(
+            Fused(
+                conf,
+                ["height_only"],
+                round(r.gain_m, 2),
+                r.baseline_m,
+                r.current_m,
+                "extension" if existing else "new_building",
+                r.corners,
+            )
+        )
     return out, extra

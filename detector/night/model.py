@@ -107,11 +107,20 @@ class ModelSpec:
         from dataclasses import replace
 
         head = self.building
-        return replace(self, channels=3, names=dict(head.names), conf=head.conf, building=None, embedded=True,
-                       model_name=f"{self.model_name} (building head)")
+        return replace(
+            self,
+            channels=3,
+            names=dict(head.names),
+            conf=head.conf,
+            building=None,
+            embedded=True,
+            model_name=f"{self.model_name} (building head)",
+        )
 
 
-def parse_metadata(meta: dict[str, str], path: Path, sha256: str, input_name: str = "images") -> ModelSpec:
+def parse_metadata(
+    meta: dict[str, str], path: Path, sha256: str, input_name: str = "images"
+) -> ModelSpec:
     """Validate raw ONNX metadata against the contract; raise :class:`ModelError` naming the file."""
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
@@ -137,15 +146,22 @@ def parse_metadata(meta: dict[str, str], path: Path, sha256: str, input_name: st
             building = BuildingHead(
                 output=meta["buildwatch_building_output"],
                 baseline_output=meta["buildwatch_building_baseline_output"],
-                names={int(k): str(v) for k, v in ast.literal_eval(meta["buildwatch_building_names"]).items()},
+                names={
+                    int(k): str(v)
+                    for k, v in ast.literal_eval(meta["buildwatch_building_names"]).items()
+                },
                 conf=float(meta.get("buildwatch_building_conf", conf)),
             )
     except (ValueError, SyntaxError, TypeError, IndexError, AttributeError, KeyError) as exc:
-        raise ModelError(f"{path}: malformed model metadata ({exc}); re-export with 'buildwatch export'") from None
+        raise ModelError(
+            f"{path}: malformed model metadata ({exc}); re-export with 'buildwatch export'"
+        ) from None
     if task not in ("obb", "detect"):
         raise ModelError(f"{path}: model task '{task}' is not supported (need 'obb' or 'detect')")
     if channels not in (3, 6):
-        raise ModelError(f"{path}: model has {channels} input channels; buildwatch needs 6 (pair) or 3 (single epoch)")
+        raise ModelError(
+            f"{path}: model has {channels} input channels; buildwatch needs 6 (pair) or 3 (single epoch)"
+        )
     if not gsd > 0:
         raise ModelError(f"{path}: buildwatch_gsd_m must be > 0, got {gsd}")
     return ModelSpec(
@@ -173,15 +189,23 @@ def load_model_spec(path: str | Path | None = None) -> ModelSpec:
 
     path = Path(path) if path else DEFAULT_MODEL_PATH
     if not path.exists():
-        hint = "the shipped default model is missing from the installation" if path == DEFAULT_MODEL_PATH else "check --model"
+        hint = (
+            "the shipped default model is missing from the installation"
+            if path == DEFAULT_MODEL_PATH
+            else "check --model"
+        )
         raise ModelError(f"{path}: model file not found ({hint})")
     sha = file_sha256(path)
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.exists():
-        recorded = sidecar.read_text().split()[0].strip().lower() if sidecar.read_text().strip() else ""
+        recorded = (
+            sidecar.read_text().split()[0].strip().lower() if sidecar.read_text().strip() else ""
+        )
         if recorded != sha:
-            raise ModelError(f"{path}: sha256 {sha[:12]}… does not match {sidecar.name} ({recorded[:12]}…); "
-                             "the file changed since export: re-export it or restore the original")
+            raise ModelError(
+                f"{path}: sha256 {sha[:12]}… does not match {sidecar.name} ({recorded[:12]}…); "
+                "the file changed since export: re-export it or restore the original"
+            )
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -194,18 +218,31 @@ def load_model_spec(path: str | Path | None = None) -> ModelSpec:
     spec = parse_metadata(meta, path, sha, input_name=inputs[0].name)
     shape = inputs[0].shape
     if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != spec.channels:
-        raise ModelError(f"{path}: metadata says {spec.channels} channels but the graph input has {shape[1]}")
+        raise ModelError(
+            f"{path}: metadata says {spec.channels} channels but the graph input has {shape[1]}"
+        )
     if spec.building is not None:
         outputs = {o.name for o in sess.get_outputs()}
-        lacking = [n for n in (spec.building.output, spec.building.baseline_output) if n not in outputs]
+        lacking = [
+            n for n in (spec.building.output, spec.building.baseline_output) if n not in outputs
+        ]
         if not spec.is_pair or lacking:
-            raise ModelError(f"{path}: metadata names building outputs {lacking or ''} the graph does not have "
-                             "(a two-view model is a 6-channel graph with three outputs); re-export it")
+            raise ModelError(
+                f"{path}: metadata names building outputs {lacking or ''} the graph does not have "
+                "(a two-view model is a 6-channel graph with three outputs); re-export it"
+            )
     return spec
 
 
-def deepness_metadata(channels: int, names: dict[int, str], gsd_m: float, imgsz: int, overlap_px: int,
-                      conf: float, iou: float) -> dict[str, str]:
+def deepness_metadata(
+    channels: int,
+    names: dict[int, str],
+    gsd_m: float,
+    imgsz: int,
+    overlap_px: int,
+    conf: float,
+    iou: float,
+) -> dict[str, str]:
     """Keys the QGIS Deepness plugin reads, so an operator can also run the model there."""
     return {
         "model_type": "Detector",

@@ -61,9 +61,18 @@ class ModelVersion:
         return path if path.exists() else None
 
     def to_json(self) -> dict:
-        return {"version": self.version, "sha256": self.sha256, "parent": self.parent, "created": self.created,
-                "model_name": self.model_name, "checkpoint_sha256": self.checkpoint_sha256,
-                "data_manifest": self.data_manifest, "metrics": self.metrics, "gate": self.gate, "note": self.note}
+        return {
+            "version": self.version,
+            "sha256": self.sha256,
+            "parent": self.parent,
+            "created": self.created,
+            "model_name": self.model_name,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "data_manifest": self.data_manifest,
+            "metrics": self.metrics,
+            "gate": self.gate,
+            "note": self.note,
+        }
 
 
 class ModelRegistry:
@@ -83,7 +92,9 @@ class ModelRegistry:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: not a readable model registry index ({exc}); restore it from a backup") from None
+            raise InputError(
+                f"{path}: not a readable model registry index ({exc}); restore it from a backup"
+            ) from None
         if not isinstance(data, dict) or "history" not in data:
             raise InputError(f"{path}: not a buildwatch model registry index (no 'history')")
         return data
@@ -92,7 +103,11 @@ class ModelRegistry:
         """All versions, oldest first."""
         if not self.root.is_dir():
             return []
-        return [self.get(p.name) for p in sorted(self.root.iterdir()) if p.is_dir() and _VERSION_RE.match(p.name)]
+        return [
+            self.get(p.name)
+            for p in sorted(self.root.iterdir())
+            if p.is_dir() and _VERSION_RE.match(p.name)
+        ]
 
     def get(self, version: str) -> ModelVersion:
         folder = self.root / version
@@ -119,14 +134,18 @@ class ModelRegistry:
         """The version to run: ``version`` if given, else the promoted one (checked against its sha256)."""
         chosen = self.get(version) if version else self.promoted
         if chosen is None:
-            raise ConfigError(f"{self.root}: model registry has no promoted version; run 'buildwatch models promote "
-                              f"VERSION --models {self.root}' or drop --models to use the shipped model")
+            raise ConfigError(
+                f"{self.root}: model registry has no promoted version; run 'buildwatch models promote "
+                f"VERSION --models {self.root}' or drop --models to use the shipped model"
+            )
         if not chosen.model.exists():
             raise InputError(f"{chosen.model}: model file of version {chosen.version} is missing")
         sha = file_sha256(chosen.model)
         if sha != chosen.sha256:
-            raise InputError(f"{chosen.model}: sha256 {sha[:12]}… differs from the registry's {chosen.sha256[:12]}…; "
-                             f"the file was changed: restore it or promote another version")
+            raise InputError(
+                f"{chosen.model}: sha256 {sha[:12]}… differs from the registry's {chosen.sha256[:12]}…; "
+                f"the file was changed: restore it or promote another version"
+            )
         return chosen
 
     # -- writing ----------------------------------------------------------------------------
@@ -134,12 +153,24 @@ class ModelRegistry:
         atomic_write_text(self.root / INDEX, json.dumps(data, indent=1) + "\n")
 
     def _next_version(self) -> str:
-        numbers = [int(p.name[1:]) for p in self.root.glob("v*") if p.is_dir() and _VERSION_RE.match(p.name)]
+        numbers = [
+            int(p.name[1:])
+            for p in self.root.glob("v*")
+            if p.is_dir() and _VERSION_RE.match(p.name)
+        ]
         return f"v{max(numbers, default=0) + 1:04d}"
 
-    def add(self, model: Path, checkpoint: Path | None = None, parent: str | None = None,
-            data_manifest: dict | None = None, metrics: dict | None = None, gate: dict | None = None,
-            note: str = "", model_name: str = "") -> ModelVersion:
+    def add(
+        self,
+        model: Path,
+        checkpoint: Path | None = None,
+        parent: str | None = None,
+        data_manifest: dict | None = None,
+        metrics: dict | None = None,
+        gate: dict | None = None,
+        note: str = "",
+        model_name: str = "",
+    ) -> ModelVersion:
         """Copy ``model`` (and its training ``checkpoint``) into a new version folder; not promoted.
 
         Returns
@@ -153,6 +184,8 @@ class ModelRegistry:
             self.get(parent)
         self.root.mkdir(parents=True, exist_ok=True)
         version = self._next_version()
+        # a whole folder appears at once: staged here, renamed below (fileio's atomic helpers
+        # stage single files only)
         staging = Path(tempfile.mkdtemp(prefix=f".part-{version}-", dir=self.root))
         try:
             shutil.copyfile(model, staging / MODEL_FILE)
@@ -162,9 +195,19 @@ class ModelRegistry:
             if checkpoint is not None:
                 shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
                 ck_sha = file_sha256(staging / CHECKPOINT_FILE)
-            record = ModelVersion(version=version, folder=self.root / version, sha256=sha, parent=parent,
-                                  created=utc_now(), model_name=model_name, checkpoint_sha256=ck_sha,
-                                  data_manifest=data_manifest or {}, metrics=metrics or {}, gate=gate or {}, note=note)
+            record = ModelVersion(
+                version=version,
+                folder=self.root / version,
+                sha256=sha,
+                parent=parent,
+                created=utc_now(),
+                model_name=model_name,
+                checkpoint_sha256=ck_sha,
+                data_manifest=data_manifest or {},
+                metrics=metrics or {},
+                gate=gate or {},
+                note=note,
+            )
             (staging / VERSION_FILE).write_text(json.dumps(record.to_json(), indent=1) + "\n")
             os.chmod(staging, 0o755)
             os.replace(staging, self.root / version)
@@ -172,7 +215,9 @@ class ModelRegistry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         index = self._index()
-        index["history"].append({"at": utc_now(), "action": "add", "version": version, "reason": note})
+        index["history"].append(
+            {"at": utc_now(), "action": "add", "version": version, "reason": note}
+        )
         self._write_index(index)
         return record
 
@@ -180,8 +225,15 @@ class ModelRegistry:
         """Make ``version`` the one ``run`` uses; the change is recorded in the history."""
         chosen = self.get(version)
         index = self._index()
-        index["history"].append({"at": utc_now(), "action": "promote", "version": version,
-                                 "previous": index.get("promoted"), "reason": reason})
+        index["history"].append(
+            {
+                "at": utc_now(),
+                "action": "promote",
+                "version": version,
+                "previous": index.get("promoted"),
+                "reason": reason,
+            }
+        )
         index["promoted"] = version
         self._write_index(index)
         return chosen
@@ -193,15 +245,26 @@ class ModelRegistry:
         if current is None:
             raise ConfigError(f"{self.root}: nothing is promoted, nothing to roll back")
         previous = None
-        for entry in reversed(index["history"]):  # what was promoted before ``current`` was promoted
+        for entry in reversed(
+            index["history"]
+        ):  # what was promoted before ``current`` was promoted
             if entry["action"] == "promote" and entry["version"] == current:
                 previous = entry.get("previous")
                 break
         if previous is None:
-            raise ConfigError(f"{self.root}: {current} was the first promoted version; there is nothing to roll back to")
+            raise ConfigError(
+                f"{self.root}: {current} was the first promoted version; there is nothing to roll back to"
+            )
         chosen = self.get(previous)
-        index["history"].append({"at": utc_now(), "action": "rollback", "version": previous, "previous": current,
-                                 "reason": reason})
+        index["history"].append(
+            {
+                "at": utc_now(),
+                "action": "rollback",
+                "version": previous,
+                "previous": current,
+                "reason": reason,
+            }
+        )
         index["promoted"] = previous
         self._write_index(index)
         return chosen

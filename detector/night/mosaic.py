@@ -21,10 +21,21 @@ from detector.geo.crs import source_gsd_m as _raster_gsd_m
 from detector.geo.grid import WorkingGrid, clip_window, inner_slices, make_grid, warp_onto
 from detector.geo.raster import STRETCH_HIGH, STRETCH_LOW, MosaicInfo, estimate_stretch, open_raster
 
-CV_RESAMPLE_MAX_FACTOR = 1.5  # source pixels per working pixel up to which OpenCV resamples a tile (see EpochReader)
+CV_RESAMPLE_MAX_FACTOR = (
+    1.5  # source pixels per working pixel up to which OpenCV resamples a tile (see EpochReader)
+)
 
-__all__ = ["EpochReader", "MosaicInfo", "WorkingGrid", "choose_overview_level", "coverage_of_baseline",
-           "make_grid", "open_mosaic", "read_coarse", "source_gsd_m"]
+__all__ = [
+    "EpochReader",
+    "MosaicInfo",
+    "WorkingGrid",
+    "choose_overview_level",
+    "coverage_of_baseline",
+    "make_grid",
+    "open_mosaic",
+    "read_coarse",
+    "source_gsd_m",
+]
 
 COVERAGE_MAX_SIDE = 512  # longest side (pixels) of the coarse read that measures coverage
 
@@ -62,7 +73,12 @@ def choose_overview_level(info: MosaicInfo, gsd: float) -> int | None:
 class EpochReader:
     """Reads windows of one epoch on the working grid (RGB uint8 + validity mask)."""
 
-    def __init__(self, info: MosaicInfo, grid: WorkingGrid, stretch: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(
+        self,
+        info: MosaicInfo,
+        grid: WorkingGrid,
+        stretch: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         import rasterio
         from rasterio.enums import MaskFlags
 
@@ -73,10 +89,22 @@ class EpochReader:
             self._src = rasterio.open(info.path)
         else:  # read a pyramid level at or just finer than the working GSD, not the full resolution
             self._src = rasterio.open(info.path, overview_level=self.overview_level)
-        self._vrt = warp_onto(self._src, grid.crs_wkt, grid.transform, grid.width, grid.height, "bilinear",
-                              add_alpha=not info.has_alpha, warp_mem_limit=64)
+        self._vrt = warp_onto(
+            self._src,
+            grid.crs_wkt,
+            grid.transform,
+            grid.width,
+            grid.height,
+            "bilinear",
+            add_alpha=not info.has_alpha,
+            warp_mem_limit=64,
+        )
         self._bands = list(info.bands)
-        self.stretch = stretch if stretch is not None else (None if info.dtype == "uint8" else self.percentile_stretch())
+        self.stretch = (
+            stretch
+            if stretch is not None
+            else (None if info.dtype == "uint8" else self.percentile_stretch())
+        )
         # Same CRS and both grids axis-aligned: no warping is needed, only resampling, and GDAL's
         # resampled read of the (overview) dataset costs a third of the warper's per window.
         self.direct = _axis_aligned_same_crs(self._src, grid)
@@ -86,7 +114,9 @@ class EpochReader:
         """The project's stretch of this mosaic (per band, ``low``–``high`` %), from a decimated read."""
         return estimate_stretch(self._src, self._bands, low, high)
 
-    def read(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, col_off: int, row_off: int, width: int, height: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 RGB and (H, W) bool validity for a window of the working grid.
 
         Windows may extend past the grid; the outside is returned invalid.
@@ -131,12 +161,19 @@ class EpochReader:
             return None, None, None
         (ca0, ca1, cb0, cb1), (ra0, ra1, rb0, rb1) = cols, rows
         col, row = max(0.0, c0 + cb0 * sx), max(0.0, r0 + rb0 * sy)
-        swin = Window(col, row, min((cb1 - cb0) * sx, src.width - col), min((rb1 - rb0) * sy, src.height - row))
+        swin = Window(
+            col,
+            row,
+            min((cb1 - cb0) * sx, src.width - col),
+            min((rb1 - rb0) * sy, src.height - row),
+        )
         shape = (rb1 - rb0, cb1 - cb0)
         if self._all_valid and max(sx, sy) <= CV_RESAMPLE_MAX_FACTOR:
             data = self._read_cv(c0, r0, sx, sy, cb0, cb1, rb0, rb1)
         else:  # GDAL resamples (its bilinear widens the kernel with the factor: no aliasing)
-            data = src.read(self._bands, window=swin, out_shape=(3, *shape), resampling=Resampling.bilinear)
+            data = src.read(
+                self._bands, window=swin, out_shape=(3, *shape), resampling=Resampling.bilinear
+            )
         if self._all_valid:
             mask = np.ones(shape, dtype=bool)
         else:  # nodata, alpha band or internal mask
@@ -147,7 +184,9 @@ class EpochReader:
             data, mask = np.pad(data, ((0, 0), *pad), mode="edge"), np.pad(mask, pad, mode="edge")
         return Window(win.col_off + ca0, win.row_off + ra0, ca1 - ca0, ra1 - ra0), data, mask
 
-    def _read_cv(self, c0: float, r0: float, sx: float, sy: float, cb0: int, cb1: int, rb0: int, rb1: int):
+    def _read_cv(
+        self, c0: float, r0: float, sx: float, sy: float, cb0: int, cb1: int, rb0: int, rb1: int
+    ):
         """Grid pixels ``[cb0, cb1) x [rb0, rb1)`` of a window starting at source pixel (c0, r0):
         the source pixels under them read as they are (decode only), then resampled bilinearly by
         OpenCV at the grid pixel centres. A quarter of the CPU of GDAL's resampled read; used up to
@@ -161,10 +200,17 @@ class EpochReader:
         v0, v1 = r0 + (rb0 + 0.5) * sy - 0.5, r0 + (rb1 - 0.5) * sy - 0.5
         x0, x1 = max(0, math.floor(u0)), min(src.width, math.floor(u1) + 2)
         y0, y1 = max(0, math.floor(v0)), min(src.height, math.floor(v1) + 2)
-        raw = np.ascontiguousarray(np.moveaxis(src.read(self._bands, window=Window(x0, y0, x1 - x0, y1 - y0)), 0, -1))
+        raw = np.ascontiguousarray(
+            np.moveaxis(src.read(self._bands, window=Window(x0, y0, x1 - x0, y1 - y0)), 0, -1)
+        )
         m = np.array([[sx, 0.0, u0 - x0], [0.0, sy, v0 - y0]])
-        out = cv2.warpAffine(raw, m, (cb1 - cb0, rb1 - rb0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REPLICATE)
+        out = cv2.warpAffine(
+            raw,
+            m,
+            (cb1 - cb0, rb1 - rb0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
         return np.moveaxis(out, -1, 0)
 
     def close(self) -> None:
@@ -172,7 +218,9 @@ class EpochReader:
         self._src.close()
 
 
-def read_coarse(info: MosaicInfo, grid: WorkingGrid, stretch: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_coarse(
+    info: MosaicInfo, grid: WorkingGrid, stretch: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The whole epoch on a coarse ``grid``: (H, W, 3) uint8 RGB and (H, W) bool validity.
 
     Memory is flat in the mosaic's extent, with or without overviews: the source is read once,
@@ -206,7 +254,9 @@ def read_coarse(info: MosaicInfo, grid: WorkingGrid, stretch: tuple | None = Non
         crs = src.crs
     rgb = np.zeros((3, grid.height, grid.width), dtype=data.dtype)
     valid = np.zeros((grid.height, grid.width), dtype=np.uint8)
-    common = dict(src_transform=transform, src_crs=crs, dst_transform=grid.transform, dst_crs=grid.crs_wkt)
+    common = dict(
+        src_transform=transform, src_crs=crs, dst_transform=grid.transform, dst_crs=grid.crs_wkt
+    )
     reproject(data, rgb, resampling=Resampling.bilinear, **common)
     reproject(mask, valid, resampling=Resampling.nearest, src_nodata=0, dst_nodata=0, **common)
     out = np.moveaxis(apply_stretch(rgb, stretch), 0, -1).copy()
@@ -220,13 +270,22 @@ def coarse_grid(grid: WorkingGrid, max_side: int) -> tuple[WorkingGrid, float]:
     from dataclasses import replace
 
     factor = max(1.0, max(grid.width, grid.height) / max_side)
-    coarse = replace(grid, gsd=grid.gsd * factor, width=max(1, int(grid.width / factor)),
-                     height=max(1, int(grid.height / factor)))
+    coarse = replace(
+        grid,
+        gsd=grid.gsd * factor,
+        width=max(1, int(grid.width / factor)),
+        height=max(1, int(grid.height / factor)),
+    )
     return coarse, factor
 
 
-def coverage_of_baseline(baseline: MosaicInfo, current: MosaicInfo, grid: WorkingGrid,
-                         stretches: tuple = (None, None), max_side: int = COVERAGE_MAX_SIDE) -> float:
+def coverage_of_baseline(
+    baseline: MosaicInfo,
+    current: MosaicInfo,
+    grid: WorkingGrid,
+    stretches: tuple = (None, None),
+    max_side: int = COVERAGE_MAX_SIDE,
+) -> float:
     """Share of the baseline's valid ground that tonight's mosaic holds imagery for (0..1).
 
     A current pixel counts when it is valid (nodata, alpha and mask respected) and not pure

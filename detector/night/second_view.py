@@ -5,13 +5,13 @@ The pair model (6 channels) sees both epochs at once and proposes changes. The s
 at each epoch of the same co-registered tile on its own:
 
 confirm (``detect.second_view.confirm``)
-    A candidate of a structure class (below ``confirm_below`` pair confidence) (new building, extension, temporary structure) stays only
-    where tonight's image shows a structure: a building box covering at least ``cover`` of the
-    smaller of the two boxes. A *new* structure (new building, temporary structure) is dropped
-    when the baseline already shows a structure at the same place (IoU >= ``baseline_match_iou``)
-    at least :data:`AS_LARGE` as large as tonight's: an extension makes a building larger, a new
-    building was not there. Construction sites pass unchecked: the building model does not know
-    them.
+    A candidate of a structure class (below ``confirm_below`` pair confidence) (new building,
+    extension, temporary structure) stays only where tonight's image shows a structure: a
+    building box covering at least ``cover`` of the smaller of the two boxes. A *new* structure
+    (new building, temporary structure) is dropped when the baseline already shows a structure
+    at the same place (IoU >= ``baseline_match_iou``) at least :data:`AS_LARGE` as large as
+    tonight's: an extension makes a building larger, a new building was not there. Construction
+    sites pass unchecked: the building model does not know them.
 add (``detect.second_view.add``)
     Structures tonight with at least ``add_conf`` that no baseline structure explains (the
     single-epoch rule, :func:`detector.night.change.new_in_current`, and no baseline structure
@@ -59,8 +59,15 @@ def overlap_matrices(a: list[Detection], b: list[Detection]) -> tuple[np.ndarray
     return rotated_overlaps(detection_boxes(a), detection_boxes(b))
 
 
-def judge(candidates: list[Detection], current: list[Detection], baseline: list[Detection], cover: float,
-          match_iou: float, confirm: bool = True, confirm_below: float = 1.0) -> list[Verdict]:
+def judge(
+    candidates: list[Detection],
+    current: list[Detection],
+    baseline: list[Detection],
+    cover: float,
+    match_iou: float,
+    confirm: bool = True,
+    confirm_below: float = 1.0,
+) -> list[Verdict]:
     """The second view's verdict on each pair candidate of a tile.
 
     Parameters
@@ -94,14 +101,30 @@ def judge(candidates: list[Detection], current: list[Detection], baseline: list[
         if len(baseline):
             k = int(np.argmax(base_iou[j]))
             iou = float(base_iou[j, k])
-            explained = iou >= match_iou and baseline[k].w * baseline[k].h >= AS_LARGE * building.w * building.h
+            explained = (
+                iou >= match_iou
+                and baseline[k].w * baseline[k].h >= AS_LARGE * building.w * building.h
+            )
         keep = not (check and explained and d.class_name in NEW_STRUCTURE_CLASSES)
-        out.append(Verdict(keep, float(building.confidence), iou, "" if keep else "the baseline shows it already"))
+        out.append(
+            Verdict(
+                keep,
+                float(building.confidence),
+                iou,
+                "" if keep else "the baseline shows it already",
+            )
+        )
     return out
 
 
-def additions(current: list[Detection], baseline: list[Detection], candidates: list[Detection], add_conf: float,
-              cover: float, match_iou: float) -> list[tuple[Detection, float]]:
+def additions(
+    current: list[Detection],
+    baseline: list[Detection],
+    candidates: list[Detection],
+    add_conf: float,
+    cover: float,
+    match_iou: float,
+) -> list[tuple[Detection, float]]:
     """Structures tonight (confidence >= ``add_conf``) that no baseline structure explains (IoU >=
     ``match_iou``, or over :data:`EXPLAINED_SHARE` of tonight's box) and no pair candidate covers;
     returns (detection, best baseline IoU), as ``new_building``."""
@@ -110,15 +133,26 @@ def additions(current: list[Detection], baseline: list[Detection], candidates: l
     strong = [d for d in current if d.confidence >= add_conf]
     new = new_in_current(strong, baseline, match_iou)
     if new and baseline:
-        _, cov = overlap_matrices([d for d, _ in new], baseline)  # intersection over the smaller box
+        _, cov = overlap_matrices(
+            [d for d, _ in new], baseline
+        )  # intersection over the smaller box
         areas = np.array([b.w * b.h for b in baseline])
-        new = [(d, iou) for (d, iou), row in zip(new, cov)
-               if not (row * np.minimum(areas, d.w * d.h) >= EXPLAINED_SHARE * d.w * d.h).any()]
+        new = [
+            (d, iou)
+            for (d, iou), row in zip(new, cov)
+            if not (row * np.minimum(areas, d.w * d.h) >= EXPLAINED_SHARE * d.w * d.h).any()
+        ]
     if not new or not candidates:
-        return [(Detection(d.cx, d.cy, d.w, d.h, d.angle, d.confidence, "new_building"), iou) for d, iou in new]
+        return [
+            (Detection(d.cx, d.cy, d.w, d.h, d.angle, d.confidence, "new_building"), iou)
+            for d, iou in new
+        ]
     _, cov = overlap_matrices([d for d, _ in new], candidates)
-    return [(Detection(d.cx, d.cy, d.w, d.h, d.angle, d.confidence, "new_building"), iou)
-            for (d, iou), row in zip(new, cov) if not (row >= cover).any()]
+    return [
+        (Detection(d.cx, d.cy, d.w, d.h, d.angle, d.confidence, "new_building"), iou)
+        for (d, iou), row in zip(new, cov)
+        if not (row >= cover).any()
+    ]
 
 
 def tonight(detector, current_img: np.ndarray, conf: float, iou: float) -> list[Detection]:

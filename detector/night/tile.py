@@ -37,8 +37,16 @@ __all__ = ["MIN_VALID_FRACTION", "process_tile", "read_tile", "second_view_conf"
 MIN_VALID_FRACTION = 0.02  # tiles with less valid overlap than this are skipped as nodata
 
 
-def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, detector,
-                 dsm_readers=None, pixels: tuple | None = None, second_view=None) -> TileResult:
+def process_tile(
+    ctx: RunContext,
+    tile: Tile,
+    baseline_reader,
+    current_reader,
+    detector,
+    dsm_readers=None,
+    pixels: tuple | None = None,
+    second_view=None,
+) -> TileResult:
     """Read, register, detect and decide one tile. Pure in (inputs, tile, model, config).
 
     Parameters
@@ -64,33 +72,70 @@ def process_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader, d
     """
     start = time.perf_counter()
     gsd = ctx.grid.gsd
-    b, vb, c, vc = pixels if pixels is not None else read_tile(ctx, tile, baseline_reader, current_reader)
+    b, vb, c, vc = (
+        pixels if pixels is not None else read_tile(ctx, tile, baseline_reader, current_reader)
+    )
     valid = vb & vc
     frac, covered = _coverage(ctx, valid)
     if frac < MIN_VALID_FRACTION or covered == 0.0:
         return TileResult(tile.tile_id, "nodata", frac, 0.0, seconds=time.perf_counter() - start)
     reg, c, vc, valid = _register(ctx, b, c, vc, valid, vb, tile_window(ctx.grid, tile))
     if not reg.ok:
-        return TileResult(tile.tile_id, "unregistered", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd,
-                          reg.shift_m, reg.quality, reg.reason, seconds=time.perf_counter() - start,
-                          registration=reg.source, residual_m=reg.residual_m, inliers=reg.inliers)
+        return TileResult(
+            tile.tile_id,
+            "unregistered",
+            frac,
+            covered,
+            reg.dx_px * gsd,
+            -reg.dy_px * gsd,
+            reg.shift_m,
+            reg.quality,
+            reg.reason,
+            seconds=time.perf_counter() - start,
+            registration=reg.source,
+            residual_m=reg.residual_m,
+            inliers=reg.inliers,
+        )
     dets, baseline_iou = _detect(ctx, detector, b, c)
     stride, margin = tile_layout(ctx.size, ctx.overlap)
     # The difference image is needed only to judge the detections this tile reports (centre in
     # its core): most tiles have none, and then it is not computed.
     dets = [d for d in dets if owns_centre(d, margin, stride)]
-    diff = difference_image(b, c, valid) if dets or (second_view is not None and ctx.config.detect.second_view.add) \
+    diff = (
+        difference_image(b, c, valid)
+        if dets or (second_view is not None and ctx.config.detect.second_view.add)
         else None
-    changes = changes_in_tile(dets, diff, valid, gsd, ctx.config.change, margin, stride) if dets else []
+    )
+    changes = (
+        changes_in_tile(dets, diff, valid, gsd, ctx.config.change, margin, stride) if dets else []
+    )
     if second_view is not None and ctx.second is not None:
-        changes, out = _second_view_step(ctx, tile, second_view, b, c, changes, diff, valid, margin, stride)
+        changes, out = _second_view_step(
+            ctx, tile, second_view, b, c, changes, diff, valid, margin, stride
+        )
     else:
-        out = [_tile_candidate(ctx, tile, d, changed, baseline_iou.get(id(d), 0.0)) for d, changed in changes]
+        out = [
+            _tile_candidate(ctx, tile, d, changed, baseline_iou.get(id(d), 0.0))
+            for d, changed in changes
+        ]
     if dsm_readers is not None and ctx.dsm is not None:
         out = _height_step(ctx, tile, dsm_readers, reg, changes, out, b, c, valid)
-    return TileResult(tile.tile_id, "done", frac, covered, reg.dx_px * gsd, -reg.dy_px * gsd, reg.shift_m,
-                      reg.quality, reg.reason, out, time.perf_counter() - start, reg.source, reg.residual_m,
-                      reg.inliers)
+    return TileResult(
+        tile.tile_id,
+        "done",
+        frac,
+        covered,
+        reg.dx_px * gsd,
+        -reg.dy_px * gsd,
+        reg.shift_m,
+        reg.quality,
+        reg.reason,
+        out,
+        time.perf_counter() - start,
+        reg.source,
+        reg.residual_m,
+        reg.inliers,
+    )
 
 
 def read_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader):
@@ -110,8 +155,15 @@ def _coverage(ctx: RunContext, valid: np.ndarray) -> tuple[float, float]:
     return float(valid.mean()), float((valid & core).sum()) * gsd * gsd
 
 
-def _register(ctx: RunContext, b: np.ndarray, c: np.ndarray, vc: np.ndarray, valid: np.ndarray, vb: np.ndarray,
-              offset: tuple[int, int] = (0, 0)):
+def _register(
+    ctx: RunContext,
+    b: np.ndarray,
+    c: np.ndarray,
+    vc: np.ndarray,
+    valid: np.ndarray,
+    vb: np.ndarray,
+    offset: tuple[int, int] = (0, 0),
+):
     """Co-register the current tile to the baseline tile (the registration seam).
 
     Parameters
@@ -133,8 +185,18 @@ def _register(ctx: RunContext, b: np.ndarray, c: np.ndarray, vc: np.ndarray, val
     a = ctx.config.align
     if not a.enabled:
         return Registration(0.0, 0.0, 0.0, 1.0, True, "alignment disabled", "none"), c, vc, valid
-    reg = register_tile(b, c, valid, ctx.grid.gsd, model=ctx.mosaic_model, offset=offset, max_shift_m=a.max_shift_m,
-                        tile_tolerance_m=a.tile_tolerance_m, min_quality=a.min_quality, on_failure=a.on_failure)
+    reg = register_tile(
+        b,
+        c,
+        valid,
+        ctx.grid.gsd,
+        model=ctx.mosaic_model,
+        offset=offset,
+        max_shift_m=a.max_shift_m,
+        tile_tolerance_m=a.tile_tolerance_m,
+        min_quality=a.min_quality,
+        on_failure=a.on_failure,
+    )
     if not reg.ok:
         return reg, c, vc, valid
     c, vc = apply_registration(c, vc, reg)
@@ -143,7 +205,9 @@ def _register(ctx: RunContext, b: np.ndarray, c: np.ndarray, vc: np.ndarray, val
     return reg, c, vc, valid
 
 
-def _detect(ctx: RunContext, detector, b: np.ndarray, c: np.ndarray) -> tuple[list[Detection], dict[int, float]]:
+def _detect(
+    ctx: RunContext, detector, b: np.ndarray, c: np.ndarray
+) -> tuple[list[Detection], dict[int, float]]:
     """Change detections of one tile, and (single-epoch models) their best IoU with a baseline structure.
 
     Returns
@@ -160,8 +224,18 @@ def _detect(ctx: RunContext, detector, b: np.ndarray, c: np.ndarray) -> tuple[li
     return dets, matched
 
 
-def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c: np.ndarray, changes, diff,
-                      valid: np.ndarray, margin: int, stride: int) -> tuple[list, list[Candidate]]:
+def _second_view_step(
+    ctx: RunContext,
+    tile: Tile,
+    second_view,
+    b: np.ndarray,
+    c: np.ndarray,
+    changes,
+    diff,
+    valid: np.ndarray,
+    margin: int,
+    stride: int,
+) -> tuple[list, list[Candidate]]:
     """Step *second view* (:mod:`detector.night.second_view`): the building model's verdict on the
     tile's pair candidates, and (``add``) the structures it alone sees.
 
@@ -182,20 +256,46 @@ def _second_view_step(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, c
     # The baseline is looked at only where it can change the verdict: pair candidates to judge, or
     # structures tonight that would be added unless the baseline explains them (same result, and
     # on most tiles of a night one inference instead of two).
-    need_baseline = bool(changes) or (opts.add and bool(changes_in_tile(
-        [d for d, _ in sv.additions(current, [], pair_dets, add_conf, opts.cover, match_iou)],
-        diff, valid, gsd, rules, margin, stride)))
+    need_baseline = bool(changes) or (
+        opts.add
+        and bool(
+            changes_in_tile(
+                [
+                    d
+                    for d, _ in sv.additions(
+                        current, [], pair_dets, add_conf, opts.cover, match_iou
+                    )
+                ],
+                diff,
+                valid,
+                gsd,
+                rules,
+                margin,
+                stride,
+            )
+        )
+    )
     baseline = _baseline_view(ctx, tile, second_view, b, conf) if need_baseline else []
-    verdicts = sv.judge(pair_dets, current, baseline, opts.cover, match_iou, opts.confirm, opts.confirm_below)
+    verdicts = sv.judge(
+        pair_dets, current, baseline, opts.cover, match_iou, opts.confirm, opts.confirm_below
+    )
     kept = [(change, v) for change, v in zip(changes, verdicts) if v.keep]
-    out = [_tile_candidate(ctx, tile, d, changed, v.baseline_iou, v.structure_conf) for (d, changed), v in kept]
+    out = [
+        _tile_candidate(ctx, tile, d, changed, v.baseline_iou, v.structure_conf)
+        for (d, changed), v in kept
+    ]
     kept_changes = [change for change, _ in kept]
     if opts.add:
         added = sv.additions(current, baseline, pair_dets, add_conf, opts.cover, match_iou)
         new = changes_in_tile([d for d, _ in added], diff, valid, gsd, rules, margin, stride)
         base_iou = {id(d): iou for d, iou in added}
-        out += [replace(_tile_candidate(ctx, tile, d, changed, base_iou[id(d)], d.confidence), tags="second_view")
-                for d, changed in new]
+        out += [
+            replace(
+                _tile_candidate(ctx, tile, d, changed, base_iou[id(d)], d.confidence),
+                tags="second_view",
+            )
+            for d, changed in new
+        ]
         kept_changes += new
     return kept_changes, out
 
@@ -221,7 +321,9 @@ def second_view_add_conf(ctx: RunContext) -> float:
     return ctx.second.conf if ctx.second.embedded else SEPARATE_MODEL_ADD_CONF
 
 
-def _baseline_view(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, conf: float) -> list[Detection]:
+def _baseline_view(
+    ctx: RunContext, tile: Tile, second_view, b: np.ndarray, conf: float
+) -> list[Detection]:
     """The building model's detections on the tile's baseline: stored by an earlier night when the
     run keeps baseline views (``detect.second_view.baseline_cache``), else computed (and stored)."""
     from detector.night import second_view as sv
@@ -236,8 +338,14 @@ def _baseline_view(ctx: RunContext, tile: Tile, second_view, b: np.ndarray, conf
     return dets
 
 
-def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, baseline_iou: float,
-                    structure_conf: float | None = None) -> Candidate:
+def _tile_candidate(
+    ctx: RunContext,
+    tile: Tile,
+    d: Detection,
+    changed: float,
+    baseline_iou: float,
+    structure_conf: float | None = None,
+) -> Candidate:
     """A kept detection as a :class:`Candidate` in the working CRS (detection fields only)."""
     return Candidate(
         geometry=_tile_polygon(tile, ctx.grid.gsd, d.corners()),
@@ -250,8 +358,17 @@ def _tile_candidate(ctx: RunContext, tile: Tile, d: Detection, changed: float, b
     )
 
 
-def _height_step(ctx: RunContext, tile: Tile, dsm_readers, reg: Registration, changes, cands: list[Candidate],
-                 b: np.ndarray, c: np.ndarray, valid: np.ndarray) -> list[Candidate]:
+def _height_step(
+    ctx: RunContext,
+    tile: Tile,
+    dsm_readers,
+    reg: Registration,
+    changes,
+    cands: list[Candidate],
+    b: np.ndarray,
+    c: np.ndarray,
+    valid: np.ndarray,
+) -> list[Candidate]:
     """Height change of the tile (current DSM registered like the imagery) fused with its image candidates.
 
     See :mod:`detector.night.height`: candidates over a region of gain are confirmed, those the
@@ -269,14 +386,32 @@ def _height_step(ctx: RunContext, tile: Tile, dsm_readers, reg: Registration, ch
     th = tile_heights(hb, vb & valid, hc, vc, gsd, ctx.dsm, ctx.config.height)
     stride, margin = tile_layout(ctx.size, ctx.overlap)
     fused, extra = fuse(changes, th, c, ctx.config.height, margin, stride, polygon_mask)
-    out = [replace(cand, confidence=f.confidence, tags=",".join([t for t in (cand.tags, *f.tags) if t]), height_gain_m=f.gain_m,
-                   baseline_height_m=f.baseline_m, current_height_m=f.current_m) for cand, f in zip(cands, fused)]
+    out = [
+        replace(
+            cand,
+            confidence=f.confidence,
+            tags=",".join([t for t in (cand.tags, *f.tags) if t]),
+            height_gain_m=f.gain_m,
+            baseline_height_m=f.baseline_m,
+            current_height_m=f.current_m,
+        )
+        for cand, f in zip(cands, fused)
+    ]
     diff = difference_image(b, c, valid) if extra else None
     for f in extra:
-        out.append(Candidate(geometry=_tile_polygon(tile, gsd, f.corners), class_name=f.class_name,
-                             confidence=f.confidence, pixel_change=round(change_fraction(diff, valid, f.corners), 3),
-                             tile_id=tile.tile_id, tags=",".join(f.tags), height_gain_m=f.gain_m,
-                             baseline_height_m=f.baseline_m, current_height_m=f.current_m))
+        out.append(
+            Candidate(
+                geometry=_tile_polygon(tile, gsd, f.corners),
+                class_name=f.class_name,
+                confidence=f.confidence,
+                pixel_change=round(change_fraction(diff, valid, f.corners), 3),
+                tile_id=tile.tile_id,
+                tags=",".join(f.tags),
+                height_gain_m=f.gain_m,
+                baseline_height_m=f.baseline_m,
+                current_height_m=f.current_m,
+            )
+        )
     return out
 
 

@@ -52,7 +52,9 @@ def tile_window(grid: WorkingGrid, tile: Tile) -> tuple[int, int]:
     return window_at(grid.transform, tile.bounds[0], tile.bounds[3])
 
 
-def core_bounds(tile: Tile, size: int, overlap: int, gsd: float) -> tuple[float, float, float, float]:
+def core_bounds(
+    tile: Tile, size: int, overlap: int, gsd: float
+) -> tuple[float, float, float, float]:
     """The map-coordinate cell this tile owns (left, bottom, right, top)."""
     stride, margin = tile_layout(size, overlap)
     left = tile.bounds[0] + margin * gsd

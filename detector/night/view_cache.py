@@ -42,8 +42,10 @@ def open_views(folder: Path, facts: dict, about: dict | None = None) -> Path:
     path = Path(folder) / cache_key(facts)
     path.mkdir(parents=True, exist_ok=True)
     if not (path / KEY_FILE).exists():
-        atomic_write_text(path / KEY_FILE, json.dumps({**facts, **(about or {})}, indent=1, sort_keys=True,
-                                                      default=str) + "\n")
+        atomic_write_text(
+            path / KEY_FILE,
+            json.dumps({**facts, **(about or {})}, indent=1, sort_keys=True, default=str) + "\n",
+        )
     return path
 
 
@@ -52,8 +54,10 @@ def load_view(folder: Path, tile_id: str) -> list[Detection] | None:
     path = Path(folder) / f"{tile_id}.json"
     try:
         rows = json.loads(path.read_text())
-        return [Detection(float(cx), float(cy), float(w), float(h), float(a), float(c), str(name))
-                for cx, cy, w, h, a, c, name in rows]
+        return [
+            Detection(float(cx), float(cy), float(w), float(h), float(a), float(c), str(name))
+            for cx, cy, w, h, a, c, name in rows
+        ]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as exc:
@@ -67,4 +71,6 @@ def store_view(folder: Path, tile_id: str, dets: list[Detection]) -> None:
     try:
         atomic_write_text(Path(folder) / f"{tile_id}.json", json.dumps(rows))
     except OSError as exc:  # a full disk must not stop the night: the view is only a shortcut
-        log.warning("%s: cannot store the baseline view of tile %s (%s)", folder, tile_id, exc.strerror)
+        log.warning(
+            "%s: cannot store the baseline view of tile %s (%s)", folder, tile_id, exc.strerror
+        )

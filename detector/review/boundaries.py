@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import shapely
 from shapely.geometry.base import BaseGeometry
@@ -18,9 +17,9 @@ class Boundaries:
 
     geometries: list[BaseGeometry]
     names: list[str]
-    units: list[Optional[str]]
+    units: list[str | None]
 
-    def locate(self, geometry: BaseGeometry) -> tuple[Optional[str], Optional[str]]:
+    def locate(self, geometry: BaseGeometry) -> tuple[str | None, str | None]:
         """(community, unit) containing the geometry's representative point, or the most overlapped one.
 
         Parameters
@@ -47,7 +46,7 @@ class Boundaries:
         return self.names[best], self.units[best]
 
 
-def load_boundaries(path: Path, name_field: str, unit_field: Optional[str], crs) -> Boundaries:
+def load_boundaries(path: Path, name_field: str, unit_field: str | None, crs) -> Boundaries:
     """Read a boundary layer (any OGR format and CRS) and reproject it to ``crs``.
 
     Parameters
@@ -78,15 +77,24 @@ def load_boundaries(path: Path, name_field: str, unit_field: Optional[str], crs)
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # noqa: BLE001 - any OGR failure is a user-fixable input problem
-        raise InputError(f"{path}: cannot read the boundary layer ({str(exc).splitlines()[0]}); give an OGR vector file") from None
+        raise InputError(
+            f"{path}: cannot read the boundary layer ({str(exc).splitlines()[0]}); give an OGR vector file"
+        ) from None
     if frame.crs is None:
         raise InputError(f"{path}: boundary layer has no CRS; save it with a CRS (e.g. EPSG:4547)")
-    for wanted, setting in ((name_field, "boundary_name_field"), (unit_field, "boundary_unit_field")):
+    for wanted, setting in (
+        (name_field, "boundary_name_field"),
+        (unit_field, "boundary_unit_field"),
+    ):
         if wanted is not None and wanted not in frame.columns:
             fields = ", ".join(c for c in frame.columns if c != "geometry")
             raise InputError(f"{path}: no field '{wanted}' (fields: {fields}); set cases.{setting}")
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty].to_crs(crs)
     geometries = [g if g.is_valid else shapely.make_valid(g) for g in frame.geometry]
     names = [str(v) for v in frame[name_field]]
-    units = [None if v is None or v != v else str(v) for v in frame[unit_field]] if unit_field else [None] * len(frame)
+    units = (
+        [None if v is None or v != v else str(v) for v in frame[unit_field]]
+        if unit_field
+        else [None] * len(frame)
+    )
     return Boundaries(geometries, names, units)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
@@ -46,7 +46,9 @@ HEIGHT_OUTLINE = (0, 0, 0)  # BGR: black (red and blue are the gain and the loss
 HEIGHT_NODATA = (160, 160, 160)  # BGR: grey where a DSM has no height
 
 
-def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
+def read_rgb(
+    raster_path: Path, crs, bounds: tuple[float, float, float, float], width: int, height: int
+) -> np.ndarray:
     """Read a raster resampled onto the grid ``bounds`` x (``width``, ``height``) in ``crs``.
 
     Parameters
@@ -75,7 +77,9 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
 
     raster_path = as_location(raster_path)
     if not is_remote(raster_path) and not raster_path.exists():
-        raise InputError(f"{raster_path}: orthomosaic not found (needed for evidence chips and the report map)")
+        raise InputError(
+            f"{raster_path}: orthomosaic not found (needed for evidence chips and the report map)"
+        )
     transform = from_bounds(*bounds, width, height)
     try:
         with rasterio.open(raster_path) as src:
@@ -88,7 +92,9 @@ def read_rgb(raster_path: Path, crs, bounds: tuple[float, float, float, float], 
                 pixels = vrt.read(indexes)
                 valid = vrt.dataset_mask() > 0
     except rasterio.errors.RasterioError as exc:
-        raise InputError(f"{raster_path}: cannot read the orthomosaic ({exc}); check the file") from None
+        raise InputError(
+            f"{raster_path}: cannot read the orthomosaic ({exc}); check the file"
+        ) from None
     return _to_uint8_rgb(pixels, valid, stretch)
 
 
@@ -106,14 +112,21 @@ def chip_bounds(geometry: BaseGeometry, crs) -> tuple[float, float, float, float
     half = max(maxx - minx, maxy - miny)  # = twice the half-size: one polygon size of context
     east_m, north_m = unit_lengths_m(crs, cx, cy)
     half = max(half, MIN_CONTEXT_M / north_m)
-    half_x = half * north_m / max(east_m, 1e-9)  # square on the ground (degrees of longitude are shorter)
+    half_x = (
+        half * north_m / max(east_m, 1e-9)
+    )  # square on the ground (degrees of longitude are shorter)
     return cx - half_x, cy - half, cx + half_x, cy + half
 
 
-def draw_outline(image: np.ndarray, geometry: BaseGeometry, bounds, colour: tuple[int, int, int], thickness: int = 2) -> None:
+def draw_outline(
+    image: np.ndarray,
+    geometry: BaseGeometry,
+    bounds,
+    colour: tuple[int, int, int],
+    thickness: int = 2,
+) -> None:
     """Draw a polygon's rings (map coordinates inside ``bounds``) onto an (H, W, 3) image in place."""
     import cv2
-
     from rasterio.transform import from_bounds
 
     height, width = image.shape[:2]
@@ -126,7 +139,14 @@ def draw_outline(image: np.ndarray, geometry: BaseGeometry, bounds, colour: tupl
             xy = np.asarray(ring.coords)[:, :2]
             rows, cols = map_to_pixel(transform, xy[:, 0], xy[:, 1])
             points = np.round(np.column_stack([cols, rows])).astype(np.int32)
-            cv2.polylines(image, [points], isClosed=True, color=colour, thickness=thickness, lineType=cv2.LINE_AA)
+            cv2.polylines(
+                image,
+                [points],
+                isClosed=True,
+                color=colour,
+                thickness=thickness,
+                lineType=cv2.LINE_AA,
+            )
 
 
 def height_colours(diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -144,8 +164,9 @@ def height_colours(diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return bgr
 
 
-def read_height_difference(dsm: "DsmPair", crs, bounds: tuple[float, float, float, float], width: int,
-                           height: int) -> tuple[np.ndarray, np.ndarray, float]:
+def read_height_difference(
+    dsm: DsmPair, crs, bounds: tuple[float, float, float, float], width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Current − baseline height (metres) on a chip's grid, the chip's vertical offset removed.
 
     Parameters
@@ -187,10 +208,14 @@ def read_height_difference(dsm: "DsmPair", crs, bounds: tuple[float, float, floa
             finally:
                 reader.close()
         except (rasterio.errors.RasterioError, OSError) as exc:
-            raise InputError(f"{info.path}: cannot read the DSM for the evidence chip ({exc})") from None
+            raise InputError(
+                f"{info.path}: cannot read the DSM for the evidence chip ({exc})"
+            ) from None
     (hb, vb), (hc, vc) = heights
     valid = vb & vc
-    offset, _ = local_offset(hb, hc, valid, gsd, dsm) if valid.any() else (dsm.offset_m, dsm.noise_m)
+    offset, _ = (
+        local_offset(hb, hc, valid, gsd, dsm) if valid.any() else (dsm.offset_m, dsm.noise_m)
+    )
     diff = np.where(valid, hc - hb - offset, 0.0).astype(np.float32)
     return diff, valid, float(offset)
 
@@ -199,10 +224,12 @@ def _label(image: np.ndarray, text: str, origin: tuple[int, int], scale: float =
     import cv2
 
     cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(
+        image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
+    )
 
 
-def _height_panel(geometry: BaseGeometry, crs, bounds, dsm: "DsmPair") -> np.ndarray:
+def _height_panel(geometry: BaseGeometry, crs, bounds, dsm: DsmPair) -> np.ndarray:
     diff, valid, _ = read_height_difference(dsm, crs, bounds, CHIP_PANEL_PX, CHIP_PANEL_PX)
     panel = height_colours(diff, valid)
     draw_outline(panel, geometry, bounds, HEIGHT_OUTLINE)
@@ -211,8 +238,15 @@ def _height_panel(geometry: BaseGeometry, crs, bounds, dsm: "DsmPair") -> np.nda
     return panel
 
 
-def render_chip(geometry: BaseGeometry, crs, baseline_path: Path, current_path: Path, *, title: str = "",
-                dsm: Optional["DsmPair"] = None) -> np.ndarray:
+def render_chip(
+    geometry: BaseGeometry,
+    crs,
+    baseline_path: Path,
+    current_path: Path,
+    *,
+    title: str = "",
+    dsm: DsmPair | None = None,
+) -> np.ndarray:
     """The evidence image: a title strip over 'before' (baseline) and 'after' (current) panels, BGR uint8.
 
     With ``dsm`` a third panel, the height difference (module docstring): the image is
@@ -223,7 +257,10 @@ def render_chip(geometry: BaseGeometry, crs, baseline_path: Path, current_path: 
 
     bounds = chip_bounds(geometry, crs)
     panels = []
-    for label, path, colour in (("before", baseline_path, BEFORE_COLOUR), ("after", current_path, AFTER_COLOUR)):
+    for label, path, colour in (
+        ("before", baseline_path, BEFORE_COLOUR),
+        ("after", current_path, AFTER_COLOUR),
+    ):
         rgb = read_rgb(path, crs, bounds, CHIP_PANEL_PX, CHIP_PANEL_PX)
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         draw_outline(bgr, geometry, bounds, colour)
@@ -238,10 +275,18 @@ def render_chip(geometry: BaseGeometry, crs, baseline_path: Path, current_path: 
     canvas = np.full((HEADER_PX + CHIP_PANEL_PX, width, 3), 255, dtype=np.uint8)
     for index, panel in enumerate(panels):
         left = index * (CHIP_PANEL_PX + GAP_PX)
-        canvas[HEADER_PX:, left:left + CHIP_PANEL_PX] = panel
+        canvas[HEADER_PX:, left : left + CHIP_PANEL_PX] = panel
     if title:
-        cv2.putText(canvas, title[:70 if len(panels) == 2 else 105], (6, HEADER_PX - 6), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            title[: 70 if len(panels) == 2 else 105],
+            (6, HEADER_PX - 6),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return canvas
 
 
@@ -256,8 +301,14 @@ def write_png_atomic(path: Path, image_bgr: np.ndarray) -> Path:
 
 
 def write_evidence_chip(
-    path: Path, geometry: BaseGeometry, crs, baseline_path: Path, current_path: Path, *, title: str = "",
-    dsm: Optional["DsmPair"] = None,
+    path: Path,
+    geometry: BaseGeometry,
+    crs,
+    baseline_path: Path,
+    current_path: Path,
+    *,
+    title: str = "",
+    dsm: DsmPair | None = None,
 ) -> Path:
     """Render and write one case's before/after chip.
 
@@ -280,4 +331,6 @@ def write_evidence_chip(
     -------
     Path
     """
-    return write_png_atomic(Path(path), render_chip(geometry, crs, baseline_path, current_path, title=title, dsm=dsm))
+    return write_png_atomic(
+        Path(path), render_chip(geometry, crs, baseline_path, current_path, title=title, dsm=dsm)
+    )

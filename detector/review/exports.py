@@ -25,13 +25,44 @@ from detector.review.registry import read_cases_frame
 from detector.review.vocab import NEW
 
 EXPORT_COLUMNS = (
-    "case_id", "status", "alert", "class", "area_m2", "community", "unit", "first_seen", "last_seen", "times_seen",
-    "max_confidence", "reviewer", "reviewed_at", "demolition_due", "note", "evidence", "lon", "lat", "geo_uri",
-    "osm_url", "height_change", "height_gain_m", "baseline_height_m", "current_height_m",
+    "case_id",
+    "status",
+    "alert",
+    "class",
+    "area_m2",
+    "community",
+    "unit",
+    "first_seen",
+    "last_seen",
+    "times_seen",
+    "max_confidence",
+    "reviewer",
+    "reviewed_at",
+    "demolition_due",
+    "note",
+    "evidence",
+    "lon",
+    "lat",
+    "geo_uri",
+    "osm_url",
+    "height_change",
+    "height_gain_m",
+    "baseline_height_m",
+    "current_height_m",
 )
-DECIMALS = {"area_m2": 2, "lon": 7, "lat": 7, "max_confidence": 3, "last_confidence": 3, "height_gain_m": 2,
-            "baseline_height_m": 2, "current_height_m": 2}
-CSV_ENCODING = "utf-8-sig"  # with a BOM: Excel on a Chinese-locale Windows would read plain UTF-8 as GBK
+DECIMALS = {
+    "area_m2": 2,
+    "lon": 7,
+    "lat": 7,
+    "max_confidence": 3,
+    "last_confidence": 3,
+    "height_gain_m": 2,
+    "baseline_height_m": 2,
+    "current_height_m": 2,
+}
+CSV_ENCODING = (
+    "utf-8-sig"  # with a BOM: Excel on a Chinese-locale Windows would read plain UTF-8 as GBK
+)
 KML_CHIP_WIDTH = 400
 FORMATS = {"geojson": "GeoJSON", "csv": "CSV", "kml": "KML"}
 
@@ -54,7 +85,12 @@ def map_links(lat: float, lon: float) -> tuple[str, str]:
     )
 
 
-def select_cases(registry: Path, status: tuple[str, ...] = (), community: str | None = None, since: str | None = None):
+def select_cases(
+    registry: Path,
+    status: tuple[str, ...] = (),
+    community: str | None = None,
+    since: str | None = None,
+):
     """The registry's cases filtered by status (any of), community and first_seen >= since.
 
     Parameters
@@ -99,12 +135,19 @@ def export_frame(frame, registry: Path, out: Path | None = None):
     ``evidence_file`` (absolute, not exported) is kept for the KML writer to embed the chip.
     """
     out_frame = frame.to_crs("EPSG:4326").copy()
-    links = [map_links(float(lat), float(lon)) for lat, lon in zip(out_frame["lat"], out_frame["lon"])]
+    links = [
+        map_links(float(lat), float(lon)) for lat, lon in zip(out_frame["lat"], out_frame["lon"])
+    ]
     out_frame["geo_uri"] = [link[0] for link in links]
     out_frame["osm_url"] = [link[1] for link in links]
     base = Path(out).resolve().parent if out is not None else Path.cwd()
-    files = [(Path(registry).parent / e).resolve() if isinstance(e, str) and e else None for e in out_frame["evidence"]]
-    out_frame["evidence"] = [os.path.relpath(f, base).replace(os.sep, "/") if f is not None else "" for f in files]
+    files = [
+        (Path(registry).parent / e).resolve() if isinstance(e, str) and e else None
+        for e in out_frame["evidence"]
+    ]
+    out_frame["evidence"] = [
+        os.path.relpath(f, base).replace(os.sep, "/") if f is not None else "" for f in files
+    ]
     out_frame["evidence_file"] = [str(f) if f is not None else "" for f in files]
     return out_frame[[*EXPORT_COLUMNS, "evidence_file", "geometry"]]
 
@@ -121,7 +164,11 @@ def _chip_data_uri(path: str) -> str | None:
     if image is None:
         return None
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
+    return (
+        "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+        if ok
+        else None
+    )
 
 
 def _kml_rings(geometry) -> str:
@@ -130,10 +177,14 @@ def _kml_rings(geometry) -> str:
     for polygon in polygons:
         rings = [polygon.exterior, *polygon.interiors]
         coords = [" ".join(f"{x:.8f},{y:.8f},0" for x, y, *_ in ring.coords) for ring in rings]
-        inner = "".join(f"<innerBoundaryIs><LinearRing><coordinates>{c}</coordinates></LinearRing></innerBoundaryIs>"
-                        for c in coords[1:])
-        parts.append(f"<Polygon><outerBoundaryIs><LinearRing><coordinates>{coords[0]}</coordinates></LinearRing>"
-                     f"</outerBoundaryIs>{inner}</Polygon>")
+        inner = "".join(
+            f"<innerBoundaryIs><LinearRing><coordinates>{c}</coordinates></LinearRing></innerBoundaryIs>"
+            for c in coords[1:]
+        )
+        parts.append(
+            f"<Polygon><outerBoundaryIs><LinearRing><coordinates>{coords[0]}</coordinates></LinearRing>"
+            f"</outerBoundaryIs>{inner}</Polygon>"
+        )
     return parts[0] if len(parts) == 1 else "<MultiGeometry>" + "".join(parts) + "</MultiGeometry>"
 
 
@@ -141,26 +192,40 @@ def kml_document(frame) -> str:
     """The export as one KML document: a style per status and for alerts, chips embedded in the balloons."""
     esc = html.escape
     styles = {**{status: style for status, style in STATUS_STYLE.items()}, "alert": ALERT_STYLE}
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>', '<kml xmlns="http://www.opengis.net/kml/2.2"><Document>',
-             "<name>buildwatch cases</name>"]
-    for key, (label, rgb) in styles.items():
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<kml xmlns="http://www.opengis.net/kml/2.2"><Document>',
+        "<name>buildwatch cases</name>",
+    ]
+    for key, (_label, rgb) in styles.items():
         width = 4 if key == "alert" else 2
-        parts.append(f'<Style id="status_{key}"><LineStyle><color>{_kml_colour(rgb, 255)}</color><width>{width}</width>'
-                     f"</LineStyle><PolyStyle><color>{_kml_colour(rgb, 80)}</color></PolyStyle></Style>")
+        parts.append(
+            f'<Style id="status_{key}"><LineStyle><color>{_kml_colour(rgb, 255)}</color><width>{width}</width>'
+            f"</LineStyle><PolyStyle><color>{_kml_colour(rgb, 80)}</color></PolyStyle></Style>"
+        )
     for record, geometry in zip(frame.drop(columns="geometry").to_dict("records"), frame.geometry):
         alert = cell_text(record.get("alert"))
-        style = "alert" if alert else (record["status"] if record["status"] in STATUS_STYLE else NEW)
-        rows = "".join(f"<tr><td>{esc(name)}</td><td>{esc(cell_text(record[name], name))}</td></tr>"
-                       for name in EXPORT_COLUMNS if name not in ("geo_uri", "osm_url", "evidence") and cell_text(record[name]))
+        style = (
+            "alert" if alert else (record["status"] if record["status"] in STATUS_STYLE else NEW)
+        )
+        rows = "".join(
+            f"<tr><td>{esc(name)}</td><td>{esc(cell_text(record[name], name))}</td></tr>"
+            for name in EXPORT_COLUMNS
+            if name not in ("geo_uri", "osm_url", "evidence") and cell_text(record[name])
+        )
         uri = _chip_data_uri(record["evidence_file"])
         image = f'<img src="{uri}" width="{KML_CHIP_WIDTH}"/><br/>' if uri else ""
         link = f'<a href="{esc(record["osm_url"])}">map</a> · <a href="{esc(record["geo_uri"])}">navigate</a>'
         description = f"{image}<b>{esc(alert)}</b><table>{rows}</table>{link}"
-        data = "".join(f'<Data name="{name}"><value>{esc(cell_text(record[name], name))}</value></Data>'
-                       for name in EXPORT_COLUMNS)
-        parts.append(f"<Placemark><name>{esc(record['case_id'])}</name>"
-                     f"<description><![CDATA[{description}]]></description><styleUrl>#status_{style}</styleUrl>"
-                     f"<ExtendedData>{data}</ExtendedData>{_kml_rings(geometry)}</Placemark>")
+        data = "".join(
+            f'<Data name="{name}"><value>{esc(cell_text(record[name], name))}</value></Data>'
+            for name in EXPORT_COLUMNS
+        )
+        parts.append(
+            f"<Placemark><name>{esc(record['case_id'])}</name>"
+            f"<description><![CDATA[{description}]]></description><styleUrl>#status_{style}</styleUrl>"
+            f"<ExtendedData>{data}</ExtendedData>{_kml_rings(geometry)}</Placemark>"
+        )
     parts.append("</Document></kml>")
     return "\n".join(parts)
 
@@ -174,7 +239,9 @@ def write_export(frame, out: Path, fmt: str) -> Path:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow([*EXPORT_COLUMNS, "wkt"])
-        for record, geometry in zip(frame.drop(columns="geometry").to_dict("records"), frame.geometry):
+        for record, geometry in zip(
+            frame.drop(columns="geometry").to_dict("records"), frame.geometry
+        ):
             writer.writerow([cell_text(record[c], c) for c in EXPORT_COLUMNS] + [geometry.wkt])
         return atomic_write_bytes(out, buffer.getvalue().encode(CSV_ENCODING))
     with atomic_path(out, suffix=out.suffix or f".{fmt}") as tmp_name:

@@ -17,12 +17,11 @@ import sqlite3
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import shapely
 from shapely.geometry.base import BaseGeometry
-
 
 GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
 GPKG_USER_VERSION = 10200  # GeoPackage 1.2 (QGIS 3.22 warns about 1.4)
@@ -161,8 +160,12 @@ def connect(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
         # A -wal present: a writer (QGIS, a run) may be active; share its -shm with mode=ro.
         wal = Path(str(path) + "-wal").exists()
         try:
-            conn = sqlite3.connect(f"{uri}?{'mode=ro' if wal else 'immutable=1'}", uri=True,
-                                   timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            conn = sqlite3.connect(
+                f"{uri}?{'mode=ro' if wal else 'immutable=1'}",
+                uri=True,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+            )
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.OperationalError:  # read-only storage where no -shm can be made
             conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
@@ -175,7 +178,9 @@ def connect(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
     register_gpkg_functions(conn)
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     if mode.lower() != "wal":
-        with contextlib.suppress(sqlite3.OperationalError):  # another connection holds it; retry later
+        with contextlib.suppress(
+            sqlite3.OperationalError
+        ):  # another connection holds it; retry later
             conn.execute("PRAGMA journal_mode = WAL")
     return conn
 
@@ -308,13 +313,32 @@ def create_core_tables(conn: sqlite3.Connection, crs) -> int:
         """
     )
     srs_rows = [
-        ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate reference system"),
-        ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate reference system"),
-        ("WGS 84 geodetic", 4326, "EPSG", 4326,
-         'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
-         'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,'
-         'AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]',
-         "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid"),
+        (
+            "Undefined cartesian SRS",
+            -1,
+            "NONE",
+            -1,
+            "undefined",
+            "undefined cartesian coordinate reference system",
+        ),
+        (
+            "Undefined geographic SRS",
+            0,
+            "NONE",
+            0,
+            "undefined",
+            "undefined geographic coordinate reference system",
+        ),
+        (
+            "WGS 84 geodetic",
+            4326,
+            "EPSG",
+            4326,
+            'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
+            'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,'
+            'AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]',
+            "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid",
+        ),
     ]
     if srs_id not in (-1, 0, 4326):
         srs_rows.append((srs_name, srs_id, organization, org_id, definition, ""))
@@ -322,8 +346,15 @@ def create_core_tables(conn: sqlite3.Connection, crs) -> int:
     return srs_id
 
 
-def create_feature_table(conn: sqlite3.Connection, table: str, geometry_column: str, geometry_type: str,
-                         columns: tuple[tuple[str, str], ...], srs_id: int, description: str) -> None:
+def create_feature_table(
+    conn: sqlite3.Connection,
+    table: str,
+    geometry_column: str,
+    geometry_type: str,
+    columns: tuple[tuple[str, str], ...],
+    srs_id: int,
+    description: str,
+) -> None:
     """A feature table (``fid`` primary key, one geometry column) registered in the core tables, with an R-tree.
 
     Parameters
@@ -345,11 +376,13 @@ def create_feature_table(conn: sqlite3.Connection, table: str, geometry_column: 
         f'"{geometry_column}" {geometry_type}, {column_sql})'
     )
     conn.execute(
-        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) VALUES (?, 'features', ?, ?, ?)",
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
+        "VALUES (?, 'features', ?, ?, ?)",
         (table, table, description, srs_id),
     )
     conn.execute(
-        f"INSERT INTO gpkg_geometry_columns VALUES (?, ?, '{geometry_type}', ?, 0, 0)", (table, geometry_column, srs_id)
+        f"INSERT INTO gpkg_geometry_columns VALUES (?, ?, '{geometry_type}', ?, 0, 0)",
+        (table, geometry_column, srs_id),
     )
     _create_rtree(conn, table, geometry_column, "fid")
 
@@ -382,7 +415,8 @@ def _create_rtree(conn: sqlite3.Connection, table: str, column: str, pk: str) ->
         """
     )
     conn.execute(
-        "INSERT INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', 'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
+        "INSERT INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', "
+        "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
         (table, column),
     )
 
@@ -440,10 +474,14 @@ def layer_srs_id(conn: sqlite3.Connection, table: str) -> int:
     -------
     int
     """
-    return conn.execute("SELECT srs_id FROM gpkg_geometry_columns WHERE table_name = ?", (table,)).fetchone()[0]
+    return conn.execute(
+        "SELECT srs_id FROM gpkg_geometry_columns WHERE table_name = ?", (table,)
+    ).fetchone()[0]
 
 
-def update_extent(conn: sqlite3.Connection, table: str, geometry_column: str, last_change: str) -> None:
+def update_extent(
+    conn: sqlite3.Connection, table: str, geometry_column: str, last_change: str
+) -> None:
     """Set a feature table's ``gpkg_contents`` extent from its R-tree and its ``last_change``.
 
     Parameters

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
@@ -23,7 +23,7 @@ class Sighting:
 def match_candidates(
     geometries: list[BaseGeometry],
     confidences: np.ndarray,
-    case_shapes: Sequence[tuple[Optional[BaseGeometry], Optional[BaseGeometry]]],
+    case_shapes: Sequence[tuple[BaseGeometry | None, BaseGeometry | None]],
     match_iou: float,
 ) -> tuple[dict[int, list[Sighting]], list[list[Sighting]]]:
     """Assign every candidate to an existing case, or group it into a new case.

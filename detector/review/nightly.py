@@ -20,14 +20,21 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from detector.errors import InputError
 from detector.geo.location import as_location
 from detector.review.evidence import write_evidence_chip
 from detector.review.gpkg import write_transaction
 from detector.review.project import write_qgis_project
-from detector.review.registry import CaseRow, RegistryUpdate, open_registry, read_cases, registry_crs, update_registry
+from detector.review.registry import (
+    CaseRow,
+    RegistryUpdate,
+    open_registry,
+    read_cases,
+    registry_crs,
+    update_registry,
+)
 from detector.review.report import write_report
 from detector.review.vocab import CASES_TABLE
 
@@ -45,21 +52,21 @@ class NightlyCases(RegistryUpdate):
     """What one night did to the registry (:class:`RegistryUpdate`) and the files written for reviewers."""
 
     evidence_paths: list[Path] = field(default_factory=list)
-    project_path: Optional[Path] = None
-    report_html: Optional[Path] = None
-    report_csv: Optional[Path] = None
+    project_path: Path | None = None
+    report_html: Path | None = None
+    report_csv: Path | None = None
 
 
 def update_cases(
-    candidates: "geopandas.GeoDataFrame",
-    config: "CasesConfig",
+    candidates: geopandas.GeoDataFrame,
+    config: CasesConfig,
     *,
     run_id: str,
     night: date,
     baseline_path: Path,
     current_path: Path,
     out_dir: Path,
-    dsm: Optional["DsmPair"] = None,
+    dsm: DsmPair | None = None,
 ) -> NightlyCases:
     """Fold one night's candidates into the case registry, then write evidence, project and report.
 
@@ -85,8 +92,14 @@ def update_cases(
     -------
     NightlyCases
     """
-    update = update_registry(candidates, config, run_id=run_id, night=night, baseline_path=baseline_path,
-                             current_path=current_path)
+    update = update_registry(
+        candidates,
+        config,
+        run_id=run_id,
+        night=night,
+        baseline_path=baseline_path,
+        current_path=current_path,
+    )
     result = NightlyCases(**vars(update))
     conn = open_registry(update.registry)
     try:
@@ -95,21 +108,36 @@ def update_cases(
     finally:
         conn.close()
     if config.evidence:
-        result.evidence_paths = write_case_evidence(cases, update, crs, as_location(baseline_path),
-                                                    as_location(current_path), dsm=dsm)
+        result.evidence_paths = write_case_evidence(
+            cases, update, crs, as_location(baseline_path), as_location(current_path), dsm=dsm
+        )
     result.project_path = write_qgis_project(
-        update.registry.with_suffix(".qgs"), registry=update.registry, crs=crs, baseline_path=as_location(baseline_path),
+        update.registry.with_suffix(".qgs"),
+        registry=update.registry,
+        crs=crs,
+        baseline_path=as_location(baseline_path),
         current_path=as_location(current_path),
     )
     if config.report:
         result.report_html, result.report_csv = write_report(
-            update.registry, Path(out_dir), night=night, run_id=run_id, current_path=as_location(current_path),
-            update=update)
+            update.registry,
+            Path(out_dir),
+            night=night,
+            run_id=run_id,
+            current_path=as_location(current_path),
+            update=update,
+        )
     return result
 
 
-def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, baseline_path: Path,
-                        current_path: Path, dsm: Optional["DsmPair"] = None) -> list[Path]:
+def write_case_evidence(
+    cases: list[CaseRow],
+    update: RegistryUpdate,
+    crs,
+    baseline_path: Path,
+    current_path: Path,
+    dsm: DsmPair | None = None,
+) -> list[Path]:
     """Before/after chips for the cases opened tonight, any case whose chip is missing, and edited cases.
 
     A case whose outline or class changed since its chip was drawn (``evidence_hash`` differs
@@ -145,7 +173,11 @@ def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, basel
             continue
         target = update.registry.parent / case.evidence
         key = case.evidence_key
-        edited = case.evidence_hash is not None and case.evidence_hash != key and case.case_id in seen_tonight
+        edited = (
+            case.evidence_hash is not None
+            and case.evidence_hash != key
+            and case.case_id in seen_tonight
+        )
         if case.case_id not in update.opened_ids and target.exists() and not edited:
             if case.evidence_hash is None:
                 hashes[case.fid] = key
@@ -154,8 +186,13 @@ def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, basel
         height = f"  {case.height_change}" if dsm is not None and case.height_change else ""
         try:
             write_evidence_chip(
-                target, case.geometry, crs, baseline_path, current_path,
-                title=f"{case.case_id}  first seen {case.first_seen or night_label}{height}{note}", dsm=dsm,
+                target,
+                case.geometry,
+                crs,
+                baseline_path,
+                current_path,
+                title=f"{case.case_id}  first seen {case.first_seen or night_label}{height}{note}",
+                dsm=dsm,
             )
             written.append(target)
             hashes[case.fid] = key
@@ -165,8 +202,10 @@ def write_case_evidence(cases: list[CaseRow], update: RegistryUpdate, crs, basel
         conn = open_registry(update.registry)
         try:
             with write_transaction(conn):
-                conn.executemany(f'UPDATE "{CASES_TABLE}" SET evidence_hash = ? WHERE fid = ?',
-                                 [(key, fid) for fid, key in hashes.items()])
+                conn.executemany(
+                    f'UPDATE "{CASES_TABLE}" SET evidence_hash = ? WHERE fid = ?',
+                    [(key, fid) for fid, key in hashes.items()],
+                )
         finally:
             conn.close()
     return written

@@ -60,7 +60,9 @@ def _place(source: Path, target: Path) -> None:
         return
     if target.exists() and not _same_file(source, target):
         src_stat, dst_stat = source.stat(), target.stat()
-        if src_stat.st_size == dst_stat.st_size and int(src_stat.st_mtime) == int(dst_stat.st_mtime):
+        if src_stat.st_size == dst_stat.st_size and int(src_stat.st_mtime) == int(
+            dst_stat.st_mtime
+        ):
             return  # a copy of this very file is already there
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -70,8 +72,11 @@ def _place(source: Path, target: Path) -> None:
         try:
             os.link(source, tmp_name)
         except OSError:
-            log.info("copying %s into the cases folder (%.0f MB; not on the same file system)", source,
-                     source.stat().st_size / 1e6)
+            log.info(
+                "copying %s into the cases folder (%.0f MB; not on the same file system)",
+                source,
+                source.stat().st_size / 1e6,
+            )
             shutil.copy2(source, tmp_name)
         os.replace(tmp_name, target)
     except BaseException:
@@ -101,7 +106,10 @@ def link_imagery(project_dir: Path, role: str, mosaic: Path) -> Path:
         return mosaic
     mosaic = Path(mosaic).resolve()
     project_dir = Path(project_dir).resolve()
-    if project_dir in mosaic.parents and IMAGERY_DIR not in mosaic.relative_to(project_dir).parts[:1]:
+    if (
+        project_dir in mosaic.parents
+        and IMAGERY_DIR not in mosaic.relative_to(project_dir).parts[:1]
+    ):
         return mosaic
     target = project_dir / IMAGERY_DIR / f"{role}{''.join(mosaic.suffixes) or '.tif'}"
     _place(mosaic, target)
@@ -111,7 +119,9 @@ def link_imagery(project_dir: Path, role: str, mosaic: Path) -> Path:
             _place(extra, Path(str(target) + sidecar))
         else:
             with contextlib.suppress(FileNotFoundError):
-                Path(str(target) + sidecar).unlink()  # last night's overviews would not match tonight's mosaic
+                Path(
+                    str(target) + sidecar
+                ).unlink()  # last night's overviews would not match tonight's mosaic
     return target
 
 
@@ -182,7 +192,9 @@ def _ensure_projections_enabled(root: ET.Element, crs) -> None:
     enabled.text = "1"
     if srs.find("ProjectCrs") is None:
         authority = crs.to_authority()
-        ET.SubElement(srs, "ProjectCrs", {"type": "QString"}).text = f"{authority[0]}:{authority[1]}" if authority else ""
+        ET.SubElement(srs, "ProjectCrs", {"type": "QString"}).text = (
+            f"{authority[0]}:{authority[1]}" if authority else ""
+        )
     paths = _child(properties, "Paths")
     _child(paths, "Absolute", {"type": "bool"}).text = "false"
 
@@ -205,11 +217,24 @@ def _new_project(title: str, crs, extent) -> ET.Element:
     return root
 
 
-def _owned_layer(root: ET.Element, role: str, layer_id: str, kind: str, name: str, source: str, provider: str,
-                 layer_crs, tree_position: int, visible: bool) -> tuple[ET.Element, bool]:
-    """Find (by its ``buildwatch_role`` custom property, else its ID) or add one of buildwatch's layers and set its source."""
+def _owned_layer(
+    root: ET.Element,
+    role: str,
+    layer_id: str,
+    kind: str,
+    name: str,
+    source: str,
+    provider: str,
+    layer_crs,
+    tree_position: int,
+    visible: bool,
+) -> tuple[ET.Element, bool]:
+    """Find (by its ``buildwatch_role`` custom property, else its ID) or add one of
+    buildwatch's layers and set its source."""
     layers = _child(root, "projectlayers")
-    layer = next((m for m in layers.findall("maplayer") if _custom_property(m, ROLE_PROPERTY) == role), None)
+    layer = next(
+        (m for m in layers.findall("maplayer") if _custom_property(m, ROLE_PROPERTY) == role), None
+    )
     if layer is None:
         layer = next((m for m in layers.findall("maplayer") if m.findtext("id") == layer_id), None)
     created = layer is None
@@ -233,8 +258,14 @@ def _owned_layer(root: ET.Element, role: str, layer_id: str, kind: str, name: st
     tree = _child(root, "layer-tree-group")
     entry = next((e for e in tree.iter("layer-tree-layer") if e.get("id") == layer_id), None)
     if entry is None:
-        entry = ET.Element("layer-tree-layer", {"id": layer_id, "expanded": "1" if kind == "vector" else "0",
-                                                "checked": "Qt::Checked" if visible else "Qt::Unchecked"})
+        entry = ET.Element(
+            "layer-tree-layer",
+            {
+                "id": layer_id,
+                "expanded": "1" if kind == "vector" else "0",
+                "checked": "Qt::Checked" if visible else "Qt::Unchecked",
+            },
+        )
         tree.insert(min(tree_position, len(tree)), entry)
     entry.set("name", name)
     entry.set("source", source)
@@ -258,7 +289,13 @@ def _read_existing(path: Path) -> ET.Element | None:
 
 
 def write_qgis_project(
-    path: Path, *, registry: Path, crs, baseline_path: Path, current_path: Path, title: str = "buildwatch cases"
+    path: Path,
+    *,
+    registry: Path,
+    crs,
+    baseline_path: Path,
+    current_path: Path,
+    title: str = "buildwatch cases",
 ) -> Path:
     """Create the QGIS project, or update the parts buildwatch owns in the one the operators saved.
 
@@ -296,8 +333,9 @@ def write_qgis_project(
 
     suffix = uuid.uuid5(uuid.NAMESPACE_URL, str(Path(registry).resolve())).hex[:12]
     cases_source = f"{_relative(registry, project_dir)}|layername={CASES_TABLE}"
-    cases_layer, created = _owned_layer(root, "cases", f"cases_{suffix}", "vector", "cases", cases_source, "ogr", crs,
-                                        0, True)
+    cases_layer, created = _owned_layer(
+        root, "cases", f"cases_{suffix}", "vector", "cases", cases_source, "ogr", crs, 0, True
+    )
     style = _style_hash(crs)
     if created or _custom_property(cases_layer, STYLE_PROPERTY) != style:
         keep = {"id", "datasource", "layername", "srs", "provider", "customproperties", "extent"}
@@ -306,10 +344,30 @@ def write_qgis_project(
                 cases_layer.remove(child)
         cases_layer.extend(style_elements(cases_field_names(), crs))
         _set_custom_property(cases_layer, STYLE_PROPERTY, style)
-    _owned_layer(root, "current", f"current_{suffix}", "raster", f"current ({current_path.name})",
-                 _relative(current, project_dir), "gdal", current_crs, 1, True)
-    _owned_layer(root, "baseline", f"baseline_{suffix}", "raster", f"baseline ({baseline_path.name})",
-                 _relative(baseline, project_dir), "gdal", baseline_crs, 2, False)
+    _owned_layer(
+        root,
+        "current",
+        f"current_{suffix}",
+        "raster",
+        f"current ({current_path.name})",
+        _relative(current, project_dir),
+        "gdal",
+        current_crs,
+        1,
+        True,
+    )
+    _owned_layer(
+        root,
+        "baseline",
+        f"baseline_{suffix}",
+        "raster",
+        f"baseline ({baseline_path.name})",
+        _relative(baseline, project_dir),
+        "gdal",
+        baseline_crs,
+        2,
+        False,
+    )
 
     ET.indent(root, space=" ")
     atomic_write_text(path, DOCTYPE + ET.tostring(root, encoding="unicode"))

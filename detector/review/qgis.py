@@ -25,9 +25,20 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from detector.review.vocab import (CONFIRMED_ILLEGAL, DEMOLISHED, DEMOLITION_ORDERED, FALSE_POSITIVE,
-                                   INTERNAL_COLUMNS, NEW, ORIGIN_OPERATOR, PENDING_ID_PREFIX, PERMITTED, REFERRED,
-                                   VERIFIED, cases_field_names)
+from detector.review.vocab import (
+    CONFIRMED_ILLEGAL,
+    DEMOLISHED,
+    DEMOLITION_ORDERED,
+    FALSE_POSITIVE,
+    INTERNAL_COLUMNS,
+    NEW,
+    ORIGIN_OPERATOR,
+    PENDING_ID_PREFIX,
+    PERMITTED,
+    REFERRED,
+    VERIFIED,
+    cases_field_names,
+)
 from detector.styles import categorized_renderer, simple_labels
 from detector.styles import qml_option as _option
 
@@ -47,28 +58,70 @@ STATUS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
 ALERT = "alert"
 ALERT_STYLE = ("ALERT: still standing after demolition", (255, 0, 255))
 # the renderer's category: the status, or 'alert' while the run reports the structure still standing
-CATEGORY_EXPRESSION = "CASE WHEN \"alert\" IS NOT NULL AND \"alert\" <> '' THEN 'alert' ELSE \"status\" END"
-LABEL_EXPRESSION = ("CASE WHEN \"alert\" IS NOT NULL AND \"alert\" <> '' THEN '! ' ELSE '' END || \"case_id\" || "
-                    "'\\n' || format_number(\"area_m2\", 0) || ' m²' || "
-                    "CASE WHEN \"height_change\" IS NOT NULL AND \"height_change\" <> '' "
-                    "THEN '\\n' || \"height_change\" ELSE '' END")
+CATEGORY_EXPRESSION = (
+    'CASE WHEN "alert" IS NOT NULL AND "alert" <> \'\' THEN \'alert\' ELSE "status" END'
+)
+LABEL_EXPRESSION = (
+    "CASE WHEN \"alert\" IS NOT NULL AND \"alert\" <> '' THEN '! ' ELSE '' END || \"case_id\" || "
+    "'\\n' || format_number(\"area_m2\", 0) || ' m²' || "
+    'CASE WHEN "height_change" IS NOT NULL AND "height_change" <> \'\' '
+    "THEN '\\n' || \"height_change\" ELSE '' END"
+)
 EDITABLE_FIELDS = ("status", "demolition_due", "note")
 HIDDEN_FIELDS = (*INTERNAL_COLUMNS, "edited_by")
 READ_ONLY_FIELDS = (
-    "fid", "case_id", "reviewer", "reviewed_at", "alert", "class", "area_m2", "lon", "lat", "community", "unit",
-    "first_seen", "last_seen", "times_seen", "max_confidence", "last_confidence", "evidence", "tags", "candidate_id",
-    "first_run_id", "last_run_id", "model_name", "geometry_edited", "origin", "height_gain_m", "baseline_height_m",
-    "current_height_m", "height_change",
+    "fid",
+    "case_id",
+    "reviewer",
+    "reviewed_at",
+    "alert",
+    "class",
+    "area_m2",
+    "lon",
+    "lat",
+    "community",
+    "unit",
+    "first_seen",
+    "last_seen",
+    "times_seen",
+    "max_confidence",
+    "last_confidence",
+    "evidence",
+    "tags",
+    "candidate_id",
+    "first_run_id",
+    "last_run_id",
+    "model_name",
+    "geometry_edited",
+    "origin",
+    "height_gain_m",
+    "baseline_height_m",
+    "current_height_m",
+    "height_change",
 )
 ALIASES = {
-    "case_id": "Case ID", "status": "Review status", "reviewer": "Reviewer (set on status change)",
-    "reviewed_at": "Reviewed at (UTC)", "note": "Note", "demolition_due": "Demolition due",
-    "alert": "ALERT (demolition verification)", "class": "Class", "area_m2": "Area (m²)",
-    "community": "Community", "unit": "Responsible unit", "first_seen": "First seen", "last_seen": "Last seen",
-    "times_seen": "Nights seen", "max_confidence": "Max confidence", "evidence": "Evidence (before | after)",
-    "geometry_edited": "Geometry edited by operator", "origin": "Origin (detector / operator)",
-    "height_change": "Height change", "height_gain_m": "Height gain (m, DSM)",
-    "baseline_height_m": "Height before (m above ground)", "current_height_m": "Height now (m above ground)",
+    "case_id": "Case ID",
+    "status": "Review status",
+    "reviewer": "Reviewer (set on status change)",
+    "reviewed_at": "Reviewed at (UTC)",
+    "note": "Note",
+    "demolition_due": "Demolition due",
+    "alert": "ALERT (demolition verification)",
+    "class": "Class",
+    "area_m2": "Area (m²)",
+    "community": "Community",
+    "unit": "Responsible unit",
+    "first_seen": "First seen",
+    "last_seen": "Last seen",
+    "times_seen": "Nights seen",
+    "max_confidence": "Max confidence",
+    "evidence": "Evidence (before | after)",
+    "geometry_edited": "Geometry edited by operator",
+    "origin": "Origin (detector / operator)",
+    "height_change": "Height change",
+    "height_gain_m": "Height gain (m, DSM)",
+    "baseline_height_m": "Height before (m above ground)",
+    "current_height_m": "Height now (m above ground)",
 }
 EVIDENCE_ROOT_EXPRESSION = "file_path(layer_property(@layer, 'path'))"  # the folder of cases.gpkg
 USER_EXPRESSION = "if(length(@user_full_name) > 0, @user_full_name, @user_account_name)"
@@ -146,7 +199,9 @@ def default_expressions(crs=None) -> dict[str, tuple[str, bool]]:
         "lon": (f"round(x({point}), 8)", True),
         "lat": (f"round(y({point}), 8)", True),
     }
-    if crs is None or (not crs.is_geographic and crs.axis_info and crs.axis_info[0].unit_conversion_factor == 1.0):
+    if crs is None or (
+        not crs.is_geographic and crs.axis_info and crs.axis_info[0].unit_conversion_factor == 1.0
+    ):
         defaults["area_m2"] = ("round(area($geometry), 2)", True)
     return defaults
 
@@ -184,23 +239,30 @@ def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
             _simple_widget(field, "TextEdit")
     aliases = ET.SubElement(root, "aliases")
     for index, name in enumerate(field_names):
-        ET.SubElement(aliases, "alias", {"index": str(index), "field": name, "name": ALIASES.get(name, "")})
+        ET.SubElement(
+            aliases, "alias", {"index": str(index), "field": name, "name": ALIASES.get(name, "")}
+        )
     defaults = ET.SubElement(root, "defaults")
     expressions = default_expressions(crs)
     for name in field_names:
         expression, on_update = expressions.get(name, ("", False))
-        ET.SubElement(defaults, "default", {"field": name, "expression": expression,
-                                            "applyOnUpdate": "1" if on_update else "0"})
+        ET.SubElement(
+            defaults,
+            "default",
+            {"field": name, "expression": expression, "applyOnUpdate": "1" if on_update else "0"},
+        )
     ET.SubElement(root, "editform", {"tolerant": "1"})
     ET.SubElement(root, "editorlayout").text = "generatedlayout"
     editable = ET.SubElement(root, "editable")
     for name in field_names:
-        ET.SubElement(editable, "field", {"name": name, "editable": "1" if name in EDITABLE_FIELDS else "0"})
+        ET.SubElement(
+            editable, "field", {"name": name, "editable": "1" if name in EDITABLE_FIELDS else "0"}
+        )
     ET.SubElement(root, "previewExpression").text = '"case_id"'
     ET.SubElement(root, "mapTip").text = (
         '<b>[% "case_id" %]</b> [% "status" %] <b style="color:#c0c">[% coalesce("alert", \'\') %]</b><br>'
         '[% "class" %], [% format_number("area_m2", 0) %] m²[% if(length(coalesce("height_change", \'\')) > 0, '
-        '\', \' || "height_change", \'\') %]<br>'
+        "', ' || \"height_change\", '') %]<br>"
         'seen [% "times_seen" %]× ([% "first_seen" %] – [% "last_seen" %])'
     )
 
@@ -208,7 +270,9 @@ def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
 def style_elements(field_names: list[str], crs=None) -> list[ET.Element]:
     """The children of a QML ``<qgis>`` root (also embedded in the project's maplayer)."""
     holder = ET.Element("holder")
-    categorized_renderer(holder, CATEGORY_EXPRESSION, {ALERT: ALERT_STYLE, **STATUS_STYLE}, emphasised=(ALERT,))
+    categorized_renderer(
+        holder, CATEGORY_EXPRESSION, {ALERT: ALERT_STYLE, **STATUS_STYLE}, emphasised=(ALERT,)
+    )
     simple_labels(holder, LABEL_EXPRESSION)
     ET.SubElement(holder, "blendMode").text = "0"
     ET.SubElement(holder, "featureBlendMode").text = "0"
@@ -231,7 +295,11 @@ def cases_layer_qml(crs=None) -> str:
     str
         QML text for the ``styleQML`` column of ``layer_styles`` or a ``.qml`` file.
     """
-    root = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
+    root = ET.Element(
+        "qgis", {"version": "3.22.0", "styleCategories": "AllStyleCategories", "labelsEnabled": "1"}
+    )
     root.extend(style_elements(cases_field_names(), crs))
     ET.indent(root, space=" ")
-    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
+        root, encoding="unicode"
+    )

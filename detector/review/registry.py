@@ -39,7 +39,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -53,10 +53,27 @@ from detector.review.boundaries import load_boundaries
 from detector.review.matching import Sighting, match_candidates, reading_order
 from detector.review.qgis import cases_layer_qml
 from detector.review.triggers import ensure_schema
-from detector.review.vocab import (CASE_COLUMNS, CASES_STYLE_DESCRIPTION, CASES_STYLE_NAME, CASES_TABLE,
-                                   DEMOLITION_ORDERED, GEOMETRY_COLUMN, HEIGHT_COLUMNS, HISTORY_TABLE, INTERNAL_COLUMNS,
-                                   MUST_BE_GONE_STATUSES, NEW, NIGHTS_TABLE, ORIGIN_DETECTOR, ORIGIN_OPERATOR, PERMITTED,
-                                   REQUIRED_CANDIDATE_COLUMNS, SIGHTINGS_TABLE, SUPPRESSING_STATUSES, height_phrase)
+from detector.review.vocab import (
+    CASE_COLUMNS,
+    CASES_STYLE_DESCRIPTION,
+    CASES_STYLE_NAME,
+    CASES_TABLE,
+    DEMOLITION_ORDERED,
+    GEOMETRY_COLUMN,
+    HEIGHT_COLUMNS,
+    HISTORY_TABLE,
+    INTERNAL_COLUMNS,
+    MUST_BE_GONE_STATUSES,
+    NEW,
+    NIGHTS_TABLE,
+    ORIGIN_DETECTOR,
+    ORIGIN_OPERATOR,
+    PERMITTED,
+    REQUIRED_CANDIDATE_COLUMNS,
+    SIGHTINGS_TABLE,
+    SUPPRESSING_STATUSES,
+    height_phrase,
+)
 from detector.styles import create_layer_styles_table, insert_default_style
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,26 +120,26 @@ class CaseRow:
     case_id: str
     status: str
     geometry: BaseGeometry
-    run_geom_hash: Optional[str]
-    detected: Optional[BaseGeometry]
-    first_seen: Optional[str]
-    last_seen: Optional[str]
+    run_geom_hash: str | None
+    detected: BaseGeometry | None
+    first_seen: str | None
+    last_seen: str | None
     times_seen: int
-    max_confidence: Optional[float]
-    community: Optional[str]
-    evidence: Optional[str]
-    alert: Optional[str] = None
-    demolition_due: Optional[str] = None
-    area_m2: Optional[float] = None
-    lon: Optional[float] = None
-    lat: Optional[float] = None
-    case_class: Optional[str] = None
-    origin: Optional[str] = None
-    evidence_hash: Optional[str] = None
-    height_gain_m: Optional[float] = None
-    baseline_height_m: Optional[float] = None
-    current_height_m: Optional[float] = None
-    height_change: Optional[str] = None
+    max_confidence: float | None
+    community: str | None
+    evidence: str | None
+    alert: str | None = None
+    demolition_due: str | None = None
+    area_m2: float | None = None
+    lon: float | None = None
+    lat: float | None = None
+    case_class: str | None = None
+    origin: str | None = None
+    evidence_hash: str | None = None
+    height_gain_m: float | None = None
+    baseline_height_m: float | None = None
+    current_height_m: float | None = None
+    height_change: str | None = None
 
     @property
     def operator_edited(self) -> bool:
@@ -133,7 +150,11 @@ class CaseRow:
         """True when the structure should no longer stand on ``night_iso`` (demolition verification)."""
         if self.status in MUST_BE_GONE_STATUSES:
             return True
-        return self.status == DEMOLITION_ORDERED and bool(self.demolition_due) and str(self.demolition_due)[:10] < night_iso
+        return (
+            self.status == DEMOLITION_ORDERED
+            and bool(self.demolition_due)
+            and str(self.demolition_due)[:10] < night_iso
+        )
 
     @property
     def evidence_key(self) -> str:
@@ -178,8 +199,15 @@ def create_registry(path: Path, crs, district_prefix: str = "") -> None:
 def _create_schema(conn: sqlite3.Connection, crs, district_prefix: str = "") -> None:
     """The cases layer, its bookkeeping tables and its default QGIS style (in a private temp file)."""
     srs_id = gpkg.create_core_tables(conn, crs)
-    gpkg.create_feature_table(conn, CASES_TABLE, GEOMETRY_COLUMN, "POLYGON", CASE_COLUMNS, srs_id,
-                              "buildwatch enforcement cases (review in QGIS)")
+    gpkg.create_feature_table(
+        conn,
+        CASES_TABLE,
+        GEOMETRY_COLUMN,
+        "POLYGON",
+        CASE_COLUMNS,
+        srs_id,
+        "buildwatch enforcement cases (review in QGIS)",
+    )
     conn.executescript(
         f"""
         CREATE TABLE "{SIGHTINGS_TABLE}" (
@@ -201,8 +229,14 @@ def _create_schema(conn: sqlite3.Connection, crs, district_prefix: str = "") -> 
 def _refresh_schema(conn: sqlite3.Connection, crs, district_prefix: str) -> None:
     """Columns, history table and triggers of this version; the cases layer's default style."""
     ensure_schema(conn, district_prefix)
-    insert_default_style(conn, CASES_TABLE, GEOMETRY_COLUMN, CASES_STYLE_NAME, cases_layer_qml(crs),
-                              CASES_STYLE_DESCRIPTION)
+    insert_default_style(
+        conn,
+        CASES_TABLE,
+        GEOMETRY_COLUMN,
+        CASES_STYLE_NAME,
+        cases_layer_qml(crs),
+        CASES_STYLE_DESCRIPTION,
+    )
 
 
 def registry_crs(conn: sqlite3.Connection):
@@ -219,7 +253,9 @@ def registry_crs(conn: sqlite3.Connection):
     """
     crs = gpkg.layer_srs(conn, CASES_TABLE)
     if crs is None:
-        raise InputError(f"the registry has no '{CASES_TABLE}' layer; point cases.registry at a buildwatch cases.gpkg")
+        raise InputError(
+            f"the registry has no '{CASES_TABLE}' layer; point cases.registry at a buildwatch cases.gpkg"
+        )
     return crs
 
 
@@ -259,21 +295,33 @@ def open_registry(path: Path | str, read_only: bool = False) -> sqlite3.Connecti
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: case registry not found; a nightly run with cases.registry set creates it")
+        raise InputError(
+            f"{path}: case registry not found; a nightly run with cases.registry set creates it"
+        )
     try:
         conn = gpkg.connect(path, read_only=read_only)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError:
-        raise InputError(f"{path}: not a GeoPackage/SQLite file; point --registry at a buildwatch cases.gpkg") from None
+        raise InputError(
+            f"{path}: not a GeoPackage/SQLite file; point --registry at a buildwatch cases.gpkg"
+        ) from None
     if CASES_TABLE not in tables or "gpkg_contents" not in tables:
         conn.close()
-        raise InputError(f"{path}: GeoPackage has no '{CASES_TABLE}' layer; point --registry at a buildwatch cases.gpkg")
+        raise InputError(
+            f"{path}: GeoPackage has no '{CASES_TABLE}' layer; point --registry at a buildwatch cases.gpkg"
+        )
     columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{CASES_TABLE}")')}
-    missing = [name for name in ("case_id", "status") if name not in columns]  # newer columns: ensure_schema
-    if missing or not {SIGHTINGS_TABLE, NIGHTS_TABLE} <= tables:  # a foreign GeoPackage with a 'cases' layer
+    missing = [
+        name for name in ("case_id", "status") if name not in columns
+    ]  # newer columns: ensure_schema
+    if (
+        missing or not {SIGHTINGS_TABLE, NIGHTS_TABLE} <= tables
+    ):  # a foreign GeoPackage with a 'cases' layer
         conn.close()
-        raise InputError(f"{path}: its '{CASES_TABLE}' layer is not a buildwatch case registry (no "
-                         f"{', '.join(missing[:3]) or SIGHTINGS_TABLE}); point --registry at a buildwatch cases.gpkg")
+        raise InputError(
+            f"{path}: its '{CASES_TABLE}' layer is not a buildwatch case registry (no "
+            f"{', '.join(missing[:3]) or SIGHTINGS_TABLE}); point --registry at a buildwatch cases.gpkg"
+        )
     return conn
 
 
@@ -292,33 +340,49 @@ def read_cases(conn: sqlite3.Connection) -> list[CaseRow]:
     -------
     list[CaseRow]
     """
-    rows = conn.execute(
-        f'SELECT * FROM "{CASES_TABLE}" ORDER BY fid'
-    ).fetchall()
+    rows = conn.execute(f'SELECT * FROM "{CASES_TABLE}" ORDER BY fid').fetchall()
     cases = []
     for row in rows:
         row = {key: row[key] for key in row.keys()}
         row.setdefault("geom", row.get(GEOMETRY_COLUMN))
         geometry = gpkg.decode_gpkg_geometry(row["geom"])
-        detected = shapely.from_wkb(bytes(row["detected_wkb"])) if row["detected_wkb"] is not None else None
+        detected = (
+            shapely.from_wkb(bytes(row["detected_wkb"]))
+            if row["detected_wkb"] is not None
+            else None
+        )
         cases.append(
             CaseRow(
-                fid=row["fid"], case_id=row["case_id"], status=row["status"] or NEW,
-                geometry=geometry if geometry is not None else shapely.Polygon(), run_geom_hash=row["run_geom_hash"],
-                detected=detected, first_seen=row["first_seen"], last_seen=row["last_seen"],
-                times_seen=row["times_seen"] or 0, max_confidence=row["max_confidence"],
-                community=row["community"], evidence=row["evidence"], alert=row.get("alert"),
-                demolition_due=row.get("demolition_due"), area_m2=row.get("area_m2"), lon=row.get("lon"),
-                lat=row.get("lat"), case_class=row.get("class"), origin=row.get("origin"),
-                evidence_hash=row.get("evidence_hash"), height_gain_m=row.get("height_gain_m"),
-                baseline_height_m=row.get("baseline_height_m"), current_height_m=row.get("current_height_m"),
+                fid=row["fid"],
+                case_id=row["case_id"],
+                status=row["status"] or NEW,
+                geometry=geometry if geometry is not None else shapely.Polygon(),
+                run_geom_hash=row["run_geom_hash"],
+                detected=detected,
+                first_seen=row["first_seen"],
+                last_seen=row["last_seen"],
+                times_seen=row["times_seen"] or 0,
+                max_confidence=row["max_confidence"],
+                community=row["community"],
+                evidence=row["evidence"],
+                alert=row.get("alert"),
+                demolition_due=row.get("demolition_due"),
+                area_m2=row.get("area_m2"),
+                lon=row.get("lon"),
+                lat=row.get("lat"),
+                case_class=row.get("class"),
+                origin=row.get("origin"),
+                evidence_hash=row.get("evidence_hash"),
+                height_gain_m=row.get("height_gain_m"),
+                baseline_height_m=row.get("baseline_height_m"),
+                current_height_m=row.get("current_height_m"),
                 height_change=row.get("height_change"),
             )
         )
     return cases
 
 
-def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> "geopandas.GeoDataFrame":
+def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> geopandas.GeoDataFrame:
     """The cases layer as a GeoDataFrame in the registry CRS (for the report and the CLI).
 
     Parameters
@@ -347,7 +411,7 @@ def read_cases_frame(path: Path | str, *, keep_internal: bool = False) -> "geopa
     return gpd.GeoDataFrame(frame, geometry=geometries, crs=crs)
 
 
-def read_history(path: Path | str, case_id: Optional[str] = None) -> list[dict]:
+def read_history(path: Path | str, case_id: str | None = None) -> list[dict]:
     """The append-only history (oldest first), of one case or of all; empty for an older registry.
 
     Parameters
@@ -364,10 +428,14 @@ def read_history(path: Path | str, case_id: Optional[str] = None) -> list[dict]:
     """
     conn = open_registry(path)
     try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (HISTORY_TABLE,)).fetchone():
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = ?", (HISTORY_TABLE,)
+        ).fetchone():
             return []
-        query = (f'SELECT case_id, changed_at, changed_by, change, old_status, new_status, old_alert, new_alert '
-                 f'FROM "{HISTORY_TABLE}"' + (" WHERE case_id = ?" if case_id else "") + " ORDER BY fid")
+        query = (
+            f"SELECT case_id, changed_at, changed_by, change, old_status, new_status, old_alert, new_alert "
+            f'FROM "{HISTORY_TABLE}"' + (" WHERE case_id = ?" if case_id else "") + " ORDER BY fid"
+        )
         return [dict(row) for row in conn.execute(query, (case_id,) if case_id else ())]
     finally:
         conn.close()
@@ -379,7 +447,9 @@ def read_history(path: Path | str, case_id: Optional[str] = None) -> list[dict]:
 def _validate_candidates(candidates) -> None:
     missing = [c for c in REQUIRED_CANDIDATE_COLUMNS if c not in candidates.columns]
     if missing:
-        raise InputError(f"candidates: missing column(s) {', '.join(missing)}; pass the 'candidates' layer of a run")
+        raise InputError(
+            f"candidates: missing column(s) {', '.join(missing)}; pass the 'candidates' layer of a run"
+        )
     if candidates.crs is None:
         raise InputError("candidates: no CRS; the candidates layer must carry the baseline CRS")
 
@@ -388,7 +458,9 @@ def _next_sequence(conn: sqlite3.Connection, id_prefix: str) -> int:
     """1 + the highest sequence number among case IDs starting with ``id_prefix`` (e.g. 'LG20240501-')."""
     pattern = re.compile(re.escape(id_prefix) + r"(\d+)$")
     highest = 0
-    for (case_id,) in conn.execute(f'SELECT case_id FROM "{CASES_TABLE}" WHERE case_id LIKE ?', (id_prefix + "%",)):
+    for (case_id,) in conn.execute(
+        f'SELECT case_id FROM "{CASES_TABLE}" WHERE case_id LIKE ?', (id_prefix + "%",)
+    ):
         match = pattern.match(case_id)
         if match:
             highest = max(highest, int(match.group(1)))
@@ -401,8 +473,8 @@ def format_case_id(prefix: str, night: date, sequence: int) -> str:
 
 
 def update_registry(
-    candidates: "geopandas.GeoDataFrame",
-    config: "CasesConfig",
+    candidates: geopandas.GeoDataFrame,
+    config: CasesConfig,
     *,
     run_id: str,
     night: date,
@@ -445,7 +517,9 @@ def update_registry(
         frame = candidates if candidates.crs == crs else candidates.to_crs(crs)
         frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty].reset_index(drop=True)
         boundaries = (
-            load_boundaries(config.boundaries, config.boundary_name_field, config.boundary_unit_field, crs)
+            load_boundaries(
+                config.boundaries, config.boundary_name_field, config.boundary_unit_field, crs
+            )
             if config.boundaries is not None
             else None
         )
@@ -453,25 +527,45 @@ def update_registry(
         coverage = mosaic_footprint(current_path, crs)
         with gpkg.write_transaction(conn):
             _refresh_schema(conn, crs, config.district_prefix)
-            _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, result, coverage)
+            _apply_night(
+                conn, frame, crs, srs_id, config, boundaries, run_id, night, result, coverage
+            )
             # one row per night and mosaic: a rerun of the night replaces its earlier attempt's row
-            conn.execute(f'DELETE FROM "{NIGHTS_TABLE}" WHERE night = ? AND current = ?',
-                         (night.isoformat(), str(current_path)))
+            conn.execute(
+                f'DELETE FROM "{NIGHTS_TABLE}" WHERE night = ? AND current = ?',
+                (night.isoformat(), str(current_path)),
+            )
             conn.execute(
                 f'INSERT INTO "{NIGHTS_TABLE}" (night, run_id, candidates, opened, updated, suppressed, total, '
                 "baseline, current, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (night.isoformat(), run_id, len(frame), result.opened, result.updated, result.suppressed,
-                 result.total, str(baseline_path), str(current_path), utc_now("milliseconds")),
+                (
+                    night.isoformat(),
+                    run_id,
+                    len(frame),
+                    result.opened,
+                    result.updated,
+                    result.suppressed,
+                    result.total,
+                    str(baseline_path),
+                    str(current_path),
+                    utc_now("milliseconds"),
+                ),
             )
             gpkg.update_extent(conn, CASES_TABLE, GEOMETRY_COLUMN, utc_now("milliseconds"))
     finally:
         conn.close()
-    log.info("cases: %d opened, %d updated, %d suppressed, %d alerts, %d in registry", result.opened,
-             result.updated, result.suppressed, len(result.alert_ids), result.total)
+    log.info(
+        "cases: %d opened, %d updated, %d suppressed, %d alerts, %d in registry",
+        result.opened,
+        result.updated,
+        result.suppressed,
+        len(result.alert_ids),
+        result.total,
+    )
     return result
 
 
-def mosaic_footprint(path: Path, crs) -> Optional[BaseGeometry]:
+def mosaic_footprint(path: Path, crs) -> BaseGeometry | None:
     """The bounds of a mosaic as a polygon in ``crs``; None when it cannot be read (coverage unknown).
 
     Parameters
@@ -500,7 +594,10 @@ def mosaic_footprint(path: Path, crs) -> Optional[BaseGeometry]:
 def _model_of(frame, index: int):
     """The case's ``model_name``: the candidate's model name, with its registry version when it has one
     (``buildwatch-pair-v2@v0002``), so a case says which model version found it."""
-    name, version = _candidate_value(frame, "model_name", index), _candidate_value(frame, "model_version", index, "")
+    name, version = (
+        _candidate_value(frame, "model_name", index),
+        _candidate_value(frame, "model_version", index, ""),
+    )
     return f"{name}@{version}" if name and version else name
 
 
@@ -513,35 +610,72 @@ def _candidate_value(frame, column: str, index: int, default=None):
     return value.item() if hasattr(value, "item") else value
 
 
-def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, result, coverage=None) -> None:
+def _apply_night(
+    conn, frame, crs, srs_id, config, boundaries, run_id, night, result, coverage=None
+) -> None:
     """Match, update and insert inside the open transaction; fills ``result``."""
     cases = read_cases(conn)
     geometries = [g if g.is_valid else shapely.make_valid(g) for g in frame.geometry]
     confidences = frame["confidence"].to_numpy(dtype=float) if len(frame) else np.zeros(0)
-    matches, groups = match_candidates(geometries, confidences, [(c.geometry, c.detected) for c in cases],
-                                       config.match_iou)
+    matches, groups = match_candidates(
+        geometries, confidences, [(c.geometry, c.detected) for c in cases], config.match_iou
+    )
     lonlats = lonlat_of(geometries, crs)
     night_iso = night.isoformat()
 
     for case_index, sightings in sorted(matches.items()):
         case = cases[case_index]
         suppressed = case.status in SUPPRESSING_STATUSES
-        new_class = _update_case(conn, case, frame, geometries, lonlats, sightings, crs, srs_id, boundaries, run_id,
-                                 night_iso)
+        new_class = _update_case(
+            conn,
+            case,
+            frame,
+            geometries,
+            lonlats,
+            sightings,
+            crs,
+            srs_id,
+            boundaries,
+            run_id,
+            night_iso,
+        )
         if new_class and case.case_class and new_class != case.case_class:
             result.class_changes.append((case.case_id, case.case_class, new_class))
         # a rerun of a night finds the cases its first attempt opened: they are still tonight's new cases
-        opened_tonight = case.first_seen == night_iso and case.origin != ORIGIN_OPERATOR and not suppressed
-        outcome = "suppressed" if suppressed else ("alert" if case.must_be_gone(night_iso) else
-                                                   "opened" if opened_tonight else "updated")
+        opened_tonight = (
+            case.first_seen == night_iso and case.origin != ORIGIN_OPERATOR and not suppressed
+        )
+        outcome = (
+            "suppressed"
+            if suppressed
+            else (
+                "alert"
+                if case.must_be_gone(night_iso)
+                else "opened"
+                if opened_tonight
+                else "updated"
+            )
+        )
         _record_sightings(conn, case.case_id, frame, sightings, run_id, night_iso, outcome)
-        (result.suppressed_ids if suppressed else result.opened_ids if opened_tonight else
-         result.updated_ids).append(case.case_id)
+        (
+            result.suppressed_ids
+            if suppressed
+            else result.opened_ids
+            if opened_tonight
+            else result.updated_ids
+        ).append(case.case_id)
         if case.status == PERMITTED:
             result.permitted_ids.append(case.case_id)
 
-    _verify_demolitions(conn, read_cases(conn), set(cases[i].case_id for i in matches), coverage, night_iso, result,
-                        run_id)
+    _verify_demolitions(
+        conn,
+        read_cases(conn),
+        set(cases[i].case_id for i in matches),
+        coverage,
+        night_iso,
+        result,
+        run_id,
+    )
     _refresh_measures(conn, read_cases(conn), crs, boundaries)
 
     id_prefix = format_case_id(config.district_prefix, night, 0)[:-4]
@@ -549,7 +683,19 @@ def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, re
     for group in sorted(groups, key=lambda g: reading_order(geometries[g[0].candidate_index])):
         case_id = format_case_id(config.district_prefix, night, sequence)
         sequence += 1
-        _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, boundaries, run_id, night_iso)
+        _insert_case(
+            conn,
+            case_id,
+            frame,
+            geometries,
+            lonlats,
+            group,
+            crs,
+            srs_id,
+            boundaries,
+            run_id,
+            night_iso,
+        )
         _record_sightings(conn, case_id, frame, group, run_id, night_iso, "opened")
         result.opened_ids.append(case_id)
 
@@ -559,7 +705,9 @@ def _apply_night(conn, frame, crs, srs_id, config, boundaries, run_id, night, re
     result.total = conn.execute(f'SELECT COUNT(*) FROM "{CASES_TABLE}"').fetchone()[0]
 
 
-def demolition_alert(case: CaseRow, seen_tonight: bool, covered: bool, night_iso: str) -> Optional[str]:
+def demolition_alert(
+    case: CaseRow, seen_tonight: bool, covered: bool, night_iso: str
+) -> str | None:
     """The alert a case carries after tonight (demolition verification); ``case.alert`` when unknown.
 
     Parameters
@@ -590,14 +738,17 @@ def run_editor(run_id: str) -> str:
     return f"buildwatch {run_id}"
 
 
-def _verify_demolitions(conn, cases: list[CaseRow], seen: set[str], coverage, night_iso: str, result,
-                        run_id: str) -> None:
+def _verify_demolitions(
+    conn, cases: list[CaseRow], seen: set[str], coverage, night_iso: str, result, run_id: str
+) -> None:
     for case in cases:
         covered = coverage is None or coverage.intersects(case.geometry)
         alert = demolition_alert(case, case.case_id in seen, covered, night_iso)
         if alert != case.alert:
-            conn.execute(f'UPDATE "{CASES_TABLE}" SET alert = ?, edited_by = ? WHERE fid = ?',
-                         (alert, run_editor(run_id), case.fid))
+            conn.execute(
+                f'UPDATE "{CASES_TABLE}" SET alert = ?, edited_by = ? WHERE fid = ?',
+                (alert, run_editor(run_id), case.fid),
+            )
         if alert:
             result.alert_ids.append(case.case_id)
 
@@ -611,14 +762,24 @@ def _refresh_measures(conn, cases: list[CaseRow], crs, boundaries) -> None:
     for case, (lon, lat), area in zip(cases, lonlats, areas):
         if case.geometry.is_empty:
             continue
-        fields = {"area_m2": round(float(area), 2), "lon": round(float(lon), 8),
-                  "lat": round(float(lat), 8)}
-        stale = {k: v for k, v in fields.items() if getattr(case, k) is None or abs(getattr(case, k) - v) > 1e-7}
+        fields = {
+            "area_m2": round(float(area), 2),
+            "lon": round(float(lon), 8),
+            "lat": round(float(lat), 8),
+        }
+        stale = {
+            k: v
+            for k, v in fields.items()
+            if getattr(case, k) is None or abs(getattr(case, k) - v) > 1e-7
+        }
         if boundaries is not None and not case.community:
             stale["community"], stale["unit"] = boundaries.locate(case.geometry)
         if stale:
             assignments = ", ".join(f'"{name}" = ?' for name in stale)
-            conn.execute(f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?', (*stale.values(), case.fid))
+            conn.execute(
+                f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?',
+                (*stale.values(), case.fid),
+            )
 
 
 def _strongest(frame, sightings: list[Sighting]) -> Sighting:
@@ -627,14 +788,23 @@ def _strongest(frame, sightings: list[Sighting]) -> Sighting:
 
 def _height_fields(frame, sightings: list[Sighting], case_class) -> dict:
     """Height columns from the strongest of ``sightings`` whose candidate has a height gain ({} when none has)."""
-    measured = [s for s in sightings if _candidate_value(frame, "height_gain_m", s.candidate_index) is not None]
+    measured = [
+        s
+        for s in sightings
+        if _candidate_value(frame, "height_gain_m", s.candidate_index) is not None
+    ]
     if not measured:
         return {}
     index = _strongest(frame, measured).candidate_index
-    fields = {name: float(_candidate_value(frame, name, index)) if _candidate_value(frame, name, index) is not None
-              else None for name in HEIGHT_COLUMNS}
-    fields["height_change"] = height_phrase(fields["height_gain_m"], fields["baseline_height_m"],
-                                            fields["current_height_m"], case_class)
+    fields = {
+        name: float(_candidate_value(frame, name, index))
+        if _candidate_value(frame, name, index) is not None
+        else None
+        for name in HEIGHT_COLUMNS
+    }
+    fields["height_change"] = height_phrase(
+        fields["height_gain_m"], fields["baseline_height_m"], fields["current_height_m"], case_class
+    )
     return fields
 
 
@@ -654,8 +824,19 @@ def _run_fields(geometry, lonlat, crs, boundaries, frame, index, srs_id) -> dict
     return fields
 
 
-def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs, srs_id, boundaries, run_id,
-                 night_iso) -> Optional[str]:
+def _update_case(
+    conn,
+    case: CaseRow,
+    frame,
+    geometries,
+    lonlats,
+    sightings,
+    crs,
+    srs_id,
+    boundaries,
+    run_id,
+    night_iso,
+) -> str | None:
     """Update the run-owned fields of a case seen tonight; returns the class written (None when kept)."""
     strongest = _strongest(frame, sightings)
     index = strongest.candidate_index
@@ -679,15 +860,21 @@ def _update_case(conn, case: CaseRow, frame, geometries, lonlats, sightings, crs
         if boundaries is not None and not case.community:
             fields["community"], fields["unit"] = boundaries.locate(case.geometry)
     else:
-        fields.update(_run_fields(geometries[index], lonlats[index], crs, boundaries, frame, index, srs_id))
+        fields.update(
+            _run_fields(geometries[index], lonlats[index], crs, boundaries, frame, index, srs_id)
+        )
         fields["geometry_edited"] = 0
     fields.update(_height_fields(frame, sightings, fields.get("class") or case.case_class))
     assignments = ", ".join(f'"{name}" = ?' for name in fields)
-    conn.execute(f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?', (*fields.values(), case.fid))
+    conn.execute(
+        f'UPDATE "{CASES_TABLE}" SET {assignments} WHERE fid = ?', (*fields.values(), case.fid)
+    )
     return fields.get("class")
 
 
-def _insert_case(conn, case_id, frame, geometries, lonlats, group, crs, srs_id, boundaries, run_id, night_iso) -> None:
+def _insert_case(
+    conn, case_id, frame, geometries, lonlats, group, crs, srs_id, boundaries, run_id, night_iso
+) -> None:
     strongest = _strongest(frame, group)
     index = strongest.candidate_index
     confidence = float(frame["confidence"].iloc[index])
@@ -724,8 +911,15 @@ def _record_sightings(conn, case_id, frame, sightings, run_id, night_iso, outcom
         f'INSERT OR REPLACE INTO "{SIGHTINGS_TABLE}" (case_id, night, run_id, candidate_id, confidence, iou, outcome) '
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (case_id, night_iso, run_id, str(_candidate_value(frame, "candidate_id", s.candidate_index, "")),
-             float(frame["confidence"].iloc[s.candidate_index]), round(s.iou, 4), outcome)
+            (
+                case_id,
+                night_iso,
+                run_id,
+                str(_candidate_value(frame, "candidate_id", s.candidate_index, "")),
+                float(frame["confidence"].iloc[s.candidate_index]),
+                round(s.iou, 4),
+                outcome,
+            )
             for s in sightings
         ],
     )

@@ -23,7 +23,6 @@ import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -33,17 +32,24 @@ from detector.geo.crs import unit_lengths_m
 from detector.geo.grid import map_to_pixel
 from detector.review.evidence import draw_outline, read_rgb
 from detector.review.exports import CSV_ENCODING
-from detector.review.qgis import STATUS_STYLE
+from detector.review.qgis import ALERT_STYLE, STATUS_STYLE
 from detector.review.registry import RegistryUpdate, read_cases_frame
-from detector.review.qgis import ALERT_STYLE
 from detector.review.vocab import CONFIRMED_ILLEGAL, OPEN_STATUSES
 
 log = logging.getLogger(__name__)
 
 NO_COMMUNITY = "(outside known communities)"
 MAP_MAX_PX = 900
-CSV_COLUMNS = ("night", "community", "unit", "new_tonight", "confirmed_illegal", "open_backlog", "oldest_open_days",
-               "alerts")
+CSV_COLUMNS = (
+    "night",
+    "community",
+    "unit",
+    "new_tonight",
+    "confirmed_illegal",
+    "open_backlog",
+    "oldest_open_days",
+    "alerts",
+)
 ATTENTION_ROWS = 50
 
 
@@ -56,7 +62,7 @@ class CommunityRow:
     new_tonight: int
     confirmed_illegal: int
     open_backlog: int
-    oldest_open_days: Optional[int]
+    oldest_open_days: int | None
     alerts: int = 0
 
 
@@ -87,15 +93,21 @@ def community_table(cases, night: date) -> list[CommunityRow]:
     night_iso = night.isoformat()
     groups: dict[str, list] = {}
     for row in cases.itertuples(index=False):
-        community = row.community if isinstance(row.community, str) and row.community else NO_COMMUNITY
+        community = (
+            row.community if isinstance(row.community, str) and row.community else NO_COMMUNITY
+        )
         groups.setdefault(community, []).append(row)
     table = [_community_row(name, rows, night, night_iso) for name, rows in sorted(groups.items())]
     if table:
-        table.append(_community_row("all communities", [r for rows in groups.values() for r in rows], night, night_iso))
+        table.append(
+            _community_row(
+                "all communities", [r for rows in groups.values() for r in rows], night, night_iso
+            )
+        )
     return table
 
 
-def _age_days(row, night: date) -> Optional[int]:
+def _age_days(row, night: date) -> int | None:
     if not isinstance(row.first_seen, str) or not row.first_seen:
         return None
     return (night - date.fromisoformat(row.first_seen[:10])).days
@@ -103,7 +115,9 @@ def _age_days(row, night: date) -> Optional[int]:
 
 def _community_row(name, rows, night, night_iso) -> CommunityRow:
     units = sorted({r.unit for r in rows if isinstance(r.unit, str) and r.unit})
-    open_ages = [age for age in (_age_days(r, night) for r in rows if is_open(r)) if age is not None]
+    open_ages = [
+        age for age in (_age_days(r, night) for r in rows if is_open(r)) if age is not None
+    ]
     return CommunityRow(
         community=name,
         unit=", ".join(units),
@@ -149,12 +163,14 @@ def night_counts(cases, night: date) -> dict[str, int]:
 
 def _map_bounds(cases, crs) -> tuple[float, float, float, float]:
     minx, miny, maxx, maxy = cases.total_bounds
-    metres = min(unit_lengths_m(crs, (minx + maxx) / 2, (miny + maxy) / 2))  # ground metres per CRS unit
+    metres = min(
+        unit_lengths_m(crs, (minx + maxx) / 2, (miny + maxy) / 2)
+    )  # ground metres per CRS unit
     pad = max((maxx - minx) * 0.1, (maxy - miny) * 0.1, 30.0 / metres)
     return minx - pad, miny - pad, maxx + pad, maxy + pad
 
 
-def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndarray:
+def render_map(cases, crs, current_path: Path | None, night: date) -> np.ndarray:
     """A BGR map image: current orthomosaic (when readable) with every case outlined in its status colour.
 
     Tonight's new cases get a numbered marker (their order in the thumbnail list).
@@ -172,14 +188,20 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
     background = np.full((height, width, 3), 235, dtype=np.uint8)
     if current_path is not None:
         try:
-            background = np.ascontiguousarray(read_rgb(current_path, crs, bounds, width, height)[:, :, ::-1])
+            background = np.ascontiguousarray(
+                read_rgb(current_path, crs, bounds, width, height)[:, :, ::-1]
+            )
             background[background.max(axis=2) == 0] = 235  # outside the mosaic: paper, not black
         except InputError as exc:
             log.warning("report map without imagery: %s", exc)
     night_iso = night.isoformat()
     new_number = 0
     for row in cases.itertuples(index=False):
-        rgb = ALERT_STYLE[1] if _has_alert(row) else STATUS_STYLE.get(row.status, ("", (255, 255, 0)))[1]
+        rgb = (
+            ALERT_STYLE[1]
+            if _has_alert(row)
+            else STATUS_STYLE.get(row.status, ("", (255, 255, 0)))[1]
+        )
         colour = (rgb[2], rgb[1], rgb[0])
         draw_outline(background, row.geometry, bounds, colour, thickness=2)
         point = row.geometry.representative_point()
@@ -189,8 +211,16 @@ def render_map(cases, crs, current_path: Optional[Path], night: date) -> np.ndar
         if row.first_seen == night_iso:
             new_number += 1
             for thickness, text_colour in ((3, (255, 255, 255)), (1, (0, 0, 0))):
-                cv2.putText(background, str(new_number), (col + 6, r - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                            text_colour, thickness, cv2.LINE_AA)
+                cv2.putText(
+                    background,
+                    str(new_number),
+                    (col + 6, r - 6),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5,
+                    text_colour,
+                    thickness,
+                    cv2.LINE_AA,
+                )
     return background
 
 
@@ -204,15 +234,19 @@ def _jpeg_data_uri(image_bgr: np.ndarray, quality: int = 82) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
-THUMB_SCALE = 0.75  # evidence chips at 3/4 size: two panels 387 px wide, three (with a height panel) 582 px
+THUMB_SCALE = (
+    0.75  # evidence chips at 3/4 size: two panels 387 px wide, three (with a height panel) 582 px
+)
 
 
-def _file_data_uri(path: Path) -> tuple[Optional[str], int]:
+def _file_data_uri(path: Path) -> tuple[str | None, int]:
     """An image file as a JPEG data URI and the width to show it at (None, 0 when unreadable)."""
     import cv2
 
     image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.exists() else None
-    return (None, 0) if image is None else (_jpeg_data_uri(image), round(image.shape[1] * THUMB_SCALE))
+    return (
+        (None, 0) if image is None else (_jpeg_data_uri(image), round(image.shape[1] * THUMB_SCALE))
+    )
 
 
 # --------------------------------------------------------------------------- writing
@@ -224,8 +258,8 @@ def write_report(
     *,
     night: date,
     run_id: str = "",
-    current_path: Optional[Path] = None,
-    update: Optional[RegistryUpdate] = None,
+    current_path: Path | None = None,
+    update: RegistryUpdate | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.csv`` for one night from the registry.
 
@@ -251,7 +285,9 @@ def write_report(
     """
     registry = Path(registry)
     out_dir = Path(out_dir)
-    cases = read_cases_frame(registry).rename(columns={"class": "case_class"})  # 'class' is no tuple field name
+    cases = read_cases_frame(registry).rename(
+        columns={"class": "case_class"}
+    )  # 'class' is no tuple field name
     table = community_table(cases, night)
 
     csv_path = out_dir / "report.csv"
@@ -259,17 +295,29 @@ def write_report(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in table:
-        writer.writerow([night.isoformat(), row.community, row.unit, row.new_tonight, row.confirmed_illegal,
-                         row.open_backlog, "" if row.oldest_open_days is None else row.oldest_open_days, row.alerts])
+        writer.writerow(
+            [
+                night.isoformat(),
+                row.community,
+                row.unit,
+                row.new_tonight,
+                row.confirmed_illegal,
+                row.open_backlog,
+                "" if row.oldest_open_days is None else row.oldest_open_days,
+                row.alerts,
+            ]
+        )
     atomic_write_bytes(csv_path, buffer.getvalue().encode(CSV_ENCODING))
 
     html_path = out_dir / "report.html"
-    atomic_write_text(html_path, _render_html(cases, table, registry, night, run_id, current_path, update))
+    atomic_write_text(
+        html_path, _render_html(cases, table, registry, night, run_id, current_path, update)
+    )
     return html_path, csv_path
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % rgb
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def _text(value, default: str = "–") -> str:
@@ -281,7 +329,10 @@ def legend_entries(cases) -> list[tuple[str, str, int]]:
     counts = cases["status"].value_counts().to_dict() if len(cases) else {}
     alerts = sum(1 for row in cases.itertuples(index=False) if _has_alert(row)) if len(cases) else 0
     entries = [(ALERT_STYLE[0], _hex(ALERT_STYLE[1]), alerts)]
-    entries += [(label, _hex(rgb), int(counts.get(status, 0))) for status, (label, rgb) in STATUS_STYLE.items()]
+    entries += [
+        (label, _hex(rgb), int(counts.get(status, 0)))
+        for status, (label, rgb) in STATUS_STYLE.items()
+    ]
     return entries
 
 
@@ -293,9 +344,18 @@ def _height_text(row) -> str:
 
 
 def _case_table(esc, rows, night, columns=CASE_TABLE_COLUMNS):
-    heads = {"case": "Case", "status": "Status", "class": "Class", "community": "Community", "area": "Area (m²)",
-             "first": "First seen", "last": "Last seen", "age": "Open (days)", "why": "Why",
-             "height": "Height change"}
+    heads = {
+        "case": "Case",
+        "status": "Status",
+        "class": "Class",
+        "community": "Community",
+        "area": "Area (m²)",
+        "first": "First seen",
+        "last": "Last seen",
+        "age": "Open (days)",
+        "why": "Why",
+        "height": "Height change",
+    }
     parts = ["<table><tr>" + "".join(f"<th>{heads[c]}</th>" for c in columns) + "</tr>"]
     for row, why in rows:
         cells = {
@@ -315,7 +375,9 @@ def _case_table(esc, rows, night, columns=CASE_TABLE_COLUMNS):
     return parts
 
 
-def attention_rows(cases, night: date, update: Optional[RegistryUpdate] = None) -> list[tuple[object, str]]:
+def attention_rows(
+    cases, night: date, update: RegistryUpdate | None = None
+) -> list[tuple[object, str]]:
     """What needs attention tonight: (case row, why), demolition alerts first.
 
     Demolition alerts; open cases not seen tonight (the structure may have been removed, or the
@@ -325,11 +387,17 @@ def attention_rows(cases, night: date, update: Optional[RegistryUpdate] = None) 
     night_iso = night.isoformat()
     by_id = {row.case_id: row for row in cases.itertuples(index=False)}
     rows = [(row, row.alert) for row in by_id.values() if _has_alert(row)]
-    for case_id, old, new in (update.class_changes if update is not None else []):
+    for case_id, old, new in update.class_changes if update is not None else []:
         if case_id in by_id:
             rows.append((by_id[case_id], f"detected class changed tonight: {old} -> {new}"))
-    rows += [(row, f"open, not seen tonight (last seen {_text(row.last_seen)})") for row in by_id.values()
-             if is_open(row) and not _has_alert(row) and row.last_seen != night_iso and row.first_seen != night_iso]
+    rows += [
+        (row, f"open, not seen tonight (last seen {_text(row.last_seen)})")
+        for row in by_id.values()
+        if is_open(row)
+        and not _has_alert(row)
+        and row.last_seen != night_iso
+        and row.first_seen != night_iso
+    ]
     return rows
 
 
@@ -345,13 +413,24 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
         ("Earlier cases seen again tonight", str(counts["seen_again"])),
         ("Earlier cases not seen tonight", str(counts["not_seen"])),
         ("Cases in registry (= the three above)", str(counts["total"])),
-        ("Demolition alerts (structure still standing)",
-         str(sum(1 for row in cases.itertuples(index=False) if _has_alert(row)) if len(cases) else 0)),
+        (
+            "Demolition alerts (structure still standing)",
+            str(
+                sum(1 for row in cases.itertuples(index=False) if _has_alert(row))
+                if len(cases)
+                else 0
+            ),
+        ),
     ]
     if update is not None:
         permitted = len(update.permitted_ids)
-        summary += [("Sightings of false positives (suppressed)", str(len(update.suppressed_ids) - permitted)),
-                    ("Sightings of permitted structures", str(permitted))]
+        summary += [
+            (
+                "Sightings of false positives (suppressed)",
+                str(len(update.suppressed_ids) - permitted),
+            ),
+            ("Sightings of permitted structures", str(permitted)),
+        ]
 
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -389,42 +468,74 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
     attention = attention_rows(cases, night, update) if len(cases) else []
     parts.append(f"<h2>Needs attention ({len(attention)})</h2>")
     if attention:
-        parts += _case_table(esc, attention[:ATTENTION_ROWS], night, ("case", "status", "community", "last", "why"))
+        parts += _case_table(
+            esc, attention[:ATTENTION_ROWS], night, ("case", "status", "community", "last", "why")
+        )
         if len(attention) > ATTENTION_ROWS:
-            parts.append(f"<p>… and {len(attention) - ATTENTION_ROWS} more (buildwatch cases list).</p>")
+            parts.append(
+                f"<p>… and {len(attention) - ATTENTION_ROWS} more (buildwatch cases list).</p>"
+            )
     else:
-        parts.append("<p class='zero'>Nothing: no demolition alert, every open case seen tonight.</p>")
+        parts.append(
+            "<p class='zero'>Nothing: no demolition alert, every open case seen tonight.</p>"
+        )
 
     if len(cases):
         import pyproj
 
         crs = pyproj.CRS.from_user_input(cases.crs)
         map_uri = _jpeg_data_uri(render_map(cases, crs, current_path, night))
-        parts.append("<h2>Map</h2><p>Outline colour = review status (magenta = demolition alert); "
-                     "numbers = tonight's new cases.</p>")
-        parts.append("<ul class='legend'>" + "".join(
-            f"<li><span style='border-color:{colour};background:{colour}40'></span>{esc(label)} ({count})</li>"
-            for label, colour, count in legend_entries(cases)) + "</ul>")
+        parts.append(
+            "<h2>Map</h2><p>Outline colour = review status (magenta = demolition alert); "
+            "numbers = tonight's new cases.</p>"
+        )
+        parts.append(
+            "<ul class='legend'>"
+            + "".join(
+                f"<li><span style='border-color:{colour};background:{colour}40'></span>{esc(label)} ({count})</li>"
+                for label, colour, count in legend_entries(cases)
+            )
+            + "</ul>"
+        )
         parts.append(f"<img alt='map of cases' src='{map_uri}' style='max-width:100%'>")
 
-    backlog = sorted((row for row in cases.itertuples(index=False) if is_open(row)),
-                     key=lambda r: (-(_age_days(r, night) or 0), r.case_id)) if len(cases) else []
+    backlog = (
+        sorted(
+            (row for row in cases.itertuples(index=False) if is_open(row)),
+            key=lambda r: (-(_age_days(r, night) or 0), r.case_id),
+        )
+        if len(cases)
+        else []
+    )
     parts.append(f"<h2>Open backlog ({len(backlog)}, oldest first)</h2>")
     if backlog:
         with_height = any(_height_text(row) for row in backlog)
-        columns = (*CASE_TABLE_COLUMNS[:5], "height", *CASE_TABLE_COLUMNS[5:]) if with_height else CASE_TABLE_COLUMNS
+        columns = (
+            (*CASE_TABLE_COLUMNS[:5], "height", *CASE_TABLE_COLUMNS[5:])
+            if with_height
+            else CASE_TABLE_COLUMNS
+        )
         parts += _case_table(esc, [(row, "") for row in backlog], night, columns)
     parts.append(f"<h2>New tonight ({len(new_tonight)})</h2>")
     if len(new_tonight):
         parts.append("<div class='thumbs'>")
         for number, row in enumerate(new_tonight.itertuples(index=False), start=1):
-            uri, width = _file_data_uri(registry.parent / row.evidence) if isinstance(row.evidence, str) else (None, 0)
-            image = (f"<img alt='evidence {esc(row.case_id)}' src='{uri}' width='{width}'>" if uri
-                     else "<p>(no evidence chip)</p>")
-            caption = (f"{number}. <b>{esc(row.case_id)}</b> · {esc(_text(row.case_class))} · {esc(_text(row.community))} · "
-                       f"{float(row.area_m2 or 0):.0f} m² · "
-                       + (f"<b>{esc(_height_text(row))}</b> · " if _height_text(row) else "")
-                       + f"conf {float(row.max_confidence or 0):.2f} · {float(row.lat):.6f}, {float(row.lon):.6f}")
+            uri, width = (
+                _file_data_uri(registry.parent / row.evidence)
+                if isinstance(row.evidence, str)
+                else (None, 0)
+            )
+            image = (
+                f"<img alt='evidence {esc(row.case_id)}' src='{uri}' width='{width}'>"
+                if uri
+                else "<p>(no evidence chip)</p>"
+            )
+            caption = (
+                f"{number}. <b>{esc(row.case_id)}</b> · {esc(_text(row.case_class))} · {esc(_text(row.community))} · "
+                f"{float(row.area_m2 or 0):.0f} m² · "
+                + (f"<b>{esc(_height_text(row))}</b> · " if _height_text(row) else "")
+                + f"conf {float(row.max_confidence or 0):.2f} · {float(row.lat):.6f}, {float(row.lon):.6f}"
+            )
             parts.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
         parts.append("</div>")
     else:

@@ -31,15 +31,26 @@ from __future__ import annotations
 
 import sqlite3
 
-from detector.review.vocab import (CASE_COLUMNS, CASES_TABLE, GEOMETRY_COLUMN, HISTORY_TABLE, NEW, ORIGIN_OPERATOR,
-                                   PENDING_ID_PREFIX)
+from detector.review.vocab import (
+    CASE_COLUMNS,
+    CASES_TABLE,
+    GEOMETRY_COLUMN,
+    HISTORY_TABLE,
+    NEW,
+    ORIGIN_OPERATOR,
+    PENDING_ID_PREFIX,
+)
 
 UTC_NOW = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
 TRIGGER_PREFIX = "buildwatch_"
-DELETE_REFUSED = ("buildwatch: cases are never deleted (they are the enforcement record); set the status to "
-                  "false_positive instead")
-NO_CASE_ID = (f"buildwatch: a new case needs case_id; open cases.qgs (its form fills '{PENDING_ID_PREFIX}...' "
-              "and the registry assigns the ID) or type any case_id starting with " + PENDING_ID_PREFIX)
+DELETE_REFUSED = (
+    "buildwatch: cases are never deleted (they are the enforcement record); set the status to "
+    "false_positive instead"
+)
+NO_CASE_ID = (
+    f"buildwatch: a new case needs case_id; open cases.qgs (its form fills '{PENDING_ID_PREFIX}...' "
+    "and the registry assigns the ID) or type any case_id starting with " + PENDING_ID_PREFIX
+)
 HISTORY_READ_ONLY = "buildwatch: case_history is append-only"
 UNSIGNED = "unknown (edited outside the QGIS form)"
 
@@ -73,11 +84,13 @@ def trigger_sql(district_prefix: str) -> list[str]:
     # unsigned, just before its attributes); logged_geom is the geometry as last logged
     geom_changed = f"(NEW.{g} IS NOT NEW.logged_geom AND NEW.edited_by IS NOT NULL)"
     changed = f"(OLD.status IS NOT NEW.status OR {geom_changed} OR OLD.alert IS NOT NEW.alert)"
-    what = ("trim((CASE WHEN OLD.status IS NOT NEW.status THEN 'status ' ELSE '' END) || "
-            f"(CASE WHEN {geom_changed} THEN 'geometry ' ELSE '' END) || "
-            "(CASE WHEN OLD.alert IS NOT NEW.alert THEN 'alert' ELSE '' END))")
+    what = (
+        "trim((CASE WHEN OLD.status IS NOT NEW.status THEN 'status ' ELSE '' END) || "
+        f"(CASE WHEN {geom_changed} THEN 'geometry ' ELSE '' END) || "
+        "(CASE WHEN OLD.alert IS NOT NEW.alert THEN 'alert' ELSE '' END))"
+    )
     pending = f"NEW.case_id LIKE '{PENDING_ID_PREFIX}%'"
-    new_id = (f"{_sql_text(district_prefix)} || strftime('%Y%m%d', 'now') || '-M' || printf('%04d', NEW.fid)")
+    new_id = f"{_sql_text(district_prefix)} || strftime('%Y%m%d', 'now') || '-M' || printf('%04d', NEW.fid)"
     return [
         f"""CREATE TRIGGER "{TRIGGER_PREFIX}no_delete" BEFORE DELETE ON "{c}"
         BEGIN SELECT RAISE(ABORT, {_sql_text(DELETE_REFUSED)}); END""",
@@ -142,7 +155,9 @@ def ensure_schema(conn: sqlite3.Connection, district_prefix: str) -> list[str]:
     added = []
     for name, sql_type in CASE_COLUMNS:
         if name not in present:
-            conn.execute(f'ALTER TABLE "{CASES_TABLE}" ADD COLUMN "{name}" {sql_type.replace(" UNIQUE", "")}')
+            conn.execute(
+                f'ALTER TABLE "{CASES_TABLE}" ADD COLUMN "{name}" {sql_type.replace(" UNIQUE", "")}'
+            )
             added.append(name)
     conn.execute(HISTORY_DDL)
     conn.execute(
@@ -150,8 +165,13 @@ def ensure_schema(conn: sqlite3.Connection, district_prefix: str) -> list[str]:
         "VALUES (?, 'attributes', ?, 'append-only history of every case: status, geometry and alert changes')",
         (HISTORY_TABLE, HISTORY_TABLE),
     )
-    existing = [row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?", (TRIGGER_PREFIX + "%",))]
+    existing = [
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?",
+            (TRIGGER_PREFIX + "%",),
+        )
+    ]
     for name in existing:
         conn.execute(f'DROP TRIGGER "{name}"')
     for statement in trigger_sql(district_prefix):
@@ -159,7 +179,8 @@ def ensure_schema(conn: sqlite3.Connection, district_prefix: str) -> list[str]:
     if "logged_geom" in added:
         conn.execute(f'UPDATE "{CASES_TABLE}" SET logged_geom = "{GEOMETRY_COLUMN}"')
     # a geometry edited without a signature (not through the QGIS form) is logged now, unsigned
-    conn.execute(f'UPDATE "{CASES_TABLE}" SET edited_by = ? WHERE "{GEOMETRY_COLUMN}" IS NOT logged_geom',
-                 (UNSIGNED,))
+    conn.execute(
+        f'UPDATE "{CASES_TABLE}" SET edited_by = ? WHERE "{GEOMETRY_COLUMN}" IS NOT logged_geom',
+        (UNSIGNED,),
+    )
     return added
-

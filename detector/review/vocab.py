@@ -21,8 +21,16 @@ REFERRED = "referred"  # handed to another authority
 # the enforcement lifecycle, in the order a team walks it (form drop-down and legend order):
 # new -> confirmed_illegal -> demolition_ordered -> demolished -> demolition_verified,
 # or new -> permitted / false_positive / referred
-REVIEW_STATUSES = (NEW, CONFIRMED_ILLEGAL, DEMOLITION_ORDERED, DEMOLISHED, VERIFIED, PERMITTED, FALSE_POSITIVE,
-                   REFERRED)
+REVIEW_STATUSES = (
+    NEW,
+    CONFIRMED_ILLEGAL,
+    DEMOLITION_ORDERED,
+    DEMOLISHED,
+    VERIFIED,
+    PERMITTED,
+    FALSE_POSITIVE,
+    REFERRED,
+)
 # statuses on which a new sighting of the same structure is suppressed (never reopened)
 SUPPRESSING_STATUSES = (FALSE_POSITIVE, PERMITTED)
 # statuses that still need action: the "open backlog" (a case with an alert needs action too)
@@ -45,7 +53,9 @@ PENDING_ID_PREFIX = "pending-"  # QGIS's default case_id for a drawn case; the r
 CASES_TABLE = "cases"
 GEOMETRY_COLUMN = "geom"
 SIGHTINGS_TABLE = "case_sightings"
-HISTORY_TABLE = "case_history"  # append-only: every status, geometry and alert change, written by triggers
+HISTORY_TABLE = (
+    "case_history"  # append-only: every status, geometry and alert change, written by triggers
+)
 NIGHTS_TABLE = "registry_nights"
 CASES_STYLE_NAME = "buildwatch review"
 CASES_STYLE_DESCRIPTION = "categorised by review status; labels: case id and area; review form"
@@ -114,8 +124,11 @@ def cases_field_names() -> list[str]:
 
 # --------------------------------------------------------------------------- height change in words
 
-NO_HEIGHT_CHANGE_M = 1.25  # |gain| below this is "no height change" (half of height.min_gain_m's default)
-EXISTING_ROOF_M = 2.0  # a baseline this high above the ground is a roof: a gain on it is a storey (height.existing_roof_m)
+NO_HEIGHT_CHANGE_M = (
+    1.25  # |gain| below this is "no height change" (half of height.min_gain_m's default)
+)
+# a baseline this high above the ground is a roof: a gain on it is a storey (height.existing_roof_m)
+EXISTING_ROOF_M = 2.0
 STOREY_M = 3.0  # one storey, for the count of storeys added
 
 
@@ -136,7 +149,8 @@ def height_phrase(gain_m, baseline_m=None, current_m=None, case_class=None) -> s
     str
         ``"new storey, +3.1 m"`` (gain on a roof at least :data:`EXISTING_ROOF_M` high; ``"2 new
         storeys, +6.2 m"`` for about two :data:`STOREY_M`), ``"new building, +6.0 m"``
-        (gain from the ground; ``"(4.5 m high)"`` added when the current height is not the gain), ``"no height change (+0.2 m)"``, ``"lower by 3.0 m"``, or ``""``.
+        (gain from the ground; ``"(4.5 m high)"`` added when the current height is not the
+        gain), ``"no height change (+0.2 m)"``, ``"lower by 3.0 m"``, or ``""``.
     """
 
     def missing(value) -> bool:
@@ -154,5 +168,9 @@ def height_phrase(gain_m, baseline_m=None, current_m=None, case_class=None) -> s
         return f"{'new storey' if storeys == 1 else f'{storeys} new storeys'}, +{gain:.1f} m"
     what = "new building" if case_class == "new_building" else "new structure"
     # "(4.5 m high)" only when it says more than the gain (something stood there before)
-    high = "" if missing(current_m) or abs(float(current_m) - gain) < 0.5 else f" ({float(current_m):.1f} m high)"
+    high = (
+        ""
+        if missing(current_m) or abs(float(current_m) - gain) < 0.5
+        else f" ({float(current_m):.1f} m high)"
+    )
     return f"{what}, +{gain:.1f} m{high}"

@@ -53,7 +53,9 @@ __all__ = ["LOCK_NAME", "RunSummary", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".buildwatch.lock"  # one run per output folder at a time (see scripts/ for the nightly timer)
+LOCK_NAME = (
+    ".buildwatch.lock"  # one run per output folder at a time (see scripts/ for the nightly timer)
+)
 
 
 @dataclass
@@ -83,7 +85,11 @@ class RunSummary:
             f"tiles: {self.tiles_done} done ({self.tiles_resumed} resumed), {self.tiles_nodata} skipped (nodata), "
             f"{self.tiles_unregistered} flagged (not registered) of {self.tiles_total}\n"
             f"candidates: {self.candidates} ({classes})"
-            + (f"; {self.dropped_by_exclusions} dropped by exclusion layers" if self.dropped_by_exclusions else "")
+            + (
+                f"; {self.dropped_by_exclusions} dropped by exclusion layers"
+                if self.dropped_by_exclusions
+                else ""
+            )
             + f"\ncovered: {self.km2:.4f} km² in {self.seconds:.1f} s ({self.km2_per_hour:.2f} km²/h)\n"
             f"output: {self.candidates_path}\nlog: {self.log_path}"
         )
@@ -137,7 +143,9 @@ def run_pipeline(cfg: RunConfig) -> RunSummary:
         return _run_locked(cfg, ctx, tiles, out_dir, t0)
 
 
-def _run_locked(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Path, t0: float) -> RunSummary:
+def _run_locked(
+    cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Path, t0: float
+) -> RunSummary:
     """The night's steps, with the output folder locked (so leftovers of killed runs can be removed)."""
     clean_stale_temps(out_dir)
     handler, log_path = _attach_log(out_dir)
@@ -148,14 +156,19 @@ def _run_locked(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
         frame, dropped = _apply_exclusions(night, candidates)
         summary = _write_outputs(night, results, frame, dropped)
         if cfg.cases.registry is not None:
-            summary.cases = _update_cases(frame, cfg, night.run_id, night.current_date, ctx, out_dir)
+            summary.cases = _update_cases(
+                frame, cfg, night.run_id, night.current_date, ctx, out_dir
+            )
         log.info("finished: %s", summary.text().replace("\n", "; "))
         return summary
     except BuildwatchError as exc:
         log.error("%s", exc)
         raise
     except KeyboardInterrupt:
-        log.error("interrupted; finished tiles are kept in %s, rerun the same command to resume", out_dir / "work")
+        log.error(
+            "interrupted; finished tiles are kept in %s, rerun the same command to resume",
+            out_dir / "work",
+        )
         raise
     except Exception:
         log.exception("internal error")
@@ -169,8 +182,10 @@ def _prepare_inputs(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     try:
         return prepare(cfg)
     except RasterioError as exc:
-        raise InputError(f"reading {cfg.baseline} / {cfg.current} failed ({str(exc).splitlines()[0][:120]}); "
-                         "a file is truncated or corrupt") from None
+        raise InputError(
+            f"reading {cfg.baseline} / {cfg.current} failed ({str(exc).splitlines()[0][:120]}); "
+            "a file is truncated or corrupt"
+        ) from None
 
 
 def _make_out_dir(cfg: RunConfig) -> Path:
@@ -192,15 +207,21 @@ def _detach_log(handler: logging.Handler) -> None:
     stop_logging_to(handler, (LOG_ROOT, *LIBRARY_LOGGERS))
 
 
-def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Path, log_path: Path,
-                t0: float) -> NightRun:
+def _open_night(
+    cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Path, log_path: Path, t0: float
+) -> NightRun:
     """Step *open the night*: fingerprint, run ID, work folder, and the tiles an earlier run finished."""
-    hashes = {"baseline": location_fingerprint(ctx.baseline.path), "current": location_fingerprint(ctx.current.path)}
+    hashes = {
+        "baseline": location_fingerprint(ctx.baseline.path),
+        "current": location_fingerprint(ctx.current.path),
+    }
     if ctx.second is not None:
         hashes["second_view_model"] = ctx.second.sha256
     if ctx.dsm is not None:
-        hashes.update(baseline_dsm=location_fingerprint(ctx.dsm.baseline.path),
-                      current_dsm=location_fingerprint(ctx.dsm.current.path))
+        hashes.update(
+            baseline_dsm=location_fingerprint(ctx.dsm.baseline.path),
+            current_dsm=location_fingerprint(ctx.dsm.current.path),
+        )
     fp = _fingerprint(cfg, ctx.spec, hashes)
     if ctx.second is not None and cfg.detect.second_view.baseline_cache is not None:
         _open_baseline_views(ctx, hashes["baseline"])
@@ -212,25 +233,49 @@ def _open_night(cfg: RunConfig, ctx: RunContext, tiles: list[Tile], out_dir: Pat
     ids = {t.tile_id for t in tiles}
     done = {k: v for k, v in done.items() if k in ids}
     todo = [t for t in tiles if t.tile_id not in done]
-    log.info("run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
-             run_id, len(tiles), len(done), ctx.spec.model_name, ctx.spec.sha256[:12], ctx.grid.gsd,
-             ctx.size, ctx.overlap)
+    log.info(
+        "run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
+        run_id,
+        len(tiles),
+        len(done),
+        ctx.spec.model_name,
+        ctx.spec.sha256[:12],
+        ctx.grid.gsd,
+        ctx.size,
+        ctx.overlap,
+    )
     if ctx.second is not None:
         opts = cfg.detect.second_view
-        log.info("second view: building model %s (%s)%s%s", ctx.second.model_name, ctx.second.sha256[:12],
-                 ", confirms candidates" if opts.confirm else "",
-                 f", adds structures only it sees (conf >= {second_view_add_conf(ctx):g})" if opts.add else "")
+        log.info(
+            "second view: building model %s (%s)%s%s",
+            ctx.second.model_name,
+            ctx.second.sha256[:12],
+            ", confirms candidates" if opts.confirm else "",
+            f", adds structures only it sees (conf >= {second_view_add_conf(ctx):g})"
+            if opts.add
+            else "",
+        )
     if ctx.mosaic_model is not None:
         m = ctx.mosaic_model
         cx, cy = m.at((ctx.grid.width - 1) / 2, (ctx.grid.height - 1) / 2)
-        log.info("mosaic registration model: shift %.2f m at the centre, rotation %.3f°, %d of %d blocks agree "
-                 "(RMS %.2f m, spread %.2f)%s", np.hypot(cx, cy) * ctx.grid.gsd, m.rotation_deg, m.inliers, m.blocks,
-                 m.residual_m, m.spread, "" if m.ok else f"; not usable: {m.reason}")
+        log.info(
+            "mosaic registration model: shift %.2f m at the centre, rotation %.3f°, %d of %d blocks agree "
+            "(RMS %.2f m, spread %.2f)%s",
+            np.hypot(cx, cy) * ctx.grid.gsd,
+            m.rotation_deg,
+            m.inliers,
+            m.blocks,
+            m.residual_m,
+            m.spread,
+            "" if m.ok else f"; not usable: {m.reason}",
+        )
     if ctx.dsm is not None:
         from detector.geo.dsm import describe
 
         log.info("%s", describe(ctx.dsm))
-    return NightRun(cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo)
+    return NightRun(
+        cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo
+    )
 
 
 def _open_baseline_views(ctx: RunContext, baseline_sha: str) -> None:
@@ -243,27 +288,67 @@ def _open_baseline_views(ctx: RunContext, baseline_sha: str) -> None:
     opts = ctx.config.detect.second_view
     conf = second_view_conf(ctx)
     g = ctx.grid
-    facts = {"baseline_sha256": baseline_sha, "crs": g.crs_wkt, "gsd": g.gsd,
-             "left": g.left, "top": g.top, "tile_px": ctx.size, "overlap_px": ctx.overlap,
-             "model": ctx.second.model_name, "model_sha256": ctx.second.sha256, "conf": conf * BASELINE_CONF_FACTOR,
-             "iou": ctx.second.iou, "stretch": None if ctx.stretch_baseline is None
-             else [np.asarray(a).tolist() for a in ctx.stretch_baseline], "software": __version__}
+    facts = {
+        "baseline_sha256": baseline_sha,
+        "crs": g.crs_wkt,
+        "gsd": g.gsd,
+        "left": g.left,
+        "top": g.top,
+        "tile_px": ctx.size,
+        "overlap_px": ctx.overlap,
+        "model": ctx.second.model_name,
+        "model_sha256": ctx.second.sha256,
+        "conf": conf * BASELINE_CONF_FACTOR,
+        "iou": ctx.second.iou,
+        "stretch": None
+        if ctx.stretch_baseline is None
+        else [np.asarray(a).tolist() for a in ctx.stretch_baseline],
+        "software": __version__,
+    }
     folder = Path(opts.baseline_cache)
     try:
-        ctx.baseline_views = open_views(folder, facts, {"baseline": str(Path(ctx.baseline.path).resolve())
-                                                        if not is_remote(ctx.baseline.path) else str(ctx.baseline.path)})
+        ctx.baseline_views = open_views(
+            folder,
+            facts,
+            {
+                "baseline": str(Path(ctx.baseline.path).resolve())
+                if not is_remote(ctx.baseline.path)
+                else str(ctx.baseline.path)
+            },
+        )
     except OSError as exc:
-        raise OutputError(f"{folder}: cannot keep baseline views there ({exc.strerror}); choose a writable folder "
-                          "for detect.second_view.baseline_cache") from None
+        raise OutputError(
+            f"{folder}: cannot keep baseline views there ({exc.strerror}); choose a writable folder "
+            "for detect.second_view.baseline_cache"
+        ) from None
     log.info("baseline views kept in %s", ctx.baseline_views)
 
 
 def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
-    skip = dict.fromkeys(("out", "workers", "scheduler", "min_coverage", "resume", "progress", "cases", "baseline",
-                          "current", "model", "baseline_dsm", "current_dsm"), True)
-    skip["detect"] = {"second_view": {"baseline_cache"}}  # where views are kept does not change them
+    skip = dict.fromkeys(
+        (
+            "out",
+            "workers",
+            "scheduler",
+            "min_coverage",
+            "resume",
+            "progress",
+            "cases",
+            "baseline",
+            "current",
+            "model",
+            "baseline_dsm",
+            "current_dsm",
+        ),
+        True,
+    )
+    skip["detect"] = {
+        "second_view": {"baseline_cache"}
+    }  # where views are kept does not change them
     relevant = cfg.model_dump(mode="json", exclude=skip)
-    return json_digest({"inputs": hashes, "model": spec.sha256, "config": relevant, "software": __version__}, 16)
+    return json_digest(
+        {"inputs": hashes, "model": spec.sha256, "config": relevant, "software": __version__}, 16
+    )
 
 
 def _load_done(work_dir: Path) -> dict[str, TileResult]:
@@ -286,21 +371,32 @@ def _process_tiles(night: NightRun) -> list[TileResult]:
     """Step *run tiles*: the resumed results plus every tile still to do."""
     ctx = night.ctx
     try:
-        return list(night.resumed.values()) + _run_tiles(ctx, night.todo, night.work_dir, night.cfg.progress)
+        return list(night.resumed.values()) + _run_tiles(
+            ctx, night.todo, night.work_dir, night.cfg.progress
+        )
     except RasterioError as exc:
-        raise InputError(f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
-                         f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt") from None
+        raise InputError(
+            f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
+            f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt"
+        ) from None
 
 
-def _run_tiles(ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool) -> list[TileResult]:
+def _run_tiles(
+    ctx: RunContext, todo: list[Tile], work_dir: Path, progress: bool
+) -> list[TileResult]:
     """Every tile of ``todo`` on the night's executor (:func:`detector.night.executors.run_tiles`),
     each result saved as it arrives (resume)."""
     from tqdm import tqdm
 
     results: list[TileResult] = []
     # the bar is for a person at a terminal; under cron/systemd its carriage returns would fill the log
-    bar = tqdm(total=len(todo), unit="tile", desc="tiles", leave=False,
-               disable=not progress or not todo or not sys.stderr.isatty())
+    bar = tqdm(
+        total=len(todo),
+        unit="tile",
+        desc="tiles",
+        leave=False,
+        disable=not progress or not todo or not sys.stderr.isatty(),
+    )
 
     def finished(batch: list[TileResult]) -> None:
         for r in batch:
@@ -324,13 +420,20 @@ def _merge(night: NightRun, results: list[TileResult]) -> list[Candidate]:
     """
     cands = [c for r in results for c in r.candidates]
     change = night.cfg.change
-    kept = merge_duplicates([c.geometry for c in cands], [c.class_name for c in cands],
-                            [c.confidence for c in cands], change.merge_iou, change.merge_ioa)
+    kept = merge_duplicates(
+        [c.geometry for c in cands],
+        [c.class_name for c in cands],
+        [c.confidence for c in cands],
+        change.merge_iou,
+        change.merge_ioa,
+    )
     kept.sort(key=lambda i: (cands[i].tile_id, -cands[i].confidence))
     return [cands[i] for i in kept]
 
 
-def _finish_candidates(night: NightRun, results: list[TileResult], kept: list[Candidate]) -> list[Candidate]:
+def _finish_candidates(
+    night: NightRun, results: list[TileResult], kept: list[Candidate]
+) -> list[Candidate]:
     """Step *to candidates*: IDs, areas, WGS84 centroids, dates and provenance; geometry in the output CRS."""
     ctx = night.ctx
     tile_shift = {r.tile_id: r.shift_m for r in results}
@@ -339,13 +442,25 @@ def _finish_candidates(night: NightRun, results: list[TileResult], kept: list[Ca
     out = []
     for k, c in enumerate(kept):
         cent = c.geometry.centroid
-        out.append(replace(
-            c, candidate_id=candidate_id(c.class_name, cent.x, cent.y, ctx.grid.crs_wkt),
-            area_m2=round(float(area[k]), 2), lon=round(float(lon[k]), 8), lat=round(float(lat[k]), 8),
-            baseline_date=b_date.isoformat() if b_date else "", current_date=c_date.isoformat() if c_date else "",
-            shift_m=round(tile_shift.get(c.tile_id, 0.0), 3), model_name=ctx.spec.model_name,
-            model_sha256=ctx.spec.sha256, run_id=night.run_id, status="new", tags=c.tags, geometry=out_geoms[k],
-            model_version=ctx.model_version))
+        out.append(
+            replace(
+                c,
+                candidate_id=candidate_id(c.class_name, cent.x, cent.y, ctx.grid.crs_wkt),
+                area_m2=round(float(area[k]), 2),
+                lon=round(float(lon[k]), 8),
+                lat=round(float(lat[k]), 8),
+                baseline_date=b_date.isoformat() if b_date else "",
+                current_date=c_date.isoformat() if c_date else "",
+                shift_m=round(tile_shift.get(c.tile_id, 0.0), 3),
+                model_name=ctx.spec.model_name,
+                model_sha256=ctx.spec.sha256,
+                run_id=night.run_id,
+                status="new",
+                tags=c.tags,
+                geometry=out_geoms[k],
+                model_version=ctx.model_version,
+            )
+        )
     return out
 
 
@@ -380,35 +495,73 @@ def _write_outputs(night: NightRun, results: list[TileResult], cand, dropped: in
     per_class = dict(Counter(cand["class"])) if len(cand) else {}
     b_date, c_date = night.baseline_date, night.current_date
     record = {
-        "run_id": night.run_id, "started_utc": night.started.isoformat(), "software": f"buildwatch {__version__}",
-        "baseline": str(ctx.baseline.path), "baseline_sha256": night.hashes["baseline"],
-        "current": str(ctx.current.path), "current_sha256": night.hashes["current"],
-        "baseline_date": b_date.isoformat() if b_date else "", "current_date": c_date.isoformat() if c_date else "",
-        "model": str(ctx.spec.path), "model_name": ctx.spec.model_name, "model_sha256": ctx.spec.sha256,
+        "run_id": night.run_id,
+        "started_utc": night.started.isoformat(),
+        "software": f"buildwatch {__version__}",
+        "baseline": str(ctx.baseline.path),
+        "baseline_sha256": night.hashes["baseline"],
+        "current": str(ctx.current.path),
+        "current_sha256": night.hashes["current"],
+        "baseline_date": b_date.isoformat() if b_date else "",
+        "current_date": c_date.isoformat() if c_date else "",
+        "model": str(ctx.spec.path),
+        "model_name": ctx.spec.model_name,
+        "model_sha256": ctx.spec.sha256,
         "model_version": ctx.model_version,
         "second_view_model": str(ctx.second.path) if ctx.second else "",
         "second_view_model_name": ctx.second.model_name if ctx.second else "",
         "second_view_model_sha256": ctx.second.sha256 if ctx.second else "",
-        "config": cfg.model_dump(mode="json"), "fingerprint": night.fingerprint,
-        "tiles_total": len(night.tiles), "tiles_done": counts["done"], "tiles_nodata": counts["nodata"],
-        "tiles_unregistered": counts["unregistered"], "tiles_resumed": len(night.resumed),
-        "candidates": len(cand), "per_class": per_class, "dropped_by_exclusions": dropped,
-        "km2": round(km2, 6), "seconds": round(seconds, 2),
+        "config": cfg.model_dump(mode="json"),
+        "fingerprint": night.fingerprint,
+        "tiles_total": len(night.tiles),
+        "tiles_done": counts["done"],
+        "tiles_nodata": counts["nodata"],
+        "tiles_unregistered": counts["unregistered"],
+        "tiles_resumed": len(night.resumed),
+        "candidates": len(cand),
+        "per_class": per_class,
+        "dropped_by_exclusions": dropped,
+        "km2": round(km2, 6),
+        "seconds": round(seconds, 2),
         "tile_seconds_sum": round(sum(r.seconds for r in results), 2),
     }
     path = night.out_dir / "candidates.gpkg"
     write_geopackage(path, cand, tiles_gdf, record)
-    return RunSummary(night.run_id, path, night.log_path, len(night.tiles), counts["done"], counts["nodata"],
-                      counts["unregistered"], len(night.resumed), len(cand), per_class, km2, seconds, dropped)
+    return RunSummary(
+        night.run_id,
+        path,
+        night.log_path,
+        len(night.tiles),
+        counts["done"],
+        counts["nodata"],
+        counts["unregistered"],
+        len(night.resumed),
+        len(cand),
+        per_class,
+        km2,
+        seconds,
+        dropped,
+    )
 
 
-def _update_cases(cand, cfg: RunConfig, run_id: str, night: date | None, ctx: RunContext, out_dir: Path):
+def _update_cases(
+    cand, cfg: RunConfig, run_id: str, night: date | None, ctx: RunContext, out_dir: Path
+):
     from detector.review.nightly import update_cases
 
     registry = Path(cfg.cases.registry)
     # runs of several output folders may share one registry: one update at a time, so two first
     # nights cannot both create it (the second merges into the first's instead of replacing it)
-    with exclusive_lock(registry.with_name(f".{registry.name}.lock"), "the case registry", wait=True):
-        return update_cases(cand, cfg.cases, run_id=run_id, night=night or date.today(),
-                            baseline_path=ctx.baseline.path, current_path=ctx.current.path, out_dir=out_dir,
-                            dsm=ctx.dsm)
+    with exclusive_lock(
+        registry.with_name(f".{registry.name}.lock"), "the case registry", wait=True
+    ):
+        return update_cases(
+            cand,
+            cfg.cases,
+            run_id=run_id,
+            night=night or date.today(),
+            baseline_path=ctx.baseline.path,
+            current_path=ctx.current.path,
+            out_dir=out_dir,
+            dsm=ctx.dsm,
+        )

@@ -20,11 +20,26 @@ from detector.config import RunConfig
 from detector.errors import ConfigError, InputError, ModelError, OutputError
 from detector.fileio import check_output_folder, check_regular_file
 from detector.night.align import estimate_mosaic_model
-from detector.night.context import (MAX_TILES, RunContext, check_exclusions, check_inputs, check_model_gsd,
-                                    check_source_gsd, count_tiles, load_second_view, resolve_model)
+from detector.night.context import (
+    MAX_TILES,
+    RunContext,
+    check_exclusions,
+    check_inputs,
+    check_model_gsd,
+    check_source_gsd,
+    count_tiles,
+    load_second_view,
+    resolve_model,
+)
 from detector.night.height import prepare_dsms
 from detector.night.model import load_model_spec
-from detector.night.mosaic import EpochReader, WorkingGrid, coverage_of_baseline, make_grid, open_mosaic
+from detector.night.mosaic import (
+    EpochReader,
+    WorkingGrid,
+    coverage_of_baseline,
+    make_grid,
+    open_mosaic,
+)
 from detector.night.tiles import iter_tiles
 from detector.types import Tile
 
@@ -55,8 +70,10 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     baseline = open_mosaic(cfg.baseline, "baseline")
     current = open_mosaic(cfg.current, "current")
     if baseline.is_rgb != current.is_rgb:
-        raise InputError(f"{current.path}: current mosaic has {current.colour_bands} colour band(s) but the baseline "
-                         f"{baseline.path.name} has {baseline.colour_bands}: both epochs must be RGB, or both panchromatic")
+        raise InputError(
+            f"{current.path}: current mosaic has {current.colour_bands} colour band(s) but the baseline "
+            f"{baseline.path.name} has {baseline.colour_bands}: both epochs must be RGB, or both panchromatic"
+        )
     model_path, model_version = resolve_model(cfg)
     spec = load_model_spec(model_path)
     check_model_gsd(spec)
@@ -66,34 +83,62 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     if cfg.detect.overlap_px is not None:
         overlap = cfg.detect.overlap_px
     else:  # a structure is seen whole by the tile owning its centre only if it fits in the overlap
-        overlap = min(max(spec.overlap_px, math.ceil(cfg.change.max_structure_m / spec.gsd_m)), size // 2 - 1)
+        overlap = min(
+            max(spec.overlap_px, math.ceil(cfg.change.max_structure_m / spec.gsd_m)), size // 2 - 1
+        )
     if not 0 <= overlap < size // 2:
-        raise ConfigError(f"detect.overlap_px={overlap} must be between 0 and half the tile size ({size // 2})")
+        raise ConfigError(
+            f"detect.overlap_px={overlap} must be between 0 and half the tile size ({size // 2})"
+        )
     if overlap * spec.gsd_m < cfg.change.max_structure_m:
-        log.warning("tile overlap %.1f m is smaller than change.max_structure_m %.1f m: larger structures may be "
-                    "cut at tile borders", overlap * spec.gsd_m, cfg.change.max_structure_m)
+        log.warning(
+            "tile overlap %.1f m is smaller than change.max_structure_m %.1f m: larger structures may be "
+            "cut at tile borders",
+            overlap * spec.gsd_m,
+            cfg.change.max_structure_m,
+        )
     for info in (baseline, current):
         check_source_gsd(info, spec)
     check_exclusions(cfg, cfg.current_date or current.acquired)
     try:
         grid = make_grid(baseline, current, spec.gsd_m)
-    except (OverflowError, ValueError) as exc:  # coordinates that do not fit the CRS (degrees vs metres)
-        raise InputError(f"{current.path}: its coordinates do not fit its CRS ({exc}); check the CRS label") from None
+    except (
+        OverflowError,
+        ValueError,
+    ) as exc:  # coordinates that do not fit the CRS (degrees vs metres)
+        raise InputError(
+            f"{current.path}: its coordinates do not fit its CRS ({exc}); check the CRS label"
+        ) from None
     n_tiles = count_tiles(grid, size, overlap)
     if n_tiles > MAX_TILES:
-        raise InputError(f"{cfg.baseline}: the pair makes {n_tiles:,} tiles of {size} px at {spec.gsd_m:g} m "
-                         f"(at most {MAX_TILES:,}); split the district into several runs")
-    check_output_folder(cfg.out, files=OUTPUT_FILES, folders=OUTPUT_FOLDERS,
-                        need_bytes=BASE_OUTPUT_BYTES + BYTES_PER_TILE * n_tiles)
+        raise InputError(
+            f"{cfg.baseline}: the pair makes {n_tiles:,} tiles of {size} px at {spec.gsd_m:g} m "
+            f"(at most {MAX_TILES:,}); split the district into several runs"
+        )
+    check_output_folder(
+        cfg.out,
+        files=OUTPUT_FILES,
+        folders=OUTPUT_FOLDERS,
+        need_bytes=BASE_OUTPUT_BYTES + BYTES_PER_TILE * n_tiles,
+    )
     _check_cases(cfg, grid)
     second = load_second_view(cfg, spec)
     if second is not None and cfg.detect.second_view.baseline_cache is not None:
-        check_output_folder(cfg.detect.second_view.baseline_cache, what="baseline view cache folder "
-                            "(detect.second_view.baseline_cache)")
+        check_output_folder(
+            cfg.detect.second_view.baseline_cache,
+            what="baseline view cache folder (detect.second_view.baseline_cache)",
+        )
     ctx = RunContext(
-        baseline=baseline, current=current, grid=grid, spec=spec, config=cfg, size=size, overlap=overlap,
+        baseline=baseline,
+        current=current,
+        grid=grid,
+        spec=spec,
+        config=cfg,
+        size=size,
+        overlap=overlap,
         conf=cfg.detect.conf if cfg.detect.conf is not None else spec.conf,
-        iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou, model_version=model_version,
+        iou=cfg.detect.iou if cfg.detect.iou is not None else spec.iou,
+        model_version=model_version,
         second=second,
     )
     ctx.dsm = prepare_dsms(cfg, grid)
@@ -105,13 +150,22 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     stretches = (ctx.stretch_baseline, ctx.stretch_current)
     coverage = coverage_of_baseline(baseline, current, grid, stretches)
     if coverage < cfg.min_coverage:
-        raise InputError(f"{current.path}: tonight's mosaic covers {coverage:.1%} of the baseline (less than "
-                         f"min_coverage {cfg.min_coverage:.1%}; all nodata, black or transparent there): was the "
-                         "flight processed?")
+        raise InputError(
+            f"{current.path}: tonight's mosaic covers {coverage:.1%} of the baseline (less than "
+            f"min_coverage {cfg.min_coverage:.1%}; all nodata, black or transparent there): was the "
+            "flight processed?"
+        )
     if cfg.align.enabled:
         a = cfg.align
-        ctx.mosaic_model = estimate_mosaic_model(baseline, current, grid, stretches, max_shift_m=a.max_shift_m,
-                                                 min_inliers=a.min_inliers, min_spread=a.min_spread)
+        ctx.mosaic_model = estimate_mosaic_model(
+            baseline,
+            current,
+            grid,
+            stretches,
+            max_shift_m=a.max_shift_m,
+            min_inliers=a.min_inliers,
+            min_spread=a.min_spread,
+        )
     tiles = list(iter_tiles(grid, size, overlap))
     return ctx, tiles
 
@@ -121,7 +175,9 @@ def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
     c = cfg.cases
     if c.registry is None:
         if c.boundaries is not None:
-            log.warning("cases.boundaries is set but cases.registry is not: the boundary layer is not used")
+            log.warning(
+                "cases.boundaries is set but cases.registry is not: the boundary layer is not used"
+            )
         return
     registry = Path(c.registry)
     if registry.exists():
@@ -129,7 +185,9 @@ def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
         check_registry(registry)
     check_output_folder(registry.parent, what="case registry folder", files=(registry.name,))
     if registry.exists() and not os.access(registry, os.W_OK):
-        raise OutputError(f"{registry}: case registry is read-only; the nightly run updates it: fix its permissions")
+        raise OutputError(
+            f"{registry}: case registry is read-only; the nightly run updates it: fix its permissions"
+        )
     if c.boundaries is not None:
         from detector.review.boundaries import load_boundaries
 

@@ -24,18 +24,35 @@ def write_big(path: Path, size: int, gsd: float, seed: int, plant: bool) -> None
     from affine import Affine
     from rasterio.windows import Window
 
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:4547",
-                   transform=Affine(gsd, 0, 520000, 0, -gsd, 2515000), tiled=True, blockxsize=512,
-                   blockysize=512, compress="jpeg", photometric="ycbcr", jpeg_quality=90, BIGTIFF="IF_SAFER")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4547",
+        transform=Affine(gsd, 0, 520000, 0, -gsd, 2515000),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="jpeg",
+        photometric="ycbcr",
+        jpeg_quality=90,
+        BIGTIFF="IF_SAFER",
+    )
     block = 2048
     with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for r in range(0, size, block):
             for c in range(0, size, block):
                 h, w = min(block, size - r), min(block, size - c)
-                rng = np.random.default_rng(seed * 1_000_003 + r * 7919 + c)  # same ground in both epochs
+                rng = np.random.default_rng(
+                    seed * 1_000_003 + r * 7919 + c
+                )  # same ground in both epochs
                 low = rng.integers(40, 200, (h // 32 + 2, w // 32 + 2, 3)).astype(np.uint8)
                 img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
-                img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+                img = np.clip(
+                    img.astype(np.int16) + rng.integers(-12, 12, (h, w, 3)), 0, 255
+                ).astype(np.uint8)
                 if plant:
                     prng = np.random.default_rng(r * 31 + c)
                     for _ in range(3):

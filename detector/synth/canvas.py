@@ -17,7 +17,7 @@ def _noise_field(rng: np.random.Generator, size: int, scale_px: float) -> np.nda
     small = rng.standard_normal((n, n)).astype(np.float32)
     big = cv2.resize(small, (int(n * scale_px), int(n * scale_px)), interpolation=cv2.INTER_CUBIC)
     off = int(scale_px)
-    out = big[off:off + size, off:off + size]
+    out = big[off : off + size, off : off + size]
     return out / max(float(out.std()), 1e-6)
 
 
@@ -57,7 +57,9 @@ def make_textures(rng: np.random.Generator, size: int, gsd: float) -> Textures:
     ground[:] = np.array([146, 138, 122], np.float32)
     ground += lum[..., None]
     grass = np.clip((huge * 0.7 + coarse * 0.5 - 0.6) * 1.4, 0, 1)
-    return Textures(fine, mid, coarse, huge, ground, grass, mid * 10 + fine * 8, fine * 0.6 + mid * 0.4)
+    return Textures(
+        fine, mid, coarse, huge, ground, grass, mid * 10 + fine * 8, fine * 0.6 + mid * 0.4
+    )
 
 
 class Canvas:
@@ -103,10 +105,14 @@ class Canvas:
             return None
         m = np.zeros((y1 - y0, x1 - x0), np.uint8)
         for pts in polys:
-            cv2.fillPoly(m, [np.round((pts - 0.5 - [x0, y0]) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
+            cv2.fillPoly(
+                m, [np.round((pts - 0.5 - [x0, y0]) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4
+            )
         return (slice(y0, y1), slice(x0, x1)), m.astype(np.float32) / 255.0
 
-    def paint(self, poly_m: np.ndarray, colour, noise_amp: float = 6.0, pattern=None, alpha: float = 1.0) -> None:
+    def paint(
+        self, poly_m: np.ndarray, colour, noise_amp: float = 6.0, pattern=None, alpha: float = 1.0
+    ) -> None:
         """Blend a textured colour into the image under a polygon.
 
         Parameters

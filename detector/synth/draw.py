@@ -28,7 +28,9 @@ _SURFACES = {
 
 def _shadow_polygon(poly: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """Convex hull of a polygon and its copy moved by ``offset`` (the shadow an upright box casts)."""
-    return cv2.convexHull(np.vstack([poly, poly + offset]).astype(np.float32))[:, 0, :].astype(np.float64)
+    return cv2.convexHull(np.vstack([poly, poly + offset]).astype(np.float32))[:, 0, :].astype(
+        np.float64
+    )
 
 
 def paint_ground(canvas: Canvas, look: EpochLook) -> None:
@@ -46,7 +48,9 @@ def paint_ground(canvas: Canvas, look: EpochLook) -> None:
     canvas.img[:] = cv2.blendLinear(t.ground, green_img, 1.0 - t.grass, t.grass)
 
 
-def paint_surface(canvas: Canvas, poly: np.ndarray, surface: str, look: EpochLook, seed: int) -> None:
+def paint_surface(
+    canvas: Canvas, poly: np.ndarray, surface: str, look: EpochLook, seed: int
+) -> None:
     """Paint one ground cover (a polygon or a list of them) in its colour and texture.
 
     Parameters
@@ -97,14 +101,29 @@ def paint_structure(canvas: Canvas, st: Structure, look: EpochLook) -> None:
     if st.roof == "terracotta":
         # hip roof: the half facing the sun is lighter
         sun_side = -np.array([math.cos(look.sun_azimuth), math.sin(look.sun_azimuth)])
-        nrm = np.array([-math.sin(a), math.cos(a)]) if w >= l else np.array([math.cos(a), math.sin(a)])
+        nrm = (
+            np.array([-math.sin(a), math.cos(a)])
+            if w >= l
+            else np.array([math.cos(a), math.sin(a)])
+        )
         lit = 1.08 if float(nrm @ sun_side) > 0 else 0.86
         if w >= l:
-            halves = [(cx + nrm[0] * l / 4, cy + nrm[1] * l / 4, w, l / 2, a), (cx - nrm[0] * l / 4, cy - nrm[1] * l / 4, w, l / 2, a)]
+            halves = [
+                (cx + nrm[0] * l / 4, cy + nrm[1] * l / 4, w, l / 2, a),
+                (cx - nrm[0] * l / 4, cy - nrm[1] * l / 4, w, l / 2, a),
+            ]
         else:
-            halves = [(cx + nrm[0] * w / 4, cy + nrm[1] * w / 4, w / 2, l, a), (cx - nrm[0] * w / 4, cy - nrm[1] * w / 4, w / 2, l, a)]
+            halves = [
+                (cx + nrm[0] * w / 4, cy + nrm[1] * w / 4, w / 2, l, a),
+                (cx - nrm[0] * w / 4, cy - nrm[1] * w / 4, w / 2, l, a),
+            ]
         for rect, factor in zip(halves, (lit, 1.94 - lit)):
-            canvas.paint(rect_polygon(*rect), colour * factor, 5.0, pattern=canvas.stripes(rect, 0.32, 0.07, across=w < l))
+            canvas.paint(
+                rect_polygon(*rect),
+                colour * factor,
+                5.0,
+                pattern=canvas.stripes(rect, 0.32, 0.07, across=w < l),
+            )
         return
     # flat roof with parapet, stains and clutter
     canvas.paint(poly, colour * 0.82, 4.0)
@@ -115,8 +134,13 @@ def paint_structure(canvas: Canvas, st: Structure, look: EpochLook) -> None:
         ix, iy = cx + c * item[1] - s * item[2], cy + s * item[1] + c * item[2]
         small_off = shadow_offset(look, item[-1])
         if item[0] == "tank":
-            circle = np.stack([ix + item[3] * np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
-                               iy + item[3] * np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))], 1)
+            circle = np.stack(
+                [
+                    ix + item[3] * np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
+                    iy + item[3] * np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
+                ],
+                1,
+            )
             canvas.darken(_shadow_polygon(circle, small_off))
             tank_colour = ((40, 80, 170), (35, 35, 38), (205, 205, 200), (200, 170, 60))[item[4]]
             canvas.paint(circle, tank_colour, 4.0)
@@ -140,22 +164,42 @@ def paint_site(canvas: Canvas, st: Structure) -> None:
     canvas.paint(poly, st.colour, 12.0, pattern=canvas.stripes((cx, cy, w, l, a + 0.5), 1.1, 0.05))
     rng = np.random.default_rng(st.texture_seed)
     fw, fl = w * rng.uniform(0.5, 0.72), l * rng.uniform(0.5, 0.72)
-    du, dv = rng.uniform(-(w - fw) / 2 + 1, (w - fw) / 2 - 1), rng.uniform(-(l - fl) / 2 + 1, (l - fl) / 2 - 1)
+    du, dv = (
+        rng.uniform(-(w - fw) / 2 + 1, (w - fw) / 2 - 1),
+        rng.uniform(-(l - fl) / 2 + 1, (l - fl) / 2 - 1),
+    )
     c, s = math.cos(a), math.sin(a)
     fx, fy = cx + c * du - s * dv, cy + s * du + c * dv
     canvas.paint(rect_polygon(fx, fy, fw, fl, a), (104, 102, 98), 6.0)  # wet concrete slab
     # rebar / formwork grid inside the foundation, scaffold mesh band along two sides
     step = 1.5
     for t in np.arange(-fw / 2 + step, fw / 2, step):
-        canvas.paint(rect_polygon(fx + c * t, fy + s * t, max(0.08, canvas.gsd * 0.9), fl, a), (150, 120, 95), 0.0)
+        canvas.paint(
+            rect_polygon(fx + c * t, fy + s * t, max(0.08, canvas.gsd * 0.9), fl, a),
+            (150, 120, 95),
+            0.0,
+        )
     for t in np.arange(-fl / 2 + step, fl / 2, step):
-        canvas.paint(rect_polygon(fx - s * t, fy + c * t, fw, max(0.08, canvas.gsd * 0.9), a), (150, 120, 95), 0.0)
+        canvas.paint(
+            rect_polygon(fx - s * t, fy + c * t, fw, max(0.08, canvas.gsd * 0.9), a),
+            (150, 120, 95),
+            0.0,
+        )
     band = 1.3
-    for du2, dv2, bw, bl in ((0, -fl / 2 - band / 2, fw + 2 * band, band), (-fw / 2 - band / 2, 0, band, fl)):
+    for du2, dv2, bw, bl in (
+        (0, -fl / 2 - band / 2, fw + 2 * band, band),
+        (-fw / 2 - band / 2, 0, band, fl),
+    ):
         bx, by = fx + c * du2 - s * dv2, fy + s * du2 + c * dv2
         rect = (bx, by, bw, bl, a)
-        canvas.paint(rect_polygon(*rect), (52, 110, 70), 5.0,
-                     pattern=lambda roi, r=rect: canvas.stripes(r, 0.5, 0.25)(roi) * canvas.stripes(r, 0.5, 0.25, False)(roi))
+        canvas.paint(
+            rect_polygon(*rect),
+            (52, 110, 70),
+            5.0,
+            pattern=lambda roi, r=rect: (
+                canvas.stripes(r, 0.5, 0.25)(roi) * canvas.stripes(r, 0.5, 0.25, False)(roi)
+            ),
+        )
 
 
 def paint_tree(canvas: Canvas, tree: Tree, look: EpochLook) -> None:
@@ -172,12 +216,22 @@ def paint_tree(canvas: Canvas, tree: Tree, look: EpochLook) -> None:
     off = shadow_offset(look, tree.height)
     lobes = [(tree.cx + dx * r, tree.cy + dy * r, lr * r) for dx, dy, lr in tree.lobes]
     angles = np.linspace(0, 2 * np.pi, 18, endpoint=False)
-    circles = [np.stack([x + rr * np.cos(angles), y + rr * np.sin(angles)], 1) for x, y, rr in lobes]
+    circles = [
+        np.stack([x + rr * np.cos(angles), y + rr * np.sin(angles)], 1) for x, y, rr in lobes
+    ]
     canvas.darken([circ + off for circ in circles], (0.5, 0.55, 0.62))
     sun_dir = -np.array([math.cos(look.sun_azimuth), math.sin(look.sun_azimuth)])
     canvas.paint(circles, colour * 0.8, 10.0)
-    highlights = [np.stack([x + sun_dir[0] * rr * 0.25 + rr * 0.6 * np.cos(angles),
-                            y + sun_dir[1] * rr * 0.25 + rr * 0.6 * np.sin(angles)], 1) for x, y, rr in lobes]
+    highlights = [
+        np.stack(
+            [
+                x + sun_dir[0] * rr * 0.25 + rr * 0.6 * np.cos(angles),
+                y + sun_dir[1] * rr * 0.25 + rr * 0.6 * np.sin(angles),
+            ],
+            1,
+        )
+        for x, y, rr in lobes
+    ]
     canvas.paint(highlights, colour * 1.2, 12.0, alpha=0.7)
 
 
@@ -192,7 +246,14 @@ def paint_cars(canvas: Canvas, plan: Plan, rng: np.random.Generator, look: Epoch
         The epoch's car generator.
     look : EpochLook
     """
-    palette = ((225, 225, 228), (190, 192, 196), (30, 30, 34), (150, 30, 30), (40, 60, 120), (120, 120, 125))
+    palette = (
+        (225, 225, 228),
+        (190, 192, 196),
+        (30, 30, 34),
+        (150, 30, 30),
+        (40, 60, 120),
+        (120, 120, 125),
+    )
     for x0, y0, x1, y1, width in plan.car_lanes:
         length = math.hypot(x1 - x0, y1 - y0)
         ang = math.atan2(y1 - y0, x1 - x0)

@@ -45,7 +45,9 @@ def survey_offset(seed: int, epoch: int) -> float:
     return float(np.random.default_rng([int(seed), 21, epoch]).uniform(-MAX_OFFSET_M, MAX_OFFSET_M))
 
 
-def render_dsm(plan: Plan, epoch: int, look: EpochLook, size: int, gsd: float, seed: int) -> np.ndarray:
+def render_dsm(
+    plan: Plan, epoch: int, look: EpochLook, size: int, gsd: float, seed: int
+) -> np.ndarray:
     """The DSM of one epoch.
 
     Parameters
@@ -71,11 +73,17 @@ def render_dsm(plan: Plan, epoch: int, look: EpochLook, size: int, gsd: float, s
     tilt = rng.uniform(-0.01, 0.01, 2)
     phase = rng.uniform(0, 2 * np.pi, 2)
     wave = 200.0
-    ground = (GROUND_M + tilt[0] * xx + tilt[1] * yy
-              + 0.5 * np.sin(2 * np.pi * xx / wave + phase[0]) * np.cos(2 * np.pi * yy / wave + phase[1]))
+    ground = (
+        GROUND_M
+        + tilt[0] * xx
+        + tilt[1] * yy
+        + 0.5 * np.sin(2 * np.pi * xx / wave + phase[0]) * np.cos(2 * np.pi * yy / wave + phase[1])
+    )
     dsm = ground.astype(np.float32)
-    for st in sorted((s for s in plan.structures if present(s, epoch) and s.kind != "construction_site"),
-                     key=lambda s: s.top):
+    for st in sorted(
+        (s for s in plan.structures if present(s, epoch) and s.kind != "construction_site"),
+        key=lambda s: s.top,
+    ):
         _fill(dsm, rect_polygon(*st.rect), gsd, ground + st.top)
     veg = np.zeros((size, size), bool)
     for tree in plan.trees:
@@ -97,9 +105,13 @@ def render_dsm(plan: Plan, epoch: int, look: EpochLook, size: int, gsd: float, s
     dsm = cv2.GaussianBlur(dsm, (0, 0), EDGE_SMEAR_M / gsd)
     noise_rng = np.random.default_rng([int(seed), 23, epoch])
     noise = noise_rng.standard_normal((size, size)).astype(np.float32)
-    dsm += noise * np.where(veg, VEG_NOISE_M, NOISE_M).astype(np.float32) + survey_offset(seed, epoch)
+    dsm += noise * np.where(veg, VEG_NOISE_M, NOISE_M).astype(np.float32) + survey_offset(
+        seed, epoch
+    )
     dx, dy = look.shift
     if dx or dy:
         m = np.float32([[1, 0, dx], [0, 1, dy]])
-        dsm = cv2.warpAffine(dsm, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        dsm = cv2.warpAffine(
+            dsm, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+        )
     return dsm.astype(np.float32)

@@ -16,6 +16,13 @@ import shapely
 def rect_polygon(cx: float, cy: float, w: float, l: float, angle: float) -> np.ndarray:
     """Corners of a rotated rectangle: ``w`` along the angle's axis, ``l`` across it.
 
+    The same corners, in the same order, as :func:`detector.types.box_corners`, but not computed
+    by it on purpose: that one rotates with a matrix product, whose rounding differs in the last
+    bit for about 4 in 5 rectangles (up to 2e-13 m, measured on 200,000 random ones). The
+    written scene files stay the same, but the scenes' truth polygons change, and they become
+    training labels through ``cv2.minAreaRect`` (see :func:`clip_to_square`), so the synthetic
+    datasets would no longer be byte-identical.
+
     Parameters
     ----------
     cx, cy : float
@@ -34,7 +41,9 @@ def rect_polygon(cx: float, cy: float, w: float, l: float, angle: float) -> np.n
     u = np.array([c, s]) * (w / 2)
     v = np.array([-s, c]) * (l / 2)
     centre = np.array([cx, cy])
-    return np.array([centre - u - v, centre + u - v, centre + u + v, centre - u + v], dtype=np.float64)
+    return np.array(
+        [centre - u - v, centre + u - v, centre + u + v, centre - u + v], dtype=np.float64
+    )
 
 
 def is_ccw(ring: np.ndarray) -> bool:
@@ -85,7 +94,12 @@ def clip_to_square(poly: np.ndarray, side: float) -> np.ndarray:
         ``(M, 2)`` float64 vertices of the clipped polygon (``M`` is 0 when nothing is inside).
     """
     out = [tuple(p) for p in poly]
-    for axis, limit, keep_below in ((0, 0.0, False), (0, side, True), (1, 0.0, False), (1, side, True)):
+    for axis, limit, keep_below in (
+        (0, 0.0, False),
+        (0, side, True),
+        (1, 0.0, False),
+        (1, side, True),
+    ):
         src, out = out, []
         if not src:
             break

@@ -16,7 +16,13 @@ import numpy as np
 from detector.synth.geometry import rect_polygon
 from detector.synth.occupancy import FREE, RESERVED, ROAD, STRUCTURE, TREE, Occupancy
 from detector.synth.plan import Plan, Structure, Tree
-from detector.synth.roofs import ROOF_STYLES, ROOF_WEIGHTS, contrasting_style, make_clutter, roof_colour
+from detector.synth.roofs import (
+    ROOF_STYLES,
+    ROOF_WEIGHTS,
+    contrasting_style,
+    make_clutter,
+    roof_colour,
+)
 from detector.types import CHANGE_CLASSES
 
 
@@ -92,15 +98,30 @@ class Planner:
             for j in range(len(vs) - 1):
                 u0, u1 = us[i] + widths_u[i] / 2, us[i + 1] - widths_u[i + 1] / 2
                 v0, v1 = vs[j] + widths_v[j] / 2, vs[j + 1] - widths_v[j + 1] / 2
-                poly = np.array([self._to_world(u, v) for u, v in ((u0, v0), (u1, v0), (u1, v1), (u0, v1))])
+                poly = np.array(
+                    [self._to_world(u, v) for u, v in ((u0, v0), (u1, v0), (u1, v1), (u0, v1))]
+                )
                 if self._touches_scene(poly):
                     blocks.append((u0, v0, u1, v1, poly))
         order = rng.permutation(len(blocks))
-        inside = [k for k in order if self._inside(blocks[k][4], 2.0)
-                  and blocks[k][2] - blocks[k][0] >= 24 and blocks[k][3] - blocks[k][1] >= 22]
-        graded = inside[0] if inside and self.side >= 110 and self.options.get("block_development", True) else None
+        inside = [
+            k
+            for k in order
+            if self._inside(blocks[k][4], 2.0)
+            and blocks[k][2] - blocks[k][0] >= 24
+            and blocks[k][3] - blocks[k][1] >= 22
+        ]
+        graded = (
+            inside[0]
+            if inside and self.side >= 110 and self.options.get("block_development", True)
+            else None
+        )
         n_open = max(1, int(round(len(blocks) * 0.12)))
-        centred = [k for k in order if k != graded and self._inside(blocks[k][4].mean(0, keepdims=True), 8.0)]
+        centred = [
+            k
+            for k in order
+            if k != graded and self._inside(blocks[k][4].mean(0, keepdims=True), 8.0)
+        ]
         open_blocks = (centred + [k for k in order if k != graded and k not in centred])[:n_open]
         for k, (u0, v0, u1, v1, poly) in enumerate(blocks):
             if k == graded:
@@ -132,16 +153,42 @@ class Planner:
         if width > 5:
             self.car_lanes.append((a[0], a[1], b[0], b[1], width))
 
-    def _building(self, cx, cy, w, l, angle, born=0, truth_class=None, kind="building", style=None,
-                  height=None, base=0.0, parent=None) -> Structure:
+    def _building(
+        self,
+        cx,
+        cy,
+        w,
+        l,
+        angle,
+        born=0,
+        truth_class=None,
+        kind="building",
+        style=None,
+        height=None,
+        base=0.0,
+        parent=None,
+    ) -> Structure:
         rng = self.rng
         style = style or str(rng.choice(ROOF_STYLES, p=ROOF_WEIGHTS))
         if height is None:
-            height = 3.0 * int(rng.choice([2, 3, 4, 5, 6, 7], p=[0.2, 0.25, 0.25, 0.15, 0.1, 0.05])) + rng.uniform(0, 1)
-        clutter = make_clutter(rng, w, l) if style in ("concrete", "dark") and kind == "building" else []
-        return self._add(kind=kind, rect=(cx, cy, w, l, angle), height=height, base=base, roof=style,
-                         colour=roof_colour(rng, style), born=born, parent=parent,
-                         truth_class=truth_class, clutter=clutter)
+            height = 3.0 * int(
+                rng.choice([2, 3, 4, 5, 6, 7], p=[0.2, 0.25, 0.25, 0.15, 0.1, 0.05])
+            ) + rng.uniform(0, 1)
+        clutter = (
+            make_clutter(rng, w, l) if style in ("concrete", "dark") and kind == "building" else []
+        )
+        return self._add(
+            kind=kind,
+            rect=(cx, cy, w, l, angle),
+            height=height,
+            base=base,
+            roof=style,
+            colour=roof_colour(rng, style),
+            born=born,
+            parent=parent,
+            truth_class=truth_class,
+            clutter=clutter,
+        )
 
     def _dense_block(self, u0, v0, u1, v1) -> None:
         rng = self.rng
@@ -152,7 +199,9 @@ class Planner:
                 break
             u = u0 + rng.uniform(0.3, 1.5)
             while u < u1 - 5:
-                width = min(rng.uniform(6, 16) if rng.random() > 0.12 else rng.uniform(16, 25), u1 - u - 0.3)
+                width = min(
+                    rng.uniform(6, 16) if rng.random() > 0.12 else rng.uniform(16, 25), u1 - u - 0.3
+                )
                 if width < 5.5:
                     break
                 jitter = rng.uniform(-0.03, 0.03)
@@ -173,10 +222,15 @@ class Planner:
         self.surfaces.append((poly, "garden", 0, None))
         self.gardens.append((u0, v0, u1, v1))
         rng = self.rng
-        houses = int(rng.integers(0, 3)) if len(self.gardens) > 1 else 0  # the first garden stays open
+        houses = (
+            int(rng.integers(0, 3)) if len(self.gardens) > 1 else 0
+        )  # the first garden stays open
         for _ in range(houses):  # a few detached houses
             w, l = rng.uniform(7, 13), rng.uniform(7, 12)
-            cu, cv = rng.uniform(u0 + w / 2 + 1, u1 - w / 2 - 1), rng.uniform(v0 + l / 2 + 1, v1 - l / 2 - 1)
+            cu, cv = (
+                rng.uniform(u0 + w / 2 + 1, u1 - w / 2 - 1),
+                rng.uniform(v0 + l / 2 + 1, v1 - l / 2 - 1),
+            )
             cx, cy = self._to_world(cu, cv)
             rect = rect_polygon(cx, cy, w + 2, l + 2, self.angle)
             if self.occ.is_free(rect):
@@ -192,11 +246,13 @@ class Planner:
     def plan_changes(self) -> None:
         """Every night: at least one change of each class, more in larger scenes, and demolitions."""
         rng = self.rng
-        area = self.side ** 2
+        area = self.side**2
         dev_night = int(rng.integers(1, self.nights + 1)) if self.graded_block else None
         for night in range(1, self.nights + 1):
             extra = int(round(area / 10000 * rng.uniform(0.6, 2.0)))
-            classes = list(CHANGE_CLASSES) + list(rng.choice(CHANGE_CLASSES, size=extra, p=[0.35, 0.3, 0.2, 0.15]))
+            classes = list(CHANGE_CLASSES) + list(
+                rng.choice(CHANGE_CLASSES, size=extra, p=[0.35, 0.3, 0.2, 0.15])
+            )
             if night == dev_night:
                 self._develop_block(night)
             for cls in classes:
@@ -211,7 +267,16 @@ class Planner:
             self._promote_sites(night)
             self._demolish(night)
 
-    def _free_rect(self, w_range, l_range, tries=250, margin=1.0, buffer=0.8, slots_first=True, in_gardens=False):
+    def _free_rect(
+        self,
+        w_range,
+        l_range,
+        tries=250,
+        margin=1.0,
+        buffer=0.8,
+        slots_first=True,
+        in_gardens=False,
+    ):
         rng = self.rng
         for k in range(tries):
             w, l = rng.uniform(*w_range), rng.uniform(*l_range)
@@ -249,23 +314,44 @@ class Planner:
     def _place_shed(self, night: int) -> bool:
         rng = self.rng
         style = str(rng.choice(("blue_steel", "white_steel"), p=[0.65, 0.35]))
-        if rng.random() < 0.35 and self._place_rooftop(night, "temporary_structure", style, (3, 8), 2.8):
+        if rng.random() < 0.35 and self._place_rooftop(
+            night, "temporary_structure", style, (3, 8), 2.8
+        ):
             return True
         got = self._free_rect((3, 10), (3, 7), buffer=0.5)
         if got is None:
             return self._place_rooftop(night, "temporary_structure", style, (3, 8), 2.8)
         cx, cy, w, l, a = got
-        self._building(cx, cy, w, l, a, born=night, truth_class="temporary_structure",
-                       kind="temporary_structure", style=style, height=rng.uniform(2.5, 3.5))
+        self._building(
+            cx,
+            cy,
+            w,
+            l,
+            a,
+            born=night,
+            truth_class="temporary_structure",
+            kind="temporary_structure",
+            style=style,
+            height=rng.uniform(2.5, 3.5),
+        )
         self.occ.mark(rect_polygon(cx, cy, w, l, a), STRUCTURE)
         return True
 
     def _candidate_parents(self, night: int, min_side: float) -> list:
-        return [s for s in self.structures
-                if s.kind == "building" and s.born < night and s.died is None and not s.has_child
-                and min(s.rect[2], s.rect[3]) >= min_side and self._inside(rect_polygon(*s.rect), 1.0)]
+        return [
+            s
+            for s in self.structures
+            if s.kind == "building"
+            and s.born < night
+            and s.died is None
+            and not s.has_child
+            and min(s.rect[2], s.rect[3]) >= min_side
+            and self._inside(rect_polygon(*s.rect), 1.0)
+        ]
 
-    def _place_rooftop(self, night: int, kind: str, style: str | None, size_range, height: float) -> bool:
+    def _place_rooftop(
+        self, night: int, kind: str, style: str | None, size_range, height: float
+    ) -> bool:
         rng = self.rng
         parents = self._candidate_parents(night, size_range[0] + 2.0)
         if not parents:
@@ -279,8 +365,20 @@ class Planner:
         c, s = math.cos(pa), math.sin(pa)
         cx, cy = pcx + c * du - s * dv, pcy + s * du + c * dv
         style = style or contrasting_style(rng, parent)
-        self._building(cx, cy, w, l, pa, born=night, truth_class=kind if kind != "building" else "extension",
-                       kind=kind, style=style, height=height, base=parent.top, parent=parent.sid)
+        self._building(
+            cx,
+            cy,
+            w,
+            l,
+            pa,
+            born=night,
+            truth_class=kind if kind != "building" else "extension",
+            kind=kind,
+            style=style,
+            height=height,
+            base=parent.top,
+            parent=parent.sid,
+        )
         parent.has_child = True
         return True
 
@@ -296,44 +394,87 @@ class Planner:
             depth = rng.uniform(3, 8)
             offset_along = rng.uniform(-(along - ext_along) / 2, (along - ext_along) / 2)
             sign = 1 if side % 2 == 0 else -1
-            du, dv = (sign * (across / 2 + depth / 2), offset_along) if side < 2 else (offset_along, sign * (across / 2 + depth / 2))
+            du, dv = (
+                (sign * (across / 2 + depth / 2), offset_along)
+                if side < 2
+                else (offset_along, sign * (across / 2 + depth / 2))
+            )
             w, l = (depth, ext_along) if side < 2 else (ext_along, depth)
             c, s = math.cos(pa), math.sin(pa)
             cx, cy = pcx + c * du - s * dv, pcy + s * du + c * dv
             poly = rect_polygon(cx, cy, w, l, pa)
             # check a slightly pushed-out copy so touching the parent is allowed
-            pcx2, pcy2 = cx + c * (0.4 * sign if side < 2 else 0) - s * (0.4 * sign if side >= 2 else 0), \
-                cy + s * (0.4 * sign if side < 2 else 0) + c * (0.4 * sign if side >= 2 else 0)
-            if not self._inside(poly, 1.0) or not self.occ.is_free(rect_polygon(pcx2, pcy2, w + 0.4, l + 0.4, pa)):
+            pcx2, pcy2 = (
+                cx + c * (0.4 * sign if side < 2 else 0) - s * (0.4 * sign if side >= 2 else 0),
+                cy + s * (0.4 * sign if side < 2 else 0) + c * (0.4 * sign if side >= 2 else 0),
+            )
+            if not self._inside(poly, 1.0) or not self.occ.is_free(
+                rect_polygon(pcx2, pcy2, w + 0.4, l + 0.4, pa)
+            ):
                 continue
-            self._building(cx, cy, w, l, pa, born=night, truth_class="extension", kind="extension",
-                           style=contrasting_style(rng, parent), height=rng.uniform(3, max(3.2, parent.height)),
-                           parent=parent.sid)
+            self._building(
+                cx,
+                cy,
+                w,
+                l,
+                pa,
+                born=night,
+                truth_class="extension",
+                kind="extension",
+                style=contrasting_style(rng, parent),
+                height=rng.uniform(3, max(3.2, parent.height)),
+                parent=parent.sid,
+            )
             parent.has_child = True
             self.occ.mark(poly, STRUCTURE)
             return True
         return self._place_rooftop(night, "extension", None, (3, 8), 3.0)
 
     def _place_site(self, night: int) -> bool:
-        got = self._free_rect((10, 30), (10, 24), tries=300, buffer=0.5, slots_first=False, in_gardens=True)
+        got = self._free_rect(
+            (10, 30), (10, 24), tries=300, buffer=0.5, slots_first=False, in_gardens=True
+        )
         if got is None:
             got = self._free_rect((10, 13), (10, 12), tries=300, buffer=0.3, in_gardens=True)
         if got is None:
             return False
         cx, cy, w, l, a = got
-        self._add(kind="construction_site", rect=(cx, cy, w, l, a), height=0.0, base=0.0, roof="site",
-                  colour=roof_colour(self.rng, "site"), born=night, truth_class="construction_site")
+        self._add(
+            kind="construction_site",
+            rect=(cx, cy, w, l, a),
+            height=0.0,
+            base=0.0,
+            roof="site",
+            colour=roof_colour(self.rng, "site"),
+            born=night,
+            truth_class="construction_site",
+        )
         self.occ.mark(rect_polygon(cx, cy, w, l, a), STRUCTURE)
         return True
 
     def _promote_sites(self, night: int) -> None:
         """In multi-night sequences a site from an earlier night may get its building."""
-        for site in [s for s in self.structures if s.kind == "construction_site" and s.born < night
-                     and not s.has_child and s.died is None]:
+        for site in [
+            s
+            for s in self.structures
+            if s.kind == "construction_site"
+            and s.born < night
+            and not s.has_child
+            and s.died is None
+        ]:
             if self.rng.random() < 0.5:
                 cx, cy, w, l, a = site.rect
-                self._building(cx, cy, w * 0.7, l * 0.7, a, born=night, truth_class="new_building",
-                               style="concrete", parent=site.sid)
+                self._building(
+                    cx,
+                    cy,
+                    w * 0.7,
+                    l * 0.7,
+                    a,
+                    born=night,
+                    truth_class="new_building",
+                    style="concrete",
+                    parent=site.sid,
+                )
                 site.has_child = True
 
     def _develop_block(self, night: int) -> None:
@@ -358,16 +499,34 @@ class Planner:
                 if u + width > u1 - 1:
                     break
                 cx, cy = self._to_world(u + width / 2, vc)
-                self._building(cx, cy, width, depth, self.angle, born=night, truth_class="new_building",
-                               style=style, height=3.0 * int(rng.integers(2, 5)))
+                self._building(
+                    cx,
+                    cy,
+                    width,
+                    depth,
+                    self.angle,
+                    born=night,
+                    truth_class="new_building",
+                    style=style,
+                    height=3.0 * int(rng.integers(2, 5)),
+                )
                 u += width + rng.uniform(2, 4)
 
     def _demolish(self, night: int) -> None:
         rng = self.rng
-        n = int(rng.random() < min(0.9, self.side ** 2 / 15000)) + int(self.side ** 2 > 30000 and rng.random() < 0.5)
-        pool = [s for s in self.structures if s.kind in ("building", "temporary_structure") and s.born < night
-                and s.died is None and not s.has_child and s.base == 0
-                and self._inside(rect_polygon(*s.rect), 0.5)]
+        n = int(rng.random() < min(0.9, self.side**2 / 15000)) + int(
+            self.side**2 > 30000 and rng.random() < 0.5
+        )
+        pool = [
+            s
+            for s in self.structures
+            if s.kind in ("building", "temporary_structure")
+            and s.born < night
+            and s.died is None
+            and not s.has_child
+            and s.base == 0
+            and self._inside(rect_polygon(*s.rect), 0.5)
+        ]
         for k in rng.permutation(len(pool))[:n]:
             pool[k].died = night
             self.surfaces.append((rect_polygon(*pool[k].rect), "rubble", night, None))
@@ -376,7 +535,7 @@ class Planner:
     def plant_trees(self) -> None:
         """Trees on free ground (a quarter of them may stand over roads)."""
         rng = self.rng
-        target = int(self.side ** 2 / 240)
+        target = int(self.side**2 / 240)
         planted, tries = 0, 0
         while planted < target and tries < target * 12:
             tries += 1
@@ -390,7 +549,9 @@ class Planner:
             ang = rng.uniform(0, 2 * np.pi, k)
             dist = rng.uniform(0.1, 0.55, k)
             lobes = np.stack([np.cos(ang) * dist, np.sin(ang) * dist, rng.uniform(0.4, 0.65, k)], 1)
-            self.trees.append(Tree(float(cx), float(cy), float(r), float(rng.uniform(5, 12)), lobes))
+            self.trees.append(
+                Tree(float(cx), float(cy), float(r), float(rng.uniform(5, 12)), lobes)
+            )
             self.occ.mark(box, TREE)
             planted += 1
 
@@ -417,5 +578,12 @@ def build_plan(rng: np.random.Generator, side_m: float, nights: int, options: di
     planner.layout()
     planner.plan_changes()
     planner.plant_trees()
-    return Plan(side_m, planner.angle, planner.roads, planner.surfaces, planner.structures, planner.trees,
-                planner.car_lanes)
+    return Plan(
+        side_m,
+        planner.angle,
+        planner.roads,
+        planner.surfaces,
+        planner.structures,
+        planner.trees,
+        planner.car_lanes,
+    )

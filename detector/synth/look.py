@@ -89,10 +89,18 @@ def epoch_looks(rng: np.random.Generator, epochs: int, max_shift_px: float) -> l
             shift = (float(r * math.cos(th)), float(r * math.sin(th)))
         else:
             shift = (0.0, 0.0)
-        looks.append(EpochLook(
-            sun_azimuth=float(azimuth), sun_elevation=float(np.radians(rng.uniform(58, 80))),
-            veg_season=float(rng.uniform(0, 0.8)), veg_growth=float(1 + 0.03 * e + rng.uniform(0, 0.03)),
-            gamma=float(rng.uniform(0.85, 1.15)), gains=tuple(float(g) for g in rng.uniform(0.93, 1.07, 3)),
-            offset=float(rng.uniform(-8, 8)), noise_sigma=float(rng.uniform(1.5, 3.0)),
-            jpeg_quality=int(rng.integers(80, 93)), shift=shift))
+        looks.append(
+            EpochLook(
+                sun_azimuth=float(azimuth),
+                sun_elevation=float(np.radians(rng.uniform(58, 80))),
+                veg_season=float(rng.uniform(0, 0.8)),
+                veg_growth=float(1 + 0.03 * e + rng.uniform(0, 0.03)),
+                gamma=float(rng.uniform(0.85, 1.15)),
+                gains=tuple(float(g) for g in rng.uniform(0.93, 1.07, 3)),
+                offset=float(rng.uniform(-8, 8)),
+                noise_sigma=float(rng.uniform(1.5, 3.0)),
+                jpeg_quality=int(rng.integers(80, 93)),
+                shift=shift,
+            )
+        )
     return looks

@@ -38,7 +38,11 @@ def roof_colour(rng: np.random.Generator, style: str) -> tuple[float, float, flo
     if style == "white_steel":
         g = rng.uniform(205, 232)
         return (g, g + 2, g + 4)
-    return (rng.uniform(185, 205), rng.uniform(100, 115), rng.uniform(52, 66))  # red-brown cleared soil
+    return (
+        rng.uniform(185, 205),
+        rng.uniform(100, 115),
+        rng.uniform(52, 66),
+    )  # red-brown cleared soil
 
 
 def contrasting_style(rng: np.random.Generator, parent: Structure) -> str:
@@ -54,7 +58,11 @@ def contrasting_style(rng: np.random.Generator, parent: Structure) -> str:
     -------
     str
     """
-    options = [s for s in ("blue_steel", "white_steel", "terracotta", "concrete", "dark") if s != parent.roof]
+    options = [
+        s
+        for s in ("blue_steel", "white_steel", "terracotta", "concrete", "dark")
+        if s != parent.roof
+    ]
     if parent.roof in ("concrete", "white_steel"):
         options = [s for s in options if s not in ("concrete", "white_steel")]
     return options[int(rng.integers(len(options)))]
@@ -79,13 +87,37 @@ def make_clutter(rng: np.random.Generator, w: float, l: float) -> list:
         return items
     if rng.random() < 0.7:  # stair housing
         sw, sl = rng.uniform(2.2, 3.2), rng.uniform(2.5, 3.5)
-        items.append(("stair", rng.uniform(-w / 2 + sw / 2 + 0.4, w / 2 - sw / 2 - 0.4),
-                      rng.uniform(-l / 2 + sl / 2 + 0.4, l / 2 - sl / 2 - 0.4), sw, sl, 2.4))
+        items.append(
+            (
+                "stair",
+                rng.uniform(-w / 2 + sw / 2 + 0.4, w / 2 - sw / 2 - 0.4),
+                rng.uniform(-l / 2 + sl / 2 + 0.4, l / 2 - sl / 2 - 0.4),
+                sw,
+                sl,
+                2.4,
+            )
+        )
     for _ in range(int(rng.integers(0, 4))):
         r = rng.uniform(0.45, 0.8)
-        items.append(("tank", rng.uniform(-w / 2 + r + 0.4, w / 2 - r - 0.4),
-                      rng.uniform(-l / 2 + r + 0.4, l / 2 - r - 0.4), r, int(rng.integers(4)), 1.3))
+        items.append(
+            (
+                "tank",
+                rng.uniform(-w / 2 + r + 0.4, w / 2 - r - 0.4),
+                rng.uniform(-l / 2 + r + 0.4, l / 2 - r - 0.4),
+                r,
+                int(rng.integers(4)),
+                1.3,
+            )
+        )
     for _ in range(int(rng.integers(0, 5))):
-        items.append(("ac", rng.uniform(-w / 2 + 0.8, w / 2 - 0.8), rng.uniform(-l / 2 + 0.6, l / 2 - 0.6),
-                      0.9, 0.6, 0.6))
+        items.append(
+            (
+                "ac",
+                rng.uniform(-w / 2 + 0.8, w / 2 - 0.8),
+                rng.uniform(-l / 2 + 0.6, l / 2 - 0.6),
+                0.9,
+                0.6,
+                0.6,
+            )
+        )
     return items

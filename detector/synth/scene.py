@@ -47,12 +47,29 @@ from detector.synth.look import epoch_looks
 from detector.synth.plan import Plan, present
 from detector.synth.render import render_epoch
 from detector.synth.types import ChangeTruth, Footprint, Scene
-from detector.synth.write import DEFAULT_CENTER_LONLAT, DEFAULT_CRS, EPOCH_TIME, scene_transform, write_scene
+from detector.synth.write import (
+    DEFAULT_CENTER_LONLAT,
+    DEFAULT_CRS,
+    EPOCH_TIME,
+    scene_transform,
+    write_scene,
+)
 from detector.types import CHANGE_CLASSES
 
 __all__ = [
-    "BASELINE_DATE", "CHANGE_CLASSES", "DEFAULT_CENTER_LONLAT", "DEFAULT_CRS", "EPOCH_TIME", "ChangeTruth",
-    "Footprint", "Scene", "derive_seed", "generate", "generate_scene", "scene_transform", "write_scene",
+    "BASELINE_DATE",
+    "CHANGE_CLASSES",
+    "DEFAULT_CENTER_LONLAT",
+    "DEFAULT_CRS",
+    "EPOCH_TIME",
+    "ChangeTruth",
+    "Footprint",
+    "Scene",
+    "derive_seed",
+    "generate",
+    "generate_scene",
+    "scene_transform",
+    "write_scene",
 ]
 
 BASELINE_DATE = date(2026, 5, 1)  # epoch e is dated BASELINE_DATE + e days
@@ -75,7 +92,9 @@ def derive_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def generate_scene(seed: int, size: int = 1024, gsd: float = 0.1, nights: int = 1, **options) -> Scene:
+def generate_scene(
+    seed: int, size: int = 1024, gsd: float = 0.1, nights: int = 1, **options
+) -> Scene:
     """Plan and render one synthetic scene of ``nights + 1`` epochs.
 
     Parameters
@@ -101,32 +120,55 @@ def generate_scene(seed: int, size: int = 1024, gsd: float = 0.1, nights: int = 
         in the baseline pixel frame (see the module docstring).
     """
     if size < 64 or gsd <= 0 or nights < 1:
-        raise ValueError(f"generate_scene: need size >= 64, gsd > 0, nights >= 1 (got {size}, {gsd}, {nights})")
+        raise ValueError(
+            f"generate_scene: need size >= 64, gsd > 0, nights >= 1 (got {size}, {gsd}, {nights})"
+        )
     unknown = set(options) - {"max_shift_px", "block_development", "dsm"}
     if unknown:
         raise ValueError(f"generate_scene: unknown options {sorted(unknown)}")
     rng = np.random.default_rng([int(seed), 1])
     side_m = size * gsd
     plan = build_plan(rng, side_m, nights, options)
-    looks = epoch_looks(np.random.default_rng([int(seed), 2]), nights + 1, float(options.get("max_shift_px", 3.0)))
+    looks = epoch_looks(
+        np.random.default_rng([int(seed), 2]), nights + 1, float(options.get("max_shift_px", 3.0))
+    )
     tex = make_textures(np.random.default_rng([int(seed), 3]), size, gsd)
     epochs = [render_epoch(plan, e, looks[e], tex, size, gsd, int(seed)) for e in range(nights + 1)]
     footprints = [_footprints(plan, e, size, gsd) for e in range(nights + 1)]
     changes, demolished = [], []
     for night in range(1, nights + 1):
-        changes.append([ChangeTruth(st.truth_class, rect_polygon(*st.rect) / gsd, st.sid)
-                        for st in plan.structures if st.born == night and st.truth_class])
-        demolished.append([Footprint(st.sid, st.kind, rect_polygon(*st.rect) / gsd)
-                           for st in plan.structures if st.died == night])
+        changes.append(
+            [
+                ChangeTruth(st.truth_class, rect_polygon(*st.rect) / gsd, st.sid)
+                for st in plan.structures
+                if st.born == night and st.truth_class
+            ]
+        )
+        demolished.append(
+            [
+                Footprint(st.sid, st.kind, rect_polygon(*st.rect) / gsd)
+                for st in plan.structures
+                if st.died == night
+            ]
+        )
     dsms = []
     if options.get("dsm"):
         from detector.synth.dsm import render_dsm
 
         dsms = [render_dsm(plan, e, looks[e], size, gsd, int(seed)) for e in range(nights + 1)]
-    return Scene(seed=int(seed), size=size, gsd=gsd, epochs=epochs, footprints=footprints, changes=changes,
-                 demolished=demolished, shifts=[lk.shift for lk in looks],
-                 sun=[(math.degrees(lk.sun_azimuth) % 360, math.degrees(lk.sun_elevation)) for lk in looks],
-                 dates=[BASELINE_DATE + timedelta(days=e) for e in range(nights + 1)], dsms=dsms)
+    return Scene(
+        seed=int(seed),
+        size=size,
+        gsd=gsd,
+        epochs=epochs,
+        footprints=footprints,
+        changes=changes,
+        demolished=demolished,
+        shifts=[lk.shift for lk in looks],
+        sun=[(math.degrees(lk.sun_azimuth) % 360, math.degrees(lk.sun_elevation)) for lk in looks],
+        dates=[BASELINE_DATE + timedelta(days=e) for e in range(nights + 1)],
+        dsms=dsms,
+    )
 
 
 def _footprints(plan: Plan, epoch: int, size: int, gsd: float) -> list[Footprint]:
@@ -141,8 +183,16 @@ def _footprints(plan: Plan, epoch: int, size: int, gsd: float) -> list[Footprint
     return out
 
 
-def generate(outdir, seed: int, scenes: int = 1, size: int = 1024, gsd: float = 0.1, crs: str = DEFAULT_CRS,
-             nights: int = 1, dsm: bool = False) -> list[Path]:
+def generate(
+    outdir,
+    seed: int,
+    scenes: int = 1,
+    size: int = 1024,
+    gsd: float = 0.1,
+    crs: str = DEFAULT_CRS,
+    nights: int = 1,
+    dsm: bool = False,
+) -> list[Path]:
     """Generate and write ``scenes`` scenes into ``outdir/scene_000`` ... (what the CLI calls).
 
     Scene ``k`` uses ``derive_seed(seed, k)``, so adding scenes never changes earlier ones.

@@ -42,6 +42,10 @@ class Scene:
     changes: list[list[ChangeTruth]]  # per transition (len T)
     demolished: list[list[Footprint]]  # per transition: structures removed (not cases)
     shifts: list[tuple[float, float]] = field(default_factory=list)  # per epoch, pixels
-    sun: list[tuple[float, float]] = field(default_factory=list)  # per epoch (azimuth deg, elevation deg)
+    sun: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # per epoch (azimuth deg, elevation deg)
     dates: list[date] = field(default_factory=list)  # per epoch
-    dsms: list[np.ndarray] = field(default_factory=list)  # per epoch (size, size) float32 metres; opt-in (dsm=True)
+    dsms: list[np.ndarray] = field(
+        default_factory=list
+    )  # per epoch (size, size) float32 metres; opt-in (dsm=True)

@@ -21,7 +21,9 @@ DEFAULT_CRS = "EPSG:4547"
 DEFAULT_CENTER_LONLAT = (114.25, 22.72)
 
 
-def scene_transform(size: int, gsd: float, crs: str = DEFAULT_CRS, center_lonlat=DEFAULT_CENTER_LONLAT):
+def scene_transform(
+    size: int, gsd: float, crs: str = DEFAULT_CRS, center_lonlat=DEFAULT_CENTER_LONLAT
+):
     """The affine geotransform of a scene centred on ``center_lonlat`` in ``crs``.
 
     Projected CRS: square pixels of ``gsd`` grid units (metres). Geographic CRS (e.g.
@@ -51,7 +53,9 @@ def scene_transform(size: int, gsd: float, crs: str = DEFAULT_CRS, center_lonlat
     try:
         crs_obj = CRS.from_user_input(crs)
     except Exception:  # noqa: BLE001 - pyproj raises several types
-        raise InputError(f"--crs {crs}: unknown coordinate reference system; use e.g. EPSG:4547") from None
+        raise InputError(
+            f"--crs {crs}: unknown coordinate reference system; use e.g. EPSG:4547"
+        ) from None
     lon, lat = center_lonlat
     half = size * gsd / 2
     if crs_obj.is_geographic:
@@ -62,7 +66,9 @@ def scene_transform(size: int, gsd: float, crs: str = DEFAULT_CRS, center_lonlat
         return Affine(dlon, 0, lon - size * dlon / 2, 0, -dlat, lat + size * dlat / 2)
     unit = crs_obj.axis_info[0].unit_name if crs_obj.axis_info else ""
     if unit not in ("metre", "meter"):
-        raise InputError(f"--crs {crs}: axis unit is '{unit}', need a metric projected CRS or EPSG:4326")
+        raise InputError(
+            f"--crs {crs}: axis unit is '{unit}', need a metric projected CRS or EPSG:4326"
+        )
     x, y = Transformer.from_crs("EPSG:4326", crs_obj, always_xy=True).transform(lon, lat)
     return Affine(gsd, 0, x - half, 0, -gsd, y + half)
 
@@ -72,13 +78,29 @@ def _write_geotiff(path: Path, image: np.ndarray, transform, crs: str, when: dat
     import rasterio
     from rasterio.enums import Resampling
 
-    profile = dict(driver="GTiff", width=image.shape[1], height=image.shape[0], count=3, dtype="uint8",
-                   crs=crs, transform=transform, tiled=True, blockxsize=256, blockysize=256,
-                   compress="JPEG", photometric="YCBCR", jpeg_quality=90, interleave="pixel")
+    profile = dict(
+        driver="GTiff",
+        width=image.shape[1],
+        height=image.shape[0],
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="JPEG",
+        photometric="YCBCR",
+        jpeg_quality=90,
+        interleave="pixel",
+    )
     with atomic_path(path, suffix=".tif") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(np.moveaxis(image, 2, 0))
-            dst.update_tags(TIFFTAG_DATETIME=f"{when:%Y:%m:%d} {EPOCH_TIME}", TIFFTAG_SOFTWARE="buildwatch synth")
+            dst.update_tags(
+                TIFFTAG_DATETIME=f"{when:%Y:%m:%d} {EPOCH_TIME}",
+                TIFFTAG_SOFTWARE="buildwatch synth",
+            )
             factors = [f for f in (2, 4, 8, 16) if image.shape[0] // f >= 128]
             if factors:
                 dst.build_overviews(factors, Resampling.average)
@@ -89,20 +111,37 @@ def _write_dsm(path: Path, dsm: np.ndarray, transform, crs: str, when: date) -> 
     import rasterio
     from rasterio.enums import Resampling
 
-    profile = dict(driver="GTiff", width=dsm.shape[1], height=dsm.shape[0], count=1, dtype="float32", crs=crs,
-                   transform=transform, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-                   predictor=3, nodata=-9999.0)
+    profile = dict(
+        driver="GTiff",
+        width=dsm.shape[1],
+        height=dsm.shape[0],
+        count=1,
+        dtype="float32",
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        predictor=3,
+        nodata=-9999.0,
+    )
     with atomic_path(path, suffix=".tif") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(dsm.astype(np.float32), 1)
             dst.units = ("metre",)
-            dst.update_tags(TIFFTAG_DATETIME=f"{when:%Y:%m:%d} {EPOCH_TIME}", TIFFTAG_SOFTWARE="buildwatch synth")
+            dst.update_tags(
+                TIFFTAG_DATETIME=f"{when:%Y:%m:%d} {EPOCH_TIME}",
+                TIFFTAG_SOFTWARE="buildwatch synth",
+            )
             factors = [f for f in (2, 4, 8, 16) if dsm.shape[0] // f >= 128]
             if factors:
                 dst.build_overviews(factors, Resampling.average)
 
 
-def _geojson_bytes(features: list[tuple[np.ndarray, dict]], transform, crs: str, gsd: float) -> bytes:
+def _geojson_bytes(
+    features: list[tuple[np.ndarray, dict]], transform, crs: str, gsd: float
+) -> bytes:
     """A compact GeoJSON FeatureCollection of pixel polygons mapped through ``transform``."""
     from pyproj import CRS
 
@@ -118,15 +157,30 @@ def _geojson_bytes(features: list[tuple[np.ndarray, dict]], transform, crs: str,
             ring = ring[::-1]
         ring.append(ring[0])
         props = dict(props, area_m2=round(polygon_area(poly) * gsd * gsd, 2))
-        out.append({"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": [ring]}})
+        out.append(
+            {
+                "type": "Feature",
+                "properties": props,
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            }
+        )
     epsg = crs_obj.to_epsg()
-    name = "urn:ogc:def:crs:OGC:1.3:CRS84" if geographic and epsg == 4326 else f"urn:ogc:def:crs:EPSG::{epsg}"
-    doc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": name}}, "features": out}
+    name = (
+        "urn:ogc:def:crs:OGC:1.3:CRS84"
+        if geographic and epsg == 4326
+        else f"urn:ogc:def:crs:EPSG::{epsg}"
+    )
+    doc = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": name}},
+        "features": out,
+    }
     return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
 
-
-def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonlat=DEFAULT_CENTER_LONLAT) -> dict:
+def write_scene(
+    scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonlat=DEFAULT_CENTER_LONLAT
+) -> dict:
     """Write a scene as GeoTIFFs + GeoJSON into ``outdir`` (created if needed).
 
     Files: ``baseline.tif`` / ``current.tif`` (epochs 0 / 1), ``truth.geojson`` (changes
@@ -167,16 +221,22 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
         atomic_write_bytes(paths[name], _geojson_bytes(features, transform, crs, scene.gsd))
 
     def truth_features(t: int):
-        return [(c.polygon, {"class": c.cls, "structure_id": c.structure_id}) for c in scene.changes[t]]
+        return [
+            (c.polygon, {"class": c.cls, "structure_id": c.structure_id}) for c in scene.changes[t]
+        ]
 
     def footprint_features(e: int):
-        return [(f.polygon, {"kind": f.kind, "structure_id": f.structure_id}) for f in scene.footprints[e]]
+        return [
+            (f.polygon, {"kind": f.kind, "structure_id": f.structure_id})
+            for f in scene.footprints[e]
+        ]
 
     tif("baseline", 0)
     tif("current", 1)
     vec("truth", truth_features(0))
     vec("footprints_baseline", footprint_features(0))
     vec("footprints_current", footprint_features(1))
+
     def dsm(name: str, e: int) -> None:
         paths[name] = outdir / f"{name}.tif"
         _write_dsm(paths[name], scene.dsms[e], transform, crs, scene.dates[e])
@@ -193,8 +253,13 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
             if e:
                 vec(f"truth_{e:02d}", truth_features(e - 1))
     meta = {
-        "seed": scene.seed, "size": scene.size, "gsd": scene.gsd, "crs": crs, "center_lonlat": list(center_lonlat),
-        "nights": nights, "dates": [d.isoformat() for d in scene.dates],
+        "seed": scene.seed,
+        "size": scene.size,
+        "gsd": scene.gsd,
+        "crs": crs,
+        "center_lonlat": list(center_lonlat),
+        "nights": nights,
+        "dates": [d.isoformat() for d in scene.dates],
         "shifts_px": [[round(dx, 4), round(dy, 4)] for dx, dy in scene.shifts],
         "sun_azimuth_elevation_deg": [[round(a, 2), round(b, 2)] for a, b in scene.sun],
         "changes_per_night": [len(c) for c in scene.changes],
@@ -204,7 +269,9 @@ def write_scene(scene: Scene, outdir: Path, crs: str = DEFAULT_CRS, center_lonla
     if scene.dsms:
         from detector.synth.dsm import survey_offset
 
-        meta["dsm_survey_offsets_m"] = [round(survey_offset(scene.seed, e), 4) for e in range(nights + 1)]
+        meta["dsm_survey_offsets_m"] = [
+            round(survey_offset(scene.seed, e), 4) for e in range(nights + 1)
+        ]
     paths["scene"] = outdir / "scene.json"
     atomic_write_bytes(paths["scene"], (json.dumps(meta, indent=1) + "\n").encode())
     return paths

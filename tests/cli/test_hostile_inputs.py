@@ -1,0 +1,586 @@
+"""Hostile inputs, as an unlucky operator of the unattended nightly job would give them.
+
+Every case: exit code 2, exactly one line on stderr naming the file and what to do, no
+traceback, checked before work starts (no ``candidates.gpkg``, no registry created, nothing
+left in the output folder but what was there), every input byte-for-byte untouched, and no
+hang (each case runs under an alarm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from cases_util import candidates
+from detector.cli import main
+from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
+
+T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
+HANG_S = 60  # a case taking longer than this is a hang
+
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    def alarm(signum, frame):
+        raise TimeoutError(f"hung for {HANG_S} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(HANG_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _digest(folder: Path) -> dict:
+    """Every regular file under ``folder`` -> sha256 (and nothing else: FIFOs are named only)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_fifo():
+            out[str(p)] = "fifo"
+        elif p.is_file():
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[str(p)] = "dir"
+    return out
+
+
+def _expect_refused(capsys, tmp_path, argv, needle, *, out=None):
+    """Run the CLI; assert the one-line exit-2 contract and that nothing was written or changed."""
+    out = Path(out) if out is not None else tmp_path / "out"
+    before = _digest(tmp_path)
+    code = main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(err) == 1, err
+    assert needle in err[0], err
+    assert "Traceback" not in err[0]
+    after = _digest(tmp_path)
+    created = sorted(set(after) - set(before))
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    assert not changed, f"inputs changed: {changed}"
+    assert not [p for p in created if not p.endswith(("buildwatch-errors.log",))], (
+        f"written: {created}"
+    )
+    if out.exists() and out.is_dir():
+        assert not (out / "candidates.gpkg").is_file()
+    return err[0]
+
+
+def _run_argv(b, c, m, out, *extra):
+    return [
+        "run",
+        "--baseline",
+        str(b),
+        "--current",
+        str(c),
+        "--out",
+        str(out),
+        "--model",
+        str(m),
+        "--workers",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _raster(
+    path, count=3, dtype="uint8", crs="EPSG:4547", transform=T, w=100, h=100, data=None, **kw
+):
+    import rasterio
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=count,
+        dtype=dtype,
+        crs=crs,
+        transform=transform,
+        **kw,
+    ) as d:
+        d.write(np.zeros((count, h, w), dtype) if data is None else data)
+    return path
+
+
+# ---------------------------------------------------------------- mosaics
+
+
+def _bad_current(tmp_path, kind):
+    p = tmp_path / f"{kind}.tif"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "folder":
+        p.mkdir()
+    elif kind == "text":
+        p.write_text("not a raster")
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "truncated":
+        data = write_geotiff(
+            tmp_path / "whole.tif", textured_image(600, 600), "EPSG:4547", T
+        ).read_bytes()
+        (tmp_path / "whole.tif").unlink()
+        p.write_bytes(data[: len(data) // 2])
+    elif kind == "nocrs":
+        import rasterio
+
+        with rasterio.open(
+            p, "w", driver="GTiff", width=50, height=50, count=3, dtype="uint8"
+        ) as d:
+            d.write(np.zeros((3, 50, 50), np.uint8))
+    elif kind == "degrees_label_metres":
+        _raster(p, crs="EPSG:4326", transform=Affine(0.1, 0, 500000, 0, -0.1, 2513000))
+    elif kind == "two_bands":
+        _raster(p, count=2)
+    elif kind == "float32":
+        _raster(p, dtype="float32")
+    elif kind == "all_nodata":
+        write_geotiff(p, np.zeros((600, 600, 3), np.uint8), "EPSG:4547", T, nodata=0)
+    elif kind == "all_black":
+        write_geotiff(p, np.zeros((600, 600, 3), np.uint8), "EPSG:4547", T)
+    elif kind == "alpha_zero":
+        data = np.concatenate(
+            [np.moveaxis(textured_image(600, 600), -1, 0), np.zeros((1, 600, 600), np.uint8)]
+        )
+        _raster(p, count=4, w=600, h=600, data=data, photometric="RGB", alpha="YES")
+    elif kind == "one_pixel":
+        _raster(p, w=1, h=1, data=np.full((3, 1, 1), 128, np.uint8))
+    elif kind == "gsd_100m":
+        _raster(
+            p,
+            w=3,
+            h=3,
+            transform=Affine(100, 0, 499990, 0, -100, 2513010),
+            data=np.full((3, 3, 3), 90, np.uint8),
+        )
+    elif kind == "elsewhere":
+        write_geotiff(
+            p, textured_image(100, 100), "EPSG:4547", Affine(0.1, 0, 600000, 0, -0.1, 2513000)
+        )
+    return p
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("fifo", "FIFO (named pipe), not a regular file"),
+        ("folder", "is a folder"),
+        ("text", "cannot be read"),
+        ("empty", "empty.tif"),
+        ("truncated", "truncated.tif"),
+        ("nocrs", "has no CRS"),
+        ("degrees_label_metres", "the CRS label is wrong"),
+        ("two_bands", "2 band(s)"),
+        ("float32", "pixel type float32"),
+        ("all_nodata", "covers 0.0% of the baseline"),
+        ("all_black", "covers 0.0% of the baseline"),
+        ("alpha_zero", "covers 0.0% of the baseline"),
+        ("one_pixel", "covers 0.0% of the baseline"),
+        ("gsd_100m", "coarser than the model's"),
+        ("elsewhere", "does not overlap"),
+    ],
+)
+def test_bad_current_mosaic(capsys, tmp_path, pair, kind, needle):
+    b, _, m = pair
+    bad = _bad_current(tmp_path, kind)
+    line = _expect_refused(capsys, tmp_path, _run_argv(b, bad, m, tmp_path / "out"), needle)
+    assert bad.name in line
+
+
+def test_special_device_as_baseline(capsys, tmp_path, pair):
+    _, c, m = pair
+    _expect_refused(
+        capsys,
+        tmp_path,
+        _run_argv("/dev/zero", c, m, tmp_path / "out"),
+        "/dev/zero: baseline mosaic is a device",
+    )
+
+
+# ---------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("folder", "model file is a folder"),
+        ("fifo", "model file is a FIFO"),
+        ("text", "not a readable ONNX model"),
+        ("gsd_tiny", "buildwatch_gsd_m = 0.0001 m is outside"),
+        ("gsd_huge", "buildwatch_gsd_m = 50 m is outside"),
+    ],
+)
+def test_bad_model(capsys, tmp_path, pair, kind, needle):
+    b, c, _ = pair
+    m = tmp_path / "model.onnx"
+    if kind == "folder":
+        m.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(m)
+    elif kind == "text":
+        m.write_text("onnx? no")
+    elif kind == "gsd_tiny":
+        make_contract_model(m, gsd=0.0001)
+    elif kind == "gsd_huge":
+        make_contract_model(m, gsd=50)
+    _expect_refused(capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out"), needle)
+
+
+# ---------------------------------------------------------------- flags and settings
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (("--conf", "0"), "setting 'detect.conf': Input should be greater than 0"),
+        (("--conf", "1.5"), "setting 'detect.conf'"),
+        (("--workers", "0"), "setting 'workers'"),
+        (("--workers", "100000"), "more than 4 x the"),
+        (("--conf", "abc"), "'abc' is not a valid float"),
+        (("--no-such-flag",), "No such option '--no-such-flag'"),
+    ],
+)
+def test_bad_flags(capsys, tmp_path, pair, extra, needle):
+    b, c, m = pair
+    argv = _run_argv(b, c, m, tmp_path / "out")
+    argv = argv[: argv.index("--workers")] + list(extra) + ["--no-progress"]
+    _expect_refused(capsys, tmp_path, argv, needle)
+
+
+def test_unknown_command_is_one_line(capsys, tmp_path):
+    _expect_refused(capsys, tmp_path, ["frobnicate"], "No such command 'frobnicate'")
+
+
+def _config(tmp_path, text: str | bytes, name="night.yaml") -> Path:
+    p = tmp_path / name
+    (p.write_bytes if isinstance(text, bytes) else p.write_text)(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    ids=lambda v: "binary" if isinstance(v, bytes) else str(v)[:24],
+    argvalues=[
+        ("current_date: 2026-02-30\n", "impossible value"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not UTF-8 text"),
+        ("a: " + "{b: " * 3000 + "1" + "}" * 3000 + "\n", "nested too deeply"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("detect:\n  intra_op_threads: 100000\n", "setting 'detect.intra_op_threads'"),
+        ("detect:\n  conf: 0\n", "setting 'detect.conf'"),
+        ("no_such_setting: 1\n", "setting 'no_such_setting'"),
+        ("model: ''\n", "setting 'model': Value error, is empty"),
+        ("cases:\n  registry: ''\n", "setting 'cases.registry'"),
+        ("key: [unclosed\n", "not valid YAML"),
+        ("x" * (2 << 20), "a settings file is a few KB"),
+    ],
+)
+def test_bad_config_file(capsys, tmp_path, pair, content, needle):
+    b, c, m = pair
+    cfg = _config(tmp_path, content)
+    argv = _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg))
+    if "model:" in str(content):  # the flag would override the file's setting
+        argv = argv[: argv.index("--model")] + argv[argv.index("--model") + 2 :]
+    _expect_refused(capsys, tmp_path, argv, needle)
+
+
+def test_config_fifo(capsys, tmp_path, pair):
+    b, c, m = pair
+    cfg = tmp_path / "night.yaml"
+    os.mkfifo(cfg)
+    _expect_refused(
+        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)), "FIFO"
+    )
+
+
+# ---------------------------------------------------------------- output folder
+
+
+def test_out_empty_string(capsys, tmp_path, pair, monkeypatch):
+    b, c, m = pair
+    monkeypatch.chdir(tmp_path)
+    _expect_refused(
+        capsys, tmp_path, _run_argv(b, c, m, ""), "setting 'out': Value error, is empty"
+    )
+
+
+@pytest.mark.parametrize(
+    "setup,needle",
+    [
+        ("out_is_file", "output folder is a file"),
+        ("parent_is_file", "cannot be created"),
+        ("gpkg_is_folder", "candidates.gpkg: is a folder"),
+        ("log_is_folder", "buildwatch.log: is a folder"),
+        ("work_is_file", "work: is a file"),
+    ],
+)
+def test_bad_output_folder(capsys, tmp_path, pair, setup, needle):
+    b, c, m = pair
+    out = tmp_path / "out"
+    if setup == "out_is_file":
+        out.write_text("x")
+    elif setup == "parent_is_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    else:
+        out.mkdir()
+        name = {
+            "gpkg_is_folder": "candidates.gpkg",
+            "log_is_folder": "buildwatch.log",
+            "work_is_file": "work",
+        }[setup]
+        (out / name).mkdir() if setup != "work_is_file" else (out / name).write_text("x")
+    _expect_refused(capsys, tmp_path, _run_argv(b, c, m, out), needle, out=out)
+
+
+@pytest.mark.skipif(
+    not Path("/sys").is_dir() or os.access("/sys", os.W_OK) and os.geteuid() != 0,
+    reason="needs a read-only file system (sysfs)",
+)
+def test_out_on_read_only_storage(capsys, tmp_path, pair):
+    b, c, m = pair
+    _expect_refused(capsys, tmp_path, _run_argv(b, c, m, "/sys/buildwatch-out"), "not writable")
+
+
+@pytest.mark.parametrize("where", ["out", "cases"])
+def test_output_path_too_long_for_sqlite(capsys, tmp_path, pair, where):
+    """SQLite opens no database whose absolute path exceeds 512 bytes: refused before the run,
+    not 'Destination buffer too small' and an internal error after it."""
+    b, c, m = pair
+    deep = tmp_path
+    while len(str(deep)) < 560:
+        deep = deep / ("d" * 100)
+    deep.mkdir(parents=True)
+    (deep / "out").mkdir()  # the refused run must write nothing: the folders exist beforehand
+    out = deep / "out" if where == "out" else tmp_path / "out"
+    extra = ("--cases", str(deep / "cases.gpkg")) if where == "cases" else ()
+    _expect_refused(
+        capsys,
+        tmp_path,
+        _run_argv(b, c, m, out, *extra),
+        "the path is too long for a GeoPackage",
+        out=out,
+    )
+
+
+def test_out_without_free_space(capsys, tmp_path, pair, monkeypatch):
+    import detector.fileio as fileio
+
+    b, c, m = pair
+    monkeypatch.setattr(fileio, "free_bytes", lambda folder: 1 << 20)
+    _expect_refused(
+        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out"), "has 1 MB free, the run needs about"
+    )
+
+
+# ---------------------------------------------------------------- registry, boundaries, exclusions
+
+
+def _foreign_gpkg_with_cases_layer(path: Path) -> Path:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    gpd.GeoDataFrame({"name": ["x"]}, geometry=[box(0, 0, 1, 1)], crs="EPSG:4547").to_file(
+        path, layer="cases"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("text", "not a GeoPackage/SQLite file"),
+        ("zero_bytes", "has no 'cases' layer"),
+        ("foreign_cases_layer", "layer is not a buildwatch case registry"),
+        ("folder", "is a folder"),
+    ],
+)
+def test_bad_registry(capsys, tmp_path, pair, kind, needle):
+    b, c, m = pair
+    reg = tmp_path / "cases.gpkg"
+    if kind == "text":
+        reg.write_text("hello")
+    elif kind == "zero_bytes":
+        reg.write_bytes(b"")
+    elif kind == "foreign_cases_layer":
+        _foreign_gpkg_with_cases_layer(reg)
+        mode = (
+            sqlite3.connect(f"file:{reg}?mode=ro", uri=True)
+            .execute("PRAGMA journal_mode")
+            .fetchone()[0]
+        )
+    elif kind == "folder":
+        reg.mkdir()
+    _expect_refused(
+        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--cases", str(reg)), needle
+    )
+    if kind == "zero_bytes":
+        assert reg.stat().st_size == 0
+    if (
+        kind == "foreign_cases_layer"
+    ):  # still in its journal mode (not switched to WAL), no -wal/-shm
+        assert (
+            sqlite3.connect(f"file:{reg}?mode=ro", uri=True)
+            .execute("PRAGMA journal_mode")
+            .fetchone()[0]
+            == mode
+        )
+        assert not list(tmp_path.glob("cases.gpkg-*"))
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("text", "cannot read the boundary layer"),
+        ("missing", "not found"),
+        ("no_name_field", "no field 'name'"),
+    ],
+)
+def test_bad_boundaries_leave_no_registry(capsys, tmp_path, pair, kind, needle):
+    b, c, m = pair
+    bnd = tmp_path / "communities.geojson"
+    if kind == "text":
+        bnd.write_text("these are not polygons")
+    elif kind == "no_name_field":
+        import geopandas as gpd
+        from shapely.geometry import box
+
+        gpd.GeoDataFrame(
+            {"label": ["a"]}, geometry=[box(500000, 2512940, 500060, 2513000)], crs="EPSG:4547"
+        ).to_file(bnd)
+    cfg = _config(
+        tmp_path, f"cases:\n  registry: {tmp_path / 'reg' / 'cases.gpkg'}\n  boundaries: {bnd}\n"
+    )
+    _expect_refused(
+        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)), needle
+    )
+    assert not (tmp_path / "reg" / "cases.gpkg").exists()
+
+
+def test_exclusion_layer_is_a_folder(capsys, tmp_path, pair):
+    b, c, m = pair
+    (tmp_path / "permits.gpkg").mkdir()
+    cfg = _config(
+        tmp_path,
+        f"change:\n  exclusions:\n    - path: {tmp_path / 'permits.gpkg'}\n      kind: permitted\n",
+    )
+    _expect_refused(
+        capsys,
+        tmp_path,
+        _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)),
+        "exclusion layer (permitted) is a folder",
+    )
+
+
+# ---------------------------------------------------------------- ingest
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("fifo", "FIFO"),
+        ("truncated", "truncated.tif"),
+        ("degrees_label_metres", "the CRS label is wrong"),
+    ],
+)
+def test_bad_ingest_mosaic(capsys, tmp_path, pair, kind, needle):
+    b, _, _ = pair
+    bad = _bad_current(tmp_path, kind)
+    _expect_refused(
+        capsys,
+        tmp_path,
+        ["ingest", str(bad), "--baseline", str(b), "--out", str(tmp_path / "cur.tif")],
+        needle,
+    )
+
+
+# ---------------------------------------------------------------- read-only commands
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("foreign_cases_layer", "layer is not a buildwatch case registry"),
+        ("zero_bytes", "has no 'cases' layer"),
+        ("text", "not a GeoPackage/SQLite file"),
+    ],
+)
+def test_cases_list_never_writes(capsys, tmp_path, kind, needle):
+    """``cases list`` on a foreign or empty file: exit 2, the file byte-for-byte unchanged, no -wal/-shm."""
+    reg = tmp_path / "cases.gpkg"
+    if kind == "foreign_cases_layer":
+        _foreign_gpkg_with_cases_layer(reg)
+    elif kind == "zero_bytes":
+        reg.write_bytes(b"")
+    else:
+        reg.write_text("hello")
+    code = main(["cases", "list", "--registry", str(reg)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.gpkg"]
+
+
+def test_cases_list_reads_a_registry_without_writing(capsys, tmp_path):
+    """A real registry is listed, and its bytes and folder are unchanged (no WAL switch, no -shm left)."""
+    from detector.config import CasesConfig
+    from detector.review.registry import update_registry
+
+    reg = tmp_path / "cases.gpkg"
+    update_registry(
+        candidates(["A", "B"]),
+        CasesConfig(registry=reg, district_prefix="LG"),
+        run_id="r1",
+        night=__import__("datetime").date(2026, 5, 1),
+        baseline_path=tmp_path / "b.tif",
+        current_path=tmp_path / "c.tif",
+    )
+    for extra in tmp_path.glob("cases.gpkg-*"):
+        extra.unlink()
+    before = _digest(tmp_path)
+    assert main(["cases", "list", "--registry", str(reg)]) == 0
+    assert "LG20260501-0001" in capsys.readouterr().out
+    assert _digest(tmp_path) == before
+
+
+def test_cases_export_onto_a_folder(capsys, tmp_path):
+    from datetime import date
+
+    from detector.config import CasesConfig
+    from detector.review.registry import update_registry
+
+    reg = tmp_path / "cases.gpkg"
+    update_registry(
+        candidates(["A"]),
+        CasesConfig(registry=reg),
+        run_id="r",
+        night=date(2026, 5, 1),
+        baseline_path=tmp_path / "b.tif",
+        current_path=tmp_path / "c.tif",
+    )
+    for extra in tmp_path.glob("cases.gpkg-*"):
+        extra.unlink()
+    (tmp_path / "field.geojson").mkdir()
+    _expect_refused(
+        capsys,
+        tmp_path,
+        ["cases", "export", "--registry", str(reg), "--out", str(tmp_path / "field.geojson")],
+        "field.geojson: is a folder",
+    )
+    # a file where the export's folder would be made
+    (tmp_path / "afile").write_text("x")
+    _expect_refused(
+        capsys,
+        tmp_path,
+        ["cases", "export", "--registry", str(reg), "--out", str(tmp_path / "afile" / "x.csv")],
+        "a file is in the way",
+    )

@@ -1,0 +1,117 @@
+"""The nightly wrapper (scripts/buildwatch-nightly.sh) and ``buildwatch doctor``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detector.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "buildwatch-nightly.sh"
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs util-linux flock")
+def test_nightly_wrapper_runs_one_night_once_at_a_time(tmp_path):
+    fake = tmp_path / "buildwatch"  # stands in for the CLI: doctor passes, run takes 3 s
+    fake.write_text('#!/bin/sh\nif [ "$1" = run ]; then sleep 3; echo "run $*"; fi\nexit 0\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, BUILDWATCH_ROOT=str(tmp_path / "bw"), BUILDWATCH=str(fake))
+    first = subprocess.Popen(["sh", str(SCRIPT), "night.yaml", "2026-05-01"], env=env)
+    time.sleep(1.0)
+    second = subprocess.run(["sh", str(SCRIPT), "night.yaml", "2026-05-01"], env=env, timeout=30)
+    other_night = subprocess.run(
+        ["sh", str(SCRIPT), "night.yaml", "2026-05-02"], env=env, timeout=30
+    )
+    assert first.wait(timeout=30) == 0
+    assert second.returncode == 75  # the same night is already running
+    assert other_night.returncode == 0
+    log = (tmp_path / "bw" / "logs" / "nightly.log").read_text()
+    assert "night 2026-05-01: already running" in log
+    views = tmp_path / "bw" / "cache" / "baseline-views"
+    assert (
+        f"--out {tmp_path / 'bw' / 'nights' / '2026-05-01'} --baseline-cache {views} --no-progress"
+        in log
+    )
+    assert log.count("night 2026-05-01: exit 0") == 1
+
+
+def test_doctor_passes_on_this_installation(tmp_path, capsys):
+    code = main(["doctor", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "checksum matches buildwatch-default.onnx.sha256" in out
+    assert "raster drivers GTiff, COG" in out and "CPUExecutionProvider" in out
+    assert not (tmp_path / "out").exists()  # checking writes nothing
+
+
+def test_doctor_fails_with_exit_2_on_a_broken_model_and_folder(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not onnx")
+    (tmp_path / "file").write_text("x")
+    code = main(["doctor", "--model", str(model), "--out", str(tmp_path / "file" / "out")])
+    captured = capsys.readouterr()
+    assert code == 2
+    fails = [line for line in captured.out.splitlines() if line.startswith("FAIL")]
+    assert (
+        len(fails) == 2
+        and "not a readable ONNX model" in fails[0]
+        and "cannot be created" in fails[1]
+    )
+    assert captured.err.strip() == "error: doctor: 2 check(s) failed; fix the FAIL lines above"
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
+    from affine import Affine
+
+    from pipeline_util import make_contract_model, textured_image, write_geotiff
+
+    T = Affine(0.1, 0, 500000, 0, -0.1, 2513000)
+    rgb = textured_image(2400, 2400)
+    b = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:4547", T)
+    c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", T)
+    m = make_contract_model(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "detector",
+            "run",
+            "--baseline",
+            str(b),
+            "--current",
+            str(c),
+            "--out",
+            str(out),
+            "--model",
+            str(m),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--no-resume",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("work/*/*.json")):
+        time.sleep(0.05)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGTERM")
+    assert proc.returncode == 130, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        "interrupted; finished tiles are kept, rerun the same command to resume"
+    ]
+    assert not (out / "candidates.gpkg").exists()
