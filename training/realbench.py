@@ -72,6 +72,23 @@ def score_erased(erased, kept, cand) -> dict:
     }
 
 
+def sample_scores(
+    sample: Path, tmp: Path, model: Path | None, run_config: Path | None = None
+) -> dict:
+    """The README's run on ``sample_tiles/``: planted changes matched one-to-one at IoU 0.3, false candidates."""
+    import geopandas as gpd
+
+    from training.metrics import match_one_to_one
+
+    cand = run(sample / "baseline.tif", sample / "current.tif", tmp, model, run_config)
+    truth = gpd.read_file(sample / "truth.geojson").to_crs(cand.crs)
+    ious = np.array(
+        [[c.intersection(t).area / c.union(t).area for t in truth.geometry] for c in cand.geometry]
+    )
+    found = len(match_one_to_one(ious, 0.3)) if len(cand) else 0
+    return {"truth": len(truth), "found": found, "false": len(cand) - found}
+
+
 def measure(
     model: Path | None,
     data: Path,
@@ -106,6 +123,32 @@ def measure(
             )
         if levir_only:
             return rows, numbers
+        # DSIFN-CD 256 crops: general land-cover change (roads, cleared land too), GSD not stated
+        # (read at the levir layout's 0.5 m): reported beside LEVIR, never a target
+        if (data / "dsifn_cd_256").is_dir():
+            d = evaluate_pairs(
+                model, data / "dsifn_cd_256", "levir", tmp / "dsifn.json", run_config=run_config
+            )["summary"]["any_class"]["0.3"]
+            numbers["dsifn_cd_256"] = d
+            rows.append(
+                (
+                    "DSIFN-CD 256 crops, object F1@0.3 (land-cover change; reported, no target)",
+                    f"{d['f1']:.3f} ({d['tp']}/{d['fp']}/{d['fn']} TP/FP/FN)",
+                    "–",
+                )
+            )
+        # sample_tiles/: the README's run
+        sample = Path(__file__).resolve().parents[1] / "sample_tiles"
+        if (sample / "truth.geojson").exists():
+            r = sample_scores(sample, tmp / "sample", model, run_config)
+            numbers["sample_tiles"] = r
+            rows.append(
+                (
+                    "sample_tiles/ (the README run), planted changes found at IoU 0.3; false",
+                    f"{r['found']}/{r['truth']}; {r['false']} false",
+                    "13/13; 0",
+                )
+            )
         # erased buildings
         atl = data / "spacenet4_atlanta_sample"
         if atl.is_dir():
