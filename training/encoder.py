@@ -209,7 +209,6 @@ class EffLiteEncoder(nn.Module):
         self.register_buffer("mean", torch.full((1, 3, 1, 1), MEAN_255 / 255.0), persistent=False)
         self.register_buffer("std", torch.full((1, 3, 1, 1), STD_255 / 255.0), persistent=False)
         self.set_frozen(frozen)
-        self.calls = 0  # trunk passes (counted, for the one-pass rule's test)
 
     @property
     def channels(self) -> tuple[int, int, int]:
@@ -238,7 +237,6 @@ class EffLiteEncoder(nn.Module):
         if x.shape[1] == 3 and self.views == 2:
             x = torch.cat([x, x], dim=1)
         views = torch.cat([x[:, 3 * v : 3 * v + 3] for v in range(self.views)], dim=0)
-        self.calls += 1
         return self.trunk((views - self.mean) / self.std)
 
     @staticmethod
