@@ -311,6 +311,9 @@ def _export_two_view(
             "--building-weights needs --config (the change model's) and --building-config: their "
             "validation splits choose the thresholds"
         )
+    for what, w in (("--weights", weights), ("--building-weights", building_weights)):
+        if not Path(w).is_file():
+            raise InputError(f"{w}: {what} file not found (use runs/train/<name>/weights/best.pt)")
     cfg, bcfg = load_train_config(config_path), load_train_config(building_config)
     chosen = {}
     for what, w, c in (("change", weights, cfg), ("building", building_weights, bcfg)):

@@ -224,3 +224,28 @@ def test_recipe_first_epoch_two_view_export_parity_and_one_pass(tmp_path, monkey
             load_train_config(None, {"name": "r"}),
         )
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_two_view_export_without_its_weights_is_one_line_exit_2(tmp_path, capsys):
+    from detector.cli import main
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    args = [
+        "export",
+        "--weights",
+        str(tmp_path / "a.pt"),
+        "--building-weights",
+        str(tmp_path / "b.pt"),
+    ]
+    args += [
+        "--out",
+        str(out / "m.onnx"),
+        "--config",
+        str(root / "configs/train/enc-pair-cpu.yaml"),
+    ]
+    args += ["--building-config", str(root / "configs/train/enc-building-cpu.yaml")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "a.pt: --weights file not found" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
