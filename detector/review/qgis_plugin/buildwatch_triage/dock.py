@@ -1,0 +1,316 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The triage dock: the queue, the case at hand, its note, and the keys.
+
+Keys (active while the dock or the map has the focus; typing in the note field types):
+
+* ``0``-``7``: set the status (in the order of the form's drop-down: 0 new, 1 confirmed illegal,
+  ...), with the note as typed, in one commit; then on to the next case not reviewed yet;
+* ``N`` / ``P``: next / previous case; ``Z``: zoom to the case again;
+* ``B``: flip between the map themes ``baseline`` and ``tonight``; ``H``: the ``height`` theme;
+* ``Enter`` in the note field: save the note alone.
+"""
+
+from qgis.core import QgsProject
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import (
+    QAction,
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .queue import (
+    ALL_COMMUNITIES,
+    FILTERS,
+    NEW_STATUS,
+    TriageQueue,
+    editor_expression,
+    find_cases_layer,
+    statuses,
+    value,
+)
+
+BASELINE_THEME, TONIGHT_THEME, HEIGHT_THEME = "baseline", "tonight", "height"
+ZOOM_MARGIN_M = 25.0  # around the case when zooming (map units of a projected CRS)
+NO_LAYER = "no buildwatch cases layer in this project: open the cases.qgs buildwatch writes"
+UNSIGNED_STYLE = (
+    "the cases layer has no edited_by default (not buildwatch's style): changes would be "
+    "credited to nobody; open cases.qgs, or add the layer from cases.gpkg"
+)
+
+
+class TriageDock(QDockWidget):
+    """The review queue of the project's cases layer, driven by keys."""
+
+    def __init__(self, iface, parent=None):
+        super().__init__("buildwatch triage", parent)
+        self.setObjectName("BuildwatchTriageDock")
+        self.iface = iface
+        self.queue = None
+        self.theme = TONIGHT_THEME
+        self.status_actions = {}
+        self._build_widgets()
+        self._build_actions()
+        self.refresh()
+
+    # ------------------------------------------------------------------ widgets
+
+    def _build_widgets(self):
+        body = QWidget(self)
+        box = QVBoxLayout(body)
+        filters = QHBoxLayout()
+        self.which = QComboBox(body)
+        for key, label in FILTERS:
+            self.which.addItem(label, key)
+        self.community = QComboBox(body)
+        self.tonight = QCheckBox("new tonight", body)
+        refresh = QPushButton("Refresh", body)
+        refresh.setToolTip("Read the cases layer again and rebuild the queue with these filters")
+        filters.addWidget(self.which, 2)
+        filters.addWidget(self.community, 2)
+        filters.addWidget(self.tonight)
+        filters.addWidget(refresh)
+        box.addLayout(filters)
+        self.progress = QLabel(body)
+        self.progress.setStyleSheet("font-weight: bold")
+        box.addWidget(self.progress)
+        self.list = QListWidget(body)
+        box.addWidget(self.list, 3)
+        self.details = QLabel(body)
+        self.details.setTextFormat(Qt.RichText)
+        self.details.setWordWrap(True)
+        box.addWidget(self.details)
+        self.note = QLineEdit(body)
+        self.note.setPlaceholderText("note (saved with the status key; Enter saves it alone)")
+        box.addWidget(self.note)
+        self.status_grid = QGridLayout()
+        box.addLayout(self.status_grid)
+        self.nav = QHBoxLayout()
+        box.addLayout(self.nav)
+        self.message = QLabel(body)
+        self.message.setWordWrap(True)
+        self.message.setStyleSheet("color: #b00")
+        box.addWidget(self.message)
+        self.setWidget(body)
+
+        self.which.currentIndexChanged.connect(lambda _: self.rebuild())
+        self.community.currentIndexChanged.connect(lambda _: self.rebuild())
+        self.tonight.toggled.connect(lambda _: self.rebuild())
+        refresh.clicked.connect(self.refresh)
+        self.list.currentRowChanged.connect(self._row_chosen)
+        self.note.returnPressed.connect(self.save_note)
+
+    def _action(self, text, key, slot):
+        action = QAction(text, self)
+        action.setShortcut(key)
+        action.setShortcutContext(Qt.WidgetWithChildrenShortcut)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        canvas = self.iface.mapCanvas()
+        if canvas is not None:
+            canvas.addAction(action)
+        return action
+
+    def _button(self, action):
+        button = QToolButton(self)
+        button.setDefaultAction(action)
+        button.setToolButtonStyle(Qt.ToolButtonTextOnly)
+        return button
+
+    def _build_actions(self):
+        self.actions_nav = [
+            self._action("◀ P previous", "P", lambda: self.show_case(self.queue.move(-1))),
+            self._action("N next ▶", "N", lambda: self.show_case(self.queue.move(1))),
+            self._action("Z zoom", "Z", lambda: self.zoom()),
+            self._action("B baseline / tonight", "B", self.flip_imagery),
+            self._action("H height", "H", lambda: self.apply_theme(HEIGHT_THEME)),
+        ]
+        for action in self.actions_nav:
+            self.nav.addWidget(self._button(action))
+
+    def _build_status_actions(self, layer):
+        for action in self.status_actions.values():
+            self.removeAction(action)
+            canvas = self.iface.mapCanvas()
+            if canvas is not None:
+                canvas.removeAction(action)
+        while self.status_grid.count():
+            item = self.status_grid.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+        self.status_actions = {}
+        for number, (status, label) in enumerate(statuses(layer) if layer else []):
+            if number > 9:
+                break
+            action = self._action(
+                f"{number} {label}", str(number), lambda _=False, s=status: self.set_status(s)
+            )
+            self.status_actions[status] = action
+            self.status_grid.addWidget(self._button(action), number // 2, number % 2)
+
+    # ------------------------------------------------------------------ the queue
+
+    def refresh(self):
+        """Find the cases layer again, refill the community list, rebuild the queue."""
+        layer = find_cases_layer()
+        if layer is None:
+            self.queue = None
+            self._build_status_actions(None)
+            self.list.clear()
+            self.progress.setText("")
+            self.details.setText("")
+            self.message.setText(NO_LAYER)
+            return
+        if self.queue is None or self.queue.layer is not layer:
+            self.queue = TriageQueue(layer)
+            self._build_status_actions(layer)
+        chosen = self.community.currentData()
+        self.community.blockSignals(True)
+        self.community.clear()
+        self.community.addItem("all communities", ALL_COMMUNITIES)
+        for name in self.queue.communities():
+            self.community.addItem(name, name)
+        found = self.community.findData(chosen) if chosen else 0
+        self.community.setCurrentIndex(max(found, 0))
+        self.community.blockSignals(False)
+        self.message.setText("" if editor_expression(layer) else UNSIGNED_STYLE)
+        self.rebuild()
+
+    def rebuild(self):
+        if self.queue is None:
+            return
+        self.queue.build(
+            self.which.currentData(), self.community.currentData() or "", self.tonight.isChecked()
+        )
+        self._fill_list()
+        self.show_case(self.queue.current())
+
+    def _fill_list(self):
+        self.list.blockSignals(True)
+        self.list.clear()
+        for fid in self.queue.entries:
+            feature = self.queue.feature(fid)
+            self.list.addItem(self._line(feature))
+        self.list.blockSignals(False)
+
+    def _line(self, feature):
+        mark = "✓ " if self.queue.reviewed(feature.id()) else "   "
+        alert = "  ! " + value(feature, "alert") if value(feature, "alert") else ""
+        return (
+            f"{mark}{value(feature, 'case_id')}  {value(feature, 'community') or ''}  "
+            f"{value(feature, 'status')}  {value(feature, 'first_seen') or ''}{alert}"
+        )
+
+    def case_ids(self):
+        """The queue as case IDs, in order (what the list shows)."""
+        if self.queue is None:
+            return []
+        return [value(self.queue.feature(fid), "case_id") for fid in self.queue.entries]
+
+    def _row_chosen(self, row):
+        if self.queue is not None and row >= 0:
+            self.show_case(self.queue.go_to(row))
+
+    def show_case(self, fid):
+        """Show the case (details, note), select it in the list and on the map, zoom to it."""
+        if self.queue is None:
+            return
+        self.progress.setText(self.queue.progress())
+        if fid is None:
+            self.details.setText("nothing to review with these filters")
+            self.note.setText("")
+            return
+        feature = self.queue.feature(fid)
+        self.list.blockSignals(True)
+        self.list.setCurrentRow(self.queue.index)
+        self.list.blockSignals(False)
+        height = value(feature, "height_change")
+        alert = value(feature, "alert")
+        self.details.setText(
+            f"<b>{value(feature, 'case_id')}</b> — {value(feature, 'status')}"
+            + (f" <b style='color:#c0c'>ALERT {alert}</b>" if alert else "")
+            + f"<br>{value(feature, 'class') or ''}, {float(value(feature, 'area_m2') or 0):.0f} m²"
+            + (f", {height}" if height else "")
+            + f"<br>{value(feature, 'community') or ''} {value(feature, 'unit') or ''}"
+            + f"<br>seen {value(feature, 'times_seen')}× ({value(feature, 'first_seen')} – "
+            f"{value(feature, 'last_seen')})"
+        )
+        self.note.setText(value(feature, "note") or "")
+        self.queue.layer.selectByIds([fid])
+        self.zoom()
+
+    def zoom(self):
+        canvas = self.iface.mapCanvas()
+        feature = self.queue.feature() if self.queue is not None else None
+        if canvas is None or feature is None or not feature.hasGeometry():
+            return
+        box = canvas.mapSettings().layerExtentToOutputExtent(
+            self.queue.layer, feature.geometry().boundingBox()
+        )
+        margin = max(ZOOM_MARGIN_M, box.width(), box.height())
+        box.grow(margin)
+        canvas.setExtent(box)
+        canvas.refresh()
+
+    # ------------------------------------------------------------------ changes
+
+    def _commit(self, changes):
+        fid = self.queue.current() if self.queue is not None else None
+        if fid is None:
+            return False
+        committed, errors = self.queue.apply(fid, changes)
+        self.message.setText("" if committed else "not saved: " + "; ".join(errors))
+        return committed
+
+    def set_status(self, status):
+        """The status key: status (and the note as typed) in one commit, then the next case."""
+        if self.queue is None or self.queue.current() is None:
+            return
+        feature = self.queue.feature()
+        changes = {"status": status}
+        note = self.note.text().strip()
+        if note != (value(feature, "note") or ""):
+            changes["note"] = note or None
+        if not self._commit(changes):
+            return
+        row = self.queue.index
+        self.list.item(row).setText(self._line(self.queue.feature()))
+        if status != NEW_STATUS:
+            self.queue.advance()
+        self.show_case(self.queue.current())
+
+    def save_note(self):
+        if self.queue is None or self.queue.current() is None:
+            return
+        note = self.note.text().strip()
+        if note != (value(self.queue.feature(), "note") or ""):
+            self._commit({"note": note or None})
+
+    # ------------------------------------------------------------------ map themes
+
+    def apply_theme(self, name):
+        """Show one of the project's map themes (as View > Map Themes does)."""
+        project = QgsProject.instance()
+        themes = project.mapThemeCollection()
+        if not themes.hasMapTheme(name):
+            self.message.setText(
+                f"this project has no map theme '{name}': open the cases.qgs buildwatch writes"
+            )
+            return False
+        view = self.iface.layerTreeView()
+        themes.applyTheme(name, project.layerTreeRoot(), view.layerTreeModel())
+        self.theme = name
+        self.message.setText("")
+        return True
+
+    def flip_imagery(self):
+        self.apply_theme(TONIGHT_THEME if self.theme == BASELINE_THEME else BASELINE_THEME)
