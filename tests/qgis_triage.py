@@ -98,7 +98,7 @@ def main() -> int:
         QgsProject,
     )
     from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsLayerTreeView, QgsMapCanvas
-    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtCore import QSize, Qt
     from qgis.PyQt.QtTest import QTest
     from qgis.PyQt.QtWidgets import QApplication, QMainWindow
 
@@ -121,16 +121,22 @@ def main() -> int:
     sys.path.insert(0, plan["plugin_dir"])
     import buildwatch_triage
 
+    size = plan.get("size", [1400, 820])
+    window.resize(QSize(*size))
+    window.show()  # QGIS's window is up before an operator opens the dock
+    QApplication.setActiveWindow(window)
+    app.processEvents()
     plugin = buildwatch_triage.classFactory(iface)
     plugin.initGui()
     plugin.action.setChecked(True)  # the toolbar button
     dock = plugin.dock
-    size = plan.get("size", [1400, 820])
-    window.resize(QSize(*size))
-    window.show()
-    QApplication.setActiveWindow(window)
+    window.resizeDocks([dock], [plan.get("dock_width", 470)], Qt.Horizontal)
     app.processEvents()
     layer = dock.queue.layer if dock.queue else None
+
+    def box(item) -> list:
+        rect = item.boundingBox() if hasattr(item, "boundingBox") else item
+        return [rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()]
 
     def state() -> dict:
         app.processEvents()
@@ -147,7 +153,9 @@ def main() -> int:
             "keys": {a.shortcut().toString(): s for s, a in dock.status_actions.items()},
             "themes": sorted(project.mapThemeCollection().mapThemes()),
             "editable": layer.isEditable() if layer else None,
-            "selected": [f["case_id"] for f in layer.selectedFeatures()] if layer else [],
+            # the case at hand: outlined on the map, inside the map's extent
+            "highlight": None if dock.highlighted() is None else box(dock.highlighted()),
+            "extent": box(canvas.extent()),
         }
 
     for step in plan["steps"]:

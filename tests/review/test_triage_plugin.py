@@ -18,7 +18,7 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from cases_util import SYSTEM_PYTHON, qgis_like_edit, run_night, system_qgis_available
+from cases_util import STRUCTURES, SYSTEM_PYTHON, qgis_like_edit, run_night, system_qgis_available
 from detector import __version__
 from detector.cli import main
 from detector.config import CasesConfig
@@ -266,11 +266,13 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     assert loaded["message"] == ""
     # the queue: new cases, by community (East before West), oldest first; A (confirmed) is not in it
     assert loaded["queue"] == [c, e, f, b, d]
-    assert (loaded["current"], loaded["progress"], loaded["selected"]) == (
-        c,
-        "0 of 5 reviewed",
-        [c],
-    )
+    assert (loaded["current"], loaded["progress"]) == (c, "0 of 5 reviewed")
+    # zoomed to it (25 m around it), outlined
+    left, bottom, right, top = STRUCTURES["C"]
+    assert loaded["highlight"] == pytest.approx([left, bottom, right, top])
+    x0, y0, x1, y1 = loaded["extent"]
+    assert x0 <= left - 25 and y0 <= bottom - 25 and x1 >= right + 25 and y1 >= top + 25
+    assert x1 - x0 < 120 and y1 - y0 < 120  # the case, not the whole 200 m scene
     # tonight's new cases only, in the same order
     assert tonight["queue"] == [e, f, d]
     assert (tonight["current"], tonight["progress"]) == (e, "0 of 3 reviewed")

@@ -10,8 +10,10 @@ Keys (active while the dock or the map has the focus; typing in the note field t
 * ``Enter`` in the note field: save the note alone.
 """
 
-from qgis.core import QgsProject
+from qgis.core import QgsProject, QgsWkbTypes
+from qgis.gui import QgsRubberBand
 from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import (
     QAction,
     QCheckBox,
@@ -41,6 +43,7 @@ from .queue import (
 
 BASELINE_THEME, TONIGHT_THEME, HEIGHT_THEME = "baseline", "tonight", "height"
 ZOOM_MARGIN_M = 25.0  # around the case when zooming (map units of a projected CRS)
+HIGHLIGHT = QColor(0, 230, 255)  # the case at hand: an outline only, the roof stays visible
 NO_LAYER = "no buildwatch cases layer in this project: open the cases.qgs buildwatch writes"
 UNSIGNED_STYLE = (
     "the cases layer has no edited_by default (not buildwatch's style): changes would be "
@@ -58,6 +61,7 @@ class TriageDock(QDockWidget):
         self.queue = None
         self.theme = TONIGHT_THEME
         self.status_actions = {}
+        self.band = None
         self._build_widgets()
         self._build_actions()
         self.refresh()
@@ -72,17 +76,20 @@ class TriageDock(QDockWidget):
         for key, label in FILTERS:
             self.which.addItem(label, key)
         self.community = QComboBox(body)
+        self.community.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         self.tonight = QCheckBox("new tonight", body)
         refresh = QPushButton("Refresh", body)
         refresh.setToolTip("Read the cases layer again and rebuild the queue with these filters")
-        filters.addWidget(self.which, 2)
-        filters.addWidget(self.community, 2)
-        filters.addWidget(self.tonight)
-        filters.addWidget(refresh)
+        filters.addWidget(self.which, 1)
+        filters.addWidget(self.community, 1)
         box.addLayout(filters)
+        progress = QHBoxLayout()
         self.progress = QLabel(body)
         self.progress.setStyleSheet("font-weight: bold")
-        box.addWidget(self.progress)
+        progress.addWidget(self.progress, 1)
+        progress.addWidget(self.tonight)
+        progress.addWidget(refresh)
+        box.addLayout(progress)
         self.list = QListWidget(body)
         box.addWidget(self.list, 3)
         self.details = QLabel(body)
@@ -203,10 +210,10 @@ class TriageDock(QDockWidget):
         self.list.blockSignals(False)
 
     def _line(self, feature):
-        mark = "✓ " if self.queue.reviewed(feature.id()) else "   "
-        alert = "  ! " + value(feature, "alert") if value(feature, "alert") else ""
+        mark = "✓" if self.queue.reviewed(feature.id()) else "·"
+        alert = "  ! alert" if value(feature, "alert") else ""
         return (
-            f"{mark}{value(feature, 'case_id')}  {value(feature, 'community') or ''}  "
+            f"{mark} {value(feature, 'case_id')}  {value(feature, 'community') or ''}  "
             f"{value(feature, 'status')}  {value(feature, 'first_seen') or ''}{alert}"
         )
 
@@ -228,25 +235,61 @@ class TriageDock(QDockWidget):
         if fid is None:
             self.details.setText("nothing to review with these filters")
             self.note.setText("")
+            self._highlight(None)
             return
         feature = self.queue.feature(fid)
         self.list.blockSignals(True)
         self.list.setCurrentRow(self.queue.index)
         self.list.blockSignals(False)
-        height = value(feature, "height_change")
         alert = value(feature, "alert")
+        what = [value(feature, "class"), f"{float(value(feature, 'area_m2') or 0):.0f} m²"]
+        what.append(value(feature, "height_change"))
+        where = [value(feature, "community"), value(feature, "unit")]
+        times = value(feature, "times_seen") or 0
+        seen = (
+            f"seen {times}× ({value(feature, 'first_seen')} – {value(feature, 'last_seen')})"
+            if times
+            else f"not detected yet (added {value(feature, 'first_seen')})"
+        )
         self.details.setText(
             f"<b>{value(feature, 'case_id')}</b> — {value(feature, 'status')}"
-            + (f" <b style='color:#c0c'>ALERT {alert}</b>" if alert else "")
-            + f"<br>{value(feature, 'class') or ''}, {float(value(feature, 'area_m2') or 0):.0f} m²"
-            + (f", {height}" if height else "")
-            + f"<br>{value(feature, 'community') or ''} {value(feature, 'unit') or ''}"
-            + f"<br>seen {value(feature, 'times_seen')}× ({value(feature, 'first_seen')} – "
-            f"{value(feature, 'last_seen')})"
+            + (f"<br><b style='color:#c0c'>ALERT: {alert}</b>" if alert else "")
+            + "<br>"
+            + ", ".join(str(x) for x in what if x)
+            + "<br>"
+            + " · ".join(str(x) for x in where if x)
+            + f"<br>{seen}"
         )
         self.note.setText(value(feature, "note") or "")
-        self.queue.layer.selectByIds([fid])
+        self._highlight(feature)
         self.zoom()
+
+    def _highlight(self, feature):
+        canvas = self.iface.mapCanvas()
+        if canvas is None:
+            return
+        if self.band is None:
+            self.band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+            self.band.setStrokeColor(HIGHLIGHT)
+            self.band.setFillColor(QColor(0, 0, 0, 0))
+            self.band.setWidth(3)
+        if feature is None or not feature.hasGeometry():
+            self.band.reset(QgsWkbTypes.PolygonGeometry)
+        else:
+            self.band.setToGeometry(feature.geometry(), self.queue.layer)
+
+    def highlighted(self):
+        """The outline drawn on the map (map CRS), or None."""
+        if self.band is None or self.band.numberOfVertices() == 0:
+            return None
+        return self.band.asGeometry()
+
+    def remove_highlight(self):
+        if self.band is not None:
+            canvas = self.iface.mapCanvas()
+            if canvas is not None:
+                canvas.scene().removeItem(self.band)
+            self.band = None
 
     def zoom(self):
         canvas = self.iface.mapCanvas()

@@ -48,6 +48,7 @@ class TriagePlugin:
     def unload(self):
         QgsProject.instance().readProject.disconnect(self._project_read)
         if self.dock is not None:
+            self.dock.remove_highlight()
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

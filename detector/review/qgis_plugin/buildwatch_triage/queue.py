@@ -15,8 +15,8 @@ ROLE_PROPERTY = "buildwatch_role"  # set by buildwatch on the layers it owns in 
 NEW_STATUS = "new"  # the status every case opens with (first in the form's drop-down)
 FILTER_TO_REVIEW, FILTER_NEW, FILTER_ALL = "to_review", "new", "all"
 FILTERS = (
-    (FILTER_TO_REVIEW, "To review: new cases and alerts"),
-    (FILTER_NEW, "New cases only"),
+    (FILTER_TO_REVIEW, "To review (new + alerts)"),
+    (FILTER_NEW, "New only"),
     (FILTER_ALL, "All cases"),
 )
 ALL_COMMUNITIES = ""
