@@ -113,21 +113,31 @@ def main() -> int:
     model = QgsLayerTreeModel(project.layerTreeRoot(), window)
     model.setFlag(QgsLayerTreeModel.AllowNodeChangeVisibility)
     view.setModel(model)
-    bridge = QgsLayerTreeMapCanvasBridge(project.layerTreeRoot(), canvas, window)
+    window.bridge = QgsLayerTreeMapCanvasBridge(project.layerTreeRoot(), canvas, window)
     iface = Iface(window, canvas, view)
     read = project.read(plan["project"])
     canvas.setDestinationCrs(project.crs())
 
-    sys.path.insert(0, plan["plugin_dir"])
-    import buildwatch_triage
+    # QGIS's own plugin loader, as it starts a plugin installed from a zip in the profile's folder
+    import qgis.utils
 
+    sys.path.insert(0, plan["plugin_dir"])
+    qgis.utils.plugin_paths = [plan["plugin_dir"]]
+    qgis.utils.iface = iface
+    qgis.utils.updateAvailablePlugins()
+    name = "buildwatch_triage"
+    metadata = qgis.utils.metadataParser()[name]
+    loaded = {
+        "available": name in qgis.utils.available_plugins,
+        "metadata": {k: metadata.get("general", k) for k in ("name", "qgisMinimumVersion")},
+    }
     size = plan.get("size", [1400, 820])
     window.resize(QSize(*size))
     window.show()  # QGIS's window is up before an operator opens the dock
     QApplication.setActiveWindow(window)
     app.processEvents()
-    plugin = buildwatch_triage.classFactory(iface)
-    plugin.initGui()
+    loaded["started"] = qgis.utils.loadPlugin(name) and qgis.utils.startPlugin(name)
+    plugin = qgis.utils.plugins[name]
     plugin.action.setChecked(True)  # the toolbar button
     dock = plugin.dock
     window.resizeDocks([dock], [plan.get("dock_width", 470)], Qt.Horizontal)
@@ -143,6 +153,7 @@ def main() -> int:
         current = dock.queue.feature() if dock.queue and dock.queue.current() is not None else None
         return {
             "read": read,
+            "plugin": loaded,
             "qgis": Qgis.QGIS_VERSION,
             "queue": dock.case_ids(),
             "current": current["case_id"] if current is not None else None,
@@ -192,9 +203,13 @@ def main() -> int:
 
     if layer is not None and layer.isEditable():
         layer.rollBack()
-    plugin.unload()
-    del bridge
+    if not qgis.utils.unloadPlugin(name):
+        return 1
     project.clear()
+    # the window (canvas, layer tree) goes before QGIS does, as when QGIS quits
+    from qgis.PyQt import sip
+
+    sip.delete(window)
     app.exitQgis()
     return 0
 

@@ -202,7 +202,7 @@ def drive(project: Path, plugin_dir: Path, steps: list[dict]) -> list[dict]:
         env=env,
     )
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(steps), (
+    assert len(results) == len(steps) and proc.returncode == 0, (  # rc 0: unloaded cleanly
         f"qgis_triage.py (rc {proc.returncode}): {proc.stderr[-3000:]}"
     )
     return results
@@ -252,6 +252,12 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     )
     # it loads over cases.qgs: the three themes, the status keys from the form's drop-down
     assert loaded["read"] and loaded["qgis"].startswith("3.")
+    # found, read and started by QGIS's plugin loader (qgis.utils), as after "Install from ZIP"
+    assert loaded["plugin"] == {
+        "available": True,
+        "metadata": {"name": "buildwatch triage", "qgisMinimumVersion": "3.22"},
+        "started": True,
+    }
     assert loaded["themes"] == ["baseline", "height", "tonight"]
     assert loaded["keys"] == {
         "0": "new",
