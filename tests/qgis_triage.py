@@ -23,6 +23,10 @@ Plan: ``{"project": p, "plugin_dir": d, "steps": [...]}``; steps:
     Type into the note field.
 ``{"key": k}``
     Press key ``k`` with the focus on the map canvas; reports the state afterwards.
+``{"type_note": text}``
+    Type ``text`` key by key into the note field (digits and letters type, they are no keys there).
+``{"enter_note": text}``
+    Type ``text`` into the note field and press Enter there.
 ``{"editor_default": expression}``
     Change the cases layer's ``edited_by`` default (applied on update), as a project might.
 ``{"edit_buffer": true}``
@@ -144,6 +148,10 @@ def main() -> int:
     app.processEvents()
     layer = dock.queue.layer if dock.queue else None
 
+    commits = []
+    if layer is not None:
+        layer.afterCommitChanges.connect(lambda: commits.append(1))
+
     def box(item) -> list:
         rect = item.boundingBox() if hasattr(item, "boundingBox") else item
         return [rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()]
@@ -159,11 +167,13 @@ def main() -> int:
             "current": current["case_id"] if current is not None else None,
             "progress": dock.progress.text(),
             "message": dock.message.text(),
+            "note": dock.note.text(),
             "canvas_layers": sorted(x.name() for x in canvas.layers()),
             "cases_style": layer.styleManager().currentStyle() if layer else None,
             "keys": {a.shortcut().toString(): s for s, a in dock.status_actions.items()},
             "themes": sorted(project.mapThemeCollection().mapThemes()),
             "editable": layer.isEditable() if layer else None,
+            "commits": len(commits),  # edit-buffer commits of the cases layer so far
             # the case at hand: outlined on the map, inside the map's extent
             "highlight": None if dock.highlighted() is None else box(dock.highlighted()),
             "extent": box(canvas.extent()),
@@ -184,10 +194,19 @@ def main() -> int:
         if "editor_default" in step:
             index = layer.fields().indexOf("edited_by")
             layer.setDefaultValueDefinition(index, QgsDefaultValue(step["editor_default"], True))
+            dock.refresh()
         if "edit_buffer" in step:
             layer.startEditing()
             first = next(layer.getFeatures())
             layer.changeAttributeValue(first.id(), layer.fields().indexOf("note"), "draft")
+        if "type_note" in step:
+            dock.note.setFocus()
+            dock.note.clear()
+            QTest.keyClicks(dock.note, step["type_note"])
+        if "enter_note" in step:
+            dock.note.setFocus()
+            dock.note.setText(step["enter_note"])
+            QTest.keyClick(dock.note, Qt.Key_Return)
         if "rollback" in step:
             layer.rollBack()
         if "key" in step:

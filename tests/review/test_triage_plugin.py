@@ -285,6 +285,7 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     # key 1: E confirmed with its note in one commit (the edit buffer closed again), on to F
     assert key1["progress"] == "1 of 3 reviewed" and key1["current"] == f
     assert key1["message"] == "" and key1["editable"] is False
+    assert (tonight["commits"], key1["commits"]) == (0, 1)  # one commit of the edit buffer
     user = qgis_user()
     history = rows(
         registry,
@@ -302,6 +303,7 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     assert key_p2["progress"] == "1 of 3 reviewed"
     # 0 sets E back to new: signed and logged like any status change, and no longer counted
     assert key_0["current"] == e and key_0["progress"] == "0 of 3 reviewed"
+    assert (key_p2["commits"], key_0["commits"]) == (1, 2)  # moving and themes commit nothing
     assert history == [
         (e, user, "status", "new", "confirmed_illegal"),
         (e, user, "status", "confirmed_illegal", "new"),
@@ -320,17 +322,20 @@ def test_triage_credits_the_layers_own_editor_default_and_refuses_over_unsaved_e
 ):
     project, registry, plugin_dir = triage_night
     c, e = "LG20240501-0003", "LG20240502-0002"
-    busy, credited = drive(
+    busy, credited, typed, noted, unsigned = drive(
         project,
         plugin_dir,
         [
             {"edit_buffer": True, "key": "6"},
             {"rollback": True, "editor_default": "'inspector-7'", "key": "6"},
+            {"type_note": "B1 N0 zh"},
+            {"enter_note": "seen from the road"},
+            {"editor_default": ""},
         ],
     )
     # another edit in progress: nothing is committed with it, the dock says why
     assert busy["current"] == c and "unsaved edits" in busy["message"]
-    assert busy["progress"] == "0 of 5 reviewed"
+    assert busy["progress"] == "0 of 5 reviewed" and busy["commits"] == 0
     # the dock writes what the layer's own edited_by default gives: no second rule
     assert credited["message"] == ""
     assert (credited["current"], credited["progress"]) == (e, "1 of 5 reviewed")
@@ -345,3 +350,13 @@ def test_triage_credits_the_layers_own_editor_default_and_refuses_over_unsaved_e
     ) == [("inspector-7", "status", "new", "false_positive")]
     # nothing of the rolled-back draft reached the registry
     assert rows(registry, "SELECT count(*) FROM cases WHERE note = 'draft'") == [(0,)]
+    # Enter in the note field: the note alone, one more commit, the status and the queue stay
+    assert (noted["current"], noted["progress"], noted["commits"]) == (e, "1 of 5 reviewed", 2)
+    assert rows(registry, f"SELECT status, note FROM cases WHERE case_id = '{e}'") == [
+        ("new", "seen from the road")
+    ]
+    # in the note field the keys type: no status, no theme, no move
+    assert (typed["note"], typed["current"], typed["commits"]) == ("B1 N0 zh", e, 1)
+    assert typed["canvas_layers"] == credited["canvas_layers"]
+    # a cases layer without buildwatch's editor stamp: the dock says so at once
+    assert "no edited_by default" in unsigned["message"]
