@@ -31,6 +31,8 @@ Plan: ``{"project": p, "plugin_dir": d, "steps": [...]}``; steps:
     Change the cases layer's ``edited_by`` default (applied on update), as a project might.
 ``{"edit_buffer": true}``
     Start editing the cases layer and leave a change unsaved (another operator's work in progress).
+``{"clear": true}``
+    Close the project (QGIS's *New Project*): the dock lets go of the layer.
 ``{"rollback": true}``
     Discard the cases layer's edit buffer (and leave edit mode).
 ``{"image": path, "size": [w, h]}``
@@ -158,6 +160,7 @@ def main() -> int:
 
     def state() -> dict:
         app.processEvents()
+        layer = dock.queue.layer if dock.queue else None
         current = dock.queue.feature() if dock.queue and dock.queue.current() is not None else None
         return {
             "read": read,
@@ -207,6 +210,8 @@ def main() -> int:
             dock.note.setFocus()
             dock.note.setText(step["enter_note"])
             QTest.keyClick(dock.note, Qt.Key_Return)
+        if "clear" in step:
+            project.clear()
         if "rollback" in step:
             layer.rollBack()
         if "key" in step:
@@ -220,6 +225,7 @@ def main() -> int:
         result.update(state())
         print(json.dumps(result, default=str), flush=True)
 
+    layer = dock.queue.layer if dock.queue else None
     if layer is not None and layer.isEditable():
         layer.rollBack()
     if not qgis.utils.unloadPlugin(name):

@@ -322,7 +322,7 @@ def test_triage_credits_the_layers_own_editor_default_and_refuses_over_unsaved_e
 ):
     project, registry, plugin_dir = triage_night
     c, e = "LG20240501-0003", "LG20240502-0002"
-    busy, credited, typed, noted, unsigned = drive(
+    busy, credited, typed, noted, unsigned, closed = drive(
         project,
         plugin_dir,
         [
@@ -331,6 +331,7 @@ def test_triage_credits_the_layers_own_editor_default_and_refuses_over_unsaved_e
             {"type_note": "B1 N0 zh"},
             {"enter_note": "seen from the road"},
             {"editor_default": ""},
+            {"clear": True, "key": "N"},
         ],
     )
     # another edit in progress: nothing is committed with it, the dock says why
@@ -360,3 +361,6 @@ def test_triage_credits_the_layers_own_editor_default_and_refuses_over_unsaved_e
     assert typed["canvas_layers"] == credited["canvas_layers"]
     # a cases layer without buildwatch's editor stamp: the dock says so at once
     assert "no edited_by default" in unsigned["message"]
+    # the project closed: no layer, no queue, the dock says what to open; keys do nothing
+    assert (closed["queue"], closed["current"], closed["highlight"]) == ([], None, None)
+    assert "open the cases.qgs" in closed["message"]

@@ -135,8 +135,8 @@ class TriageDock(QDockWidget):
 
     def _build_actions(self):
         self.actions_nav = [
-            self._action("◀ P previous", "P", lambda: self.show_case(self.queue.move(-1))),
-            self._action("N next ▶", "N", lambda: self.show_case(self.queue.move(1))),
+            self._action("◀ P previous", "P", lambda: self.go(-1)),
+            self._action("N next ▶", "N", lambda: self.go(1)),
             self._action("Z zoom", "Z", lambda: self.zoom()),
             self._action("B baseline / tonight", "B", self.flip_imagery),
             self._action("H height", "H", lambda: self.apply_theme(HEIGHT_THEME)),
@@ -176,6 +176,7 @@ class TriageDock(QDockWidget):
             self.progress.setText("")
             self.details.setText("")
             self.message.setText(NO_LAYER)
+            self._highlight(None)
             return
         if self.queue is None or self.queue.layer is not layer:
             self.queue = TriageQueue(layer)
@@ -216,6 +217,11 @@ class TriageDock(QDockWidget):
             f"{mark} {value(feature, 'case_id')}  {value(feature, 'community') or ''}  "
             f"{value(feature, 'status')}  {value(feature, 'first_seen') or ''}{alert}"
         )
+
+    def go(self, step):
+        """``step`` cases on in the queue (negative: back)."""
+        if self.queue is not None:
+            self.show_case(self.queue.move(step))
 
     def case_ids(self):
         """The queue as case IDs, in order (what the list shows)."""

@@ -25,7 +25,10 @@ class TriagePlugin:
         self.action.toggled.connect(self.show_dock)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToMenu(MENU, self.action)
-        QgsProject.instance().readProject.connect(self._project_read)
+        project = QgsProject.instance()
+        # another project, or the cases layer removed: the dock lets go of the old layer
+        for signal in (project.readProject, project.cleared, project.layersRemoved):
+            signal.connect(self._project_changed)
 
     def show_dock(self, visible=True):
         if self.dock is None:
@@ -41,12 +44,14 @@ class TriagePlugin:
         if self.action is not None and self.action.isChecked() != visible:
             self.action.setChecked(visible)
 
-    def _project_read(self, *args):
-        if self.dock is not None and self.dock.isVisible():
+    def _project_changed(self, *args):
+        if self.dock is not None:
             self.dock.refresh()
 
     def unload(self):
-        QgsProject.instance().readProject.disconnect(self._project_read)
+        project = QgsProject.instance()
+        for signal in (project.readProject, project.cleared, project.layersRemoved):
+            signal.disconnect(self._project_changed)
         if self.dock is not None:
             self.dock.remove_highlight()
             self.iface.removeDockWidget(self.dock)
