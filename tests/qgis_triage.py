@@ -31,6 +31,8 @@ Plan: ``{"project": p, "plugin_dir": d, "steps": [...]}``; steps:
     Change the cases layer's ``edited_by`` default (applied on update), as a project might.
 ``{"edit_buffer": true}``
     Start editing the cases layer and leave a change unsaved (another operator's work in progress).
+``{"add_layer": [path, name]}``
+    Add a vector layer to the project (shown), as an operator adds boundaries or a basemap.
 ``{"clear": true}``
     Close the project (QGIS's *New Project*): the dock lets go of the layer.
 ``{"rollback": true}``
@@ -210,6 +212,10 @@ def main() -> int:
             dock.note.setFocus()
             dock.note.setText(step["enter_note"])
             QTest.keyClick(dock.note, Qt.Key_Return)
+        if "add_layer" in step:
+            from qgis.core import QgsVectorLayer
+
+            project.addMapLayer(QgsVectorLayer(step["add_layer"][0], step["add_layer"][1], "ogr"))
         if "clear" in step:
             project.clear()
         if "rollback" in step:

@@ -228,6 +228,7 @@ def rows(registry: Path, sql: str) -> list[tuple]:
 @needs_qgis
 def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     project, registry, plugin_dir = triage_night
+    boundaries = project.parent.parent / "communities.geojson"
     history_before = rows(registry, "SELECT count(*) FROM case_history")[0][0]
     b, c = "LG20240501-0002", "LG20240501-0003"
     d, e, f = "LG20240502-0001", "LG20240502-0002", "LG20240502-0003"
@@ -241,7 +242,7 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
             {"state": True},
             {"filter": {"tonight": True}},
             {"note": "no permit on file", "key": "1"},
-            {"key": "B"},
+            {"key": "B", "add_layer": [str(boundaries), "communities"]},
             {"key": "B"},
             {"key": "H"},
             {"key": "N"},
@@ -294,10 +295,11 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     )
     assert history[0] == (e, user, "status", "new", "confirmed_illegal")
     # B flips to the baseline mosaic and back; H shows tonight's with the cases' height style
-    assert key_b["canvas_layers"] == ["baseline (baseline.tif)", "cases"]
-    assert key_b2["canvas_layers"] == ["cases", "current (current.tif)"]
+    # (a layer the operator added stays on: the keys switch only the layers the themes name)
+    assert key_b["canvas_layers"] == ["baseline (baseline.tif)", "cases", "communities"]
+    assert key_b2["canvas_layers"] == ["cases", "communities", "current (current.tif)"]
     assert key_b["cases_style"] == "default" and key_h["cases_style"] == HEIGHT_STYLE
-    assert key_h["canvas_layers"] == ["cases", "current (current.tif)"]
+    assert key_h["canvas_layers"] == ["cases", "communities", "current (current.tif)"]
     # N / P move without changing anything
     assert (key_n["current"], key_p["current"], key_p2["current"]) == (d, f, e)
     assert key_p2["progress"] == "1 of 3 reviewed"

@@ -42,6 +42,7 @@ from .queue import (
 )
 
 BASELINE_THEME, TONIGHT_THEME, HEIGHT_THEME = "baseline", "tonight", "height"
+THEMES = (BASELINE_THEME, TONIGHT_THEME, HEIGHT_THEME)  # the map themes cases.qgs carries
 ZOOM_MARGIN_M = 25.0  # around the case when zooming (map units of a projected CRS)
 HIGHLIGHT = QColor(0, 230, 255)  # the case at hand: an outline only, the roof stays visible
 NO_LAYER = "no buildwatch cases layer in this project: open the cases.qgs buildwatch writes"
@@ -347,7 +348,13 @@ class TriageDock(QDockWidget):
     # ------------------------------------------------------------------ map themes
 
     def apply_theme(self, name):
-        """Show one of the project's map themes (as View > Map Themes does)."""
+        """Show one of buildwatch's map themes, touching only the layers those themes name.
+
+        The layers of the theme are switched on (with the cases layer's style the theme names),
+        the layers only the other themes name (the other mosaic) are switched off; every other
+        layer (a basemap, boundaries the operator added) stays as it is, where QGIS's own
+        *View > Map Themes* would hide it.
+        """
         project = QgsProject.instance()
         themes = project.mapThemeCollection()
         if not themes.hasMapTheme(name):
@@ -355,8 +362,27 @@ class TriageDock(QDockWidget):
                 f"this project has no map theme '{name}': open the cases.qgs buildwatch writes"
             )
             return False
-        view = self.iface.layerTreeView()
-        themes.applyTheme(name, project.layerTreeRoot(), view.layerTreeModel())
+        named = set()
+        for theme in THEMES:
+            if themes.hasMapTheme(theme):
+                named |= {
+                    r.layer().id() for r in themes.mapThemeState(theme).layerRecords() if r.layer()
+                }
+        root = project.layerTreeRoot()
+        shown = set()
+        for record in themes.mapThemeState(name).layerRecords():
+            layer = record.layer()
+            node = root.findLayer(layer.id()) if layer else None
+            if node is None:
+                continue
+            shown.add(layer.id())
+            node.setItemVisibilityCheckedParentRecursive(True)
+            if record.usingCurrentStyle and record.currentStyle in layer.styleManager().styles():
+                layer.styleManager().setCurrentStyle(record.currentStyle)
+        for layer_id in named - shown:
+            node = root.findLayer(layer_id)
+            if node is not None:
+                node.setItemVisibilityChecked(False)
         self.theme = name
         self.message.setText("")
         return True
