@@ -291,7 +291,7 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     history = rows(
         registry,
         "SELECT case_id, changed_by, change, old_status, new_status FROM case_history "
-        f"WHERE fid > {history_before} ORDER BY fid",
+        f"WHERE fid > {history_before} AND old_status IS NOT new_status ORDER BY fid",
     )
     assert history[0] == (e, user, "status", "new", "confirmed_illegal")
     # B flips to the baseline mosaic and back; H shows tonight's with the cases' height style
