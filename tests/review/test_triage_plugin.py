@@ -366,3 +366,24 @@ def test_triage_credits_the_layers_own_editor_default_and_refuses_over_unsaved_e
     # the project closed: no layer, no queue, the dock says what to open; keys do nothing
     assert (closed["queue"], closed["current"], closed["highlight"]) == ([], None, None)
     assert "open the cases.qgs" in closed["message"]
+
+
+def test_a_project_written_before_the_themes_gets_them_on_the_next_night(scene):
+    qgs = run_night(scene, ["A", "B"], date(2024, 5, 1)).project_path
+    tree = ET.parse(qgs)
+    root = tree.getroot()
+    root.remove(root.find("visibility-presets"))
+    for layer in root.iter("maplayer"):
+        for manager in layer.findall("map-layer-style-manager"):
+            layer.remove(manager)
+        for option in layer.iter("Option"):
+            if option.get("name") == "buildwatch_style":
+                option.set("value", "an older release")
+    tree.write(qgs)
+    run_night(scene, ["A", "B"], date(2024, 5, 2))
+    ids = _layer_ids(qgs)
+    assert _presets(qgs)["height"] == [(ids["cases"], HEIGHT_STYLE), (ids["current"], None)]
+    assert [s.get("name") for s in ET.parse(qgs).getroot().iter("map-layer-style")] == [
+        "default",
+        HEIGHT_STYLE,
+    ]
