@@ -33,6 +33,8 @@ Plan: ``{"project": p, "plugin_dir": d, "steps": [...]}``; steps:
     Start editing the cases layer and leave a change unsaved (another operator's work in progress).
 ``{"add_layer": [path, name]}``
     Add a vector layer to the project (shown), as an operator adds boundaries or a basemap.
+``{"toggle": true}``
+    Press the plugin's toolbar button (closes an open dock, opens a closed one).
 ``{"clear": true}``
     Close the project (QGIS's *New Project*): the dock lets go of the layer.
 ``{"rollback": true}``
@@ -180,6 +182,7 @@ def main() -> int:
             "editable": layer.isEditable() if layer else None,
             "commits": len(commits),  # edit-buffer commits of the cases layer so far
             # the case at hand: outlined on the map, inside the map's extent
+            "dock_visible": dock.isVisible(),
             "highlight": None if dock.highlighted() is None else box(dock.highlighted()),
             "extent": box(canvas.extent()),
         }
@@ -216,6 +219,8 @@ def main() -> int:
             from qgis.core import QgsVectorLayer
 
             project.addMapLayer(QgsVectorLayer(step["add_layer"][0], step["add_layer"][1], "ogr"))
+        if "toggle" in step:
+            plugin.action.trigger()
         if "clear" in step:
             project.clear()
         if "rollback" in step:

@@ -235,21 +235,25 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
     assert rows(registry, "SELECT case_id FROM cases WHERE status = 'new' ORDER BY case_id") == [
         (x,) for x in sorted([b, c, d, e, f])
     ]
-    loaded, tonight, key1, key_b, key_b2, key_h, key_n, key_p, key_p2, key_0 = drive(
-        project,
-        plugin_dir,
-        [
-            {"state": True},
-            {"filter": {"tonight": True}},
-            {"note": "no permit on file", "key": "1"},
-            {"key": "B", "add_layer": [str(boundaries), "communities"]},
-            {"key": "B"},
-            {"key": "H"},
-            {"key": "N"},
-            {"key": "P"},
-            {"key": "P"},
-            {"key": "0"},
-        ],
+    loaded, tonight, key1, key_b, key_b2, key_h, key_n, key_p, key_p2, key_0, closed, opened = (
+        drive(
+            project,
+            plugin_dir,
+            [
+                {"state": True},
+                {"filter": {"tonight": True}},
+                {"note": "no permit on file", "key": "1"},
+                {"key": "B", "add_layer": [str(boundaries), "communities"]},
+                {"key": "B"},
+                {"key": "H"},
+                {"key": "N"},
+                {"key": "P"},
+                {"key": "P"},
+                {"key": "0"},
+                {"toggle": True},
+                {"toggle": True},
+            ],
+        )
     )
     # it loads over cases.qgs: the three themes, the status keys from the form's drop-down
     assert loaded["read"] and loaded["qgis"].startswith("3.")
@@ -310,6 +314,10 @@ def test_triage_dock_queue_keys_edit_buffer_history_and_themes(triage_night):
         (e, user, "status", "new", "confirmed_illegal"),
         (e, user, "status", "confirmed_illegal", "new"),
     ]
+    # the toolbar button closes the dock (its outline leaves the map) and opens it again
+    assert (closed["dock_visible"], closed["highlight"]) == (False, None)
+    assert opened["dock_visible"] and opened["highlight"] == pytest.approx(list(STRUCTURES["E"]))
+    assert opened["queue"] == tonight["queue"] and opened["current"] == e  # filters kept, rebuilt
     # the note went with the first commit and stays; the credit is the last status change's
     assert rows(registry, f"SELECT status, note, reviewer FROM cases WHERE case_id = '{e}'") == [
         ("new", "no permit on file", user)

@@ -285,6 +285,10 @@ class TriageDock(QDockWidget):
         else:
             self.band.setToGeometry(feature.geometry(), self.queue.layer)
 
+    def clear_highlight(self):
+        if self.band is not None:
+            self.band.reset(QgsWkbTypes.PolygonGeometry)
+
     def highlighted(self):
         """The outline drawn on the map (map CRS), or None."""
         if self.band is None or self.band.numberOfVertices() == 0:

@@ -41,6 +41,8 @@ class TriagePlugin:
         return self.dock
 
     def _dock_visible(self, visible):
+        if not visible and self.dock is not None:
+            self.dock.clear_highlight()  # no outline left on the map once the dock is closed
         if self.action is not None and self.action.isChecked() != visible:
             self.action.setChecked(visible)
 
