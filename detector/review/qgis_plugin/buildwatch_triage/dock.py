@@ -10,6 +10,8 @@ Keys (active while the dock or the map has the focus; typing in the note field t
 * ``Enter`` in the note field: save the note alone.
 """
 
+from html import escape
+
 from qgis.core import QgsProject, QgsWkbTypes
 from qgis.gui import QgsRubberBand
 from qgis.PyQt.QtCore import Qt
@@ -235,7 +237,7 @@ class TriageDock(QDockWidget):
             self.show_case(self.queue.go_to(row))
 
     def show_case(self, fid):
-        """Show the case (details, note), select it in the list and on the map, zoom to it."""
+        """Show the case (details, note), select it in the list, outline it on the map, zoom to it."""
         if self.queue is None:
             return
         self.progress.setText(self.queue.progress())
@@ -258,15 +260,14 @@ class TriageDock(QDockWidget):
             if times
             else f"not detected yet (added {value(feature, 'first_seen')})"
         )
-        self.details.setText(
-            f"<b>{value(feature, 'case_id')}</b> — {value(feature, 'status')}"
-            + (f"<br><b style='color:#c0c'>ALERT: {alert}</b>" if alert else "")
-            + "<br>"
-            + ", ".join(str(x) for x in what if x)
-            + "<br>"
-            + " · ".join(str(x) for x in where if x)
-            + f"<br>{seen}"
-        )
+        lines = [
+            f"<b>{escape(str(value(feature, 'case_id')))}</b> — {escape(str(value(feature, 'status')))}",
+            f"<b style='color:#c0c'>ALERT: {escape(str(alert))}</b>" if alert else "",
+            escape(", ".join(str(x) for x in what if x)),
+            escape(" · ".join(str(x) for x in where if x)),
+            escape(seen),
+        ]
+        self.details.setText("<br>".join(line for line in lines if line))
         self.note.setText(value(feature, "note") or "")
         self._highlight(feature)
         self.zoom()
