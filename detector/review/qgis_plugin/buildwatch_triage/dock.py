@@ -208,13 +208,13 @@ class TriageDock(QDockWidget):
     def _fill_list(self):
         self.list.blockSignals(True)
         self.list.clear()
+        features = self.queue.features()
         for fid in self.queue.entries:
-            feature = self.queue.feature(fid)
-            self.list.addItem(self._line(feature))
+            self.list.addItem(self._line(features[fid]))
         self.list.blockSignals(False)
 
     def _line(self, feature):
-        mark = "✓" if self.queue.reviewed(feature.id()) else "·"
+        mark = "✓" if self.queue.reviewed(feature.id(), feature) else "·"
         alert = "  ! alert" if value(feature, "alert") else ""
         return (
             f"{mark} {value(feature, 'case_id')}  {value(feature, 'community') or ''}  "
@@ -230,7 +230,7 @@ class TriageDock(QDockWidget):
         """The queue as case IDs, in order (what the list shows)."""
         if self.queue is None:
             return []
-        return [value(self.queue.feature(fid), "case_id") for fid in self.queue.entries]
+        return [self.queue.case_ids[fid] for fid in self.queue.entries]
 
     def _row_chosen(self, row):
         if self.queue is not None and row >= 0:

@@ -85,6 +85,7 @@ class TriageQueue:
     def __init__(self, layer):
         self.layer = layer
         self.entries = []  # feature IDs in review order
+        self.case_ids = {}  # feature ID -> case ID (read when the queue is built)
         self.initial = {}  # feature ID -> status when the queue was built
         self.touched = set()  # feature IDs the dock set a status other than new on
         self.index = 0
@@ -135,6 +136,7 @@ class TriageQueue:
             chosen.append((key, feature.id(), status))
         chosen.sort()
         self.entries = [fid for _, fid, _ in chosen]
+        self.case_ids = {fid: key[3] for key, fid, _ in chosen}
         self.initial = {fid: status for _, fid, status in chosen}
         self.touched = set()
         self.index = 0
@@ -152,15 +154,34 @@ class TriageQueue:
         fid = self.current() if fid is None else fid
         return None if fid is None else self.layer.getFeature(fid)
 
-    def reviewed(self, fid):
+    def reviewed(self, fid, feature=None):
         """Reviewed: the dock set a status on it (other than new), or its status is not what it was
-        when the queue was built."""
-        if fid in self.touched:
-            return True
-        return value(self.layer.getFeature(fid), "status") != self.initial.get(fid)
+        when the queue was built. ``feature``: the case as just read (else it is read)."""
+        feature = self.layer.getFeature(fid) if feature is None else feature
+        return self._reviewed(fid, value(feature, "status"))
+
+    def _reviewed(self, fid, status_now):
+        return fid in self.touched or status_now != self.initial.get(fid)
+
+    def features(self):
+        """Feature ID -> feature (no geometry) of the whole queue, in one read."""
+        request = QgsFeatureRequest().setFilterFids(list(self.entries))
+        request.setFlags(QgsFeatureRequest.NoGeometry)
+        return {f.id(): f for f in self.layer.getFeatures(request)}
+
+    def statuses_now(self):
+        """Feature ID -> status now, for the whole queue in one read (a morning holds hundreds)."""
+        request = (
+            QgsFeatureRequest()
+            .setFilterFids(list(self.entries))
+            .setFlags(QgsFeatureRequest.NoGeometry)
+            .setSubsetOfAttributes(["status"], self.layer.fields())
+        )
+        return {f.id(): value(f, "status") for f in self.layer.getFeatures(request)}
 
     def reviewed_count(self):
-        return sum(1 for fid in self.entries if self.reviewed(fid))
+        now = self.statuses_now()
+        return sum(1 for fid in self.entries if self._reviewed(fid, now.get(fid)))
 
     def progress(self):
         """``"12 of 47 reviewed"``."""
@@ -181,9 +202,11 @@ class TriageQueue:
         """To the next case not reviewed yet after the position (else the first one before it);
         stays where it is when every case is reviewed. Returns the feature ID or None."""
         count = len(self.entries)
+        now = self.statuses_now()
         for offset in range(1, count + 1):
             candidate = (self.index + offset) % count
-            if not self.reviewed(self.entries[candidate]):
+            fid = self.entries[candidate]
+            if not self._reviewed(fid, now.get(fid)):
                 self.index = candidate
                 return self.entries[candidate]
         return None
