@@ -30,6 +30,7 @@ COMMANDS = {
     "model-info": "detector.cli.model_cmd:model_info",
     "doctor": "detector.cli.doctor_cmd:doctor",
     "models": "detector.cli.model_cmd:models",
+    "qgis-plugin": "detector.cli.plugin_cmd:qgis_plugin",
     "retrain": "training.cli:retrain",
     "train": "training.cli:train",
     "export": "training.cli:export",

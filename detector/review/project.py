@@ -10,6 +10,11 @@ orthomosaics. Each night it
 * updates those three layers' data sources and names; it re-adds one an operator removed. The
   cases layer's style is rewritten only when buildwatch's own style changed (its hash is kept in
   the layer's custom properties), so an operator's restyling survives until the next release;
+* keeps three map themes (``View > Map Themes``, and the triage dock's keys): ``baseline`` (the
+  cases over the baseline mosaic), ``tonight`` (over tonight's) and ``height`` (tonight's mosaic,
+  the cases coloured by their height change: the cases layer's second named style ``height``).
+  buildwatch sets only its own three layers in them; a layer an operator added to one of them,
+  and any theme of their own, stay;
 * leaves everything else as the operator saved it: layers and groups they added, the layer
   order, the map view, the project CRS once set.
 
@@ -33,7 +38,13 @@ from pathlib import Path
 from detector.fileio import atomic_write_text
 from detector.geo.location import is_remote
 from detector.review.qgis import cases_layer_qml, style_elements
-from detector.review.vocab import CASES_TABLE, cases_field_names
+from detector.review.vocab import (
+    CASES_TABLE,
+    EXISTING_ROOF_M,
+    NO_HEIGHT_CHANGE_M,
+    cases_field_names,
+)
+from detector.styles import categorized_renderer, simple_labels
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,33 @@ SIDECARS = (".ovr", ".aux.xml", ".msk")
 DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
 STYLE_PROPERTY = "buildwatch_style"  # hash of the cases style buildwatch last wrote
 ROLE_PROPERTY = "buildwatch_role"  # cases / current / baseline: the layers buildwatch owns
+
+# the map themes buildwatch keeps: name -> (the imagery layer's role, the cases layer's named style)
+BASELINE_THEME, TONIGHT_THEME, HEIGHT_THEME = "baseline", "tonight", "height"
+THEMES = {
+    BASELINE_THEME: ("baseline", "default"),
+    TONIGHT_THEME: ("current", "default"),
+    HEIGHT_THEME: ("current", "height"),
+}
+HEIGHT_STYLE = "height"  # the cases layer's second named style (QGIS's style manager)
+# the height theme's categories: a case's height change as height_phrase words it
+HEIGHT_CATEGORY_EXPRESSION = (
+    "CASE WHEN \"height_gain_m\" IS NULL THEN 'unmeasured' "
+    f"WHEN abs(\"height_gain_m\") < {NO_HEIGHT_CHANGE_M} THEN 'none' "
+    "WHEN \"height_gain_m\" < 0 THEN 'lower' "
+    f"WHEN \"baseline_height_m\" >= {EXISTING_ROOF_M} THEN 'storey' ELSE 'new' END"
+)
+HEIGHT_CATEGORIES: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "storey": ("Storeys added on a roof", (215, 25, 28)),
+    "new": ("New building / structure (from the ground)", (253, 110, 0)),
+    "none": ("No height change", (77, 175, 74)),
+    "lower": ("Lower than before", (44, 123, 182)),
+    "unmeasured": ("Not measured (no DSM pair)", (170, 170, 170)),
+}
+HEIGHT_LABEL_EXPRESSION = (
+    '"case_id" || CASE WHEN "height_change" IS NOT NULL AND "height_change" <> \'\' '
+    "THEN '\\n' || \"height_change\" ELSE '' END"
+)
 
 
 # --------------------------------------------------------------------------- imagery in the cases folder
@@ -155,8 +193,61 @@ def _set_text(parent: ET.Element, tag: str, text: str) -> None:
     _child(parent, tag).text = text
 
 
+def _height_style(crs) -> ET.Element:
+    """The cases layer's ``height`` style: its whole default style (form, defaults: edits made
+    while the height theme shows still stamp the editor), categorised and labelled by height."""
+    style = ET.Element("qgis", {"styleCategories": "AllStyleCategories", "labelsEnabled": "1"})
+    for element in style_elements(cases_field_names(), crs):
+        if element.tag not in ("renderer-v2", "labeling"):
+            style.append(element)
+    categorized_renderer(style, HEIGHT_CATEGORY_EXPRESSION, HEIGHT_CATEGORIES)
+    simple_labels(style, HEIGHT_LABEL_EXPRESSION)
+    return style
+
+
 def _style_hash(crs) -> str:
-    return hashlib.sha256(cases_layer_qml(crs).encode()).hexdigest()[:16]
+    text = cases_layer_qml(crs) + ET.tostring(_height_style(crs), encoding="unicode")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _style_manager(layer: ET.Element, crs) -> None:
+    """The cases layer's named styles: ``default`` and buildwatch's ``height``; an operator's own stay."""
+    manager = layer.find("map-layer-style-manager")
+    if manager is None:
+        manager = ET.SubElement(layer, "map-layer-style-manager")
+    manager.set("current", "default")  # the layer's own style (just rewritten) is the default one
+    for style in manager.findall("map-layer-style"):
+        if style.get("name") in ("default", HEIGHT_STYLE):
+            manager.remove(style)
+    manager.insert(0, ET.Element("map-layer-style", {"name": "default"}))
+    height = ET.Element("map-layer-style", {"name": HEIGHT_STYLE})
+    height.append(_height_style(crs))
+    manager.insert(1, height)
+
+
+def _map_themes(root: ET.Element, layer_ids: dict[str, str]) -> None:
+    """buildwatch's map themes (:data:`THEMES`) over its own layers (role -> layer ID).
+
+    In each theme only buildwatch's three layers are set (each night, with tonight's IDs); a
+    layer the operator added to a theme keeps its entry, and their own themes stay as they are.
+    """
+    presets = _child(root, "visibility-presets")
+    owned = set(layer_ids.values())
+    for name, (imagery, cases_style) in THEMES.items():
+        preset = next(
+            (p for p in presets.findall("visibility-preset") if p.get("name") == name), None
+        )
+        if preset is None:
+            preset = ET.SubElement(presets, "visibility-preset", {"name": name})
+        for entry in preset.findall("layer"):
+            if entry.get("id") in owned:
+                preset.remove(entry)
+        entries = [
+            ET.Element("layer", {"id": layer_ids["cases"], "visible": "1", "style": cases_style}),
+            ET.Element("layer", {"id": layer_ids[imagery], "visible": "1"}),
+        ]
+        for position, entry in enumerate(entries):
+            preset.insert(position, entry)
 
 
 def _custom_property(layer: ET.Element, name: str) -> str | None:
@@ -339,12 +430,14 @@ def write_qgis_project(
     style = _style_hash(crs)
     if created or _custom_property(cases_layer, STYLE_PROPERTY) != style:
         keep = {"id", "datasource", "layername", "srs", "provider", "customproperties", "extent"}
+        keep.add("map-layer-style-manager")  # its named styles: buildwatch's are rewritten below
         for child in list(cases_layer):
             if child.tag not in keep:
                 cases_layer.remove(child)
         cases_layer.extend(style_elements(cases_field_names(), crs))
+        _style_manager(cases_layer, crs)
         _set_custom_property(cases_layer, STYLE_PROPERTY, style)
-    _owned_layer(
+    current_layer, _ = _owned_layer(
         root,
         "current",
         f"current_{suffix}",
@@ -356,7 +449,7 @@ def write_qgis_project(
         1,
         True,
     )
-    _owned_layer(
+    baseline_layer, _ = _owned_layer(
         root,
         "baseline",
         f"baseline_{suffix}",
@@ -367,6 +460,14 @@ def write_qgis_project(
         baseline_crs,
         2,
         False,
+    )
+    _map_themes(
+        root,
+        {
+            "cases": cases_layer.findtext("id"),
+            "current": current_layer.findtext("id"),
+            "baseline": baseline_layer.findtext("id"),
+        },
     )
 
     ET.indent(root, space=" ")
