@@ -35,7 +35,8 @@ from detector.geo.location import as_location, is_remote
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no inf/nan: every number is a threshold, a size or a distance ('.inf' m of shift overflows)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 #: Most worker processes / ONNX threads a setting may ask for: a few per core. More only

@@ -46,9 +46,12 @@ class IngestReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _check_arguments(mosaic, baseline, out: Path, dsm: bool, units: str) -> None:
+def _check_arguments(
+    mosaic, baseline, out: Path, dsm: bool, units: str, min_coverage: float
+) -> None:
     """What the arguments mean together, before any file is opened or made: an output that is not
-    an input (ingest would rewrite its source), a file name, a height unit only for a DSM."""
+    an input (ingest would rewrite its source), a file name, a height unit only for a DSM, a
+    coverage that is a fraction."""
     from detector.errors import ConfigError
     from detector.fileio import same_file
     from detector.geo.location import is_remote
@@ -63,6 +66,10 @@ def _check_arguments(mosaic, baseline, out: Path, dsm: bool, units: str) -> None
                 f"{out}: --out is the input {what} ({source}); ingest would overwrite it: "
                 "give another output file"
             )
+    if not 0 <= min_coverage <= 1:  # also NaN
+        raise ConfigError(
+            f"--min-coverage {min_coverage}: must be a fraction between 0 and 1 (0.01 = 1 %)"
+        )
     if units != "auto" and not dsm:
         raise ConfigError(
             f"--units {units} is for a DSM's heights and needs --dsm; drop --units for an orthomosaic"
@@ -114,7 +121,7 @@ def ingest(
     from detector.fileio import check_output_folder, clean_stale_temps
 
     mosaic, out = as_location(mosaic), Path(out)  # the mosaic may be a URL (s3://, https://)
-    _check_arguments(mosaic, baseline, out, dsm, units)
+    _check_arguments(mosaic, baseline, out, dsm, units, min_coverage)
     base = open_baseline(baseline)
     # a bare file name ('current_dsm.tif', the README's form) is written in the working folder
     check_output_folder(
