@@ -390,6 +390,14 @@ class RunConfig(_Strict):
                 "is set but cases.registry is not: the boundary layer only names the "
                 "communities of cases; give --cases (cases.registry) too, or drop --boundaries",
             )
+        for side in ("baseline", "current"):
+            units = getattr(self.height, f"{side}_units")
+            if units != "auto" and getattr(self, f"{side}_dsm") is None:
+                raise SettingConflict(
+                    f"height.{side}_units",
+                    f"is {units} but {side}_dsm is not given: the unit is that DSM's; give "
+                    f"--{side}-dsm ({side}_dsm) or leave the unit 'auto'",
+                )
         _check_distinct_paths(self)
         return self
 
@@ -428,12 +436,14 @@ def _check_distinct_paths(cfg: RunConfig) -> None:
     outputs: a run must never rewrite its input, nor fail after every tile because its registry
     is its ``candidates.gpkg``."""
     inputs = _local_paths(cfg)
-    for a, b in (("baseline", "current"), ("baseline_dsm", "current_dsm")):
-        pa, pb = dict(inputs).get(a), dict(inputs).get(b)
-        if pa is not None and pb is not None and same_file(pa, pb):
-            raise SettingConflict(
-                b, f"{pb} is the same file as {a} ({pa}); give tonight's survey as {b}"
-            )
+    rasters = [
+        (k, p) for k, p in inputs if k in ("baseline", "current", "baseline_dsm", "current_dsm")
+    ]
+    for i, (a, pa) in enumerate(rasters):  # four different surveys/products: four files
+        for b, pb in rasters[i + 1 :]:
+            if same_file(pa, pb):
+                what = "tonight's survey" if b.startswith("current") else "the DSM"
+                raise SettingConflict(b, f"{pb} is the same file as {a} ({pa}); give {what} as {b}")
     registry = cfg.cases.registry
     for key, source in inputs:
         if registry is not None and same_file(registry, source):

@@ -74,6 +74,8 @@ def test_bad_config_names_the_setting(tmp_path, text, needle):
         ),
         ("current: a.tif\nbaseline: ./x/../a.tif\n", "setting 'current':"),
         ("detect:\n  conf: .nan\n", "setting 'detect.conf'"),
+        ("height:\n  baseline_units: foot\n", "setting 'height.baseline_units': is foot but"),
+        ("current_dsm: d.tif\ncurrent: ./d.tif\n", "setting 'current_dsm': "),
         (
             "height:\n  min_gain_m: .inf\n",
             "setting 'height.min_gain_m': Input should be a finite number",

@@ -679,8 +679,20 @@ def _settings_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
         (tmp_path / "tonight.tif").symlink_to(b)
         return _run_argv(b, tmp_path / "tonight.tif", m, out), "is the same file as baseline"
     if kind == "dsms_the_same_file":
-        return [*argv, "--baseline-dsm", str(b), "--current-dsm", str(b)], (
-            "setting 'current_dsm': " + f"{b} is the same file as baseline_dsm"
+        dsm = tmp_path / "dsm.tif"
+        dsm.write_bytes(b.read_bytes())
+        return [*argv, "--baseline-dsm", str(dsm), "--current-dsm", str(dsm)], (
+            "setting 'current_dsm': " + f"{dsm} is the same file as baseline_dsm"
+        )
+    if kind == "dsm_is_the_baseline_mosaic":
+        dsm = tmp_path / "dsm.tif"
+        dsm.symlink_to(b)
+        return [*argv, "--baseline-dsm", str(dsm), "--current-dsm", str(c)], (
+            "setting 'baseline_dsm': " + f"{dsm} is the same file as baseline"
+        )
+    if kind == "dsm_unit_without_dsm":
+        return with_config("height:\n  current_units: foot\n"), (
+            "setting 'height.current_units': is foot but current_dsm is not given"
         )
     if kind == "exclusion_is_the_runs_output":  # last night's candidates as tonight's permits
         out.mkdir()
@@ -714,11 +726,9 @@ def _settings_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
     if kind == "model_and_model_version":
         return [*argv, "--model-version", "v0001"], "give either model (a file) or model_version"
     if kind == "one_dsm":
-        return [
-            *argv,
-            "--baseline-dsm",
-            str(b),
-        ], "height change needs both DSMs: give --current-dsm"
+        dsm = tmp_path / "dsm.tif"
+        dsm.write_bytes(b.read_bytes())
+        return [*argv, "--baseline-dsm", str(dsm)], "height change needs both DSMs: give --current"
     raise AssertionError(kind)
 
 
@@ -741,6 +751,8 @@ SETTINGS_CASES = [
     "current_is_a_hard_link_of_the_baseline",
     "current_is_a_symlink_of_the_baseline",
     "dsms_the_same_file",
+    "dsm_is_the_baseline_mosaic",
+    "dsm_unit_without_dsm",
     "exclusion_is_the_runs_output",
     "prefix_with_path",
     "prefix_absolute",
