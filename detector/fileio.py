@@ -329,6 +329,28 @@ def check_output_folder(
 
 
 @contextmanager
+def made_folder(folder: Path | str) -> Iterator[Path]:
+    """Create ``folder`` (and its missing parents) for the block; if the block fails, remove the
+    folders this made that are still empty, so that a refused command leaves nothing behind."""
+    folder = Path(folder).absolute()
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)  # deepest first
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for p in missing:
+            try:
+                p.rmdir()
+            except OSError:  # not empty (another process wrote there): keep it
+                break
+        raise
+
+
+@contextmanager
 def exclusive_lock(lock_path: Path | str, what: str, *, wait: bool = False) -> Iterator[Path]:
     """Hold an advisory ``flock`` on ``lock_path`` for the block (released by the OS if killed).
 

@@ -118,7 +118,7 @@ def ingest(
     import rasterio
     from rasterio.warp import transform_bounds
 
-    from detector.fileio import check_output_folder, clean_stale_temps
+    from detector.fileio import check_output_folder, clean_stale_temps, made_folder
 
     mosaic, out = as_location(mosaic), Path(out)  # the mosaic may be a URL (s3://, https://)
     _check_arguments(mosaic, baseline, out, dsm, units, min_coverage)
@@ -176,10 +176,11 @@ def ingest(
                 del profile["photometric"]
             valid_px = 0
             stretch = estimate_stretch(src, bands) if info.dtype != "uint8" and not dsm else None
-            out.parent.mkdir(
-                parents=True, exist_ok=True
-            )  # like run --out: a new night's folder is made
-            with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out.parent) as tmpdir:
+            # like run --out: a new night's folder is made (and removed again if ingest fails)
+            with (
+                made_folder(out.parent) as folder,
+                tempfile.TemporaryDirectory(prefix=".ingest-", dir=folder) as tmpdir,
+            ):
                 work = Path(tmpdir) / "current.tif"
                 with (
                     rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),

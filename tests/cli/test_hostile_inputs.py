@@ -812,6 +812,11 @@ def _ingest_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
         return [*ingest, str(tmp_path / "cur.tif"), "--min-coverage", "nan"], (
             "--min-coverage nan: must be a fraction"
         )
+    if kind == "all_nodata_into_a_new_folder":  # refused while writing: the folder it made goes
+        bad = _bad_current(tmp_path, "all_nodata")
+        return ["ingest", str(bad), "--baseline", str(b), "--out", "night/2026-05-01/c.tif"], (
+            "has no valid pixels over the baseline"
+        )
     if kind == "ortho_out_is_the_baseline":
         frame = tmp_path / "DJI_0001.JPG"
         frame.write_bytes(b"\xff\xd8\xff")
@@ -838,6 +843,7 @@ def _ingest_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
         "units_without_dsm",
         "coverage_above_one",
         "coverage_nan",
+        "all_nodata_into_a_new_folder",
         "ortho_out_is_the_baseline",
         "ortho_out_is_a_frame",
     ],
