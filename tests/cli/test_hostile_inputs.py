@@ -854,24 +854,34 @@ def test_ingest_and_ortho_arguments_checked_together(capsys, tmp_path, pair, kin
     _expect_refused(capsys, tmp_path, argv, needle)
 
 
-def test_ingest_readme_form_writes_in_the_working_folder(capsys, tmp_path, pair, monkeypatch):
-    """``buildwatch ingest ODM_DSM.tif --baseline B.tif --out current_dsm.tif`` (README): a bare
-    file name is the working folder, as for any command (it was refused as an empty folder)."""
+@pytest.mark.parametrize("dsm", [False, True], ids=["mosaic", "dsm"])
+def test_ingest_readme_form_writes_in_the_working_folder(capsys, tmp_path, pair, monkeypatch, dsm):
+    """``buildwatch ingest ODM_DSM.tif --baseline B.tif --out current_dsm.tif --dsm`` (docs): a
+    bare file name is in the working folder, as for any command (it was refused as an empty
+    folder)."""
     import rasterio
 
     b, c, _ = pair
     monkeypatch.chdir(tmp_path)
+    if dsm:  # heights 12.5 m everywhere, in metres
+        data = np.full((1, 600, 600), 12.5, np.float32)
+        c = _raster(tmp_path / "ODM_DSM.tif", count=1, dtype="float32", w=600, h=600, data=data)
+    out = "current_dsm.tif" if dsm else "current.tif"
     before = {p.name for p in tmp_path.iterdir()}
-    assert main(["ingest", c.name, "--baseline", b.name, "--out", "current.tif"]) == 0
-    assert "wrote current.tif (600x600 px)" in capsys.readouterr().out
-    assert {p.name for p in tmp_path.iterdir()} - before == {"current.tif"}  # no temp folder left
-    with rasterio.open(tmp_path / "current.tif") as src, rasterio.open(b) as ref:
+    argv = ["ingest", c.name, "--baseline", b.name, "--out", out, *(["--dsm"] if dsm else [])]
+    assert main(argv) == 0
+    assert f"wrote {out} (600x600 px)" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} - before == {out}  # no temporary folder left
+    with rasterio.open(tmp_path / out) as src, rasterio.open(b) as ref:
         assert (src.crs, src.transform, src.width, src.height) == (
             ref.crs,
             ref.transform,
             ref.width,
             ref.height,
         )
+        if dsm:
+            assert src.dtypes[0] == "float32"
+            assert float(src.read(1)[300, 300]) == 12.5
 
 
 # ---------------------------------------------------------------- no string becomes a path
