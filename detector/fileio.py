@@ -187,6 +187,28 @@ def is_inside(path: Path | str, folder: Path | str) -> bool:
     return path == folder or folder in path.parents
 
 
+@contextmanager
+def made_folder(folder: Path | str) -> Iterator[Path]:
+    """Create ``folder`` (and its missing parents) for the block; if the block fails, remove the
+    folders this made that are still empty, so that a refused command leaves nothing behind."""
+    folder = Path(folder).absolute()
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)  # deepest first
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for p in missing:
+            try:
+                p.rmdir()
+            except OSError:  # not empty (another process wrote there): keep it
+                break
+        raise
+
+
 def check_regular_file(path: Path | str, what: str, *, error: type = InputError) -> Path:
     """Refuse anything but an existing, readable regular file (folders, FIFOs, devices, sockets).
 
@@ -326,28 +348,6 @@ def check_output_folder(
 
 
 # --------------------------------------------------------------------------- locks and leftovers
-
-
-@contextmanager
-def made_folder(folder: Path | str) -> Iterator[Path]:
-    """Create ``folder`` (and its missing parents) for the block; if the block fails, remove the
-    folders this made that are still empty, so that a refused command leaves nothing behind."""
-    folder = Path(folder).absolute()
-    missing = []
-    p = folder
-    while not p.exists() and p != p.parent:
-        missing.append(p)  # deepest first
-        p = p.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        yield folder
-    except BaseException:
-        for p in missing:
-            try:
-                p.rmdir()
-            except OSError:  # not empty (another process wrote there): keep it
-                break
-        raise
 
 
 @contextmanager
