@@ -12,11 +12,13 @@ line is relative to the working folder. Training configs follow another rule, fo
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,15 +26,17 @@ from pydantic import (
     PlainValidator,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from detector.errors import ConfigError
-from detector.fileio import apply_dotted_overrides, read_yaml_mapping
+from detector.fileio import apply_dotted_overrides, is_inside, read_yaml_mapping, same_file
 from detector.geo.location import as_location, is_remote
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no inf/nan: every number is a threshold, a size or a distance ('.inf' m of shift overflows)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 #: Most worker processes / ONNX threads a setting may ask for: a few per core. More only
@@ -59,6 +63,38 @@ def _raster_location(value):
     if not isinstance(value, (str, Path)):
         raise ValueError(f"expected a path or URL, got {type(value).__name__}")
     return as_location(value)
+
+
+class SettingConflict(ValueError):
+    """A setting that contradicts another, or means nothing without one (raised by a model
+    validator): ``key`` is the dotted setting to name, relative to the model raising it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+#: A user string that becomes part of a file name (``cases.district_prefix`` starts every case ID,
+#: which names the case's evidence PNG): letters, digits, ``_`` and ``-`` only, so that no setting
+#: can make a path (``../``, ``/``, a backslash, a drive letter) or a hidden file.
+FILE_NAME_PART = re.compile(r"[\w-]")
+MAX_FILE_NAME_PART = 32
+
+
+def _file_name_part(value: str) -> str:
+    if len(value) > MAX_FILE_NAME_PART:
+        raise ValueError(f"is {len(value)} characters long; use at most {MAX_FILE_NAME_PART}")
+    bad = sorted({ch for ch in value if not FILE_NAME_PART.fullmatch(ch)})
+    if bad:
+        raise ValueError(
+            f"{value!r} becomes part of file names and may hold only letters, digits, '_' and '-' "
+            f"(not {' '.join(repr(ch) for ch in bad)}); remove those"
+        )
+    return value
+
+
+#: A string setting that becomes part of a file name (see :data:`FILE_NAME_PART`).
+FileNamePart = Annotated[str, AfterValidator(_file_name_part)]
 
 
 #: A raster input: a local path, or a URL / GDAL ``/vsi...`` path kept verbatim (see
@@ -216,6 +252,16 @@ class ChangeConfig(_Strict):
     min_pixel_change: float = Field(0.15, ge=0, le=1)
     exclusions: list[ExclusionLayer] = []
 
+    @model_validator(mode="after")
+    def _area_order(self):
+        if self.min_area_m2 > self.max_area_m2:
+            raise SettingConflict(
+                "min_area_m2",
+                f"{self.min_area_m2:g} m² is above max_area_m2 ({self.max_area_m2:g} m²), so no "
+                "candidate could be kept; lower min_area_m2 or raise max_area_m2",
+            )
+        return self
+
 
 HeightUnit = Literal["auto", "metre", "foot", "us_survey_foot"]
 
@@ -277,7 +323,7 @@ class CasesConfig(_Strict):
     _paths = field_validator("registry", "boundaries", mode="before")(_no_empty_path)
 
     registry: Path | None = None  # cases.gpkg; None = do not update a case registry
-    district_prefix: str = ""
+    district_prefix: FileNamePart = ""  # starts every case ID, which names its evidence PNG
     boundaries: Path | None = None  # communities/grids, any OGR format and CRS
     boundary_name_field: str = "name"
     boundary_unit_field: str | None = "unit"
@@ -296,7 +342,9 @@ class RunConfig(_Strict):
     models: Path | None = (
         None  # model registry folder (detector.night.model_registry); None = not used
     )
-    model_version: str | None = None  # a version of ``models`` to run instead of the promoted one
+    model_version: FileNamePart | None = (
+        None  # a version of ``models`` to run instead of the promoted one (a folder name)
+    )
     baseline_date: date | None = None  # None = from the raster's TIFFTAG_DATETIME (else unknown)
     current_date: date | None = None
     baseline_dsm: RasterLocation | None = (
@@ -328,6 +376,111 @@ class RunConfig(_Strict):
         "baseline", "current", "out", "model", "baseline_dsm", "current_dsm", mode="before"
     )(_no_empty_path)
     _workers = field_validator("workers")(_bounded_threads)
+
+    @model_validator(mode="after")
+    def _settings_together(self):
+        """Settings checked against each other: dates in order, an option that needs another,
+        and no output that is an input (or another output)."""
+        problem = date_order_problem(self.baseline_date, self.current_date)
+        if problem:
+            raise SettingConflict("current_date", f"{problem}; swap them or fix the dates")
+        if self.cases.boundaries is not None and self.cases.registry is None:
+            raise SettingConflict(
+                "cases.boundaries",
+                "is set but cases.registry is not: the boundary layer only names the "
+                "communities of cases; give --cases (cases.registry) too, or drop --boundaries",
+            )
+        for side in ("baseline", "current"):
+            units = getattr(self.height, f"{side}_units")
+            if units != "auto" and getattr(self, f"{side}_dsm") is None:
+                raise SettingConflict(
+                    f"height.{side}_units",
+                    f"is {units} but {side}_dsm is not given: the unit is that DSM's; give "
+                    f"--{side}-dsm ({side}_dsm) or leave the unit 'auto'",
+                )
+        _check_distinct_paths(self)
+        return self
+
+
+#: Files a run writes in its output folder, and folders it keeps there (checked before the run by
+#: :func:`detector.run.prepare.prepare`; no input or registry may be one of them).
+RUN_OUTPUT_FILES = ("candidates.gpkg", "buildwatch.log", "report.html", "report.csv")
+RUN_OUTPUT_FOLDERS = ("work",)
+
+
+def date_order_problem(baseline: date | None, current: date | None) -> str | None:
+    """The one rule for the two epochs' dates: where both are known, tonight's is not before the
+    baseline's (the same day is allowed: a morning and an evening flight). None when in order."""
+    if baseline is not None and current is not None and current < baseline:
+        return f"the current date {current} is before the baseline date {baseline}"
+    return None
+
+
+def _local_paths(cfg: RunConfig) -> list[tuple[str, Path]]:
+    """The run's local input files as (dotted key, path); URLs are not files here."""
+    found = [
+        ("baseline", cfg.baseline),
+        ("current", cfg.current),
+        ("baseline_dsm", cfg.baseline_dsm),
+        ("current_dsm", cfg.current_dsm),
+        ("model", cfg.model),
+        ("detect.second_view.model", cfg.detect.second_view.model),
+        ("cases.boundaries", cfg.cases.boundaries),
+    ]
+    found += [(f"change.exclusions.{i}.path", x.path) for i, x in enumerate(cfg.change.exclusions)]
+    return [(key, Path(p)) for key, p in found if p is not None and not is_remote(p)]
+
+
+def _check_distinct_paths(cfg: RunConfig) -> None:
+    """No file the run writes is a file it reads, and the registry is not one of the run's own
+    outputs: a run must never rewrite its input, nor fail after every tile because its registry
+    is its ``candidates.gpkg``."""
+    inputs = _local_paths(cfg)
+    rasters = [
+        (k, p) for k, p in inputs if k in ("baseline", "current", "baseline_dsm", "current_dsm")
+    ]
+    for i, (a, pa) in enumerate(rasters):  # four different surveys/products: four files
+        for b, pb in rasters[i + 1 :]:
+            if same_file(pa, pb):
+                what = "tonight's survey" if b.startswith("current") else "the DSM"
+                raise SettingConflict(b, f"{pb} is the same file as {a} ({pa}); give {what} as {b}")
+    registry = cfg.cases.registry
+    for key, source in inputs:
+        if registry is not None and same_file(registry, source):
+            raise SettingConflict(
+                "cases.registry",
+                f"{registry} is also the input {key}; the run rewrites the registry: give it "
+                "a file of its own",
+            )
+        for name in RUN_OUTPUT_FILES if cfg.out is not None else ():
+            if same_file(source, cfg.out / name):
+                raise SettingConflict(
+                    key,
+                    f"{source} is the run's own output {name} in {cfg.out}, which the run "
+                    "rewrites; copy it elsewhere and give the copy, or give another --out",
+                )
+    if registry is None or cfg.out is None:
+        return
+    for name in RUN_OUTPUT_FILES:
+        if same_file(registry, cfg.out / name):
+            raise SettingConflict(
+                "cases.registry",
+                f"{registry} is the run's own output {name}; give the case registry its own file "
+                f"(e.g. {Path(cfg.out).parent / 'cases.gpkg'})",
+            )
+    if same_file(registry, cfg.out):
+        raise SettingConflict(
+            "cases.registry",
+            f"{registry} is the run's output folder; give the case registry a file of its own "
+            f"(e.g. {Path(cfg.out) / 'cases.gpkg'})",
+        )
+    for name in RUN_OUTPUT_FOLDERS:
+        if is_inside(registry, cfg.out / name):
+            raise SettingConflict(
+                "cases.registry",
+                f"{registry} is inside the run's {name} folder {cfg.out / name}, which the run "
+                f"rewrites; give the case registry a file of its own (e.g. {Path(cfg.out) / 'cases.gpkg'})",
+            )
 
 
 #: Every path setting of a run, as dotted keys (``*``: each item of a list).
@@ -419,8 +572,12 @@ def validate_settings(model: type[BaseModel], data: dict, source: Path | str | N
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = [str(p) for p in first["loc"]]
+        msg = first["msg"]
+        conflict = (first.get("ctx") or {}).get("error")
+        if isinstance(conflict, SettingConflict):  # a model validator names its setting
+            loc, msg = [*loc, conflict.key], str(conflict)
         where = f"{source}: " if source else ""
         raise ConfigError(
-            f"{where}setting '{loc}': {first['msg']} ({exc.error_count()} problem(s) in all)"
+            f"{where}setting '{'.'.join(loc)}': {msg} ({exc.error_count()} problem(s) in all)"
         ) from None

@@ -88,12 +88,43 @@ def apply_dotted_overrides(data: dict, overrides: dict | None) -> dict:
     return data
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+def _unique_key_loader():
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the
+    last silently: two ``detect:`` blocks would drop the first one's settings)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # "<<": merged keys may repeat
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        if key in seen:
+                            raise _DuplicateKey(key, key_node.start_mark.line + 1, seen[key] + 1)
+                        seen[key] = key_node.start_mark.line
+                    except TypeError:  # an unhashable key: SafeLoader reports it
+                        continue
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "") -> dict:
     """A YAML file's top-level mapping; :class:`ConfigError` naming the file otherwise.
 
     Refused with one line: a missing, special (FIFO, device) or oversized file, binary or
-    non-UTF-8 content, invalid YAML, impossible values (``2026-02-30``), nesting deep enough to
-    exhaust the parser, or a top level that is not a mapping.
+    non-UTF-8 content, invalid YAML, a key given twice in one mapping (with its line),
+    impossible values (``2026-02-30``), nesting deep enough to exhaust the parser, or a top
+    level that is not a mapping.
     """
     import yaml
 
@@ -115,7 +146,12 @@ def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "
     if "\x00" in text:
         raise ConfigError(f"{path}: {what} is not text (a binary file?); give a YAML file")
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_unique_key_loader()) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{path}: line {exc.line}: key '{exc.key}' is given twice (first on line {exc.first}); "
+            "YAML would keep only the last: merge them into one"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
     except RecursionError:
@@ -132,6 +168,45 @@ def read_yaml_mapping(path: Path | str, what: str = "config file", hint: str = "
 
 
 # --------------------------------------------------------------------------- up-front checks
+
+
+def same_file(a: Path | str, b: Path | str) -> bool:
+    """``a`` and ``b`` name one file: equal once resolved (symlinks, ``..``, the working folder),
+    or, when both exist, one file under two names (a hard link: :func:`os.path.samefile`)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing (an output not written yet)
+        return False
+
+
+def is_inside(path: Path | str, folder: Path | str) -> bool:
+    """``path`` resolves to ``folder`` or to something below it (symlinks and ``..`` resolved)."""
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+@contextmanager
+def made_folder(folder: Path | str) -> Iterator[Path]:
+    """Create ``folder`` (and its missing parents) for the block; if the block fails, remove the
+    folders this made that are still empty, so that a refused command leaves nothing behind."""
+    folder = Path(folder).absolute()
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)  # deepest first
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for p in missing:
+            try:
+                p.rmdir()
+            except OSError:  # not empty (another process wrote there): keep it
+                break
+        raise
 
 
 def check_regular_file(path: Path | str, what: str, *, error: type = InputError) -> Path:

@@ -66,8 +66,21 @@ def ortho(frames, baseline, out, dem, flight_log, config_path, gsd_m, no_refine)
     """
     import logging
 
+    from detector.errors import ConfigError
+    from detector.fileio import same_file
     from detector.flight.ortho import load_ortho_config, orthomosaic
 
+    for what, source in (
+        ("--baseline", baseline),
+        ("--dem", dem),
+        ("--flight-log", flight_log),
+        *(("FRAMES", f) for f in frames),
+    ):
+        if source is not None and same_file(source, out):
+            raise ConfigError(
+                f"{out}: --out is the input {what} ({source}); ortho would overwrite it: "
+                "give another output file"
+            )
     overrides = {"gsd_m": gsd_m}
     if no_refine:
         overrides["refine"] = False

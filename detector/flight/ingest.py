@@ -46,6 +46,36 @@ class IngestReport:
     warnings: list[str] = field(default_factory=list)
 
 
+def _check_arguments(
+    mosaic, baseline, out: Path, dsm: bool, units: str, min_coverage: float
+) -> None:
+    """What the arguments mean together, before any file is opened or made: an output that is not
+    an input (ingest would rewrite its source), a file name, a height unit only for a DSM, a
+    coverage that is a fraction."""
+    from detector.errors import ConfigError
+    from detector.fileio import same_file
+    from detector.geo.location import is_remote
+
+    if out.name in ("", ".", ".."):
+        raise ConfigError(
+            f"--out '{out}' is not a file name; give the output COG, e.g. current.tif"
+        )
+    for what, source in (("MOSAIC", mosaic), ("--baseline", baseline)):
+        if not is_remote(source) and same_file(source, out):
+            raise ConfigError(
+                f"{out}: --out is the input {what} ({source}); ingest would overwrite it: "
+                "give another output file"
+            )
+    if not 0 <= min_coverage <= 1:  # also NaN
+        raise ConfigError(
+            f"--min-coverage {min_coverage}: must be a fraction between 0 and 1 (0.01 = 1 %)"
+        )
+    if units != "auto" and not dsm:
+        raise ConfigError(
+            f"--units {units} is for a DSM's heights and needs --dsm; drop --units for an orthomosaic"
+        )
+
+
 def ingest(
     mosaic: str | Path,
     baseline: str | Path,
@@ -88,17 +118,19 @@ def ingest(
     import rasterio
     from rasterio.warp import transform_bounds
 
-    mosaic, out = as_location(mosaic), Path(out)  # the mosaic may be a URL (s3://, https://)
-    base = open_baseline(baseline)
-    from detector.fileio import check_output_folder, clean_stale_temps
+    from detector.fileio import check_output_folder, clean_stale_temps, made_folder
 
+    mosaic, out = as_location(mosaic), Path(out)  # the mosaic may be a URL (s3://, https://)
+    _check_arguments(mosaic, baseline, out, dsm, units, min_coverage)
+    base = open_baseline(baseline)
+    # a bare file name ('current_dsm.tif', the README's form) is written in the working folder
     check_output_folder(
-        out.parent, files=(out.name,)
+        out.absolute().parent, files=(out.name,)
     )  # a file in the way, read-only, ... before the work
 
     # work folders of a killed ingest/ortho beside the output (a live one is younger than this)
-    if out.parent.is_dir():
-        clean_stale_temps(out.parent, older_than_s=STALE_TEMP_S)
+    if out.absolute().parent.is_dir():
+        clean_stale_temps(out.absolute().parent, older_than_s=STALE_TEMP_S)
     info = open_raster(mosaic, "DSM" if dsm else "mosaic", allow_pan=dsm, elevation=dsm)
     bands = list(info.bands)
     if dsm:
@@ -144,10 +176,11 @@ def ingest(
                 del profile["photometric"]
             valid_px = 0
             stretch = estimate_stretch(src, bands) if info.dtype != "uint8" and not dsm else None
-            out.parent.mkdir(
-                parents=True, exist_ok=True
-            )  # like run --out: a new night's folder is made
-            with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out.parent) as tmpdir:
+            # like run --out: a new night's folder is made (and removed again if ingest fails)
+            with (
+                made_folder(out.parent) as folder,
+                tempfile.TemporaryDirectory(prefix=".ingest-", dir=folder) as tmpdir,
+            ):
                 work = Path(tmpdir) / "current.tif"
                 with (
                     rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),

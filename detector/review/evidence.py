@@ -17,6 +17,7 @@ its two image panels (logged).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -309,8 +310,9 @@ def write_evidence_chip(
     *,
     title: str = "",
     dsm: DsmPair | None = None,
+    within: Path | None = None,
 ) -> Path:
-    """Render and write one case's before/after chip.
+    """Render and write one case's before/after chip; never outside ``within``.
 
     Parameters
     ----------
@@ -326,11 +328,44 @@ def write_evidence_chip(
         Text for the strip above the panels (case ID, date).
     dsm : detector.geo.dsm.DsmPair, optional
         The run's DSM pair: adds the height-difference panel.
+    within : Path, optional
+        The folder the chip must stay in (the registry's); default: the folder ``path`` names
+        before any ``..``.
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    InputError
+        ``path`` resolves outside ``within`` (a case ID or ``evidence`` value holding ``../`` or
+        an absolute path): nothing is rendered or written.
     """
+    path = contained_path(Path(path), within)
     return write_png_atomic(
-        Path(path), render_chip(geometry, crs, baseline_path, current_path, title=title, dsm=dsm)
+        path, render_chip(geometry, crs, baseline_path, current_path, title=title, dsm=dsm)
     )
+
+
+def contained_path(path: Path, within: Path | None = None) -> Path:
+    """``path`` if it resolves (``..``, symlinks) inside ``within``, else :class:`InputError`.
+
+    Defence in depth: the config allows no path characters in the strings that make a chip's
+    name (:data:`detector.config.FILE_NAME_PART`), and this refuses whatever else would escape
+    (an ``evidence`` value edited in the registry). ``within`` None: the folder ``path`` names
+    before its first ``..`` (its own folder when it has none).
+    """
+    from detector.fileio import is_inside
+
+    if within is None:
+        parts = path.parts
+        within = Path(*parts[: parts.index("..")]) if ".." in parts else path.parent
+    if not is_inside(path, within) or Path(os.path.realpath(path)) == Path(
+        os.path.realpath(within)
+    ):
+        raise InputError(
+            f"{path}: evidence chip path leads outside {within}; a case ID or the registry's "
+            "'evidence' value holds a path: fix it (letters, digits, '_' and '-' only)"
+        )
+    return path

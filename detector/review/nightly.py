@@ -193,6 +193,7 @@ def write_case_evidence(
                 current_path,
                 title=f"{case.case_id}  first seen {case.first_seen or night_label}{height}{note}",
                 dsm=dsm,
+                within=update.registry.parent,
             )
             written.append(target)
             hashes[case.fid] = key

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from detector.config import RunConfig
+from detector.config import RUN_OUTPUT_FILES, RUN_OUTPUT_FOLDERS, RunConfig, date_order_problem
 from detector.errors import ConfigError, InputError, ModelError, OutputError
 from detector.fileio import check_output_folder, check_regular_file
 from detector.night.align import estimate_mosaic_model
@@ -48,8 +48,7 @@ __all__ = ["OUTPUT_FILES", "OUTPUT_FOLDERS", "check_registry", "prepare"]
 log = logging.getLogger(__name__)
 
 #: Files the run writes in its output folder, and folders it keeps there.
-OUTPUT_FILES = ("candidates.gpkg", "buildwatch.log", "report.html", "report.csv")
-OUTPUT_FOLDERS = ("work",)
+OUTPUT_FILES, OUTPUT_FOLDERS = RUN_OUTPUT_FILES, RUN_OUTPUT_FOLDERS
 #: Free space a run needs: the GeoPackage and log, plus the per-tile work files.
 BASE_OUTPUT_BYTES = 32 << 20
 BYTES_PER_TILE = 16 << 10
@@ -99,6 +98,7 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
         )
     for info in (baseline, current):
         check_source_gsd(info, spec)
+    _check_dates(cfg, baseline, current)
     check_exclusions(cfg, cfg.current_date or current.acquired)
     try:
         grid = make_grid(baseline, current, spec.gsd_m)
@@ -170,14 +170,27 @@ def prepare(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     return ctx, tiles
 
 
+def _check_dates(cfg: RunConfig, baseline, current) -> None:
+    """The epochs' dates in order where both are known, a date set in the config or read from
+    the raster (TIFFTAG_DATETIME); both from the config were checked by the config itself."""
+    b, c = cfg.baseline_date or baseline.acquired, cfg.current_date or current.acquired
+    problem = date_order_problem(b, c)
+    if problem:
+        source = (
+            f"{current.path} (its TIFFTAG_DATETIME)"
+            if cfg.current_date is None
+            else f"{baseline.path} (its TIFFTAG_DATETIME)"
+        )
+        raise InputError(
+            f"{source}: {problem}: are --baseline and --current swapped? If the dates are wrong, "
+            "set baseline_date / current_date in the config"
+        )
+
+
 def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
     """The case registry and boundary layer are usable, checked read-only before any tile runs."""
     c = cfg.cases
-    if c.registry is None:
-        if c.boundaries is not None:
-            log.warning(
-                "cases.boundaries is set but cases.registry is not: the boundary layer is not used"
-            )
+    if c.registry is None:  # boundaries without a registry: refused by the config
         return
     registry = Path(c.registry)
     if registry.exists():

@@ -584,3 +584,357 @@ def test_cases_export_onto_a_folder(capsys, tmp_path):
         ["cases", "export", "--registry", str(reg), "--out", str(tmp_path / "afile" / "x.csv")],
         "a file is in the way",
     )
+
+
+# ---------------------------------------------------------------- pattern 1: settings checked together
+#
+# Each setting alone is valid; together (or for what they mean) they are not. Refused before any
+# work: exit 2, one line naming the key (or file) and what to do, nothing written (no output
+# folder, no lock, no registry).
+
+
+def _dated(path: Path, date: str) -> Path:
+    return write_geotiff(path, textured_image(600, 600), "EPSG:4547", T, date=f"{date} 10:00:00")
+
+
+def _settings_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
+    """(argv, needle) of one pattern-1 case; the files it needs are made here, before the run."""
+    b, c, m = pair
+    out = tmp_path / "out"
+    argv = _run_argv(b, c, m, out)
+
+    def with_config(text: str) -> list[str]:
+        return [*argv, "--config", str(_config(tmp_path, text))]
+
+    if kind == "duplicate_block":  # plain YAML would drop the first block's conf
+        return with_config(
+            "detect:\n  conf: 0.9\nworkers: 1\ndetect:\n  iou: 0.5\n"
+        ), "night.yaml: line 4: key 'detect' is given twice (first on line 1)"
+    if kind == "duplicate_nested_key":
+        return with_config(
+            "change:\n  min_area_m2: 4\n  min_area_m2: 40\n"
+        ), "night.yaml: line 3: key 'min_area_m2' is given twice (first on line 2)"
+    if kind == "min_area_above_max":
+        return with_config(
+            "change:\n  min_area_m2: 500\n  max_area_m2: 100\n"
+        ), "setting 'change.min_area_m2': 500 m² is above max_area_m2 (100 m²)"
+    if kind == "infinite_shift":
+        return with_config("align:\n  max_shift_m: .inf\n"), (
+            "setting 'align.max_shift_m': Input should be a finite number"
+        )
+    if kind == "dates_reversed":
+        return with_config("baseline_date: 2026-05-02\ncurrent_date: 2026-05-01\n"), (
+            "setting 'current_date': the current date 2026-05-01 is before the baseline date 2026-05-02"
+        )
+    if kind == "raster_dates_reversed":  # both from TIFFTAG_DATETIME
+        b2, c2 = (
+            _dated(tmp_path / "b2.tif", "2026:05:02"),
+            _dated(tmp_path / "c2.tif", "2026:05:01"),
+        )
+        return _run_argv(b2, c2, m, out), (
+            "c2.tif (its TIFFTAG_DATETIME): the current date 2026-05-01 is before the baseline date"
+        )
+    if kind == "config_date_before_raster_baseline":
+        b2 = _dated(tmp_path / "b2.tif", "2026:05:02")
+        argv = _run_argv(b2, c, m, out)
+        return with_config("current_date: 2026-04-30\n"), "b2.tif (its TIFFTAG_DATETIME)"
+    if kind == "boundaries_without_cases":
+        bnd = tmp_path / "communities.geojson"
+        bnd.write_text('{"type": "FeatureCollection", "features": []}')
+        return [*argv, "--boundaries", str(bnd)], (
+            "setting 'cases.boundaries': is set but cases.registry is not"
+        )
+    if kind == "cases_is_the_runs_candidates":
+        return [*argv, "--cases", str(out / "candidates.gpkg")], (
+            "setting 'cases.registry': " + f"{out / 'candidates.gpkg'} is the run's own output"
+        )
+    if kind == "cases_is_a_previous_nights_candidates":  # the output exists from last night
+        out.mkdir()
+        candidates(["A"]).to_file(out / "candidates.gpkg", layer="candidates")
+        return [*argv, "--cases", str(out / "candidates.gpkg")], "is the run's own output"
+    if kind == "cases_in_work_folder":
+        return [*argv, "--cases", str(out / "work" / "cases.gpkg")], (
+            "setting 'cases.registry': " + f"{out / 'work' / 'cases.gpkg'} is inside the run's work"
+        )
+    if kind == "cases_is_the_out_folder":
+        return [
+            *argv,
+            "--cases",
+            str(out),
+        ], "setting 'cases.registry': " + f"{out} is the run's output folder"
+    if kind == "cases_is_the_baseline":
+        return [
+            *argv,
+            "--cases",
+            str(b),
+        ], "setting 'cases.registry': " + f"{b} is also the input baseline"
+    if kind == "cases_is_the_model_via_dots":
+        return [*argv, "--cases", f"{tmp_path}/sub/../m.onnx"], "is also the input model"
+    if kind == "current_is_the_baseline":
+        return _run_argv(b, b, m, out), f"setting 'current': {b} is the same file as baseline"
+    if kind == "current_is_a_hard_link_of_the_baseline":
+        os.link(b, tmp_path / "tonight.tif")
+        return _run_argv(b, tmp_path / "tonight.tif", m, out), "is the same file as baseline"
+    if kind == "current_is_a_symlink_of_the_baseline":
+        (tmp_path / "tonight.tif").symlink_to(b)
+        return _run_argv(b, tmp_path / "tonight.tif", m, out), "is the same file as baseline"
+    if kind == "dsms_the_same_file":
+        dsm = tmp_path / "dsm.tif"
+        dsm.write_bytes(b.read_bytes())
+        return [*argv, "--baseline-dsm", str(dsm), "--current-dsm", str(dsm)], (
+            "setting 'current_dsm': " + f"{dsm} is the same file as baseline_dsm"
+        )
+    if kind == "dsm_is_the_baseline_mosaic":
+        dsm = tmp_path / "dsm.tif"
+        dsm.symlink_to(b)
+        return [*argv, "--baseline-dsm", str(dsm), "--current-dsm", str(c)], (
+            "setting 'baseline_dsm': " + f"{dsm} is the same file as baseline"
+        )
+    if kind == "dsm_unit_without_dsm":
+        return with_config("height:\n  current_units: foot\n"), (
+            "setting 'height.current_units': is foot but current_dsm is not given"
+        )
+    if kind == "exclusion_is_the_runs_output":  # last night's candidates as tonight's permits
+        out.mkdir()
+        candidates(["A"]).to_file(out / "candidates.gpkg", layer="candidates")
+        return (
+            with_config(
+                f"change:\n  exclusions:\n    - path: {out / 'candidates.gpkg'}\n      kind: known_building\n"
+            ),
+            "setting 'change.exclusions.0.path': "
+            + f"{out / 'candidates.gpkg'} is the run's own output",
+        )
+    if kind == "prefix_with_path":  # would write evidence PNGs outside the registry folder
+        reg = tmp_path / "reg" / "cases.gpkg"
+        return (
+            with_config(f"cases:\n  registry: {reg}\n  district_prefix: '../../../escaped/'\n"),
+            "setting 'cases.district_prefix': Value error, '../../../escaped/' becomes part of file names",
+        )
+    if kind == "prefix_absolute":
+        return with_config("cases:\n  district_prefix: /tmp/x\n"), "setting 'cases.district_prefix'"
+    if kind == "prefix_too_long":
+        return with_config(f"cases:\n  district_prefix: {'L' * 40}\n"), "40 characters long"
+    if kind == "model_version_with_path":
+        (tmp_path / "models").mkdir()
+        argv = argv[: argv.index("--model")] + argv[argv.index("--model") + 2 :]
+        return [*argv, "--models", str(tmp_path / "models"), "--model-version", "../v0001"], (
+            "setting 'model_version': Value error, '../v0001' becomes part of file names"
+        )
+    if kind == "model_version_without_models":
+        argv = argv[: argv.index("--model")] + argv[argv.index("--model") + 2 :]
+        return [*argv, "--model-version", "v0001"], "model_version v0001 needs the registry folder"
+    if kind == "model_and_model_version":
+        return [*argv, "--model-version", "v0001"], "give either model (a file) or model_version"
+    if kind == "one_dsm":
+        dsm = tmp_path / "dsm.tif"
+        dsm.write_bytes(b.read_bytes())
+        return [*argv, "--baseline-dsm", str(dsm)], "height change needs both DSMs: give --current"
+    raise AssertionError(kind)
+
+
+SETTINGS_CASES = [
+    "duplicate_block",
+    "duplicate_nested_key",
+    "min_area_above_max",
+    "infinite_shift",
+    "dates_reversed",
+    "raster_dates_reversed",
+    "config_date_before_raster_baseline",
+    "boundaries_without_cases",
+    "cases_is_the_runs_candidates",
+    "cases_is_a_previous_nights_candidates",
+    "cases_in_work_folder",
+    "cases_is_the_out_folder",
+    "cases_is_the_baseline",
+    "cases_is_the_model_via_dots",
+    "current_is_the_baseline",
+    "current_is_a_hard_link_of_the_baseline",
+    "current_is_a_symlink_of_the_baseline",
+    "dsms_the_same_file",
+    "dsm_is_the_baseline_mosaic",
+    "dsm_unit_without_dsm",
+    "exclusion_is_the_runs_output",
+    "prefix_with_path",
+    "prefix_absolute",
+    "prefix_too_long",
+    "model_version_with_path",
+    "model_version_without_models",
+    "model_and_model_version",
+    "one_dsm",
+]
+
+
+@pytest.mark.parametrize("kind", SETTINGS_CASES)
+def test_settings_checked_together(capsys, tmp_path, pair, kind):
+    argv, needle = _settings_case(tmp_path, pair, kind)
+    existed = (tmp_path / "out").exists()
+    # last night's candidates.gpkg is there beforehand: the digest shows it unchanged
+    out = tmp_path / ("unused" if existed else "out")
+    _expect_refused(capsys, tmp_path, argv, needle, out=out)
+    assert (tmp_path / "out").exists() == existed  # no output folder made, so no lock left
+    assert not (tmp_path / "reg").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_same_day_epochs_are_not_refused():
+    """The date rule refuses only a current date before the baseline's (two flights a day are fine)."""
+    from detector.config import load_config
+
+    cfg = load_config(None, {"baseline_date": "2026-05-01", "current_date": "2026-05-01"})
+    assert cfg.current_date == cfg.baseline_date
+
+
+# ---------------------------------------------------------------- pattern 1: ingest and ortho
+
+
+def _ingest_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
+    b, c, _ = pair
+    ingest = ["ingest", str(c), "--baseline", str(b), "--out"]
+    if kind == "out_is_the_mosaic":  # would rewrite its input in place
+        return [*ingest, str(c)], f"{c}: --out is the input MOSAIC"
+    if kind == "out_is_the_baseline":
+        return [*ingest, str(b)], f"{b}: --out is the input --baseline"
+    if kind == "out_is_the_mosaic_via_dots":
+        return [*ingest, f"{tmp_path}/x/../c.tif"], "--out is the input MOSAIC"
+    if kind == "out_is_a_hard_link_of_the_mosaic":
+        os.link(c, tmp_path / "current.tif")
+        return [*ingest, str(tmp_path / "current.tif")], "--out is the input MOSAIC"
+    if kind == "out_empty":
+        return [*ingest, ""], "is not a file name; give the output COG"
+    if kind == "units_without_dsm":
+        return [*ingest, str(tmp_path / "cur.tif"), "--units", "foot"], (
+            "--units foot is for a DSM's heights and needs --dsm"
+        )
+    if kind == "coverage_above_one":
+        return [*ingest, str(tmp_path / "cur.tif"), "--min-coverage", "2"], (
+            "--min-coverage 2.0: must be a fraction between 0 and 1"
+        )
+    if kind == "coverage_nan":
+        return [*ingest, str(tmp_path / "cur.tif"), "--min-coverage", "nan"], (
+            "--min-coverage nan: must be a fraction"
+        )
+    if kind == "all_nodata_into_a_new_folder":  # refused while writing: the folder it made goes
+        bad = _bad_current(tmp_path, "all_nodata")
+        return ["ingest", str(bad), "--baseline", str(b), "--out", "night/2026-05-01/c.tif"], (
+            "has no valid pixels over the baseline"
+        )
+    if kind == "ortho_out_is_the_baseline":
+        frame = tmp_path / "DJI_0001.JPG"
+        frame.write_bytes(b"\xff\xd8\xff")
+        return ["ortho", str(frame), "--baseline", str(b), "--out", str(b)], (
+            f"{b}: --out is the input --baseline"
+        )
+    if kind == "ortho_out_is_a_frame":
+        frame = tmp_path / "DJI_0001.JPG"
+        frame.write_bytes(b"\xff\xd8\xff")
+        return ["ortho", str(frame), "--baseline", str(b), "--out", str(frame)], (
+            "--out is the input FRAMES"
+        )
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "out_is_the_mosaic",
+        "out_is_the_baseline",
+        "out_is_the_mosaic_via_dots",
+        "out_is_a_hard_link_of_the_mosaic",
+        "out_empty",
+        "units_without_dsm",
+        "coverage_above_one",
+        "coverage_nan",
+        "all_nodata_into_a_new_folder",
+        "ortho_out_is_the_baseline",
+        "ortho_out_is_a_frame",
+    ],
+)
+def test_ingest_and_ortho_arguments_checked_together(capsys, tmp_path, pair, kind, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv, needle = _ingest_case(tmp_path, pair, kind)
+    _expect_refused(capsys, tmp_path, argv, needle)
+
+
+@pytest.mark.parametrize("dsm", [False, True], ids=["mosaic", "dsm"])
+def test_ingest_readme_form_writes_in_the_working_folder(capsys, tmp_path, pair, monkeypatch, dsm):
+    """``buildwatch ingest ODM_DSM.tif --baseline B.tif --out current_dsm.tif --dsm`` (docs): a
+    bare file name is in the working folder, as for any command (it was refused as an empty
+    folder)."""
+    import rasterio
+
+    b, c, _ = pair
+    monkeypatch.chdir(tmp_path)
+    if dsm:  # heights 12.5 m everywhere, in metres
+        data = np.full((1, 600, 600), 12.5, np.float32)
+        c = _raster(tmp_path / "ODM_DSM.tif", count=1, dtype="float32", w=600, h=600, data=data)
+    out = "current_dsm.tif" if dsm else "current.tif"
+    before = {p.name for p in tmp_path.iterdir()}
+    argv = ["ingest", c.name, "--baseline", b.name, "--out", out, *(["--dsm"] if dsm else [])]
+    assert main(argv) == 0
+    assert f"wrote {out} (600x600 px)" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} - before == {out}  # no temporary folder left
+    with rasterio.open(tmp_path / out) as src, rasterio.open(b) as ref:
+        assert (src.crs, src.transform, src.width, src.height) == (
+            ref.crs,
+            ref.transform,
+            ref.width,
+            ref.height,
+        )
+        if dsm:
+            assert src.dtypes[0] == "float32"
+            assert float(src.read(1)[300, 300]) == 12.5
+
+
+# ---------------------------------------------------------------- no string becomes a path
+
+
+def test_evidence_writer_refuses_a_path_outside_the_registry_folder(tmp_path):
+    """Defence in depth behind the config's rule: a registry built with a prefix that holds a path
+    (the config refuses it; ``model_construct`` skips validation, as an old or edited registry
+    would) writes its cases but not one evidence PNG outside the registry folder."""
+    from datetime import date
+
+    from cases_util import STRUCTURES, write_scene
+    from detector.config import CasesConfig
+    from detector.review import nightly
+
+    base = write_scene(tmp_path / "baseline.tif", [])
+    cur = write_scene(tmp_path / "current.tif", list(STRUCTURES))
+    reg = tmp_path / "a" / "b" / "c" / "cases.gpkg"
+    config = CasesConfig.model_construct(
+        **{**CasesConfig().model_dump(), "registry": reg, "district_prefix": "../../../escaped/"}
+    )
+    result = nightly.update_cases(
+        candidates(["A", "B"]),
+        config,
+        run_id="r",
+        night=date(2026, 5, 1),
+        baseline_path=base,
+        current_path=cur,
+        out_dir=tmp_path / "out",
+    )
+    assert len(result.opened_ids) == 2
+    assert result.evidence_paths == []
+    pngs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert pngs == [] and not (tmp_path / "a" / "escaped").exists()
+
+
+@pytest.mark.parametrize(
+    "target,within",
+    [
+        ("reg/evidence/../../../escaped/x.png", None),  # climbs out of the folder it names
+        ("/etc/x.png", "reg"),  # an absolute 'evidence' value
+        ("reg/../x.png", "reg"),
+        ("reg/link/x.png", "reg"),  # a symlink inside the registry folder pointing outside
+    ],
+)
+def test_contained_path_refuses_escapes(tmp_path, monkeypatch, target, within):
+    from detector.errors import InputError
+    from detector.review.evidence import contained_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reg" / "evidence").mkdir(parents=True)
+    (tmp_path / "reg" / "link").symlink_to(tmp_path.parent)
+    with pytest.raises(InputError, match="evidence chip path leads outside"):
+        contained_path(Path(target), within and Path(within))
+    assert contained_path(Path("reg/evidence/LG20260501-0001.png"), Path("reg"))
+    assert contained_path(Path("reg/evidence/LG20260501-0001.png"))
