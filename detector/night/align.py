@@ -6,11 +6,13 @@ and keeps the outlines of roofs, roads and fields that survive a season):
 
 1. **Mosaic model** (:func:`estimate_mosaic_model`): both mosaics read once at a coarse
    overview, cut into overlapping blocks; each block's displacement is found by normalised
-   cross-correlation (``cv2.matchTemplate``) within ``align.max_shift_m``, and a similarity
-   transform (shift + rotation + scale) is fitted to the block displacements with RANSAC
-   (``cv2.estimateAffinePartial2D``). The model is accepted only when enough blocks agree
+   cross-correlation (``cv2.matchTemplate``), coarse to fine: over the whole
+   ``align.max_shift_m`` (and a margin) on reduced structure images, then at the coarse read's
+   resolution only near the prediction of the model fitted there (:func:`fit_mosaic_model`).
+   A similarity transform (shift + rotation + scale) is fitted to the block displacements with
+   RANSAC (``cv2.estimateAffinePartial2D``). The model is accepted only when enough blocks agree
    (``min_inliers``) and they are spread over the pair (``min_spread``) -- not because one
-   correlation peak looks strong.
+   correlation peak looks strong -- and its move is at most ``align.max_shift_m``.
 2. **Tile refinement** (:func:`register_tile`): at the working GSD, each tile's own
    translation is measured the same way. A tile estimate that is distinct enough and agrees
    with the mosaic model within ``align.tile_tolerance_m`` refines it; otherwise the tile uses
@@ -43,6 +45,20 @@ MIN_BLOCK_PX = 128  # blocks are never smaller than this, even on a small pair
 MIN_BLOCK_VALID = 0.6  # a block is matched only if this share of it is valid in both epochs
 PEAK_EXCLUDE_PX = 2  # around the correlation peak, excluded from the side-lobe statistics
 REFINE_WINDOW_PX = 256  # side of the window a tile's own estimate is correlated on (working pixels)
+WIDE_SEARCH_PX = (
+    12  # a wider search is first made on images reduced so that it spans about this many pixels
+)
+WIDE_MARGIN = (
+    1.25  # the wide search reaches this much beyond the range: a larger move is seen and refused
+)
+WIDE_MIN_SIDE = 128  # the reduced images keep at least this many pixels on their shorter side
+WIDE_MIN_BLOCK_PX = 48  # smallest block side on the reduced images (mosaic model)
+NEAR_SEARCH_M = (
+    3.0  # without a mosaic model from the wide search, this range is searched first (nearest first)
+)
+NARROW_LEVEL_PX = (
+    2  # after the wide search, blocks are searched within this many reduced pixels (+2 full)
+)
 
 
 # ---------------------------------------------------------------- structure image and matching
@@ -150,6 +166,33 @@ def match_translation(base: np.ndarray, cur: np.ndarray, search_px: int) -> Matc
     return Match(fx - s, fy - s, float(peak), quality)
 
 
+def match_wide(base: np.ndarray, cur: np.ndarray, search_px: int) -> Match:
+    """:func:`match_translation` over a wide range, coarse to fine.
+
+    A range of more than :data:`WIDE_SEARCH_PX` pixels is searched on both structure images
+    reduced ``f`` times (so that it spans about that many pixels), and the peak found there is
+    refined at full resolution within ``f + 2`` pixels. The quality is the lower of the two
+    levels' (the narrow search cannot see side lobes further away). A peak on the border of the
+    wide range is reported with quality 0, as by :func:`match_translation`.
+    """
+    h, w = base.shape[:2]
+    f = _pyramid_factor(search_px / WIDE_MARGIN, h, w)
+    if f == 1:
+        return match_translation(base, cur, search_px)
+    size = (max(1, w // f), max(1, h // f))
+    small = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in (base, cur)]
+    wide = match_translation(*small, int(np.ceil(search_px / f)) + 1)
+    if not np.isfinite(wide.dx):
+        return wide
+    rx, ry = int(round(wide.dx * w / size[0])), int(round(wide.dy * h / size[1]))
+    if wide.quality == 0:
+        return Match(float(rx), float(ry), wide.peak, 0.0)
+    fine = match_translation(base, _translate(cur, -rx, -ry), f + 2)
+    if not fine.ok:
+        return Match(float(rx), float(ry), wide.peak, 0.0)
+    return Match(fine.dx + rx, fine.dy + ry, fine.peak, min(fine.quality, wide.quality))
+
+
 # ---------------------------------------------------------------- the mosaic model
 
 
@@ -168,6 +211,14 @@ class MosaicModel:
     spread: float  # share of the pair's extent (bounding box of the agreeing blocks)
     residual_m: float  # RMS distance of the agreeing blocks from the model
     reason: str = ""
+    shift_m: float = float(
+        "nan"
+    )  # the move at the pair's centre (m); NaN: no consistent model was found
+
+    @property
+    def found(self) -> bool:
+        """A consistent model was fitted (it may still be refused: beyond the range, scale)."""
+        return bool(np.isfinite(self.shift_m))
 
     def at(self, x: float, y: float) -> tuple[float, float]:
         """Displacement (dx, dy) in working pixels at working-grid pixel (x, y)."""
@@ -196,23 +247,144 @@ def fit_mosaic_model(
     min_block_quality: float = 0.05,
     valid: np.ndarray | None = None,
 ) -> MosaicModel:
-    """Fit the mosaic model to two co-gridded structure images (see :func:`structure_image`).
+    """Fit the mosaic model to two co-gridded structure images (see :func:`structure_image`), coarse to fine.
+
+    A range of more than :data:`WIDE_SEARCH_PX` pixels is searched on a reduced copy of both
+    structure images first (:func:`_wide_level`: block shifts over ``max_shift_m`` plus a margin,
+    so that a larger move is seen and refused rather than aliased), and the model fitted there
+    predicts each block's shift at this grid's resolution, where the blocks are searched only
+    within :data:`NARROW_LEVEL_PX` reduced pixels of the prediction. The cost therefore hardly
+    grows with ``max_shift_m``, and a block cannot lock onto a false peak metres away. Should
+    the reduced level find no consistent model (small pairs: too little common structure at its
+    resolution), this resolution is searched as a single level, nearest first (:func:`_near_first`).
+    A consistent model the reduced level refuses (a move beyond ``max_shift_m``) is returned as
+    it is, with the reason.
 
     Parameters
     ----------
     base, cur : (H, W, 2) float32 structure images of the two epochs on the same grid.
     gsd : metres per pixel of that grid.
-    max_shift_m : largest displacement searched.
+    max_shift_m : largest displacement accepted.
     block : block side in pixels; blocks overlap by half.
     min_inliers, min_spread : acceptance: blocks agreeing with the model, and the share of the
         pair's extent their bounding box covers (both axes).
     min_block_quality : blocks whose correlation peak is less distinct are not used.
     valid : (H, W) bool, optional: pixels valid in both epochs.
     """
+    opts = dict(
+        block=block,
+        min_inliers=min_inliers,
+        min_spread=min_spread,
+        min_block_quality=min_block_quality,
+    )
+    factor = _pyramid_factor(max_shift_m / gsd, *base.shape[:2])
+    if factor == 1:
+        return _fit_level(base, cur, gsd, max_shift_m, valid=valid, **opts)
+    wide = _wide_level(base, cur, gsd, max_shift_m, factor, valid, **opts)
+    if not wide.ok:
+        if (
+            wide.inliers >= min_inliers
+        ):  # a consistent model, refused (beyond the range, scale): final
+            return wide
+        single = _near_first(base, cur, gsd, max_shift_m, valid, **opts)
+        return single if single.ok or single.inliers >= wide.inliers else wide
+    fine = _fit_level(
+        base,
+        cur,
+        gsd,
+        max_shift_m,
+        valid=valid,
+        prior=wide,
+        search_px=NARROW_LEVEL_PX * factor + 2,
+        **opts,
+    )
+    if fine.ok or fine.inliers >= min_inliers:
+        return fine
+    return wide  # the reduced level's model (tiles refine it); the fine level found too few blocks
+
+
+def _near_first(
+    base: np.ndarray, cur: np.ndarray, gsd: float, max_shift_m: float, valid, **opts
+) -> MosaicModel:
+    """A single level: :data:`NEAR_SEARCH_M` first, and the whole range only if no model lies
+    within it (a small move is far likelier than a large one, and a narrow search has fewer false peaks)."""
+    if max_shift_m > NEAR_SEARCH_M:
+        near = _fit_level(base, cur, gsd, NEAR_SEARCH_M, valid=valid, **opts)
+        if near.ok:
+            return near
+    return _fit_level(base, cur, gsd, max_shift_m, valid=valid, **opts)
+
+
+def _pyramid_factor(range_px: float, h: int, w: int) -> int:
+    """Reduction of the wide level: the search stays within about :data:`WIDE_SEARCH_PX` pixels,
+    and the reduced image keeps at least :data:`WIDE_MIN_SIDE` pixels on its shorter side."""
+    want = int(np.ceil(range_px * WIDE_MARGIN / WIDE_SEARCH_PX))
+    return int(max(1, min(want, min(h, w) // WIDE_MIN_SIDE)))
+
+
+def _wide_level(
+    base: np.ndarray,
+    cur: np.ndarray,
+    gsd: float,
+    max_shift_m: float,
+    factor: int,
+    valid: np.ndarray | None,
+    *,
+    block: int,
+    **opts,
+) -> MosaicModel:
+    """The mosaic model over the whole range on structure images reduced ``factor`` times, in
+    pixels of the full grid."""
     h, w = base.shape[:2]
-    search = max(2, int(np.ceil(max_shift_m / gsd)) + 2)
+    size = (max(1, w // factor), max(1, h // factor))
+    small = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in (base, cur)]
+    v = (
+        cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        if valid is not None
+        else None
+    )
+    model = _fit_level(
+        *small,
+        gsd * factor,
+        max_shift_m,
+        valid=v,
+        block=max(block // factor, WIDE_MIN_BLOCK_PX),
+        min_block_px=WIDE_MIN_BLOCK_PX,
+        search_px=int(np.ceil(max_shift_m * WIDE_MARGIN / (gsd * factor))) + 2,
+        **opts,
+    )
+    # reduced pixel p_r = p / f (pixel-corner convention): M = S M_r S^-1
+    sx, sy = w / size[0], h / size[1]
+    m = np.asarray(model.matrix, dtype=float)
+    full = np.array(
+        [[m[0, 0], m[0, 1] * sx / sy, m[0, 2] * sx], [m[1, 0] * sy / sx, m[1, 1], m[1, 2] * sy]]
+    )
+    return replace(model, matrix=_as_tuple(full))
+
+
+def _fit_level(
+    base: np.ndarray,
+    cur: np.ndarray,
+    gsd: float,
+    max_shift_m: float,
+    *,
+    block: int,
+    min_inliers: int,
+    min_spread: float,
+    min_block_quality: float,
+    valid: np.ndarray | None,
+    prior: MosaicModel | None = None,
+    search_px: int | None = None,
+    min_block_px: int = MIN_BLOCK_PX,
+) -> MosaicModel:
+    """One level of :func:`fit_mosaic_model`: block shifts within ``search_px`` (default: the
+    whole ``max_shift_m``) of ``prior``'s prediction (default: no shift), and the model fitted to them."""
+    h, w = base.shape[:2]
+    search = (
+        int(search_px) if search_px is not None else max(2, int(np.ceil(max_shift_m / gsd)) + 2)
+    )
     # small pairs: smaller blocks, so that a model can still be fitted to several of them
-    block = int(min(block, max(MIN_BLOCK_PX, min(h, w) // 3)))
+    block = int(min(block, max(min_block_px, min(h, w) // 3)))
     size = min(block + 2 * search, h, w)
     step = max(1, (size - 2 * search) // 2)
     src, dst, q = [], [], []
@@ -222,13 +394,14 @@ def fit_mosaic_model(
             if valid is not None and valid[y0 : y0 + size, x0 : x0 + size].mean() < MIN_BLOCK_VALID:
                 continue
             tried += 1
+            cx, cy = x0 + (size - 1) / 2, y0 + (size - 1) / 2
+            rx, ry = (int(round(v)) for v in prior.at(cx, cy)) if prior is not None else (0, 0)
             m = match_translation(
-                base[y0 : y0 + size, x0 : x0 + size], cur[y0 : y0 + size, x0 : x0 + size], search
+                base[y0 : y0 + size, x0 : x0 + size], _window(cur, x0 + rx, y0 + ry, size), search
             )
             if m.ok and m.quality >= min_block_quality:
-                cx, cy = x0 + (size - 1) / 2, y0 + (size - 1) / 2
                 src.append((cx, cy))
-                dst.append((cx + m.dx, cy + m.dy))
+                dst.append((cx + m.dx + rx, cy + m.dy + ry))
                 q.append(m.quality)
     n = len(src)
     if n < max(2, min_inliers):
@@ -283,24 +456,36 @@ def fit_mosaic_model(
         # Too few or too clustered to fix a rotation: a pure shift from the agreeing blocks.
         d = np.median(dst_a[inl] - src_a[inl], axis=0)
         matrix = np.float64([[1, 0, d[0]], [0, 1, d[1]]])
-    if abs(scale - 1) > 0.01:
-        return MosaicModel(
-            _as_tuple(matrix),
-            False,
-            k,
-            n,
-            spread,
-            residual,
-            f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid",
-        )
-    model = MosaicModel(_as_tuple(matrix), True, k, n, spread, residual)
     cx, cy = (w - 1) / 2, (h - 1) / 2
+    model = MosaicModel(_as_tuple(matrix), True, k, n, spread, residual)
     shift_m = float(np.hypot(*model.at(cx, cy))) * gsd
+    model = replace(model, shift_m=round(shift_m, 3))
+    if abs(scale - 1) > 0.01:
+        return replace(
+            model,
+            ok=False,
+            reason=f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid",
+        )
     if shift_m > max_shift_m:
         return replace(
-            model, ok=False, reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+            model,
+            ok=False,
+            reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum "
+            "(align.max_shift_m)",
         )
     return model
+
+
+def _window(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """``image[y0:y0+size, x0:x0+size]``, zero outside the image."""
+    h, w = image.shape[:2]
+    if 0 <= x0 and 0 <= y0 and x0 + size <= w and y0 + size <= h:
+        return image[y0 : y0 + size, x0 : x0 + size]
+    out = np.zeros((size, size, *image.shape[2:]), image.dtype)
+    ya, yb, xa, xb = max(0, y0), min(h, y0 + size), max(0, x0), min(w, x0 + size)
+    if ya < yb and xa < xb:
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    return out
 
 
 def _starts(n: int, size: int, step: int) -> list[int]:
@@ -323,7 +508,7 @@ def estimate_mosaic_model(
     grid,
     stretches=(None, None),
     *,
-    max_shift_m: float = 3.0,
+    max_shift_m: float = 10.0,
     min_inliers: int = 4,
     min_spread: float = 0.25,
 ) -> MosaicModel:
@@ -353,6 +538,34 @@ def estimate_mosaic_model(
     return replace(model, matrix=_as_tuple(m_w))
 
 
+def judge_move(model: MosaicModel | None, flight_accuracy_m: float) -> tuple[str, str]:
+    """Whether the night's move (the mosaic model's shift at the pair's centre) is one the flights'
+    stated accuracy allows: two flights each ``flight_accuracy_m`` off, in opposite directions,
+    are at most twice that apart.
+
+    Returns
+    -------
+    (status, text)
+        ``"ok"``, ``"warn"`` (a larger move: a positioning fault, a wrong datum or CRS, a mosaic
+        from another tool) or ``"unknown"`` (no consistent model), and one line saying so.
+    """
+    if model is None or not model.found:
+        why = f" ({model.reason})" if model is not None and model.reason else ""
+        return "unknown", f"the move between the epochs could not be measured{why}"
+    allowed = 2 * flight_accuracy_m
+    move = f"tonight's mosaic is moved {model.shift_m:.2f} m from the baseline (rotation {model.rotation_deg:+.3f}°)"
+    if model.shift_m <= allowed:
+        return (
+            "ok",
+            f"{move}, within the {allowed:g} m two flights of align.flight_accuracy_m {flight_accuracy_m:g} m allow",
+        )
+    return "warn", (
+        f"{move}, more than the {allowed:g} m two flights of align.flight_accuracy_m {flight_accuracy_m:g} m "
+        "allow: check both flights' positioning (GNSS fix, RTK/PPK status), CRS and datum, or state the "
+        "flights' real accuracy in align.flight_accuracy_m"
+    )
+
+
 # ---------------------------------------------------------------- per tile
 
 
@@ -372,7 +585,7 @@ def register_tile(
     *,
     model: MosaicModel | None = None,
     offset: tuple[int, int] = (0, 0),
-    max_shift_m: float = 3.0,
+    max_shift_m: float = 10.0,
     tile_tolerance_m: float = 0.75,
     min_quality: float = 0.1,
     on_failure: str = "flag",
@@ -414,12 +627,18 @@ def register_tile(
                 structure_image(b_rgb[win], v[win]), structure_image(c_rgb[win], v[win]), search
             )
             own = Match(m.dx + rx, m.dy + ry, m.peak, m.quality) if m.ok else m
-        else:  # search twice the allowed range: a larger true shift is then seen (and refused), not aliased
-            own = match_translation(
+        else:  # search beyond the allowed range: a larger true shift is then seen (and refused), not aliased
+            sb, sc = (
                 structure_image(baseline[box], valid[box]),
                 structure_image(current[box], valid[box]),
-                max(2, int(np.ceil(2 * max_shift_m / gsd)) + 1),
             )
+            near = min(max_shift_m, NEAR_SEARCH_M)  # nearest first, as for the mosaic model
+            own = match_translation(sb, sc, max(2, int(np.ceil(2 * near / gsd)) + 1))
+            near_ok = (
+                own.ok and own.quality >= min_quality and np.hypot(own.dx, own.dy) * gsd <= near
+            )
+            if not near_ok and max_shift_m > NEAR_SEARCH_M:
+                own = match_wide(sb, sc, max(2, int(np.ceil(WIDE_MARGIN * max_shift_m / gsd)) + 1))
         why = f"weak or ambiguous correlation (quality {own.quality:.2f})"
 
     def shift_only(dx: float, dy: float) -> tuple:
