@@ -45,20 +45,17 @@ MIN_BLOCK_PX = 128  # blocks are never smaller than this, even on a small pair
 MIN_BLOCK_VALID = 0.6  # a block is matched only if this share of it is valid in both epochs
 PEAK_EXCLUDE_PX = 2  # around the correlation peak, excluded from the side-lobe statistics
 REFINE_WINDOW_PX = 256  # side of the window a tile's own estimate is correlated on (working pixels)
-WIDE_SEARCH_PX = (
-    12  # a wider search is first made on images reduced so that it spans about this many pixels
-)
-WIDE_MARGIN = (
-    1.25  # the wide search reaches this much beyond the range: a larger move is seen and refused
-)
+# the wide search is made on images reduced so that it spans about this many pixels
+WIDE_SEARCH_PX = 12
+# the wide search reaches this much beyond the range: a larger move is seen and refused
+WIDE_MARGIN = 1.25
 WIDE_MIN_SIDE = 128  # the reduced images keep at least this many pixels on their shorter side
 WIDE_MIN_BLOCK_PX = 48  # smallest block side on the reduced images (mosaic model)
-NEAR_SEARCH_M = (
-    3.0  # without a mosaic model from the wide search, this range is searched first (nearest first)
-)
-NARROW_LEVEL_PX = (
-    2  # after the wide search, blocks are searched within this many reduced pixels (+2 full)
-)
+# searched first, at full resolution (an RTK/PPK flight's move; the range before the wide
+# search existed); also the most one tile's own estimate is trusted with, without a mosaic model
+NEAR_SEARCH_M = 3.0
+# after the wide search, blocks are searched within this many reduced pixels (+2 full)
+NARROW_LEVEL_PX = 2
 
 
 # ---------------------------------------------------------------- structure image and matching
@@ -166,33 +163,6 @@ def match_translation(base: np.ndarray, cur: np.ndarray, search_px: int) -> Matc
     return Match(fx - s, fy - s, float(peak), quality)
 
 
-def match_wide(base: np.ndarray, cur: np.ndarray, search_px: int) -> Match:
-    """:func:`match_translation` over a wide range, coarse to fine.
-
-    A range of more than :data:`WIDE_SEARCH_PX` pixels is searched on both structure images
-    reduced ``f`` times (so that it spans about that many pixels), and the peak found there is
-    refined at full resolution within ``f + 2`` pixels. The quality is the lower of the two
-    levels' (the narrow search cannot see side lobes further away). A peak on the border of the
-    wide range is reported with quality 0, as by :func:`match_translation`.
-    """
-    h, w = base.shape[:2]
-    f = _pyramid_factor(search_px / WIDE_MARGIN, h, w)
-    if f == 1:
-        return match_translation(base, cur, search_px)
-    size = (max(1, w // f), max(1, h // f))
-    small = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in (base, cur)]
-    wide = match_translation(*small, int(np.ceil(search_px / f)) + 1)
-    if not np.isfinite(wide.dx):
-        return wide
-    rx, ry = int(round(wide.dx * w / size[0])), int(round(wide.dy * h / size[1]))
-    if wide.quality == 0:
-        return Match(float(rx), float(ry), wide.peak, 0.0)
-    fine = match_translation(base, _translate(cur, -rx, -ry), f + 2)
-    if not fine.ok:
-        return Match(float(rx), float(ry), wide.peak, 0.0)
-    return Match(fine.dx + rx, fine.dy + ry, fine.peak, min(fine.quality, wide.quality))
-
-
 # ---------------------------------------------------------------- the mosaic model
 
 
@@ -247,18 +217,29 @@ def fit_mosaic_model(
     min_block_quality: float = 0.05,
     valid: np.ndarray | None = None,
 ) -> MosaicModel:
-    """Fit the mosaic model to two co-gridded structure images (see :func:`structure_image`), coarse to fine.
+    """Fit the mosaic model to two co-gridded structure images (see :func:`structure_image`).
 
-    A range of more than :data:`WIDE_SEARCH_PX` pixels is searched on a reduced copy of both
-    structure images first (:func:`_wide_level`: block shifts over ``max_shift_m`` plus a margin,
-    so that a larger move is seen and refused rather than aliased), and the model fitted there
-    predicts each block's shift at this grid's resolution, where the blocks are searched only
-    within :data:`NARROW_LEVEL_PX` reduced pixels of the prediction. The cost therefore hardly
-    grows with ``max_shift_m``, and a block cannot lock onto a false peak metres away. Should
-    the reduced level find no consistent model (small pairs: too little common structure at its
-    resolution), this resolution is searched as a single level, nearest first (:func:`_near_first`).
-    A consistent model the reduced level refuses (a move beyond ``max_shift_m``) is returned as
-    it is, with the reason.
+    Two searches, whose answers are compared:
+
+    1. **Near**: the blocks are searched within :data:`NEAR_SEARCH_M` (or ``max_shift_m`` if
+       smaller) at this grid's resolution -- the move of an RTK/PPK flight, and the range
+       searched before the wide search existed.
+    2. **Wide, coarse to fine**: the whole ``max_shift_m`` (and a margin, so that a larger move
+       is seen and refused rather than aliased) is searched on a reduced copy of both structure
+       images (:func:`_wide_level`), and the model fitted there predicts each block's shift at
+       this grid's resolution, where the same blocks as in 1 are searched only within
+       :data:`NARROW_LEVEL_PX` reduced pixels of the prediction. Its cost hardly grows with
+       ``max_shift_m``. A pair too small for a reduced level is searched over the whole range
+       at this resolution.
+
+    An accepted near model is the answer -- moves within the near range are registered as they
+    were before -- unless the wide search found a different model (more than 2 pixels apart at a
+    corner) that more of the same blocks agree with: the blocks of a move beyond the near range,
+    searched within it, can agree on a false peak. When the reduced level agrees with the near
+    model (within one reduced pixel at every corner), the fine level is not searched at all.
+    Without an accepted near model the wide model is the answer (a near model refused for its
+    scale may be a handful of blocks agreeing on false peaks of a larger move); when nothing is
+    accepted, the more consistent model is returned with its reason.
 
     Parameters
     ----------
@@ -277,42 +258,43 @@ def fit_mosaic_model(
         min_spread=min_spread,
         min_block_quality=min_block_quality,
     )
+    near_m = min(max_shift_m, NEAR_SEARCH_M)
+    near = _fit_level(base, cur, gsd, near_m, valid=valid, **opts)
+    if max_shift_m <= near_m:
+        return near
     factor = _pyramid_factor(max_shift_m / gsd, *base.shape[:2])
     if factor == 1:
-        return _fit_level(base, cur, gsd, max_shift_m, valid=valid, **opts)
-    wide = _wide_level(base, cur, gsd, max_shift_m, factor, valid, **opts)
-    if not wide.ok:
-        if (
-            wide.inliers >= min_inliers
-        ):  # a consistent model, refused (beyond the range, scale): final
-            return wide
-        single = _near_first(base, cur, gsd, max_shift_m, valid, **opts)
-        return single if single.ok or single.inliers >= wide.inliers else wide
-    fine = _fit_level(
-        base,
-        cur,
-        gsd,
-        max_shift_m,
-        valid=valid,
-        prior=wide,
-        search_px=NARROW_LEVEL_PX * factor + 2,
-        **opts,
-    )
-    if fine.ok or fine.inliers >= min_inliers:
-        return fine
-    return wide  # the reduced level's model (tiles refine it); the fine level found too few blocks
+        wide = _fit_level(base, cur, gsd, max_shift_m, valid=valid, **opts)
+    else:
+        wide = _wide_level(base, cur, gsd, max_shift_m, factor, valid, **opts)
+        if near.ok and wide.ok and _model_distance(near, wide, *base.shape[:2]) <= factor:
+            return near  # the wide search sees the same move: no fine level needed
+        if wide.ok:
+            fine = _fit_level(
+                base,
+                cur,
+                gsd,
+                max_shift_m,
+                valid=valid,
+                prior=wide,
+                search_px=NARROW_LEVEL_PX * factor + 2,
+                **opts,
+            )
+            # the fine level found too few blocks: the reduced level's model (tiles refine it)
+            wide = fine if fine.ok or fine.inliers >= min_inliers else wide
+    if near.ok:
+        # The near model stands unless the whole range holds a different model that more blocks
+        # of the same grid agree with (a move beyond the near range whose blocks, searched
+        # within it, agreed on a false peak).
+        differs = wide.ok and _model_distance(near, wide, *base.shape[:2]) > 2.0
+        return wide if differs and wide.inliers > near.inliers else near
+    return wide if wide.ok or wide.inliers >= near.inliers else near
 
 
-def _near_first(
-    base: np.ndarray, cur: np.ndarray, gsd: float, max_shift_m: float, valid, **opts
-) -> MosaicModel:
-    """A single level: :data:`NEAR_SEARCH_M` first, and the whole range only if no model lies
-    within it (a small move is far likelier than a large one, and a narrow search has fewer false peaks)."""
-    if max_shift_m > NEAR_SEARCH_M:
-        near = _fit_level(base, cur, gsd, NEAR_SEARCH_M, valid=valid, **opts)
-        if near.ok:
-            return near
-    return _fit_level(base, cur, gsd, max_shift_m, valid=valid, **opts)
+def _model_distance(a: MosaicModel, b: MosaicModel, h: int, w: int) -> float:
+    """Largest distance (pixels) between two models' displacements at the pair's corners."""
+    corners = [(0.0, 0.0), (w - 1.0, 0.0), (0.0, h - 1.0), (w - 1.0, h - 1.0)]
+    return max(float(np.hypot(*np.subtract(a.at(x, y), b.at(x, y)))) for x, y in corners)
 
 
 def _pyramid_factor(range_px: float, h: int, w: int) -> int:
@@ -607,6 +589,7 @@ def register_tile(
     """
     h, w = valid.shape
     centre = ((w - 1) / 2, (h - 1) / 2)
+    near_m = min(max_shift_m, NEAR_SEARCH_M)  # what one tile's own search is trusted with
     use_model = model is not None and model.ok
     base_m = local_matrix(model, *offset) if use_model else None
     prior = np.array(base_m @ (*centre, 1.0)) - centre if use_model else np.zeros(2)
@@ -627,18 +610,12 @@ def register_tile(
                 structure_image(b_rgb[win], v[win]), structure_image(c_rgb[win], v[win]), search
             )
             own = Match(m.dx + rx, m.dy + ry, m.peak, m.quality) if m.ok else m
-        else:  # search beyond the allowed range: a larger true shift is then seen (and refused), not aliased
-            sb, sc = (
+        else:  # without a model: twice the near range, so a larger true shift is seen (and refused), not aliased
+            own = match_translation(
                 structure_image(baseline[box], valid[box]),
                 structure_image(current[box], valid[box]),
+                max(2, int(np.ceil(2 * near_m / gsd)) + 1),
             )
-            near = min(max_shift_m, NEAR_SEARCH_M)  # nearest first, as for the mosaic model
-            own = match_translation(sb, sc, max(2, int(np.ceil(2 * near / gsd)) + 1))
-            near_ok = (
-                own.ok and own.quality >= min_quality and np.hypot(own.dx, own.dy) * gsd <= near
-            )
-            if not near_ok and max_shift_m > NEAR_SEARCH_M:
-                own = match_wide(sb, sc, max(2, int(np.ceil(WIDE_MARGIN * max_shift_m / gsd)) + 1))
         why = f"weak or ambiguous correlation (quality {own.quality:.2f})"
 
     def shift_only(dx: float, dy: float) -> tuple:
@@ -668,9 +645,13 @@ def register_tile(
         reg = _registration(
             np.asarray(shift_only(own.dx, own.dy)), centre, gsd, own.quality, "tile"
         )
-        if reg.shift_m <= max_shift_m:
+        if reg.shift_m <= near_m:
             return reg
-        why = f"shift {reg.shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+        why = (
+            f"shift {reg.shift_m:.2f} m exceeds the {near_m:.1f} m a tile is trusted with on its own"
+            if near_m < max_shift_m
+            else f"shift {reg.shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+        )
     model_why = (
         f"; mosaic model unusable ({model.reason})" if model is not None and model.reason else ""
     )
