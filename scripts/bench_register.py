@@ -334,7 +334,9 @@ def main() -> int:
                 s = stats[v][(group, move)]
                 ab, rel = np.array(s["abs"]), np.array(s["rel"])
                 within_rel = (
-                    f"{(rel <= 0.5).sum() / max(s['rel_tiles'], 1):.1%}" if s["rel_tiles"] else "–"
+                    f"{(rel <= 0.5).sum() / max(s['rel_tiles'], 1):.1%} of {s['rel_tiles']}"
+                    if s["rel_tiles"]
+                    else "–"
                 )
                 med_rel = f"{np.median(rel):.2f} m" if rel.size else "–"
                 print(
@@ -349,7 +351,11 @@ def main() -> int:
             rel_tiles = sum(s["rel_tiles"] for s in ss)
             tiles = sum(s["tiles"] for s in ss)
             ab = np.concatenate([np.array(s["abs"]) for s in ss])
-            within_rel = f"**{(rel <= 0.5).sum() / max(rel_tiles, 1):.1%}**" if rel_tiles else "–"
+            within_rel = (
+                f"**{(rel <= 0.5).sum() / max(rel_tiles, 1):.1%}** of {rel_tiles}"
+                if rel_tiles
+                else "–"
+            )
             med_rel = f"{np.median(rel):.2f} m" if rel.size else "–"
             print(
                 f"| **{group}** | all | {sum(s['pairs'] for s in ss)} | {tiles} | **{sum(s['flagged'] for s in ss)}** "
