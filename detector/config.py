@@ -202,7 +202,20 @@ class AlignConfig(_Strict):
 
     enabled: bool = Field(True, description="off only for comparisons: users' runs register")
     max_shift_m: float = Field(
-        3.0, ge=0, description="largest displacement between the epochs corrected"
+        10.0,
+        ge=0,
+        description="largest move between the epochs found and corrected "
+        "(m). 10 covers flights without RTK/PPK: plain GNSS puts each flight 2-5 m off, "
+        "so two of them up to 10 m apart; searched coarse to fine, so a wide range costs "
+        "no more than a narrow one",
+    )
+    flight_accuracy_m: float = Field(
+        3.0,
+        gt=0,
+        description="horizontal accuracy of each flight's georeferencing "
+        "(m): plain GNSS 2-5, RTK/PPK or ground control 0.05-0.1. A night whose "
+        "mosaic is moved from the baseline by more than twice this (both flights off, "
+        "in opposite directions) is warned about by the run and 'buildwatch doctor'",
     )
     tile_tolerance_m: float = Field(
         0.75,

@@ -222,6 +222,9 @@ class TileResult:
     )
     residual_m: float = 0.0  # the tile's own estimate minus the mosaic model
     inliers: int = 0  # blocks agreeing with the mosaic model (0: no model)
+    move_m: float | None = (
+        None  # the night's move at the tile: the mosaic model's shift there (None: none found)
+    )
 
     def to_json(self) -> str:
         """The per-tile work file: attributes, candidates as their rows plus ``wkt``."""

@@ -10,7 +10,7 @@ This is what ``align.on_failure: georef`` relies on and what registration must g
 
 Usage::
 
-    python scripts/bench_misregistration.py [--shifts 0,0.5,1,1.5,2,3] [--scenes 6] [--chips 12]
+    python scripts/bench_misregistration.py [--shifts 0,0.5,1,1.5,2,3,5,8] [--scenes 6] [--chips 12]
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def false_candidates(sources: list[Path], shift_m: float, tmp: Path) -> tuple[in
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--shifts", default="0,0.5,1,1.5,2,3", help="comma-separated offsets in metres")
+    ap.add_argument(
+        "--shifts", default="0,0.5,1,1.5,2,3,5,8", help="comma-separated offsets in metres"
+    )
     ap.add_argument(
         "--scenes",
         type=int,

@@ -1,11 +1,11 @@
-"""Registration benchmark: known shifts and rotations on real seasonal pairs and synthetic pairs.
+"""Registration benchmark: known moves of 0.5-8 m (and rotations) on real seasonal pairs and synthetic pairs.
 
-Each pair's later epoch is moved by a known transform (shift up to ``--max-shift`` metres in a
-random direction, rotation up to ``--max-rot`` degrees about the pair's centre), written as
-GeoTIFFs and registered by the same code a ``buildwatch run`` uses (mosaic model from a coarse
-read, then :func:`detector.night.align.register_tile` per tile, alignment settings from the
-default run config). The error of a tile is the distance, at the tile centre, between the
-estimated and the applied displacement.
+Each pair's later epoch is moved by each of ``--moves`` metres (in a random direction; the real
+pairs also rotated by up to ``--max-rot`` degrees about the pair's centre), written as GeoTIFFs
+and registered by the same code a ``buildwatch run`` uses, with the default run config, as a
+user runs it (mosaic model from a coarse read, then :func:`detector.night.align.register_tile`
+per tile). The error of a tile is the distance, at the tile centre, between the estimated and
+the applied displacement.
 
 Two truths are reported for the real pairs:
 - ``abs``: the applied transform, i.e. the published pair taken as perfectly registered;
@@ -14,23 +14,32 @@ Two truths are reported for the real pairs:
   and differently from tile to tile, which no estimator can be blamed for); counted over the
   tiles the unmoved pair registers (a moved tile flagged there counts as a miss).
 
+``--before REF`` also runs the registration code of git revision REF (``detector/night/align.py``
+as it was there, with that revision's default ``max_shift_m``) on the same moved pairs: its
+numbers and its registration cost per tile (mosaic model + :func:`register_tile`, reads
+excluded) are printed beside today's.
+
 Usage::
 
-    python scripts/bench_register.py [--data ../shared/data] [--trials 3] [--synthetic 4]
+    python scripts/bench_register.py [--data ../shared/data] [--moves 0.5,1,2,3,4,6,8] [--synthetic 4]
+        [--before 1439391] [--sets levir_cd_1024,levir_cd_256,dsifn_cd_256]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from detector.config import RunConfig
-from detector.night.align import estimate_mosaic_model, register_tile
 from detector.night.mosaic import EpochReader, make_grid, open_mosaic
 from detector.night.tiles import iter_tiles, tile_window
 
@@ -82,20 +91,44 @@ def moved(rgb: np.ndarray, gsd: float, shift_m: tuple[float, float], rot_deg: fl
     return out, t_m
 
 
-def register_pair(base_path: Path, cur_path: Path, cfg: RunConfig) -> tuple[dict, object, float]:
-    """{tile_id: (centre_m (x, y) from the upper-left, Registration)} as a run registers them."""
+def load_align(ref: str | None):
+    """``detector.night.align`` as it is (``ref`` None), or as it was at git revision ``ref``."""
+    if ref is None:
+        from detector.night import align
+
+        return align
+    text = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:detector/night/align.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp(prefix="bw-align-")) / f"align_{ref}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"bw_align_{ref}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def register_pair(base_path: Path, cur_path: Path, cfg: RunConfig, align, max_shift_m: float):
+    """({tile_id: (centre_m (x, y) from the upper-left, Registration)}, model, mosaic model
+    seconds, ``register_tile`` seconds) as a run registers them; reads are not counted."""
     b_info, c_info = open_mosaic(base_path, "baseline"), open_mosaic(cur_path, "current")
     grid = make_grid(b_info, c_info, GSD_WORK)
     a = cfg.align
     t0 = time.perf_counter()
-    model = estimate_mosaic_model(
+    model = align.estimate_mosaic_model(
         b_info,
         c_info,
         grid,
-        max_shift_m=a.max_shift_m,
+        max_shift_m=max_shift_m,
         min_inliers=a.min_inliers,
         min_spread=a.min_spread,
     )
+    model_seconds = time.perf_counter() - t0
+    seconds = 0.0
     rb, rc = EpochReader(b_info, grid), EpochReader(c_info, grid)
     out = {}
     try:
@@ -106,25 +139,27 @@ def register_pair(base_path: Path, cur_path: Path, cfg: RunConfig) -> tuple[dict
             valid = vb & vc
             if valid.mean() < 0.02:
                 continue
-            reg = register_tile(
+            t0 = time.perf_counter()
+            reg = align.register_tile(
                 b,
                 c,
                 valid,
                 grid.gsd,
                 model=model,
                 offset=(col, row),
-                max_shift_m=a.max_shift_m,
+                max_shift_m=max_shift_m,
                 tile_tolerance_m=a.tile_tolerance_m,
                 min_quality=a.min_quality,
                 on_failure=a.on_failure,
             )
+            seconds += time.perf_counter() - t0
             # tile centre in metres from the image's upper-left corner (the grid starts there)
             centre = ((col + tile.width / 2) * grid.gsd, (row + tile.height / 2) * grid.gsd)
             out[tile.tile_id] = (centre, reg)
     finally:
         rb.close()
         rc.close()
-    return out, model, time.perf_counter() - t0
+    return out, model, model_seconds, seconds
 
 
 def tile_errors(regs: dict, truth_m: np.ndarray, reference: dict | None, gsd: float):
@@ -147,8 +182,8 @@ def tile_errors(regs: dict, truth_m: np.ndarray, reference: dict | None, gsd: fl
     return errs, flagged
 
 
-def real_pairs(data: Path):
-    for name, gsd in (("levir_cd_1024", 0.5), ("levir_cd_256", 0.5), ("dsifn_cd_256", 0.5)):
+def real_pairs(data: Path, sets: list[str]):
+    for name in sets:
         folder = data / name
         for a in sorted((folder / "A").glob("*.png")) if folder.exists() else []:
             b = folder / "B" / a.name
@@ -157,7 +192,7 @@ def real_pairs(data: Path):
                     f"{name}/{a.stem}",
                     cv2.imread(str(a))[:, :, ::-1],
                     cv2.imread(str(b))[:, :, ::-1],
-                    gsd,
+                    0.5,
                 )
 
 
@@ -172,105 +207,180 @@ def synth_pairs(n: int):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--trials", type=int, default=3, help="moved copies per real pair")
+    ap.add_argument(
+        "--sets",
+        default="levir_cd_1024,levir_cd_256,dsifn_cd_256",
+        help="real pair sets (folders of --data)",
+    )
+    ap.add_argument(
+        "--moves",
+        default="0.5,1,2,3,4,6,8",
+        help="comma-separated moves in metres (each pair by each)",
+    )
     ap.add_argument(
         "--synthetic", type=int, default=4, help="synthetic pairs (shift only, exact truth)"
     )
-    ap.add_argument("--max-shift", type=float, default=3.0)
     ap.add_argument("--max-rot", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--pair-offset",
-        type=float,
-        default=1.0,
-        help="the real pairs' own offset between epochs (m) added to the search range",
+        "--before",
+        default="1439391",
+        help="git revision whose registration to compare with "
+        "(default: the last one before the coarse-to-fine search); '' = none",
+    )
+    ap.add_argument(
+        "--before-max-shift", type=float, default=3.0, help="align.max_shift_m default of --before"
     )
     args = ap.parse_args()
-    cfg = RunConfig()
-    # The real pairs carry their own epoch-to-epoch offset (up to ~1 m) on top of the applied move:
-    # search as far as the total can reach, as a user sets max_shift_m to the flights' GNSS error.
-    cfg.align.max_shift_m = max(cfg.align.max_shift_m, args.max_shift + args.pair_offset)
+    moves = [float(m) for m in args.moves.split(",")]
+    cfg = RunConfig()  # the defaults, as a user runs it
+    variants = {"now": (load_align(None), cfg.align.max_shift_m)}
+    if args.before:
+        variants["before"] = (load_align(args.before), args.before_max_shift)
     rng = np.random.default_rng(args.seed)
-    rows: dict[str, dict] = {}
-    seconds = []
+    # stats[variant][(group, move)] -> counters
+    stats = {
+        v: defaultdict(
+            lambda: {
+                "abs": [],
+                "rel": [],
+                "rel_tiles": 0,
+                "flagged": 0,
+                "tiles": 0,
+                "models": 0,
+                "pairs": 0,
+            }
+        )
+        for v in variants
+    }
+    seconds = {v: [0.0, 0, 0.0, 0] for v in variants}  # tiles s, tiles, model s, pairs
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sources = list(real_pairs(args.data)) + list(synth_pairs(args.synthetic))
+        sources = list(real_pairs(args.data, args.sets.split(","))) + list(
+            synth_pairs(args.synthetic)
+        )
         for name, a, b, gsd in sources:
             group = name.split("/")[0]
-            stats = rows.setdefault(
-                group,
-                {
-                    "abs": [],
-                    "rel": [],
-                    "rel_tiles": 0,
-                    "flagged": 0,
-                    "tiles": 0,
-                    "models": 0,
-                    "pairs": 0,
-                },
-            )
+            real = group != "synthetic"
             write_tif(tmp / "a.tif", a, gsd)
             write_tif(tmp / "b.tif", b, gsd)
-            real = group != "synthetic"
-            # the unmoved pair's own registration, tile by tile (the *rel* truth)
-            reference = register_pair(tmp / "a.tif", tmp / "b.tif", cfg)[0] if real else None
-            for _ in range(args.trials if real else 2):
+            # the unmoved pair's own registration, tile by tile (the *rel* truth), by each variant
+            refs = {
+                v: register_pair(tmp / "a.tif", tmp / "b.tif", cfg, al, ms)[0] if real else None
+                for v, (al, ms) in variants.items()
+            }
+            for move in moves:
                 ang = rng.uniform(0, 2 * np.pi)
-                r = rng.uniform(0.5, args.max_shift)
-                shift = (r * np.cos(ang), r * np.sin(ang))
+                shift = (move * np.cos(ang), move * np.sin(ang))
                 rot = rng.uniform(-args.max_rot, args.max_rot) if real else 0.0
                 cur, t_m = moved(b, gsd, shift, rot)
                 write_tif(tmp / "c.tif", cur, gsd)
-                regs, model, sec = register_pair(tmp / "a.tif", tmp / "c.tif", cfg)
-                seconds.append(sec / max(len(regs), 1))
-                e_abs, flagged = tile_errors(regs, t_m, None, GSD_WORK)
-                stats["abs"] += e_abs
-                stats["flagged"] += flagged
-                stats["tiles"] += len(regs)
-                stats["models"] += int(model.ok)
-                stats["pairs"] += 1
-                if real:
-                    e_rel = tile_errors(regs, t_m, reference, GSD_WORK)[0]
-                    stats["rel"] += e_rel
-                    stats["rel_tiles"] += len(e_rel) + sum(
-                        1
-                        for tid, (_, r) in regs.items()
-                        if (not r.ok or r.source == "georef")
-                        and tid in reference
-                        and reference[tid][1].ok
-                        and reference[tid][1].source != "georef"
+                line = f"{name:34s} move {move:4.1f} m rot {rot:+.2f}°"
+                for v, (al, ms) in variants.items():
+                    regs, model, msec, sec = register_pair(
+                        tmp / "a.tif", tmp / "c.tif", cfg, al, ms
                     )
-                from collections import Counter
-
-                src = Counter(reg.source if reg.ok else "flagged" for _, reg in regs.values())
-                rel_med = np.median(e_rel) if real and e_rel else float("nan")
-                print(
-                    f"{name:34s} rel med {rel_med:.2f} {dict(src)} "
-                    f"shift ({shift[0]:+.2f}, {shift[1]:+.2f}) m rot {rot:+.2f}°  model "
-                    f"{'ok' if model.ok else 'NO'} ({model.inliers}/{model.blocks} blocks)  tiles {len(regs)} "
-                    f"flagged {flagged}  abs err median {np.median(e_abs) if e_abs else float('nan'):.3f} m",
-                    flush=True,
-                )
-    print(
-        "\n| pairs | moved copies | tiles | flagged | mosaic model ok | within 0.5 m (abs) | median abs err | "
-        "within 0.5 m (rel, of tiles the unmoved pair registers) | mean err (synthetic) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for group, s in rows.items():
-        n = s["tiles"]
-        ab = np.array(s["abs"])
-        rel = np.array(s["rel"])
-        within = (ab <= 0.5).sum() / max(n, 1)
-        within_rel = (rel <= 0.5).sum() / max(s["rel_tiles"], 1) if rel.size else float("nan")
+                    seconds[v][0] += sec
+                    seconds[v][1] += len(regs)
+                    seconds[v][2] += msec
+                    seconds[v][3] += 1
+                    st = stats[v][(group, move)]
+                    e_abs, flagged = tile_errors(regs, t_m, None, GSD_WORK)
+                    st["abs"] += e_abs
+                    st["flagged"] += flagged
+                    st["tiles"] += len(regs)
+                    st["models"] += int(model.ok)
+                    st["pairs"] += 1
+                    e_rel = []
+                    if real:
+                        ref = refs[v]
+                        e_rel = tile_errors(regs, t_m, ref, GSD_WORK)[0]
+                        st["rel"] += e_rel
+                        st["rel_tiles"] += len(e_rel) + sum(
+                            1
+                            for tid, (_, r) in regs.items()
+                            if (not r.ok or r.source == "georef")
+                            and tid in ref
+                            and ref[tid][1].ok
+                            and ref[tid][1].source != "georef"
+                        )
+                    med = (
+                        np.median(e_rel if real else e_abs)
+                        if (e_rel if real else e_abs)
+                        else float("nan")
+                    )
+                    line += (
+                        f" | {v}: model {'ok' if model.ok else 'NO'} ({model.inliers}/{model.blocks}) "
+                        f"flagged {flagged}/{len(regs)} {'rel' if real else 'abs'} med {med:.2f} m"
+                    )
+                print(line, flush=True)
+    groups = list(dict.fromkeys(g for g, _ in stats["now"]))
+    for v in variants:
         print(
-            f"| {group} | {s['pairs']} | {n} | {s['flagged']} | {s['models']}/{s['pairs']} | {within:.1%} | "
-            f"{np.median(ab) if ab.size else float('nan'):.3f} m | "
-            f"{within_rel:.1%} | {ab.mean() if group == 'synthetic' and ab.size else float('nan'):.3f} m |"
+            f"\n### {v}"
+            + (
+                f" ({args.before}, max_shift_m {variants[v][1]:g})"
+                if v == "before"
+                else f" (max_shift_m {variants[v][1]:g})"
+            )
         )
-    print(
-        f"\nregistration time per tile (mosaic model amortised): {1000 * np.mean(seconds):.1f} ms"
-    )
+        print(
+            "| pairs | move | moved copies | tiles | flagged | mosaic model ok | within 0.5 m (rel) | "
+            "median rel err | within 0.5 m (abs) | mean abs err |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for group in groups:
+            for move in moves:
+                s = stats[v][(group, move)]
+                ab, rel = np.array(s["abs"]), np.array(s["rel"])
+                within_rel = (
+                    f"{(rel <= 0.5).sum() / max(s['rel_tiles'], 1):.1%} of {s['rel_tiles']}"
+                    if s["rel_tiles"]
+                    else "–"
+                )
+                med_rel = f"{np.median(rel):.2f} m" if rel.size else "–"
+                print(
+                    f"| {group} | {move:g} m | {s['pairs']} | {s['tiles']} | {s['flagged']} "
+                    f"| {s['models']}/{s['pairs']} "
+                    f"| {within_rel} | {med_rel} | {(ab <= 0.5).sum() / max(s['tiles'], 1):.1%} | "
+                    f"{ab.mean() if ab.size else float('nan'):.3f} m |"
+                )
+            # the group over all moves
+            ss = [stats[v][(group, m)] for m in moves]
+            rel = np.concatenate([np.array(s["rel"]) for s in ss])
+            rel_tiles = sum(s["rel_tiles"] for s in ss)
+            tiles = sum(s["tiles"] for s in ss)
+            ab = np.concatenate([np.array(s["abs"]) for s in ss])
+            within_rel = (
+                f"**{(rel <= 0.5).sum() / max(rel_tiles, 1):.1%}** of {rel_tiles}"
+                if rel_tiles
+                else "–"
+            )
+            med_rel = f"{np.median(rel):.2f} m" if rel.size else "–"
+            print(
+                f"| **{group}** | all | {sum(s['pairs'] for s in ss)} | {tiles} | **{sum(s['flagged'] for s in ss)}** "
+                f"| {sum(s['models'] for s in ss)}/{sum(s['pairs'] for s in ss)} | {within_rel} | "
+                f"{med_rel} | {(ab <= 0.5).sum() / max(tiles, 1):.1%} | "
+                f"{ab.mean() if ab.size else float('nan'):.3f} m |"
+            )
+    # The mosaic model is fitted once per night on a coarse read of at most COARSE_MAX_SIDE pixels,
+    # whatever the night's size, so its share per tile shrinks as nights grow; these pairs hold
+    # 4-36 tiles, far fewer than a night. Both parts are printed, and the amortised total.
+    print("\nregistration cost (reads excluded, one process):")
+    per = {}
+    for v, (sec, n, msec, pairs) in seconds.items():
+        per[v] = (sec / max(n, 1), msec / max(pairs, 1), (sec + msec) / max(n, 1))
+        print(
+            f"  {v}: register_tile {1000 * per[v][0]:.1f} ms per tile over {n} tiles; "
+            f"mosaic model {1000 * per[v][1]:.0f} ms per pair over {pairs} pairs; "
+            f"amortised over these pairs {1000 * per[v][2]:.1f} ms per tile"
+        )
+    if "before" in per:
+        r = [a / max(b, 1e-9) for a, b in zip(per["now"], per["before"], strict=True)]
+        print(
+            f"  now / before: register_tile {r[0]:.2f}x, mosaic model {r[1]:.2f}x, "
+            f"amortised over these pairs {r[2]:.2f}x"
+        )
     return 0
 
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_example_config_validates_and_resolves_paths_relative_to_the_file():
     cfg = load_config(ROOT / "configs" / "nightly.example.yaml")
     assert cfg.baseline.resolve() == (ROOT / "sample_tiles" / "baseline.tif").resolve()
-    assert cfg.align.max_shift_m == 3.0 and cfg.workers == 2
+    assert cfg.align.max_shift_m == 10.0 and cfg.workers == 2
 
 
 def test_flags_override_file(tmp_path):

@@ -173,6 +173,53 @@ def _check_inputs(cfg) -> list[tuple[str, str]]:
     return lines
 
 
+def _check_move(cfg) -> list[tuple[str, str]]:
+    """The move between the config's baseline and tonight's mosaic (the mosaic registration model,
+    from a coarse read), against what the flights' stated accuracy (``align.flight_accuracy_m``) allows."""
+    from detector.errors import BuildwatchError
+    from detector.night.align import estimate_mosaic_model, judge_move
+    from detector.night.model import DEFAULT_MODEL_PATH, load_model_spec
+    from detector.night.mosaic import EpochReader, make_grid, open_mosaic, source_gsd_m
+
+    a = cfg.align
+    if not a.enabled or cfg.baseline is None or cfg.current is None:
+        return []
+    try:
+        baseline, current = (
+            open_mosaic(cfg.baseline, "baseline"),
+            open_mosaic(cfg.current, "current"),
+        )
+    except BuildwatchError:
+        return []  # the inputs check says why
+    try:
+        gsd = load_model_spec(cfg.model or DEFAULT_MODEL_PATH).gsd_m
+    except BuildwatchError:
+        gsd = source_gsd_m(baseline)
+    grid = make_grid(baseline, current, gsd)
+    stretches = []
+    for info in (baseline, current):
+        if info.dtype == "uint8":
+            stretches.append(None)
+        else:
+            reader = EpochReader(info, grid)
+            stretches.append(reader.stretch)
+            reader.close()
+    model = estimate_mosaic_model(
+        baseline,
+        current,
+        grid,
+        tuple(stretches),
+        max_shift_m=a.max_shift_m,
+        min_inliers=a.min_inliers,
+        min_spread=a.min_spread,
+    )
+    status, text = judge_move(model, a.flight_accuracy_m)
+    if not model.ok and model.found:
+        text += f"; the registration refuses it ({model.reason})"
+        status = "warn"
+    return [({"ok": "ok", "warn": "warn", "unknown": "warn"}[status], f"registration: {text}")]
+
+
 def _check_dask(scheduler: str | None) -> list[tuple[str, str]]:
     try:
         import distributed
@@ -229,7 +276,7 @@ def _check_dask(scheduler: str | None) -> list[tuple[str, str]]:
 )
 def doctor(config_path, model, out, scheduler):
     """Check GDAL drivers, the model's checksum, ONNX Runtime providers, the config's inputs (local or
-    URLs), write access and free space."""
+    URLs) and the move between them, write access and free space."""
     from detector.cli import error_log_path
     from detector.config import RunConfig, load_config
 
@@ -252,6 +299,7 @@ def doctor(config_path, model, out, scheduler):
     ]
     if cfg.baseline is not None or cfg.current is not None:
         checks.append(("inputs", lambda: _check_inputs(cfg)))
+        checks.append(("registration", lambda: _check_move(cfg)))
     if out is not None:
         checks.append(("output folder", lambda: _check_folder(Path(out), "output folder")))
     if cfg.cases.registry is not None:

@@ -6,11 +6,13 @@ and keeps the outlines of roofs, roads and fields that survive a season):
 
 1. **Mosaic model** (:func:`estimate_mosaic_model`): both mosaics read once at a coarse
    overview, cut into overlapping blocks; each block's displacement is found by normalised
-   cross-correlation (``cv2.matchTemplate``) within ``align.max_shift_m``, and a similarity
-   transform (shift + rotation + scale) is fitted to the block displacements with RANSAC
-   (``cv2.estimateAffinePartial2D``). The model is accepted only when enough blocks agree
+   cross-correlation (``cv2.matchTemplate``), coarse to fine: over the whole
+   ``align.max_shift_m`` (and a margin) on reduced structure images, then at the coarse read's
+   resolution only near the prediction of the model fitted there (:func:`fit_mosaic_model`).
+   A similarity transform (shift + rotation + scale) is fitted to the block displacements with
+   RANSAC (``cv2.estimateAffinePartial2D``). The model is accepted only when enough blocks agree
    (``min_inliers``) and they are spread over the pair (``min_spread``) -- not because one
-   correlation peak looks strong.
+   correlation peak looks strong -- and its move is at most ``align.max_shift_m``.
 2. **Tile refinement** (:func:`register_tile`): at the working GSD, each tile's own
    translation is measured the same way. A tile estimate that is distinct enough and agrees
    with the mosaic model within ``align.tile_tolerance_m`` refines it; otherwise the tile uses
@@ -43,6 +45,17 @@ MIN_BLOCK_PX = 128  # blocks are never smaller than this, even on a small pair
 MIN_BLOCK_VALID = 0.6  # a block is matched only if this share of it is valid in both epochs
 PEAK_EXCLUDE_PX = 2  # around the correlation peak, excluded from the side-lobe statistics
 REFINE_WINDOW_PX = 256  # side of the window a tile's own estimate is correlated on (working pixels)
+# the wide search is made on images reduced so that it spans about this many pixels
+WIDE_SEARCH_PX = 12
+# the wide search reaches this much beyond the range: a larger move is seen and refused
+WIDE_MARGIN = 1.25
+WIDE_MIN_SIDE = 128  # the reduced images keep at least this many pixels on their shorter side
+WIDE_MIN_BLOCK_PX = 48  # smallest block side on the reduced images (mosaic model)
+# searched first, at full resolution (an RTK/PPK flight's move; the range before the wide
+# search existed); also the most one tile's own estimate is trusted with, without a mosaic model
+NEAR_SEARCH_M = 3.0
+# after the wide search, blocks are searched within this many reduced pixels (+2 full)
+NARROW_LEVEL_PX = 2
 
 
 # ---------------------------------------------------------------- structure image and matching
@@ -168,6 +181,14 @@ class MosaicModel:
     spread: float  # share of the pair's extent (bounding box of the agreeing blocks)
     residual_m: float  # RMS distance of the agreeing blocks from the model
     reason: str = ""
+    shift_m: float = float(
+        "nan"
+    )  # the move at the pair's centre (m); NaN: no consistent model was found
+
+    @property
+    def found(self) -> bool:
+        """A consistent model was fitted (it may still be refused: beyond the range, scale)."""
+        return bool(np.isfinite(self.shift_m))
 
     def at(self, x: float, y: float) -> tuple[float, float]:
         """Displacement (dx, dy) in working pixels at working-grid pixel (x, y)."""
@@ -198,21 +219,154 @@ def fit_mosaic_model(
 ) -> MosaicModel:
     """Fit the mosaic model to two co-gridded structure images (see :func:`structure_image`).
 
+    Two searches, whose answers are compared:
+
+    1. **Near**: the blocks are searched within :data:`NEAR_SEARCH_M` (or ``max_shift_m`` if
+       smaller) at this grid's resolution -- the move of an RTK/PPK flight, and the range
+       searched before the wide search existed.
+    2. **Wide, coarse to fine**: the whole ``max_shift_m`` (and a margin, so that a larger move
+       is seen and refused rather than aliased) is searched on a reduced copy of both structure
+       images (:func:`_wide_level`), and the model fitted there predicts each block's shift at
+       this grid's resolution, where the same blocks as in 1 are searched only within
+       :data:`NARROW_LEVEL_PX` reduced pixels of the prediction. Its cost hardly grows with
+       ``max_shift_m``. A pair too small for a reduced level is searched over the whole range
+       at this resolution.
+
+    An accepted near model is the answer -- moves within the near range are registered as they
+    were before -- unless the wide search found a different model (more than 2 pixels apart at a
+    corner) that more of the same blocks agree with: the blocks of a move beyond the near range,
+    searched within it, can agree on a false peak. When the reduced level agrees with the near
+    model (within one reduced pixel at every corner), the fine level is not searched at all.
+    Without an accepted near model the wide model is the answer (a near model refused for its
+    scale may be a handful of blocks agreeing on false peaks of a larger move); when nothing is
+    accepted, the more consistent model is returned with its reason.
+
     Parameters
     ----------
     base, cur : (H, W, 2) float32 structure images of the two epochs on the same grid.
     gsd : metres per pixel of that grid.
-    max_shift_m : largest displacement searched.
+    max_shift_m : largest displacement accepted.
     block : block side in pixels; blocks overlap by half.
     min_inliers, min_spread : acceptance: blocks agreeing with the model, and the share of the
         pair's extent their bounding box covers (both axes).
     min_block_quality : blocks whose correlation peak is less distinct are not used.
     valid : (H, W) bool, optional: pixels valid in both epochs.
     """
+    opts = dict(
+        block=block,
+        min_inliers=min_inliers,
+        min_spread=min_spread,
+        min_block_quality=min_block_quality,
+    )
+    near_m = min(max_shift_m, NEAR_SEARCH_M)
+    near = _fit_level(base, cur, gsd, near_m, valid=valid, **opts)
+    if max_shift_m <= near_m:
+        return near
+    factor = _pyramid_factor(max_shift_m / gsd, *base.shape[:2])
+    if factor == 1:
+        wide = _fit_level(base, cur, gsd, max_shift_m, valid=valid, **opts)
+    else:
+        wide = _wide_level(base, cur, gsd, max_shift_m, factor, valid, **opts)
+        if near.ok and wide.ok and _model_distance(near, wide, *base.shape[:2]) <= factor:
+            return near  # the wide search sees the same move: no fine level needed
+        if wide.ok:
+            fine = _fit_level(
+                base,
+                cur,
+                gsd,
+                max_shift_m,
+                valid=valid,
+                prior=wide,
+                search_px=NARROW_LEVEL_PX * factor + 2,
+                **opts,
+            )
+            # the fine level found too few blocks: the reduced level's model (tiles refine it)
+            wide = fine if fine.ok or fine.inliers >= min_inliers else wide
+    if near.ok:
+        # The near model stands unless the whole range holds a different model that more blocks
+        # of the same grid agree with (a move beyond the near range whose blocks, searched
+        # within it, agreed on a false peak).
+        differs = wide.ok and _model_distance(near, wide, *base.shape[:2]) > 2.0
+        return wide if differs and wide.inliers > near.inliers else near
+    return wide if wide.ok or wide.inliers >= near.inliers else near
+
+
+def _model_distance(a: MosaicModel, b: MosaicModel, h: int, w: int) -> float:
+    """Largest distance (pixels) between two models' displacements at the pair's corners."""
+    corners = [(0.0, 0.0), (w - 1.0, 0.0), (0.0, h - 1.0), (w - 1.0, h - 1.0)]
+    return max(float(np.hypot(*np.subtract(a.at(x, y), b.at(x, y)))) for x, y in corners)
+
+
+def _pyramid_factor(range_px: float, h: int, w: int) -> int:
+    """Reduction of the wide level: the search stays within about :data:`WIDE_SEARCH_PX` pixels,
+    and the reduced image keeps at least :data:`WIDE_MIN_SIDE` pixels on its shorter side."""
+    want = int(np.ceil(range_px * WIDE_MARGIN / WIDE_SEARCH_PX))
+    return int(max(1, min(want, min(h, w) // WIDE_MIN_SIDE)))
+
+
+def _wide_level(
+    base: np.ndarray,
+    cur: np.ndarray,
+    gsd: float,
+    max_shift_m: float,
+    factor: int,
+    valid: np.ndarray | None,
+    *,
+    block: int,
+    **opts,
+) -> MosaicModel:
+    """The mosaic model over the whole range on structure images reduced ``factor`` times, in
+    pixels of the full grid."""
     h, w = base.shape[:2]
-    search = max(2, int(np.ceil(max_shift_m / gsd)) + 2)
+    size = (max(1, w // factor), max(1, h // factor))
+    small = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in (base, cur)]
+    v = (
+        cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        if valid is not None
+        else None
+    )
+    model = _fit_level(
+        *small,
+        gsd * factor,
+        max_shift_m,
+        valid=v,
+        block=max(block // factor, WIDE_MIN_BLOCK_PX),
+        min_block_px=WIDE_MIN_BLOCK_PX,
+        search_px=int(np.ceil(max_shift_m * WIDE_MARGIN / (gsd * factor))) + 2,
+        **opts,
+    )
+    # reduced pixel p_r = p / f (pixel-corner convention): M = S M_r S^-1
+    sx, sy = w / size[0], h / size[1]
+    m = np.asarray(model.matrix, dtype=float)
+    full = np.array(
+        [[m[0, 0], m[0, 1] * sx / sy, m[0, 2] * sx], [m[1, 0] * sy / sx, m[1, 1], m[1, 2] * sy]]
+    )
+    return replace(model, matrix=_as_tuple(full))
+
+
+def _fit_level(
+    base: np.ndarray,
+    cur: np.ndarray,
+    gsd: float,
+    max_shift_m: float,
+    *,
+    block: int,
+    min_inliers: int,
+    min_spread: float,
+    min_block_quality: float,
+    valid: np.ndarray | None,
+    prior: MosaicModel | None = None,
+    search_px: int | None = None,
+    min_block_px: int = MIN_BLOCK_PX,
+) -> MosaicModel:
+    """One level of :func:`fit_mosaic_model`: block shifts within ``search_px`` (default: the
+    whole ``max_shift_m``) of ``prior``'s prediction (default: no shift), and the model fitted to them."""
+    h, w = base.shape[:2]
+    search = (
+        int(search_px) if search_px is not None else max(2, int(np.ceil(max_shift_m / gsd)) + 2)
+    )
     # small pairs: smaller blocks, so that a model can still be fitted to several of them
-    block = int(min(block, max(MIN_BLOCK_PX, min(h, w) // 3)))
+    block = int(min(block, max(min_block_px, min(h, w) // 3)))
     size = min(block + 2 * search, h, w)
     step = max(1, (size - 2 * search) // 2)
     src, dst, q = [], [], []
@@ -222,13 +376,14 @@ def fit_mosaic_model(
             if valid is not None and valid[y0 : y0 + size, x0 : x0 + size].mean() < MIN_BLOCK_VALID:
                 continue
             tried += 1
+            cx, cy = x0 + (size - 1) / 2, y0 + (size - 1) / 2
+            rx, ry = (int(round(v)) for v in prior.at(cx, cy)) if prior is not None else (0, 0)
             m = match_translation(
-                base[y0 : y0 + size, x0 : x0 + size], cur[y0 : y0 + size, x0 : x0 + size], search
+                base[y0 : y0 + size, x0 : x0 + size], _window(cur, x0 + rx, y0 + ry, size), search
             )
             if m.ok and m.quality >= min_block_quality:
-                cx, cy = x0 + (size - 1) / 2, y0 + (size - 1) / 2
                 src.append((cx, cy))
-                dst.append((cx + m.dx, cy + m.dy))
+                dst.append((cx + m.dx + rx, cy + m.dy + ry))
                 q.append(m.quality)
     n = len(src)
     if n < max(2, min_inliers):
@@ -283,24 +438,36 @@ def fit_mosaic_model(
         # Too few or too clustered to fix a rotation: a pure shift from the agreeing blocks.
         d = np.median(dst_a[inl] - src_a[inl], axis=0)
         matrix = np.float64([[1, 0, d[0]], [0, 1, d[1]]])
-    if abs(scale - 1) > 0.01:
-        return MosaicModel(
-            _as_tuple(matrix),
-            False,
-            k,
-            n,
-            spread,
-            residual,
-            f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid",
-        )
-    model = MosaicModel(_as_tuple(matrix), True, k, n, spread, residual)
     cx, cy = (w - 1) / 2, (h - 1) / 2
+    model = MosaicModel(_as_tuple(matrix), True, k, n, spread, residual)
     shift_m = float(np.hypot(*model.at(cx, cy))) * gsd
+    model = replace(model, shift_m=round(shift_m, 3))
+    if abs(scale - 1) > 0.01:
+        return replace(
+            model,
+            ok=False,
+            reason=f"scale {scale:.3f} between the epochs: the mosaics are not on the same grid",
+        )
     if shift_m > max_shift_m:
         return replace(
-            model, ok=False, reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+            model,
+            ok=False,
+            reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum "
+            "(align.max_shift_m)",
         )
     return model
+
+
+def _window(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """``image[y0:y0+size, x0:x0+size]``, zero outside the image."""
+    h, w = image.shape[:2]
+    if 0 <= x0 and 0 <= y0 and x0 + size <= w and y0 + size <= h:
+        return image[y0 : y0 + size, x0 : x0 + size]
+    out = np.zeros((size, size, *image.shape[2:]), image.dtype)
+    ya, yb, xa, xb = max(0, y0), min(h, y0 + size), max(0, x0), min(w, x0 + size)
+    if ya < yb and xa < xb:
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    return out
 
 
 def _starts(n: int, size: int, step: int) -> list[int]:
@@ -323,7 +490,7 @@ def estimate_mosaic_model(
     grid,
     stretches=(None, None),
     *,
-    max_shift_m: float = 3.0,
+    max_shift_m: float = 10.0,
     min_inliers: int = 4,
     min_spread: float = 0.25,
 ) -> MosaicModel:
@@ -353,6 +520,34 @@ def estimate_mosaic_model(
     return replace(model, matrix=_as_tuple(m_w))
 
 
+def judge_move(model: MosaicModel | None, flight_accuracy_m: float) -> tuple[str, str]:
+    """Whether the night's move (the mosaic model's shift at the pair's centre) is one the flights'
+    stated accuracy allows: two flights each ``flight_accuracy_m`` off, in opposite directions,
+    are at most twice that apart.
+
+    Returns
+    -------
+    (status, text)
+        ``"ok"``, ``"warn"`` (a larger move: a positioning fault, a wrong datum or CRS, a mosaic
+        from another tool) or ``"unknown"`` (no consistent model), and one line saying so.
+    """
+    if model is None or not model.found:
+        why = f" ({model.reason})" if model is not None and model.reason else ""
+        return "unknown", f"the move between the epochs could not be measured{why}"
+    allowed = 2 * flight_accuracy_m
+    move = f"tonight's mosaic is moved {model.shift_m:.2f} m from the baseline (rotation {model.rotation_deg:+.3f}°)"
+    if model.shift_m <= allowed:
+        return (
+            "ok",
+            f"{move}, within the {allowed:g} m two flights of align.flight_accuracy_m {flight_accuracy_m:g} m allow",
+        )
+    return "warn", (
+        f"{move}, more than the {allowed:g} m two flights of align.flight_accuracy_m {flight_accuracy_m:g} m "
+        "allow: check both flights' positioning (GNSS fix, RTK/PPK status), CRS and datum, or state the "
+        "flights' real accuracy in align.flight_accuracy_m"
+    )
+
+
 # ---------------------------------------------------------------- per tile
 
 
@@ -372,7 +567,7 @@ def register_tile(
     *,
     model: MosaicModel | None = None,
     offset: tuple[int, int] = (0, 0),
-    max_shift_m: float = 3.0,
+    max_shift_m: float = 10.0,
     tile_tolerance_m: float = 0.75,
     min_quality: float = 0.1,
     on_failure: str = "flag",
@@ -394,6 +589,7 @@ def register_tile(
     """
     h, w = valid.shape
     centre = ((w - 1) / 2, (h - 1) / 2)
+    near_m = min(max_shift_m, NEAR_SEARCH_M)  # what one tile's own search is trusted with
     use_model = model is not None and model.ok
     base_m = local_matrix(model, *offset) if use_model else None
     prior = np.array(base_m @ (*centre, 1.0)) - centre if use_model else np.zeros(2)
@@ -414,11 +610,11 @@ def register_tile(
                 structure_image(b_rgb[win], v[win]), structure_image(c_rgb[win], v[win]), search
             )
             own = Match(m.dx + rx, m.dy + ry, m.peak, m.quality) if m.ok else m
-        else:  # search twice the allowed range: a larger true shift is then seen (and refused), not aliased
+        else:  # without a model: twice the near range, so a larger true shift is seen (and refused), not aliased
             own = match_translation(
                 structure_image(baseline[box], valid[box]),
                 structure_image(current[box], valid[box]),
-                max(2, int(np.ceil(2 * max_shift_m / gsd)) + 1),
+                max(2, int(np.ceil(2 * near_m / gsd)) + 1),
             )
         why = f"weak or ambiguous correlation (quality {own.quality:.2f})"
 
@@ -449,9 +645,13 @@ def register_tile(
         reg = _registration(
             np.asarray(shift_only(own.dx, own.dy)), centre, gsd, own.quality, "tile"
         )
-        if reg.shift_m <= max_shift_m:
+        if reg.shift_m <= near_m:
             return reg
-        why = f"shift {reg.shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+        why = (
+            f"shift {reg.shift_m:.2f} m exceeds the {near_m:.1f} m a tile is trusted with on its own"
+            if near_m < max_shift_m
+            else f"shift {reg.shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum"
+        )
     model_why = (
         f"; mosaic model unusable ({model.reason})" if model is not None and model.reason else ""
     )

@@ -76,6 +76,7 @@ def tiles_frame(results: list[TileResult], tiles: dict[str, Tile], grid):
             "registration": r.registration,
             "residual_m": round(r.residual_m, 3),
             "inliers": r.inliers,
+            "move_m": None if r.move_m is None else round(r.move_m, 3),
             "reason": r.reason,
             "candidates": len(r.candidates),
             "seconds": round(r.seconds, 3),
@@ -84,7 +85,12 @@ def tiles_frame(results: list[TileResult], tiles: dict[str, Tile], grid):
     ]
     geoms = [box(*tiles[row["tile_id"]].bounds) for row in rows]
     out_geoms = to_output(geoms, grid)[0] if geoms else []
-    return gpd.GeoDataFrame(rows, geometry=out_geoms, crs=grid.output_crs_wkt)
+    frame = gpd.GeoDataFrame(rows, geometry=out_geoms, crs=grid.output_crs_wkt)
+    if len(frame):
+        frame["move_m"] = frame["move_m"].astype(
+            float
+        )  # None -> NaN, written as NULL in a REAL column
+    return frame
 
 
 def write_geopackage(path: Path, candidates, tiles, run_record: dict) -> Path:

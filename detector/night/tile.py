@@ -79,7 +79,9 @@ def process_tile(
     frac, covered = _coverage(ctx, valid)
     if frac < MIN_VALID_FRACTION or covered == 0.0:
         return TileResult(tile.tile_id, "nodata", frac, 0.0, seconds=time.perf_counter() - start)
-    reg, c, vc, valid = _register(ctx, b, c, vc, valid, vb, tile_window(ctx.grid, tile))
+    offset = tile_window(ctx.grid, tile)
+    move = _move_at(ctx, tile, offset)
+    reg, c, vc, valid = _register(ctx, b, c, vc, valid, vb, offset)
     if not reg.ok:
         return TileResult(
             tile.tile_id,
@@ -95,6 +97,7 @@ def process_tile(
             registration=reg.source,
             residual_m=reg.residual_m,
             inliers=reg.inliers,
+            move_m=move,
         )
     dets, baseline_iou = _detect(ctx, detector, b, c)
     stride, margin = tile_layout(ctx.size, ctx.overlap)
@@ -135,7 +138,18 @@ def process_tile(
         reg.source,
         reg.residual_m,
         reg.inliers,
+        move,
     )
+
+
+def _move_at(ctx: RunContext, tile: Tile, offset: tuple[int, int]) -> float | None:
+    """The night's move at the tile's centre (m): the mosaic model's shift there, also when the
+    model was refused (e.g. beyond ``align.max_shift_m``); None when none was found."""
+    m = ctx.mosaic_model
+    if m is None or not m.found:
+        return None
+    dx, dy = m.at(offset[0] + (tile.width - 1) / 2, offset[1] + (tile.height - 1) / 2)
+    return round(float(np.hypot(dx, dy)) * ctx.grid.gsd, 3)
 
 
 def read_tile(ctx: RunContext, tile: Tile, baseline_reader, current_reader):

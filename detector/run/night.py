@@ -41,6 +41,7 @@ from detector.errors import BuildwatchError, InputError, OutputError
 from detector.fileio import atomic_write_text, clean_stale_temps, exclusive_lock, json_digest
 from detector.geo.location import apply_network_defaults, is_remote, location_fingerprint
 from detector.logs import LIBRARY_LOGGERS, LOG_ROOT, log_to, stop_logging_to
+from detector.night.align import judge_move
 from detector.night.context import RunContext
 from detector.night.executors import GDAL_CACHE_MB, run_tiles
 from detector.night.georef import candidate_id, merge_duplicates, to_output
@@ -259,7 +260,7 @@ def _open_night(
         m = ctx.mosaic_model
         cx, cy = m.at((ctx.grid.width - 1) / 2, (ctx.grid.height - 1) / 2)
         log.info(
-            "mosaic registration model: shift %.2f m at the centre, rotation %.3f°, %d of %d blocks agree "
+            "mosaic registration model: move %.2f m at the centre, rotation %.3f°, %d of %d blocks agree "
             "(RMS %.2f m, spread %.2f)%s",
             np.hypot(cx, cy) * ctx.grid.gsd,
             m.rotation_deg,
@@ -269,6 +270,9 @@ def _open_night(
             m.spread,
             "" if m.ok else f"; not usable: {m.reason}",
         )
+        status, text = judge_move(m, cfg.align.flight_accuracy_m)
+        if status == "warn":
+            log.warning("%s", text)
     if ctx.dsm is not None:
         from detector.geo.dsm import describe
 
@@ -345,6 +349,7 @@ def _fingerprint(cfg: RunConfig, spec: ModelSpec, hashes: dict) -> str:
     skip["detect"] = {
         "second_view": {"baseline_cache"}
     }  # where views are kept does not change them
+    skip["align"] = {"flight_accuracy_m"}  # only when the night's move is warned about
     relevant = cfg.model_dump(mode="json", exclude=skip)
     return json_digest(
         {"inputs": hashes, "model": spec.sha256, "config": relevant, "software": __version__}, 16
@@ -524,6 +529,10 @@ def _write_outputs(night: NightRun, results: list[TileResult], cand, dropped: in
         "km2": round(km2, 6),
         "seconds": round(seconds, 2),
         "tile_seconds_sum": round(sum(r.seconds for r in results), 2),
+        "move_m": _night_move(ctx),
+        "move_check": judge_move(ctx.mosaic_model, cfg.align.flight_accuracy_m)[0]
+        if ctx.mosaic_model is not None
+        else "",
     }
     path = night.out_dir / "candidates.gpkg"
     write_geopackage(path, cand, tiles_gdf, record)
@@ -542,6 +551,12 @@ def _write_outputs(night: NightRun, results: list[TileResult], cand, dropped: in
         seconds,
         dropped,
     )
+
+
+def _night_move(ctx: RunContext) -> float:
+    """The mosaic model's move at the pair's centre (m); NaN without a consistent model."""
+    m = ctx.mosaic_model
+    return round(m.shift_m, 3) if m is not None and m.found else float("nan")
 
 
 def _update_cases(

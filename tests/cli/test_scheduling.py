@@ -115,3 +115,27 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
         "interrupted; finished tiles are kept, rerun the same command to resume"
     ]
     assert not (out / "candidates.gpkg").exists()
+
+
+def test_doctor_says_the_move_between_the_mosaics_and_warns_beyond_the_flights_accuracy(
+    tmp_path, capsys
+):
+    import rasterio
+    from affine import Affine
+
+    src = ROOT / "sample_tiles" / "baseline.tif"
+    with rasterio.open(src) as ds:
+        profile, data, t = ds.profile, ds.read(), ds.transform
+    profile["transform"] = Affine(
+        t.a, t.b, t.c + 5.6, t.d, t.e, t.f - 4.2
+    )  # tonight 7 m off (plain GNSS)
+    with rasterio.open(tmp_path / "tonight.tif", "w", **profile) as ds:
+        ds.write(data)
+    for accuracy, status in ((5.0, "ok"), (2.0, "warn")):
+        cfg = tmp_path / f"night-{accuracy}.yaml"
+        cfg.write_text(
+            f"baseline: {src}\ncurrent: {tmp_path / 'tonight.tif'}\nalign:\n  flight_accuracy_m: {accuracy}\n"
+        )
+        assert main(["doctor", "--config", str(cfg)]) == 0  # a warning, not a failure
+        line = next(x for x in capsys.readouterr().out.splitlines() if "registration:" in x)
+        assert line.startswith(status) and "moved 7.0" in line, line
