@@ -9,10 +9,11 @@ The plan is a JSON list of steps; one JSON object per step is printed (one line,
 
 Steps
 -----
-``{"op": "edit", "registry": p, "status": [[case_id, status], ...], "move": [[case_id, dx, dy], ...],
-"delete": [case_id, ...], "add": [wkt, ...]}``
+``{"op": "edit", "registry": p, "status": [[case_id, status], ...], "set": [[case_id, field, value], ...],
+"move": [[case_id, dx, dy], ...], "delete": [case_id, ...], "add": [wkt, ...], "user": name}``
     Edit through QGIS's editing buffer with the layer's default style (so its default values
-    apply, as in the attribute form), commit; report success and errors.
+    apply, as in the attribute form), commit; report success and errors. ``user``: edit as that
+    operator (the ``buildwatch_operator`` variable, set on the layer so nothing persists).
 ``{"op": "evidence", "registry": p}``
     The GeoPackage added alone: the root path the evidence widget resolves (data-defined) and
     each case's chip path under it.
@@ -30,7 +31,13 @@ import sys
 
 
 def _edit(step) -> dict:
-    from qgis.core import QgsFeatureRequest, QgsGeometry, QgsVectorLayer, QgsVectorLayerUtils
+    from qgis.core import (
+        QgsExpressionContextUtils,
+        QgsFeatureRequest,
+        QgsGeometry,
+        QgsVectorLayer,
+        QgsVectorLayerUtils,
+    )
 
     layer = QgsVectorLayer(f"{step['registry']}|layername=cases", "cases", "ogr")
     fields = layer.fields()
@@ -42,8 +49,12 @@ def _edit(step) -> dict:
         )
 
     layer.startEditing()
+    if step.get("user"):  # another operator: the variable the form's user expression reads first
+        QgsExpressionContextUtils.setLayerVariable(layer, "buildwatch_operator", step["user"])
     for case_id, status in step.get("status", []):
         layer.changeAttributeValue(feature_of(case_id).id(), fields.indexOf("status"), status)
+    for case_id, name, value in step.get("set", []):
+        layer.changeAttributeValue(feature_of(case_id).id(), fields.indexOf(name), value)
     for case_id, dx, dy in step.get("move", []):
         feature = feature_of(case_id)
         geometry = feature.geometry()

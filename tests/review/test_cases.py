@@ -159,11 +159,11 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     cases = cases_by_id(registry)
     assert sorted(cases) == sorted(ids.values())  # exactly the expected cases, none deleted
     a, b, c = cases[ids["A"]], cases[ids["B"]], cases[ids["C"]]
-    # review fields untouched by two runs
+    # review fields untouched by two runs (the typed time stored in the one UTC format)
     assert (a["status"], a["reviewer"], a["reviewed_at"], a["note"]) == (
         "false_positive",
         "li",
-        "2024-05-01T09:00:00",
+        "2024-05-01T09:00:00.000Z",
         "shadow of a tree",
     )
     assert (c["status"], c["reviewer"], c["note"]) == ("confirmed_illegal", "wang", "no permit")

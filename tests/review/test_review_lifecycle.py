@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import sqlite3
-from datetime import date, datetime, timezone
+from datetime import date
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ import shapely
 from rasterio.transform import from_origin
 
 from cases_util import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night
+from detector.clock import utc_now
 from detector.geo.crs import area_m2, lonlat_of
 from detector.review import gpkg
 from detector.review import registry as reg
@@ -78,7 +79,7 @@ def test_demolition_verified_across_three_nights(scene):  # noqa: F811
     alert_rows = [
         (r["case_id"], r["changed_by"], r["old_alert"] is None, r["new_alert"] is None)
         for r in history(registry)
-        if r["change"] == "alert"
+        if r["change"] == "detector_alert"
     ]
     assert alert_rows == [
         (a, "buildwatch run-2024-05-02", True, False),
@@ -141,7 +142,7 @@ def test_status_change_credits_whoever_made_it_and_history_is_append_only(scene)
     run_night(scene, ["A", "B"], date(2024, 5, 1))
     a, b = "LG20240501-0001", "LG20240501-0002"
     gdal_like_update(registry, a, status="confirmed_illegal", edited_by="li")
-    before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = utc_now("milliseconds")
     gdal_like_update(
         registry,
         a,
@@ -216,8 +217,9 @@ def test_operator_drawn_case_gets_an_id_and_is_matched_next_night(scene):  # noq
                 (gpkg.encode_gpkg_geometry(drawn, 4547),),
             )
     conn.close()
-    today = datetime.now(timezone.utc).strftime("%Y%m%d")
-    case_id = f"LG{today}-M0002"
+    # the ID, first_seen and the date in it: the night the operator reviewed (the registry's latest),
+    # not the machine's clock; M0001: the first case drawn against that night
+    case_id = "LG20240501-M0001"
     case = cases_by_id(registry)[case_id]
     assert (case["origin"], case["status"], case["reviewer"], case["evidence"]) == (
         "operator",
@@ -225,6 +227,7 @@ def test_operator_drawn_case_gets_an_id_and_is_matched_next_night(scene):  # noq
         "zhao",
         f"evidence/{case_id}.png",
     )
+    assert case["first_seen"] == "2024-05-01" and case["class_edited"] == 0
     assert history(registry, case_id)[0]["changed_by"] == "zhao"
 
     second = run_night(scene, ["A", "C"], date(2024, 5, 2))
@@ -233,8 +236,10 @@ def test_operator_drawn_case_gets_an_id_and_is_matched_next_night(scene):  # noq
         2,
         2,
     )  # C is the drawn case, not a new one
+    assert second.opened_ids == [] and case_id in second.updated_ids
     case = cases_by_id(registry)[case_id]
     assert case["geometry"].equals(drawn)  # the operator's outline is kept
+    assert case["class"] == "new_building"  # the class of the detection that matched it
     assert case["times_seen"] == 1 and case["area_m2"] == pytest.approx(45.0)
     assert (registry.parent / case["evidence"]).exists()
 
