@@ -217,7 +217,8 @@ def trigger_sql(district_prefix: str) -> list[str]:
                 reviewed_at = CASE WHEN {reviewed_at_typed} THEN {normalised_sql("NEW.reviewed_at")} ELSE {UTC_NOW} END
             WHERE fid = NEW.fid AND OLD.status IS NOT NEW.status;
             UPDATE "{c}" SET reviewed_at = {normalised_sql("NEW.reviewed_at")}
-            WHERE fid = NEW.fid AND OLD.status IS NEW.status AND NEW.reviewed_at IS NOT {normalised_sql("NEW.reviewed_at")};
+            WHERE fid = NEW.fid AND OLD.status IS NEW.status
+                AND NEW.reviewed_at IS NOT {normalised_sql("NEW.reviewed_at")};
             UPDATE "{c}" SET edited_by = NULL WHERE fid = NEW.fid AND NEW.edited_by IS NOT NULL;
         END""",
         f"""CREATE TRIGGER "{TRIGGER_PREFIX}history_no_update" BEFORE UPDATE ON "{h}"
