@@ -68,7 +68,8 @@ LABEL_EXPRESSION = (
     'CASE WHEN "height_change" IS NOT NULL AND "height_change" <> \'\' '
     "THEN '\\n' || \"height_change\" ELSE '' END"
 )
-EDITABLE_FIELDS = ("status", "demolition_due", "note", "class")  # class: the operator's once corrected
+# class: the operator's once corrected (class_edited)
+EDITABLE_FIELDS = ("status", "demolition_due", "note", "class")
 HIDDEN_FIELDS = (*INTERNAL_COLUMNS, "edited_by", "class_edited")
 READ_ONLY_FIELDS = (
     "fid",

@@ -93,7 +93,8 @@ NO_CASE_ID = (
     "and the registry assigns the ID) or type any case_id starting with " + PENDING_ID_PREFIX
 )
 HISTORY_READ_ONLY = "buildwatch: case_history is append-only"
-UNSIGNED = UNKNOWN_EDITOR  # who changed an outline outside QGIS (logged when the next night opens it)
+# who changed an outline outside QGIS (logged when the next night opens the registry)
+UNSIGNED = UNKNOWN_EDITOR
 # the timestamp columns kept in the one format (table, column)
 TIMESTAMP_COLUMNS = ((CASES_TABLE, "reviewed_at"), (HISTORY_TABLE, "changed_at"))
 
@@ -171,7 +172,9 @@ def trigger_sql(district_prefix: str) -> list[str]:
     )
     pending = f"NEW.case_id LIKE '{PENDING_ID_PREFIX}%'"
     night = f"coalesce((SELECT max(night) FROM \"{NIGHTS_TABLE}\"), date('now'))"
-    id_base = f"({_sql_text(district_prefix)} || strftime('%Y%m%d', {night}) || '-{OPERATOR_ID_MARK}')"
+    id_base = (
+        f"({_sql_text(district_prefix)} || strftime('%Y%m%d', {night}) || '-{OPERATOR_ID_MARK}')"
+    )
     new_id = (
         f"({id_base} || printf('%04d', 1 + coalesce((SELECT max(CAST(substr(x.case_id, length({id_base}) + 1) "
         f'AS INTEGER)) FROM "{c}" x WHERE substr(x.case_id, 1, length({id_base})) = {id_base}), 0)))'
