@@ -197,7 +197,7 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
         assert (registry.parent / "evidence" / f"{case_id}.png").exists()
     csv_text = (root / "out-2024-05-03" / "report.csv").read_text(encoding="utf-8-sig").splitlines()
     assert (
-        csv_text[-1] == "2024-05-03,all communities,,1,1,5,2,0"
+        csv_text[-1] == "2024-05-03,all communities,,1,1,5,2,0,0,0"
     )  # new 1, confirmed 1, open 5 (not A), oldest 2 days
 
 
