@@ -1,7 +1,7 @@
-"""``buildwatch cases list|show|export``: read the case registry for people and field teams.
+"""``buildwatch cases list|show|export|import``: the case registry for people and field teams.
 
-The exports (GeoJSON / CSV / KML for field teams) are :mod:`detector.review.exports`; these
-commands parse options and print.
+The exports (GeoJSON / CSV / KML for field teams) are :mod:`detector.review.exports`, the
+historical backlog's import :mod:`detector.review.legacy`; these commands parse options and print.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from detector.review.exports import (
     select_cases,
     write_export,
 )
+from detector.review.legacy import import_legacy, read_legacy_layer
 from detector.review.registry import read_history
 from detector.review.vocab import REVIEW_STATUSES
 
@@ -146,3 +147,35 @@ def export_cases(registry: Path, status, community, since, fmt, out: Path) -> No
     frame = select_cases(registry, status, community, since)
     write_export(export_frame(frame, registry, out), out, fmt)
     click.echo(f"{len(frame)} case(s) -> {out}")
+
+
+@cases.command("import")
+@REGISTRY_OPTION
+@click.argument("layer_path", metavar="LAYER", type=click.Path(path_type=Path))
+@click.option("--layer", "layer_name", help="The layer's name, when the file has several.")
+@click.option("--id-field", help="Field with each outline's own ID (kept as source_id).")
+@click.option("--note-field", help="Field with a note for each case.")
+@click.option(
+    "--community-field", help="Field with the community (else the next night's boundaries)."
+)
+def import_cases(
+    registry: Path, layer_path: Path, layer_name, id_field, note_field, community_field
+) -> None:
+    """Register the historical backlog: outlines of buildings illegal before the zero-increment target.
+
+    Every outline becomes a ``legacy`` case (confirmed illegal; same lifecycle and demolition
+    checks as any case; never "new tonight"), counted per community in the report's legacy
+    backlog. Everything is checked before anything is written.
+    """
+    frame = read_legacy_layer(layer_path, layer_name, id_field, note_field, community_field)
+    result = import_legacy(
+        registry,
+        frame,
+        id_field=id_field,
+        note_field=note_field,
+        community_field=community_field,
+    )
+    first, last = result.case_ids[0], result.case_ids[-1]
+    click.echo(
+        f"{len(result.case_ids)} legacy case(s) {first} .. {last} (first seen {result.night}) -> {registry}"
+    )

@@ -154,7 +154,9 @@ def _community_row(name, rows, night, night_iso) -> CommunityRow:
         community=name,
         unit=", ".join(units),
         new_tonight=sum(1 for r in rows if is_new_tonight(r, night_iso)),
-        confirmed_illegal=sum(1 for r in rows if r.status == CONFIRMED_ILLEGAL),
+        confirmed_illegal=sum(
+            1 for r in rows if r.status == CONFIRMED_ILLEGAL and not is_legacy(r)
+        ),
         open_backlog=sum(1 for r in rows if is_open(r)),
         oldest_open_days=max(open_ages) if open_ages else None,
         alerts=sum(1 for r in rows if _has_alert(r)),

@@ -65,6 +65,7 @@ nightly update, so the rules follow the code.
 from __future__ import annotations
 
 import getpass
+import re
 import sqlite3
 
 from detector.review.vocab import (
@@ -229,6 +230,29 @@ def trigger_sql(district_prefix: str) -> list[str]:
         f"""CREATE TRIGGER "{TRIGGER_PREFIX}history_no_delete" BEFORE DELETE ON "{h}"
         BEGIN SELECT RAISE(ABORT, {_sql_text(HISTORY_READ_ONLY)}); END""",
     ]
+
+
+def district_prefix_of(conn: sqlite3.Connection) -> str:
+    """The district prefix the registry's triggers were made with ("" when it has none yet).
+
+    The registry keeps no settings table: its insert trigger (:func:`trigger_sql`) is the record
+    of the prefix the nightly runs give it, read back for commands that have no config
+    (``buildwatch cases import``).
+
+    Parameters
+    ----------
+    conn : sqlite3.Connection
+
+    Returns
+    -------
+    str
+    """
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+        (TRIGGER_PREFIX + "after_insert",),
+    ).fetchone()
+    match = re.search(r"'((?:[^']|'')*)' \|\| strftime\('%Y%m%d'", row[0]) if row else None
+    return match.group(1).replace("''", "'") if match else ""
 
 
 def ensure_schema(conn: sqlite3.Connection, district_prefix: str) -> list[str]:
