@@ -404,9 +404,9 @@ def test_boundaries_in_another_crs_give_community_and_unit(scene):
     assert raw.startswith(b"\xef\xbb\xbf")  # BOM: Excel in a Chinese locale reads UTF-8, not GBK
     rows = raw.decode("utf-8-sig").splitlines()
     assert rows[1:] == [
-        "2024-05-01,Longdong,team 2,2,0,2,0,0",
-        "2024-05-01,Xinsheng,team 1,2,0,2,0,0",
-        '2024-05-01,all communities,"team 1, team 2",4,0,4,0,0',
+        "2024-05-01,Longdong,team 2,2,0,2,0,0,0,0",
+        "2024-05-01,Xinsheng,team 1,2,0,2,0,0,0,0",
+        '2024-05-01,all communities,"team 1, team 2",4,0,4,0,0,0,0',
     ]
 
     bad = config.model_copy(update={"boundary_name_field": "shequ"})
