@@ -90,8 +90,13 @@ def list_cases(registry: Path, status, community, since) -> None:
 @cases.command("show")
 @REGISTRY_OPTION
 @click.argument("case_id")
-def show_case(registry: Path, case_id: str) -> None:
-    """All fields of one case, with map links."""
+@click.option(
+    "--all-history",
+    is_flag=True,
+    help="Also list the detector's own updates (detector_geometry/class/alert), one per night.",
+)
+def show_case(registry: Path, case_id: str, all_history: bool) -> None:
+    """All fields of one case, with map links and its history (people's changes; the detector's counted)."""
     frame = select_cases(registry)
     match = frame[frame["case_id"] == case_id]
     if match.empty:
@@ -109,8 +114,12 @@ def show_case(registry: Path, case_id: str) -> None:
     click.echo(f"{'evidence_file':18s} {Path(registry).parent / str(record['evidence'])}")
     click.echo(f"{'geo_uri':18s} {geo_uri}")
     click.echo(f"{'osm_url':18s} {osm_url}")
-    for entry in read_history(registry, case_id):
+    entries = read_history(registry, case_id)
+    detector = [e for e in entries if e["change"].startswith("detector_")]
+    for entry in entries:
         change = entry["change"]
+        if entry in detector and not all_history:
+            continue
         detail = (
             f"{entry['old_status'] or ''} -> {entry['new_status']}" if "status" in change else ""
         )
@@ -121,6 +130,8 @@ def show_case(registry: Path, case_id: str) -> None:
         click.echo(
             f"{'history':18s} {entry['changed_at']}  {entry['changed_by']}  {change}  {detail}".rstrip()
         )
+    if detector and not all_history:
+        click.echo(f"{'history':18s} {len(detector)} detector update(s) not listed (--all-history)")
 
 
 @cases.command("export")

@@ -139,7 +139,7 @@ def test_export_unknown_extension_and_missing_registry_exit_2(registry, tmp_path
     assert "cannot tell the format" in err and "case registry not found" in err
 
 
-def test_kml_heading_and_a_drawn_cases_evidence_only_once_drawn(scene, tmp_path):  # noqa: F811
+def test_kml_heading_and_a_drawn_cases_evidence_only_once_drawn(scene, tmp_path, capsys):  # noqa: F811
     import sqlite3
 
     import shapely
@@ -180,3 +180,21 @@ def test_kml_heading_and_a_drawn_cases_evidence_only_once_drawn(scene, tmp_path)
         "<b>LG20240501-M0001</b> · New (not reviewed)",
     ]
     assert "still standing although demolished (seen 2024-05-02)" in descriptions[0]
+
+    # its history: the operator's creation; the detector's class update counted, listed on request
+    assert main(["cases", "show", "--registry", str(registry), "LG20240501-M0001"]) == 0
+    history = [line.split()[2:4] for line in capsys_lines(capsys) if line.startswith("history")]
+    assert history == [["zhao", "created"], ["detector", "update(s)"]]
+    assert (
+        main(["cases", "show", "--registry", str(registry), "LG20240501-M0001", "--all-history"])
+        == 0
+    )
+    history = [line.split()[2:5] for line in capsys_lines(capsys) if line.startswith("history")]
+    assert history == [
+        ["zhao", "created", "new"],
+        ["buildwatch", "run-2024-05-02", "detector_class"],
+    ]
+
+
+def capsys_lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
