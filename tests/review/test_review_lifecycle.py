@@ -307,3 +307,53 @@ def test_evidence_redrawn_after_an_outline_edit_when_seen_again(scene):  # noqa:
     assert cases_by_id(registry)["LG20240501-0001"]["evidence_hash"].startswith(
         reg.geometry_hash(bigger)[:12]
     )
+
+
+def test_a_second_review_gets_its_own_time_whatever_form_the_first_was_stored_in(scene):  # noqa: F811
+    """An older registry holds ``…00Z``; GDAL writes it back as ``…00.000Z`` with a second status
+    change: the same instant, so the second review's own time is stamped, not the first kept."""
+    from detector.review.triggers import ensure_schema, trigger_sql
+
+    registry = scene[2].registry
+    run_night(scene, ["A"], date(2024, 5, 1))
+    a = "LG20240501-0001"
+    conn = sqlite3.connect(str(registry))
+    gpkg.register_gpkg_functions(conn)
+    with conn:  # as an older buildwatch stored it (its triggers stamped seconds)
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'buildwatch_%'"
+        ).fetchall():
+            conn.execute(f'DROP TRIGGER "{name}"')
+        conn.execute(
+            "UPDATE cases SET status = 'confirmed_illegal', reviewer = 'li', "
+            "reviewed_at = '2024-05-01T09:00:00Z' WHERE case_id = ?",
+            (a,),
+        )
+        conn.execute(
+            "INSERT INTO case_history (case_id, changed_at, changed_by, change, old_status, new_status) "
+            "VALUES (?, '2024-05-01T09:00:00Z', 'li', 'status', 'new', 'confirmed_illegal')",
+            (a,),
+        )
+        for statement in trigger_sql("LG"):
+            conn.execute(statement)
+    conn.close()
+    before = utc_now("milliseconds")
+    gdal_like_update(
+        registry,
+        a,
+        status="demolition_ordered",
+        reviewer="li",
+        reviewed_at="2024-05-01T09:00:00.000Z",
+        edited_by="zhang",
+    )
+    case = cases_by_id(registry)[a]
+    assert case["reviewer"] == "zhang" and case["reviewed_at"] >= before
+    # the next night rewrites what is left in the older form, history included, in the one format
+    conn = sqlite3.connect(str(registry))
+    gpkg.register_gpkg_functions(conn)
+    with conn:
+        ensure_schema(conn, "LG")
+    stamps = [r[0] for r in conn.execute("SELECT changed_at FROM case_history")]
+    conn.close()
+    assert "2024-05-01T09:00:00.000Z" in stamps
+    assert all(len(s) == 24 and s.endswith("Z") and s[19] == "." for s in stamps)
