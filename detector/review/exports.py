@@ -49,6 +49,8 @@ EXPORT_COLUMNS = (
     "height_gain_m",
     "baseline_height_m",
     "current_height_m",
+    "origin",  # detector / operator / legacy (the historical backlog)
+    "source_id",  # a legacy case's ID in the layer it was imported from
 )
 DECIMALS = {
     "area_m2": 2,

@@ -123,6 +123,16 @@ def test_legacy_import_never_new_backlog_per_community_one_demolished_and_verifi
     assert "id WJ-001 (bianhao) is already case LG20240501-L0001" in capsys.readouterr().err
     assert len(cases_by_id(registry)) == 22
 
+    # the field export carries where a case came from and its ID in the imported layer
+    export = root / "field.csv"
+    assert main(["cases", "export", "--registry", str(registry), "--out", str(export)]) == 0
+    exported = {r["case_id"]: r for r in csv.DictReader(export.open(encoding="utf-8-sig"))}
+    assert (exported["LG20240501-L0020"]["origin"], exported["LG20240501-L0020"]["source_id"]) == (
+        "legacy",
+        "WJ-020",
+    )
+    capsys.readouterr()
+
     # night 2: five legacy buildings detected (rebuilt roofs, a jittered outline): none is new
     second = night(with_communities, [0, 1, 5, 12, 19], date(2024, 5, 2))
     assert (second.opened, second.opened_ids) == (0, [])
