@@ -98,11 +98,19 @@ def read_legacy_layer(
         raise InputError(
             f"{path}: not a readable vector layer ({str(exc).splitlines()[0]}); give a GPKG, SHP or GeoJSON of outlines"
         ) from None
+    if not layers:
+        raise InputError(f"{path}: no vector layer in it; give a GPKG, SHP or GeoJSON of outlines")
     if layer is None and len(layers) > 1:
         raise InputError(f"{path}: has layers {', '.join(layers)}; choose one with --layer")
     if layer is not None and layer not in layers:
         raise InputError(f"{path}: no layer '{layer}' (--layer); it has {', '.join(layers)}")
-    frame = pyogrio.read_dataframe(path, layer=layer)
+    try:
+        frame = pyogrio.read_dataframe(path, layer=layer)
+    except Exception as exc:  # pyogrio's own errors (a broken file, an unsupported geometry)
+        raise InputError(
+            f"{path}: cannot read its outlines ({str(exc).splitlines()[0]}); export the layer "
+            "again (QGIS: Export > Save Features As)"
+        ) from None
     named = {
         "--id-field": id_field,
         "--note-field": note_field,

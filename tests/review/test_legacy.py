@@ -189,6 +189,8 @@ def test_import_refuses_bad_outlines_in_one_line_before_writing(scene, tmp_path,
     registry = scene[2].registry
     run_night(scene, ["A"], date(2024, 5, 1))
     before = sqlite3.connect(str(registry)).execute("SELECT count(*) FROM case_history").fetchone()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("building 1: north side of the road\n", encoding="utf-8")
     bowtie = shapely.Polygon(
         [(500_010, 2_500_010), (500_020, 2_500_020), (500_020, 2_500_010), (500_010, 2_500_020)]
     )
@@ -209,6 +211,7 @@ def test_import_refuses_bad_outlines_in_one_line_before_writing(scene, tmp_path,
             "no field 'code' (--id-field); its fields: bianhao, beizhu",
         ),
         (tmp_path / "missing.gpkg", [], "missing.gpkg: file not found"),
+        (notes, [], "notes.txt: not a readable vector layer"),
     ]
     for layer, options, message in cases:
         code = main(
