@@ -14,6 +14,8 @@ Steps
     Edit through QGIS's editing buffer with the layer's default style (so its default values
     apply, as in the attribute form), commit; report success and errors. ``user``: edit as that
     operator (the ``buildwatch_operator`` variable, set on the layer so nothing persists).
+``{"op": "form", "registry": p}``
+    The fields an operator can edit in the form (not read-only, not hidden).
 ``{"op": "evidence", "registry": p}``
     The GeoPackage added alone: the root path the evidence widget resolves (data-defined) and
     each case's chip path under it.
@@ -76,6 +78,23 @@ def _edit(step) -> dict:
     result["errors"] = [str(e) for e in layer.commitErrors()]
     if not result["committed"]:
         layer.rollBack()
+    del layer
+    return result
+
+
+def _form(step) -> dict:
+    """The attribute form of the cases layer as QGIS loads its default style: editable fields."""
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(f"{step['registry']}|layername=cases", "cases", "ogr")
+    config = layer.editFormConfig()
+    result = {
+        "editable": sorted(
+            field.name()
+            for index, field in enumerate(layer.fields())
+            if not config.readOnly(index) and layer.editorWidgetSetup(index).type() != "Hidden"
+        )
+    }
     del layer
     return result
 
@@ -189,7 +208,9 @@ def main() -> int:
     app = QgsApplication([], True)  # GUI on (offscreen): labels need fonts
     app.initQgis()
     for step in json.loads(sys.argv[1]):
-        result = {"edit": _edit, "project": _project, "evidence": _evidence}[step["op"]](step)
+        result = {"edit": _edit, "project": _project, "evidence": _evidence, "form": _form}[
+            step["op"]
+        ](step)
         result["qgis"] = Qgis.QGIS_VERSION
         print(json.dumps(result, default=str), flush=True)
     app.exitQgis()

@@ -337,15 +337,17 @@ def test_class_correction_survives_a_night_and_a_drawn_case_takes_the_detected_c
     drawn = (
         "POLYGON((500100 2500150,500106 2500150,500106 2500160,500100 2500160,500100 2500150))"  # C
     )
-    (edit,) = qgis(
+    form, edit = qgis(
+        {"op": "form", "registry": registry},
         {
             "op": "edit",
             "registry": registry,
             "user": "Alice Wong",
             "set": [[a, "class", "construction_site"]],
             "add": [drawn],
-        }
+        },
     )
+    assert form["editable"] == ["class", "demolition_due", "note", "status"]
     assert edit["committed"], edit["errors"]
     manual = "LG20240501-M0001"  # the night reviewed, not the machine clock; first drawn that night
     cases = cases_by_id(registry)
