@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from cases_util import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night
 from detector.clock import utc_now
 from detector.geo.crs import area_m2, lonlat_of
-from detector.review import gpkg
+from detector.review import gpkg, nightly
 from detector.review import registry as reg
 from detector.review.triggers import DELETE_REFUSED
 
@@ -357,3 +357,36 @@ def test_a_second_review_gets_its_own_time_whatever_form_the_first_was_stored_in
     conn.close()
     assert "2024-05-01T09:00:00.000Z" in stamps
     assert all(len(s) == 24 and s.endswith("Z") and s[19] == "." for s in stamps)
+
+
+def test_a_class_corrected_with_another_tool_is_the_operators_and_logged_as_unknown(scene):  # noqa: F811
+    registry = scene[2].registry
+    run_night(scene, ["A", "B"], date(2024, 5, 1))
+    a = "LG20240501-0001"
+    gdal_like_update(registry, a, **{"class": "shed"})  # no stamp: ogrinfo, a script
+    case = cases_by_id(registry)[a]
+    assert (case["class"], case["class_edited"], case["reviewer"]) == ("shed", 1, None)
+    assert [(r["changed_by"], r["change"]) for r in history(registry, a)][1:] == [
+        ("unknown", "class")
+    ]
+    second = run_night(scene, ["A", "B"], date(2024, 5, 2))
+    assert cases_by_id(registry)[a]["class"] == "shed" and second.class_changes == []
+    # B's class is still the detector's: a changed detection changes it, logged as the detector's
+    frame = candidates(["A", "B"])
+    frame.loc[1, "class"] = "construction_site"
+    third = nightly.update_cases(
+        frame,
+        scene[2],
+        run_id="run-3",
+        night=date(2024, 5, 3),
+        baseline_path=scene[0],
+        current_path=scene[1],
+        out_dir=scene[3] / "out-3",
+    )
+    b = "LG20240501-0002"
+    assert third.class_changes == [(b, "new_building", "construction_site")]
+    assert [(r["changed_by"], r["change"]) for r in history(registry, b)][-1] == (
+        "buildwatch run-3",
+        "detector_class",
+    )
+    assert cases_by_id(registry)[b]["class_edited"] == 0
