@@ -531,6 +531,13 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
             ),
         ),
     ]
+    if table and (table[-1].legacy_backlog or table[-1].legacy_cleared):
+        summary.append(
+            (
+                "Legacy backlog: not cleared / cleared (imported, before the target)",
+                f"{table[-1].legacy_backlog} / {table[-1].legacy_cleared}",
+            )
+        )
     if update is not None:
         permitted = len(update.permitted_ids)
         summary += [

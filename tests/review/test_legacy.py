@@ -183,6 +183,11 @@ def test_legacy_import_never_new_backlog_per_community_one_demolished_and_verifi
         "1",
     )
     assert rows["all communities"]["alerts"] == "0"  # L0002 covered and not seen on night 4
+    html = fourth.report_html.read_text(encoding="utf-8")
+    assert (
+        "<tr><td>Legacy backlog: not cleared / cleared (imported, before the target)</td>"
+        "<td>19 / 1</td></tr>" in html
+    )
 
 
 def test_import_refuses_bad_outlines_in_one_line_before_writing(scene, tmp_path, capsys):
