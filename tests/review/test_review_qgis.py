@@ -354,8 +354,17 @@ def test_class_correction_survives_a_night_and_a_drawn_case_takes_the_detected_c
     assert (cases[a]["class"], cases[a]["class_edited"]) == ("construction_site", 1)
     assert (cases[manual]["first_seen"], cases[manual]["origin"]) == ("2024-05-01", "operator")
     assert blank_text(cases[manual]["class"])
+    # the field export names no chip before the night draws it
+    from detector.review.exports import export_frame, select_cases
+
+    def exported_evidence():
+        frame = export_frame(select_cases(registry), registry, scene[3] / "field.csv")
+        return dict(zip(frame["case_id"], frame["evidence"]))
+
+    assert exported_evidence()[manual] == ""
 
     second = run_night(scene, ["A", "B", "C"], date(2024, 5, 2))
+    assert exported_evidence()[manual] == f"registry/evidence/{manual}.png"
     cases = cases_by_id(registry)
     assert cases[a]["class"] == "construction_site"  # the operator's class survives the night
     assert second.class_changes == []
