@@ -1,9 +1,9 @@
 """The one way to write "now": UTC, ISO 8601, ending in ``Z``.
 
-``2025-05-01T21:03:07Z`` is what the case registry's triggers stamp (``reviewed_at``, the case
-history: :data:`detector.review.triggers.UTC_NOW`) and what the model registry records;
-GeoPackage's ``last_change`` and the registry's night rows want milliseconds
-(``2025-05-01T21:03:07.123Z``, ``timespec="milliseconds"``).
+``2025-05-01T21:03:07Z`` is what the model registry records; the case registry keeps every
+timestamp with milliseconds (``2025-05-01T21:03:07.123Z``, ``timespec="milliseconds"``, the form
+GDAL writes a GeoPackage DATETIME in): its triggers (``reviewed_at``, the case history:
+:data:`detector.review.triggers.UTC_NOW`), GeoPackage's ``last_change`` and its night rows.
 """
 
 from __future__ import annotations

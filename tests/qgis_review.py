@@ -9,10 +9,13 @@ The plan is a JSON list of steps; one JSON object per step is printed (one line,
 
 Steps
 -----
-``{"op": "edit", "registry": p, "status": [[case_id, status], ...], "move": [[case_id, dx, dy], ...],
-"delete": [case_id, ...], "add": [wkt, ...]}``
+``{"op": "edit", "registry": p, "status": [[case_id, status], ...], "set": [[case_id, field, value], ...],
+"move": [[case_id, dx, dy], ...], "delete": [case_id, ...], "add": [wkt, ...], "user": name}``
     Edit through QGIS's editing buffer with the layer's default style (so its default values
-    apply, as in the attribute form), commit; report success and errors.
+    apply, as in the attribute form), commit; report success and errors. ``user``: edit as that
+    operator (the ``buildwatch_operator`` variable, set on the layer so nothing persists).
+``{"op": "form", "registry": p}``
+    The fields an operator can edit in the form (not read-only, not hidden).
 ``{"op": "evidence", "registry": p}``
     The GeoPackage added alone: the root path the evidence widget resolves (data-defined) and
     each case's chip path under it.
@@ -30,7 +33,13 @@ import sys
 
 
 def _edit(step) -> dict:
-    from qgis.core import QgsFeatureRequest, QgsGeometry, QgsVectorLayer, QgsVectorLayerUtils
+    from qgis.core import (
+        QgsExpressionContextUtils,
+        QgsFeatureRequest,
+        QgsGeometry,
+        QgsVectorLayer,
+        QgsVectorLayerUtils,
+    )
 
     layer = QgsVectorLayer(f"{step['registry']}|layername=cases", "cases", "ogr")
     fields = layer.fields()
@@ -42,8 +51,12 @@ def _edit(step) -> dict:
         )
 
     layer.startEditing()
+    if step.get("user"):  # another operator: the variable the form's user expression reads first
+        QgsExpressionContextUtils.setLayerVariable(layer, "buildwatch_operator", step["user"])
     for case_id, status in step.get("status", []):
         layer.changeAttributeValue(feature_of(case_id).id(), fields.indexOf("status"), status)
+    for case_id, name, value in step.get("set", []):
+        layer.changeAttributeValue(feature_of(case_id).id(), fields.indexOf(name), value)
     for case_id, dx, dy in step.get("move", []):
         feature = feature_of(case_id)
         geometry = feature.geometry()
@@ -65,6 +78,23 @@ def _edit(step) -> dict:
     result["errors"] = [str(e) for e in layer.commitErrors()]
     if not result["committed"]:
         layer.rollBack()
+    del layer
+    return result
+
+
+def _form(step) -> dict:
+    """The attribute form of the cases layer as QGIS loads its default style: editable fields."""
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(f"{step['registry']}|layername=cases", "cases", "ogr")
+    config = layer.editFormConfig()
+    result = {
+        "editable": sorted(
+            field.name()
+            for index, field in enumerate(layer.fields())
+            if not config.readOnly(index) and layer.editorWidgetSetup(index).type() != "Hidden"
+        )
+    }
     del layer
     return result
 
@@ -178,7 +208,9 @@ def main() -> int:
     app = QgsApplication([], True)  # GUI on (offscreen): labels need fonts
     app.initQgis()
     for step in json.loads(sys.argv[1]):
-        result = {"edit": _edit, "project": _project, "evidence": _evidence}[step["op"]](step)
+        result = {"edit": _edit, "project": _project, "evidence": _evidence, "form": _form}[
+            step["op"]
+        ](step)
         result["qgis"] = Qgis.QGIS_VERSION
         print(json.dumps(result, default=str), flush=True)
     app.exitQgis()

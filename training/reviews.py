@@ -29,7 +29,13 @@ from detector.night.align import (
     register_tile,
 )
 from detector.night.mosaic import EpochReader, make_grid, open_mosaic
-from detector.review.vocab import CASES_TABLE, NEW, REAL_STRUCTURE_STATUSES, REJECTED_STATUSES
+from detector.review.vocab import (
+    CASES_TABLE,
+    NEW,
+    ORIGIN_LEGACY,
+    REAL_STRUCTURE_STATUSES,
+    REJECTED_STATUSES,
+)
 from detector.types import CHANGE_CLASSES
 from training.datasets import (
     ChipSample,
@@ -138,6 +144,8 @@ def review_samples(
     b_info, c_info = open_mosaic(baseline, "baseline"), open_mosaic(current, "current")
     grid = make_grid(b_info, c_info, gsd_m)
     cases = cases[cases.geometry.notna()].to_crs(grid.crs_wkt)
+    if "origin" in cases.columns:  # legacy cases stood before the baseline: no change to learn
+        cases = cases[cases["origin"] != ORIGIN_LEGACY]
     reviewed = cases[cases["status"].isin(POSITIVE_STATUSES + NEGATIVE_STATUSES)]
     positives = cases[cases["status"].isin(POSITIVE_STATUSES) & cases["class"].isin(names)]
     unreviewed = cases[cases["status"] == NEW]

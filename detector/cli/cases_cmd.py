@@ -1,7 +1,7 @@
-"""``buildwatch cases list|show|export``: read the case registry for people and field teams.
+"""``buildwatch cases list|show|export|import``: the case registry for people and field teams.
 
-The exports (GeoJSON / CSV / KML for field teams) are :mod:`detector.review.exports`; these
-commands parse options and print.
+The exports (GeoJSON / CSV / KML for field teams) are :mod:`detector.review.exports`, the
+historical backlog's import :mod:`detector.review.legacy`; these commands parse options and print.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from detector.review.exports import (
     select_cases,
     write_export,
 )
+from detector.review.legacy import import_legacy, read_legacy_layer
 from detector.review.registry import read_history
 from detector.review.vocab import REVIEW_STATUSES
 
@@ -89,8 +90,13 @@ def list_cases(registry: Path, status, community, since) -> None:
 @cases.command("show")
 @REGISTRY_OPTION
 @click.argument("case_id")
-def show_case(registry: Path, case_id: str) -> None:
-    """All fields of one case, with map links."""
+@click.option(
+    "--all-history",
+    is_flag=True,
+    help="Also list the detector's own updates (detector_geometry/class/alert), one per night.",
+)
+def show_case(registry: Path, case_id: str, all_history: bool) -> None:
+    """All fields of one case, with map links and its history (people's changes; the detector's counted)."""
     frame = select_cases(registry)
     match = frame[frame["case_id"] == case_id]
     if match.empty:
@@ -108,8 +114,12 @@ def show_case(registry: Path, case_id: str) -> None:
     click.echo(f"{'evidence_file':18s} {Path(registry).parent / str(record['evidence'])}")
     click.echo(f"{'geo_uri':18s} {geo_uri}")
     click.echo(f"{'osm_url':18s} {osm_url}")
-    for entry in read_history(registry, case_id):
+    entries = read_history(registry, case_id)
+    detector = [e for e in entries if e["change"].startswith("detector_")]
+    for entry in entries:
         change = entry["change"]
+        if entry in detector and not all_history:
+            continue
         detail = (
             f"{entry['old_status'] or ''} -> {entry['new_status']}" if "status" in change else ""
         )
@@ -120,6 +130,8 @@ def show_case(registry: Path, case_id: str) -> None:
         click.echo(
             f"{'history':18s} {entry['changed_at']}  {entry['changed_by']}  {change}  {detail}".rstrip()
         )
+    if detector and not all_history:
+        click.echo(f"{'history':18s} {len(detector)} detector update(s) not listed (--all-history)")
 
 
 @cases.command("export")
@@ -146,3 +158,35 @@ def export_cases(registry: Path, status, community, since, fmt, out: Path) -> No
     frame = select_cases(registry, status, community, since)
     write_export(export_frame(frame, registry, out), out, fmt)
     click.echo(f"{len(frame)} case(s) -> {out}")
+
+
+@cases.command("import")
+@REGISTRY_OPTION
+@click.argument("layer_path", metavar="LAYER", type=click.Path(path_type=Path))
+@click.option("--layer", "layer_name", help="The layer's name, when the file has several.")
+@click.option("--id-field", help="Field with each outline's own ID (kept as source_id).")
+@click.option("--note-field", help="Field with a note for each case.")
+@click.option(
+    "--community-field", help="Field with the community (else the next night's boundaries)."
+)
+def import_cases(
+    registry: Path, layer_path: Path, layer_name, id_field, note_field, community_field
+) -> None:
+    """Register the historical backlog: outlines of buildings illegal before the zero-increment target.
+
+    Every outline becomes a ``legacy`` case (confirmed illegal; same lifecycle and demolition
+    checks as any case; never "new tonight"), counted per community in the report's legacy
+    backlog. Everything is checked before anything is written.
+    """
+    frame = read_legacy_layer(layer_path, layer_name, id_field, note_field, community_field)
+    result = import_legacy(
+        registry,
+        frame,
+        id_field=id_field,
+        note_field=note_field,
+        community_field=community_field,
+    )
+    first, last = result.case_ids[0], result.case_ids[-1]
+    click.echo(
+        f"{len(result.case_ids)} legacy case(s) {first} .. {last} (first seen {result.night}) -> {registry}"
+    )

@@ -280,15 +280,41 @@ def render_chip(
     if title:
         cv2.putText(
             canvas,
-            title[: 70 if len(panels) == 2 else 105],
+            title,
             (6, HEADER_PX - 6),
             cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
+            title_scale(title, width - 12),
             (0, 0, 0),
             1,
             cv2.LINE_AA,
         )
     return canvas
+
+
+TITLE_SCALE = 0.45  # the title's font scale when it fits
+
+
+def title_scale(title: str, width_px: int) -> float:
+    """The font scale at which ``title`` fits ``width_px`` (:data:`TITLE_SCALE` or smaller): never cut.
+
+    Parameters
+    ----------
+    title : str
+    width_px : int
+
+    Returns
+    -------
+    float
+    """
+    import cv2
+
+    scale = TITLE_SCALE
+    while scale > 0.1:  # Hershey text does not scale exactly linearly: shrink until it fits
+        (text_px, _), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        if text_px <= width_px:
+            break
+        scale = min(scale - 0.005, scale * width_px / text_px)
+    return scale
 
 
 def write_png_atomic(path: Path, image_bgr: np.ndarray) -> Path:

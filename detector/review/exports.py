@@ -49,6 +49,8 @@ EXPORT_COLUMNS = (
     "height_gain_m",
     "baseline_height_m",
     "current_height_m",
+    "origin",  # detector / operator / legacy (the historical backlog)
+    "source_id",  # a legacy case's ID in the layer it was imported from
 )
 DECIMALS = {
     "area_m2": 2,
@@ -131,7 +133,8 @@ def cell_text(value, name: str = "") -> str:
 def export_frame(frame, registry: Path, out: Path | None = None):
     """Cases in WGS84 with lon/lat and map links, for field teams.
 
-    ``evidence`` becomes the chip's path relative to the folder of ``out`` (the export file), and
+    ``evidence`` becomes the chip's path relative to the folder of ``out`` (the export file), empty
+    while the chip does not exist (a case drawn today gets its chip the next night), and
     ``evidence_file`` (absolute, not exported) is kept for the KML writer to embed the chip.
     """
     out_frame = frame.to_crs("EPSG:4326").copy()
@@ -145,6 +148,7 @@ def export_frame(frame, registry: Path, out: Path | None = None):
         (Path(registry).parent / e).resolve() if isinstance(e, str) and e else None
         for e in out_frame["evidence"]
     ]
+    files = [f if f is not None and f.is_file() else None for f in files]  # not drawn yet: none
     out_frame["evidence"] = [
         os.path.relpath(f, base).replace(os.sep, "/") if f is not None else "" for f in files
     ]
@@ -216,7 +220,10 @@ def kml_document(frame) -> str:
         uri = _chip_data_uri(record["evidence_file"])
         image = f'<img src="{uri}" width="{KML_CHIP_WIDTH}"/><br/>' if uri else ""
         link = f'<a href="{esc(record["osm_url"])}">map</a> · <a href="{esc(record["geo_uri"])}">navigate</a>'
-        description = f"{image}<b>{esc(alert)}</b><table>{rows}</table>{link}"
+        label = STATUS_STYLE.get(record["status"], (record["status"],))[0]
+        heading = f"<b>{esc(record['case_id'])}</b> · {esc(label)}"
+        alert_line = f'<br/><b style="color:#c000c0">{esc(alert)}</b>' if alert else ""
+        description = f"{heading}{alert_line}<br/>{image}<table>{rows}</table>{link}"
         data = "".join(
             f'<Data name="{name}"><value>{esc(cell_text(record[name], name))}</value></Data>'
             for name in EXPORT_COLUMNS

@@ -182,7 +182,7 @@ def write_case_evidence(
             if case.evidence_hash is None:
                 hashes[case.fid] = key
             continue
-        note = f"  (redrawn {night_label}: outline/class edited)" if edited else ""
+        note = f"  redrawn {night_label} (edited)" if edited else ""
         height = f"  {case.height_change}" if dsm is not None and case.height_change else ""
         try:
             write_evidence_chip(

@@ -11,9 +11,10 @@ applies it whenever the layer is added) holds
 * the attribute form: a drop-down value map on ``status`` (the enforcement lifecycle), a date
   picker on ``demolition_due``, the ``evidence`` field shown as an image (ExternalResource,
   document viewer = image, path relative to the GeoPackage's folder), the run-owned fields
-  read-only. ``reviewer`` / ``reviewed_at`` are set by the registry when the status changes
-  (:mod:`detector.review.triggers`); QGIS stamps ``edited_by`` with the user's name on every
-  edit;
+  read-only, ``class`` editable (a corrected class is the operator's: the run keeps it).
+  ``reviewer`` / ``reviewed_at`` are set by the registry when the status changes
+  (:mod:`detector.review.triggers`); QGIS stamps ``edited_by`` with the user's name
+  (:data:`USER_EXPRESSION`) on every edit;
 * default values so that a drawn polygon becomes a case (``case_id`` ``pending-...``, replaced
   by the registry) and so that ``area_m2``, ``lon``, ``lat`` follow every outline edit.
 
@@ -67,15 +68,15 @@ LABEL_EXPRESSION = (
     'CASE WHEN "height_change" IS NOT NULL AND "height_change" <> \'\' '
     "THEN '\\n' || \"height_change\" ELSE '' END"
 )
-EDITABLE_FIELDS = ("status", "demolition_due", "note")
-HIDDEN_FIELDS = (*INTERNAL_COLUMNS, "edited_by")
+# class: the operator's once corrected (class_edited)
+EDITABLE_FIELDS = ("status", "demolition_due", "note", "class")
+HIDDEN_FIELDS = (*INTERNAL_COLUMNS, "edited_by", "class_edited")
 READ_ONLY_FIELDS = (
     "fid",
     "case_id",
     "reviewer",
     "reviewed_at",
     "alert",
-    "class",
     "area_m2",
     "lon",
     "lat",
@@ -107,7 +108,7 @@ ALIASES = {
     "note": "Note",
     "demolition_due": "Demolition due",
     "alert": "ALERT (demolition verification)",
-    "class": "Class",
+    "class": "Class (yours once corrected)",
     "area_m2": "Area (m²)",
     "community": "Community",
     "unit": "Responsible unit",
@@ -124,7 +125,12 @@ ALIASES = {
     "current_height_m": "Height now (m above ground)",
 }
 EVIDENCE_ROOT_EXPRESSION = "file_path(layer_property(@layer, 'path'))"  # the folder of cases.gpkg
-USER_EXPRESSION = "if(length(@user_full_name) > 0, @user_full_name, @user_account_name)"
+# who is editing: the global variable buildwatch_operator (operators sharing one account set it in
+# Settings > Options > Variables), else the QGIS user; how a client stamps it: review.triggers
+USER_EXPRESSION = (
+    "coalesce(nullif(@buildwatch_operator, ''), "
+    "if(length(@user_full_name) > 0, @user_full_name, @user_account_name))"
+)
 
 
 def _value_map_widget(field: ET.Element) -> None:

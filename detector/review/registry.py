@@ -6,7 +6,8 @@ transaction it
 * matches each candidate to an existing case in map coordinates (IoU against the case's
   geometry or the geometry the run last detected, ``>= CasesConfig.match_iou``) and
   updates the run-owned fields (last_seen, times_seen, max_confidence, geometry unless an
-  operator edited it);
+  operator edited it, class unless an operator corrected it: ``class_edited``). A case drawn by
+  an operator or imported as ``legacy`` is matched like any other and never counted as opened;
 * opens a new case, with a stable ID ``{prefix}{YYYYMMDD}-{seq:04d}``, for every
   candidate that matches nothing;
 * never touches the review fields (status, demolition_due, reviewer, reviewed_at, note) and
@@ -67,9 +68,9 @@ from detector.review.vocab import (
     NEW,
     NIGHTS_TABLE,
     ORIGIN_DETECTOR,
-    ORIGIN_OPERATOR,
     PERMITTED,
     REQUIRED_CANDIDATE_COLUMNS,
+    RUN_EDITOR_PREFIX,
     SIGHTINGS_TABLE,
     SUPPRESSING_STATUSES,
     height_phrase,
@@ -140,6 +141,7 @@ class CaseRow:
     baseline_height_m: float | None = None
     current_height_m: float | None = None
     height_change: str | None = None
+    class_edited: bool = False
 
     @property
     def operator_edited(self) -> bool:
@@ -377,6 +379,7 @@ def read_cases(conn: sqlite3.Connection) -> list[CaseRow]:
                 baseline_height_m=row.get("baseline_height_m"),
                 current_height_m=row.get("current_height_m"),
                 height_change=row.get("height_change"),
+                class_edited=bool(row.get("class_edited")),
             )
         )
     return cases
@@ -643,7 +646,9 @@ def _apply_night(
             result.class_changes.append((case.case_id, case.case_class, new_class))
         # a rerun of a night finds the cases its first attempt opened: they are still tonight's new cases
         opened_tonight = (
-            case.first_seen == night_iso and case.origin != ORIGIN_OPERATOR and not suppressed
+            case.first_seen == night_iso
+            and (case.origin or ORIGIN_DETECTOR) == ORIGIN_DETECTOR
+            and not suppressed
         )
         outcome = (
             "suppressed"
@@ -735,7 +740,7 @@ def demolition_alert(
 
 def run_editor(run_id: str) -> str:
     """How a nightly run signs its writes (``edited_by``; the history's ``changed_by``)."""
-    return f"buildwatch {run_id}"
+    return f"{RUN_EDITOR_PREFIX}{run_id}"
 
 
 def _verify_demolitions(
@@ -817,7 +822,6 @@ def _run_fields(geometry, lonlat, crs, boundaries, frame, index, srs_id) -> dict
         "area_m2": round(area_m2(geometry, crs), 2),
         "lon": round(float(lon), 8),
         "lat": round(float(lat), 8),
-        "class": _candidate_value(frame, "class", index),
     }
     if boundaries is not None:
         fields["community"], fields["unit"] = boundaries.locate(geometry)
@@ -855,6 +859,8 @@ def _update_case(
         "detected_wkb": shapely.to_wkb(geometries[index], byte_order=1, output_dimension=2),
         "edited_by": run_editor(run_id),
     }
+    if not case.class_edited:  # the detector's class until an operator corrects it
+        fields["class"] = _candidate_value(frame, "class", index)
     if case.operator_edited:
         fields["geometry_edited"] = 1
         if boundaries is not None and not case.community:
@@ -881,6 +887,7 @@ def _insert_case(
     fields = _run_fields(geometries[index], lonlats[index], crs, boundaries, frame, index, srs_id)
     fields.update(
         {
+            "class": _candidate_value(frame, "class", index),
             "case_id": case_id,
             "status": NEW,
             "first_seen": night_iso,

@@ -1,11 +1,14 @@
 """The nightly report for the team leader: ``report.html`` (one self-contained file) and ``report.csv``.
 
-Per community ("zero increment" is the headline): cases new tonight, confirmed illegal,
-open backlog (:data:`~detector.review.vocab.OPEN_STATUSES`, plus any case with a demolition
-alert), the age in days of the oldest open case and the demolition alerts. The HTML adds a
+Per community ("zero increment" is the headline): cases new tonight (opened by the detector),
+confirmed illegal, open backlog (:data:`~detector.review.vocab.OPEN_STATUSES`, plus any case with
+a demolition alert), the age in days of the oldest open case, the demolition alerts, and the
+historical backlog apart: ``legacy`` cases (``buildwatch cases import``) not cleared yet and
+cleared (:data:`~detector.review.vocab.CLEARED_STATUSES`). The HTML adds a
 summary whose counts add up (new tonight + earlier cases seen tonight + earlier cases not seen
-tonight = cases in the registry, on a rerun too), what needs attention (demolition alerts, open
-cases not seen tonight, cases whose detected class changed tonight), a map of the cases over the
+tonight = cases in the registry, on a rerun too), what needs attention (one row per case:
+demolition alerts, open cases not seen tonight, cases whose detected class changed tonight), the
+demolitions ready to verify (covered tonight, not seen), a map of the cases over the
 current orthomosaic with its legend, the open backlog as a list (oldest first) and before/after
 thumbnails of tonight's new cases, all inline (base64 JPEG; no external URL). Where the cases
 carry a height change (runs with a DSM pair), the backlog and the captions say it in words
@@ -33,8 +36,16 @@ from detector.geo.grid import map_to_pixel
 from detector.review.evidence import draw_outline, read_rgb
 from detector.review.exports import CSV_ENCODING
 from detector.review.qgis import ALERT_STYLE, STATUS_STYLE
-from detector.review.registry import RegistryUpdate, read_cases_frame
-from detector.review.vocab import CONFIRMED_ILLEGAL, OPEN_STATUSES
+from detector.review.registry import RegistryUpdate, mosaic_footprint, read_cases_frame
+from detector.review.vocab import (
+    CLEARED_STATUSES,
+    CONFIRMED_ILLEGAL,
+    DEMOLISHED,
+    DEMOLITION_ORDERED,
+    OPEN_STATUSES,
+    ORIGIN_DETECTOR,
+    ORIGIN_LEGACY,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,8 @@ CSV_COLUMNS = (
     "open_backlog",
     "oldest_open_days",
     "alerts",
+    "legacy_backlog",
+    "legacy_cleared",
 )
 ATTENTION_ROWS = 50
 
@@ -64,6 +77,8 @@ class CommunityRow:
     open_backlog: int
     oldest_open_days: int | None
     alerts: int = 0
+    legacy_backlog: int = 0  # imported legacy cases not cleared yet (CLEARED_STATUSES)
+    legacy_cleared: int = 0
 
 
 def _has_alert(row) -> bool:
@@ -71,9 +86,26 @@ def _has_alert(row) -> bool:
     return isinstance(value, str) and value != ""
 
 
+def is_legacy(row) -> bool:
+    """Imported by ``buildwatch cases import``: the historical backlog, counted apart."""
+    return getattr(row, "origin", None) == ORIGIN_LEGACY
+
+
+def is_new_tonight(row, night_iso: str) -> bool:
+    """Opened by the detector this night (a drawn or imported case never is)."""
+    origin = getattr(row, "origin", None)
+    detector = not isinstance(origin, str) or origin in ("", ORIGIN_DETECTOR)
+    return row.first_seen == night_iso and detector
+
+
 def is_open(row) -> bool:
-    """Needs action: an open status, or a demolition alert (the structure is still standing)."""
-    return row.status in OPEN_STATUSES or _has_alert(row)
+    """Needs action: an open status, or a demolition alert (the structure is still standing).
+
+    A legacy case is counted in the legacy backlog instead, unless it has an alert.
+    """
+    if _has_alert(row):
+        return True
+    return row.status in OPEN_STATUSES and not is_legacy(row)
 
 
 def community_table(cases, night: date) -> list[CommunityRow]:
@@ -121,18 +153,22 @@ def _community_row(name, rows, night, night_iso) -> CommunityRow:
     return CommunityRow(
         community=name,
         unit=", ".join(units),
-        new_tonight=sum(1 for r in rows if r.first_seen == night_iso),
-        confirmed_illegal=sum(1 for r in rows if r.status == CONFIRMED_ILLEGAL),
+        new_tonight=sum(1 for r in rows if is_new_tonight(r, night_iso)),
+        confirmed_illegal=sum(
+            1 for r in rows if r.status == CONFIRMED_ILLEGAL and not is_legacy(r)
+        ),
         open_backlog=sum(1 for r in rows if is_open(r)),
         oldest_open_days=max(open_ages) if open_ages else None,
         alerts=sum(1 for r in rows if _has_alert(r)),
+        legacy_backlog=sum(1 for r in rows if is_legacy(r) and r.status not in CLEARED_STATUSES),
+        legacy_cleared=sum(1 for r in rows if is_legacy(r) and r.status in CLEARED_STATUSES),
     )
 
 
 def night_counts(cases, night: date) -> dict[str, int]:
     """Tonight's partition of the registry: the three parts add up to the number of cases.
 
-    ``new_tonight`` (first seen this night), ``seen_again`` (first seen earlier, seen this
+    ``new_tonight`` (opened by the detector this night), ``seen_again`` (first seen earlier, seen this
     night), ``not_seen`` (first seen earlier, not seen this night); computed from the registry,
     so a rerun of the same night gives the same figures.
 
@@ -148,7 +184,7 @@ def night_counts(cases, night: date) -> dict[str, int]:
     night_iso = night.isoformat()
     counts = {"new_tonight": 0, "seen_again": 0, "not_seen": 0}
     for row in cases.itertuples(index=False):
-        if row.first_seen == night_iso:
+        if is_new_tonight(row, night_iso):
             counts["new_tonight"] += 1
         elif row.last_seen == night_iso:
             counts["seen_again"] += 1
@@ -161,13 +197,22 @@ def night_counts(cases, night: date) -> dict[str, int]:
 # --------------------------------------------------------------------------- map image
 
 
-def _map_bounds(cases, crs) -> tuple[float, float, float, float]:
+def map_bounds(cases, crs, mosaic=None) -> tuple[float, float, float, float]:
+    """The map's extent: the cases with a margin (10 %, at least 30 m), cut to the mosaic's extent
+    (``mosaic``, a polygon in ``crs``) so no paper margin shows where there is no imagery; cases
+    outside the mosaic stay in the map.
+    """
     minx, miny, maxx, maxy = cases.total_bounds
     metres = min(
         unit_lengths_m(crs, (minx + maxx) / 2, (miny + maxy) / 2)
     )  # ground metres per CRS unit
     pad = max((maxx - minx) * 0.1, (maxy - miny) * 0.1, 30.0 / metres)
-    return minx - pad, miny - pad, maxx + pad, maxy + pad
+    left, bottom, right, top = minx - pad, miny - pad, maxx + pad, maxy + pad
+    if mosaic is not None and not mosaic.is_empty:
+        m_left, m_bottom, m_right, m_top = mosaic.bounds
+        left, bottom = min(max(left, m_left), minx), min(max(bottom, m_bottom), miny)
+        right, top = max(min(right, m_right), maxx), max(min(top, m_top), maxy)
+    return left, bottom, right, top
 
 
 def render_map(cases, crs, current_path: Path | None, night: date) -> np.ndarray:
@@ -178,7 +223,8 @@ def render_map(cases, crs, current_path: Path | None, night: date) -> np.ndarray
     import cv2
     from rasterio.transform import from_bounds
 
-    bounds = _map_bounds(cases, crs)
+    mosaic = mosaic_footprint(current_path, crs) if current_path is not None else None
+    bounds = map_bounds(cases, crs, mosaic)
     left, bottom, right, top = bounds
     aspect = (right - left) / max(top - bottom, 1e-12)
     east_m, north_m = unit_lengths_m(crs, (left + right) / 2, (bottom + top) / 2)
@@ -208,7 +254,7 @@ def render_map(cases, crs, current_path: Path | None, night: date) -> np.ndarray
         rows, cols = map_to_pixel(from_bounds(*bounds, width, height), [point.x], [point.y])
         col, r = int(cols[0]), int(rows[0])
         cv2.circle(background, (col, r), 4, colour, -1, cv2.LINE_AA)
-        if row.first_seen == night_iso:
+        if is_new_tonight(row, night_iso):
             new_number += 1
             for thickness, text_colour in ((3, (255, 255, 255)), (1, (0, 0, 0))):
                 cv2.putText(
@@ -305,6 +351,8 @@ def write_report(
                 row.open_backlog,
                 "" if row.oldest_open_days is None else row.oldest_open_days,
                 row.alerts,
+                row.legacy_backlog,
+                row.legacy_cleared,
             ]
         )
     atomic_write_bytes(csv_path, buffer.getvalue().encode(CSV_ENCODING))
@@ -325,9 +373,18 @@ def _text(value, default: str = "–") -> str:
 
 
 def legend_entries(cases) -> list[tuple[str, str, int]]:
-    """(label, colour hex, count) of the map's legend: the alert colour, then every status in lifecycle order."""
-    counts = cases["status"].value_counts().to_dict() if len(cases) else {}
-    alerts = sum(1 for row in cases.itertuples(index=False) if _has_alert(row)) if len(cases) else 0
+    """(label, colour hex, count) of the map's legend: the alert colour, then every status in lifecycle order.
+
+    A case is counted once, under the colour it is drawn in (an alert's magenta over its status):
+    the counts add up to the number of cases.
+    """
+    flagged = [_has_alert(row) for row in cases.itertuples(index=False)] if len(cases) else []
+    alerts = sum(flagged)
+    counts = (
+        cases["status"][[not flag for flag in flagged]].value_counts().to_dict()
+        if len(cases)
+        else {}
+    )
     entries = [(ALERT_STYLE[0], _hex(ALERT_STYLE[1]), alerts)]
     entries += [
         (label, _hex(rgb), int(counts.get(status, 0)))
@@ -375,37 +432,89 @@ def _case_table(esc, rows, night, columns=CASE_TABLE_COLUMNS):
     return parts
 
 
-def attention_rows(
-    cases, night: date, update: RegistryUpdate | None = None
-) -> list[tuple[object, str]]:
-    """What needs attention tonight: (case row, why), demolition alerts first.
+def ready_to_verify(cases, night: date, mosaic) -> list:
+    """Cases ``demolished`` or ``demolition_ordered`` that tonight's mosaic covers and does not see.
 
-    Demolition alerts; open cases not seen tonight (the structure may have been removed, or the
-    survey missed it); cases whose detected class changed tonight (e.g. a construction site that
-    became a building; from ``update``).
+    The imagery shows the ground clear: an inspector can verify the demolition (set
+    ``demolition_verified``). Oldest first. Empty without a mosaic footprint (nothing was looked at).
+
+    Parameters
+    ----------
+    cases : geopandas.GeoDataFrame
+    night : datetime.date
+    mosaic : shapely geometry or None
+        Tonight's mosaic extent in the cases' CRS (:func:`detector.review.registry.mosaic_footprint`).
+
+    Returns
+    -------
+    list
+        Case rows.
+    """
+    if mosaic is None or not len(cases):
+        return []
+    night_iso = night.isoformat()
+    rows = [
+        row
+        for row in cases.itertuples(index=False)
+        if row.status in (DEMOLISHED, DEMOLITION_ORDERED)
+        and not _has_alert(row)
+        and row.last_seen != night_iso
+        and mosaic.covers(row.geometry)
+    ]
+    return sorted(rows, key=lambda r: (-(_age_days(r, night) or 0), r.case_id))
+
+
+def attention_rows(
+    cases, night: date, update: RegistryUpdate | None = None, ready=()
+) -> list[tuple[object, str]]:
+    """What needs attention tonight: (case row, why), one row per case, demolition alerts first.
+
+    Demolition alerts; cases whose detected class changed tonight (e.g. a construction site that
+    became a building; from ``update``); open cases not seen tonight (the structure may have been
+    removed, or the survey missed it), except those listed as ready to verify (``ready``). A case
+    with several reasons is listed once with its reasons joined by "; ".
     """
     night_iso = night.isoformat()
     by_id = {row.case_id: row for row in cases.itertuples(index=False)}
-    rows = [(row, row.alert) for row in by_id.values() if _has_alert(row)]
+    ready_ids = {row.case_id for row in ready}
+    reasons: dict[str, list[str]] = {}
+    for row in by_id.values():
+        if _has_alert(row):
+            reasons.setdefault(row.case_id, []).append(row.alert)
     for case_id, old, new in update.class_changes if update is not None else []:
         if case_id in by_id:
-            rows.append((by_id[case_id], f"detected class changed tonight: {old} -> {new}"))
-    rows += [
-        (row, f"open, not seen tonight (last seen {_text(row.last_seen)})")
-        for row in by_id.values()
-        if is_open(row)
-        and not _has_alert(row)
-        and row.last_seen != night_iso
-        and row.first_seen != night_iso
-    ]
-    return rows
+            reasons.setdefault(case_id, []).append(
+                f"detected class changed tonight: {old} -> {new}"
+            )
+    for row in by_id.values():
+        if (
+            is_open(row)
+            and not _has_alert(row)
+            and row.case_id not in ready_ids
+            and row.last_seen != night_iso
+            and not is_new_tonight(row, night_iso)
+        ):
+            reasons.setdefault(row.case_id, []).append(
+                f"open, not seen tonight (last seen {_text(row.last_seen)})"
+            )
+    return [(by_id[case_id], "; ".join(why)) for case_id, why in reasons.items()]
 
 
 def _render_html(cases, table, registry, night, run_id, current_path, update) -> str:
     esc = html.escape
     night_iso = night.isoformat()
-    new_tonight = cases[cases["first_seen"] == night_iso] if len(cases) else cases
+    new_tonight = (
+        cases[[is_new_tonight(row, night_iso) for row in cases.itertuples(index=False)]]
+        if len(cases)
+        else cases
+    )
     counts = night_counts(cases, night)
+    mosaic = None
+    if current_path is not None and len(cases):
+        import pyproj
+
+        mosaic = mosaic_footprint(current_path, pyproj.CRS.from_user_input(cases.crs))
+    ready = ready_to_verify(cases, night, mosaic)
     summary = [
         ("Night", night_iso),
         ("Run", run_id or "–"),
@@ -422,6 +531,13 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
             ),
         ),
     ]
+    if table and (table[-1].legacy_backlog or table[-1].legacy_cleared):
+        summary.append(
+            (
+                "Legacy backlog: not cleared / cleared (imported, before the target)",
+                f"{table[-1].legacy_backlog} / {table[-1].legacy_cleared}",
+            )
+        )
     if update is not None:
         permitted = len(update.permitted_ids)
         summary += [
@@ -449,7 +565,8 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
         "</table>",
         "<h2>Per community (zero increment)</h2>",
         "<table><tr><th>Community</th><th>Responsible unit</th><th>New tonight</th><th>Confirmed illegal</th>"
-        "<th>Open backlog</th><th>Oldest open case (days)</th><th>Demolition alerts</th></tr>",
+        "<th>Open backlog</th><th>Oldest open case (days)</th><th>Demolition alerts</th>"
+        "<th>Legacy backlog</th><th>Legacy cleared</th></tr>",
     ]
     for row in table:
         css = " class='total'" if row.community == "all communities" else ""
@@ -459,13 +576,13 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
         parts.append(
             f"<tr{css}><td>{esc(row.community)}</td><td>{esc(row.unit)}</td><td class='{flag}'>{row.new_tonight}</td>"
             f"<td>{row.confirmed_illegal}</td><td>{row.open_backlog}</td><td>{age}</td>"
-            f"<td{alert_flag}>{row.alerts}</td></tr>"
+            f"<td{alert_flag}>{row.alerts}</td><td>{row.legacy_backlog}</td><td>{row.legacy_cleared}</td></tr>"
         )
     parts.append("</table>")
     if not table:
         parts.append("<p>No cases in the registry.</p>")
 
-    attention = attention_rows(cases, night, update) if len(cases) else []
+    attention = attention_rows(cases, night, update, ready) if len(cases) else []
     parts.append(f"<h2>Needs attention ({len(attention)})</h2>")
     if attention:
         parts += _case_table(
@@ -479,6 +596,21 @@ def _render_html(cases, table, registry, night, run_id, current_path, update) ->
         parts.append(
             "<p class='zero'>Nothing: no demolition alert, every open case seen tonight.</p>"
         )
+
+    parts.append(f"<h2>Ready to verify ({len(ready)})</h2>")
+    if ready:
+        parts.append(
+            "<p>Demolished or ordered for demolition, covered by tonight's mosaic and not seen: "
+            "the ground looks clear. Check the imagery and set <i>demolition_verified</i>.</p>"
+        )
+        parts += _case_table(
+            esc,
+            [(row, "") for row in ready],
+            night,
+            ("case", "status", "community", "last", "age"),
+        )
+    else:
+        parts.append("<p>No demolished case shows clear ground tonight.</p>")
 
     if len(cases):
         import pyproj

@@ -38,6 +38,9 @@ OPEN_STATUSES = (NEW, CONFIRMED_ILLEGAL, DEMOLITION_ORDERED, REFERRED)
 # statuses on which the structure must be gone: a sighting raises an alert (demolition verification);
 # DEMOLITION_ORDERED joins them once its ``demolition_due`` date has passed
 MUST_BE_GONE_STATUSES = (DEMOLISHED, VERIFIED)
+# statuses that take a case off the books: the structure is gone (verified), allowed, or was never
+# there; a ``legacy`` case (below) with one of them is cleared from the historical backlog
+CLEARED_STATUSES = (VERIFIED, PERMITTED, FALSE_POSITIVE)
 # statuses saying a reviewer saw a real new structure there (labelled examples for retraining)
 REAL_STRUCTURE_STATUSES = (CONFIRMED_ILLEGAL, DEMOLITION_ORDERED, REFERRED, PERMITTED)
 # statuses saying the detection was wrong (hard negatives for retraining)
@@ -46,7 +49,26 @@ REJECTED_STATUSES = (FALSE_POSITIVE,)
 # where a case came from
 ORIGIN_DETECTOR = "detector"
 ORIGIN_OPERATOR = "operator"  # drawn in QGIS by an operator: a structure the detector missed
+# imported by ``buildwatch cases import``: a building illegal before the work plan's zero-increment
+# target (the historical backlog). Where a case came from is its origin, not a status: a legacy
+# case opens as confirmed_illegal and walks the same lifecycle (demolition_ordered -> demolished
+# -> demolition_verified), it is never "new tonight", and the report counts it apart until cleared
+ORIGIN_LEGACY = "legacy"
+ORIGINS = (ORIGIN_DETECTOR, ORIGIN_OPERATOR, ORIGIN_LEGACY)
 PENDING_ID_PREFIX = "pending-"  # QGIS's default case_id for a drawn case; the registry replaces it
+OPERATOR_ID_MARK = "M"  # {prefix}{YYYYMMDD}-M{nnnn}: drawn by an operator
+LEGACY_ID_MARK = "L"  # {prefix}{YYYYMMDD}-L{nnnn}: imported legacy case
+
+# --------------------------------------------------------------------------- who made a change
+
+# the stamp a nightly run puts in ``edited_by`` ("buildwatch <run id>"); the registry's triggers
+# tell the detector's own updates from people's by it (detector.review.triggers)
+RUN_EDITOR_PREFIX = "buildwatch "
+UNKNOWN_EDITOR = "unknown"  # a change written without a stamp (ogrinfo, a script)
+# history change types (``case_history.change``, space-separated when one write made several):
+# people's edits, then the detector's own updates of a case it saw again
+PEOPLE_CHANGES = ("created", "status", "geometry", "class", "alert")
+DETECTOR_CHANGES = ("detector_geometry", "detector_class", "detector_alert")
 
 # --------------------------------------------------------------------------- the registry's tables
 
@@ -60,7 +82,8 @@ NIGHTS_TABLE = "registry_nights"
 CASES_STYLE_NAME = "buildwatch review"
 CASES_STYLE_DESCRIPTION = "categorised by review status; labels: case id and area; review form"
 
-# the fields an operator owns; a nightly run never writes them
+# the fields an operator owns; a nightly run never writes them (``class`` too, once an operator
+# corrected it: ``class_edited``, as ``geometry_edited`` for the outline)
 REVIEW_FIELDS = ("status", "demolition_due", "reviewer", "reviewed_at", "note")
 # run bookkeeping: hidden in the QGIS form, dropped when the cases are read for people
 INTERNAL_COLUMNS = ("run_geom_hash", "detected_wkb", "evidence_hash", "logged_geom")
@@ -103,6 +126,9 @@ CASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("detected_wkb", "BLOB"),
     ("evidence_hash", "TEXT"),
     ("logged_geom", "BLOB"),  # the geometry as last written to the history (see review.triggers)
+    # added by a later version: last, so a registry brought up to date has the same column order
+    ("class_edited", "BOOLEAN NOT NULL DEFAULT 0"),  # an operator set the class: the run keeps it
+    ("source_id", "TEXT"),  # a legacy case's ID in the layer it was imported from
 )
 
 # the height columns of a run's candidates layer a case carries (detector.night.height; NULL without DSMs)

@@ -159,11 +159,11 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
     cases = cases_by_id(registry)
     assert sorted(cases) == sorted(ids.values())  # exactly the expected cases, none deleted
     a, b, c = cases[ids["A"]], cases[ids["B"]], cases[ids["C"]]
-    # review fields untouched by two runs
+    # review fields untouched by two runs (the typed time stored in the one UTC format)
     assert (a["status"], a["reviewer"], a["reviewed_at"], a["note"]) == (
         "false_positive",
         "li",
-        "2024-05-01T09:00:00",
+        "2024-05-01T09:00:00.000Z",
         "shadow of a tree",
     )
     assert (c["status"], c["reviewer"], c["note"]) == ("confirmed_illegal", "wang", "no permit")
@@ -197,7 +197,7 @@ def test_three_nights_ids_stable_edits_kept_rejects_not_reopened(scene):
         assert (registry.parent / "evidence" / f"{case_id}.png").exists()
     csv_text = (root / "out-2024-05-03" / "report.csv").read_text(encoding="utf-8-sig").splitlines()
     assert (
-        csv_text[-1] == "2024-05-03,all communities,,1,1,5,2,0"
+        csv_text[-1] == "2024-05-03,all communities,,1,1,5,2,0,0,0"
     )  # new 1, confirmed 1, open 5 (not A), oldest 2 days
 
 
@@ -404,9 +404,9 @@ def test_boundaries_in_another_crs_give_community_and_unit(scene):
     assert raw.startswith(b"\xef\xbb\xbf")  # BOM: Excel in a Chinese locale reads UTF-8, not GBK
     rows = raw.decode("utf-8-sig").splitlines()
     assert rows[1:] == [
-        "2024-05-01,Longdong,team 2,2,0,2,0,0",
-        "2024-05-01,Xinsheng,team 1,2,0,2,0,0",
-        '2024-05-01,all communities,"team 1, team 2",4,0,4,0,0',
+        "2024-05-01,Longdong,team 2,2,0,2,0,0,0,0",
+        "2024-05-01,Xinsheng,team 1,2,0,2,0,0,0,0",
+        '2024-05-01,all communities,"team 1, team 2",4,0,4,0,0,0,0',
     ]
 
     bad = config.model_copy(update={"boundary_name_field": "shequ"})

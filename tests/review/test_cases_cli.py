@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from datetime import date
 
 import pyogrio
@@ -136,3 +137,64 @@ def test_export_unknown_extension_and_missing_registry_exit_2(registry, tmp_path
     assert main(["cases", "list", "--registry", str(tmp_path / "none.gpkg")]) == 2
     err = capsys.readouterr().err
     assert "cannot tell the format" in err and "case registry not found" in err
+
+
+def test_kml_heading_and_a_drawn_cases_evidence_only_once_drawn(scene, tmp_path, capsys):  # noqa: F811
+    import sqlite3
+
+    import shapely
+
+    from detector.review import gpkg
+
+    registry = scene[2].registry
+    run_night(scene, ["A", "B"], date(2024, 5, 1))
+    qgis_like_edit(registry, "LG20240501-0001", status="demolished")
+    conn = sqlite3.connect(str(registry))
+    gpkg.register_gpkg_functions(conn)
+    with conn:  # an operator draws C in QGIS the morning after night 1
+        conn.execute(
+            "INSERT INTO cases (geom, case_id, edited_by) VALUES (?, 'pending-x', 'zhao')",
+            (gpkg.encode_gpkg_geometry(shapely.box(500_100, 2_500_150, 500_106, 2_500_160), 4547),),
+        )
+    conn.close()
+    out = tmp_path / "cases.csv"
+    assert main(["cases", "export", "--registry", str(registry), "--out", str(out)]) == 0
+    rows = {r["case_id"]: r for r in csv.DictReader(out.open(encoding="utf-8-sig"))}
+    assert rows["LG20240501-M0001"]["evidence"] == ""  # no chip yet: no path to a missing file
+    assert rows["LG20240501-0001"]["evidence"].endswith("evidence/LG20240501-0001.png")
+
+    run_night(scene, ["A", "B", "C"], date(2024, 5, 2))  # draws the drawn case's chip
+    assert main(["cases", "export", "--registry", str(registry), "--out", str(out)]) == 0
+    rows = {r["case_id"]: r for r in csv.DictReader(out.open(encoding="utf-8-sig"))}
+    chip = rows["LG20240501-M0001"]["evidence"]
+    assert chip.endswith("LG20240501-M0001.png") and (out.parent / chip).is_file()
+
+    kml = tmp_path / "cases.kml"
+    assert main(["cases", "export", "--registry", str(registry), "--out", str(kml)]) == 0
+    text = kml.read_text(encoding="utf-8")
+    assert "<b></b>" not in text
+    descriptions = re.findall(r"<description><!\[CDATA\[(.*?)\]\]></description>", text, re.S)
+    assert [d.split("<br/>", 1)[0] for d in descriptions] == [
+        "<b>LG20240501-0001</b> · Demolished (to verify)",
+        "<b>LG20240501-0002</b> · New (not reviewed)",
+        "<b>LG20240501-M0001</b> · New (not reviewed)",
+    ]
+    assert "still standing although demolished (seen 2024-05-02)" in descriptions[0]
+
+    # its history: the operator's creation; the detector's class update counted, listed on request
+    assert main(["cases", "show", "--registry", str(registry), "LG20240501-M0001"]) == 0
+    history = [line.split()[2:4] for line in capsys_lines(capsys) if line.startswith("history")]
+    assert history == [["zhao", "created"], ["detector", "update(s)"]]
+    assert (
+        main(["cases", "show", "--registry", str(registry), "LG20240501-M0001", "--all-history"])
+        == 0
+    )
+    history = [line.split()[2:5] for line in capsys_lines(capsys) if line.startswith("history")]
+    assert history == [
+        ["zhao", "created", "new"],
+        ["buildwatch", "run-2024-05-02", "detector_class"],
+    ]
+
+
+def capsys_lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()

@@ -74,9 +74,10 @@ def test_report_html_is_self_contained_with_map_and_thumbnails(scene):  # noqa: 
     assert images[1].shape == (278, 516, 3)  # evidence chip: header + two 256 px panels
     assert "LG20240502-0001" in text and "New tonight (1)" in text
     assert result.report_csv.read_text(encoding="utf-8-sig").splitlines() == [
-        "night,community,unit,new_tonight,confirmed_illegal,open_backlog,oldest_open_days,alerts",
-        "2024-05-02,(outside known communities),,1,0,3,1,0",
-        "2024-05-02,all communities,,1,0,3,1,0",
+        "night,community,unit,new_tonight,confirmed_illegal,open_backlog,oldest_open_days,alerts,"
+        "legacy_backlog,legacy_cleared",
+        "2024-05-02,(outside known communities),,1,0,3,1,0,0,0",
+        "2024-05-02,all communities,,1,0,3,1,0,0,0",
     ]
 
 
@@ -89,7 +90,7 @@ def test_report_of_an_empty_night_says_zero_increment(scene):  # noqa: F811
     assert "Zero increment" in html_path.read_text()
     assert (
         csv_path.read_text(encoding="utf-8-sig").splitlines()[-1]
-        == "2024-05-03,all communities,,0,0,1,2,0"
+        == "2024-05-03,all communities,,0,0,1,2,0,0,0"
     )
 
 
@@ -151,3 +152,61 @@ def test_report_has_a_legend_the_backlog_as_a_list_and_classes_in_captions(scene
         "1. <b>LG20240504-0001</b> · new_building · – · 60 m² · conf 0.81 · "
         + caption[0].split(" · ")[-1]
     ]
+
+
+def test_report_points_legend_once_per_case_attention_once_ready_to_verify_map_on_imagery(scene):  # noqa: F811
+    from cases_util import candidates
+    from detector.review import nightly
+
+    baseline, current, config, root = scene
+    run_night(scene, ["A", "B", "C", "D"], date(2024, 5, 1))
+    a, b, c, d = (f"LG20240501-000{n}" for n in range(1, 5))
+    qgis_like_edit(config.registry, a, status="demolished")
+    qgis_like_edit(config.registry, b, status="demolished")
+    qgis_like_edit(config.registry, c, status="confirmed_illegal")
+    tonight = candidates(["A", "C", "D"])
+    tonight.loc[0, "class"] = "construction_site"  # A: still standing, and its class changed
+    result = nightly.update_cases(
+        tonight,
+        config,
+        run_id="run-2",
+        night=date(2024, 5, 2),
+        baseline_path=baseline,
+        current_path=current,
+        out_dir=root / "out-2",
+    )
+    text = result.report_html.read_text(encoding="utf-8")
+
+    # the legend counts each case once, under the colour it is drawn in: 1 alert + 3 statuses = 4
+    legend = text.split("<ul class='legend'>", 1)[1].split("</ul>", 1)[0]
+    counts = [int(n) for n in re.findall(r"\((\d+)\)</li>", legend)]
+    assert (
+        counts == [1, 1, 1, 0, 1, 0, 0, 0, 0] and sum(counts) == 4
+    )  # alert, new, confirmed, demolished
+    # A has two reasons and is listed once, with both
+    attention = text.split("<h2>Needs attention (1)</h2>", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<b>([^<]+)</b>", attention) == [a]
+    assert (
+        "still standing although demolished (seen 2024-05-02); "
+        "detected class changed tonight: new_building -&gt; construction_site" in attention
+    )
+    # B: demolished, covered tonight and not seen: ready to verify
+    ready = text.split("<h2>Ready to verify (1)</h2>", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<b>([^<]+)</b>", ready) == [b]
+    # the map stays on the imagery: no paper margin where the mosaic ends (A is 20 m from its edge)
+    (uri,) = re.findall(r"alt='map of cases' src='data:image/jpeg;base64,([^']*)'", text)
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(uri), np.uint8), cv2.IMREAD_COLOR)
+    paper = np.all(np.abs(image.astype(int) - 235) <= 6, axis=2).mean()
+    assert paper < 0.005, paper
+
+
+def test_evidence_title_is_fitted_not_cut():
+    from detector.review.evidence import CHIP_PANEL_PX, GAP_PX, TITLE_SCALE, title_scale
+
+    width = 2 * CHIP_PANEL_PX + GAP_PX - 12
+    short = "LG20240501-0001  first seen 2024-05-01"
+    assert title_scale(short, width) == TITLE_SCALE
+    long = short + "  new storey, +3.1 m  redrawn 2024-05-02 (edited)"
+    scale = title_scale(long, width)
+    assert 0.3 < scale < TITLE_SCALE
+    assert cv2.getTextSize(long, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= width

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import sqlite3
-from datetime import date, datetime, timezone
+from datetime import date
 
 import numpy as np
 import pytest
@@ -13,8 +13,9 @@ import shapely
 from rasterio.transform import from_origin
 
 from cases_util import STRUCTURES, candidates, cases_by_id, qgis_like_edit, run_night
+from detector.clock import utc_now
 from detector.geo.crs import area_m2, lonlat_of
-from detector.review import gpkg
+from detector.review import gpkg, nightly
 from detector.review import registry as reg
 from detector.review.triggers import DELETE_REFUSED
 
@@ -78,7 +79,7 @@ def test_demolition_verified_across_three_nights(scene):  # noqa: F811
     alert_rows = [
         (r["case_id"], r["changed_by"], r["old_alert"] is None, r["new_alert"] is None)
         for r in history(registry)
-        if r["change"] == "alert"
+        if r["change"] == "detector_alert"
     ]
     assert alert_rows == [
         (a, "buildwatch run-2024-05-02", True, False),
@@ -141,7 +142,7 @@ def test_status_change_credits_whoever_made_it_and_history_is_append_only(scene)
     run_night(scene, ["A", "B"], date(2024, 5, 1))
     a, b = "LG20240501-0001", "LG20240501-0002"
     gdal_like_update(registry, a, status="confirmed_illegal", edited_by="li")
-    before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = utc_now("milliseconds")
     gdal_like_update(
         registry,
         a,
@@ -216,8 +217,9 @@ def test_operator_drawn_case_gets_an_id_and_is_matched_next_night(scene):  # noq
                 (gpkg.encode_gpkg_geometry(drawn, 4547),),
             )
     conn.close()
-    today = datetime.now(timezone.utc).strftime("%Y%m%d")
-    case_id = f"LG{today}-M0002"
+    # the ID, first_seen and the date in it: the night the operator reviewed (the registry's latest),
+    # not the machine's clock; M0001: the first case drawn against that night
+    case_id = "LG20240501-M0001"
     case = cases_by_id(registry)[case_id]
     assert (case["origin"], case["status"], case["reviewer"], case["evidence"]) == (
         "operator",
@@ -225,6 +227,7 @@ def test_operator_drawn_case_gets_an_id_and_is_matched_next_night(scene):  # noq
         "zhao",
         f"evidence/{case_id}.png",
     )
+    assert case["first_seen"] == "2024-05-01" and case["class_edited"] == 0
     assert history(registry, case_id)[0]["changed_by"] == "zhao"
 
     second = run_night(scene, ["A", "C"], date(2024, 5, 2))
@@ -233,8 +236,10 @@ def test_operator_drawn_case_gets_an_id_and_is_matched_next_night(scene):  # noq
         2,
         2,
     )  # C is the drawn case, not a new one
+    assert second.opened_ids == [] and case_id in second.updated_ids
     case = cases_by_id(registry)[case_id]
     assert case["geometry"].equals(drawn)  # the operator's outline is kept
+    assert case["class"] == "new_building"  # the class of the detection that matched it
     assert case["times_seen"] == 1 and case["area_m2"] == pytest.approx(45.0)
     assert (registry.parent / case["evidence"]).exists()
 
@@ -302,3 +307,86 @@ def test_evidence_redrawn_after_an_outline_edit_when_seen_again(scene):  # noqa:
     assert cases_by_id(registry)["LG20240501-0001"]["evidence_hash"].startswith(
         reg.geometry_hash(bigger)[:12]
     )
+
+
+def test_a_second_review_gets_its_own_time_whatever_form_the_first_was_stored_in(scene):  # noqa: F811
+    """An older registry holds ``…00Z``; GDAL writes it back as ``…00.000Z`` with a second status
+    change: the same instant, so the second review's own time is stamped, not the first kept."""
+    from detector.review.triggers import ensure_schema, trigger_sql
+
+    registry = scene[2].registry
+    run_night(scene, ["A"], date(2024, 5, 1))
+    a = "LG20240501-0001"
+    conn = sqlite3.connect(str(registry))
+    gpkg.register_gpkg_functions(conn)
+    with conn:  # as an older buildwatch stored it (its triggers stamped seconds)
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'buildwatch_%'"
+        ).fetchall():
+            conn.execute(f'DROP TRIGGER "{name}"')
+        conn.execute(
+            "UPDATE cases SET status = 'confirmed_illegal', reviewer = 'li', "
+            "reviewed_at = '2024-05-01T09:00:00Z' WHERE case_id = ?",
+            (a,),
+        )
+        conn.execute(
+            "INSERT INTO case_history (case_id, changed_at, changed_by, change, old_status, new_status) "
+            "VALUES (?, '2024-05-01T09:00:00Z', 'li', 'status', 'new', 'confirmed_illegal')",
+            (a,),
+        )
+        for statement in trigger_sql("LG"):
+            conn.execute(statement)
+    conn.close()
+    before = utc_now("milliseconds")
+    gdal_like_update(
+        registry,
+        a,
+        status="demolition_ordered",
+        reviewer="li",
+        reviewed_at="2024-05-01T09:00:00.000Z",
+        edited_by="zhang",
+    )
+    case = cases_by_id(registry)[a]
+    assert case["reviewer"] == "zhang" and case["reviewed_at"] >= before
+    # the next night rewrites what is left in the older form, history included, in the one format
+    conn = sqlite3.connect(str(registry))
+    gpkg.register_gpkg_functions(conn)
+    with conn:
+        ensure_schema(conn, "LG")
+    stamps = [r[0] for r in conn.execute("SELECT changed_at FROM case_history")]
+    conn.close()
+    assert "2024-05-01T09:00:00.000Z" in stamps
+    assert all(len(s) == 24 and s.endswith("Z") and s[19] == "." for s in stamps)
+
+
+def test_a_class_corrected_with_another_tool_is_the_operators_and_logged_as_unknown(scene):  # noqa: F811
+    registry = scene[2].registry
+    run_night(scene, ["A", "B"], date(2024, 5, 1))
+    a = "LG20240501-0001"
+    gdal_like_update(registry, a, **{"class": "shed"})  # no stamp: ogrinfo, a script
+    case = cases_by_id(registry)[a]
+    assert (case["class"], case["class_edited"], case["reviewer"]) == ("shed", 1, None)
+    assert [(r["changed_by"], r["change"]) for r in history(registry, a)][1:] == [
+        ("unknown", "class")
+    ]
+    second = run_night(scene, ["A", "B"], date(2024, 5, 2))
+    assert cases_by_id(registry)[a]["class"] == "shed" and second.class_changes == []
+    # B's class is still the detector's: a changed detection changes it, logged as the detector's
+    frame = candidates(["A", "B"])
+    frame.loc[1, "class"] = "construction_site"
+    third = nightly.update_cases(
+        frame,
+        scene[2],
+        run_id="run-3",
+        night=date(2024, 5, 3),
+        baseline_path=scene[0],
+        current_path=scene[1],
+        out_dir=scene[3] / "out-3",
+    )
+    b = "LG20240501-0002"
+    assert third.class_changes == [(b, "new_building", "construction_site")]
+    assert [(r["changed_by"], r["change"]) for r in history(registry, b)][-1] == (
+        "buildwatch run-3",
+        "detector_class",
+    )
+    assert cases_by_id(registry)[b]["class_edited"] == 0

@@ -7,7 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from datetime import date, datetime, timezone
+from datetime import date
 from pathlib import Path
 
 import geopandas as gpd
@@ -15,6 +15,7 @@ import pytest
 import shapely
 
 from cases_util import STRUCTURES, SYSTEM_PYTHON, cases_by_id, run_night, system_qgis_available
+from detector.clock import utc_now
 from detector.geo.crs import area_m2, lonlat_of
 from detector.review import registry as reg
 from detector.styles import (
@@ -95,7 +96,7 @@ def test_qgis_edits_credit_history_added_case_refused_delete_and_recomputed_meas
     run_night(scene, ["A", "B", "C"], date(2024, 5, 1))
     a, b, c = "LG20240501-0001", "LG20240501-0002", "LG20240501-0003"
     drawn = "POLYGON((500140 2500040,500150 2500040,500150 2500052,500140 2500052,500140 2500040))"  # F, 10 x 12 m
-    before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = utc_now("milliseconds")
     edit, delete = qgis(
         {
             "op": "edit",
@@ -112,8 +113,7 @@ def test_qgis_edits_credit_history_added_case_refused_delete_and_recomputed_meas
 
     cases = cases_by_id(registry)
     # an operator-drawn case got a registry ID, origin and evidence path; QGIS computed its measures
-    today = datetime.now(timezone.utc).strftime("%Y%m%d")
-    drawn_id = f"LG{today}-M0004"
+    drawn_id = "LG20240501-M0001"  # against the night reviewed (the registry's latest)
     assert (cases[drawn_id]["origin"], cases[drawn_id]["status"], cases[drawn_id]["reviewer"]) == (
         "operator",
         "new",
@@ -237,3 +237,144 @@ def test_qgis_project_crs_wgs84_layer_labels_with_tiles_added_layer_kept_and_cop
     assert len(evidence["paths"]) == 4 and all(
         Path(p).is_file() for p in evidence["paths"].values()
     )
+
+
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"  # the one format (review.triggers)
+
+
+def ogr(registry, sql: str) -> subprocess.CompletedProcess:
+    """Another tool: ``ogrinfo`` running SQL on the registry (GDAL's own SQLite connection)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    proc = subprocess.run(
+        ["ogrinfo", "-q", str(registry), "-sql", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_two_users_a_second_review_an_ogrinfo_edit_and_detector_history_apart(scene):  # noqa: F811
+    import re
+
+    registry = scene[2].registry
+    run_night(scene, ["A", "B", "C"], date(2024, 5, 1))
+    a, b, c = "LG20240501-0001", "LG20240501-0002", "LG20240501-0003"
+    (first,) = qgis(
+        {
+            "op": "edit",
+            "registry": registry,
+            "status": [[a, "confirmed_illegal"]],
+            "set": [[c, "note", "gate open on Tuesdays"]],
+        }
+    )
+    assert first["committed"], first["errors"]
+    cases = cases_by_id(registry)
+    user, first_review = cases[a]["reviewer"], cases[a]["reviewed_at"]
+    assert user and user != "Alice Wong" and not user.startswith("buildwatch")
+    assert blank_text(cases[c]["edited_by"])  # a note-only edit leaves no stamp behind
+
+    # a second operator's second review of A: credited to her, at the time of her review
+    (second,) = qgis(
+        {
+            "op": "edit",
+            "registry": registry,
+            "user": "Alice Wong",
+            "status": [[a, "demolition_ordered"]],
+        }
+    )
+    assert second["committed"], second["errors"]
+    cases = cases_by_id(registry)
+    assert cases[a]["reviewer"] == "Alice Wong"
+    assert cases[a]["reviewed_at"] > first_review  # not the first review's time kept
+
+    # a status change from ogrinfo (no stamp): 'unknown', not the last QGIS user, not a run
+    ogr(registry, f"UPDATE cases SET status = 'referred' WHERE case_id = '{c}'")
+    cases = cases_by_id(registry)
+    assert (cases[c]["status"], cases[c]["reviewer"]) == ("referred", "unknown")
+
+    # the next night moves the detected outlines (0.3 m): the detector's rows stand apart
+    run_night(scene, ["A", "B", "C"], date(2024, 5, 2), jitter_m=0.3)
+    ogr(registry, f"UPDATE cases SET status = 'false_positive' WHERE case_id = '{b}'")
+    cases = cases_by_id(registry)
+    assert (cases[b]["reviewer"], cases[b]["status"]) == ("unknown", "false_positive")
+    rows = history(registry)
+    people = [row for row in rows if not row[2].startswith(("created", "detector_"))]
+    assert people == [
+        (a, user, "status", "new", "confirmed_illegal"),
+        (a, "Alice Wong", "status", "confirmed_illegal", "demolition_ordered"),
+        (c, "unknown", "status", "new", "referred"),
+        (b, "unknown", "status", "new", "false_positive"),
+    ]
+    detector = [(row[0], row[1], row[2]) for row in rows if row[2].startswith("detector_")]
+    assert detector == [
+        (case_id, "buildwatch run-2024-05-02", "detector_geometry") for case_id in (a, b, c)
+    ]
+    # one timestamp format in both columns, whoever wrote it; GDAL reads them without a warning
+    conn = sqlite3.connect(str(registry))
+    stamps = [
+        r[0] for r in conn.execute("SELECT reviewed_at FROM cases WHERE reviewed_at IS NOT NULL")
+    ]
+    stamps += [r[0] for r in conn.execute("SELECT changed_at FROM case_history")]
+    conn.close()
+    assert len(stamps) == 3 + 3 + 4 + 3 and all(re.fullmatch(TIMESTAMP, s) for s in stamps), stamps
+    read = ogr(registry, "SELECT case_id, reviewed_at FROM cases")
+    assert "Non-conformant" not in read.stderr + read.stdout
+
+
+def blank_text(value) -> bool:
+    return value is None or value != value or value == ""
+
+
+def test_class_correction_survives_a_night_and_a_drawn_case_takes_the_detected_class(scene):  # noqa: F811
+    import csv
+
+    registry = scene[2].registry
+    run_night(scene, ["A", "B"], date(2024, 5, 1))
+    a = "LG20240501-0001"
+    drawn = (
+        "POLYGON((500100 2500150,500106 2500150,500106 2500160,500100 2500160,500100 2500150))"  # C
+    )
+    form, edit = qgis(
+        {"op": "form", "registry": registry},
+        {
+            "op": "edit",
+            "registry": registry,
+            "user": "Alice Wong",
+            "set": [[a, "class", "construction_site"]],
+            "add": [drawn],
+        },
+    )
+    assert form["editable"] == ["class", "demolition_due", "note", "status"]
+    assert edit["committed"], edit["errors"]
+    manual = "LG20240501-M0001"  # the night reviewed, not the machine clock; first drawn that night
+    cases = cases_by_id(registry)
+    assert (cases[a]["class"], cases[a]["class_edited"]) == ("construction_site", 1)
+    assert (cases[manual]["first_seen"], cases[manual]["origin"]) == ("2024-05-01", "operator")
+    assert blank_text(cases[manual]["class"])
+    # the field export names no chip before the night draws it
+    from detector.review.exports import export_frame, select_cases
+
+    def exported_evidence():
+        frame = export_frame(select_cases(registry), registry, scene[3] / "field.csv")
+        return dict(zip(frame["case_id"], frame["evidence"]))
+
+    assert exported_evidence()[manual] == ""
+
+    second = run_night(scene, ["A", "B", "C"], date(2024, 5, 2))
+    assert exported_evidence()[manual] == f"registry/evidence/{manual}.png"
+    cases = cases_by_id(registry)
+    assert cases[a]["class"] == "construction_site"  # the operator's class survives the night
+    assert second.class_changes == []
+    assert cases[manual]["class"] == "new_building"  # from the detection that matched it
+    assert (second.opened, second.opened_ids) == (0, [])
+    assert sorted(second.updated_ids) == sorted([a, "LG20240501-0002", manual])
+    total = list(csv.DictReader(second.report_csv.open(encoding="utf-8-sig")))[-1]
+    assert total["new_tonight"] == "0"  # the drawn case is not tonight's new case
+    assert [row[1:3] for row in history(registry) if row[0] == a][1:] == [("Alice Wong", "class")]
+    assert [row[1:3] for row in history(registry) if row[0] == manual] == [
+        ("Alice Wong", "created"),
+        ("buildwatch run-2024-05-02", "detector_class"),
+    ]

@@ -88,3 +88,21 @@ def test_chips_with_unreviewed_cases_are_skipped(reviewed_night):
     )
     assert chips.positives == 0
     assert chips.negatives + chips.skipped_unreviewed == 1
+
+
+def test_legacy_cases_are_no_training_labels(reviewed_night):
+    """A legacy case (``buildwatch cases import``) stood before the baseline: nothing new to learn."""
+    root, registry, rejected, n_cases = reviewed_night
+    con = connect(registry)
+    legacy = [
+        r[0]
+        for r in con.execute("SELECT case_id FROM cases WHERE case_id <> ? LIMIT 2", (rejected,))
+    ]
+    con.executemany("UPDATE cases SET origin = 'legacy' WHERE case_id = ?", [(c,) for c in legacy])
+    con.commit()
+    con.close()
+    chips = review_samples(
+        registry, root / "scene" / "baseline.tif", root / "scene" / "current.tif", GSD, 256
+    )
+    assert chips.positives == n_cases - 3 and chips.negatives == 1
+    assert not {s.stem.removeprefix("review_") for _, s in chips.samples} & set(legacy)
