@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+CLASSES = {"new_building", "extension", "temporary_structure", "construction_site"}
 STATUSES = {
     "new",
     "confirmed_illegal",
@@ -51,6 +52,11 @@ def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, li
     facts["status_widget"] = status_setup.type()
     value_map = status_setup.config().get("map", [])
     facts["status_values"] = sorted(v for entry in value_map for v in entry.values())
+    class_setup = layer.editorWidgetSetup(fields.indexOf("class"))
+    facts["class_widget"] = class_setup.type()
+    facts["class_values"] = sorted(
+        v for entry in class_setup.config().get("map", []) for v in entry.values()
+    )
     evidence_setup = layer.editorWidgetSetup(fields.indexOf("evidence"))
     facts["evidence_widget"] = evidence_setup.type()
     facts["evidence_viewer"] = evidence_setup.config().get("DocumentViewer")
@@ -71,6 +77,9 @@ def check_layer(layer, expected_crs: str, expected_count: int) -> tuple[dict, li
         problems.append(
             f"status widget {facts['status_widget']} with values {facts['status_values']}"
         )
+    # the operator corrects a class by picking one of the model's classes, or "(not set)" (NULL)
+    if facts["class_widget"] != "ValueMap" or not CLASSES <= set(facts["class_values"]):
+        problems.append(f"class widget {facts['class_widget']} with values {facts['class_values']}")
     if facts["evidence_widget"] != "ExternalResource" or int(facts["evidence_viewer"] or 0) != 1:
         problems.append(
             f"evidence widget {facts['evidence_widget']} viewer {facts['evidence_viewer']} (want image viewer 1)"

@@ -248,6 +248,11 @@ def export(
     become one two-view graph, and every threshold is chosen on the validation splits of the two
     configs' datasets (the F1-best confidence), never on an evaluation set.
     """
+    if building_config is not None and building_weights is None:
+        raise click.UsageError(
+            "--building-config is the building model's training config and needs "
+            "--building-weights; give both, or drop --building-config"
+        )
     if building_weights is not None:
         _export_two_view(
             weights,
@@ -540,6 +545,19 @@ def retrain(
 
     if tiles is None and cases is None:
         raise click.UsageError("give --tiles and/or --cases (with --baseline and --current)")
+    if tiles_gsd is not None and tiles is None:
+        raise click.UsageError(
+            "--tiles-gsd is the pixel size of the --tiles folder's PNG tiles and needs --tiles; "
+            "give --tiles, or drop --tiles-gsd"
+        )
+    given = [n for n, v in (("--baseline", baseline), ("--current", current)) if v is not None]
+    if given and cases is None:
+        one = len(given) == 1
+        raise click.UsageError(
+            f"{' and '.join(given)} need{'s' if one else ''} --cases: "
+            f"{'it is the mosaic' if one else 'they are the mosaics'} of the night the cases were "
+            f"reviewed on; give --cases, or drop {given[0] if one else 'them'}"
+        )
     if not 0 < holdout_fraction < 1:
         raise click.UsageError("--holdout-fraction must be between 0 and 1")
     default = Path(__file__).parents[1] / "configs" / "train" / "pair-cpu.yaml"

@@ -40,7 +40,7 @@ from detector.review.vocab import (
     VERIFIED,
     cases_field_names,
 )
-from detector.styles import categorized_renderer, simple_labels
+from detector.styles import CLASS_STYLE, categorized_renderer, simple_labels
 from detector.styles import qml_option as _option
 
 # review status -> (label in the form and legend, RGB fill colour), in lifecycle order; one entry
@@ -133,12 +133,24 @@ USER_EXPRESSION = (
 )
 
 
-def _value_map_widget(field: ET.Element) -> None:
+# how QGIS's value map writes "no value" (NULL) as an entry's value
+QGIS_VALUE_MAP_NULL = "{2839923C-8B7D-419E-B84B-CA2FE9B80EC7}"
+
+
+def _value_map_widget(field: ET.Element, entries_: list[tuple[str, str]]) -> None:
+    """A drop-down of (label, value) entries: the status lifecycle, or the model's classes."""
     widget = ET.SubElement(field, "editWidget", {"type": "ValueMap"})
     config = ET.SubElement(ET.SubElement(widget, "config"), "Option", {"type": "Map"})
     entries = ET.SubElement(config, "Option", {"type": "List", "name": "map"})
-    for status, (label, _) in STATUS_STYLE.items():
-        _option(ET.SubElement(entries, "Option", {"type": "Map"}), label, status)
+    for label, value in entries_:
+        _option(ET.SubElement(entries, "Option", {"type": "Map"}), label, value)
+
+
+STATUS_ENTRIES = [(label, status) for status, (label, _) in STATUS_STYLE.items()]
+# a drawn case has no class until a night's detection matches it (or the operator picks one)
+CLASS_ENTRIES = [("(not set)", QGIS_VALUE_MAP_NULL)] + [
+    (label, name) for name, (label, _) in CLASS_STYLE.items()
+]
 
 
 def _image_widget(field: ET.Element) -> None:
@@ -222,7 +234,9 @@ def _form(root: ET.Element, field_names: list[str], crs=None) -> None:
     for name in field_names:
         field = ET.SubElement(configuration, "field", {"name": name, "configurationFlags": "None"})
         if name == "status":
-            _value_map_widget(field)
+            _value_map_widget(field, STATUS_ENTRIES)
+        elif name == "class":
+            _value_map_widget(field, CLASS_ENTRIES)
         elif name == "evidence":
             _image_widget(field)
         elif name == "reviewed_at":

@@ -938,3 +938,58 @@ def test_contained_path_refuses_escapes(tmp_path, monkeypatch, target, within):
         contained_path(Path(target), within and Path(within))
     assert contained_path(Path("reg/evidence/LG20260501-0001.png"), Path("reg"))
     assert contained_path(Path("reg/evidence/LG20260501-0001.png"))
+
+
+# The training commands' options that only mean something beside another option: refused in
+# one line before any work, never silently ignored.
+TRAINING_OPTION_CASES = {
+    "export_building_config_without_weights": (
+        ["export", "--weights", "W", "--out", "m.onnx", "--building-config", "b.yaml"],
+        "--building-config is the building model's training config and needs --building-weights",
+    ),
+    "retrain_tiles_gsd_without_tiles": (
+        [
+            "retrain",
+            "--models",
+            "models",
+            "--work",
+            "work",
+            "--cases",
+            "cases.gpkg",
+            "--tiles-gsd",
+            "0.5",
+        ],
+        "--tiles-gsd is the pixel size of the --tiles folder's PNG tiles and needs --tiles",
+    ),
+    "retrain_baseline_without_cases": (
+        ["retrain", "--models", "models", "--work", "work", "--tiles", "tiles", "--baseline", "B"],
+        "--baseline needs --cases: it is the mosaic of the night the cases were reviewed on",
+    ),
+    "retrain_both_mosaics_without_cases": (
+        [
+            "retrain",
+            "--models",
+            "models",
+            "--work",
+            "work",
+            "--tiles",
+            "tiles",
+            "--baseline",
+            "B",
+            "--current",
+            "C",
+        ],
+        "--baseline and --current need --cases: they are the mosaics of the night",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(TRAINING_OPTION_CASES))
+def test_training_options_that_need_another(capsys, tmp_path, pair, kind, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    b, c, _ = pair
+    argv, needle = TRAINING_OPTION_CASES[kind]
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"not read: refused before")
+    names = {"W": str(weights), "B": str(b), "C": str(c)}
+    _expect_refused(capsys, tmp_path, [names.get(a, a) for a in argv], needle)
