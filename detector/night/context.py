@@ -132,6 +132,10 @@ def check_inputs(cfg: RunConfig) -> None:
         check_regular_file(layer.path, f"exclusion layer ({layer.kind})")
     if cfg.cases.boundaries is not None:
         check_regular_file(cfg.cases.boundaries, "boundary layer (cases.boundaries)")
+    if cfg.scheduler:
+        from detector.night.distributed import check_scheduler
+
+        check_scheduler(cfg.scheduler)
 
 
 def check_model_gsd(spec: ModelSpec) -> None:

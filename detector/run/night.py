@@ -46,6 +46,7 @@ from detector.night.context import RunContext
 from detector.night.executors import GDAL_CACHE_MB, run_tiles
 from detector.night.georef import candidate_id, merge_duplicates, to_output
 from detector.night.model import ModelSpec
+from detector.night.mosaic import tiles_without_data
 from detector.night.tile import second_view_add_conf, second_view_conf
 from detector.run.prepare import prepare
 from detector.types import Candidate, Tile, TileResult
@@ -113,6 +114,7 @@ class NightRun:
     work_dir: Path
     resumed: dict[str, TileResult]  # finished by an earlier run of the same night
     todo: list[Tile]
+    skipped: list[TileResult] = None  # "nodata" from the coarse read, never opened
 
     @property
     def baseline_date(self) -> date | None:
@@ -234,11 +236,18 @@ def _open_night(
     ids = {t.tile_id for t in tiles}
     done = {k: v for k, v in done.items() if k in ids}
     todo = [t for t in tiles if t.tile_id not in done]
+    # regions where the epochs share no valid pixel, found from one coarse read of their masks:
+    # "nodata" without opening each tile (a huge, mostly empty extent)
+    empty = tiles_without_data(ctx.baseline, ctx.current, ctx.grid, todo) if todo else set()
+    skipped = [TileResult(t.tile_id, "nodata", 0.0, 0.0) for t in todo if t.tile_id in empty]
+    todo = [t for t in todo if t.tile_id not in empty]
     log.info(
-        "run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
+        "run %s: %d tiles (%d already done, %d without data in both epochs), model %s (%s), "
+        "gsd %.3f m, tile %d px, overlap %d px",
         run_id,
         len(tiles),
         len(done),
+        len(skipped),
         ctx.spec.model_name,
         ctx.spec.sha256[:12],
         ctx.grid.gsd,
@@ -278,7 +287,20 @@ def _open_night(
 
         log.info("%s", describe(ctx.dsm))
     return NightRun(
-        cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo
+        cfg,
+        ctx,
+        tiles,
+        out_dir,
+        log_path,
+        t0,
+        hashes,
+        fp,
+        started,
+        run_id,
+        work_dir,
+        done,
+        todo,
+        skipped,
     )
 
 
@@ -376,8 +398,10 @@ def _process_tiles(night: NightRun) -> list[TileResult]:
     """Step *run tiles*: the resumed results plus every tile still to do."""
     ctx = night.ctx
     try:
-        return list(night.resumed.values()) + _run_tiles(
-            ctx, night.todo, night.work_dir, night.cfg.progress
+        return (
+            list(night.resumed.values())
+            + list(night.skipped or ())
+            + _run_tiles(ctx, night.todo, night.work_dir, night.cfg.progress)
         )
     except RasterioError as exc:
         raise InputError(
@@ -562,13 +586,21 @@ def _night_move(ctx: RunContext) -> float:
 def _update_cases(
     cand, cfg: RunConfig, run_id: str, night: date | None, ctx: RunContext, out_dir: Path
 ):
+    from detector.review.gpkg import lock_wait
     from detector.review.nightly import update_cases
 
     registry = Path(cfg.cases.registry)
     # runs of several output folders may share one registry: one update at a time, so two first
     # nights cannot both create it (the second merges into the first's instead of replacing it)
-    with exclusive_lock(
-        registry.with_name(f".{registry.name}.lock"), "the case registry", wait=True
+    wait_s = cfg.cases.lock_wait_s
+    with (
+        exclusive_lock(
+            registry.with_name(f".{registry.name}.lock"),
+            "the case registry",
+            wait=True,
+            timeout_s=wait_s,
+        ),
+        lock_wait(wait_s),  # another program's SQLite write lock: the same bound
     ):
         return update_cases(
             cand,
