@@ -270,7 +270,7 @@ def footprint_bounds(transform, width: int, height: int) -> tuple[float, float, 
     every grid built from it is north-up (the reader warps any orientation onto it).
     """
     xs, ys = zip(
-        *(transform * (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height)))
+        *(transform @ (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height)))
     )
     return (min(xs), min(ys), max(xs), max(ys))
 
@@ -309,7 +309,7 @@ def source_window(src, bounds, crs):
 
     left, bottom, right, top = transform_bounds(crs, src.crs, *bounds, densify_pts=21)
     inv = ~src.transform
-    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)))
+    cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)))
     c0, r0 = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
     c1, r1 = min(src.width, math.ceil(max(cols)) + 1), min(src.height, math.ceil(max(rows)) + 1)
     return Window(c0, r0, max(0, c1 - c0), max(0, r1 - r0))

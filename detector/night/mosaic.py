@@ -311,8 +311,9 @@ def coarse_validity(info: MosaicInfo, grid: WorkingGrid) -> np.ndarray:
     """(H, W) bool on a coarse ``grid``: True where the epoch may hold a valid pixel.
 
     Conservative: a coarse pixel is valid when any source pixel under it is (the mask read
-    decimated with ``average``, any non-zero kept, then warped with ``max``), so a region it calls empty has no data. One
-    decimated read of the mask only, over the grid's part of the source (flat memory).
+    decimated with ``average``, any non-zero kept, then warped with ``max``), so a region it
+    calls empty has no data. One decimated read of the mask only (none when the source has no
+    nodata, alpha or mask), over the grid's part of the source (flat memory).
     """
     import rasterio
     from rasterio.enums import MaskFlags, Resampling
