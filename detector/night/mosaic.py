@@ -40,6 +40,7 @@ __all__ = [
     "coverage_of_baseline",
     "make_grid",
     "open_mosaic",
+    "overview_mismatch",
     "read_coarse",
     "source_gsd_m",
     "tiles_without_data",
@@ -383,6 +384,80 @@ def tiles_without_data(
         if not both[r0:r1, c0:c1].any():
             empty.add(t.tile_id)
     return empty
+
+
+#: Cell-mean difference (grey levels, 0-255) between a raster's full resolution and its own
+#: first overview above which a region is reported as damaged (see :func:`overview_mismatch`).
+OVERVIEW_MISMATCH_LEVELS = 24.0
+OVERVIEW_CELL_PX = 16  # side, in overview pixels, of the cells whose means are compared
+
+
+def overview_mismatch(
+    info: MosaicInfo, bounds: tuple[float, float, float, float], crs_wkt: str
+) -> tuple[float, float, float] | None:
+    """Whether a raster's full-resolution pixels under ``bounds`` agree with its own overview.
+
+    A block whose bytes were damaged after the overviews were built (a bit flip in storage or
+    in transit) may still decode without error, and then shows as a "change". Its overview,
+    stored elsewhere in the file, still holds the true picture: the mean of every cell of
+    :data:`OVERVIEW_CELL_PX` overview pixels is compared with the mean of the full-resolution
+    pixels under it (uint8 scale).
+
+    Returns
+    -------
+    (difference, x, y) or None
+        The largest cell difference in grey levels and the cell's centre in ``crs_wkt``, when it
+        exceeds :data:`OVERVIEW_MISMATCH_LEVELS`; None when they agree, or when the raster has
+        no overviews (nothing to compare with).
+    """
+    import rasterio
+
+    from detector.geo.raster import apply_stretch, raster_stretch
+
+    with rasterio.open(info.path) as src:
+        factors = src.overviews(1)
+        if not factors:
+            return None
+        f = int(factors[0])
+        win = source_window(src, bounds, crs_wkt)
+        cell = OVERVIEW_CELL_PX * f
+        c0, r0 = (int(win.col_off) // cell) * cell, (int(win.row_off) // cell) * cell
+        c1 = min(src.width, int(win.col_off + win.width)) // cell * cell
+        r1 = min(src.height, int(win.row_off + win.height)) // cell * cell
+        if c1 <= c0 or r1 <= r0:
+            return None
+        from rasterio.windows import Window
+
+        full = src.read(list(info.bands), window=Window(c0, r0, c1 - c0, r1 - r0))
+        transform, src_crs = src.transform, src.crs
+    with rasterio.open(info.path, overview_level=0) as ovr:
+        over = ovr.read(
+            list(info.bands), window=Window(c0 // f, r0 // f, (c1 - c0) // f, (r1 - r0) // f)
+        )
+    stretch = raster_stretch(info.path, info.bands)
+    full, over = apply_stretch(full, stretch), apply_stretch(over, stretch)
+    n, h, w = full.shape
+    rows, cols = h // cell, w // cell
+    if over.shape[1] < rows * OVERVIEW_CELL_PX or over.shape[2] < cols * OVERVIEW_CELL_PX:
+        return None
+    mean_full = full.reshape(n, rows, cell, cols, cell).astype(np.float32).mean(axis=(2, 4))
+    o = over[:, : rows * OVERVIEW_CELL_PX, : cols * OVERVIEW_CELL_PX].astype(np.float32)
+    mean_over = o.reshape(n, rows, OVERVIEW_CELL_PX, cols, OVERVIEW_CELL_PX).mean(axis=(2, 4))
+    diff = np.abs(mean_full - mean_over).max(axis=0)
+    worst = float(diff.max())
+    if worst <= OVERVIEW_MISMATCH_LEVELS:
+        return None
+    r, c = np.unravel_index(int(diff.argmax()), diff.shape)
+    x, y = transform @ (c0 + (c + 0.5) * cell, r0 + (r + 0.5) * cell)
+    if src_crs.to_wkt() != crs_wkt:
+        from pyproj import Transformer
+
+        from detector.geo.crs import as_crs
+
+        x, y = Transformer.from_crs(as_crs(src.crs), as_crs(crs_wkt), always_xy=True).transform(
+            x, y
+        )
+    return worst, float(x), float(y)
 
 
 def coverage_of_baseline(

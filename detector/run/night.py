@@ -155,6 +155,7 @@ def _run_locked(
     try:
         night = _open_night(cfg, ctx, tiles, out_dir, log_path, t0)
         results = _process_tiles(night)
+        _check_overviews(night, results)
         candidates = _finish_candidates(night, results, _merge(night, results))
         frame, dropped = _apply_exclusions(night, candidates)
         summary = _write_outputs(night, results, frame, dropped)
@@ -408,6 +409,41 @@ def _process_tiles(night: NightRun) -> list[TileResult]:
             f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
             f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt"
         ) from None
+
+
+def _check_overviews(night: NightRun, results: list[TileResult]) -> None:
+    """Step *run tiles*, after: every tile that found candidates is compared with the mosaics'
+    own overviews (:func:`detector.night.mosaic.overview_mismatch`); a block that decoded
+    without error but disagrees with its overview (a bit flip) is logged as a warning naming
+    the file, the tile and the place, so the candidates there can be judged."""
+    from detector.night.mosaic import overview_mismatch
+
+    ctx = night.ctx
+    for r in results:
+        if not r.candidates:
+            continue
+        tile = next((t for t in night.tiles if t.tile_id == r.tile_id), None)
+        if tile is None:
+            continue
+        for info, role in ((ctx.baseline, "baseline"), (ctx.current, "current")):
+            try:
+                found = overview_mismatch(info, tile.bounds, ctx.grid.crs_wkt)
+            except RasterioError:
+                found = None  # an unreadable block is reported where it is read
+            if found is not None:
+                diff, x, y = found
+                log.warning(
+                    "%s: the %s mosaic's full-resolution pixels near (%.1f, %.1f) differ from its own "
+                    "overview by %.0f grey levels (a damaged block that still decodes?); tile %s has "
+                    "%d candidate(s) there: check them, and copy or export the file again",
+                    info.path,
+                    role,
+                    x,
+                    y,
+                    diff,
+                    r.tile_id,
+                    len(r.candidates),
+                )
 
 
 def _run_tiles(

@@ -445,3 +445,46 @@ def test_mostly_empty_extent_skips_tiles_from_the_coarse_read(capsys, tmp_path):
     # the data (60 m x 60 m) touches a few cells, plus the one-coarse-pixel margin
     assert 1 <= len(read) <= 16, len(read)
     assert (tiles["status"] == "nodata").sum() >= len(tiles) - len(read)
+
+
+def test_bit_flipped_block_that_decodes_is_logged(capsys, tmp_path, oracle):
+    """A full-resolution block of tonight's mosaic damaged after its overviews were built (bytes
+    overwritten in an uncompressed block: it decodes without error) shows as a change; the run
+    still finishes, and the log names the file, the tile and the place, from the overview."""
+    rgb = textured_image(600, 600)
+    b = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:4547", PAIR_TRANSFORM)
+    c = tmp_path / "c.tif"
+    with rasterio.open(
+        c,
+        "w",
+        driver="GTiff",
+        width=600,
+        height=600,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4547",
+        transform=PAIR_TRANSFORM,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    ) as d:
+        d.write(np.moveaxis(rgb, -1, 0))
+        d.build_overviews([2, 4], rasterio.enums.Resampling.average)
+    with rasterio.open(c) as d:  # pixel-interleaved block (row 0, col 1): x 256-511, y 0-255
+        off = int(d.get_tag_item("BLOCK_OFFSET_1_0", "TIFF", bidx=1))
+    data = bytearray(c.read_bytes())
+    for row in range(100, 140):  # a 40 x 40 px red square at block pixels (100..139, 100..139)
+        start = off + (row * 256 + 100) * 3
+        data[start : start + 40 * 3] = bytes([230, 30, 30]) * 40
+    c.write_bytes(bytes(data))
+    m = make_contract_model(tmp_path / "m.onnx", gsd=0.1)  # reads full resolution, not overviews
+    code = main(_run_argv(b, c, m, tmp_path / "out"))
+    assert code == 0, capsys.readouterr().err
+    assert len(_candidates(tmp_path / "out")) == 1  # the damage is seen as a change...
+    log = (tmp_path / "out" / "buildwatch.log").read_text()
+    warned = [line for line in log.splitlines() if "differ from its own overview" in line]
+    assert len(warned) == 1, log  # ... and named
+    assert str(c) in warned[0] and "current mosaic" in warned[0]
+    # the square's centre: x 500000 + (256 + 120) * 0.1, y 2513000 - 120 * 0.1
+    x, y = (float(v) for v in warned[0].split("near (")[1].split(")")[0].split(", "))
+    assert abs(x - 500037.6) < 2.5 and abs(y - 2512988.0) < 2.5
