@@ -275,13 +275,20 @@ def footprint_bounds(transform, width: int, height: int) -> tuple[float, float, 
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def damaged_block(src, window=None) -> tuple[int, int, object] | None:
-    """The first full-resolution block of band 1 (in ``window``, default all) that GDAL cannot
-    decode: ``(block_row, block_col, block_window)``, or None when every one decodes.
+def damaged_block(
+    src, window=None, budget_s: float | None = None
+) -> tuple[int, int, object] | None:
+    """The first full-resolution block (all bands; in ``window``, default all) that GDAL cannot
+    decode: ``(block_row, block_col, block_window)``, or None when every one decodes (or the
+    search ran out of ``budget_s`` seconds).
 
     Used after a read failed, to name the block in the message; reads block by block.
     """
+    import time
+
     from rasterio.windows import Window
+
+    deadline = None if budget_s is None else time.monotonic() + budget_s
 
     bh, bw = src.block_shapes[0]
     if window is None:
@@ -298,7 +305,25 @@ def damaged_block(src, window=None) -> tuple[int, int, object] | None:
                 src.read(window=block)
             except Exception:  # noqa: BLE001 - GDAL's decode errors come as several types
                 return row, col, block
+            if deadline is not None and time.monotonic() > deadline:
+                return None
     return None
+
+
+def locate_damage(path, what: str, exc: BaseException, budget_s: float = 60.0) -> InputError | None:
+    """After a read of ``path`` failed: :func:`damaged_block_error` when a block of it does not
+    decode (searched for at most ``budget_s`` seconds), else None (the file is not the culprit,
+    or the search ran out of time)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            found = damaged_block(src, budget_s=budget_s)
+            if found is None:
+                return None
+            return damaged_block_error(path, what, src, exc, found[2])
+    except Exception:  # noqa: BLE001 - unreadable even to open: the caller's message stands
+        return None
 
 
 def source_window(src, bounds, crs):

@@ -186,10 +186,22 @@ def _prepare_inputs(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     try:
         return prepare(cfg)
     except RasterioError as exc:
-        raise InputError(
+        raise _damaged(cfg.baseline, cfg.current, exc) or InputError(
             f"reading {cfg.baseline} / {cfg.current} failed ({str(exc).splitlines()[0][:120]}); "
             "a file is truncated or corrupt"
         ) from None
+
+
+def _damaged(baseline, current, exc: BaseException) -> InputError | None:
+    """The one line naming the mosaic and its block that does not decode, when one is found."""
+    from detector.geo.raster import locate_damage
+
+    for path, what in ((baseline, "baseline mosaic"), (current, "current mosaic")):
+        if path is not None:
+            found = locate_damage(path, what, exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _make_out_dir(cfg: RunConfig) -> Path:
@@ -405,7 +417,7 @@ def _process_tiles(night: NightRun) -> list[TileResult]:
             + _run_tiles(ctx, night.todo, night.work_dir, night.cfg.progress)
         )
     except RasterioError as exc:
-        raise InputError(
+        raise _damaged(ctx.baseline.path, ctx.current.path, exc) or InputError(
             f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
             f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt"
         ) from None

@@ -187,7 +187,7 @@ def _mosaic_case(tmp_path: Path, kind: str, pair):
     if kind == "model_imgsz_100000":
         m = make_contract_model(tmp_path / "huge.onnx", extra_meta={"imgsz": "[100000, 100000]"})
         return _run_argv(b, c, m, tmp_path / "out"), [str(m), "imgsz [100000, 100000]", "re-export"]
-    if kind == "damaged_block_ingest":
+    if kind in ("damaged_block_ingest", "damaged_block_run"):
         p = tmp_path / "damaged.tif"
         with rasterio.open(
             p,
@@ -212,12 +212,28 @@ def _mosaic_case(tmp_path: Path, kind: str, pair):
         data = bytearray(p.read_bytes())
         data[off : off + size] = b"\xff" * size
         p.write_bytes(bytes(data))
-        argv = ["ingest", str(p), "--baseline", str(b), "--out", str(tmp_path / "night" / "c.tif")]
+        if kind == "damaged_block_run":  # a model at the mosaic's GSD reads full resolution
+            m = make_contract_model(tmp_path / "m01.onnx", gsd=0.1)
+            b = write_geotiff(
+                tmp_path / "b1024.tif", textured_image(1024, 1024), "EPSG:4547", PAIR_TRANSFORM
+            )
+            argv = _run_argv(b, p, m, tmp_path / "out")
+        else:
+            argv = [
+                "ingest",
+                str(p),
+                "--baseline",
+                str(b),
+                "--out",
+                str(tmp_path / "night" / "c.tif"),
+            ]
         return argv, [str(p), "block at row 1, column 1 (pixels x 256-511, y 256-511)", "again"]
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["local_cs_mosaic", "model_imgsz_100000", "damaged_block_ingest"])
+@pytest.mark.parametrize(
+    "kind", ["local_cs_mosaic", "model_imgsz_100000", "damaged_block_ingest", "damaged_block_run"]
+)
 def test_raster_and_model_content_refused(capsys, tmp_path, pair, kind):
     argv, needles = _mosaic_case(tmp_path, kind, pair)
     _expect_refused(capsys, tmp_path, argv, needles)
