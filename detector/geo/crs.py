@@ -51,7 +51,10 @@ def check_crs(crs, where: str) -> CRS:
 
     from detector.errors import InputError
 
-    fix = "assign the real CRS (gdal_edit.py -a_srs EPSG:... / QGIS: Set Layer CRS) and rerun"
+    fix = (
+        "assign the real CRS (gdal_edit.py -a_srs EPSG:..., ogr2ogr -a_srs, or QGIS: Set Layer "
+        "CRS) and rerun"
+    )
     try:
         crs = as_crs(crs)
     except (CRSError, ProjError, TypeError, ValueError) as exc:

@@ -184,6 +184,26 @@ def _mosaic_case(tmp_path: Path, kind: str, pair):
     if kind == "local_cs_mosaic":
         c = write_geotiff(tmp_path / "local.tif", rgb, LOCAL_CS, PAIR_TRANSFORM)
         return _run_argv(b, c, m, tmp_path / "out"), [str(c), "local/engineering grid"]
+    if kind in ("local_cs_boundaries", "local_cs_exclusion"):
+        import geopandas as gpd
+        from shapely.geometry import box
+
+        layer = tmp_path / "layer.gpkg"
+        gpd.GeoDataFrame(
+            {"name": ["a"], "unit": ["u"]},
+            geometry=[box(500000, 2512940, 500060, 2513000)],
+            crs=LOCAL_CS,
+        ).to_file(layer)
+        cfg = tmp_path / "night.yaml"
+        if kind == "local_cs_boundaries":
+            reg = tmp_path / "reg" / "cases.gpkg"
+            cfg.write_text(f"cases:\n  registry: {reg}\n  boundaries: {layer}\n")
+            what = "boundary layer"
+        else:
+            cfg.write_text(f"change:\n  exclusions:\n    - path: {layer}\n      kind: permitted\n")
+            what = "exclusion layer (permitted)"
+        argv = _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg))
+        return argv, [f"{layer}: {what}", "local/engineering grid", "Set Layer CRS"]
     if kind == "model_imgsz_100000":
         m = make_contract_model(tmp_path / "huge.onnx", extra_meta={"imgsz": "[100000, 100000]"})
         return _run_argv(b, c, m, tmp_path / "out"), [str(m), "imgsz [100000, 100000]", "re-export"]
@@ -232,7 +252,15 @@ def _mosaic_case(tmp_path: Path, kind: str, pair):
 
 
 @pytest.mark.parametrize(
-    "kind", ["local_cs_mosaic", "model_imgsz_100000", "damaged_block_ingest", "damaged_block_run"]
+    "kind",
+    [
+        "local_cs_mosaic",
+        "local_cs_boundaries",
+        "local_cs_exclusion",
+        "model_imgsz_100000",
+        "damaged_block_ingest",
+        "damaged_block_run",
+    ],
 )
 def test_raster_and_model_content_refused(capsys, tmp_path, pair, kind):
     argv, needles = _mosaic_case(tmp_path, kind, pair)
