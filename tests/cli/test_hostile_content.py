@@ -291,6 +291,20 @@ def test_south_up_mosaic_is_normalised_not_refused(capsys, tmp_path, oracle):
     assert abs(x - 500032.0) < 0.5 and abs(y - 2512978.0) < 0.5
 
 
+def test_south_up_mosaic_ingests_the_right_way_up(capsys, tmp_path):
+    """``ingest`` of a south-up mosaic over the baseline gives the baseline's north-up grid with
+    the very same pixels (it said "does not overlap" before)."""
+    rgb = textured_image(600, 600)
+    b = write_geotiff(tmp_path / "b.tif", rgb, "EPSG:4547", PAIR_TRANSFORM)
+    south_up = Affine(0.1, 0, 500000, 0, 0.1, 2513000 - 60)
+    c = write_geotiff(tmp_path / "c.tif", rgb[::-1].copy(), "EPSG:4547", south_up)
+    out = tmp_path / "night" / "current.tif"
+    assert main(["ingest", str(c), "--baseline", str(b), "--out", str(out)]) == 0
+    with rasterio.open(out) as d:
+        assert d.transform == PAIR_TRANSFORM
+        assert np.array_equal(d.read(), np.moveaxis(rgb, -1, 0))
+
+
 def test_huge_declared_current_is_not_allocated(capsys, tmp_path, pair):
     """A current mosaic whose header declares 400,000 x 400,000 px (sparse: one 512 px block of
     data, over the baseline) is read only over the baseline: the run finishes, where it
@@ -362,6 +376,23 @@ def test_registry_lock_wait_is_bounded_and_names_the_holder(
     waited = time.monotonic() - t0
     assert 1.5 <= waited < 1.5 + 10, (waited, line)
     assert not (tmp_path / "out").exists()
+
+
+def test_registry_write_wait_is_bounded_too(locked_registry):
+    """The registry update at the end of a night (a lock taken after the run's check) waits at
+    most ``cases.lock_wait_s`` in total too (20 x 30 s before), naming the holder."""
+    from detector.errors import OutputError
+
+    reg, holder = locked_registry
+    conn = gpkg.connect(reg)
+    t0 = time.monotonic()
+    with gpkg.lock_wait(0.5), pytest.raises(OutputError) as err:
+        with gpkg.write_transaction(conn):
+            pass
+    waited = time.monotonic() - t0
+    conn.close()
+    assert 0.5 <= waited < 3.0, waited
+    assert f"pid {holder.pid}" in str(err.value) and "within 0.5 s" in str(err.value)
 
 
 def test_sigterm_during_registry_wait_acts_within_a_second(tmp_path, pair, locked_registry):
