@@ -209,7 +209,10 @@ def write_lock_holder(path: Path | str) -> int | None:
     is locked or written. The calling process's own locks are not reported (POSIX locks).
     """
     import fcntl
+    import sys
 
+    if sys.platform != "linux":  # struct flock's layout below is Linux's
+        return None
     path = Path(path)
     probes = [(Path(str(path) + "-shm"), 120), (path, 0x40000001)]  # WAL write / RESERVED byte
     for file, offset in probes:

@@ -431,11 +431,10 @@ def _check_overviews(night: NightRun, results: list[TileResult]) -> None:
     from detector.night.mosaic import overview_mismatch
 
     ctx = night.ctx
+    tiles = {t.tile_id: t for t in night.tiles}
     for r in results:
-        if not r.candidates:
-            continue
-        tile = next((t for t in night.tiles if t.tile_id == r.tile_id), None)
-        if tile is None:
+        tile = tiles.get(r.tile_id)
+        if not r.candidates or tile is None:
             continue
         for info, role in ((ctx.baseline, "baseline"), (ctx.current, "current")):
             try:
