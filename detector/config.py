@@ -341,6 +341,13 @@ class CasesConfig(_Strict):
     boundary_name_field: str = "name"
     boundary_unit_field: str | None = "unit"
     match_iou: float = Field(0.2, ge=0, le=1)
+    lock_wait_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="longest wait, in total, for another program (QGIS) to release the "
+        "registry's write lock before the run gives up (exit 2, naming the holder)",
+    )
     evidence: bool = True
     report: bool = True
 

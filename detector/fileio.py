@@ -351,7 +351,9 @@ def check_output_folder(
 
 
 @contextmanager
-def exclusive_lock(lock_path: Path | str, what: str, *, wait: bool = False) -> Iterator[Path]:
+def exclusive_lock(
+    lock_path: Path | str, what: str, *, wait: bool = False, timeout_s: float | None = None
+) -> Iterator[Path]:
     """Hold an advisory ``flock`` on ``lock_path`` for the block (released by the OS if killed).
 
     Parameters
@@ -361,8 +363,11 @@ def exclusive_lock(lock_path: Path | str, what: str, *, wait: bool = False) -> I
     what : str
         What the lock protects, for the message.
     wait : bool
-        Block until the lock is free (for short critical sections, e.g. a registry update);
+        Wait until the lock is free (for short critical sections, e.g. a registry update);
         otherwise refuse at once with :class:`OutputError` naming the holder's PID.
+    timeout_s : float, optional
+        With ``wait``: refuse the same way once this many seconds have passed (None: no limit).
+        The wait polls, so a signal (SIGTERM) is acted on within a tenth of a second.
     """
     import fcntl
 
@@ -370,14 +375,21 @@ def exclusive_lock(lock_path: Path | str, what: str, *, wait: bool = False) -> I
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise OutputError(
-                f"{lock_path.parent}: another buildwatch process (pid {holder}) is using {what}; "
-                "wait for it to finish (or give another --out)"
-            ) from None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait and (deadline is None or time.monotonic() < deadline):
+                    time.sleep(0.1)
+                    continue
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                waited = f" for {timeout_s:g} s" if wait else ""
+                raise OutputError(
+                    f"{lock_path.parent}: another buildwatch process (pid {holder}) is using "
+                    f"{what}{waited}; wait for it to finish (or give another --out)"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield lock_path

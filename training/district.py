@@ -246,30 +246,44 @@ def _read_png_pair(
     )
 
 
-def read_labelled_tiles(
-    folder: Path, gsd_m: float, tiles_gsd: float | None = None
-) -> list[LabelledPair]:
-    """Every labelled pair of a ``tiles`` or ``levir`` folder (see the module docstring), at ``gsd_m``."""
+def labelled_sources(folder: Path, tiles_gsd: float | None = None) -> list[tuple]:
+    """The labelled pairs of a ``tiles`` or ``levir`` folder, listed and checked but not read.
+
+    Everything :func:`read_labelled_tiles` refuses for the folder's layout (missing ``B/`` or
+    ``label/`` files, PNGs without ``tiles_gsd``, no pairs at all) is refused here, so a command
+    can check its data before it creates anything on disk.
+
+    Returns
+    -------
+    list of tuple
+        ``("tif", sub)`` for a georeferenced tile folder, ``("png", name, a, b, label, format)``
+        for a PNG pair.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: labelled tiles folder not found")
-    pairs: list[LabelledPair] = []
+    found: list[tuple] = []
     if (folder / "A").is_dir():
         if tiles_gsd is None:
             raise InputError(
                 f"{folder}: LEVIR-style PNG pairs have no georeference; give their pixel size (--tiles-gsd 0.5)"
             )
+        for sub in ("B", "label"):
+            if not (folder / sub).is_dir():
+                raise InputError(
+                    f"{folder}: LEVIR layout needs A/, B/ and label/ folders; {sub}/ is missing"
+                )
         for a in sorted((folder / "A").glob("*.png")):
             b, lab = folder / "B" / a.name, folder / "label" / a.name
             if not b.exists() or not lab.exists():
                 raise InputError(
                     f"{a}: missing {b if not b.exists() else lab}; every A/ image needs B/ and label/ files"
                 )
-            pairs.append(_read_png_pair(a.stem, a, b, lab, tiles_gsd, gsd_m, "mask"))
+            found.append(("png", a.stem, a, b, lab, "mask"))
     else:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
             if (sub / "baseline.tif").exists() and (sub / "current.tif").exists():
-                pairs.append(_read_georeferenced(sub, gsd_m))
+                found.append(("tif", sub))
             elif (sub / "baseline.png").exists() and (sub / "current.png").exists():
                 if tiles_gsd is None:
                     raise InputError(
@@ -277,35 +291,40 @@ def read_labelled_tiles(
                     )
                 mask = next((sub / n for n in MASK_FILES if (sub / n).exists()), None)
                 if mask is not None:
-                    pairs.append(
-                        _read_png_pair(
-                            sub.name,
-                            sub / "baseline.png",
-                            sub / "current.png",
-                            mask,
-                            tiles_gsd,
-                            gsd_m,
-                            "mask",
-                        )
+                    found.append(
+                        ("png", sub.name, sub / "baseline.png", sub / "current.png", mask, "mask")
                     )
                 elif (sub / YOLO_FILE).exists():
-                    pairs.append(
-                        _read_png_pair(
+                    found.append(
+                        (
+                            "png",
                             sub.name,
                             sub / "baseline.png",
                             sub / "current.png",
                             sub / YOLO_FILE,
-                            tiles_gsd,
-                            gsd_m,
                             "yolo_obb",
                         )
                     )
                 else:
                     raise InputError(f"{sub}: PNG pairs need change.png or labels.txt")
-    if not pairs:
+    if not found:
         raise InputError(
             f"{folder}: no labelled pairs (tile folders with baseline/current, or A/ B/ label/)"
         )
+    return found
+
+
+def read_labelled_tiles(
+    folder: Path, gsd_m: float, tiles_gsd: float | None = None
+) -> list[LabelledPair]:
+    """Every labelled pair of a ``tiles`` or ``levir`` folder (see the module docstring), at ``gsd_m``."""
+    pairs: list[LabelledPair] = []
+    for source in labelled_sources(folder, tiles_gsd):
+        if source[0] == "tif":
+            pairs.append(_read_georeferenced(source[1], gsd_m))
+        else:
+            _, name, a, b, label, fmt = source
+            pairs.append(_read_png_pair(name, a, b, label, tiles_gsd, gsd_m, fmt))
     assign_groups(pairs)
     return pairs
 

@@ -463,11 +463,11 @@ class RetrainResult:
 def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
     """Run the whole retraining (module docstring); returns what was registered and promoted."""
     from detector.night.model import load_model_spec
+    from training.district import labelled_sources
     from training.train import train_model
 
     t0 = time.time()
     opts.work = Path(opts.work)
-    opts.work.mkdir(parents=True, exist_ok=True)
     for path, what in (
         (opts.tiles, "labelled tiles folder"),
         (opts.cases, "case registry"),
@@ -476,6 +476,9 @@ def retrain(opts: RetrainOptions, cfg: TrainConfig) -> RetrainResult:
     ):
         if path is not None and not Path(path).exists():
             raise InputError(f"{path}: {what} not found")
+    if opts.tiles is not None:  # the layout, before anything is created (no empty dataset tree)
+        labelled_sources(opts.tiles, opts.tiles_gsd)
+    opts.work.mkdir(parents=True, exist_ok=True)
     # this module's messages go to <work>/retrain.log
     handler = log_to(logging.FileHandler(opts.work / "retrain.log"), logging.INFO, (__name__,))
     try:

@@ -22,7 +22,14 @@ from detector.flight.baseline import open_baseline
 from detector.geo.crs import source_gsd_m
 from detector.geo.grid import warp_onto
 from detector.geo.location import as_location
-from detector.geo.raster import apply_stretch, estimate_stretch, open_raster, write_cog
+from detector.geo.raster import (
+    apply_stretch,
+    damaged_block_error,
+    estimate_stretch,
+    open_raster,
+    source_window,
+    write_cog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +123,9 @@ def ingest(
         Missing/unreadable file, no CRS, too few bands, no overlap, too little coverage.
     """
     import rasterio
+    from rasterio.errors import RasterioIOError
     from rasterio.warp import transform_bounds
+    from rasterio.windows import bounds as window_bounds
 
     from detector.fileio import check_output_folder, clean_stale_temps, made_folder
 
@@ -143,7 +152,7 @@ def ingest(
         base_gsd = source_gsd_m(
             base.grid.crs, base.grid.transform, base.grid.width, base.grid.height
         )
-        in_base = transform_bounds(src.crs, base.grid.crs, *src.bounds, densify_pts=21)
+        in_base = transform_bounds(src.crs, base.grid.crs, *info.bounds, densify_pts=21)
         grid = base.grid.sub_grid(in_base)
         if grid is None:
             raise InputError(
@@ -189,8 +198,17 @@ def ingest(
                     if dsm:
                         dst.units = ("metre",)
                     for _, window in dst.block_windows(1):
-                        data = vrt.read(bands[:1] if dsm else bands, window=window)
-                        mask = vrt.read_masks(1, window=window)
+                        try:
+                            data = vrt.read(bands[:1] if dsm else bands, window=window)
+                            mask = vrt.read_masks(1, window=window)
+                        except RasterioIOError as exc:  # a block that does not decode
+                            raise damaged_block_error(
+                                mosaic,
+                                "DSM" if dsm else "mosaic",
+                                src,
+                                exc,
+                                source_window(src, window_bounds(window, grid.transform), grid.crs),
+                            ) from None
                         valid_px += int(np.count_nonzero(mask))
                         if dsm:  # heights in metres; nodata where the source has none
                             heights = data.astype(np.float32) * np.float32(scale)

@@ -25,6 +25,57 @@ _GEOD = Geod(ellps="WGS84")
 _METRE_NAMES = ("metre", "meter", "m")
 
 
+def check_crs(crs, where: str) -> CRS:
+    """The one CRS rule for inputs: ``crs`` must place its coordinates on the Earth.
+
+    A geographic or projected CRS (any unit, any datum PROJ knows) is accepted; a local /
+    engineering CRS (``LOCAL_CS``: a site grid with no datum) or one PROJ cannot transform to
+    WGS84 is refused, because no ground metre, no UTM zone and no lon/lat can be derived from it.
+
+    Parameters
+    ----------
+    crs : str, pyproj.CRS or rasterio CRS
+    where : str
+        How the message names its owner, e.g. ``"/data/c.tif: current mosaic"``.
+
+    Returns
+    -------
+    pyproj.CRS
+
+    Raises
+    ------
+    InputError
+        One line: the owner, what is wrong and what to do.
+    """
+    from pyproj.exceptions import CRSError, ProjError
+
+    from detector.errors import InputError
+
+    fix = (
+        "assign the real CRS (gdal_edit.py -a_srs EPSG:..., ogr2ogr -a_srs, or QGIS: Set Layer "
+        "CRS) and rerun"
+    )
+    try:
+        crs = as_crs(crs)
+    except (CRSError, ProjError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"{where}: PROJ cannot read its CRS ({str(exc).splitlines()[0][:100]}); {fix}"
+        ) from None
+    if crs.is_engineering or not (crs.is_geographic or crs.is_projected):
+        raise InputError(
+            f"{where}: its CRS '{crs.name}' is a local/engineering grid ({crs.type_name}) with no "
+            f"place on the Earth, so no ground metre or lon/lat can be derived; {fix}"
+        )
+    try:
+        Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    except (CRSError, ProjError) as exc:
+        raise InputError(
+            f"{where}: its CRS '{crs.name}' cannot be transformed to WGS84 "
+            f"({str(exc).splitlines()[0][:100]}); {fix}"
+        ) from None
+    return crs
+
+
 def as_crs(crs) -> CRS:
     """A :class:`pyproj.CRS` from a WKT string, ``"EPSG:…"``, rasterio or pyproj CRS."""
     if isinstance(crs, CRS):

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import InputError
+from detector.geo.crs import check_crs
 from detector.geo.location import as_location, is_remote
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -170,6 +172,7 @@ def open_raster(
             t = src.transform
             if t.is_identity:
                 raise InputError(f"{path}: {what} has no georeferencing (identity geotransform)")
+            check_crs(src.crs, f"{path}: {what}")
             if src.crs.is_geographic:
                 left, bottom, right, top = src.bounds
                 if not (
@@ -225,7 +228,7 @@ def open_raster(
             info = MosaicInfo(
                 path=path,
                 crs_wkt=src.crs.to_wkt(),
-                bounds=tuple(src.bounds),
+                bounds=footprint_bounds(t, src.width, src.height),
                 width=src.width,
                 height=src.height,
                 count=src.count,
@@ -256,6 +259,105 @@ def open_raster(
             f"{path}: {what} is unreadable or truncated ({type(exc).__name__}: {str(exc)[:160]})"
         ) from None
     return info
+
+
+def footprint_bounds(transform, width: int, height: int) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a raster's four corners, whatever its orientation.
+
+    rasterio's ``bounds`` are the geotransform's origin and far corner as they come, so a
+    south-up grid (positive pixel height) gets ``bottom > top`` and a mirrored or rotated one
+    worse; this is the footprint in its CRS, always ``left < right`` and ``bottom < top``, so
+    every grid built from it is north-up (the reader warps any orientation onto it).
+    """
+    xs, ys = zip(
+        *(transform @ (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height)))
+    )
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def damaged_block(
+    src, window=None, budget_s: float | None = None
+) -> tuple[int, int, object] | None:
+    """The first full-resolution block (all bands; in ``window``, default all) that GDAL cannot
+    decode: ``(block_row, block_col, block_window)``, or None when every one decodes (or the
+    search ran out of ``budget_s`` seconds).
+
+    Used after a read failed, to name the block in the message; reads block by block.
+    """
+    import time
+
+    from rasterio.windows import Window
+
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+
+    bh, bw = src.block_shapes[0]
+    if window is None:
+        window = Window(0, 0, src.width, src.height)
+    c0, r0 = max(0, int(window.col_off)) // bw, max(0, int(window.row_off)) // bh
+    c1 = min(src.width, int(math.ceil(window.col_off + window.width)))
+    r1 = min(src.height, int(math.ceil(window.row_off + window.height)))
+    for row in range(r0, (max(r1, 1) - 1) // bh + 1):
+        for col in range(c0, (max(c1, 1) - 1) // bw + 1):
+            block = Window(
+                col * bw, row * bh, min(bw, src.width - col * bw), min(bh, src.height - row * bh)
+            )
+            try:
+                src.read(window=block)
+            except Exception:  # noqa: BLE001 - GDAL's decode errors come as several types
+                return row, col, block
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+    return None
+
+
+def locate_damage(path, what: str, exc: BaseException, budget_s: float = 60.0) -> InputError | None:
+    """After a read of ``path`` failed: :func:`damaged_block_error` when a block of it does not
+    decode (searched for at most ``budget_s`` seconds), else None (the file is not the culprit,
+    or the search ran out of time)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            found = damaged_block(src, budget_s=budget_s)
+            if found is None:
+                return None
+            return damaged_block_error(path, what, src, exc, found[2])
+    except Exception:  # noqa: BLE001 - unreadable even to open: the caller's message stands
+        return None
+
+
+def source_window(src, bounds, crs):
+    """The window of open dataset ``src`` covering map ``bounds`` (left, bottom, right, top in
+    ``crs``), whatever the source's orientation, one pixel wider on each side."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window
+
+    left, bottom, right, top = transform_bounds(crs, src.crs, *bounds, densify_pts=21)
+    inv = ~src.transform
+    cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)))
+    c0, r0 = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
+    c1, r1 = min(src.width, math.ceil(max(cols)) + 1), min(src.height, math.ceil(max(rows)) + 1)
+    return Window(c0, r0, max(0, c1 - c0), max(0, r1 - r0))
+
+
+def damaged_block_error(path, what: str, src, exc: BaseException, window=None) -> InputError:
+    """The one message for a raster that failed to decode mid-read: the file, the block when
+    :func:`damaged_block` finds it (else GDAL's first line), and what to do."""
+    found = damaged_block(src, window)
+    if found is not None:
+        row, col, b = found
+        where = (
+            f"its block at row {row}, column {col} (pixels x {int(b.col_off)}-"
+            f"{int(b.col_off + b.width) - 1}, y {int(b.row_off)}-{int(b.row_off + b.height) - 1}) "
+            "cannot be decoded"
+        )
+    else:
+        msg = str(exc).splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        where = f"a block cannot be decoded ({msg})"
+    return InputError(
+        f"{path}: {what} is damaged: {where}; export or copy the file again "
+        "(gdalinfo -checksum finds every damaged block)"
+    )
 
 
 def vertical_unit(src) -> str:

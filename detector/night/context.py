@@ -132,6 +132,10 @@ def check_inputs(cfg: RunConfig) -> None:
         check_regular_file(layer.path, f"exclusion layer ({layer.kind})")
     if cfg.cases.boundaries is not None:
         check_regular_file(cfg.cases.boundaries, "boundary layer (cases.boundaries)")
+    if cfg.scheduler:
+        from detector.night.distributed import check_scheduler
+
+        check_scheduler(cfg.scheduler)
 
 
 def check_model_gsd(spec: ModelSpec) -> None:
@@ -198,10 +202,12 @@ def resolve_model(cfg: RunConfig) -> tuple[Path | None, str]:
 
 def check_exclusions(cfg: RunConfig, current_date: date | None) -> None:
     """Fail before any tile is processed when an exclusion layer is unusable."""
+    from detector.geo.crs import check_crs
     from detector.night.change import exclusion_layer_info
 
     for layer in cfg.change.exclusions:
         info = exclusion_layer_info(layer)
+        check_crs(info["crs"], f"{layer.path}: exclusion layer ({layer.kind})")
         dated = layer.kind == "permitted" and any(
             f and f in list(info["fields"]) for f in (layer.valid_from_field, layer.valid_to_field)
         )

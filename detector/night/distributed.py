@@ -33,22 +33,62 @@ STALL_S = 1800  # no batch finished for this long: the cluster has no usable wor
 TASK_RETRIES = 2  # a batch that raises (e.g. a worker's disk hiccup) is tried again this often
 
 
-def connect(scheduler: str):
-    """A :class:`distributed.Client` for ``scheduler``; one :class:`ConfigError` line if impossible."""
+def check_scheduler(scheduler: str) -> None:
+    """``scheduler`` is a Dask address (``tcp://host:port``, ``tls://...``, ``host:port``) and Dask
+    is installed; checked before any work, without connecting. One :class:`ConfigError` line."""
     try:
-        from distributed import Client
+        from distributed.comm.addressing import parse_address, parse_host_port
     except ImportError:
         raise ConfigError(
             f"scheduler {scheduler} is set but Dask is not installed; "
             "pip install 'buildwatch[dask]' (or remove --scheduler)"
         ) from None
     try:
-        return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        scheme, location = parse_address(scheduler.strip())
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            host, port = parse_host_port(location)
+            if not host or any(ch.isspace() for ch in host) or not 0 < int(port) < 65536:
+                raise ValueError(f"bad host or port in {location!r}")
+        elif scheme not in ("inproc", "ucx"):
+            raise ValueError(f"unknown protocol {scheme!r}")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"--scheduler {scheduler!r} is not a Dask scheduler address ({' '.join(str(exc).split())[:100]}); "
+            "give tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786), or leave it out to run locally"
+        ) from None
+
+
+def connect(scheduler: str):
+    """A :class:`distributed.Client` for ``scheduler``; one :class:`ConfigError` line if impossible.
+
+    A client whose constructor failed is disarmed: its ``__del__`` would otherwise try to close
+    a connection that never opened, wait 60 s and print an "Exception ignored" traceback.
+    """
+    check_scheduler(scheduler)
+    from distributed import Client
+
+    client = Client.__new__(Client)
+    try:
+        client.__init__(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        return client
     except (OSError, TimeoutError, ValueError) as exc:
+        _disarm(client)
         raise ConfigError(
             f"{scheduler}: cannot reach the Dask scheduler ({' '.join(str(exc).split())[:160]}); "
             "start it ('dask scheduler') or fix --scheduler"
         ) from None
+    except BaseException:
+        _disarm(client)
+        raise
+
+
+def _disarm(client) -> None:
+    """Stop a half-made client's event loop thread and make its ``__del__`` a no-op."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        client._loop_runner.stop()
+    client._Client__loop = None  # Client.__del__: "the loop never got assigned: nothing to do"
 
 
 def run_batches(

@@ -65,6 +65,9 @@ BUILDWATCH_KEYS = (
     "buildwatch_metrics",
 )
 REQUIRED_KEYS = ("task", "channels", "imgsz", "names", "buildwatch_gsd_m")
+#: Largest tile side a model may declare: a tile pair is held several times over in memory
+#: (uint8 and float32, both epochs), so 8192 px already needs about 2.4 GiB per worker.
+MAX_IMGSZ = 8192
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,12 @@ def parse_metadata(
         )
     if not gsd > 0:
         raise ModelError(f"{path}: buildwatch_gsd_m must be > 0, got {gsd}")
+    if not all(32 <= side <= MAX_IMGSZ for side in imgsz):
+        gib = imgsz[0] * imgsz[1] * channels * 4 / 2**30  # one float32 input tensor
+        raise ModelError(
+            f"{path}: model metadata imgsz {list(imgsz)} is outside 32..{MAX_IMGSZ} px (one input "
+            f"tile alone would take {gib:.1f} GiB); re-export the model with a usual imgsz (e.g. 1024)"
+        )
     return ModelSpec(
         path=Path(path),
         sha256=sha256,

@@ -19,7 +19,14 @@ import numpy as np
 
 from detector.geo.crs import source_gsd_m as _raster_gsd_m
 from detector.geo.grid import WorkingGrid, clip_window, inner_slices, make_grid, warp_onto
-from detector.geo.raster import STRETCH_HIGH, STRETCH_LOW, MosaicInfo, estimate_stretch, open_raster
+from detector.geo.raster import (
+    STRETCH_HIGH,
+    STRETCH_LOW,
+    MosaicInfo,
+    estimate_stretch,
+    open_raster,
+    source_window,
+)
 
 CV_RESAMPLE_MAX_FACTOR = (
     1.5  # source pixels per working pixel up to which OpenCV resamples a tile (see EpochReader)
@@ -33,8 +40,10 @@ __all__ = [
     "coverage_of_baseline",
     "make_grid",
     "open_mosaic",
+    "overview_mismatch",
     "read_coarse",
     "source_gsd_m",
+    "tiles_without_data",
 ]
 
 COVERAGE_MAX_SIDE = 512  # longest side (pixels) of the coarse read that measures coverage
@@ -246,11 +255,21 @@ def read_coarse(
     from detector.geo.raster import apply_stretch
 
     with rasterio.open(info.path) as src:
+        # only the part of the source under the grid: a mosaic whose header declares far more
+        # than the baseline (400,000 px on a side) is not read, nor allocated, beyond it
+        win = source_window(src, grid_bounds(grid), grid.crs_wkt)
+        if win.width < 1 or win.height < 1:
+            return (
+                np.zeros((grid.height, grid.width, 3), np.uint8),
+                np.zeros((grid.height, grid.width), bool),
+            )
         factor = max(1.0, grid.gsd / max(source_gsd_m(info), 1e-12))
-        h, w = max(1, round(src.height / factor)), max(1, round(src.width / factor))
-        data = src.read(list(info.bands), out_shape=(3, h, w), resampling=Resampling.average)
-        mask = src.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest)
-        transform = src.transform @ Affine.scale(src.width / w, src.height / h)
+        h, w = max(1, round(win.height / factor)), max(1, round(win.width / factor))
+        data = src.read(
+            list(info.bands), window=win, out_shape=(3, h, w), resampling=Resampling.average
+        )
+        mask = src.dataset_mask(window=win, out_shape=(h, w), resampling=Resampling.nearest)
+        transform = src.window_transform(win) @ Affine.scale(win.width / w, win.height / h)
         crs = src.crs
     rgb = np.zeros((3, grid.height, grid.width), dtype=data.dtype)
     valid = np.zeros((grid.height, grid.width), dtype=np.uint8)
@@ -265,6 +284,16 @@ def read_coarse(
     return out, ok
 
 
+def grid_bounds(grid: WorkingGrid) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a working grid in its CRS."""
+    return (
+        grid.left,
+        grid.top - grid.height * grid.gsd,
+        grid.left + grid.width * grid.gsd,
+        grid.top,
+    )
+
+
 def coarse_grid(grid: WorkingGrid, max_side: int) -> tuple[WorkingGrid, float]:
     """``grid`` decimated to at most ``max_side`` pixels on its longer side, and the factor used."""
     from dataclasses import replace
@@ -277,6 +306,158 @@ def coarse_grid(grid: WorkingGrid, max_side: int) -> tuple[WorkingGrid, float]:
         height=max(1, int(grid.height / factor)),
     )
     return coarse, factor
+
+
+def coarse_validity(info: MosaicInfo, grid: WorkingGrid) -> np.ndarray:
+    """(H, W) bool on a coarse ``grid``: True where the epoch may hold a valid pixel.
+
+    Conservative: a coarse pixel is valid when any source pixel under it is (the mask read
+    decimated with ``average``, any non-zero kept, then warped with ``max``), so a region it
+    calls empty has no data. One decimated read of the mask only (none when the source has no
+    nodata, alpha or mask), over the grid's part of the source (flat memory).
+    """
+    import rasterio
+    from rasterio.enums import MaskFlags, Resampling
+    from rasterio.transform import Affine
+    from rasterio.warp import reproject
+
+    out = np.zeros((grid.height, grid.width), dtype=np.uint8)
+    with rasterio.open(info.path) as src:
+        win = source_window(src, grid_bounds(grid), grid.crs_wkt)
+        if win.width < 1 or win.height < 1:
+            return out > 0
+        factor = max(1.0, grid.gsd / max(source_gsd_m(info), 1e-12))
+        h, w = max(1, round(win.height / factor)), max(1, round(win.width / factor))
+        if all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums):
+            mask = np.ones((h, w), np.uint8)  # no nodata, alpha or mask: valid wherever it covers
+        else:
+            mask = src.dataset_mask(window=win, out_shape=(h, w), resampling=Resampling.average)
+        transform = src.window_transform(win) @ Affine.scale(win.width / w, win.height / h)
+        crs = src.crs
+    reproject(
+        (mask > 0).astype(np.uint8),
+        out,
+        src_transform=transform,
+        src_crs=crs,
+        dst_transform=grid.transform,
+        dst_crs=grid.crs_wkt,
+        resampling=Resampling.max,
+        src_nodata=None,
+        dst_nodata=None,
+    )
+    return out > 0
+
+
+def tiles_without_data(
+    baseline: MosaicInfo, current: MosaicInfo, grid: WorkingGrid, tiles: list, max_side: int = 4096
+) -> set[str]:
+    """IDs of the ``tiles`` where the two epochs have no valid pixel in common, judged from one
+    coarse read of each epoch's mask (:func:`coarse_validity`) instead of reading every tile.
+
+    A baseline whose extent is 100,000 px on a side but holds imagery in one corner makes
+    thousands of tiles that would each be opened, read and found empty ("nodata"); these are
+    known empty from the coarse read. The coarse grid has about four pixels per tile side (at
+    most ``max_side`` on its longer side) and its valid area is widened by one pixel, so a tile
+    touching data is always read.
+    """
+    import cv2
+
+    if not tiles:
+        return set()
+    t0 = tiles[0]
+    tile_side = (t0.bounds[2] - t0.bounds[0]) / grid.gsd
+    coarse, factor = coarse_grid(
+        grid, min(max_side, max(64, int(4 * max(grid.width, grid.height) / tile_side)))
+    )
+    both = coarse_validity(baseline, coarse) & coarse_validity(current, coarse)
+    both = cv2.dilate(both.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    empty = set()
+    for t in tiles:
+        c0 = math.floor((t.bounds[0] - coarse.left) / coarse.gsd)
+        c1 = math.ceil((t.bounds[2] - coarse.left) / coarse.gsd)
+        r0 = math.floor((coarse.top - t.bounds[3]) / coarse.gsd)
+        r1 = math.ceil((coarse.top - t.bounds[1]) / coarse.gsd)
+        c0, r0 = max(0, c0), max(0, r0)
+        c1, r1 = min(coarse.width, c1), min(coarse.height, r1)
+        if c1 <= c0 or r1 <= r0:  # past the coarse grid's edge (its last partial pixel): read it
+            continue
+        if not both[r0:r1, c0:c1].any():
+            empty.add(t.tile_id)
+    return empty
+
+
+#: Cell-mean difference (grey levels, 0-255) between a raster's full resolution and its own
+#: first overview above which a region is reported as damaged (see :func:`overview_mismatch`).
+OVERVIEW_MISMATCH_LEVELS = 24.0
+OVERVIEW_CELL_PX = 16  # side, in overview pixels, of the cells whose means are compared
+
+
+def overview_mismatch(
+    info: MosaicInfo, bounds: tuple[float, float, float, float], crs_wkt: str
+) -> tuple[float, float, float] | None:
+    """Whether a raster's full-resolution pixels under ``bounds`` agree with its own overview.
+
+    A block whose bytes were damaged after the overviews were built (a bit flip in storage or
+    in transit) may still decode without error, and then shows as a "change". Its overview,
+    stored elsewhere in the file, still holds the true picture: the mean of every cell of
+    :data:`OVERVIEW_CELL_PX` overview pixels is compared with the mean of the full-resolution
+    pixels under it (uint8 scale).
+
+    Returns
+    -------
+    (difference, x, y) or None
+        The largest cell difference in grey levels and the cell's centre in ``crs_wkt``, when it
+        exceeds :data:`OVERVIEW_MISMATCH_LEVELS`; None when they agree, or when the raster has
+        no overviews (nothing to compare with).
+    """
+    import rasterio
+
+    from detector.geo.raster import apply_stretch, raster_stretch
+
+    with rasterio.open(info.path) as src:
+        factors = src.overviews(1)
+        if not factors:
+            return None
+        f = int(factors[0])
+        win = source_window(src, bounds, crs_wkt)
+        cell = OVERVIEW_CELL_PX * f
+        c0, r0 = (int(win.col_off) // cell) * cell, (int(win.row_off) // cell) * cell
+        c1 = min(src.width, int(win.col_off + win.width)) // cell * cell
+        r1 = min(src.height, int(win.row_off + win.height)) // cell * cell
+        if c1 <= c0 or r1 <= r0:
+            return None
+        from rasterio.windows import Window
+
+        full = src.read(list(info.bands), window=Window(c0, r0, c1 - c0, r1 - r0))
+        transform, src_crs = src.transform, src.crs
+    with rasterio.open(info.path, overview_level=0) as ovr:
+        over = ovr.read(
+            list(info.bands), window=Window(c0 // f, r0 // f, (c1 - c0) // f, (r1 - r0) // f)
+        )
+    stretch = raster_stretch(info.path, info.bands)
+    full, over = apply_stretch(full, stretch), apply_stretch(over, stretch)
+    n, h, w = full.shape
+    rows, cols = h // cell, w // cell
+    if over.shape[1] < rows * OVERVIEW_CELL_PX or over.shape[2] < cols * OVERVIEW_CELL_PX:
+        return None
+    mean_full = full.reshape(n, rows, cell, cols, cell).astype(np.float32).mean(axis=(2, 4))
+    o = over[:, : rows * OVERVIEW_CELL_PX, : cols * OVERVIEW_CELL_PX].astype(np.float32)
+    mean_over = o.reshape(n, rows, OVERVIEW_CELL_PX, cols, OVERVIEW_CELL_PX).mean(axis=(2, 4))
+    diff = np.abs(mean_full - mean_over).max(axis=0)
+    worst = float(diff.max())
+    if worst <= OVERVIEW_MISMATCH_LEVELS:
+        return None
+    r, c = np.unravel_index(int(diff.argmax()), diff.shape)
+    x, y = transform @ (c0 + (c + 0.5) * cell, r0 + (r + 0.5) * cell)
+    if src_crs.to_wkt() != crs_wkt:
+        from pyproj import Transformer
+
+        from detector.geo.crs import as_crs
+
+        x, y = Transformer.from_crs(as_crs(src.crs), as_crs(crs_wkt), always_xy=True).transform(
+            x, y
+        )
+    return worst, float(x), float(y)
 
 
 def coverage_of_baseline(

@@ -9,6 +9,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from detector.errors import InputError
+from detector.geo.crs import check_crs
 
 
 @dataclass
@@ -82,6 +83,7 @@ def load_boundaries(path: Path, name_field: str, unit_field: str | None, crs) ->
         ) from None
     if frame.crs is None:
         raise InputError(f"{path}: boundary layer has no CRS; save it with a CRS (e.g. EPSG:4547)")
+    check_crs(frame.crs, f"{path}: boundary layer")
     for wanted, setting in (
         (name_field, "boundary_name_field"),
         (unit_field, "boundary_unit_field"),

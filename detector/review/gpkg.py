@@ -28,6 +28,11 @@ GPKG_USER_VERSION = 10200  # GeoPackage 1.2 (QGIS 3.22 warns about 1.4)
 
 _LOCK_RETRIES = 20
 _BUSY_TIMEOUT_S = 30.0
+#: Longest total wait for another program's write lock (:func:`write_transaction`); the run
+#: sets it from ``cases.lock_wait_s`` with :func:`lock_wait`.
+DEFAULT_LOCK_WAIT_S = 120.0
+_lock_wait_s = DEFAULT_LOCK_WAIT_S
+_POLL_S = 0.1  # one slice of a lock wait: signals (SIGTERM) are acted on between slices
 
 
 # --------------------------------------------------------------------------- geometry blobs
@@ -185,6 +190,77 @@ def connect(path: Path | str, read_only: bool = False) -> sqlite3.Connection:
     return conn
 
 
+@contextlib.contextmanager
+def lock_wait(seconds: float) -> Iterator[None]:
+    """Bound every wait for another program's write lock to ``seconds`` in total, for the block."""
+    global _lock_wait_s
+    old, _lock_wait_s = _lock_wait_s, float(seconds)
+    try:
+        yield
+    finally:
+        _lock_wait_s = old
+
+
+def write_lock_holder(path: Path | str) -> int | None:
+    """PID of another process holding SQLite's write lock on the database ``path``, or None.
+
+    Asks the kernel (``F_GETLK``) about the byte SQLite locks for a writer: the WAL write lock
+    (byte 120 of ``-shm``) in WAL mode, the RESERVED byte of the database file otherwise. Nothing
+    is locked or written. The calling process's own locks are not reported (POSIX locks).
+    """
+    import fcntl
+    import sys
+
+    if sys.platform != "linux":  # struct flock's layout below is Linux's
+        return None
+    path = Path(path)
+    probes = [(Path(str(path) + "-shm"), 120), (path, 0x40000001)]  # WAL write / RESERVED byte
+    for file, offset in probes:
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+            l_type, _, _, _, pid = struct.unpack("hhqqi4x", answer)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if l_type != fcntl.F_UNLCK and pid > 0:
+            return pid
+    return None
+
+
+def describe_holder(pid: int | None) -> str:
+    """``"pid 123 (qgis)"`` for a lock holder, ``"another program"`` when unknown."""
+    if pid is None:
+        return "another program"
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        name = ""
+    return f"pid {pid}" + (f" ({name})" if name else "")
+
+
+def locked_error(path: Path | str, waited_s: float):
+    """The one line for a registry another program keeps locked past the limit."""
+    from detector.errors import OutputError
+
+    holder = describe_holder(write_lock_holder(path))
+    return OutputError(
+        f"{path}: {holder} holds a write lock on it and did not release it within "
+        f"{waited_s:g} s (cases.lock_wait_s); end that program's edit session (QGIS: save or "
+        "stop editing) and rerun"
+    )
+
+
+def _db_path(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return row[2] if row is not None else "?"
+
+
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -204,14 +280,23 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     sqlite3.Connection
         The same connection, inside the transaction.
     """
-    for attempt in range(_LOCK_RETRIES):
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            break
-        except sqlite3.OperationalError as exc:
-            if not _is_lock_error(exc) or attempt == _LOCK_RETRIES - 1:
-                raise
-            time.sleep(min(0.05 * 2**attempt, 2.0))
+    deadline = time.monotonic() + _lock_wait_s
+    busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    # short busy slices: SQLite waits inside C, where no Python signal handler runs
+    conn.execute(f"PRAGMA busy_timeout = {int(_POLL_S * 1000)}")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise locked_error(_db_path(conn), _lock_wait_s) from None
+                time.sleep(_POLL_S)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
     try:
         yield conn
     except BaseException:

@@ -46,6 +46,7 @@ from detector.night.context import RunContext
 from detector.night.executors import GDAL_CACHE_MB, run_tiles
 from detector.night.georef import candidate_id, merge_duplicates, to_output
 from detector.night.model import ModelSpec
+from detector.night.mosaic import tiles_without_data
 from detector.night.tile import second_view_add_conf, second_view_conf
 from detector.run.prepare import prepare
 from detector.types import Candidate, Tile, TileResult
@@ -113,6 +114,7 @@ class NightRun:
     work_dir: Path
     resumed: dict[str, TileResult]  # finished by an earlier run of the same night
     todo: list[Tile]
+    skipped: list[TileResult] = None  # "nodata" from the coarse read, never opened
 
     @property
     def baseline_date(self) -> date | None:
@@ -153,6 +155,7 @@ def _run_locked(
     try:
         night = _open_night(cfg, ctx, tiles, out_dir, log_path, t0)
         results = _process_tiles(night)
+        _check_overviews(night, results)
         candidates = _finish_candidates(night, results, _merge(night, results))
         frame, dropped = _apply_exclusions(night, candidates)
         summary = _write_outputs(night, results, frame, dropped)
@@ -183,10 +186,22 @@ def _prepare_inputs(cfg: RunConfig) -> tuple[RunContext, list[Tile]]:
     try:
         return prepare(cfg)
     except RasterioError as exc:
-        raise InputError(
+        raise _damaged(cfg.baseline, cfg.current, exc) or InputError(
             f"reading {cfg.baseline} / {cfg.current} failed ({str(exc).splitlines()[0][:120]}); "
             "a file is truncated or corrupt"
         ) from None
+
+
+def _damaged(baseline, current, exc: BaseException) -> InputError | None:
+    """The one line naming the mosaic and its block that does not decode, when one is found."""
+    from detector.geo.raster import locate_damage
+
+    for path, what in ((baseline, "baseline mosaic"), (current, "current mosaic")):
+        if path is not None:
+            found = locate_damage(path, what, exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _make_out_dir(cfg: RunConfig) -> Path:
@@ -234,11 +249,18 @@ def _open_night(
     ids = {t.tile_id for t in tiles}
     done = {k: v for k, v in done.items() if k in ids}
     todo = [t for t in tiles if t.tile_id not in done]
+    # regions where the epochs share no valid pixel, found from one coarse read of their masks:
+    # "nodata" without opening each tile (a huge, mostly empty extent)
+    empty = tiles_without_data(ctx.baseline, ctx.current, ctx.grid, todo) if todo else set()
+    skipped = [TileResult(t.tile_id, "nodata", 0.0, 0.0) for t in todo if t.tile_id in empty]
+    todo = [t for t in todo if t.tile_id not in empty]
     log.info(
-        "run %s: %d tiles (%d already done), model %s (%s), gsd %.3f m, tile %d px, overlap %d px",
+        "run %s: %d tiles (%d already done, %d without data in both epochs), model %s (%s), "
+        "gsd %.3f m, tile %d px, overlap %d px",
         run_id,
         len(tiles),
         len(done),
+        len(skipped),
         ctx.spec.model_name,
         ctx.spec.sha256[:12],
         ctx.grid.gsd,
@@ -278,7 +300,20 @@ def _open_night(
 
         log.info("%s", describe(ctx.dsm))
     return NightRun(
-        cfg, ctx, tiles, out_dir, log_path, t0, hashes, fp, started, run_id, work_dir, done, todo
+        cfg,
+        ctx,
+        tiles,
+        out_dir,
+        log_path,
+        t0,
+        hashes,
+        fp,
+        started,
+        run_id,
+        work_dir,
+        done,
+        todo,
+        skipped,
     )
 
 
@@ -376,14 +411,50 @@ def _process_tiles(night: NightRun) -> list[TileResult]:
     """Step *run tiles*: the resumed results plus every tile still to do."""
     ctx = night.ctx
     try:
-        return list(night.resumed.values()) + _run_tiles(
-            ctx, night.todo, night.work_dir, night.cfg.progress
+        return (
+            list(night.resumed.values())
+            + list(night.skipped or ())
+            + _run_tiles(ctx, night.todo, night.work_dir, night.cfg.progress)
         )
     except RasterioError as exc:
-        raise InputError(
+        raise _damaged(ctx.baseline.path, ctx.current.path, exc) or InputError(
             f"reading {ctx.baseline.path} / {ctx.current.path} failed mid-run "
             f"({str(exc).splitlines()[0][:120]}); a file is truncated or corrupt"
         ) from None
+
+
+def _check_overviews(night: NightRun, results: list[TileResult]) -> None:
+    """Step *run tiles*, after: every tile that found candidates is compared with the mosaics'
+    own overviews (:func:`detector.night.mosaic.overview_mismatch`); a block that decoded
+    without error but disagrees with its overview (a bit flip) is logged as a warning naming
+    the file, the tile and the place, so the candidates there can be judged."""
+    from detector.night.mosaic import overview_mismatch
+
+    ctx = night.ctx
+    tiles = {t.tile_id: t for t in night.tiles}
+    for r in results:
+        tile = tiles.get(r.tile_id)
+        if not r.candidates or tile is None:
+            continue
+        for info, role in ((ctx.baseline, "baseline"), (ctx.current, "current")):
+            try:
+                found = overview_mismatch(info, tile.bounds, ctx.grid.crs_wkt)
+            except RasterioError:
+                found = None  # an unreadable block is reported where it is read
+            if found is not None:
+                diff, x, y = found
+                log.warning(
+                    "%s: the %s mosaic's full-resolution pixels near (%.1f, %.1f) differ from its own "
+                    "overview by %.0f grey levels (a damaged block that still decodes?); tile %s has "
+                    "%d candidate(s) there: check them, and copy or export the file again",
+                    info.path,
+                    role,
+                    x,
+                    y,
+                    diff,
+                    r.tile_id,
+                    len(r.candidates),
+                )
 
 
 def _run_tiles(
@@ -562,13 +633,21 @@ def _night_move(ctx: RunContext) -> float:
 def _update_cases(
     cand, cfg: RunConfig, run_id: str, night: date | None, ctx: RunContext, out_dir: Path
 ):
+    from detector.review.gpkg import lock_wait
     from detector.review.nightly import update_cases
 
     registry = Path(cfg.cases.registry)
     # runs of several output folders may share one registry: one update at a time, so two first
     # nights cannot both create it (the second merges into the first's instead of replacing it)
-    with exclusive_lock(
-        registry.with_name(f".{registry.name}.lock"), "the case registry", wait=True
+    wait_s = cfg.cases.lock_wait_s
+    with (
+        exclusive_lock(
+            registry.with_name(f".{registry.name}.lock"),
+            "the case registry",
+            wait=True,
+            timeout_s=wait_s,
+        ),
+        lock_wait(wait_s),  # another program's SQLite write lock: the same bound
     ):
         return update_cases(
             cand,

@@ -195,7 +195,7 @@ def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
     registry = Path(c.registry)
     if registry.exists():
         check_regular_file(registry, "case registry (cases.registry)")
-        check_registry(registry)
+        check_registry(registry, c.lock_wait_s)
     check_output_folder(registry.parent, what="case registry folder", files=(registry.name,))
     if registry.exists() and not os.access(registry, os.W_OK):
         raise OutputError(
@@ -207,14 +207,18 @@ def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
         load_boundaries(c.boundaries, c.boundary_name_field, c.boundary_unit_field, grid.crs_wkt)
 
 
-def check_registry(path: Path) -> None:
-    """``path`` is a buildwatch case registry, opened read-only (nothing written, not even WAL).
+def check_registry(path: Path, lock_wait_s: float = 120.0) -> None:
+    """``path`` is a buildwatch case registry a night can use, opened read-only (nothing written,
+    not even WAL): its content (:mod:`detector.review.registry_check`), and no other program
+    keeping its write lock past ``lock_wait_s``.
 
     Raises
     ------
     InputError
-        Not SQLite, no ``cases`` layer, or a ``cases`` layer that is not buildwatch's.
+        Not SQLite, no ``cases`` layer, not buildwatch's, or a case it cannot use.
+    OutputError
+        Locked past ``lock_wait_s`` (the holder named).
     """
-    from detector.review.registry import open_registry
+    from detector.review import registry_check
 
-    open_registry(path, read_only=True).close()
+    registry_check.check_registry(path, lock_wait_s)
