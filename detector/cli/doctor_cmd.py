@@ -173,6 +173,47 @@ def _check_inputs(cfg) -> list[tuple[str, str]]:
     return lines
 
 
+def _check_layers(cfg) -> list[tuple[str, str]]:
+    """The layers a night reads besides the mosaics, checked as the run checks them before any
+    tile: each exclusion layer, the boundary layer (read and reprojected to the baseline's CRS)
+    and an existing case registry (its content, read-only)."""
+    from detector.errors import BuildwatchError
+    from detector.night.change import exclusion_layer_info
+    from detector.review.boundaries import load_boundaries
+    from detector.run.prepare import check_registry
+
+    lines = []
+    for layer in cfg.change.exclusions:
+        try:
+            exclusion_layer_info(layer)
+            lines.append(("ok", f"exclusion layer ({layer.kind}) {layer.path}: readable"))
+        except BuildwatchError as exc:
+            lines.append(("FAIL", str(exc)))
+    c = cfg.cases
+    if c.boundaries is not None:
+        try:
+            crs = "EPSG:4326"
+            if cfg.baseline is not None:
+                from detector.geo.raster import open_raster
+
+                crs = open_raster(cfg.baseline, "baseline mosaic").crs_wkt
+            from pyproj import CRS
+
+            b = load_boundaries(
+                c.boundaries, c.boundary_name_field, c.boundary_unit_field, CRS(crs)
+            )
+            lines.append(("ok", f"boundary layer {c.boundaries}: {len(b.names)} communities"))
+        except BuildwatchError as exc:
+            lines.append(("FAIL", str(exc)))
+    if c.registry is not None and Path(c.registry).exists():
+        try:
+            check_registry(Path(c.registry), c.lock_wait_s)
+            lines.append(("ok", f"case registry {c.registry}: readable, not locked"))
+        except BuildwatchError as exc:
+            lines.append(("FAIL", str(exc)))
+    return lines
+
+
 def _check_move(cfg) -> list[tuple[str, str]]:
     """The move between the config's baseline and tonight's mosaic (the mosaic registration model,
     from a coarse read), against what the flights' stated accuracy (``align.flight_accuracy_m``) allows."""
@@ -309,6 +350,8 @@ def doctor(config_path, model, out, scheduler):
                 lambda: _check_folder(Path(cfg.cases.registry).parent, "case registry folder"),
             )
         )
+    if cfg.change.exclusions or cfg.cases.boundaries is not None or cfg.cases.registry is not None:
+        checks.append(("layers", lambda: _check_layers(cfg)))
     views = cfg.detect.second_view.baseline_cache
     if views is not None and cfg.detect.second_view.enabled:
         checks.append(

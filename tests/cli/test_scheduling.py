@@ -67,6 +67,61 @@ def test_doctor_fails_with_exit_2_on_a_broken_model_and_folder(tmp_path, capsys)
     assert captured.err.strip() == "error: doctor: 2 check(s) failed; fix the FAIL lines above"
 
 
+def _layers_config(tmp_path, kind: str) -> Path:
+    """A nightly config on the sample whose boundary / exclusion layer / registry is as ``kind``."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    sample = Path(__file__).resolve().parents[2] / "sample_tiles"
+    layer = tmp_path / "communities.gpkg"
+    gpd.GeoDataFrame(
+        {"name": ["Xinsheng"], "unit": ["team 1"]}, geometry=[box(0, 0, 1, 1)], crs="EPSG:4326"
+    ).to_file(layer)
+    lines = [f"baseline: {sample / 'baseline.tif'}", f"current: {sample / 'current.tif'}"]
+    if kind == "boundaries_missing":
+        lines += [
+            f"cases:\n  registry: {tmp_path / 'cases.gpkg'}",
+            f"  boundaries: {tmp_path / 'comunities.gpkg'}",
+        ]
+    elif kind == "exclusion_missing":
+        lines += [
+            "change:",
+            "  exclusions:",
+            f"    - path: {tmp_path / 'permits.gpkg'}",
+            "      kind: permitted",
+        ]
+    elif kind == "registry_not_sqlite":
+        (tmp_path / "cases.gpkg").write_text("not a registry")
+        lines += [f"cases:\n  registry: {tmp_path / 'cases.gpkg'}"]
+    elif kind == "all_good":
+        lines += [f"cases:\n  registry: {tmp_path / 'cases.gpkg'}", f"  boundaries: {layer}"]
+    cfg = tmp_path / "nightly.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("boundaries_missing", "comunities.gpkg"),
+        ("exclusion_missing", "permits.gpkg: exclusion layer (permitted) not found"),
+        ("registry_not_sqlite", "cases.gpkg"),
+        ("all_good", None),
+    ],
+)
+def test_doctor_checks_the_layers_a_night_reads(tmp_path, capsys, kind, needle):
+    """What the run would refuse before its first tile, doctor fails on too (the nightly script's
+    gate): a missing boundary or exclusion layer, a file that is no registry."""
+    code = main(["doctor", "--config", str(_layers_config(tmp_path, kind))])
+    out = capsys.readouterr().out
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    if needle is None:
+        assert code == 0 and not fails, out
+        assert "boundary layer" in out and "1 communities" in out
+    else:
+        assert code == 2 and len(fails) == 1 and needle in fails[0], (out, capsys.readouterr())
+
+
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
     from affine import Affine
 
