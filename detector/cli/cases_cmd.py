@@ -174,7 +174,7 @@ def import_cases(
 ) -> None:
     """Register the historical backlog: outlines of buildings illegal before the zero-increment target.
 
-    Every outline becomes a ``legacy`` case (confirmed illegal; same lifecycle and demolition
+    Every outline becomes a legacy case (confirmed illegal; same lifecycle and demolition
     checks as any case; never "new tonight"), counted per community in the report's legacy
     backlog. Everything is checked before anything is written.
     """
