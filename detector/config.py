@@ -554,7 +554,7 @@ def resolve_relative_paths(data: dict, base: Path, keys=RUN_PATH_KEYS) -> None:
             and not is_remote(value)
             and not Path(value).is_absolute()
         ):
-            node[head] = str(base / value)
+            node[head] = os.path.normpath(base / value)  # configs/../out -> out
 
     for key in keys:
         fix(data, key.split("."))
@@ -598,6 +598,6 @@ def validate_settings(model: type[BaseModel], data: dict, source: Path | str | N
         if isinstance(conflict, SettingConflict):  # a model validator names its setting
             loc, msg = [*loc, conflict.key], str(conflict)
         where = f"{source}: " if source else ""
-        raise ConfigError(
-            f"{where}setting '{'.'.join(loc)}': {msg} ({exc.error_count()} problem(s) in all)"
-        ) from None
+        more = exc.error_count() - 1
+        also = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{where}setting '{'.'.join(loc)}': {msg}{also}") from None
