@@ -29,13 +29,16 @@ from detector.types import Tile, TileResult
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30  # reaching the scheduler
+PROBE_TIMEOUT_S = 5  # before work: is anything listening at the scheduler's host and port
 STALL_S = 1800  # no batch finished for this long: the cluster has no usable workers
 TASK_RETRIES = 2  # a batch that raises (e.g. a worker's disk hiccup) is tried again this often
 
 
 def check_scheduler(scheduler: str) -> None:
-    """``scheduler`` is a Dask address (``tcp://host:port``, ``tls://...``, ``host:port``) and Dask
-    is installed; checked before any work, without connecting. One :class:`ConfigError` line."""
+    """``scheduler`` is a Dask address (``tcp://host:port``, ``tls://...``, ``host:port``), Dask
+    is installed, and something listens at that host and port (a plain TCP connection, closed at
+    once, within :data:`PROBE_TIMEOUT_S`; no Dask handshake). Checked before any work, so an
+    unreachable scheduler leaves no output folder. One :class:`ConfigError` line."""
     try:
         from distributed.comm.addressing import parse_address, parse_host_port
     except ImportError:
@@ -56,6 +59,16 @@ def check_scheduler(scheduler: str) -> None:
             f"--scheduler {scheduler!r} is not a Dask scheduler address ({' '.join(str(exc).split())[:100]}); "
             "give tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786), or leave it out to run locally"
         ) from None
+    if scheme in ("tcp", "tls", "ws", "wss"):
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"{scheduler}: cannot reach the Dask scheduler ({' '.join(str(exc).split())[:160]}); "
+                "start it ('dask scheduler') or fix --scheduler"
+            ) from None
 
 
 def connect(scheduler: str):

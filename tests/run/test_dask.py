@@ -127,7 +127,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1, err
     assert "cannot reach the Dask scheduler" in err[0]
-    assert not (out / "candidates.gpkg").exists()
+    assert not out.exists()  # refused before work: no output folder, no lock
 
 
 @pytest.mark.slow
