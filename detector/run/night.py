@@ -81,6 +81,14 @@ class RunSummary:
     def km2_per_hour(self) -> float:
         return self.km2 / max(self.seconds, 1e-9) * 3600
 
+    def _rate(self) -> str:
+        """The throughput, or why there is none: tiles read from an earlier run took no time."""
+        if self.tiles_resumed and self.tiles_resumed >= self.tiles_done:
+            return "every tile resumed from the earlier run: no throughput measured"
+        if self.tiles_resumed:
+            return f"{self.km2_per_hour:.2f} km²/h, {self.tiles_resumed} tiles resumed"
+        return f"{self.km2_per_hour:.2f} km²/h"
+
     def text(self) -> str:
         classes = ", ".join(f"{k} {v}" for k, v in sorted(self.per_class.items())) or "none"
         return (
@@ -92,7 +100,7 @@ class RunSummary:
                 if self.dropped_by_exclusions
                 else ""
             )
-            + f"\ncovered: {self.km2:.4f} km² in {self.seconds:.1f} s ({self.km2_per_hour:.2f} km²/h)\n"
+            + f"\ncovered: {self.km2:.4f} km² in {self.seconds:.1f} s ({self._rate()})\n"
             f"output: {self.candidates_path}\nlog: {self.log_path}"
         )
 

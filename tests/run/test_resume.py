@@ -127,3 +127,22 @@ def test_tile_work_file_round_trip():
     assert replace(TileResult.from_json(json.dumps(old)).candidates[0], geometry=None) == replace(
         cand, geometry=None
     )
+
+
+@pytest.mark.parametrize(
+    "done, resumed, want",
+    [
+        (9, 0, "(36.00 km²/h)"),
+        (9, 4, "(36.00 km²/h, 4 tiles resumed)"),
+        (9, 9, "(every tile resumed from the earlier run: no throughput measured)"),
+    ],
+)
+def test_summary_rate_says_when_tiles_were_resumed(done, resumed, want):
+    """A rerun that only read finished tiles back has no throughput to report (it printed
+    e.g. 83 km²/h for 2 s of reading)."""
+    from pathlib import Path
+
+    from detector.run.night import RunSummary
+
+    s = RunSummary("r", Path("c.gpkg"), Path("l.log"), 9, done, 0, 0, resumed, 0, {}, 1.0, 100.0)
+    assert want in s.text()
