@@ -185,6 +185,7 @@ def import_cases(
         id_field=id_field,
         note_field=note_field,
         community_field=community_field,
+        source=layer_path,
     )
     first, last = result.case_ids[0], result.case_ids[-1]
     click.echo(

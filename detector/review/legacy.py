@@ -34,7 +34,7 @@ import shapely
 
 from detector.clock import utc_now
 from detector.errors import InputError
-from detector.geo.crs import area_m2, lonlat_of
+from detector.geo.crs import area_m2, check_crs, lonlat_of
 from detector.review import gpkg
 from detector.review.registry import (
     _refresh_schema,
@@ -124,6 +124,7 @@ def read_legacy_layer(
         raise InputError(
             f"{path}: the layer has no CRS; assign one (QGIS: Assign projection) and import again"
         )
+    check_crs(frame.crs, f"{path}: legacy layer")  # the one CRS rule: no LOCAL_CS site grid
     if not len(frame):
         raise InputError(f"{path}: the layer has no features; nothing to import")
     problems = []
@@ -151,7 +152,7 @@ def read_legacy_layer(
             "singleparts) and import again; nothing was imported"
         )
     if id_field is not None:
-        ids = [str(v) for v in frame[id_field]]
+        ids = [i for i in (_text(v) for v in frame[id_field]) if i is not None]  # as stored
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise InputError(
@@ -195,6 +196,7 @@ def import_legacy(
     note_field: str | None = None,
     community_field: str | None = None,
     editor: str | None = None,
+    source: Path | None = None,
 ) -> LegacyImport:
     """Register checked outlines (:func:`read_legacy_layer`) as ``legacy`` cases, in one transaction.
 
@@ -208,6 +210,8 @@ def import_legacy(
         As given to :func:`read_legacy_layer`.
     editor : str, optional
         Who imports (the history's ``changed_by``); the OS user by default.
+    source : Path, optional
+        The layer's file, named in a refusal.
 
     Returns
     -------
@@ -227,27 +231,30 @@ def import_legacy(
         invalid = [i + 1 for i, g in enumerate(frame.geometry) if not g.is_valid or g.is_empty]
         if invalid:  # reprojection can break a polygon that was valid in its own CRS
             raise InputError(
-                f"feature {invalid[0]}: not a valid polygon in the registry's CRS; fix it and import again"
+                f"{source or 'legacy layer'}: feature {invalid[0]} is not a valid polygon in the "
+                "registry's CRS; fix it and import again"
             )
         source_ids = [_text(v) for v in frame[id_field]] if id_field else [None] * len(frame)
-        known = {
-            row[0]: row[1]
-            for row in conn.execute(
-                f'SELECT source_id, case_id FROM "{CASES_TABLE}" WHERE source_id IS NOT NULL'
-            )
-        }
-        again = [s for s in source_ids if s is not None and s in known]
-        if again:
-            raise InputError(
-                f"{registry}: id {again[0]} ({id_field}) is already case {known[again[0]]}; "
-                "it was imported before (nothing was imported)"
-            )
         lonlats = lonlat_of(list(frame.geometry), crs)
         areas = area_m2(list(frame.geometry), crs)
         night = _night_of(conn)
         result = LegacyImport(registry=registry, night=night)
         who = editor or os_editor()
         with gpkg.write_transaction(conn):
+            # inside the write lock: two imports of one layer at once cannot both pass (a refusal
+            # here rolls back, nothing is written)
+            known = {
+                row[0]: row[1]
+                for row in conn.execute(
+                    f'SELECT source_id, case_id FROM "{CASES_TABLE}" WHERE source_id IS NOT NULL'
+                )
+            }
+            again = [s for s in source_ids if s is not None and s in known]
+            if again:
+                raise InputError(
+                    f"{registry}: id {again[0]} ({id_field}) is already case {known[again[0]]}; "
+                    "it was imported before (nothing was imported)"
+                )
             prefix = district_prefix_of(conn)
             _refresh_schema(conn, crs, prefix)
             id_base = f"{prefix}{date.fromisoformat(night):%Y%m%d}-{LEGACY_ID_MARK}"

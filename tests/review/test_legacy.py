@@ -190,6 +190,26 @@ def test_legacy_import_never_new_backlog_per_community_one_demolished_and_verifi
     )
 
 
+def _local_cs_layer(path):
+    """Outlines in a site grid (LOCAL_CS, no datum): no ground metre can be derived from it."""
+    from pyproj import CRS
+
+    wkt = (
+        'LOCAL_CS["site grid",LOCAL_DATUM["site",0],UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
+    )
+    gpd.GeoDataFrame(
+        {"bianhao": ["WJ-001"]}, geometry=[shapely.box(0, 0, 10, 10)], crs=CRS.from_wkt(wkt)
+    ).to_file(path, driver="GPKG", layer="weijian")
+    return path
+
+
+def _ids_layer(path, ids):
+    """Two outlines whose IDs differ only in spaces (stored stripped: the same ID)."""
+    frame = gpd.GeoDataFrame({"bianhao": ids}, geometry=list(LEGACY[: len(ids)]), crs="EPSG:4547")
+    frame.to_file(path, driver="GPKG", layer="weijian")
+    return path
+
+
 def test_import_refuses_bad_outlines_in_one_line_before_writing(scene, tmp_path, capsys):
     registry = scene[2].registry
     run_night(scene, ["A"], date(2024, 5, 1))
@@ -217,6 +237,12 @@ def test_import_refuses_bad_outlines_in_one_line_before_writing(scene, tmp_path,
         ),
         (tmp_path / "missing.gpkg", [], "missing.gpkg: file not found"),
         (notes, [], "notes.txt: not a readable vector layer"),
+        (_local_cs_layer(tmp_path / "site.gpkg"), [], "site.gpkg: legacy layer"),
+        (
+            _ids_layer(tmp_path / "spaces.gpkg", ["WJ-1", " WJ-1"]),
+            [],
+            "id WJ-1 (bianhao) is on several",
+        ),
     ]
     for layer, options, message in cases:
         code = main(
