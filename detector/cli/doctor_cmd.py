@@ -175,18 +175,25 @@ def _check_inputs(cfg) -> list[tuple[str, str]]:
 
 def _check_layers(cfg) -> list[tuple[str, str]]:
     """The layers a night reads besides the mosaics, checked as the run checks them before any
-    tile: each exclusion layer, the boundary layer (read and reprojected to the baseline's CRS)
-    and an existing case registry (its content, read-only)."""
+    tile: the exclusion layers (:func:`detector.night.context.check_exclusions`, the run's own
+    check), the boundary layer (read and reprojected to the baseline's CRS) and an existing case
+    registry (its content, read-only)."""
     from detector.errors import BuildwatchError
-    from detector.night.change import exclusion_layer_info
+    from detector.night.context import check_exclusions
     from detector.review.boundaries import load_boundaries
     from detector.run.prepare import check_registry
 
     lines = []
-    for layer in cfg.change.exclusions:
-        try:
-            exclusion_layer_info(layer)
-            lines.append(("ok", f"exclusion layer ({layer.kind}) {layer.path}: readable"))
+    if cfg.change.exclusions:
+        try:  # as the run checks them (prepare): readable, a CRS on the Earth, permit dates
+            acquired = None
+            if cfg.current_date is None and cfg.current is not None:
+                from detector.geo.raster import open_raster
+
+                acquired = open_raster(cfg.current, "current mosaic").acquired
+            check_exclusions(cfg, cfg.current_date or acquired)
+            for layer in cfg.change.exclusions:
+                lines.append(("ok", f"exclusion layer ({layer.kind}) {layer.path}: usable"))
         except BuildwatchError as exc:
             lines.append(("FAIL", str(exc)))
     c = cfg.cases

@@ -90,6 +90,21 @@ def _layers_config(tmp_path, kind: str) -> Path:
             f"    - path: {tmp_path / 'permits.gpkg'}",
             "      kind: permitted",
         ]
+    elif kind == "exclusion_local_cs":  # readable, but a site grid: the run's CRS rule refuses it
+        from pyproj import CRS
+
+        wkt = (
+            'LOCAL_CS["site",LOCAL_DATUM["site",0],UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
+        )
+        gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs=CRS.from_wkt(wkt)).to_file(
+            tmp_path / "permits.gpkg"
+        )
+        lines += [
+            "change:",
+            "  exclusions:",
+            f"    - path: {tmp_path / 'permits.gpkg'}",
+            "      kind: permitted",
+        ]
     elif kind == "registry_not_sqlite":
         (tmp_path / "cases.gpkg").write_text("not a registry")
         lines += [f"cases:\n  registry: {tmp_path / 'cases.gpkg'}"]
@@ -105,6 +120,7 @@ def _layers_config(tmp_path, kind: str) -> Path:
     [
         ("boundaries_missing", "comunities.gpkg"),
         ("exclusion_missing", "permits.gpkg: exclusion layer (permitted) not found"),
+        ("exclusion_local_cs", "permits.gpkg: exclusion layer (permitted)"),
         ("registry_not_sqlite", "cases.gpkg"),
         ("all_good", None),
     ],
