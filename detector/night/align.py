@@ -259,7 +259,15 @@ def fit_mosaic_model(
         min_block_quality=min_block_quality,
     )
     near_m = min(max_shift_m, NEAR_SEARCH_M)
-    near = _fit_level(base, cur, gsd, near_m, valid=valid, **opts)
+    near = _fit_level(
+        base,
+        cur,
+        gsd,
+        near_m,
+        valid=valid,
+        limit="align.max_shift_m" if near_m >= max_shift_m else "the near search",
+        **opts,
+    )
     if max_shift_m <= near_m:
         return near
     factor = _pyramid_factor(max_shift_m / gsd, *base.shape[:2])
@@ -288,7 +296,13 @@ def fit_mosaic_model(
         # within it, agreed on a false peak).
         differs = wide.ok and _model_distance(near, wide, *base.shape[:2]) > 2.0
         return wide if differs and wide.inliers > near.inliers else near
-    return wide if wide.ok or wide.inliers >= near.inliers else near
+    if wide.ok or wide.inliers >= near.inliers:
+        return wide
+    return replace(  # nothing accepted; say that the whole range was searched too
+        near,
+        reason=f"{near.reason}; the search over align.max_shift_m ({max_shift_m:g} m) found no "
+        "consistent model",
+    )
 
 
 def _model_distance(a: MosaicModel, b: MosaicModel, h: int, w: int) -> float:
@@ -358,9 +372,11 @@ def _fit_level(
     prior: MosaicModel | None = None,
     search_px: int | None = None,
     min_block_px: int = MIN_BLOCK_PX,
+    limit: str = "align.max_shift_m",
 ) -> MosaicModel:
     """One level of :func:`fit_mosaic_model`: block shifts within ``search_px`` (default: the
-    whole ``max_shift_m``) of ``prior``'s prediction (default: no shift), and the model fitted to them."""
+    whole ``max_shift_m``) of ``prior``'s prediction (default: no shift), and the model fitted to
+    them; ``limit`` names what set ``max_shift_m`` in a refusal's reason."""
     h, w = base.shape[:2]
     search = (
         int(search_px) if search_px is not None else max(2, int(np.ceil(max_shift_m / gsd)) + 2)
@@ -452,8 +468,7 @@ def _fit_level(
         return replace(
             model,
             ok=False,
-            reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum "
-            "(align.max_shift_m)",
+            reason=f"shift {shift_m:.2f} m exceeds the {max_shift_m:.1f} m maximum ({limit})",
         )
     return model
 
