@@ -181,7 +181,7 @@ def _check_layers(cfg) -> list[tuple[str, str]]:
     from detector.errors import BuildwatchError
     from detector.night.context import check_exclusions
     from detector.review.boundaries import load_boundaries
-    from detector.run.prepare import check_registry
+    from detector.review.registry_check import check_registry
 
     lines = []
     if cfg.change.exclusions:

@@ -41,9 +41,10 @@ from detector.night.mosaic import (
     open_mosaic,
 )
 from detector.night.tiles import iter_tiles
+from detector.review import registry_check
 from detector.types import Tile
 
-__all__ = ["OUTPUT_FILES", "OUTPUT_FOLDERS", "check_registry", "prepare"]
+__all__ = ["OUTPUT_FILES", "OUTPUT_FOLDERS", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
     registry = Path(c.registry)
     if registry.exists():
         check_regular_file(registry, "case registry (cases.registry)")
-        check_registry(registry, c.lock_wait_s)
+        registry_check.check_registry(registry, c.lock_wait_s)  # content, lock: read-only
     check_output_folder(registry.parent, what="case registry folder", files=(registry.name,))
     if registry.exists() and not os.access(registry, os.W_OK):
         raise OutputError(
@@ -205,20 +206,3 @@ def _check_cases(cfg: RunConfig, grid: WorkingGrid) -> None:
         from detector.review.boundaries import load_boundaries
 
         load_boundaries(c.boundaries, c.boundary_name_field, c.boundary_unit_field, grid.crs_wkt)
-
-
-def check_registry(path: Path, lock_wait_s: float = 120.0) -> None:
-    """``path`` is a buildwatch case registry a night can use, opened read-only (nothing written,
-    not even WAL): its content (:mod:`detector.review.registry_check`), and no other program
-    keeping its write lock past ``lock_wait_s``.
-
-    Raises
-    ------
-    InputError
-        Not SQLite, no ``cases`` layer, not buildwatch's, or a case it cannot use.
-    OutputError
-        Locked past ``lock_wait_s`` (the holder named).
-    """
-    from detector.review import registry_check
-
-    registry_check.check_registry(path, lock_wait_s)
