@@ -26,7 +26,6 @@ from shapely.geometry.base import BaseGeometry
 GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
 GPKG_USER_VERSION = 10200  # GeoPackage 1.2 (QGIS 3.22 warns about 1.4)
 
-_LOCK_RETRIES = 20
 _BUSY_TIMEOUT_S = 30.0
 #: Longest total wait for another program's write lock (:func:`write_transaction`); the run
 #: sets it from ``cases.lock_wait_s`` with :func:`lock_wait`.
@@ -302,15 +301,25 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    for attempt in range(_LOCK_RETRIES):
-        try:
-            conn.execute("COMMIT")
-            return
-        except sqlite3.OperationalError as exc:
-            if not _is_lock_error(exc) or attempt == _LOCK_RETRIES - 1:
-                conn.execute("ROLLBACK")
-                raise
-            time.sleep(min(0.05 * 2**attempt, 2.0))
+    # COMMIT waits for readers to leave (a registry in rollback-journal mode, QGIS reading):
+    # bounded by the same limit and in the same short slices as BEGIN
+    deadline = time.monotonic() + _lock_wait_s
+    conn.execute(f"PRAGMA busy_timeout = {int(_POLL_S * 1000)}")
+    try:
+        while True:
+            try:
+                conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc):
+                    conn.execute("ROLLBACK")
+                    raise
+                if time.monotonic() >= deadline:
+                    conn.execute("ROLLBACK")
+                    raise locked_error(_db_path(conn), _lock_wait_s) from None
+                time.sleep(_POLL_S)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
 
 
 def create_geopackage(path: Path, build: Callable[[sqlite3.Connection], None]) -> None:
