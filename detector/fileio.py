@@ -352,7 +352,12 @@ def check_output_folder(
 
 @contextmanager
 def exclusive_lock(
-    lock_path: Path | str, what: str, *, wait: bool = False, timeout_s: float | None = None
+    lock_path: Path | str,
+    what: str,
+    *,
+    wait: bool = False,
+    timeout_s: float | None = None,
+    hint: str = "wait for it to finish (or give another --out)",
 ) -> Iterator[Path]:
     """Hold an advisory ``flock`` on ``lock_path`` for the block (released by the OS if killed).
 
@@ -368,6 +373,8 @@ def exclusive_lock(
     timeout_s : float, optional
         With ``wait``: refuse the same way once this many seconds have passed (None: no limit).
         The wait polls, so a signal (SIGTERM) is acted on within a tenth of a second.
+    hint : str
+        What to do, ending the refusal's line.
     """
     import fcntl
 
@@ -388,7 +395,7 @@ def exclusive_lock(
                 waited = f" for {timeout_s:g} s" if wait else ""
                 raise OutputError(
                     f"{lock_path.parent}: another buildwatch process (pid {holder}) is using "
-                    f"{what}{waited}; wait for it to finish (or give another --out)"
+                    f"{what}{waited}; {hint}"
                 ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

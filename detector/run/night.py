@@ -654,6 +654,7 @@ def _update_cases(
             "the case registry",
             wait=True,
             timeout_s=wait_s,
+            hint="run this night again once it is done: its finished tiles are resumed",
         ),
         lock_wait(wait_s),  # another program's SQLite write lock: the same bound
     ):

@@ -346,3 +346,24 @@ def test_ingest_removes_a_killed_ingests_work_folder_but_not_a_live_one(tmp_path
         main(["ingest", str(c), "--baseline", str(b), "--out", str(out_dir / "current.tif")]) == 0
     )
     assert not old.exists() and live.exists() and (out_dir / "current.tif").is_file()
+
+
+def test_registry_lock_wait_is_bounded_and_says_what_to_do(tmp_path):
+    """A second run's registry update waits for the first's at most ``timeout_s``, then one line
+    saying what to do for the registry (not the output folder's "give another --out")."""
+    import time
+
+    from detector.errors import OutputError
+    from detector.fileio import exclusive_lock
+
+    lock = tmp_path / ".cases.gpkg.lock"
+    hint = "run this night again once it is done: its finished tiles are resumed"
+    with exclusive_lock(lock, "the case registry"):
+        start = time.monotonic()
+        with pytest.raises(OutputError) as err:
+            with exclusive_lock(lock, "the case registry", wait=True, timeout_s=0.3, hint=hint):
+                pass
+        assert 0.3 <= time.monotonic() - start < 2.0
+    line = str(err.value)
+    assert "is using the case registry for 0.3 s" in line and line.endswith(hint)
+    assert "--out" not in line
