@@ -221,7 +221,7 @@ def _check_layers(cfg) -> list[tuple[str, str]]:
     return lines
 
 
-def _check_move(cfg) -> list[tuple[str, str]]:
+def _check_move(cfg, model_path: Path | None) -> list[tuple[str, str]]:
     """The move between the config's baseline and tonight's mosaic (the mosaic registration model,
     from a coarse read), against what the flights' stated accuracy (``align.flight_accuracy_m``) allows."""
     from detector.errors import BuildwatchError
@@ -240,7 +240,7 @@ def _check_move(cfg) -> list[tuple[str, str]]:
     except BuildwatchError:
         return []  # the inputs check says why
     try:
-        gsd = load_model_spec(cfg.model or DEFAULT_MODEL_PATH).gsd_m
+        gsd = load_model_spec(model_path or DEFAULT_MODEL_PATH).gsd_m  # the run's grid
     except BuildwatchError:
         gsd = source_gsd_m(baseline)
     grid = make_grid(baseline, current, gsd)
@@ -329,7 +329,10 @@ def doctor(config_path, model, out, scheduler):
     from detector.config import RunConfig, load_config
 
     cfg = load_config(config_path) if config_path else RunConfig()
-    model = model or cfg.model
+    if model is None:  # the model the run would use: the file, the registry's version, or shipped
+        from detector.night.context import resolve_model
+
+        model = resolve_model(cfg)[0]
     out = out or cfg.out
     scheduler = scheduler or cfg.scheduler
     lines = [
@@ -347,7 +350,7 @@ def doctor(config_path, model, out, scheduler):
     ]
     if cfg.baseline is not None or cfg.current is not None:
         checks.append(("inputs", lambda: _check_inputs(cfg)))
-        checks.append(("registration", lambda: _check_move(cfg)))
+        checks.append(("registration", lambda: _check_move(cfg, model)))
     if out is not None:
         checks.append(("output folder", lambda: _check_folder(Path(out), "output folder")))
     if cfg.cases.registry is not None:

@@ -210,3 +210,20 @@ def test_doctor_says_the_move_between_the_mosaics_and_warns_beyond_the_flights_a
         assert main(["doctor", "--config", str(cfg)]) == 0  # a warning, not a failure
         line = next(x for x in capsys.readouterr().out.splitlines() if "registration:" in x)
         assert line.startswith(status) and "moved 7.0" in line, line
+
+
+def test_doctor_checks_the_model_the_run_would_use_from_the_registry(tmp_path, capsys):
+    """With ``models:`` (a model registry) doctor checks the promoted version, as the run resolves
+    it, not the shipped file (the grid of its registration check is that model's too)."""
+    from detector.night.model import DEFAULT_MODEL_PATH
+    from detector.night.model_registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add(DEFAULT_MODEL_PATH)
+    registry.promote("v0001")
+    cfg = tmp_path / "nightly.yaml"
+    cfg.write_text(f"models: {tmp_path / 'models'}\n")
+    assert main(["doctor", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    model_line = next(line for line in out.splitlines() if line.startswith("ok   model "))
+    assert str(tmp_path / "models" / "v0001") in model_line, model_line
