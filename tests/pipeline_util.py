@@ -188,3 +188,39 @@ from detector.cli import main
 
 sys.exit(main(sys.argv[5:]))
 """
+
+
+def folder_digest(folder: Path) -> dict:
+    """Every regular file under ``folder`` -> sha256, folders as "dir", FIFOs named only (never
+    read): compared before and after a refused command, nothing may differ."""
+    import hashlib
+
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_fifo():
+            out[str(p)] = "fifo"
+        elif p.is_file():
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[str(p)] = "dir"
+    return out
+
+
+def run_argv(b, c, m, out, *extra) -> list[str]:
+    """``buildwatch run`` on baseline ``b``, current ``c`` and model ``m`` into ``out``: one
+    worker, no progress bar, then ``extra``."""
+    return [
+        "run",
+        "--baseline",
+        str(b),
+        "--current",
+        str(c),
+        "--out",
+        str(out),
+        "--model",
+        str(m),
+        "--workers",
+        "1",
+        "--no-progress",
+        *extra,
+    ]

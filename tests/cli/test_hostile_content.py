@@ -9,7 +9,6 @@ digest) and no hang. The accepted cases (a south-up mosaic, a mosaic whose heade
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sqlite3
@@ -29,7 +28,15 @@ from cases_util import STRUCTURES, run_night, write_scene
 from detector.cli import main
 from detector.config import CasesConfig
 from detector.review import gpkg
-from pipeline_util import PAIR_TRANSFORM, make_contract_model, plant, textured_image, write_geotiff
+from pipeline_util import (
+    PAIR_TRANSFORM,
+    folder_digest,
+    make_contract_model,
+    plant,
+    run_argv,
+    textured_image,
+    write_geotiff,
+)
 
 HANG_S = 90
 LOCAL_CS = (
@@ -50,46 +57,18 @@ def no_hang():
     signal.signal(signal.SIGALRM, old)
 
 
-def _digest(folder: Path) -> dict:
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-        elif p.is_dir():
-            out[str(p)] = "dir"
-    return out
-
-
 def _expect_refused(capsys, tmp_path, argv, needles):
     """The one-line exit-2 contract, ``needles`` all in the line, nothing written or changed."""
-    before = _digest(tmp_path)
+    before = folder_digest(tmp_path)
     code = main(argv)
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2, err
     assert len(err) == 1, err
     for needle in needles:
         assert needle in err[0], err
-    after = _digest(tmp_path)
+    after = folder_digest(tmp_path)
     assert after == before, sorted(set(after) ^ set(before))
     return err[0]
-
-
-def _run_argv(b, c, m, out, *extra):
-    return [
-        "run",
-        "--baseline",
-        str(b),
-        "--current",
-        str(c),
-        "--out",
-        str(out),
-        "--model",
-        str(m),
-        "--workers",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
 
 
 # ------------------------------------------------------------------ pattern 2: content
@@ -167,14 +146,14 @@ def test_registry_content_refused_before_work(capsys, tmp_path, pair, kind, need
     reg = _registry(tmp_path)
     case_id = _edit_registry(reg, kind)
     line = _expect_refused(
-        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--cases", str(reg)), needles
+        capsys, tmp_path, run_argv(b, c, m, tmp_path / "out", "--cases", str(reg)), needles
     )
     assert str(reg) in line
     if kind != "local_cs":  # the CRS is refused before any case is read
         assert case_id in line
     assert not (tmp_path / "out").exists()
     _expect_refused(  # a rerun: the same line, still nothing written
-        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--cases", str(reg)), needles
+        capsys, tmp_path, run_argv(b, c, m, tmp_path / "out", "--cases", str(reg)), needles
     )
 
 
@@ -183,7 +162,7 @@ def _mosaic_case(tmp_path: Path, kind: str, pair):
     rgb = textured_image(600, 600)
     if kind == "local_cs_mosaic":
         c = write_geotiff(tmp_path / "local.tif", rgb, LOCAL_CS, PAIR_TRANSFORM)
-        return _run_argv(b, c, m, tmp_path / "out"), [str(c), "local/engineering grid"]
+        return run_argv(b, c, m, tmp_path / "out"), [str(c), "local/engineering grid"]
     if kind in ("local_cs_boundaries", "local_cs_exclusion"):
         import geopandas as gpd
         from shapely.geometry import box
@@ -202,11 +181,11 @@ def _mosaic_case(tmp_path: Path, kind: str, pair):
         else:
             cfg.write_text(f"change:\n  exclusions:\n    - path: {layer}\n      kind: permitted\n")
             what = "exclusion layer (permitted)"
-        argv = _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg))
+        argv = run_argv(b, c, m, tmp_path / "out", "--config", str(cfg))
         return argv, [f"{layer}: {what}", "local/engineering grid", "Set Layer CRS"]
     if kind == "model_imgsz_100000":
         m = make_contract_model(tmp_path / "huge.onnx", extra_meta={"imgsz": "[100000, 100000]"})
-        return _run_argv(b, c, m, tmp_path / "out"), [str(m), "imgsz [100000, 100000]", "re-export"]
+        return run_argv(b, c, m, tmp_path / "out"), [str(m), "imgsz [100000, 100000]", "re-export"]
     if kind in ("damaged_block_ingest", "damaged_block_run"):
         p = tmp_path / "damaged.tif"
         with rasterio.open(
@@ -237,7 +216,7 @@ def _mosaic_case(tmp_path: Path, kind: str, pair):
             b = write_geotiff(
                 tmp_path / "b1024.tif", textured_image(1024, 1024), "EPSG:4547", PAIR_TRANSFORM
             )
-            argv = _run_argv(b, p, m, tmp_path / "out")
+            argv = run_argv(b, p, m, tmp_path / "out")
         else:
             argv = [
                 "ingest",
@@ -283,7 +262,7 @@ def test_south_up_mosaic_is_normalised_not_refused(capsys, tmp_path, oracle):
     south_up = Affine(0.1, 0, 500000, 0, 0.1, 2513000 - 60)  # row 0 is the southern edge
     c = write_geotiff(tmp_path / "c.tif", changed[::-1].copy(), "EPSG:4547", south_up)
     m = make_contract_model(tmp_path / "m.onnx")
-    code = main(_run_argv(b, c, m, tmp_path / "out"))
+    code = main(run_argv(b, c, m, tmp_path / "out"))
     assert code == 0, capsys.readouterr().err
     cands = _candidates(tmp_path / "out")
     assert len(cands) == 1
@@ -329,7 +308,7 @@ def test_huge_declared_current_is_not_allocated(capsys, tmp_path, pair):
     ) as d:
         rgb = np.moveaxis(textured_image(1024, 1024), -1, 0)
         d.write(rgb, window=rasterio.windows.Window(200_000, 200_000, 1024, 1024))
-    code = main(_run_argv(b, c, m, tmp_path / "out"))
+    code = main(run_argv(b, c, m, tmp_path / "out"))
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "candidates.gpkg").is_file()
 
@@ -370,7 +349,7 @@ def test_registry_lock_wait_is_bounded_and_names_the_holder(
     line = _expect_refused(
         capsys,
         tmp_path,
-        _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)),
+        run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)),
         [str(reg), f"pid {holder.pid}", "within 1.5 s", "rerun"],
     )
     waited = time.monotonic() - t0
@@ -405,7 +384,7 @@ def test_sigterm_during_registry_wait_acts_within_a_second(tmp_path, pair, locke
     cfg.write_text(f"cases:\n  registry: {reg}\n  lock_wait_s: 60\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     run = subprocess.Popen(
-        [sys.executable, "-m", "detector", *_run_argv(b, c, m, out, "--config", str(cfg))],
+        [sys.executable, "-m", "detector", *run_argv(b, c, m, out, "--config", str(cfg))],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -441,7 +420,7 @@ def test_bad_scheduler_is_one_line_and_nothing_after(tmp_path, pair):
             sys.executable,
             "-m",
             "detector",
-            *_run_argv(b, c, m, tmp_path / "out", "--scheduler", "not a scheduler"),
+            *run_argv(b, c, m, tmp_path / "out", "--scheduler", "not a scheduler"),
         ],
         capture_output=True,
         text=True,
@@ -511,7 +490,7 @@ def test_mostly_empty_extent_skips_tiles_from_the_coarse_read(capsys, tmp_path):
         d.write(np.moveaxis(rgb, -1, 0), window=rasterio.windows.Window(0, 0, 600, 600))
     c = write_geotiff(tmp_path / "c.tif", rgb, "EPSG:4547", PAIR_TRANSFORM)
     m = make_contract_model(tmp_path / "m.onnx")
-    code = main(_run_argv(b, c, m, tmp_path / "out"))
+    code = main(run_argv(b, c, m, tmp_path / "out"))
     assert code == 0, capsys.readouterr().err
     tiles = gpd.read_file(tmp_path / "out" / "candidates.gpkg", layer="tiles")
     read = list((tmp_path / "out" / "work").glob("*/*.json"))
@@ -553,7 +532,7 @@ def test_bit_flipped_block_that_decodes_is_logged(capsys, tmp_path, oracle):
         data[start : start + 40 * 3] = bytes([230, 30, 30]) * 40
     c.write_bytes(bytes(data))
     m = make_contract_model(tmp_path / "m.onnx", gsd=0.1)  # reads full resolution, not overviews
-    code = main(_run_argv(b, c, m, tmp_path / "out"))
+    code = main(run_argv(b, c, m, tmp_path / "out"))
     assert code == 0, capsys.readouterr().err
     assert len(_candidates(tmp_path / "out")) == 1  # the damage is seen as a change...
     log = (tmp_path / "out" / "buildwatch.log").read_text()

@@ -8,7 +8,6 @@ hang (each case runs under an alarm).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sqlite3
@@ -20,7 +19,14 @@ from affine import Affine
 
 from cases_util import candidates
 from detector.cli import main
-from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
+from pipeline_util import (
+    PAIR_TRANSFORM,
+    folder_digest,
+    make_contract_model,
+    run_argv,
+    textured_image,
+    write_geotiff,
+)
 
 T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
 HANG_S = 60  # a case taking longer than this is a hang
@@ -38,30 +44,17 @@ def no_hang():
     signal.signal(signal.SIGALRM, old)
 
 
-def _digest(folder: Path) -> dict:
-    """Every regular file under ``folder`` -> sha256 (and nothing else: FIFOs are named only)."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_fifo():
-            out[str(p)] = "fifo"
-        elif p.is_file():
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-        elif p.is_dir():
-            out[str(p)] = "dir"
-    return out
-
-
 def _expect_refused(capsys, tmp_path, argv, needle, *, out=None):
     """Run the CLI; assert the one-line exit-2 contract and that nothing was written or changed."""
     out = Path(out) if out is not None else tmp_path / "out"
-    before = _digest(tmp_path)
+    before = folder_digest(tmp_path)
     code = main(argv)
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2, err
     assert len(err) == 1, err
     assert needle in err[0], err
     assert "Traceback" not in err[0]
-    after = _digest(tmp_path)
+    after = folder_digest(tmp_path)
     created = sorted(set(after) - set(before))
     changed = sorted(k for k in before if after.get(k) != before[k])
     assert not changed, f"inputs changed: {changed}"
@@ -71,24 +64,6 @@ def _expect_refused(capsys, tmp_path, argv, needle, *, out=None):
     if out.exists() and out.is_dir():
         assert not (out / "candidates.gpkg").is_file()
     return err[0]
-
-
-def _run_argv(b, c, m, out, *extra):
-    return [
-        "run",
-        "--baseline",
-        str(b),
-        "--current",
-        str(c),
-        "--out",
-        str(out),
-        "--model",
-        str(m),
-        "--workers",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
 
 
 def _raster(
@@ -193,7 +168,7 @@ def _bad_current(tmp_path, kind):
 def test_bad_current_mosaic(capsys, tmp_path, pair, kind, needle):
     b, _, m = pair
     bad = _bad_current(tmp_path, kind)
-    line = _expect_refused(capsys, tmp_path, _run_argv(b, bad, m, tmp_path / "out"), needle)
+    line = _expect_refused(capsys, tmp_path, run_argv(b, bad, m, tmp_path / "out"), needle)
     assert bad.name in line
 
 
@@ -202,7 +177,7 @@ def test_special_device_as_baseline(capsys, tmp_path, pair):
     _expect_refused(
         capsys,
         tmp_path,
-        _run_argv("/dev/zero", c, m, tmp_path / "out"),
+        run_argv("/dev/zero", c, m, tmp_path / "out"),
         "/dev/zero: baseline mosaic is a device",
     )
 
@@ -233,7 +208,7 @@ def test_bad_model(capsys, tmp_path, pair, kind, needle):
         make_contract_model(m, gsd=0.0001)
     elif kind == "gsd_huge":
         make_contract_model(m, gsd=50)
-    _expect_refused(capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out"), needle)
+    _expect_refused(capsys, tmp_path, run_argv(b, c, m, tmp_path / "out"), needle)
 
 
 # ---------------------------------------------------------------- flags and settings
@@ -252,7 +227,7 @@ def test_bad_model(capsys, tmp_path, pair, kind, needle):
 )
 def test_bad_flags(capsys, tmp_path, pair, extra, needle):
     b, c, m = pair
-    argv = _run_argv(b, c, m, tmp_path / "out")
+    argv = run_argv(b, c, m, tmp_path / "out")
     argv = argv[: argv.index("--workers")] + list(extra) + ["--no-progress"]
     _expect_refused(capsys, tmp_path, argv, needle)
 
@@ -288,7 +263,7 @@ def _config(tmp_path, text: str | bytes, name="night.yaml") -> Path:
 def test_bad_config_file(capsys, tmp_path, pair, content, needle):
     b, c, m = pair
     cfg = _config(tmp_path, content)
-    argv = _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg))
+    argv = run_argv(b, c, m, tmp_path / "out", "--config", str(cfg))
     if "model:" in str(content):  # the flag would override the file's setting
         argv = argv[: argv.index("--model")] + argv[argv.index("--model") + 2 :]
     _expect_refused(capsys, tmp_path, argv, needle)
@@ -299,7 +274,7 @@ def test_config_fifo(capsys, tmp_path, pair):
     cfg = tmp_path / "night.yaml"
     os.mkfifo(cfg)
     _expect_refused(
-        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)), "FIFO"
+        capsys, tmp_path, run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)), "FIFO"
     )
 
 
@@ -309,9 +284,7 @@ def test_config_fifo(capsys, tmp_path, pair):
 def test_out_empty_string(capsys, tmp_path, pair, monkeypatch):
     b, c, m = pair
     monkeypatch.chdir(tmp_path)
-    _expect_refused(
-        capsys, tmp_path, _run_argv(b, c, m, ""), "setting 'out': Value error, is empty"
-    )
+    _expect_refused(capsys, tmp_path, run_argv(b, c, m, ""), "setting 'out': Value error, is empty")
 
 
 @pytest.mark.parametrize(
@@ -340,7 +313,7 @@ def test_bad_output_folder(capsys, tmp_path, pair, setup, needle):
             "work_is_file": "work",
         }[setup]
         (out / name).mkdir() if setup != "work_is_file" else (out / name).write_text("x")
-    _expect_refused(capsys, tmp_path, _run_argv(b, c, m, out), needle, out=out)
+    _expect_refused(capsys, tmp_path, run_argv(b, c, m, out), needle, out=out)
 
 
 @pytest.mark.skipif(
@@ -349,7 +322,7 @@ def test_bad_output_folder(capsys, tmp_path, pair, setup, needle):
 )
 def test_out_on_read_only_storage(capsys, tmp_path, pair):
     b, c, m = pair
-    _expect_refused(capsys, tmp_path, _run_argv(b, c, m, "/sys/buildwatch-out"), "not writable")
+    _expect_refused(capsys, tmp_path, run_argv(b, c, m, "/sys/buildwatch-out"), "not writable")
 
 
 @pytest.mark.parametrize("where", ["out", "cases"])
@@ -367,7 +340,7 @@ def test_output_path_too_long_for_sqlite(capsys, tmp_path, pair, where):
     _expect_refused(
         capsys,
         tmp_path,
-        _run_argv(b, c, m, out, *extra),
+        run_argv(b, c, m, out, *extra),
         "the path is too long for a GeoPackage",
         out=out,
     )
@@ -379,7 +352,7 @@ def test_out_without_free_space(capsys, tmp_path, pair, monkeypatch):
     b, c, m = pair
     monkeypatch.setattr(fileio, "free_bytes", lambda folder: 1 << 20)
     _expect_refused(
-        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out"), "has 1 MB free, the run needs about"
+        capsys, tmp_path, run_argv(b, c, m, tmp_path / "out"), "has 1 MB free, the run needs about"
     )
 
 
@@ -422,7 +395,7 @@ def test_bad_registry(capsys, tmp_path, pair, kind, needle):
     elif kind == "folder":
         reg.mkdir()
     _expect_refused(
-        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--cases", str(reg)), needle
+        capsys, tmp_path, run_argv(b, c, m, tmp_path / "out", "--cases", str(reg)), needle
     )
     if kind == "zero_bytes":
         assert reg.stat().st_size == 0
@@ -462,7 +435,7 @@ def test_bad_boundaries_leave_no_registry(capsys, tmp_path, pair, kind, needle):
         tmp_path, f"cases:\n  registry: {tmp_path / 'reg' / 'cases.gpkg'}\n  boundaries: {bnd}\n"
     )
     _expect_refused(
-        capsys, tmp_path, _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)), needle
+        capsys, tmp_path, run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)), needle
     )
     assert not (tmp_path / "reg" / "cases.gpkg").exists()
 
@@ -477,7 +450,7 @@ def test_exclusion_layer_is_a_folder(capsys, tmp_path, pair):
     _expect_refused(
         capsys,
         tmp_path,
-        _run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)),
+        run_argv(b, c, m, tmp_path / "out", "--config", str(cfg)),
         "exclusion layer (permitted) is a folder",
     )
 
@@ -546,10 +519,10 @@ def test_cases_list_reads_a_registry_without_writing(capsys, tmp_path):
     )
     for extra in tmp_path.glob("cases.gpkg-*"):
         extra.unlink()
-    before = _digest(tmp_path)
+    before = folder_digest(tmp_path)
     assert main(["cases", "list", "--registry", str(reg)]) == 0
     assert "LG20260501-0001" in capsys.readouterr().out
-    assert _digest(tmp_path) == before
+    assert folder_digest(tmp_path) == before
 
 
 def test_cases_export_onto_a_folder(capsys, tmp_path):
@@ -601,7 +574,7 @@ def _settings_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
     """(argv, needle) of one pattern-1 case; the files it needs are made here, before the run."""
     b, c, m = pair
     out = tmp_path / "out"
-    argv = _run_argv(b, c, m, out)
+    argv = run_argv(b, c, m, out)
 
     def with_config(text: str) -> list[str]:
         return [*argv, "--config", str(_config(tmp_path, text))]
@@ -631,12 +604,12 @@ def _settings_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
             _dated(tmp_path / "b2.tif", "2026:05:02"),
             _dated(tmp_path / "c2.tif", "2026:05:01"),
         )
-        return _run_argv(b2, c2, m, out), (
+        return run_argv(b2, c2, m, out), (
             "c2.tif (its TIFFTAG_DATETIME): the current date 2026-05-01 is before the baseline date"
         )
     if kind == "config_date_before_raster_baseline":
         b2 = _dated(tmp_path / "b2.tif", "2026:05:02")
-        argv = _run_argv(b2, c, m, out)
+        argv = run_argv(b2, c, m, out)
         return with_config("current_date: 2026-04-30\n"), "b2.tif (its TIFFTAG_DATETIME)"
     if kind == "boundaries_without_cases":
         bnd = tmp_path / "communities.geojson"
@@ -671,13 +644,13 @@ def _settings_case(tmp_path: Path, pair, kind: str) -> tuple[list[str], str]:
     if kind == "cases_is_the_model_via_dots":
         return [*argv, "--cases", f"{tmp_path}/sub/../m.onnx"], "is also the input model"
     if kind == "current_is_the_baseline":
-        return _run_argv(b, b, m, out), f"setting 'current': {b} is the same file as baseline"
+        return run_argv(b, b, m, out), f"setting 'current': {b} is the same file as baseline"
     if kind == "current_is_a_hard_link_of_the_baseline":
         os.link(b, tmp_path / "tonight.tif")
-        return _run_argv(b, tmp_path / "tonight.tif", m, out), "is the same file as baseline"
+        return run_argv(b, tmp_path / "tonight.tif", m, out), "is the same file as baseline"
     if kind == "current_is_a_symlink_of_the_baseline":
         (tmp_path / "tonight.tif").symlink_to(b)
-        return _run_argv(b, tmp_path / "tonight.tif", m, out), "is the same file as baseline"
+        return run_argv(b, tmp_path / "tonight.tif", m, out), "is the same file as baseline"
     if kind == "dsms_the_same_file":
         dsm = tmp_path / "dsm.tif"
         dsm.write_bytes(b.read_bytes())
