@@ -7,30 +7,20 @@ import pytest
 from affine import Affine
 
 from detector.cli import main
-from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
+from pipeline_util import (
+    PAIR_TRANSFORM,
+    make_contract_model,
+    run_argv,
+    textured_image,
+    write_geotiff,
+)
 
 T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
 
 
 def _run(capsys, tmp_path, b, c, m, *extra):
     out = tmp_path / "out"
-    code = main(
-        [
-            "run",
-            "--baseline",
-            str(b),
-            "--current",
-            str(c),
-            "--out",
-            str(out),
-            "--model",
-            str(m),
-            "--workers",
-            "1",
-            "--no-progress",
-            *extra,
-        ]
-    )
+    code = main(run_argv(b, c, m, out, *extra))
     err = capsys.readouterr().err.strip().splitlines()
     return code, err, out
 

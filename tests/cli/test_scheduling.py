@@ -141,7 +141,7 @@ def test_doctor_checks_the_layers_a_night_reads(tmp_path, capsys, kind, needle):
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
     from affine import Affine
 
-    from pipeline_util import make_contract_model, textured_image, write_geotiff
+    from pipeline_util import make_contract_model, run_argv, textured_image, write_geotiff
 
     T = Affine(0.1, 0, 500000, 0, -0.1, 2513000)
     rgb = textured_image(2400, 2400)
@@ -154,19 +154,7 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
             sys.executable,
             "-m",
             "detector",
-            "run",
-            "--baseline",
-            str(b),
-            "--current",
-            str(c),
-            "--out",
-            str(out),
-            "--model",
-            str(m),
-            "--workers",
-            "1",
-            "--no-progress",
-            "--no-resume",
+            *run_argv(b, c, m, out, "--no-resume"),
         ],
         cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),

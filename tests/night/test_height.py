@@ -20,7 +20,7 @@ from detector.night.height import fuse, greenness, tile_heights
 from detector.run import run_pipeline
 from detector.types import Detection
 from height_util import CRS, SRC_GSD, X0, Y0, fusion_scene, write_dsm
-from pipeline_util import make_contract_model, textured_image, write_geotiff
+from pipeline_util import make_contract_model, run_argv, textured_image, write_geotiff
 
 GSD = 0.25
 RULES = HeightConfig()
@@ -208,23 +208,7 @@ def dsm_pair(tmp_path):
 
 def _cli(capsys, tmp_path, b, c, m, *extra):
     out = tmp_path / "out"
-    code = main(
-        [
-            "run",
-            "--baseline",
-            str(b),
-            "--current",
-            str(c),
-            "--out",
-            str(out),
-            "--model",
-            str(m),
-            "--workers",
-            "1",
-            "--no-progress",
-            *extra,
-        ]
-    )
+    code = main(run_argv(b, c, m, out, *extra))
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert not (out / "candidates.gpkg").exists()

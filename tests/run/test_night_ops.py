@@ -17,30 +17,20 @@ import pytest
 
 from cases_util import candidates, write_scene
 from detector.cli import main
-from pipeline_util import PAIR_TRANSFORM, make_contract_model, textured_image, write_geotiff
+from pipeline_util import (
+    PAIR_TRANSFORM,
+    make_contract_model,
+    run_argv,
+    textured_image,
+    write_geotiff,
+)
 
 T = PAIR_TRANSFORM  # the grid of the `pair` fixture (conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(capsys, b, c, m, out, *extra):
-    code = main(
-        [
-            "run",
-            "--baseline",
-            str(b),
-            "--current",
-            str(c),
-            "--out",
-            str(out),
-            "--model",
-            str(m),
-            "--workers",
-            "1",
-            "--no-progress",
-            *extra,
-        ]
-    )
+    code = main(run_argv(b, c, m, out, *extra))
     captured = capsys.readouterr()
     return code, [line for line in captured.err.splitlines() if line.strip()], captured.out
 

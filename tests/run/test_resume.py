@@ -12,7 +12,14 @@ from affine import Affine
 
 from detector.config import RunConfig
 from detector.run import run_pipeline
-from pipeline_util import SIGNAL_MID_RUN, make_contract_model, plant, textured_image, write_geotiff
+from pipeline_util import (
+    SIGNAL_MID_RUN,
+    make_contract_model,
+    plant,
+    run_argv,
+    textured_image,
+    write_geotiff,
+)
 
 
 @pytest.fixture
@@ -44,20 +51,7 @@ def test_torn_and_missing_tile_results_are_recomputed(tmp_path, big_pair):
 def test_sigkill_mid_run_then_rerun_completes(tmp_path, big_pair):
     b, c, m = big_pair
     out = tmp_path / "out"
-    args = [
-        "run",
-        "--baseline",
-        str(b),
-        "--current",
-        str(c),
-        "--out",
-        str(out),
-        "--model",
-        str(m),
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
+    args = run_argv(b, c, m, out)
     killed = subprocess.run(
         [
             sys.executable,
