@@ -279,43 +279,36 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     sqlite3.Connection
         The same connection, inside the transaction.
     """
-    deadline = time.monotonic() + _lock_wait_s
-    busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-    # short busy slices: SQLite waits inside C, where no Python signal handler runs
-    conn.execute(f"PRAGMA busy_timeout = {int(_POLL_S * 1000)}")
-    try:
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise locked_error(_db_path(conn), _lock_wait_s) from None
-                time.sleep(_POLL_S)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    _locked_retry(conn, "BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    # COMMIT waits for readers to leave (a registry in rollback-journal mode, QGIS reading):
-    # bounded by the same limit and in the same short slices as BEGIN
+    # COMMIT waits for readers to leave (a registry in rollback-journal mode, QGIS reading)
+    try:
+        _locked_retry(conn, "COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _locked_retry(conn: sqlite3.Connection, sql: str) -> None:
+    """Run ``sql`` until another program's lock lets it, at most ``_lock_wait_s`` in all, then
+    one line naming the holder (:func:`locked_error`). The busy timeout is cut into short slices
+    meanwhile: SQLite waits inside C, where no Python signal handler (SIGTERM) runs."""
     deadline = time.monotonic() + _lock_wait_s
+    busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     conn.execute(f"PRAGMA busy_timeout = {int(_POLL_S * 1000)}")
     try:
         while True:
             try:
-                conn.execute("COMMIT")
+                conn.execute(sql)
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_lock_error(exc):
-                    conn.execute("ROLLBACK")
                     raise
                 if time.monotonic() >= deadline:
-                    conn.execute("ROLLBACK")
                     raise locked_error(_db_path(conn), _lock_wait_s) from None
                 time.sleep(_POLL_S)
     finally:
