@@ -31,7 +31,7 @@ _BUSY_TIMEOUT_S = 30.0
 #: sets it from ``cases.lock_wait_s`` with :func:`lock_wait`.
 DEFAULT_LOCK_WAIT_S = 120.0
 _lock_wait_s = DEFAULT_LOCK_WAIT_S
-_POLL_S = 0.1  # one slice of a lock wait: signals (SIGTERM) are acted on between slices
+POLL_S = 0.1  # one slice of a lock wait: signals (SIGTERM) are acted on between slices
 
 
 # --------------------------------------------------------------------------- geometry blobs
@@ -299,7 +299,7 @@ def _locked_retry(conn: sqlite3.Connection, sql: str) -> None:
     meanwhile: SQLite waits inside C, where no Python signal handler (SIGTERM) runs."""
     deadline = time.monotonic() + _lock_wait_s
     busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-    conn.execute(f"PRAGMA busy_timeout = {int(_POLL_S * 1000)}")
+    conn.execute(f"PRAGMA busy_timeout = {int(POLL_S * 1000)}")
     try:
         while True:
             try:
@@ -310,7 +310,7 @@ def _locked_retry(conn: sqlite3.Connection, sql: str) -> None:
                     raise
                 if time.monotonic() >= deadline:
                     raise locked_error(_db_path(conn), _lock_wait_s) from None
-                time.sleep(_POLL_S)
+                time.sleep(POLL_S)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
 

@@ -38,7 +38,6 @@ __all__ = ["check_registry", "check_registry_content", "wait_for_registry_lock"]
 
 #: How far (degrees) a case may lie outside its CRS's published area of use.
 AREA_OF_USE_MARGIN_DEG = 2.0
-_POLL_S = 0.1
 
 
 def check_registry(path: Path | str, lock_wait_s: float = gpkg.DEFAULT_LOCK_WAIT_S) -> None:
@@ -107,7 +106,7 @@ def wait_for_registry_lock(path: Path | str, lock_wait_s: float) -> None:
     while gpkg.write_lock_holder(path) is not None:
         if time.monotonic() >= deadline:
             raise gpkg.locked_error(path, lock_wait_s)
-        time.sleep(_POLL_S)
+        time.sleep(gpkg.POLL_S)
 
 
 def _layer_crs(conn, path: Path):
